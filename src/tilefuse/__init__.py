@@ -1,0 +1,75 @@
+"""tilefuse: a small neural-network compiler.
+
+    import tilefuse as tfu
+    net = tfu.Sequential([tfu.Dense(512, activation="relu"), tfu.Dense(10)], input_dim=784)
+    print(net.graph())                       # the graph IR
+    model = tfu.compile(net, target="cpu")   # fused, tiled, JIT-compiled
+    y = model(x)
+"""
+
+from .backends import reference
+from .compiler import compile
+from .dsl import (
+    Dense,
+    Function,
+    Input,
+    Sequential,
+    Tensor,
+    function,
+    gelu,
+    identity,
+    leaky_relu,
+    log_softmax,
+    relu,
+    sigmoid,
+    softmax,
+    tanh,
+)
+from .errors import (
+    DTypeError,
+    InputError,
+    ParseError,
+    ShapeError,
+    TilefuseError,
+    VerifyError,
+)
+from .ir import Graph, Node, TensorType
+from .ops import OPS
+from .schedule import Tiling
+from .text import parse_graph, print_graph
+from .verify import verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OPS",
+    "DTypeError",
+    "Dense",
+    "Function",
+    "Graph",
+    "Input",
+    "InputError",
+    "Node",
+    "ParseError",
+    "Sequential",
+    "ShapeError",
+    "Tensor",
+    "TensorType",
+    "Tiling",
+    "TilefuseError",
+    "VerifyError",
+    "compile",
+    "function",
+    "gelu",
+    "identity",
+    "leaky_relu",
+    "log_softmax",
+    "parse_graph",
+    "print_graph",
+    "reference",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "tanh",
+    "verify",
+]

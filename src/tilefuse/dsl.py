@@ -1,0 +1,443 @@
+"""The network DSL: symbolic Tensors traced into a Graph, and the layer API on top of them.
+
+Two ways to define a network, both ending in a `Graph`:
+
+    net = tfu.Sequential([tfu.Dense(512, activation="relu"), tfu.Dense(10)], input_dim=784)
+
+    @tfu.function
+    def layer(x: tfu.Input["N", 1024], w, b):
+        return tfu.gelu(x @ w + b)
+
+Layers expand to the primitive ops (matmul, add, activations); passes never see layers.
+Errors raised while tracing carry the user's file:line.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import AttrError, ShapeError, TilefuseError
+from .ir import DTYPES, Graph, GraphBuilder, TensorType, dtype_name
+from .ops import ACTIVATIONS
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_location() -> str | None:
+    """file:line of the innermost frame outside tilefuse (where the user wrote the op)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(_PACKAGE_DIR) and "functools" not in path:
+            rel = os.path.relpath(path)
+            return f"{rel if not rel.startswith('..') else os.path.basename(path)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+# -- inputs ---------------------------------------------------------------------------------
+class InputSpec:
+    """A declared network input: a shape with "N" (or None) for the symbolic batch, a dtype."""
+
+    def __init__(self, *shape: int | str | None, dtype: str = "f32") -> None:
+        dims = []
+        for d in shape:
+            if d is None:
+                d = "N"
+            if isinstance(d, bool) or not isinstance(d, int | str) or (isinstance(d, int) and d < 0):
+                raise ShapeError(f"Input: dimension {d!r} must be a non-negative int, a name or None")
+            dims.append(d)
+        self.type = TensorType(dtype_name(dtype), tuple(dims))
+
+    def __repr__(self) -> str:
+        return f"Input{list(self.type.shape)}:{self.type.dtype}"
+
+
+class _InputMeta(type):
+    def __getitem__(cls, item: Any) -> InputSpec:
+        items = item if isinstance(item, tuple) else (item,)
+        if items and isinstance(items[-1], str) and items[-1] in DTYPES:
+            return InputSpec(*items[:-1], dtype=items[-1])
+        return InputSpec(*items)
+
+
+class Input(metaclass=_InputMeta):
+    """`Input["N", 784]` (f32) or `Input["N", 784, "f64"]` as an annotation of a traced input."""
+
+    def __new__(cls, *shape: int | str | None, dtype: str = "f32") -> InputSpec:  # type: ignore[misc]
+        return InputSpec(*shape, dtype=dtype)
+
+
+# -- symbolic tensors -----------------------------------------------------------------------
+class Tracer:
+    """Records ops into a GraphBuilder while a traced function runs."""
+
+    def __init__(self, name: str) -> None:
+        self.builder = GraphBuilder(name)
+        self._consts: dict[int, tuple[np.ndarray, int]] = {}
+        self._counts: dict[str, int] = {}
+
+    def const(self, value: Any, dtype: str, role: str, exact_name: bool = False) -> Tensor:
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if array.dtype.kind not in "fiub":
+            raise TilefuseError(f"{user_location()}: cannot use a {array.dtype} array in a network")
+        key = (id(value), dtype)
+        if isinstance(value, np.ndarray) and key in self._consts:
+            return Tensor(self, self._consts[key][1])
+        k = self._counts.get(role, 0)
+        self._counts[role] = k + 1
+        name = role if exact_name or role == "c" else f"{role}{k}"
+        node = self.builder.const(array.astype(DTYPES[dtype]), name)
+        if isinstance(value, np.ndarray):
+            self._consts[key] = (value, node)
+        return Tensor(self, node)
+
+    def op(self, op: str, operands: Sequence[Tensor], **attrs: Any) -> Tensor:
+        loc = user_location()
+        return Tensor(self, self.builder.op(op, [t.node for t in operands], loc=loc, **attrs))
+
+
+class Tensor:
+    """A symbolic value inside a traced function. Supports @, +, -, *, /, unary -, .T"""
+
+    __array_ufunc__ = None  # NumPy defers to our reflected operators (W @ x with W an array)
+
+    def __init__(self, tracer: Tracer, node: int) -> None:
+        self.tracer, self.node = tracer, node
+
+    @property
+    def type(self) -> TensorType:
+        return self.tracer.builder.types[self.node]
+
+    @property
+    def shape(self) -> tuple:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def T(self) -> Tensor:
+        return self.tracer.op("transpose", [self])
+
+    def _lift(self, other: Any, role: str) -> Tensor:
+        if isinstance(other, Tensor):
+            if other.tracer is not self.tracer:
+                raise TilefuseError(f"{user_location()}: tensors from two different traces mixed")
+            return other
+        if isinstance(other, int | float | np.ndarray | np.number | list) and not isinstance(
+            other, bool
+        ):
+            return self.tracer.const(other, self.dtype, role)
+        raise TypeError(f"{user_location()}: cannot combine a tfu Tensor with {type(other).__name__}")
+
+    def _binary(self, op: str, other: Any, reflected: bool = False, role: str = "c") -> Tensor:
+        other = self._lift(other, role)
+        return self.tracer.op(op, [other, self] if reflected else [self, other])
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return self._binary("matmul", other, role="w")
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return self._binary("matmul", other, reflected=True, role="w")
+
+    def __add__(self, other: Any) -> Tensor:
+        return self._binary("add", other, role="b")
+
+    def __radd__(self, other: Any) -> Tensor:
+        return self._binary("add", other, reflected=True, role="b")
+
+    def __sub__(self, other: Any) -> Tensor:
+        return self._binary("sub", other, role="b")
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return self._binary("sub", other, reflected=True, role="b")
+
+    def __mul__(self, other: Any) -> Tensor:
+        return self._binary("mul", other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return self._binary("mul", other, reflected=True)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return self._binary("div", other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return self._binary("div", other, reflected=True)
+
+    def __neg__(self) -> Tensor:
+        return self._binary("mul", -1.0)
+
+    def __bool__(self) -> bool:
+        raise TilefuseError(
+            f"{user_location()}: a traced Tensor has no value; Python control flow on it "
+            "cannot be traced"
+        )
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.type})"
+
+
+# -- activation functions -------------------------------------------------------------------
+def _activation(name: str, x: Any, **attrs: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.tracer.op(name, [x], **attrs)
+    from .ops import apply_activation, normalize_attrs
+
+    array = np.asarray(x)
+    if array.dtype.kind != "f":
+        array = array.astype(np.float64)
+    return apply_activation(name, array, normalize_attrs(name, attrs, loc=user_location()))
+
+
+def relu(x: Any) -> Any:
+    return _activation("relu", x)
+
+
+def sigmoid(x: Any) -> Any:
+    return _activation("sigmoid", x)
+
+
+def tanh(x: Any) -> Any:
+    return _activation("tanh", x)
+
+
+def gelu(x: Any, approximate: str = "none") -> Any:
+    """GELU; `approximate="tanh"` for the tanh form, "none" for the exact erf form."""
+    return _activation("gelu", x, approximate=approximate)
+
+
+def leaky_relu(x: Any, alpha: float = 0.01) -> Any:
+    return _activation("leaky_relu", x, alpha=alpha)
+
+
+def softmax(x: Any, axis: int = -1) -> Any:
+    return _activation("softmax", x, axis=axis)
+
+
+def log_softmax(x: Any, axis: int = -1) -> Any:
+    return _activation("log_softmax", x, axis=axis)
+
+
+def identity(x: Any) -> Any:
+    return _activation("identity", x)
+
+
+ACTIVATION_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "identity": identity,
+    "relu": relu,
+    "sigmoid": sigmoid,
+    "tanh": tanh,
+    "gelu": gelu,
+    "gelu_tanh": functools.partial(gelu, approximate="tanh"),
+    "leaky_relu": leaky_relu,
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+}
+_ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
+
+
+def resolve_activation(activation: Any, loc: str | None = None) -> Callable[..., Any]:
+    """An activation given by name or as one of tfu's functions."""
+    if callable(activation) and activation in ACTIVATION_FUNCTIONS.values():
+        return activation
+    name = _ALIASES.get(activation, activation)
+    if isinstance(name, str) and name in ACTIVATION_FUNCTIONS:
+        return ACTIVATION_FUNCTIONS[name]
+    legal = ", ".join(list(ACTIVATION_FUNCTIONS) + ["linear", "None"])
+    raise AttrError(f"{loc + ': ' if loc else ''}unknown activation {activation!r}; legal: {legal}")
+
+
+# -- traced functions -----------------------------------------------------------------------
+class Function:
+    """A Python function traced into a Graph. Parameters annotated `tfu.Input[...]` become graph
+    inputs; the others are weights: NumPy defaults, or values given with `bind(name=array)`."""
+
+    def __init__(self, fn: Callable[..., Any], bound: dict[str, Any] | None = None) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.bound = dict(bound or {})
+        self.loc = f"{os.path.basename(fn.__code__.co_filename)}:{fn.__code__.co_firstlineno}"
+        self._graph: Graph | None = None
+
+    def bind(self, **weights: Any) -> Function:
+        params = inspect.signature(self.fn).parameters
+        unknown = [k for k in weights if k not in params]
+        if unknown:
+            raise TilefuseError(f"{self.loc}: {self.fn.__name__} has no parameter {unknown[0]!r}")
+        return Function(self.fn, {**self.bound, **weights})
+
+    def _annotations(self) -> dict[str, Any]:
+        try:
+            return inspect.get_annotations(self.fn, eval_str=True)
+        except Exception:  # noqa: BLE001 - unresolvable annotations are simply not inputs
+            return {}
+
+    def graph(self) -> Graph:
+        if self._graph is None:
+            self._graph = self._trace()
+        return self._graph
+
+    def _trace(self) -> Graph:
+        tracer = Tracer(self.fn.__name__)
+        annotations = self._annotations()
+        params = inspect.signature(self.fn).parameters
+        inputs = [(n, a) for n, a in annotations.items() if isinstance(a, InputSpec)]
+        dtype = inputs[0][1].type.dtype if inputs else "f32"
+        args: dict[str, Any] = {}
+        for name, param in params.items():
+            spec = annotations.get(name)
+            if isinstance(spec, InputSpec):
+                args[name] = Tensor(tracer, tracer.builder.input(name, spec.type, self.loc))
+            elif name in self.bound or isinstance(param.default, np.ndarray | int | float):
+                value = self.bound.get(name, param.default)
+                args[name] = tracer.const(value, dtype, name, exact_name=True)
+            else:
+                raise TilefuseError(
+                    f"{self.loc}: parameter {name!r} of {self.fn.__name__} is neither an input "
+                    f"(annotate it: {name}: tfu.Input['N', 784]) nor bound to a weight "
+                    f"({self.fn.__name__}.bind({name}=array))"
+                )
+        result = self.fn(**args)
+        results = result if isinstance(result, tuple) else (result,)
+        if not results or not all(isinstance(r, Tensor) for r in results):
+            raise TilefuseError(f"{self.loc}: {self.fn.__name__} must return tfu Tensors")
+        return tracer.builder.build([r.node for r in results])
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Inside another trace: inline the body. On NumPy arrays: run the reference."""
+        if any(isinstance(a, Tensor) for a in (*args, *kwargs.values())):
+            return self.fn(*args, **kwargs)
+        from .backends import reference
+
+        return reference.run(self.graph(), *args, **kwargs)
+
+    def __str__(self) -> str:
+        return str(self.graph())
+
+
+def function(fn: Callable[..., Any]) -> Function:
+    """Decorator: trace `fn` on symbolic Tensors into a Graph (see `Function`)."""
+    return Function(fn)
+
+
+# -- layers ---------------------------------------------------------------------------------
+class Dense:
+    """A fully connected layer: act(x @ W + b). Weights come from the Sequential's seed unless
+    given (`weight` of shape (in, units) in the row layout, (units, in) in the column layout)."""
+
+    def __init__(
+        self,
+        units: int,
+        activation: Any = None,
+        *,
+        use_bias: bool = True,
+        weight: np.ndarray | None = None,
+        bias: np.ndarray | None = None,
+        **activation_attrs: Any,
+    ) -> None:
+        self.loc = user_location()
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            raise ShapeError(f"{self.loc}: Dense units must be a positive int, got {units!r}")
+        self.units = units
+        self.activation = resolve_activation(activation, self.loc)
+        self.activation_attrs = activation_attrs
+        self.use_bias = use_bias or bias is not None
+        self.weight, self.bias = weight, bias
+
+    def init_params(self, fan_in: int, rng: np.random.Generator, dtype: str, layout: str):
+        """(W, b): the given arrays (shape-checked) or uniform(±1/sqrt(fan_in)) from `rng`."""
+        shape = (fan_in, self.units) if layout == "rows" else (self.units, fan_in)
+        bound = 1.0 / np.sqrt(fan_in)
+        w = rng.uniform(-bound, bound, shape) if self.weight is None else np.asarray(self.weight)
+        if w.shape != shape:
+            raise ShapeError(f"{self.loc}: Dense weight has shape {w.shape}, expected {shape}")
+        if not self.use_bias:
+            return w.astype(DTYPES[dtype]), None
+        b = rng.uniform(-bound, bound, self.units) if self.bias is None else np.asarray(self.bias)
+        if b.size != self.units:
+            raise ShapeError(f"{self.loc}: Dense bias has {b.size} values, expected {self.units}")
+        b_shape = (1, self.units) if layout == "rows" else (self.units, 1)
+        return w.astype(DTYPES[dtype]), b.reshape(b_shape).astype(DTYPES[dtype])
+
+    def __call__(self, x: Tensor, w: np.ndarray, b: np.ndarray | None, layout: str) -> Tensor:
+        z = x @ w if layout == "rows" else w @ x
+        if b is not None:
+            z = z + b
+        if self.activation is identity:
+            return z
+        return self.activation(z, **self.activation_attrs)
+
+
+class Sequential:
+    """Layers applied in order to one input of `input_dim` features.
+
+    layout="rows": examples are rows, x is (N, input_dim), Z = X @ W + b.
+    layout="columns": examples are columns, x is (input_dim, N), Z = W @ X + b, b of shape (k, 1).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Dense],
+        input_dim: int,
+        *,
+        seed: int = 0,
+        dtype: str = "f32",
+        layout: str = "rows",
+        name: str = "mlp",
+    ) -> None:
+        loc = user_location()
+        if layout not in ("rows", "columns"):
+            raise AttrError(f"{loc}: layout {layout!r} is not one of rows, columns")
+        if not layers:
+            raise TilefuseError(f"{loc}: Sequential needs at least one layer")
+        self.layers, self.input_dim, self.layout, self.name = list(layers), input_dim, layout, name
+        self.dtype = dtype_name(dtype)
+        rng = np.random.default_rng(seed)
+        self.params: list[tuple[np.ndarray, np.ndarray | None]] = []
+        fan_in = input_dim
+        for layer in self.layers:
+            self.params.append(layer.init_params(fan_in, rng, self.dtype, layout))
+            fan_in = layer.units
+        self._graph: Graph | None = None
+
+    def graph(self) -> Graph:
+        if self._graph is None:
+            self._graph = self._trace()
+        return self._graph
+
+    def _trace(self) -> Graph:
+        tracer = Tracer(self.name)
+        shape = ("N", self.input_dim) if self.layout == "rows" else (self.input_dim, "N")
+        x = Tensor(tracer, tracer.builder.input("x", TensorType(self.dtype, shape)))
+        for layer, (w, b) in zip(self.layers, self.params, strict=True):
+            x = layer(x, w, b, self.layout)
+        return tracer.builder.build([x.node])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The reference interpreter's answer (compile with `tfu.compile` for speed)."""
+        from .backends import reference
+
+        return reference.run(self.graph(), x)
+
+    def __str__(self) -> str:
+        return str(self.graph())
+
+
+def to_graph(net: Any) -> Graph:
+    """A Graph from anything that defines a network (Graph, Sequential, Function, .graph())."""
+    if isinstance(net, Graph):
+        return net
+    if hasattr(net, "graph") and callable(net.graph):
+        return net.graph()
+    if callable(net):
+        return Function(net).graph()
+    raise TilefuseError(f"cannot make a network from {type(net).__name__}")

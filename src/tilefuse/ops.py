@@ -1,0 +1,336 @@
+"""THE op table. One `OpDef` per op: arity, attributes, shape/dtype rule and NumPy reference
+side by side. Adding an op means one row here, one backend rule and one test row.
+
+Activations are a table of their own (`ACTIVATIONS`), shared by the standalone activation
+ops and by the epilogue of the fused `dense` op, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import AttrError, DTypeError, ShapeError
+from .ir import Dim, Node, TensorType
+from .schedule import Tiling
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An attribute's default and legal values (`kind`: float, int, str, bool, steps, tiling)."""
+
+    kind: str
+    default: Any = REQUIRED
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    arity: tuple[int, int]  # (min, max) operands
+    kind: str  # source | matmul | layout | binary | activation | fused
+    infer: Callable[[list[TensorType], dict[str, Any]], TensorType] | None
+    ref: Callable[[list[np.ndarray], dict[str, Any]], np.ndarray] | None
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    doc: str = ""
+
+
+# -- activations: one line each ------------------------------------------------------------
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _gelu(x: np.ndarray, approximate: str = "none", **_: Any) -> np.ndarray:
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)).astype(x.dtype))
+
+
+def _softmax(x: np.ndarray, axis: int = -1, **_: Any) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax(x: np.ndarray, axis: int = -1, **_: Any) -> np.ndarray:
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+@dataclass(frozen=True)
+class Activation:
+    fn: Callable[..., np.ndarray]
+    elementwise: bool = True
+    attrs: dict[str, Attr] = field(default_factory=dict)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "identity": Activation(lambda x, **_: x),
+    "relu": Activation(lambda x, **_: np.maximum(x, x.dtype.type(0))),
+    "sigmoid": Activation(lambda x, **_: np.exp(-np.logaddexp(0, -x)).astype(x.dtype)),
+    "tanh": Activation(lambda x, **_: np.tanh(x)),
+    "gelu": Activation(_gelu, attrs={"approximate": Attr("str", "none", ("none", "tanh"))}),
+    "leaky_relu": Activation(
+        lambda x, alpha=0.01, **_: np.where(x >= 0, x, x * x.dtype.type(alpha)),
+        attrs={"alpha": Attr("float", 0.01)},
+    ),
+    "softmax": Activation(_softmax, elementwise=False, attrs={"axis": Attr("int", -1)}),
+    "log_softmax": Activation(_log_softmax, elementwise=False, attrs={"axis": Attr("int", -1)}),
+}
+ELEMENTWISE_ACTIVATIONS = tuple(k for k, a in ACTIVATIONS.items() if a.elementwise)
+
+BINARY_REFS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+}
+
+
+def apply_activation(name: str, x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    act = ACTIVATIONS[name]
+    params = {k: attrs.get(k, a.default) for k, a in act.attrs.items()}
+    return act.fn(x, **params)
+
+
+# -- shape rules ---------------------------------------------------------------------------
+def _where(loc: str | None) -> str:
+    return f"{loc}: " if loc else ""
+
+
+def broadcast_shapes(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
+    """NumPy broadcasting with symbolic dims; None where the shapes do not broadcast."""
+    out: list[Dim] = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
+    return tuple(reversed(out))
+
+
+def _same_dtype(op: str, types: Sequence[TensorType]) -> str:
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) > 1:
+        listed = ", ".join(str(t) for t in types)
+        raise DTypeError(f"{op}: operands have different dtypes ({listed})")
+    return types[0].dtype
+
+
+def _infer_matmul(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    a, b = types
+    dtype = _same_dtype("matmul", types)
+    if a.rank != 2 or b.rank != 2:
+        raise ShapeError(f"matmul {a} @ {b}: both operands must be 2-D (got ranks {a.rank}, {b.rank})")
+    if a.shape[1] != b.shape[0]:
+        raise ShapeError(f"matmul {a} @ {b}: inner dims {a.shape[1]} != {b.shape[0]}")
+    return TensorType(dtype, (a.shape[0], b.shape[1]))
+
+
+def _infer_transpose(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (a,) = types
+    if a.rank != 2:
+        raise ShapeError(f"transpose {a}: only 2-D tensors can be transposed (rank {a.rank})")
+    return a.with_shape(reversed(a.shape))
+
+
+def _infer_binary(op: str) -> Callable[[list[TensorType], dict[str, Any]], TensorType]:
+    def infer(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        a, b = types
+        dtype = _same_dtype(op, types)
+        shape = broadcast_shapes(a.shape, b.shape)
+        if shape is None:
+            raise ShapeError(f"{op} {a}, {b}: shapes do not broadcast")
+        return TensorType(dtype, shape)
+
+    return infer
+
+
+def _infer_unary(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return types[0]
+
+
+def _infer_axis_op(op: str) -> Callable[[list[TensorType], dict[str, Any]], TensorType]:
+    def infer(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        (a,) = types
+        axis = attrs.get("axis", -1)
+        if not -a.rank <= axis < a.rank:
+            raise ShapeError(f"{op} {a}: axis {axis} is out of range for rank {a.rank}")
+        return a
+
+    return infer
+
+
+def _infer_dense(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, w, *rest = types
+    out = _infer_matmul([x, w], attrs)
+    operands = (["bias"] if attrs["bias"] else []) + [f"{s} operand" for s in post_binary(attrs)]
+    if len(rest) != len(operands):
+        raise ShapeError(
+            f"dense: expects {2 + len(operands)} operands (x, w"
+            f"{''.join(', ' + o for o in operands)}), got {len(types)}"
+        )
+    _same_dtype("dense", types)
+    for what, t in zip(operands, rest, strict=True):
+        if broadcast_shapes(out.shape, t.shape) != out.shape:
+            raise ShapeError(f"dense: {what} {t} does not broadcast to the output {out}")
+    return out
+
+
+def post_binary(attrs: dict[str, Any]) -> list[str]:
+    """The epilogue steps of a dense op that read an extra operand, in order."""
+    return [s for s in attrs.get("post", ()) if s in BINARY_REFS]
+
+
+# -- references ----------------------------------------------------------------------------
+def _ref_dense(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x, w, *rest = args
+    z = x @ w
+    if attrs["bias"]:
+        z = z + rest.pop(0)
+    z = apply_activation(attrs["act"], z, attrs)
+    return apply_epilogue(z, attrs.get("post", ()), rest)
+
+
+def apply_epilogue(z: np.ndarray, steps: Sequence[str], operands: list[np.ndarray]) -> np.ndarray:
+    operands = list(operands)
+    for step in steps:
+        if step in BINARY_REFS:
+            z = BINARY_REFS[step](z, operands.pop(0))
+        else:
+            z = apply_activation(step, z, {})
+    return z
+
+
+def _activation_op(name: str) -> OpDef:
+    act = ACTIVATIONS[name]
+    infer = _infer_unary if act.elementwise else _infer_axis_op(name)
+    return OpDef(
+        name, (1, 1), "activation", infer, lambda a, attrs: apply_activation(name, a[0], attrs),
+        attrs=dict(act.attrs),
+    )
+
+
+_ACT_CHOICES = tuple(ACTIVATIONS)
+_POST_STEPS = tuple(BINARY_REFS) + ELEMENTWISE_ACTIVATIONS
+
+OPS: dict[str, OpDef] = {
+    "input": OpDef("input", (0, 0), "source", None, None, doc="a graph input"),
+    "const": OpDef("const", (0, 0), "source", None, None, doc="a constant (weights)"),
+    "matmul": OpDef("matmul", (2, 2), "matmul", _infer_matmul, lambda a, _: a[0] @ a[1]),
+    "transpose": OpDef("transpose", (1, 1), "layout", _infer_transpose, lambda a, _: a[0].T),
+    **{
+        op: OpDef(op, (2, 2), "binary", _infer_binary(op), lambda a, _, f=f: f(a[0], a[1]))
+        for op, f in BINARY_REFS.items()
+    },
+    **{name: _activation_op(name) for name in ACTIVATIONS},
+    "dense": OpDef(
+        "dense",
+        (2, 16),
+        "fused",
+        _infer_dense,
+        _ref_dense,
+        attrs={
+            "act": Attr("str", "identity", _ACT_CHOICES),
+            "bias": Attr("bool", True),
+            "post": Attr("steps", (), _POST_STEPS),
+            "tile": Attr("tiling", None),
+            **ACTIVATIONS["gelu"].attrs,
+            **ACTIVATIONS["leaky_relu"].attrs,
+        },
+        doc="act(x @ w + b) followed by the elementwise `post` steps",
+    ),
+}
+
+
+# -- attribute checking --------------------------------------------------------------------
+def _coerce(op: str, name: str, spec: Attr, value: Any, loc: str | None) -> Any:
+    where = _where(loc)
+    if spec.kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if spec.kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if spec.kind == "bool" and isinstance(value, bool):
+        return value
+    if spec.kind == "str" and isinstance(value, str):
+        if spec.choices and value not in spec.choices:
+            raise AttrError(
+                f"{where}{op}: {name}={value!r} is not one of {', '.join(spec.choices)}"
+            )
+        return value
+    if spec.kind == "steps" and isinstance(value, tuple | list):
+        bad = [s for s in value if s not in (spec.choices or ())]
+        if bad:
+            raise AttrError(
+                f"{where}{op}: {name} step {bad[0]!r} is not one of {', '.join(spec.choices or ())}"
+            )
+        return tuple(value)
+    if spec.kind == "tiling" and (value is None or isinstance(value, Tiling)):
+        return value
+    if spec.kind == "tiling" and isinstance(value, dict):
+        try:
+            return Tiling(**value)
+        except (TypeError, ValueError) as err:
+            raise AttrError(f"{where}{op}: {name}: {err}") from err
+    raise AttrError(f"{where}{op}: attribute {name} must be a {spec.kind}, got {value!r}")
+
+
+def normalize_attrs(op: str, attrs: dict[str, Any], loc: str | None = None) -> dict[str, Any]:
+    """Check an op's attributes and drop those equal to their defaults (canonical form)."""
+    if op not in OPS:
+        raise AttrError(f"{_where(loc)}unknown op {op!r}; known ops: {', '.join(OPS)}")
+    specs = OPS[op].attrs
+    out = {}
+    for name, value in attrs.items():
+        if name not in specs:
+            legal = ", ".join(specs) or "none"
+            raise AttrError(f"{_where(loc)}{op}: unknown attribute {name!r}; legal: {legal}")
+        value = _coerce(op, name, specs[name], value, loc)
+        if value != specs[name].default:
+            out[name] = value
+    missing = [n for n, s in specs.items() if s.default is REQUIRED and n not in out]
+    if missing:
+        raise AttrError(f"{_where(loc)}{op}: missing attribute {missing[0]!r}")
+    return out
+
+
+def full_attrs(op: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes with defaults filled in."""
+    return {**{n: s.default for n, s in OPS[op].attrs.items()}, **attrs}
+
+
+def attrs_of(node: Node) -> dict[str, Any]:
+    return full_attrs(node.op, node.attr)
+
+
+def infer_node_type(
+    op: str, types: list[TensorType], attrs: dict[str, Any], loc: str | None = None
+) -> TensorType:
+    """The result type of `op` on operands of `types`; errors carry the user's file:line."""
+    opdef = OPS[op]
+    lo, hi = opdef.arity
+    if not lo <= len(types) <= hi:
+        want = str(lo) if lo == hi else f"{lo} to {hi}"
+        raise ShapeError(f"{_where(loc)}{op}: expects {want} operands, got {len(types)}")
+    if opdef.infer is None:
+        raise AttrError(f"{_where(loc)}{op} nodes are made by Graph inputs and constants only")
+    try:
+        return opdef.infer(types, full_attrs(op, attrs))
+    except (ShapeError, DTypeError) as err:
+        if loc and not str(err).startswith(loc):
+            raise type(err)(f"{loc}: {err}") from None
+        raise
+
+
+def evaluate(node: Node, args: list[np.ndarray]) -> np.ndarray:
+    """Run one node's NumPy reference; the result has the node's dtype."""
+    out = OPS[node.op].ref(args, attrs_of(node))
+    return np.asarray(out, dtype=node.type.np_dtype)

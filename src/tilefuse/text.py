@@ -1,0 +1,394 @@
+"""The canonical text form of the IR: `print_graph` and `parse_graph`, and DOT for pictures.
+
+    graph mlp(%x: f32[N,784]) -> f32[N,10] {
+      %w0 = const[sha="3f1c0a9be2d47e65"] : f32[784,512]
+      %b0 = const[value=[0.5, -0.5]] : f32[2]
+      %0 = matmul(%x, %w0) : f32[N,512]
+      %1 = dense[act=relu](%x, %w0, %b0) : f32[N,512]
+      return %1
+    }
+
+One line per node in topological order; inputs and constants keep their names, other nodes
+are numbered %0, %1, ...; attributes are sorted and defaults are left out. Constants of at
+most `INLINE_LIMIT` elements print their values; larger ones print a content hash, and
+`parse_graph(text, constants={"w0": array})` supplies their data. `parse(print(g)) == g`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import ParseError, TilefuseError
+from .ir import DTYPES, Graph, GraphBuilder, TensorType, array_digest
+from .ops import OPS
+from .schedule import Tiling
+
+INLINE_LIMIT = 16
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+# -- printing ------------------------------------------------------------------------------
+def node_names(g: Graph) -> dict[int, str]:
+    """Printed names: inputs and constants keep theirs (made unique), the rest are numbered."""
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    counter = 0
+    for node in g:
+        if node.op in ("input", "const"):
+            base = node.name if node.name and _IDENT.match(node.name) else "c"
+            name, k = base, 1
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+        else:
+            name, counter = str(counter), counter + 1
+        taken.add(name)
+        names[node.id] = name
+    return names
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return value if _IDENT.match(value) else json.dumps(value)
+    if isinstance(value, Tiling):
+        return "(" + ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) + ")"
+    if isinstance(value, tuple | list):
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
+    if value is None:
+        return "none"
+    raise TilefuseError(f"cannot print attribute value {value!r}")
+
+
+def format_array(array: np.ndarray) -> str:
+    if array.ndim == 0:
+        return str(array.dtype.type(array))
+    return "[" + ", ".join(format_array(a) for a in array) + "]"
+
+
+def format_node(g: Graph, node_id: int, names: Mapping[int, str]) -> str:
+    node = g[node_id]
+    attrs = list(node.attrs)
+    if node.op == "const":
+        array = g.constants.get(node.id)
+        if array is not None and array.size <= INLINE_LIMIT:
+            attrs = [("value", format_array(array))]
+        else:
+            attrs = [("sha", json.dumps(array_digest(array) if array is not None else "?"))]
+        attr_text = "[" + ", ".join(f"{k}={v}" for k, v in attrs) + "]"
+        return f"%{names[node.id]} = const{attr_text} : {node.type}"
+    attr_text = "[" + ", ".join(f"{k}={format_value(v)}" for k, v in attrs) + "]" if attrs else ""
+    args = ", ".join(f"%{names[i]}" for i in node.inputs)
+    return f"%{names[node.id]} = {node.op}{attr_text}({args}) : {node.type}"
+
+
+def print_graph(g: Graph) -> str:
+    names = node_names(g)
+    params = ", ".join(f"%{names[i]}: {g[i].type}" for i in g.inputs)
+    out_types = [str(g[i].type) for i in g.outputs]
+    result = out_types[0] if len(out_types) == 1 else "(" + ", ".join(out_types) + ")"
+    lines = [f"graph {g.name}({params}) -> {result} {{"]
+    lines += ["  " + format_node(g, n.id, names) for n in g if n.op != "input"]
+    lines.append("  return " + ", ".join(f"%{names[i]}" for i in g.outputs))
+    lines.append("}")
+    return "\n".join(lines)
+
+
+# -- parsing -------------------------------------------------------------------------------
+_TOKEN = re.compile(
+    r"""(?P<space>[ \t\r]+)|(?P<comment>\#[^\n]*)|(?P<newline>\n)
+    |(?P<value>%[A-Za-z0-9_]+)|(?P<arrow>->)
+    |(?P<number>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|inf|nan)(?![A-Za-z0-9_]))
+    |(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<string>"(?:[^"\\\n]|\\.)*")
+    |(?P<punct>[()\[\]{},:=])""",
+    re.VERBOSE,
+)
+
+
+class _Parser:
+    def __init__(self, text: str, constants: Mapping[str, np.ndarray]) -> None:
+        self.lines = text.split("\n")
+        self.tokens = list(self._tokenize(text))
+        self.pos = 0
+        self.constants = constants
+
+    def _tokenize(self, text: str):
+        line, line_start, i = 1, 0, 0
+        while i < len(text):
+            m = _TOKEN.match(text, i)
+            if not m:
+                self._fail(f"unexpected character {text[i]!r}", line, i - line_start + 1)
+            kind = m.lastgroup
+            if kind == "newline":
+                line, line_start = line + 1, m.end()
+            elif kind not in ("space", "comment"):
+                yield kind, m.group(), line, i - line_start + 1
+            i = m.end()
+        yield "eof", "", line, i - line_start + 1
+
+    def _fail(self, message: str, line: int, col: int) -> None:
+        text_line = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        raise ParseError(message, line, col, text_line)
+
+    def fail(self, message: str, token: tuple | None = None) -> None:
+        _, _, line, col = token or self.tokens[self.pos]
+        self._fail(message, line, col)
+
+    def peek(self) -> tuple[str, str, int, int]:
+        return self.tokens[self.pos]
+
+    def next(self) -> tuple[str, str, int, int]:
+        token = self.tokens[self.pos]
+        self.pos = min(self.pos + 1, len(self.tokens) - 1)
+        return token
+
+    def expect(self, text: str) -> tuple:
+        token = self.next()
+        if token[1] != text:
+            shown = token[1] or "end of input"
+            self.fail(f"expected {text!r}, found {shown!r}", token)
+        return token
+
+    def accept(self, text: str) -> bool:
+        if self.peek()[1] == text:
+            self.next()
+            return True
+        return False
+
+    def expect_kind(self, kind: str, what: str) -> tuple:
+        token = self.next()
+        if token[0] != kind:
+            self.fail(f"expected {what}, found {token[1] or 'end of input'!r}", token)
+        return token
+
+    # grammar ------------------------------------------------------------------------------
+    def type_(self) -> TensorType:
+        token = self.expect_kind("ident", "a dtype (f32 or f64)")
+        if token[1] not in DTYPES:
+            self.fail(f"unknown dtype {token[1]!r}; supported: {', '.join(DTYPES)}", token)
+        self.expect("[")
+        dims: list[int | str] = []
+        while not self.accept("]"):
+            if dims:
+                self.expect(",")
+            tok = self.next()
+            if tok[0] == "number" and tok[1].isdigit():
+                dims.append(int(tok[1]))
+            elif tok[0] == "ident":
+                dims.append(tok[1])
+            else:
+                self.fail(f"expected a dimension (an int or a name), found {tok[1]!r}", tok)
+        return TensorType(token[1], tuple(dims))
+
+    def value(self) -> Any:
+        token = self.next()
+        kind, text = token[0], token[1]
+        if kind == "number":
+            return float(text) if re.search(r"[.eEna]", text) else int(text)
+        if kind == "string":
+            return json.loads(text)
+        if kind == "ident":
+            return {"true": True, "false": False, "none": None}.get(text, text)
+        if text == "[":
+            return self.array_literal()
+        if text == "(":
+            return self.tuple_or_record()
+        self.fail(f"expected an attribute value, found {text or 'end of input'!r}", token)
+
+    def array_literal(self) -> list:
+        items: list = []
+        while not self.accept("]"):
+            if items:
+                self.expect(",")
+            if self.accept("["):
+                items.append(self.array_literal())
+            else:
+                token = self.expect_kind("number", "a number")
+                items.append(float(token[1]))
+        return items
+
+    def tuple_or_record(self) -> Any:
+        items: list = []
+        record: dict[str, Any] = {}
+        while not self.accept(")"):
+            if items or record:
+                self.expect(",")
+            if self.peek()[0] == "ident" and self.tokens[self.pos + 1][1] == "=":
+                key = self.next()[1]
+                self.expect("=")
+                record[key] = self.value()
+            else:
+                items.append(self.value())
+        if record and items:
+            self.fail("cannot mix key=value and plain items in one ( )")
+        return record if record else tuple(items)
+
+    def attrs(self) -> dict[str, tuple[Any, tuple]]:
+        out: dict[str, tuple[Any, tuple]] = {}
+        if not self.accept("["):
+            return out
+        while not self.accept("]"):
+            if out:
+                self.expect(",")
+            token = self.expect_kind("ident", "an attribute name")
+            self.expect("=")
+            out[token[1]] = (self.value(), token)
+        return out
+
+    def graph(self) -> Graph:
+        self.expect("graph")
+        name = self.expect_kind("ident", "the graph's name")[1]
+        b = GraphBuilder(name)
+        env: dict[str, int] = {}
+        self.expect("(")
+        while not self.accept(")"):
+            if env:
+                self.expect(",")
+            token = self.expect_kind("value", "an input such as %x")
+            self.expect(":")
+            self.define(env, token, b.input(token[1][1:], self.type_()))
+        self.expect("->")
+        declared_outputs = self.result_types()
+        self.expect("{")
+        while self.peek()[1] != "return":
+            if self.peek()[0] == "eof":
+                self.fail("expected 'return' before the end of the graph")
+            self.statement(b, env)
+        self.expect("return")
+        outputs = [self.use(env, self.expect_kind("value", "a value such as %3"))]
+        while self.accept(","):
+            outputs.append(self.use(env, self.expect_kind("value", "a value such as %3")))
+        end = self.expect("}")
+        if self.peek()[0] != "eof":
+            self.fail(f"unexpected {self.peek()[1]!r} after the graph")
+        actual = [b.types[o] for o in outputs]
+        if actual != declared_outputs:
+            self.fail(
+                f"graph returns {', '.join(map(str, actual))} but its header declares "
+                f"{', '.join(map(str, declared_outputs))}",
+                end,
+            )
+        return b.build(outputs)
+
+    def result_types(self) -> list[TensorType]:
+        if not self.accept("("):
+            return [self.type_()]
+        types = [self.type_()]
+        while self.accept(","):
+            types.append(self.type_())
+        self.expect(")")
+        return types
+
+    def define(self, env: dict[str, int], token: tuple, node_id: int) -> None:
+        if token[1] in env:
+            self.fail(f"{token[1]} is defined twice", token)
+        env[token[1]] = node_id
+
+    def use(self, env: dict[str, int], token: tuple) -> int:
+        if token[1] not in env:
+            self.fail(f"{token[1]} is used before it is defined", token)
+        return env[token[1]]
+
+    def statement(self, b: GraphBuilder, env: dict[str, int]) -> None:
+        target = self.expect_kind("value", "a result such as %0")
+        self.expect("=")
+        op_token = self.expect_kind("ident", "an op name")
+        op = op_token[1]
+        if op not in OPS or op == "input":
+            legal = ", ".join(o for o in OPS if o != "input")
+            self.fail(f"unknown op {op!r}; known ops: {legal}", op_token)
+        attrs = self.attrs()
+        args: list[int] = []
+        if self.accept("("):
+            while not self.accept(")"):
+                if args:
+                    self.expect(",")
+                args.append(self.use(env, self.expect_kind("value", "an operand such as %x")))
+        colon = self.expect(":")
+        declared = self.type_()
+        if op == "const":
+            node_id = self.constant(b, target, attrs, declared)
+        else:
+            node_id = self.operation(b, op, op_token, args, attrs)
+        if b.types[node_id] != declared:
+            self.fail(
+                f"{target[1]} is declared {declared} but {op} gives {b.types[node_id]}", colon
+            )
+        self.define(env, target, node_id)
+
+    def operation(self, b: GraphBuilder, op: str, token: tuple, args: list[int], attrs: dict):
+        values = {k: v for k, (v, _) in attrs.items()}
+        try:
+            return b.op(op, args, **values)
+        except TilefuseError as err:
+            self.fail(str(err), token)
+
+    def constant(self, b: GraphBuilder, target: tuple, attrs: dict, declared: TensorType) -> int:
+        name = target[1][1:]
+        unknown = set(attrs) - {"value", "sha"}
+        if unknown:
+            self.fail(f"const: unknown attribute {sorted(unknown)[0]!r}; legal: value, sha")
+        if "value" in attrs:
+            value, token = attrs["value"]
+            try:
+                array = np.array(value, dtype=declared.np_dtype)
+            except (TypeError, ValueError):
+                self.fail(f"const {target[1]}: value is not a rectangular array", token)
+            if array.shape != declared.shape:
+                self.fail(f"const {target[1]}: value has shape {array.shape}", token)
+        elif name in self.constants:
+            array = np.asarray(self.constants[name], dtype=declared.np_dtype)
+            if "sha" in attrs and attrs["sha"][0] != array_digest(array):
+                self.fail(f"const {target[1]}: the data given does not match its sha", target)
+        else:
+            self.fail(
+                f"const {target[1]} has no inline value; pass its data with "
+                f"parse_graph(text, constants={{{name!r}: array}})",
+                target,
+            )
+        return b.const(array, name)
+
+
+def parse_graph(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph:
+    """Parse the canonical text form; errors are `ParseError`s with line and column."""
+    return _Parser(text, constants or {}).graph()
+
+
+# -- Graphviz DOT --------------------------------------------------------------------------
+KIND_COLORS = {
+    "source": "#e8e8e8",
+    "matmul": "#9ecae1",
+    "layout": "#fdd0a2",
+    "binary": "#c7e9c0",
+    "activation": "#fcbba1",
+    "fused": "#bcbddc",
+}
+
+
+def graph_to_dot(g: Graph, rankdir: str = "TB") -> str:
+    """Graphviz DOT text: one box per node, labelled with op, attrs and type, coloured by kind."""
+    names = node_names(g)
+    lines = [f'digraph "{g.name}" {{', f"  rankdir={rankdir};", '  node [shape=box, style="rounded,filled", fontname="Helvetica"];']
+    for node in g:
+        label = f"%{names[node.id]} = {node.op}"
+        if node.attrs:
+            label += "\\n" + ", ".join(f"{k}={format_value(v)}" for k, v in node.attrs if k != "tile")
+        label += f"\\n{node.type}"
+        color = KIND_COLORS.get(OPS[node.op].kind, "#ffffff")
+        lines.append(f'  n{node.id} [label="{label}", fillcolor="{color}"];')
+    for node in g:
+        lines += [f"  n{i} -> n{node.id};" for i in node.inputs]
+    for k, o in enumerate(g.outputs):
+        lines.append(f'  out{k} [label="output {k}", shape=plaintext];')
+        lines.append(f"  n{o} -> out{k};")
+    lines.append("}")
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""`verify(g)`: the IR's invariants, checked between passes (JAX's check_jaxpr, fx's lint).
+
+Errors name the node and print its line, so a broken pass is found at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import TilefuseError, VerifyError
+from .ir import Graph, Node
+from .ops import OPS, infer_node_type, normalize_attrs
+
+
+def _line(g: Graph, node: Node) -> str:
+    from .text import format_node, node_names
+
+    try:
+        return format_node(g, node.id, node_names(g))
+    except TilefuseError:
+        return f"{node.op} (node {node.id})"
+
+
+def verify(g: Graph) -> Graph:
+    """Check `g` and return it: ids, dangling inputs, acyclicity, arity, attrs, types, data."""
+    for node in g.nodes.values():
+        missing = [i for i in node.inputs if i not in g.nodes]
+        if missing:
+            raise VerifyError(
+                f"{node.op} (node {node.id}) reads node {missing[0]}, which is not in the graph"
+            )
+        if node.op not in OPS:
+            raise VerifyError(f"node {node.id}: unknown op {node.op!r}")
+    for k, o in enumerate(g.outputs):
+        if o not in g.nodes:
+            raise VerifyError(f"output {k} is node {o}, which is not in the graph")
+    if not g.outputs:
+        raise VerifyError(f"graph {g.name} has no outputs")
+    g.order()  # raises VerifyError naming a cycle
+    for node in g:
+        _verify_node(g, node)
+    return g
+
+
+def _verify_node(g: Graph, node: Node) -> None:
+    where = f"graph {g.name}: {_line(g, node)}"
+    if node.op == "input":
+        if node.id not in g.inputs:
+            raise VerifyError(f"{where}: an input node that is not among the graph's inputs")
+        return
+    if node.op == "const":
+        _verify_const(g, node, where)
+        return
+    try:
+        attrs = normalize_attrs(node.op, node.attr)
+        inferred = infer_node_type(node.op, [g[i].type for i in node.inputs], attrs)
+    except TilefuseError as err:
+        raise VerifyError(f"{where}: {err}") from None
+    if attrs != node.attr:
+        raise VerifyError(f"{where}: attributes are not canonical (defaults must be left out)")
+    if inferred != node.type:
+        raise VerifyError(f"{where}: its type is stale; the operands give {inferred}")
+
+
+def _verify_const(g: Graph, node: Node, where: str) -> None:
+    array = g.constants.get(node.id)
+    if array is None:
+        raise VerifyError(f"{where}: constant without data")
+    if array.shape != node.type.shape or array.dtype != node.type.np_dtype:
+        raise VerifyError(
+            f"{where}: data is {array.dtype}{list(array.shape)}, not {node.type}"
+        )
+    if not isinstance(array, np.ndarray):
+        raise VerifyError(f"{where}: data is not a NumPy array")
