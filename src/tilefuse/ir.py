@@ -101,8 +101,11 @@ class Graph:
         inputs: Iterable[int],
         outputs: Iterable[int],
         constants: Mapping[int, np.ndarray] | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
+        # what passes learned on the way (fusion decisions, the memory plan); not part of ==
+        self.meta: dict[str, Any] = dict(meta or {})
         self.nodes: dict[int, Node] = {}
         for node in nodes:
             if node.id in self.nodes:
@@ -258,8 +261,8 @@ class GraphBuilder:
             return self.const(graph.constants[node.id], node.name or "c")
         return self.op(node.op, inputs, loc=node.loc, **node.attr)
 
-    def build(self, outputs: Iterable[int]) -> Graph:
-        return Graph(self.name, self.nodes, self.inputs, list(outputs), self.constants)
+    def build(self, outputs: Iterable[int], meta: Mapping[str, Any] | None = None) -> Graph:
+        return Graph(self.name, self.nodes, self.inputs, list(outputs), self.constants, meta)
 
 
 def cast_graph(g: Graph, dtype: str) -> Graph:

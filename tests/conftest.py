@@ -1,0 +1,38 @@
+"""Shared test set-up: one Numba/tilefuse cache per test run, hypothesis profiles, goldens."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# one compile cache per test run, shared by the xdist workers of that run
+_RUN_CACHE = os.environ.setdefault(
+    "TILEFUSE_TEST_CACHE", tempfile.mkdtemp(prefix="tilefuse-test-cache-")
+)
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(_RUN_CACHE, "numba"))
+os.environ.setdefault("TILEFUSE_CACHE_DIR", os.path.join(_RUN_CACHE, "tilefuse"))
+
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, max_examples=100)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-goldens", action="store_true", help="rewrite tests/golden/ expected outputs"
+    )
+
+
+@pytest.fixture
+def update_goldens(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-goldens"))
