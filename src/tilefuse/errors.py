@@ -35,3 +35,7 @@ class VerifyError(TilefuseError, ValueError):
 
 class InputError(TilefuseError, ValueError):
     """Arguments a compiled model or the reference interpreter cannot accept."""
+
+
+class MiscompileError(TilefuseError, AssertionError):
+    """A compiled model disagrees with the reference interpreter."""

@@ -75,6 +75,19 @@ def _compile_reference(graph: Graph, stages: dict[str, Graph], options: dict) ->
     return ReferenceModel(graph, stages, options)
 
 
+def _compile_cpu(graph: Graph, stages: dict[str, Graph], options: dict) -> CompiledModel:
+    from .cpu import compile_cpu  # imports Numba: only when the target is used
+
+    return compile_cpu(graph, stages, options)
+
+
 BACKENDS: dict[str, Callable[[Graph, dict[str, Graph], dict], CompiledModel]] = {
     "reference": _compile_reference,
+    "cpu": _compile_cpu,
+}
+
+# the pipeline each target runs when compile() is given none
+DEFAULT_PIPELINES = {
+    "reference": "",
+    "cpu": "canonicalize,fuse,tile,plan_memory",
 }

@@ -1,0 +1,470 @@
+"""The Numba/LLVM CPU backend: the whole network as one generated, JIT-compiled function.
+
+    model = tfu.compile(net, target="cpu")    # canonicalize, fuse, tile, plan_memory, render
+    print(model.source())                     # the generated Python, one block per IR line
+
+`render(g)` turns the tiled graph into readable Python source: one `@njit` function
+`forward` that binds the symbolic batch, calls one kernel driver per fused dense op
+(`cpu_kernels`: packed, blocked, LLVM-IR micro-kernels with the epilogue in registers) and
+writes plain loops for the remaining ops. The source is written to a content-hashed `.py`
+file in the cache directory and imported, so Numba's `cache=True` finds it again in the
+next process. Weights are constants: they are packed into micro-panel order once, here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import pathlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..cache import atomic_write, cache_dir
+from ..errors import TilefuseError
+from ..ir import Graph, Node, TensorType
+from ..ops import attrs_of
+from ..schedule import Tiling
+from ..text import format_node, node_names
+from . import CompiledModel, reference
+
+PIPELINE = "canonicalize,fuse,tile,plan_memory"
+_HERE = pathlib.Path(__file__).parent
+_KERNEL_SOURCES = ("cpu_kernels.py", "llvm_ukernel.py", "cpu_runtime.py", "cpu.py")
+
+# one scalar statement per activation: `v` is the value being computed
+_ACTIVATION_CODE = {
+    "identity": [],
+    "relu": ["v = v if not v < 0 else 0.0"],
+    "sigmoid": ["v = 1.0 / (1.0 + math.exp(-v))"],
+    "tanh": ["v = math.tanh(v)"],
+    "gelu": ["v = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))"],
+    "gelu_tanh": [
+        "v = 0.5 * v * (1.0 + math.tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))"
+    ],
+    "leaky_relu": ["v = v if v >= 0 else v * {alpha!r}"],
+}
+_BINARY_CODE = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def activation_key(name: str, attrs: dict[str, Any]) -> str:
+    """The kernel name of an activation: gelu splits by its approximation."""
+    if name == "gelu" and attrs.get("approximate", "none") == "tanh":
+        return "gelu_tanh"
+    return name
+
+
+def activation_code(name: str, attrs: dict[str, Any]) -> list[str]:
+    key = activation_key(name, attrs)
+    if key not in _ACTIVATION_CODE:
+        raise TilefuseError(f"cpu backend: activation {name!r} is not elementwise")
+    return [s.format(alpha=float(attrs.get("alpha", 0.01))) for s in _ACTIVATION_CODE[key]]
+
+
+# -- rendering -----------------------------------------------------------------------------
+@dataclass
+class Rendered:
+    """Generated source plus the arrays `forward` takes after the inputs, in order."""
+
+    source: str
+    param_names: list[str]
+    params: list[np.ndarray]
+    outputs: list[TensorType]
+    input_names: list[str] = field(default_factory=list)
+
+
+class _Renderer:
+    def __init__(self, g: Graph) -> None:
+        self.g = g
+        self.names = node_names(g)
+        self.body: list[str] = []
+        self.param_names: list[str] = []
+        self.params: list[np.ndarray] = []
+        self._param_keys: dict[tuple[int, str], str] = {}
+        self.dims: dict[str, str] = {}
+        self.var: dict[int, str] = {}
+
+    # names and shapes ----------------------------------------------------------------------
+    def dim(self, d: int | str) -> str:
+        return str(d) if isinstance(d, int) else self.dims[d]
+
+    def shape(self, t: TensorType) -> str:
+        dims = [self.dim(d) for d in t.shape]
+        return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+    def param(self, node_id: int, role: str, make: Any) -> str:
+        key = (node_id, role)
+        if key not in self._param_keys:
+            name = f"{role}_{self.names[node_id]}"
+            self._param_keys[key] = name
+            self.param_names.append(name)
+            self.params.append(np.ascontiguousarray(make()))
+        return self._param_keys[key]
+
+    def value(self, node_id: int) -> str:
+        """The variable holding a value; constants become `forward` parameters as they are."""
+        node = self.g[node_id]
+        if node.op == "const":
+            array = self.g.constants[node_id]
+            return self.param(node_id, "c", lambda: array.reshape(1) if array.ndim == 0 else array)
+        return self.var[node_id]
+
+    def emit(self, line: str, depth: int = 1) -> None:
+        self.body.append("    " * depth + line)
+
+    # the whole module ----------------------------------------------------------------------
+    def render(self) -> Rendered:
+        g = self.g
+        inputs = [g[i] for i in g.inputs]
+        for node in inputs:
+            self.var[node.id] = f"x_{self.names[node.id]}"
+            for axis, d in enumerate(node.type.shape):
+                if isinstance(d, str) and d not in self.dims:
+                    self.dims[d] = f"d_{d}"
+                    self.emit(f"d_{d} = {self.var[node.id]}.shape[{axis}]")
+        destinations = self.output_destinations()
+        for node in g.ops():
+            self.emit("")
+            self.emit(f"# {format_node(g, node.id, self.names)}")
+            self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
+            if node.id not in destinations:
+                dtype = node.type.np_dtype.name
+                self.emit(f"{self.var[node.id]} = np.empty({self.shape(node.type)}, np.{dtype})")
+            getattr(self, f"render_{_KIND_RENDERERS.get(node.op, 'elementwise')}")(node)
+        self.copy_remaining_outputs(destinations)
+        outs = [f"out{k}" for k in range(len(g.outputs))]
+        args = [self.var[n.id] for n in inputs] + self.param_names + outs
+        ir_text = "\n".join("    " + line for line in str(g).split("\n"))
+        header = _MODULE_HEADER.format(name=g.name, ir=ir_text)
+        source = header + f"@njit(cache=True, fastmath=False)\ndef forward({', '.join(args)}):\n"
+        source += "\n".join(self.body) + "\n"
+        return Rendered(source, self.param_names, self.params, g.output_types(),
+                        [self.names[n.id] for n in inputs])  # fmt: skip
+
+    def output_destinations(self) -> dict[int, str]:
+        """Ops whose result is a graph output write straight into the caller's out array."""
+        dest: dict[int, str] = {}
+        for k, o in enumerate(self.g.outputs):
+            if self.g[o].op not in ("input", "const") and o not in dest:
+                dest[o] = f"out{k}"
+        return dest
+
+    def copy_remaining_outputs(self, destinations: dict[int, str]) -> None:
+        for k, o in enumerate(self.g.outputs):
+            if destinations.get(o) != f"out{k}":
+                self.emit("")
+                self.emit(f"out{k}[...] = {self.value(o)}")
+
+    # ops -----------------------------------------------------------------------------------
+    def loop_nest(self, t: TensorType, body: list[str]) -> None:
+        """for i0.. for iR: body, over the shape of `t` (scalars: the body once)."""
+        depth = 1
+        for axis, d in enumerate(t.shape):
+            self.emit(f"for i{axis} in range({self.dim(d)}):", depth)
+            depth += 1
+        for line in body:
+            self.emit(line, depth)
+
+    def index(self, operand: TensorType, out: TensorType) -> str:
+        """Index of a broadcast operand inside the loop nest of `out`."""
+        if operand.rank == 0:
+            return "[0]"
+        offset = out.rank - operand.rank
+        parts = []
+        for j, d in enumerate(operand.shape):
+            broadcast = d == 1 and out.shape[offset + j] != 1
+            parts.append("0" if broadcast else f"i{offset + j}")
+        return "[" + ", ".join(parts) + "]"
+
+    def read(self, node_id: int, out: TensorType) -> str:
+        return self.value(node_id) + self.index(self.g[node_id].type, out)
+
+    def render_elementwise(self, node: Node) -> None:
+        attrs = attrs_of(node)
+        dst = self.var[node.id] + self.index(node.type, node.type)
+        if node.op in _BINARY_CODE:
+            a, b = (self.read(i, node.type) for i in node.inputs)
+            body = [f"v = {a} {_BINARY_CODE[node.op]} {b}"]
+        else:
+            body = [f"v = {self.read(node.inputs[0], node.type)}", *activation_code(node.op, attrs)]
+        self.loop_nest(node.type, [*body, f"{dst} = v"])
+
+    def render_transpose(self, node: Node) -> None:
+        src = self.value(node.inputs[0])
+        self.loop_nest(node.type, [f"{self.var[node.id]}[i0, i1] = {src}[i1, i0]"])
+
+    def render_softmax(self, node: Node) -> None:
+        t, src, dst = node.type, self.value(node.inputs[0]), self.var[node.id]
+        axis = attrs_of(node)["axis"] % t.rank
+        outer = TensorType(t.dtype, tuple(1 if a == axis else d for a, d in enumerate(t.shape)))
+        idx = "[" + ", ".join("t" if a == axis else f"i{a}" for a in range(t.rank)) + "]"
+        extent = self.dim(t.shape[axis])
+        last = (
+            f"{dst}{idx} = {src}{idx} - m - math.log(s)"
+            if node.op == "log_softmax"
+            else f"{dst}{idx} = {dst}{idx} / s"
+        )
+        first = [f"    {dst}{idx} = e"] if node.op == "softmax" else []
+        self.loop_nest(outer, [
+            "m = -np.inf",
+            f"for t in range({extent}):",
+            f"    a = {src}{idx}",
+            "    if a > m or a != a:",
+            "        m = a",
+            "s = 0.0",
+            f"for t in range({extent}):",
+            f"    e = math.exp({src}{idx} - m)",
+            *first,
+            "    s += e",
+            f"for t in range({extent}):",
+            f"    {last}",
+        ])  # fmt: skip
+
+    def render_matmul(self, node: Node) -> None:
+        self.dense_call(node, node.inputs[0], node.inputs[1], None, "identity", {})
+
+    def render_dense(self, node: Node) -> None:
+        attrs = attrs_of(node)
+        x, w, *rest = node.inputs
+        bias = rest[0] if attrs["bias"] else None
+        self.dense_call(node, x, w, bias, attrs["act"], attrs)
+
+    def dense_call(
+        self, node: Node, x: int, w: int, bias: int | None, act: str, attrs: dict[str, Any]
+    ) -> None:
+        """One kernel-driver call; what the kernel cannot fuse follows as one loop nest."""
+        from . import cpu_kernels
+
+        n = node.type.shape[1]
+        tiling = self.tiling(node)
+        bias_arg = self.kernel_bias(bias, n) if bias is not None else None
+        epilogue: list[str] = []
+        act_key = activation_key(act, attrs)
+        if bias is not None and bias_arg is None:  # a bias the kernel cannot take
+            epilogue.append(f"v = v + {self.read(bias, node.type)}")
+            epilogue += activation_code(act, attrs)
+            act_key = "identity"
+        if node.op == "dense":
+            epilogue += self.post_code(node, attrs)
+        wp = self.packed_weights(w, tiling)
+        if bias_arg is None:
+            bias_arg = f"np.empty(0, np.{node.type.np_dtype.name})"
+        driver = cpu_kernels.DRIVERS[act_key].__name__
+        kernel_args = [self.value(x), wp, bias_arg, self.var[node.id],
+                       repr(float(attrs.get("alpha", 0.01))), str(tiling.kc), str(tiling.mc),
+                       str(tiling.nc), str(cpu_kernels.parallel_code(tiling))]  # fmt: skip
+        self.emit(f"K.{driver}({', '.join(kernel_args)})")
+        if epilogue:
+            dst = self.var[node.id] + "[i0, i1]"
+            self.loop_nest(node.type, [f"v = {dst}", *epilogue, f"{dst} = v"])
+
+    def post_code(self, node: Node, attrs: dict[str, Any]) -> list[str]:
+        """The dense op's `post` steps, one statement each, reading their operands in order."""
+        operands = list(node.inputs[2 + int(attrs["bias"]) :])
+        code: list[str] = []
+        for step in attrs["post"]:
+            if step in _BINARY_CODE:
+                code.append(f"v = v {_BINARY_CODE[step]} {self.read(operands.pop(0), node.type)}")
+            else:
+                code += activation_code(step, {})
+        return code
+
+    def tiling(self, node: Node) -> Tiling:
+        from . import cpu_kernels
+
+        given = attrs_of(node).get("tile") if node.op == "dense" else None
+        kernel = cpu_kernels.default_tiling(node.type.np_dtype)
+        tiling = given or kernel
+        return tiling.replace(mr=kernel.mr, nr=kernel.nr)
+
+    def packed_weights(self, w: int, tiling: Tiling) -> str:
+        from . import cpu_kernels
+
+        if self.g[w].op == "const":
+            array = self.g.constants[w]
+            return self.param(w, f"pw{tiling.kc}", lambda: cpu_kernels.pack_weights(array, tiling))
+        return f"R.pack_weights(np.ascontiguousarray({self.value(w)}), {tiling.kc}, {tiling.nr})"
+
+    def kernel_bias(self, bias: int, n: int | str) -> str | None:
+        """A 1-D [N] view of a bias that broadcasts along rows, else None."""
+        t = self.g[bias].type
+        if any(d != 1 for d in t.shape[:-1]) or (t.rank and t.shape[-1] not in (n, 1)):
+            return None
+        if self.g[bias].op == "const" and isinstance(n, int):
+            array = self.g.constants[bias]
+            return self.param(bias, "b", lambda: np.broadcast_to(array, (1, n)).reshape(n))
+        if t.rank >= 1 and t.shape[-1] == n:
+            return f"np.ascontiguousarray({self.value(bias)}).reshape(({self.dim(n)},))"
+        return None
+
+
+_KIND_RENDERERS = {
+    "dense": "dense",
+    "matmul": "matmul",
+    "transpose": "transpose",
+    "softmax": "softmax",
+    "log_softmax": "softmax",
+}
+
+_MODULE_HEADER = '''"""tilefuse: generated CPU code for graph {name}.
+
+The IR it implements:
+
+{ir}
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from tilefuse.backends import cpu_kernels as K
+from tilefuse.backends import cpu_runtime as R
+
+
+'''
+
+
+def render(g: Graph) -> Rendered:
+    """Readable Python source of one `forward` function for the whole graph."""
+    return _Renderer(g).render()
+
+
+# -- loading -------------------------------------------------------------------------------
+def _fingerprint() -> str:
+    import llvmlite
+    import numba
+
+    from .. import __version__
+
+    h = hashlib.sha256(f"{__version__} {numba.__version__} {llvmlite.__version__}".encode())
+    for name in _KERNEL_SOURCES:
+        path = _HERE / name
+        if path.exists():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def load_module(source: str, graph_name: str) -> Any:
+    """Import `source` from a content-hashed file in the cache dir (Numba caches real files)."""
+    digest = hashlib.sha256((_fingerprint() + source).encode()).hexdigest()[:20]
+    module_name = f"tilefuse_gen_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = cache_dir() / "kernels" / f"{module_name}.py"
+    if not path.exists() or path.read_text() != source:
+        atomic_write(path, source)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+# -- the model -----------------------------------------------------------------------------
+class CpuModel(CompiledModel):
+    target = "cpu"
+
+    def __init__(self, graph: Graph, stages: dict[str, Graph], options: dict[str, Any]) -> None:
+        super().__init__(graph, stages, options)
+        self.rendered = render(self.final)
+        self.module = load_module(self.rendered.source, self.final.name)
+        self.forward = self.module.forward
+        self.threads = options.get("threads")
+
+    def out_shapes(self, inputs: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+        dims: dict[str, int] = {}
+        for node, array in zip((self.final[i] for i in self.final.inputs), inputs, strict=True):
+            for d, size in zip(node.type.shape, array.shape, strict=True):
+                if isinstance(d, str):
+                    dims[d] = size
+        return [tuple(dims.get(d, d) for d in t.shape) for t in self.rendered.outputs]  # type: ignore[misc]
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        inputs = [np.ascontiguousarray(a) for a in inputs]
+        outs = [np.empty(shape, t.np_dtype) for shape, t in
+                zip(self.out_shapes(inputs), self.rendered.outputs, strict=True)]  # fmt: skip
+        self._call(inputs, outs)
+        return outs
+
+    def _call(self, inputs: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> None:
+        if self.threads:
+            import numba
+
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        self.forward(*inputs, *self.rendered.params, *outs)
+
+    def set_threads(self, threads: int | None) -> None:
+        self.threads = threads
+
+    def source(self) -> str:
+        return self.rendered.source
+
+    def llvm(self) -> str:
+        """Optimised LLVM IR of `forward` with the kernels it calls linked in."""
+        return self._inspect("llvm")
+
+    def asm(self) -> str:
+        """Assembly of `forward` with the kernels it calls linked in."""
+        return self._inspect("asm")
+
+    def _inspect(self, kind: str) -> str:
+        if not self.forward.signatures:
+            self.run(random_batch(self.final))
+        signature = self.forward.signatures[0]
+        if not self.forward.stats.cache_hits:
+            return getattr(self.forward, f"inspect_{kind}")(signature)
+        # Numba cannot show code it loaded from its cache: compile afresh in a subprocess
+        return inspect_in_subprocess(self.module.__file__, signature, kind)
+
+
+def random_batch(g: Graph, batch: int = 2) -> list[np.ndarray]:
+    shapes = [[d if isinstance(d, int) else batch for d in t.shape] for t in g.input_types()]
+    return [np.zeros(s, t.np_dtype) for s, t in zip(shapes, g.input_types())]
+
+
+_INSPECT_SCRIPT = """
+import importlib.util, json, sys
+import numpy as np
+from numba import types
+path, kind, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+module_spec = importlib.util.spec_from_file_location("tilefuse_inspect", path)
+module = importlib.util.module_from_spec(module_spec)
+module_spec.loader.exec_module(module)
+sig = tuple(types.Array(types.from_dtype(np.dtype(d)), n, "C", readonly=r) for d, n, r in spec)
+module.forward.compile(sig)
+sys.stdout.write(getattr(module.forward, "inspect_" + kind)(sig))
+"""
+
+
+def inspect_in_subprocess(path: str, signature: tuple, kind: str) -> str:
+    """LLVM IR or assembly of a cached module, from a fresh compile with caching off."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    spec = json.dumps([(str(t.dtype), t.ndim, not t.mutable) for t in signature])
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "NUMBA_CACHE_DIR": scratch}
+        result = subprocess.run(
+            [sys.executable, "-c", _INSPECT_SCRIPT, path, kind, spec],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+    if result.returncode:
+        raise TilefuseError(f"could not compile {path} for inspection:\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def compile_cpu(graph: Graph, stages: dict[str, Graph], options: dict[str, Any]) -> CpuModel:
+    return CpuModel(graph, stages, options)
+
+
+__all__ = ["PIPELINE", "CpuModel", "compile_cpu", "load_module", "reference", "render"]
