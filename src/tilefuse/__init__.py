@@ -35,6 +35,7 @@ from .errors import (
 )
 from .ir import Graph, Node, TensorType
 from .ops import OPS
+from .passes.fuse import assert_fused
 from .schedule import Tiling
 from .text import parse_graph, print_graph
 from .verify import verify
@@ -58,6 +59,7 @@ __all__ = [
     "Tiling",
     "TilefuseError",
     "VerifyError",
+    "assert_fused",
     "compile",
     "function",
     "gelu",

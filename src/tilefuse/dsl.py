@@ -261,10 +261,18 @@ class Function:
     """A Python function traced into a Graph. Parameters annotated `tfu.Input[...]` become graph
     inputs; the others are weights: NumPy defaults, or values given with `bind(name=array)`."""
 
-    def __init__(self, fn: Callable[..., Any], bound: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        bound: dict[str, Any] | None = None,
+        namespace: dict[str, Any] | None = None,
+    ) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.bound = dict(bound or {})
+        # the scope the function was defined in: string annotations (from __future__ import
+        # annotations) may name its local variables, e.g. Input["N", k]
+        self.namespace = dict(namespace or {})
         self.loc = f"{os.path.basename(fn.__code__.co_filename)}:{fn.__code__.co_firstlineno}"
         self._graph: Graph | None = None
 
@@ -273,13 +281,21 @@ class Function:
         unknown = [k for k in weights if k not in params]
         if unknown:
             raise TilefuseError(f"{self.loc}: {self.fn.__name__} has no parameter {unknown[0]!r}")
-        return Function(self.fn, {**self.bound, **weights})
+        return Function(self.fn, {**self.bound, **weights}, self.namespace)
 
     def _annotations(self) -> dict[str, Any]:
-        try:
-            return inspect.get_annotations(self.fn, eval_str=True)
-        except Exception:  # noqa: BLE001 - unresolvable annotations are simply not inputs
-            return {}
+        out = {}
+        for name, annotation in inspect.get_annotations(self.fn).items():
+            if isinstance(annotation, str):
+                try:
+                    annotation = eval(annotation, self.fn.__globals__, self.namespace)  # noqa: S307
+                except Exception as err:  # noqa: BLE001 - reported with the user's location
+                    raise TilefuseError(
+                        f"{self.loc}: cannot evaluate the annotation {annotation!r} of parameter "
+                        f"{name!r}: {err}"
+                    ) from None
+            out[name] = annotation
+        return out
 
     def graph(self) -> Graph:
         if self._graph is None:
@@ -326,7 +342,7 @@ class Function:
 
 def function(fn: Callable[..., Any]) -> Function:
     """Decorator: trace `fn` on symbolic Tensors into a Graph (see `Function`)."""
-    return Function(fn)
+    return Function(fn, namespace=sys._getframe(1).f_locals)
 
 
 # -- layers ---------------------------------------------------------------------------------

@@ -1,0 +1,272 @@
+"""canonicalize: the first pass. Brings every network to one form before fusion.
+
+- Row-major orientation: a column-major layer `W @ X + b` (W a constant) becomes
+  `(X^T @ W^T + b^T)^T` with W^T and b^T computed at compile time. Elementwise ops commute
+  with the transposes, and `transpose(transpose(x))` cancels, so a whole column-major MLP
+  ends with one transpose at its input, row-major layers, and one transpose at its output.
+- Constant folding: an op whose operands are all constants is evaluated now.
+- Identities: `identity(x)`, `x + 0`, `x - 0`, `x * 1`, `x / 1` become `x`.
+- Dead code elimination and common subexpression elimination (equal constants included).
+
+Every change is recorded as a `Decision` in `graph.meta["decisions"]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+
+from ..ir import Graph, Node, array_digest
+from ..ops import BINARY_REFS, ELEMENTWISE_ACTIVATIONS, evaluate
+from . import Decision, Pass, register, with_decisions
+from .rewrite import (
+    Applied,
+    Edit,
+    Match,
+    Pattern,
+    Predicate,
+    Rule,
+    any_node,
+    const,
+    fresh_copy,
+    line,
+    not_const,
+    operands_const,
+    pat,
+    rewrite,
+    without_dead_code,
+)
+
+BINARY = tuple(BINARY_REFS)
+
+
+# -- constant folding and identities -------------------------------------------------------
+def folded_name(g: Graph, node: Node) -> str:
+    """`w0_t` for a transposed weight; otherwise the first constant operand's name."""
+    first = g[node.inputs[0]].name or "c"
+    return f"{first}_t" if node.op == "transpose" else first
+
+
+def fold_constant(edit: Edit, m: Match) -> int:
+    node = m["root"]
+    value = evaluate(node, [edit.g.constants[i] for i in node.inputs])
+    return edit.const(value, folded_name(edit.g, node))
+
+
+def filled_with(value: float) -> Predicate:
+    """A constant all of whose elements equal `value`."""
+
+    def predicate(g: Graph, node: Node) -> bool:
+        return node.op == "const" and bool(np.all(g.constants[node.id] == value))
+
+    return predicate
+
+
+def keep_operand(edit: Edit, m: Match) -> int | None:
+    """`x` in place of the op, unless the other operand broadcasts `x` to a larger shape."""
+    return m["x"].id if m["x"].type == m["root"].type else None
+
+
+# -- orientation: column-major to row-major ------------------------------------------------
+def as_matrix(array: np.ndarray) -> np.ndarray:
+    """A constant of rank <= 2 as a rank-2 array, broadcasting the way NumPy would."""
+    return array.reshape((1,) * (2 - array.ndim) + array.shape)
+
+
+def row_major_matmul(edit: Edit, m: Match) -> int:
+    """W @ X  ->  (X^T @ W^T)^T, with W^T a new constant."""
+    w, x, loc = m["w"], m["x"], m["root"].loc
+    w_t = edit.const(edit.g.constants[w.id].T, f"{w.name or 'w'}_t")
+    product = edit.op("matmul", [edit.op("transpose", [x.id]), w_t], loc=loc)
+    return edit.op("transpose", [product], loc=loc)
+
+
+def const_across_transpose(edit: Edit, m: Match) -> int:
+    """op(Y^T, c)  ->  op(Y, c^T)^T, keeping the operand order (sub and div care)."""
+    root, y, c = m["root"], m["y"], m["c"]
+    c_t = edit.const(as_matrix(edit.g.constants[c.id]).T, f"{c.name or 'c'}_t")
+    operands = [y.id, c_t] if root.inputs[0] == m["t"].id else [c_t, y.id]
+    return edit.op("transpose", [edit.op(root.op, operands, loc=root.loc, **root.attr)])
+
+
+def binary_of_transposes(edit: Edit, m: Match) -> int:
+    """op(A^T, B^T)  ->  op(A, B)^T."""
+    root = m["root"]
+    inner = edit.op(root.op, [m["a"].id, m["b"].id], loc=root.loc, **root.attr)
+    return edit.op("transpose", [inner])
+
+
+def activation_across_transpose(edit: Edit, m: Match) -> int:
+    """act(Y^T)  ->  act(Y)^T for elementwise activations."""
+    root = m["root"]
+    return edit.op("transpose", [edit.op(root.op, [m["y"].id], loc=root.loc, **root.attr)])
+
+
+def softmax_across_transpose(edit: Edit, m: Match) -> int:
+    """softmax[axis=a](Y^T)  ->  softmax[axis=1-a](Y)^T (rank 2, where axis 1 is axis -1)."""
+    root = m["root"]
+    axis = -1 if root.attr.get("axis", -1) % 2 == 0 else 0
+    attrs = {**root.attr, "axis": axis}
+    return edit.op("transpose", [edit.op(root.op, [m["y"].id], loc=root.loc, **attrs)])
+
+
+def small_rank(g: Graph, node: Node) -> bool:
+    return node.type.rank <= 2
+
+
+def transposed(name: str, operand: str) -> Pattern:
+    return pat("transpose", any_node(operand), name=name)
+
+
+ORIENTATION_RULES = [
+    Rule("cancel_transposes", pat("transpose", transposed("t", "x")), lambda e, m: m["x"].id),
+    Rule(
+        "row_major_matmul", pat("matmul", const("w"), any_node("x", [not_const])), row_major_matmul
+    ),
+    Rule(
+        "const_across_transpose",
+        pat(BINARY, transposed("t", "y"), const("c", [small_rank]), commutative=True),
+        const_across_transpose,
+    ),
+    Rule(
+        "binary_of_transposes",
+        pat(BINARY, transposed("ta", "a"), transposed("tb", "b")),
+        binary_of_transposes,
+    ),
+    Rule(
+        "activation_across_transpose",
+        pat(ELEMENTWISE_ACTIVATIONS, transposed("t", "y")),
+        activation_across_transpose,
+    ),
+    Rule(
+        "softmax_across_transpose",
+        pat(("softmax", "log_softmax"), transposed("t", "y")),
+        softmax_across_transpose,
+    ),
+]
+
+CANONICAL_RULES = [
+    Rule("fold_constant", any_node(where=[operands_const]), fold_constant),
+    Rule("remove_identity", pat("identity", any_node("x")), lambda e, m: m["x"].id),
+    Rule(
+        "remove_add_zero",
+        pat("add", any_node("x"), const(where=[filled_with(0)]), commutative=True),
+        keep_operand,
+    ),
+    Rule("remove_sub_zero", pat("sub", any_node("x"), const(where=[filled_with(0)])), keep_operand),
+    Rule(
+        "remove_mul_one",
+        pat("mul", any_node("x"), const(where=[filled_with(1)]), commutative=True),
+        keep_operand,
+    ),
+    Rule("remove_div_one", pat("div", any_node("x"), const(where=[filled_with(1)])), keep_operand),
+    *ORIENTATION_RULES,
+]
+
+DETAILS = {
+    "fold_constant": "all its operands are constants, so it is evaluated at compile time",
+    "remove_identity": "identity returns its operand",
+    "remove_add_zero": "adding zeros returns the other operand",
+    "remove_sub_zero": "subtracting zeros returns the other operand",
+    "remove_mul_one": "multiplying by ones returns the other operand",
+    "remove_div_one": "dividing by ones returns the other operand",
+    "cancel_transposes": "two transposes in a row cancel",
+    "row_major_matmul": "column-major W @ X becomes (X^T @ W^T)^T with W^T transposed at "
+    "compile time, so the matmul runs row-major and can fuse into a dense op",
+    "const_across_transpose": "the constant operand is transposed at compile time so the "
+    "transpose moves past the op toward the output, where transposes cancel",
+    "binary_of_transposes": "an op on two transposed operands runs untransposed, followed by "
+    "one transpose",
+    "activation_across_transpose": "elementwise activations commute with transpose; the "
+    "transpose moves toward the output, where transposes cancel",
+    "softmax_across_transpose": "softmax along one axis of X^T is softmax along the other axis "
+    "of X, transposed",
+    "common_subexpression": "it computes the same value as an earlier node, whose result is "
+    "used instead",
+    "dead_code": "no output depends on it",
+}
+
+
+def decision(code: str, subject: str, pass_name: str = "canonicalize") -> Decision:
+    return Decision(pass_name, subject, "applied", code, DETAILS[code])
+
+
+# -- CSE -----------------------------------------------------------------------------------
+def cse_key(g: Graph, node: Node) -> tuple:
+    """Nodes with equal keys compute equal values (constants: equal dtype, shape and data)."""
+    if node.op == "const":
+        return ("const", node.type, array_digest(g.constants[node.id]))
+    return (node.op, node.attrs, node.inputs, node.type)
+
+
+def merge_common_subexpressions(g: Graph) -> tuple[Graph, list[Decision]]:
+    """Every value computed once: later copies are replaced by the first (topological order)."""
+    first: dict[tuple, int] = {}
+    merged: dict[int, int] = {}
+    nodes: list[Node] = []
+    decisions = []
+    for node in g:
+        node = replace(node, inputs=tuple(merged.get(i, i) for i in node.inputs))
+        key = cse_key(g, node) if node.op != "input" else ("input", node.id)
+        if key in first:
+            merged[node.id] = first[key]
+            decisions.append(decision("common_subexpression", line(g, g[node.id])))
+            continue
+        first[key] = node.id
+        nodes.append(node)
+    if not merged:
+        return g, []
+    outputs = [merged.get(o, o) for o in g.outputs]
+    constants = {n.id: g.constants[n.id] for n in nodes if n.op == "const"}
+    return Graph(g.name, nodes, g.inputs, outputs, constants, g.meta), decisions
+
+
+# -- the pass ------------------------------------------------------------------------------
+def dead_code_decisions(g: Graph) -> list[Decision]:
+    live = without_dead_code(g).nodes
+    return [decision("dead_code", line(g, n)) for n in g if n.id not in live]
+
+
+def applied_decisions(applied: list[Applied], pass_name: str = "canonicalize") -> list[Decision]:
+    return [decision(a.rule, a.subject, pass_name) for a in applied]
+
+
+def canonical_form(g: Graph) -> tuple[Graph, list[Decision]]:
+    """Rewrite with `CANONICAL_RULES` and merge duplicates until neither changes anything."""
+    decisions = dead_code_decisions(g)
+    while True:
+        g, applied = rewrite(g, CANONICAL_RULES)
+        g, merged = merge_common_subexpressions(g)
+        decisions += applied_decisions(applied) + merged
+        if not merged:
+            return g, decisions
+
+
+@register
+@dataclass(frozen=True)
+class Canonicalize(Pass):
+    """One form for every network: row-major layers, folded constants, no identities,
+    no dead or duplicate nodes.
+
+    Before (column-major, `W @ X + b`):
+
+        %0 = matmul(%w, %x) : f32[2,N]
+        %1 = add(%0, %b) : f32[2,N]
+        %2 = relu(%1) : f32[2,N]
+
+    After:
+
+        %0 = transpose(%x) : f32[N,3]
+        %1 = matmul(%0, %w_t) : f32[N,2]
+        %2 = add(%1, %b_t) : f32[N,2]
+        %3 = relu(%2) : f32[N,2]
+        %4 = transpose(%3) : f32[2,N]
+    """
+
+    name: ClassVar[str] = "canonicalize"
+
+    def run(self, g: Graph) -> Graph:
+        out, decisions = canonical_form(g)
+        return with_decisions(fresh_copy(out), decisions)

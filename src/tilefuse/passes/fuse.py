@@ -1,0 +1,288 @@
+"""fuse: the second pass. Every matmul becomes a `dense` op that also computes the bias add,
+the activation and the elementwise ops after them, so a layer is one kernel.
+
+The dense op, as fuse writes it (backends rely on this):
+
+    dense[bias=false](x, w)                 x @ w; every matmul becomes at least this
+    dense(x, w, b)                          x @ w + b; b is a row vector, shape [n] or [1,n]
+    dense[act=A, alpha=.., approximate=..]  A(x @ w + b); A any elementwise activation
+    dense[post=(S1, S2, ..)](x, w, b, r1..) then the steps in order: a binary step (add, sub,
+                                            mul, div) computes z <op> r_i with the next extra
+                                            operand, which broadcasts to the output without
+                                            growing it; an activation step takes default attrs
+
+w may be a constant or a runtime value. Column-major layers (`W @ X + b`) are first turned
+row-major with canonicalize's orientation rules. An op joins a dense only when it is the
+dense result's one use. Each dense and each elementwise op left alone gets a `Decision`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import networkx as nx
+
+from ..ir import Graph, Node
+from ..ops import ACTIVATIONS, BINARY_REFS, ELEMENTWISE_ACTIVATIONS, OPS, attrs_of, broadcast_shapes
+from . import Decision, Pass, register, run_pipeline, with_decisions
+from .canonicalize import ORIENTATION_RULES, applied_decisions
+from .rewrite import Edit, Match, Rule, any_node, fresh_copy, line, pat, rewrite, single_use
+
+MAX_DENSE_OPERANDS = OPS["dense"].arity[1]
+Problem = tuple[str, str]  # (reason code, a sentence saying what the user could change)
+SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+# -- legality ------------------------------------------------------------------------------
+def is_bare(dense: Node) -> bool:
+    """A dense that is still just the matmul (nothing absorbed yet, bias or otherwise)."""
+    attrs = attrs_of(dense)
+    return not attrs["bias"] and attrs["act"] == "identity" and not attrs["post"]
+
+
+def is_row_vector(operand: Node, dense: Node) -> bool:
+    """Shape [n] or [1,n]: one bias value per output column."""
+    n = dense.type.shape[1]
+    return operand.type.shape in ((n,), (1, n))
+
+
+def act_slot_free(dense: Node) -> bool:
+    """No activation and no epilogue steps yet: an activation can take the `act` slot."""
+    attrs = attrs_of(dense)
+    return attrs["act"] == "identity" and not attrs["post"]
+
+
+def epilogue_candidate(node: Node) -> bool:
+    return node.op in ACTIVATIONS or node.op in BINARY_REFS
+
+
+def multi_use_problem(g: Graph, dense: Node) -> Problem:
+    readers = [u.op for u in g.users(dense.id)] + ["output"] * g.outputs.count(dense.id)
+    return (
+        "multi_use",
+        f"its result is used {g.use_count(dense.id)} times ({', '.join(readers)}); an op "
+        "joins the dense only when it is the only use, so the users stay separate kernels "
+        "(use the value once, or repeat the layer for each user if that is cheaper)",
+    )
+
+
+def activation_problem(dense: Node, act: Node) -> Problem | None:
+    if not ACTIVATIONS[act.op].elementwise:
+        return (
+            "unsupported_activation",
+            f"{act.op} is not elementwise (it normalizes along an axis), so it runs as its "
+            "own kernel after the dense; only elementwise activations fuse",
+        )
+    if act_slot_free(dense):
+        return None
+    if act.attrs:
+        shown = ", ".join(f"{k}={v}" for k, v in act.attrs)
+        return (
+            "unsupported_activation",
+            f"{act.op}[{shown}] would be an epilogue step after {attrs_of(dense)['act']}, and "
+            "epilogue steps take default attributes; use the default or put it directly "
+            "after the bias add",
+        )
+    return None
+
+
+def binary_problem(g: Graph, dense: Node, op: Node) -> Problem | None:
+    other = g[op.inputs[1] if op.inputs[0] == dense.id else op.inputs[0]]
+    if op.inputs[0] != dense.id and op.op in ("sub", "div"):
+        symbol = SYMBOLS[op.op]
+        return (
+            "operand_order",
+            f"{op.op} has the matmul result z as its second operand; an epilogue step computes "
+            f"z {symbol} r, not r {symbol} z, so it stays a separate kernel",
+        )
+    if broadcast_shapes(dense.type.shape, other.type.shape) != dense.type.shape:
+        return (
+            "shape_mismatch",
+            f"%{other.name or 'operand'} {other.type} would grow the matmul result "
+            f"{dense.type} to {op.type}; a bias must be [n] or [1,n] and an epilogue operand "
+            f"must broadcast to {dense.type}",
+        )
+    if nx.has_path(g.nx, dense.id, other.id):
+        return ("cycle", "the other operand is computed from the matmul result itself")
+    if len(dense.inputs) >= MAX_DENSE_OPERANDS:
+        return ("too_many_operands", f"a dense op takes at most {MAX_DENSE_OPERANDS} operands")
+    return None
+
+
+def absorb_problem(g: Graph, dense: Node, user: Node) -> Problem | None:
+    """Why `user` cannot join `dense`'s epilogue, or None when it can."""
+    if g.use_count(dense.id) > 1:
+        return multi_use_problem(g, dense)
+    if user.op in ACTIVATIONS:
+        return activation_problem(dense, user)
+    return binary_problem(g, dense, user)
+
+
+# -- the rules -----------------------------------------------------------------------------
+def matmul_to_dense(edit: Edit, m: Match) -> int:
+    matmul = m["root"]
+    return edit.op("dense", matmul.inputs, loc=matmul.loc, bias=False)
+
+
+def absorb_activation(edit: Edit, m: Match) -> int | None:
+    dense, act = m["d"], m["root"]
+    if act.op == "identity":
+        return dense.id
+    if absorb_problem(edit.g, dense, act) is not None:
+        return None
+    attrs = dense.attr
+    if act_slot_free(dense):
+        attrs = {**attrs, "act": act.op, **act.attr}
+    else:
+        attrs = {**attrs, "post": (*attrs_of(dense)["post"], act.op)}
+    return edit.op("dense", dense.inputs, loc=dense.loc, **attrs)
+
+
+def absorb_binary(edit: Edit, m: Match) -> int | None:
+    dense, op, other = m["d"], m["root"], m["r"]
+    if absorb_problem(edit.g, dense, op) is not None:
+        return None
+    if op.op == "add" and is_bare(dense) and is_row_vector(other, dense):
+        return edit.op("dense", [*dense.inputs, other.id], loc=dense.loc, bias=True)
+    post = (*attrs_of(dense)["post"], op.op)
+    return edit.op(
+        "dense", [*dense.inputs, other.id], loc=dense.loc, **{**dense.attr, "post": post}
+    )
+
+
+DENSE = pat("dense", name="d", where=[single_use])
+
+FUSION_RULES = [
+    Rule("matmul_to_dense", pat("matmul"), matmul_to_dense),
+    *(Rule(f"dense_{act}", pat(act, DENSE), absorb_activation) for act in ELEMENTWISE_ACTIVATIONS),
+    *(
+        Rule(f"dense_{op}", pat(op, DENSE, any_node("r"), commutative=True), absorb_binary)
+        for op in BINARY_REFS
+    ),
+]
+
+
+# -- decisions -----------------------------------------------------------------------------
+def absorbed_steps(dense: Node) -> list[str]:
+    attrs = attrs_of(dense)
+    steps = ["bias add"] if attrs["bias"] else []
+    if attrs["act"] != "identity":
+        act_attrs = {k: v for k, v in dense.attrs if k in ACTIVATIONS[attrs["act"]].attrs}
+        shown = ", ".join(f"{k}={v}" for k, v in act_attrs.items())
+        steps.append(f"{attrs['act']}[{shown}]" if shown else attrs["act"])
+    if attrs["post"]:
+        steps.append(f"epilogue ({', '.join(attrs['post'])})")
+    return steps
+
+
+def stop_problem(g: Graph, dense: Node) -> Problem | None:
+    """Why fusion stopped at `dense` (None: its result goes to no elementwise op)."""
+    candidates = [u for u in g.users(dense.id) if epilogue_candidate(u)]
+    if not candidates:
+        return None
+    return absorb_problem(g, dense, candidates[0])
+
+
+def dense_decision(g: Graph, dense: Node) -> Decision:
+    steps = absorbed_steps(dense)
+    problem = stop_problem(g, dense)
+    if steps:
+        outcome, code = "fused", "fused"
+        detail = f"matmul + {' + '.join(steps)} run as one dense kernel"
+    else:
+        outcome, code = "not_fused", "no_epilogue"
+        detail = "the matmul runs alone as dense[bias=false]"
+    if problem is not None:
+        code = problem[0]
+        detail += f"; the next op stays outside: {problem[1]}"
+    elif not steps:
+        detail += "; no bias add or elementwise op follows it"
+    weight = g[dense.inputs[1]]
+    if weight.op != "const":
+        detail += (
+            f"; the weight %{weight.name or 'w'} is a runtime value, not a constant "
+            "(allowed, but it cannot be packed at compile time)"
+        )
+    subject = line(g, dense) + (f" ({dense.loc})" if dense.loc else "")
+    return Decision("fuse", subject, outcome, code, detail)
+
+
+def lone_op_decision(g: Graph, node: Node) -> Decision:
+    return Decision(
+        "fuse",
+        line(g, node),
+        "not_fused",
+        "no_matmul",
+        "it reads no matmul result, and only elementwise ops that follow a matmul fuse into "
+        "its dense op; it runs as its own kernel",
+    )
+
+
+def fusion_decisions(g: Graph) -> list[Decision]:
+    decisions = []
+    for node in g:
+        if node.op == "dense":
+            decisions.append(dense_decision(g, node))
+        elif epilogue_candidate(node) and all(g[i].op != "dense" for i in node.inputs):
+            decisions.append(lone_op_decision(g, node))
+    return decisions
+
+
+@register
+@dataclass(frozen=True)
+class Fuse(Pass):
+    """matmul -> bias add -> activation -> elementwise steps become one `dense` op.
+
+    Before:
+
+        %0 = matmul(%x, %w) : f32[N,2]
+        %1 = add(%0, %b) : f32[N,2]
+        %2 = relu(%1) : f32[N,2]
+        %3 = add(%2, %r) : f32[N,2]
+
+    After:
+
+        %0 = dense[act=relu, post=(add)](%x, %w, %b, %r) : f32[N,2]
+    """
+
+    name: ClassVar[str] = "fuse"
+
+    def run(self, g: Graph) -> Graph:
+        oriented, turned = rewrite(g, ORIENTATION_RULES)
+        fused, _ = rewrite(oriented, FUSION_RULES)
+        decisions = applied_decisions(turned, "fuse") + fusion_decisions(fused)
+        return with_decisions(fresh_copy(fused), decisions)
+
+
+# -- the test helper -----------------------------------------------------------------------
+def fused_graph(model_or_graph: Any) -> Graph:
+    """The fused stage of a compiled model; for a Graph or a network, canonicalize,fuse of it."""
+    if hasattr(model_or_graph, "stages") and hasattr(model_or_graph, "final"):
+        return model_or_graph.stages.get("fused", model_or_graph.final)
+    from ..dsl import to_graph
+
+    return run_pipeline(to_graph(model_or_graph), "canonicalize,fuse")
+
+
+def assert_fused(model_or_graph: Any, kernels: int) -> Graph:
+    """Assert that a network compiles to exactly `kernels` kernels; returns the fused graph.
+
+    A kernel is every op left after fusion other than inputs and constants (a dense, a
+    transpose, an activation that did not fuse, ...). The error lists the ops and the
+    reasons fuse recorded for what it did not fuse:
+
+        tfu.assert_fused(tfu.Sequential([tfu.Dense(4, "relu")], input_dim=3), kernels=1)
+    """
+    g = fused_graph(model_or_graph)
+    ops = g.ops()
+    if len(ops) == kernels:
+        return g
+    reasons = [
+        str(d) for d in g.meta.get("decisions", []) if d.pass_name == "fuse" and d.code != "fused"
+    ]
+    listing = "\n".join(f"  {line(g, n)}" for n in ops)
+    why = "\n".join(f"  {r}" for r in reasons) or "  (no fuse decisions: did the fuse pass run?)"
+    raise AssertionError(
+        f"{g.name}: expected {kernels} kernel(s), got {len(ops)}:\n{listing}\nwhy:\n{why}"
+    )

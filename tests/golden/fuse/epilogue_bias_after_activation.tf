@@ -1,0 +1,17 @@
+// an add after the activation is not the bias: it becomes a post step
+graph layer(%x: f32[N,3]) -> f32[N,2] {
+  %w = const[value=[[0.5, -1.0], [0.25, 0.75], [-0.5, 1.5]]] : f32[3,2]
+  %b = const[value=[[0.1, -0.2]]] : f32[1,2]
+  %0 = matmul(%x, %w) : f32[N,2]
+  %1 = relu(%0) : f32[N,2]
+  %2 = add(%1, %b) : f32[N,2]
+  return %2
+}
+// ---- expected after: fuse
+graph layer(%x: f32[N,3]) -> f32[N,2] {
+  %w = const[value=[[0.5, -1.0], [0.25, 0.75], [-0.5, 1.5]]] : f32[3,2]
+  %b = const[value=[[0.1, -0.2]]] : f32[1,2]
+  %0 = dense[act=relu, bias=false, post=(add)](%x, %w, %b) : f32[N,2]
+  return %0
+}
+// decision: [fuse] fused (fused) %0 = dense[act=relu, bias=false, post=(add)](%x, %w, %b) : f32[N,2]: matmul + relu + epilogue (add) run as one dense kernel
