@@ -1,0 +1,302 @@
+"""The `tile` pass: chooses a `Tiling` for every fused `dense` op. It runs after `fuse`; backends
+only apply what it chose.
+
+    %0 = dense[act=relu](%x, %w0, %b0) : f32[N,512]
+becomes, on the generic machine (32 KiB L1d, 512 KiB L2, 8 MiB L3, AVX2, 8 cores):
+    %0 = dense[act=relu, tile=(mc=36, nc=512, kc=200, mr=6, nr=16, parallel=m, pack=true)](...)
+
+The choice follows the BLIS analytic model (Low et al., "Analytical modeling is enough for
+high-performance BLIS", 2016): the micro-tile mr x nr fills the vector registers, kc keeps a
+kc x nr B micro-panel in L1, mc keeps the mc x kc A block in L2, nc keeps the kc x nc B panel in
+L3. Each choice is recorded as a `Decision` whose text names the sizes that justify it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .. import machine as machines
+from ..errors import AttrError
+from ..ir import Graph, Node
+from ..machine import Machine, format_bytes
+from ..ops import attrs_of
+from ..schedule import PARALLEL_CHOICES, TYPICAL_BATCH, Tiling
+from . import Decision, Pass, register, with_decisions
+
+# A parallel region (Numba's threading layer, like OpenMP's fork/join) costs a few microseconds
+# to start and join; below about this much single-core work it loses more than it gains.
+PARALLEL_MIN_SECONDS = 10e-6
+# Sustained single-core speed assumed for that estimate: one vector FMA (2 flops per lane) per
+# cycle at this clock. Real cores reach about twice that; the estimate only has to be the right
+# order of magnitude to separate a 10 x 10 layer from a 784 x 512 one.
+ASSUMED_GHZ = 3.0
+# Micro-tile rows: 6 rows x 2 vectors = 12 accumulators + 2 B vectors + 1 A broadcast fill 15 of
+# the 16 AVX2 registers (the BLIS Haswell kernel's shape); AVX-512 has registers to spare.
+MICRO_TILE_ROWS = 6
+MICRO_TILE_VECTORS = 2  # nr = this many vectors of the machine's width
+KC_MULTIPLE = 8  # kc is a multiple of this (whole cache lines of f64, half lines of f32)
+
+AUTO = "auto"
+PACK_CHOICES = ("auto", "true", "false")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The extents of one dense op C[m,n] = A[m,k] @ B[k,n]; symbolic ones replaced by `batch`."""
+
+    m: int
+    n: int
+    k: int
+    dtype: str
+    itemsize: int
+    symbolic: dict[str, str]  # extent name ("m") -> its symbol ("N")
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.n * self.k
+
+    def extent(self, axis: str) -> str:
+        value = getattr(self, axis)
+        symbol = self.symbolic.get(axis)
+        return f"{axis}={symbol} (planned as {value})" if symbol else f"{axis}={value}"
+
+
+def problem_of(node: Node, x_shape: tuple, w_shape: tuple, batch: int) -> Problem:
+    dims = {"m": x_shape[0], "k": x_shape[1], "n": w_shape[1]}
+    symbolic = {axis: d for axis, d in dims.items() if isinstance(d, str)}
+    sizes = {axis: batch if isinstance(d, str) else d for axis, d in dims.items()}
+    return Problem(
+        **sizes, dtype=node.type.dtype, itemsize=node.type.np_dtype.itemsize, symbolic=symbolic
+    )
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} µs"
+
+
+# -- the analytic model: one function per choice, each returning (value, reason) ------------
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def round_down(value: int, multiple: int) -> int:
+    return max(multiple, value // multiple * multiple)
+
+
+def choose_micro_tile(p: Problem, mach: Machine) -> tuple[int, int, str]:
+    lanes = mach.lanes(p.dtype)
+    mr, nr = MICRO_TILE_ROWS, MICRO_TILE_VECTORS * lanes
+    why = (
+        f"mr x nr = {mr}x{nr}: {mr * MICRO_TILE_VECTORS} accumulators of {lanes} {p.dtype} "
+        f"lanes ({mach.vector_bits}-bit vectors) stay in registers"
+    )
+    return mr, nr, why
+
+
+def choose_kc(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[int, str]:
+    s = p.itemsize
+    most = round_down(mach.l1d // 2 // (nr * s), KC_MULTIPLE)
+    blocks = -(-p.k // most)
+    kc = p.k if blocks <= 1 else min(most, round_up(-(-p.k // blocks), KC_MULTIPLE))
+    kc = max(kc, 1)
+    why = (
+        f"kc={kc}: a {kc}x{nr} B micro-panel ({format_bytes(kc * nr * s)}) and a {mr}x{kc} "
+        f"A sliver ({format_bytes(mr * kc * s)}) fit the {format_bytes(mach.l1d)} L1d"
+    )
+    if blocks <= 1:
+        return kc, f"{why} (all of k={p.k}: one k block)"
+    return kc, f"{why} (k={p.k} in {-(-p.k // kc)} balanced k blocks of at most {most})"
+
+
+def choose_parallel(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[str, str]:
+    rate = mach.lanes(p.dtype) * (2 if mach.fma else 1) * ASSUMED_GHZ * 1e9
+    seconds = p.flops / rate
+    work = f"{p.flops:,} flops ≈ {format_seconds(seconds)} on one core"
+    if mach.cores <= 1:
+        return "none", "parallel=none: one core"
+    if seconds < PARALLEL_MIN_SECONDS:
+        return "none", (
+            f"parallel=none: {work}, below the {PARALLEL_MIN_SECONDS * 1e6:g} µs a parallel "
+            "region needs to repay its start-up"
+        )
+    if p.m >= 2 * mr * mach.cores:
+        return "m", (
+            f"parallel=m: {work}; {p.extent('m')} rows give each of {mach.cores} cores "
+            f"at least {2 * mr} (two micro-tile rows)"
+        )
+    if -(-p.n // nr) >= mach.cores:
+        return "n", (
+            f"parallel=n: {work}; the batch is small ({p.extent('m')}), so {mach.cores} cores "
+            f"share the {-(-p.n // nr)} column tiles of {nr}"
+        )
+    return "none", f"parallel=none: {work}, but too few tiles to share among {mach.cores} cores"
+
+
+def choose_mc(p: Problem, mach: Machine, kc: int, mr: int, parallel: str) -> tuple[int, str]:
+    s = p.itemsize
+    most = round_down(mach.l2 // 2 // (kc * s), mr)
+    mc = min(most, round_up(p.m, mr))
+    why = f"mc={mc}: the {mc}x{kc} A block ({format_bytes(mc * kc * s)}) fits half the "
+    why += f"{format_bytes(mach.l2)} L2"
+    if parallel == "m" and round_up(-(-p.m // mach.cores), mr) < mc:
+        mc = round_up(-(-p.m // mach.cores), mr)
+        return mc, f"mc={mc}: {p.extent('m')} split over {mach.cores} cores (L2 allows {most})"
+    if mc < most:
+        why += f" (all of {p.extent('m')}, rounded up to a multiple of mr={mr})"
+    return mc, why
+
+
+def choose_nc(p: Problem, mach: Machine, kc: int, nr: int, parallel: str) -> tuple[int, str]:
+    s = p.itemsize
+    most = round_down(mach.l3 // 2 // (kc * s), nr)
+    nc = min(most, round_up(p.n, nr))
+    why = f"nc={nc}: the {kc}x{nc} B panel ({format_bytes(kc * nc * s)}) fits half the "
+    why += f"{format_bytes(mach.l3)} L3"
+    if parallel == "n" and round_up(-(-p.n // mach.cores), nr) < nc:
+        nc = round_up(-(-p.n // mach.cores), nr)
+        return nc, f"nc={nc}: n={p.n} split over {mach.cores} cores (L3 allows {most})"
+    if nc < most:
+        why += f" (all of n={p.n}, rounded up to a multiple of nr={nr})"
+    return nc, why
+
+
+def choose_pack(p: Problem, mach: Machine, mr: int) -> tuple[bool, str]:
+    footprint = (p.m * p.k + p.k * p.n + p.m * p.n) * p.itemsize
+    if p.m <= mr:
+        return False, (
+            f"pack=false: {p.extent('m')} rows fit one micro-tile row, so each B element is "
+            "used once and packing would only copy"
+        )
+    if footprint <= mach.l2 // 2:
+        return False, (
+            f"pack=false: A, B and C together ({format_bytes(footprint)}) fit half the L2; "
+            "packing would copy more than it saves"
+        )
+    return True, (
+        "pack=true: A blocks and B panels are copied into micro-panel order so the micro-kernel "
+        "reads both contiguously (a constant B can be packed once, at compile time)"
+    )
+
+
+# -- the pass -------------------------------------------------------------------------------
+@register
+@dataclass(frozen=True)
+class Tile(Pass):
+    """Choose a Tiling for every `dense` op; a dense that already has a `tile` is kept.
+
+    Options (0 / auto: chosen by the cache model): m, n, k (mc, nc, kc), mr, nr, parallel
+    (m|n|none), pack (true|false), batch (the batch a symbolic dim is planned for; 0:
+    TYPICAL_BATCH), machine (a preset such as generic; empty: TILEFUSE_MACHINE or this host).
+
+        %0 = dense[act=relu](%x, %w0, %b0) : f32[N,512]
+        -> %0 = dense[act=relu, tile=(mc=36, nc=512, kc=200, mr=6, nr=16, parallel=m,
+                pack=true)](%x, %w0, %b0) : f32[N,512]
+    """
+
+    name: ClassVar[str] = "tile"
+    m: int = 0
+    n: int = 0
+    k: int = 0
+    mr: int = 0
+    nr: int = 0
+    parallel: str = AUTO
+    pack: str = AUTO
+    batch: int = 0
+    machine: str = ""
+
+    def __post_init__(self) -> None:
+        for option in ("m", "n", "k", "mr", "nr", "batch"):
+            value = getattr(self, option)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise AttrError(
+                    f"tile: option {option} must be an int >= 0 (0 lets the pass choose), "
+                    f"got {value!r}"
+                )
+        if self.parallel not in (AUTO, *PARALLEL_CHOICES):
+            legal = ", ".join((AUTO, *PARALLEL_CHOICES))
+            raise AttrError(f"tile: option parallel={self.parallel!r} is not one of {legal}")
+        if self.pack not in PACK_CHOICES:
+            legal = ", ".join(PACK_CHOICES)
+            raise AttrError(f"tile: option pack={self.pack!r} is not one of {legal}")
+        self.target()  # an unknown machine is an option error, raised now
+
+    def target(self) -> Machine:
+        return machines.machine(self.machine or None)
+
+    def run(self, g: Graph) -> Graph:
+        from ..text import format_node, node_names
+
+        names = node_names(g)
+        mach = self.target()
+        nodes, decisions = [], []
+        for node in g.nodes.values():
+            if node.op != "dense":
+                nodes.append(node)
+                continue
+            line = format_node(g, node.id, names)
+            tiled, decision = self.tile_node(g, node, mach, line)
+            nodes.append(tiled)
+            decisions.append(decision)
+        if decisions:
+            note = "tilings are planned for it (TILEFUSE_MACHINE or tile{machine=...} change it)"
+            decisions.insert(0, Decision("tile", str(mach), "assumed", "machine", note))
+        out = Graph(g.name, nodes, g.inputs, g.outputs, g.constants, g.meta)
+        return with_decisions(out, decisions)
+
+    def tile_node(self, g: Graph, node: Node, mach: Machine, line: str) -> tuple[Node, Decision]:
+        given = attrs_of(node)["tile"]
+        if given is not None:
+            detail = f"given by the user: {_format_tiling(given)}; kept as it is"
+            return node, Decision("tile", line, "kept", "user_node", detail)
+        x, w = (g[i].type.shape for i in node.inputs[:2])
+        problem = problem_of(node, x, w, self.batch or TYPICAL_BATCH)
+        tiling, reasons = self.choose(problem, mach)
+        code = "user_spec" if any(r.endswith("(given by the spec)") for r in reasons) else "model"
+        decision = Decision("tile", line, "chosen", code, "; ".join(reasons))
+        return node.with_attrs(tile=tiling), decision
+
+    def choose(self, p: Problem, mach: Machine) -> tuple[Tiling, list[str]]:
+        """The Tiling for problem `p` on `mach`: the spec's options where given, else the
+        model's choice, with one reason per choice."""
+        mr, nr, why_micro = choose_micro_tile(p, mach)
+        mr, nr = self.mr or mr, self.nr or nr
+        if self.mr or self.nr:
+            why_micro = f"mr x nr = {mr}x{nr} (given by the spec)"
+        kc, why_kc = self._given("k", "kc") or choose_kc(p, mach, mr, nr)
+        parallel, why_parallel = (
+            (self.parallel, f"parallel={self.parallel} (given by the spec)")
+            if self.parallel != AUTO
+            else choose_parallel(p, mach, mr, nr)
+        )
+        mc, why_mc = self._given("m", "mc") or choose_mc(p, mach, kc, mr, parallel)
+        nc, why_nc = self._given("n", "nc") or choose_nc(p, mach, kc, nr, parallel)
+        pack, why_pack = (
+            (self.pack == "true", f"pack={self.pack} (given by the spec)")
+            if self.pack != AUTO
+            else choose_pack(p, mach, mr)
+        )
+        tiling = Tiling(mc=mc, nc=nc, kc=kc, mr=mr, nr=nr, parallel=parallel, pack=pack)
+        return tiling, [why_micro, why_kc, why_mc, why_nc, why_parallel, why_pack]
+
+    def _given(self, option: str, field: str) -> tuple[int, str] | None:
+        value = getattr(self, option)
+        return (value, f"{field}={value} (given by the spec)") if value else None
+
+
+def _format_tiling(tiling: Tiling) -> str:
+    from ..text import format_value
+
+    return format_value(tiling)
+
+
+def choose_tiling(
+    node: Node, g: Graph, *, mach: Machine | None = None, **options: object
+) -> tuple[Tiling, list[str]]:
+    """The Tiling `Tile(**options)` would give `node` of `g`, and the reasons, one per choice."""
+    pass_ = Tile(**options)  # type: ignore[arg-type]
+    x, w = (g[i].type.shape for i in node.inputs[:2])
+    problem = problem_of(node, x, w, pass_.batch or TYPICAL_BATCH)
+    return pass_.choose(problem, mach or pass_.target())

@@ -1,0 +1,12 @@
+// f64 has 4 lanes in an AVX2 register: the micro-tile is 6x8 and kc doubles back to 256
+graph layer(%x: f64[N,300], %w: f64[300,200], %b: f64[200]) -> f64[N,200] {
+  %0 = dense[act=leaky_relu, alpha=0.1](%x, %w, %b) : f64[N,200]
+  return %0
+}
+// ---- expected after: tile{machine=generic}
+graph layer(%x: f64[N,300], %w: f64[300,200], %b: f64[200]) -> f64[N,200] {
+  %0 = dense[act=leaky_relu, alpha=0.1, tile=(mc=36, nc=200, kc=152, mr=6, nr=8, parallel=m, pack=true)](%x, %w, %b) : f64[N,200]
+  return %0
+}
+// decision: [tile] assumed (machine) generic x86-64 (AVX2): 8 cores, L1d 32 KiB, L2 512 KiB, L3 8 MiB, 256-bit vectors + FMA (generic): tilings are planned for it (TILEFUSE_MACHINE or tile{machine=...} change it)
+// decision: [tile] chosen (model) %0 = dense[act=leaky_relu, alpha=0.1](%x, %w, %b) : f64[N,200]: mr x nr = 6x8: 12 accumulators of 4 f64 lanes (256-bit vectors) stay in registers; kc=152: a 152x8 B micro-panel (9.5 KiB) and a 6x152 A sliver (7.1 KiB) fit the 32 KiB L1d (k=300 in 2 balanced k blocks of at most 256); mc=36: m=N (planned as 256) split over 8 cores (L2 allows 210); nc=200: the 152x200 B panel (237.5 KiB) fits half the 8 MiB L3 (all of n=200, rounded up to a multiple of nr=8); parallel=m: 30,720,000 flops ≈ 1.28 ms on one core; m=N (planned as 256) rows give each of 8 cores at least 12 (two micro-tile rows); pack=true: A blocks and B panels are copied into micro-panel order so the micro-kernel reads both contiguously (a constant B can be packed once, at compile time)

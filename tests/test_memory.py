@@ -1,0 +1,279 @@
+"""The plan_memory pass: liveness, buffer reuse, sizes as functions of the batch.
+
+The strongest check runs a graph with every intermediate written into its planned buffer:
+had two live values shared a buffer, the later write would clobber the earlier value and the
+result would differ from the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tilefuse.backends import reference
+from tilefuse.errors import AttrError
+from tilefuse.ir import Graph, GraphBuilder, TensorType
+from tilefuse.ops import evaluate
+from tilefuse.passes import parse_pipeline, run_pipeline
+from tilefuse.passes.memory import (
+    MemoryPlan,
+    PlanMemory,
+    Size,
+    is_elementwise,
+    live_ranges,
+    plan_memory,
+    size_of,
+)
+
+
+def mlp(dims: list[int], fused: bool = True, seed: int = 0) -> Graph:
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder("mlp")
+    h = b.input("x", TensorType("f32", ("N", dims[0])))
+    for i, (k, n) in enumerate(zip(dims, dims[1:], strict=False)):
+        w = b.const(rng.standard_normal((k, n)) / np.sqrt(k), f"w{i}", dtype="f32")
+        bias = b.const(rng.standard_normal(n), f"b{i}", dtype="f32")
+        if fused:
+            h = b.op("dense", [h, w, bias], act="relu")
+        else:
+            h = b.op("relu", [b.op("add", [b.op("matmul", [h, w]), bias])])
+    return b.build([h])
+
+
+def run_in_buffers(g: Graph, plan: MemoryPlan, inputs: list[np.ndarray], batch: int) -> list:
+    """The reference interpreter with every planned value stored in its buffer."""
+    buffers = [
+        np.full(b.size(batch), np.nan, dtype=np.dtype("f4" if b.dtype == "f32" else "f8"))
+        for b in plan.buffers
+    ]
+    env = dict(zip(g.inputs, inputs, strict=True))
+    for node in g:
+        if node.op == "const":
+            env[node.id] = g.constants[node.id]
+        elif node.op != "input":
+            value = evaluate(node, [env[i] for i in node.inputs])
+            if node.id in plan.buffer_of:
+                view = buffers[plan.buffer_of[node.id]][: value.size].reshape(value.shape)
+                view[...] = value
+                value = view
+            env[node.id] = value
+    return [env[o] for o in g.outputs]
+
+
+def assert_plan_is_safe(g: Graph, plan: MemoryPlan) -> None:
+    """No two values live at once share a buffer (an elementwise op may take over an operand's
+    buffer at the operand's last step only when in place is on); buffers are large enough."""
+    by_buffer: dict[int, list[int]] = {}
+    for v, index in plan.buffer_of.items():
+        by_buffer.setdefault(index, []).append(v)
+        assert plan.buffers[index].size.covers(size_of(g[v].type.shape, plan.symbol))
+        assert plan.buffers[index].dtype == g[v].type.dtype
+    for values in by_buffer.values():
+        for i, a in enumerate(values):
+            for b in values[i + 1 :]:
+                (a0, a1), (b0, b1) = plan.live[a], plan.live[b]
+                if a1 < b0 or b1 < a0:
+                    continue
+                first, second = (a, b) if a0 < b0 else (b, a)
+                handover = plan.live[first][1] == plan.live[second][0]
+                assert plan.inplace and handover and first in g[second].inputs, (
+                    f"{plan.names[a]} and {plan.names[b]} are live at once in one buffer"
+                )
+                assert is_elementwise(g[second])
+
+
+# -- examples ------------------------------------------------------------------------------
+def test_ten_layer_mlp_ping_pongs_between_two_buffers():
+    g = mlp([64] * 11)
+    out = PlanMemory()(g)
+    plan = out.meta["memory_plan"]
+    print(plan)
+    assert len(plan.buffers) == 2
+    assert [b.size for b in plan.buffers] == [Size(64, 0), Size(64, 0)]
+    layers = [n.id for n in g.ops()]
+    assert [plan.buffer_of[v] for v in layers[:-1]] == [0, 1] * 4 + [0]
+    assert layers[-1] not in plan.buffer_of  # the output is the caller's
+    assert plan.buffer_sizes(batch=3) == [192, 192]
+    assert_plan_is_safe(g, plan)
+
+
+def test_unfused_mlp_also_needs_two_buffers_in_place_or_not():
+    g = mlp([32] * 11, fused=False)
+    plan = plan_memory(g)
+    assert len(plan.buffers) == 2
+    assert_plan_is_safe(g, plan)
+    inplace = plan_memory(g, inplace=True)
+    assert len(inplace.buffers) == 2
+    ops = g.ops()
+    matmul, add, relu = ops[0], ops[1], ops[2]
+    assert inplace.buffer_of[matmul.id] == inplace.buffer_of[add.id] == inplace.buffer_of[relu.id]
+    assert plan.buffer_of[matmul.id] != plan.buffer_of[add.id]
+    assert_plan_is_safe(g, inplace)
+
+
+def test_buffers_grow_to_the_largest_value_they_hold():
+    g = mlp([784, 512, 256, 128, 10])
+    plan = plan_memory(g)
+    assert [b.size for b in plan.buffers] == [Size(512, 0), Size(256, 0)]
+    assert plan.total() == Size(768, 0)
+    assert plan.total().format() == "768*N"
+
+
+def test_plan_prints_buffers_and_values():
+    g = mlp([8, 6, 6, 4])
+    plan = plan_memory(g)
+    text = str(plan).splitlines()
+    assert text[0] == (
+        "memory plan for mlp: 2 buffers (12*N elements) for 2 intermediates; in place: no"
+    )
+    assert text[1] == "  buffer 0: f32[6*N] holds %0"
+    assert text[2] == "  buffer 1: f32[6*N] holds %1"
+    assert text[3] == "  %0 f32[N,6] -> buffer 0, live at steps 3..6"
+    assert len(text) == 1 + 2 + 2
+
+
+def test_outputs_inputs_and_constants_are_not_planned():
+    b = GraphBuilder("two_outputs")
+    x = b.input("x", TensorType("f32", ("N", 4)))
+    h = b.op("relu", [x])
+    y = b.op("tanh", [h])  # h is an output and also read later
+    z = b.op("sigmoid", [b.op("add", [y, h])])
+    g = b.build([h, z])
+    plan = plan_memory(g)
+    assert h not in plan.buffer_of and z not in plan.buffer_of
+    assert set(plan.buffer_of) == {y, z - 1}
+    assert_plan_is_safe(g, plan)
+
+
+def test_sizes_mix_batch_and_fixed_parts():
+    assert size_of(("N", 512), "N") == Size(512, 0)
+    assert size_of((3, 4), "N") == Size(0, 12)
+    assert size_of(("N", "N"), "N") is None
+    assert size_of(("B", 4), "N") is None
+    assert Size(4, 0).join(Size(0, 12)) == Size(4, 12)
+    assert Size(4, 12).format() == "4*N + 12" and Size(1, 0).format("B") == "B"
+    assert Size(4, 12)(10) == 52
+    assert Size(4, 12).covers(Size(4, 0)) and not Size(4, 0).covers(Size(0, 1))
+
+
+def test_fixed_and_batched_values_share_a_buffer_sized_for_both():
+    text = """graph g(%x: f32[N,4], %c: f32[3,4]) -> (f32[3,4], f32[N,4]) {
+      %0 = relu(%c) : f32[3,4]
+      %1 = tanh(%0) : f32[3,4]
+      %2 = relu(%x) : f32[N,4]
+      %3 = tanh(%2) : f32[N,4]
+      %4 = sigmoid(%3) : f32[N,4]
+      return %1, %4
+    }"""
+    from tilefuse.text import parse_graph
+
+    g = parse_graph(text)
+    plan = plan_memory(g)
+    assert_plan_is_safe(g, plan)
+    assert [b.size for b in plan.buffers] == [Size(4, 12), Size(4, 0)]
+    assert plan.buffer_sizes(batch=1) == [16, 4]
+
+
+def test_nonlinear_sizes_are_left_to_the_backend():
+    b = GraphBuilder("gram")
+    x = b.input("x", TensorType("f32", ("N", 3)))
+    gram = b.op("matmul", [x, b.op("transpose", [x])])
+    g = b.build([b.op("relu", [gram])])
+    plan = plan_memory(g)
+    assert plan.unplanned == (gram,)
+    assert "unplanned (size not linear in N)" in str(plan)
+    out = PlanMemory()(g)
+    assert any(d.code == "nonlinear_size" for d in out.meta["decisions"])
+
+
+def test_pass_keeps_the_ir_and_its_input_and_records_the_plan():
+    g = mlp([16, 8, 8, 2])
+    out = run_pipeline(g, parse_pipeline("plan_memory{inplace=true}"))
+    assert out == g and out is not g and "memory_plan" not in g.meta
+    assert out.meta["memory_plan"].inplace
+    details = [str(d) for d in out.meta["decisions"]]
+    assert details[0].startswith("[plan_memory] planned (liveness) mlp: 2 buffers (16*N elements)")
+    assert details[1] == "[plan_memory] planned (buffer) buffer 0: f32[8*N]: holds %0"
+    x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    got = run_in_buffers(out, out.meta["memory_plan"], [x], batch=5)
+    np.testing.assert_allclose(got[0], reference.run(g, x), rtol=1e-6)
+
+
+def test_plan_memory_option_errors():
+    with pytest.raises(AttrError, match="legal options: inplace"):
+        parse_pipeline("plan_memory{reuse=true}")
+    with pytest.raises(AttrError, match="true or false"):
+        parse_pipeline("plan_memory{inplace=yes}")
+
+
+def test_live_ranges_follow_the_topological_order():
+    g = mlp([4, 4, 4])
+    ranges = live_ranges(g)
+    first, second = (n.id for n in g.ops())
+    assert ranges[first][1] == ranges[second][0]
+
+
+# -- random DAGs ---------------------------------------------------------------------------
+WIDTHS = (2, 3, 5)
+
+
+@st.composite
+def random_dags(draw) -> Graph:
+    """Graphs of elementwise ops, matmuls and dense ops over [N, w] and [w] values."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    dtype = draw(st.sampled_from(["f32", "f64"]))
+    b = GraphBuilder("dag")
+    values = [b.input("x", TensorType(dtype, ("N", draw(st.sampled_from(WIDTHS)))))]
+    for _ in range(draw(st.integers(1, 14))):
+        a = draw(st.sampled_from(values))
+        width = b.types[a].shape[-1]
+        kind = draw(st.sampled_from(["unary", "binary", "matmul", "dense", "fixed"]))
+        if kind == "unary":
+            values.append(b.op(draw(st.sampled_from(["relu", "tanh", "sigmoid"])), [a]))
+        elif kind == "binary":
+            same = [v for v in values if b.types[v].shape == b.types[a].shape]
+            other = draw(st.sampled_from(same))
+            values.append(b.op(draw(st.sampled_from(["add", "mul", "sub"])), [a, other]))
+        elif kind == "fixed":  # a batch-free value, broadcast into a batched one
+            c = b.const(rng.standard_normal(width), "c", dtype=dtype)
+            values.append(b.op("add", [a, b.op("tanh", [c])]))
+        else:
+            n = draw(st.sampled_from(WIDTHS))
+            w = b.const(rng.standard_normal((width, n)), "w", dtype=dtype)
+            args = (
+                [a, w]
+                if kind == "matmul"
+                else [a, w, b.const(rng.standard_normal(n), "b", dtype=dtype)]
+            )
+            values.append(b.op(kind, args, **({} if kind == "matmul" else {"act": "tanh"})))
+    computed = values[1:]
+    extra = draw(st.lists(st.sampled_from(computed), max_size=2, unique=True))
+    outputs = list(dict.fromkeys([computed[-1], *extra]))
+    return b.build(outputs)
+
+
+@given(g=random_dags(), inplace=st.booleans(), batch=st.integers(0, 4))
+def test_random_dags_never_share_a_buffer_between_live_values(g, inplace, batch):
+    plan = plan_memory(g, inplace=inplace)
+    assert_plan_is_safe(g, plan)
+    assert not set(plan.buffer_of) & (set(g.outputs) | set(g.inputs) | set(g.constants))
+    width = g[g.inputs[0]].type.shape[1]
+    dtype = g[g.inputs[0]].type.np_dtype
+    x = np.random.default_rng(batch).standard_normal((batch, width)).astype(dtype)
+    want = reference.run_graph(g, [x])
+    got = run_in_buffers(g, plan, [x], batch)
+    for w, o in zip(want, got, strict=True):
+        np.testing.assert_array_equal(o, w)
+
+
+@given(g=random_dags())
+def test_buffer_count_is_the_most_values_live_at_one_step(g):
+    plan = plan_memory(g)
+    steps = range(len(g))
+    most_live = max(
+        (sum(1 for v in plan.buffer_of if plan.live[v][0] <= s <= plan.live[v][1]) for s in steps),
+        default=0,
+    )
+    assert len(plan.buffers) == most_live  # greedy in start order is optimal for intervals
