@@ -30,6 +30,7 @@ from .schedule import Tiling
 
 INLINE_LIMIT = 16
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_KEYWORDS = ("true", "false", "none")
 
 
 # -- printing ------------------------------------------------------------------------------
@@ -59,7 +60,9 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, str):
-        return value if _IDENT.match(value) else json.dumps(value)
+        # a string spelled like a keyword is quoted, or it would parse back as true/false/None
+        bare = _IDENT.match(value) and value not in _KEYWORDS
+        return value if bare else json.dumps(value)
     if isinstance(value, Tiling):
         return "(" + ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) + ")"
     if isinstance(value, tuple | list):
@@ -336,7 +339,8 @@ class _Parser:
         name = target[1][1:]
         unknown = set(attrs) - {"value", "sha"}
         if unknown:
-            self.fail(f"const: unknown attribute {sorted(unknown)[0]!r}; legal: value, sha")
+            first = sorted(unknown)[0]
+            self.fail(f"const: unknown attribute {first!r}; legal: value, sha", attrs[first][1])
         if "value" in attrs:
             value, token = attrs["value"]
             try:

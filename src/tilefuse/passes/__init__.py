@@ -186,12 +186,21 @@ def run_pipeline(
     return g
 
 
-def run_stages(g: Graph, spec: str | list[Pass] = DEFAULT_PIPELINE, **kw: Any) -> dict[str, Graph]:
-    """{"graph": g, stage: graph after that pass, ...} for every pass of the pipeline."""
+def run_stages(
+    g: Graph,
+    spec: str | list[Pass] = DEFAULT_PIPELINE,
+    *,
+    after: Hook | None = None,
+    **kw: Any,
+) -> dict[str, Graph]:
+    """{"graph": g, stage: graph after that pass, ...} for every pass of the pipeline;
+    `after(pass, graph, seconds)` sees every stage too (as in run_pipeline)."""
     stages = {"graph": g}
 
     def record(p: Pass, out: Graph, seconds: float) -> None:
         stages[STAGE_OF_PASS.get(p.name, p.name)] = out
+        if after is not None:
+            after(p, out, seconds)
 
     run_pipeline(g, spec, after=record, **kw)
     return stages

@@ -1,0 +1,256 @@
+"""The network DSL: Sequential layers and @tfu.function tracing, in both conventions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import tilefuse as tfu
+
+X = np.array([[0.5, 1.2]])
+W = np.array([[1.2, -3.0], [1.5, 4.0]])
+B = np.array([[0.5, -0.5]])
+ZERO_BIAS = np.zeros((1, 2))
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def ops_of(net) -> list[str]:
+    return [n.op for n in net.graph().ops()]
+
+
+# -- Sequential ------------------------------------------------------------------------------
+def mlp(seed: int = 0, **kw) -> tfu.Sequential:
+    return tfu.Sequential(
+        [tfu.Dense(16, activation="relu"), tfu.Dense(3)], input_dim=8, seed=seed, **kw
+    )
+
+
+def test_sequential_is_deterministic_in_its_seed():
+    assert mlp(0).graph() == mlp(0).graph()
+    assert mlp(0).graph() != mlp(1).graph()
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    np.testing.assert_array_equal(mlp(5)(x), mlp(5)(x))
+
+
+def test_sequential_expands_to_primitive_ops():
+    assert ops_of(mlp()) == ["matmul", "add", "relu", "matmul", "add"]
+    g = mlp().graph()
+    assert g.input_types() == [tfu.TensorType("f32", ("N", 8))]
+    assert g.output_types() == [tfu.TensorType("f32", ("N", 3))]
+
+
+def test_seeded_weights_are_uniform_in_the_fan_in_bound():
+    net = mlp()
+    (w0, b0), (w1, _) = net.params
+    assert w0.shape == (8, 16) and b0.shape == (1, 16) and w1.shape == (16, 3)
+    assert np.abs(w0).max() <= 1 / math.sqrt(8) and np.abs(w1).max() <= 1 / math.sqrt(16)
+    assert w0.dtype == np.float32
+
+
+def test_given_weights_give_the_seed_layer():
+    net = tfu.Sequential(
+        [tfu.Dense(2, activation="sigmoid", weight=W, bias=B)], input_dim=2, dtype="f64"
+    )
+    np.testing.assert_allclose(net(X), sigmoid(np.array([[2.9, 2.8]])), rtol=1e-14)
+
+
+def test_column_layout_is_the_row_layout_transposed():
+    w1, b1 = np.arange(6.0).reshape(2, 3) / 10, np.array([0.1, -0.2, 0.3])
+    w2, b2 = np.ones((3, 1)), np.array([0.5])
+    layers = [tfu.Dense(3, activation="tanh", weight=w1, bias=b1), tfu.Dense(1, weight=w2, bias=b2)]
+    rows = tfu.Sequential(layers, input_dim=2, dtype="f64")
+    col_layers = [
+        tfu.Dense(3, activation="tanh", weight=w1.T, bias=b1),
+        tfu.Dense(1, weight=w2.T, bias=b2),
+    ]
+    cols = tfu.Sequential(col_layers, input_dim=2, dtype="f64", layout="columns")
+    assert cols.graph().input_types()[0].shape == (2, "N")
+    assert cols.params[0][1].shape == (3, 1)  # b of shape (k, 1) broadcasts over the columns
+    x = np.random.default_rng(1).standard_normal((5, 2))
+    np.testing.assert_allclose(cols(x.T), rows(x).T, rtol=1e-14)
+    np.testing.assert_allclose(rows(x), np.tanh(x @ w1 + b1) @ w2 + b2, rtol=1e-14)
+
+
+def test_f64_sequential_computes_in_f64():
+    net = mlp(dtype="f64")
+    assert net.graph().dtype == "f64"
+    x = np.random.default_rng(0).standard_normal((3, 8))
+    y = net(x)
+    assert y.dtype == np.float64
+    (w0, b0), (w1, b1) = net.params
+    np.testing.assert_allclose(y, np.maximum(x @ w0 + b0, 0) @ w1 + b1, rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "activation, attrs, op_line",
+    [
+        ("relu", {}, "relu(%1)"),
+        (tfu.sigmoid, {}, "sigmoid(%1)"),
+        ("gelu", {}, "gelu(%1)"),
+        ("gelu_tanh", {}, "gelu[approximate=tanh](%1)"),
+        ("leaky_relu", {"alpha": 0.2}, "leaky_relu[alpha=0.2](%1)"),
+        ("softmax", {}, "softmax(%1)"),
+        ("log_softmax", {"axis": 0}, "log_softmax[axis=0](%1)"),
+        (None, {}, "return %1"),
+        ("linear", {}, "return %1"),
+    ],
+)
+def test_dense_activations(activation, attrs, op_line):
+    net = tfu.Sequential([tfu.Dense(3, activation=activation, **attrs)], input_dim=2)
+    assert op_line in str(net.graph())
+
+
+def test_dense_without_bias():
+    net = tfu.Sequential([tfu.Dense(3, use_bias=False)], input_dim=2)
+    assert ops_of(net) == ["matmul"]
+
+
+def test_compile_reference_and_dtype_cast():
+    net = mlp()
+    x = np.random.default_rng(2).standard_normal((6, 8))
+    model = tfu.compile(net, target="reference", dtype="f64")
+    assert model.graph.dtype == "f64"
+    np.testing.assert_allclose(model(x), net(x.astype(np.float32)), rtol=1e-5, atol=1e-6)
+    assert str(tfu.compile(net, target="reference").ir()) == str(net.graph())
+
+
+# -- @tfu.function -----------------------------------------------------------------------------
+@tfu.function
+def seed_rows(x: tfu.Input["N", 2, "f64"], w=W, b=B):
+    return tfu.sigmoid(x @ w + b)
+
+
+@tfu.function
+def seed_columns(x: tfu.Input[2, None, "f64"], w=W.T, b=B.T):
+    return tfu.sigmoid(w @ x + b)
+
+
+def test_function_row_and_column_conventions_agree():
+    np.testing.assert_allclose(seed_rows(X), sigmoid(np.array([[2.9, 2.8]])), rtol=1e-14)
+    np.testing.assert_allclose(seed_columns(X.T), seed_rows(X).T, rtol=1e-14)
+    assert seed_columns.graph().input_types()[0] == tfu.TensorType("f64", (2, "N"))
+
+
+def test_function_inputs_come_from_annotations():
+    @tfu.function
+    def f(a: tfu.Input[None, 3], b: tfu.Input["N", 4, "f64"], c: tfu.Input["N", 3, "f64"]):
+        return b
+
+    inputs = f.graph().input_types()
+    assert inputs == [
+        tfu.TensorType("f32", ("N", 3)),
+        tfu.TensorType("f64", ("N", 4)),
+        tfu.TensorType("f64", ("N", 3)),
+    ]
+    assert [f.graph()[i].name for i in f.graph().inputs] == ["a", "b", "c"]
+
+
+def test_function_weights_bound_or_default():
+    @tfu.function
+    def layer(x: tfu.Input["N", 2], w, b=ZERO_BIAS):
+        return tfu.relu(x @ w + b)
+
+    with pytest.raises(tfu.TilefuseError, match="neither an input .* nor bound"):
+        layer.graph()
+    bound = layer.bind(w=W)
+    assert "%w = const[value=[[1.2, -3.0], [1.5, 4.0]]] : f32[2,2]" in str(bound)
+    x = X.astype(np.float32)
+    np.testing.assert_allclose(bound(x), np.maximum(x @ W, 0), rtol=1e-6)
+    rebound = bound.bind(b=np.ones((1, 2)))
+    np.testing.assert_allclose(rebound(x), np.maximum(x @ W + 1, 0), rtol=1e-6)
+    with pytest.raises(tfu.TilefuseError, match="has no parameter 'v'"):
+        layer.bind(v=W)
+
+
+def test_functions_compose_by_inlining():
+    @tfu.function
+    def block(x: tfu.Input["N", 2, "f64"], w=W, b=B):
+        return tfu.tanh(x @ w + b)
+
+    @tfu.function
+    def twice(x: tfu.Input["N", 2, "f64"]):
+        return block(block(x))
+
+    assert [n.op for n in twice.graph().ops()] == ["matmul", "add", "tanh"] * 2
+    consts = [n for n in twice.graph() if n.op == "const"]
+    assert len(consts) == 2  # the same arrays are one constant each, not one per call
+    np.testing.assert_allclose(twice(X), np.tanh(np.tanh(X @ W + B) @ W + B), rtol=1e-14)
+
+
+def test_tensor_operators():
+    @tfu.function
+    def arith(x: tfu.Input["N", 2, "f64"], y: tfu.Input["N", 2, "f64"]):
+        return (x - y) * 2.0 / (1.0 + x * x) - 3.0 + (-y), (W @ x.T).T, 1.0 - x
+
+    x, y = np.array([[1.0, -2.0], [0.5, 3.0]]), np.array([[0.25, 4.0], [-1.0, 2.0]])
+    first, second, third = arith(x, y)
+    np.testing.assert_allclose(first, (x - y) * 2 / (1 + x * x) - 3 - y, rtol=1e-14)
+    np.testing.assert_allclose(second, x @ W.T, rtol=1e-14)
+    np.testing.assert_allclose(third, 1 - x, rtol=1e-14)
+    assert {"sub", "mul", "div", "add", "transpose", "matmul"} <= {n.op for n in arith.graph()}
+
+
+def test_inputs_by_name_and_several_outputs():
+    @tfu.function
+    def pair(x: tfu.Input["N", 2], y: tfu.Input["N", 2]):
+        return x + y, x * y
+
+    x, y = np.ones((3, 2), np.float32), np.full((3, 2), 2, np.float32)
+    total, product = tfu.reference.run(pair.graph(), y=y, x=x)
+    np.testing.assert_array_equal(total, 3)
+    np.testing.assert_array_equal(product, 2)
+    assert str(pair.graph()).splitlines()[0].endswith("-> (f32[N,2], f32[N,2]) {")
+
+
+def test_python_control_flow_on_a_tensor_is_an_error():
+    @tfu.function
+    def branchy(x: tfu.Input["N", 2]):
+        return tfu.relu(x) if x else x
+
+    with pytest.raises(tfu.TilefuseError, match="Python control flow"):
+        branchy.graph()
+
+
+# -- activations on NumPy arrays ----------------------------------------------------------------
+Z = np.array([[-2.0, -0.5, 0.0, 0.5, 3.0]])
+ERF = np.vectorize(math.erf)
+
+ACTIVATION_ROWS = [
+    (tfu.identity, {}, Z),
+    (tfu.relu, {}, np.array([[0, 0, 0, 0.5, 3.0]])),
+    (tfu.sigmoid, {}, sigmoid(Z)),
+    (tfu.tanh, {}, np.tanh(Z)),
+    (tfu.gelu, {}, Z / 2 * (1 + ERF(Z / np.sqrt(2)))),
+    (
+        tfu.gelu,
+        {"approximate": "tanh"},
+        Z / 2 * (1 + np.tanh(np.sqrt(2 / np.pi) * (Z + 0.044715 * Z**3))),
+    ),
+    (tfu.leaky_relu, {}, np.where(Z > 0, Z, 0.01 * Z)),
+    (tfu.leaky_relu, {"alpha": 0.5}, np.where(Z > 0, Z, 0.5 * Z)),
+    (tfu.softmax, {}, np.exp(Z) / np.exp(Z).sum()),
+    (tfu.softmax, {"axis": 0}, np.ones_like(Z)),
+    (tfu.log_softmax, {}, Z - np.log(np.exp(Z).sum())),
+]
+
+
+@pytest.mark.parametrize(
+    "fn, attrs, expected",
+    ACTIVATION_ROWS,
+    ids=[f"{r[0].__name__}-{k}" for k, r in enumerate(ACTIVATION_ROWS)],
+)
+def test_activations_on_numpy_arrays(fn, attrs, expected):
+    got = fn(Z, **attrs)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    assert fn(Z.astype(np.float32), **attrs).dtype == np.float32
+
+
+def test_activations_on_lists_and_ints():
+    np.testing.assert_array_equal(tfu.relu([-1, 2]), [0.0, 2.0])
+    assert tfu.sigmoid(0) == 0.5
