@@ -1,0 +1,242 @@
+"""The benchmark harness (benchmarks/): workloads, the systems' forward passes, the peak loop,
+round-robin timing, output checks and the report, at toy sizes. No timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import peak  # noqa: E402
+import run as bench  # noqa: E402
+import workloads as wl  # noqa: E402
+
+TINY = wl.Case("tiny", "b3", 3, (16, 24, 8), ("relu", "identity"))
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu_tanh", "leaky_relu", "identity")
+NO_WAIT = bench.Budget(seconds=0.0, min_reps=3, max_reps=3, sample_seconds=0.0, warm_below=0.0)
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def all_activations_case() -> wl.Case:
+    dims = (12, 20, 16, 14, 12, 10, 6)
+    return wl.Case("acts", "b5", 5, dims, ACTIVATIONS)
+
+
+# -- workloads -----------------------------------------------------------------------------
+def test_standard_cases_are_the_ones_the_report_promises():
+    assert [c.name for c in wl.CASES] == [
+        "mlp-small/b1", "mlp-small/b16", "mlp-small/b256", "mlp-small/b4096",
+        "mlp-wide/b1", "mlp-wide/b64", "mlp-wide/b512",
+        "dense-sigmoid/1024", "dense-sigmoid/2048",
+    ]  # fmt: skip
+    small = wl.select_cases("mlp-small/b1")[0]
+    assert small.flops() == 2 * (784 * 512 + 512 * 512 + 512 * 10)
+    assert small.weight_bytes() == 4 * (784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10)
+    square = wl.select_cases("dense-sigmoid/2048")[0]
+    assert (square.batch, square.dims, square.flops()) == (2048, (2048, 2048), 2 * 2048**3)
+    wide = wl.select_cases("mlp-wide/b64")[0]
+    assert wide.activations == ("gelu_tanh", "identity")
+
+
+def test_select_cases_by_name_or_workload_in_the_order_given():
+    names = [c.name for c in wl.select_cases("dense-sigmoid/2048, mlp-wide,dense-sigmoid/2048")]
+    assert names == ["dense-sigmoid/2048", "mlp-wide/b1", "mlp-wide/b64", "mlp-wide/b512"]
+    assert len(wl.select_cases("")) == len(wl.CASES)
+    with pytest.raises(ValueError, match="unknown case 'mlp-small/b3'.*mlp-small/b16"):
+        wl.select_cases("mlp-small/b3")
+
+
+def test_numpy_forward_agrees_with_the_reference_interpreter():
+    case = all_activations_case()
+    net = wl.build_net(case)
+    x = wl.make_input(case)
+    y = wl.numpy_forward(net.params, case.activations, x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, net(x), rtol=1e-5, atol=1e-6)
+
+
+def test_blas_only_does_the_matmuls_alone():
+    net = wl.build_net(TINY)
+    x = wl.make_input(TINY)
+    y = wl.SYSTEMS["blas"].make(net, TINY.activations)(x)
+    np.testing.assert_allclose(y, x @ net.params[0][0] @ net.params[1][0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("system", ["onnxruntime", "torch"])
+def test_peer_systems_compute_the_same_network(system):
+    if not wl.SYSTEMS[system].available():
+        pytest.skip(f"{system} is not installed")
+    case = all_activations_case()
+    net = wl.build_net(case)
+    x = wl.make_input(case)
+    runner = wl.SYSTEMS[system].make(net, case.activations)
+    runner.set_threads(1)
+    np.testing.assert_allclose(runner(x), wl.numpy_forward(net.params, case.activations, x),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.skipif(not has("onnx"), reason="onnx is not installed")
+def test_onnx_model_is_valid_with_a_symbolic_batch():
+    import onnx
+
+    net = wl.build_net(TINY)
+    model = wl.onnx_model(net.params, TINY.activations)
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add", "Relu", "MatMul", "Add",
+                                                     "Identity"]  # fmt: skip
+
+
+# -- peak ----------------------------------------------------------------------------------
+needs_fma = pytest.mark.skipif(not peak.host_lanes(), reason="no AVX2 + FMA on this CPU")
+
+
+@needs_fma
+@pytest.mark.parametrize("lanes", peak.host_lanes() or [8])
+def test_fma_loop_computes_its_chains(lanes):
+    # c <- c * 0.5 + 0.25 from 1.0: after 3 steps 0.5625 in each of the 12 chains
+    assert peak.run_loop(lanes, 3) == [12 * 0.5625] * lanes
+    assert peak.run_loop(lanes, 200) == [12 * 0.5] * lanes
+
+
+@needs_fma
+def test_measure_peak_reports_every_width():
+    result = peak.measure_peak(threads=1, seconds=0.002, repeats=2)
+    assert set(result["by_lanes"]) == set(peak.host_lanes())
+    assert result["gflops"] == max(r["max"] for r in result["by_lanes"].values()) > 0
+
+
+def test_best_of_keeps_the_fastest_run_per_width():
+    first = peak.summarize(2, {8: {"max": 10.0, "median": 9, "min": 8}})
+    second = peak.summarize(
+        2, {8: {"max": 12.0, "median": 7, "min": 1}, 16: {"max": 11.0, "median": 10, "min": 9}}
+    )
+    best = peak.best_of([first, second])
+    assert (best["gflops"], best["lanes"]) == (12.0, 8)
+    assert best["by_lanes"][16]["max"] == 11.0
+
+
+# -- timing and checking -------------------------------------------------------------------
+def test_round_robin_rotates_the_order_every_round():
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    timings = bench.round_robin(fns, NO_WAIT)
+    assert "".join(calls[-9:]) == "abcbcacab"
+    assert all(len(t.samples) == 3 and t.inner == 1 for t in timings.values())
+
+
+def test_plan_rounds_batches_short_calls_and_fits_the_budget():
+    budget = bench.Budget(seconds=1.0, min_reps=2, max_reps=100, sample_seconds=2e-3,
+                          warm_below=5e-3)  # fmt: skip
+    inner, rounds = bench.plan_rounds({"fast": 1e-3, "slow": 1e-2}, budget)
+    assert inner == {"fast": 2, "slow": 1}
+    assert rounds == int(1.0 / ((2 + 1) * 1e-3 + 1e-2))
+    assert bench.plan_rounds({"huge": 10.0}, budget)[1] == 2  # at least min_reps
+
+
+def test_check_output_rejects_wrong_shapes_and_values():
+    ref = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    assert bench.check_output(ref + 1e-5, ref)["ok"]
+    assert not bench.check_output(ref + 0.1, ref)["ok"]
+    assert not bench.check_output(ref.T, ref)["ok"]
+    assert not bench.check_output(np.full_like(ref, np.nan), ref)["ok"]
+
+
+def test_load_between_subtracts_this_process():
+    before = {"own": 1.0, "busy": 10.0, "steal": 0.0, "wall": 100.0}
+    after = {"own": 2.0, "busy": 13.0, "steal": 0.5, "wall": 102.0}
+    cpus = bench.os.cpu_count() or 1
+    load = bench.load_between(before, after)
+    assert load["others"] == pytest.approx(2.0 / (2.0 * cpus))
+    assert load["steal"] == pytest.approx(0.5 / (2.0 * cpus))
+
+
+class _Off(wl.NumpyUnfused):
+    """A fast wrong answer: the harness must not let it win."""
+
+    def __call__(self, x):
+        return super().__call__(x) + 0.5
+
+
+class _Crashes(wl.NumpyUnfused):
+    calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls > 4:
+            raise FloatingPointError("kernel fault")
+        return super().__call__(x)
+
+
+class _GoesWrong(wl.NumpyUnfused):
+    calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return super().__call__(x) * (1 if self.calls == 1 else 2)
+
+
+def _broken(net, activations):
+    raise RuntimeError("no such backend")
+
+
+def test_wrong_or_broken_systems_get_an_error_and_no_time():
+    systems = [
+        wl.SYSTEMS["numpy"],
+        wl.System("off", "off", None, _Off),
+        wl.System("drifts", "drifts", None, _GoesWrong),
+        wl.System("broken", "broken", None, _broken),
+        wl.System("crashes", "crashes", None, _Crashes),
+    ]
+    rows = {r["system"]: r for r in bench.run_case(TINY, 1, bench.Runners(systems),
+                                                   wl.build_net(TINY), NO_WAIT)}  # fmt: skip
+    bench.add_ratios(list(rows.values()), TINY)
+    assert rows["numpy"]["vs_numpy"] == 1.0 and rows["numpy"]["check_after"]["ok"]
+    assert rows["off"]["error"].startswith("wrong output: max abs error 0.5")
+    assert rows["drifts"]["error"].startswith("wrong output after timing")
+    assert rows["broken"]["error"] == "build failed: RuntimeError: no such backend"
+    assert rows["crashes"]["error"] == "failed while timed: FloatingPointError: kernel fault"
+    assert all("median_s" not in rows[n] for n in ("off", "drifts", "broken", "crashes"))
+    rows["broken"]["error"] = "a | in a message"
+    for row in rows.values():
+        row.update(case=TINY.name, threads=1)
+    table = bench.detail_table(list(rows.values()), {n: n for n in rows})
+    assert len({line.replace("\\|", "").count("|") for line in table}) == 1  # same columns
+
+
+# -- the whole run -------------------------------------------------------------------------
+def test_a_tiny_run_end_to_end_writes_json_markdown_and_plot(tmp_path):
+    names = ["tilefuse", "numpy", "blas", "onnxruntime"]
+    systems = [wl.SYSTEMS[n] for n in names if wl.SYSTEMS[n].available()]
+    report = bench.benchmark([TINY], systems, [1], NO_WAIT, quick=True)
+    bench.write_report(report, tmp_path, "smoke", no_plot=False)
+
+    saved = json.loads((tmp_path / "smoke.json").read_text())
+    rows = {r["system"]: r for r in saved["results"]}
+    assert set(rows) == {s.name for s in systems}
+    assert {n: r["error"] for n, r in rows.items() if "error" in r} == {}
+    assert all(r["median_s"] > 0 for r in rows.values())
+    assert rows["tilefuse"]["check_after"]["ok"] and rows["blas"]["check"] is None
+    assert rows["tilefuse"]["gflop"] == TINY.flops() / 1e9
+    assert saved["machine"]["versions"]["numpy"] == np.__version__
+    markdown = (tmp_path / "smoke.md").read_text()
+    assert "## 1 thread" in markdown and "| tiny/b3 | tilefuse |" in markdown
+    assert (tmp_path / "smoke.png").exists() == has("matplotlib")
+
+
+def test_command_line_rejects_unknown_cases_and_systems():
+    with pytest.raises(SystemExit, match="unknown case"):
+        bench.main(["--cases", "mlp-huge/b1"])
+    with pytest.raises(SystemExit, match="unknown system"):
+        bench.main(["--systems", "numpy,tensorflow"])
+    assert bench.choose_threads("1,64", lambda line: None) == [1]
