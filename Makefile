@@ -6,7 +6,10 @@ STAMP   := $(VENV)/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export TILEFUSE_CACHE_DIR ?= $(CURDIR)/.cache/tilefuse
 
-.PHONY: venv demo test lint bench clean
+# what the graph pictures (Graphviz's dot) and the report's browser test (Chromium) need
+SYSTEM_PACKAGES := graphviz chromium fonts-dejavu-core
+
+.PHONY: venv system-deps demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -20,7 +23,16 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/python examples/demo.py
 
-test: venv
+# Installs SYSTEM_PACKAGES when dot or chromium is missing and we are root on Debian (CI);
+# otherwise says what is missing, and the tests that need them skip (except on CI).
+system-deps:
+	@if command -v dot >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "note: install $(SYSTEM_PACKAGES) for the graph and browser tests"; fi
+
+test: venv system-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: venv

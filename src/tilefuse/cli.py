@@ -1,8 +1,14 @@
 """The command line, on top of the public API: load a network from a file, show its IR at a
-stage of the pipeline, or run it on random input.
+stage of the pipeline, explain it, draw it, report on it, run it or time it.
 
-    tilefuse show examples/mlp.py --emit fused
-    tilefuse run examples/mlp.py --batch 256
+    tilefuse show examples/mlp.py --emit fused [--diff]
+    tilefuse explain examples/mlp.py [--json]
+    tilefuse graph examples/mlp.py -o mlp.svg --stage fused
+    tilefuse report examples/mlp.py -o mlp.html
+    tilefuse run examples/mlp.py --batch 256 [--check] [--json]
+    tilefuse bench examples/mlp.py --batch 256 [--json]
+
+Tables and colour in a terminal (rich), plain text when piped, JSON with --json.
 
 Errors tilefuse raises on purpose (`TilefuseError`) print one line and exit 1; usage errors
 exit 2 (argparse's rule).
@@ -11,11 +17,14 @@ exit 2 (argparse's rule).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import importlib.util
+import json
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,8 +46,10 @@ with its own folder on sys.path so that it can import its neighbours."""
 
 NETWORK_TYPES = (Sequential, Function, Graph)
 PASS_STAGES = ("graph", "canonical", "fused", "tiled", "loops", "memory")
-BACKEND_STAGES = ("source", "llvm", "asm")  # the cpu backend's generated code
+# the cpu backend's generated code, and the cuda backend's kernels (rendered: needs no GPU)
+BACKEND_STAGES = ("source", "llvm", "asm", "cuda-source")
 STAGES = PASS_STAGES + BACKEND_STAGES
+PICTURE_STAGES = tuple(s for s in PASS_STAGES if s != "loops")  # the stages that are graphs
 
 
 # -- loading a network from a file ---------------------------------------------------------
@@ -144,8 +155,19 @@ def loops_text(g: Graph) -> str:
     return "\n\n".join(nests) or f"// graph {g.name} has no dense ops"
 
 
+def cuda_source_text(g: Graph, spec: str | None) -> str:
+    """The cuda backend's generated kernels for `g` (rendering needs neither GPU nor numba.cuda)."""
+    from .backends import DEFAULT_PIPELINES
+    from .backends.cuda import render
+    from .passes import run_pipeline
+
+    return render(run_pipeline(g, DEFAULT_PIPELINES["cuda"] if spec is None else spec)).source
+
+
 def backend_text(g: Graph, stage: str, spec: str | None) -> str:
     """The cpu backend's generated Python source, LLVM IR or assembly for `g`."""
+    if stage == "cuda-source":
+        return cuda_source_text(g, spec)
     if "cpu" not in BACKENDS:
         raise TilefuseError(
             f"--emit {stage} needs the cpu backend, which this build does not have; "
@@ -155,11 +177,33 @@ def backend_text(g: Graph, stage: str, spec: str | None) -> str:
     return getattr(model, stage)()
 
 
+def stage_diffs(stages: dict[str, Graph], upto: str | None = None) -> str:
+    """Each stage as a unified diff of its IR text against the stage before it."""
+    names = list(stages)
+    last = names.index(upto) if upto in names else len(names) - 1
+    parts = []
+    for before, after in zip(names[:last], names[1 : last + 1]):
+        diff = difflib.unified_diff(
+            str(stages[before]).splitlines(),
+            str(stages[after]).splitlines(),
+            fromfile=before,
+            tofile=after,
+            lineterm="",
+        )
+        parts.append("\n".join(diff) or f"--- {before}\n+++ {after}\n(no change)")
+    return "\n".join(parts)
+
+
 def command_show(args: argparse.Namespace) -> int:
     g = to_graph(load_network(args.file))
     stages = {"graph": g}
-    if args.print_after_all or args.emit not in ("graph", *BACKEND_STAGES):
+    if args.diff and args.emit in BACKEND_STAGES + ("loops",):
+        raise TilefuseError(f"--diff compares IR stages; --emit {args.emit} is not one")
+    if args.diff or args.print_after_all or args.emit not in ("graph", *BACKEND_STAGES):
         stages = pipeline_stages(g, args.pipeline, args.print_after_all)
+    if args.diff:
+        print(stage_diffs(stages, None if args.emit == "graph" else args.emit))
+        return 0
     if args.emit in BACKEND_STAGES:
         print(backend_text(g, args.emit, args.pipeline))
     else:
@@ -182,20 +226,48 @@ def as_list(outputs: Any) -> list[np.ndarray]:
     return list(outputs) if isinstance(outputs, tuple) else [outputs]
 
 
-def run_summary(args: argparse.Namespace) -> list[str]:
+def run_result(args: argparse.Namespace) -> dict[str, Any]:
+    """What `tilefuse run` found, as data (printed as lines, or as JSON with --json)."""
+    from .roofline import compare_outputs, float64_reference, graph_cost
+
     g = to_graph(load_network(args.file))
     inputs = random_inputs(g, args.batch, args.seed)
     model = compile(g, target=args.target)
     outputs, seconds = best_time(lambda: as_list(model(*inputs)), args.repeat)
-    lines = [f"network  {g.name} ({args.file}), target {args.target}"]
-    lines += [
-        f"input    %{g[i].name}: {g[i].type.dtype}{list(a.shape)}"
-        for i, a in zip(g.inputs, inputs, strict=True)
-    ]
-    lines += [f"output   {a.dtype}{list(a.shape)}: {preview(a)}" for a in outputs]
-    lines.append(f"time     {seconds * 1e3:.3f} ms (best of {args.repeat})")
+    result = {
+        "network": g.name,
+        "file": args.file,
+        "target": args.target,
+        "inputs": {g[i].name: list(a.shape) for i, a in zip(g.inputs, inputs, strict=True)},
+        "input_dtypes": [g[i].type.dtype for i in g.inputs],
+        "outputs": [
+            {"dtype": str(a.dtype), "shape": list(a.shape), "preview": preview(a)} for a in outputs
+        ],
+        "seconds": seconds,
+        "repeat": args.repeat,
+        "gflops": graph_cost(g, args.batch).flops / seconds / 1e9,
+    }
     if args.target != "reference":
-        lines.append(f"max |diff| vs reference: {max_diff(g, inputs, outputs):.3g}")
+        result["max_diff_vs_reference"] = max_diff(g, inputs, outputs)
+    if args.check:
+        diff, ok = compare_outputs(g, outputs, float64_reference(g, inputs))
+        result["check"] = {"max_diff_vs_float64": diff, "ok": ok}
+    return result
+
+
+def run_lines(r: dict[str, Any]) -> list[str]:
+    lines = [f"network  {r['network']} ({r['file']}), target {r['target']}"]
+    dtypes = iter(r["input_dtypes"])
+    lines += [f"input    %{name}: {next(dtypes)}{shape}" for name, shape in r["inputs"].items()]
+    lines += [f"output   {o['dtype']}{o['shape']}: {o['preview']}" for o in r["outputs"]]
+    lines.append(f"time     {r['seconds'] * 1e3:.3f} ms (best of {r['repeat']})")
+    lines.append(f"speed    {r['gflops']:.3g} GFLOP/s")
+    if "max_diff_vs_reference" in r:
+        lines.append(f"max |diff| vs reference: {r['max_diff_vs_reference']:.3g}")
+    if "check" in r:
+        verdict = "ok" if r["check"]["ok"] else "FAILED"
+        diff = r["check"]["max_diff_vs_float64"]
+        lines.append(f"check    {verdict}: max |diff| vs the float64 reference {diff:.3g}")
     return lines
 
 
@@ -214,7 +286,217 @@ def preview(array: np.ndarray, count: int = 5) -> str:
 def command_run(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.repeat < 1:
         raise TilefuseError("--batch and --repeat must be positive")
-    print("\n".join(run_summary(args)))
+    result = run_result(args)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(run_lines(result)))
+    return 1 if args.check and not result["check"]["ok"] else 0
+
+
+# -- explain -------------------------------------------------------------------------------
+def command_explain(args: argparse.Namespace) -> int:
+    from .explain import COLUMNS, explain_graph, format_text, summary_rows
+
+    g = to_graph(load_network(args.file))
+    passes_module()
+    explanation = explain_graph(g, args.pipeline, batch=args.batch)
+    if args.json:
+        print(explanation.to_json())
+        return 0
+    console = terminal()
+    if console is None:
+        print(format_text(explanation), end="")
+        return 0
+    print_rich_explanation(console, explanation, COLUMNS, summary_rows(explanation))
+    return 0
+
+
+def print_rich_explanation(console: Any, e: Any, columns: tuple, rows: list) -> None:
+    """explain's text with a rich table for the summary and colour for codes and bounds."""
+    from .explain import fusion_summary, header_lines, kernel_lines, missed_lines
+
+    for line in header_lines(e):
+        console.print(line, highlight=False, markup=False)
+    console.print(rich_table(columns, rows, title=f"kernels of {e.graph}"))
+    for k in e.kernels:
+        lines = kernel_lines(e, k)
+        console.print(lines[0], style="bold cyan", highlight=False, markup=False)
+        for line in lines[1:]:
+            style = "red" if "memory bound" in line else "green" if "compute bound" in line else ""
+            console.print(line, style=style, highlight=False, markup=False)
+    for line in missed_lines(e):
+        style = "yellow" if line.lstrip().startswith("why") else ""
+        console.print(line, style=style, highlight=False, markup=False)
+    for d in e.other_decisions:
+        console.print(f"  {d}", style="dim", highlight=False, markup=False)
+    console.print(fusion_summary(e), style="bold", highlight=False, markup=False)
+
+
+# -- rich output in a terminal --------------------------------------------------------------
+def terminal() -> Any:
+    """A rich Console on stdout when stdout is a terminal (and rich is installed), else None:
+    piped output stays plain text."""
+    if not sys.stdout.isatty():
+        return None
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console()
+
+
+def rich_table(columns: tuple, rows: list, title: str | None = None) -> Any:
+    """A rich Table; cells are Text, so `dense[act=relu]` is not read as console markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title) if title else None)
+    for k, name in enumerate(columns):
+        table.add_column(Text(name), justify="left" if k < 2 else "right")
+    for row in rows:
+        table.add_row(*(Text(str(v)) for v in row))
+    return table
+
+
+def print_table(columns: tuple, rows: list, title: str | None = None) -> None:
+    from .explain import plain_table
+
+    console = terminal()
+    if console is not None:
+        console.print(rich_table(columns, rows, title))
+        return
+    if title:
+        print(title)
+    print("\n".join(plain_table(columns, rows)))
+
+
+# -- graph -----------------------------------------------------------------------------------
+def picture_format(path: str) -> str:
+    from .pictures import FORMATS
+
+    suffix = pathlib.Path(path).suffix.lstrip(".").lower()
+    if suffix not in FORMATS:
+        raise TilefuseError(
+            f"{path}: cannot tell the picture format; name the file .{', .'.join(FORMATS)}"
+        )
+    return suffix
+
+
+def command_graph(args: argparse.Namespace) -> int:
+    from .pictures import draw_graph
+
+    fmt = picture_format(args.output)
+    g = to_graph(load_network(args.file))
+    stages = {"graph": g} if args.stage == "graph" else pipeline_stages(g, args.pipeline, False)
+    target = stage_graph(stages, args.stage, args.pipeline)
+    data = draw_graph(target, fmt, title=f"{g.name}: {args.stage}")
+    pathlib.Path(args.output).write_bytes(data)
+    print(f"wrote {args.output} ({args.stage} stage of {g.name}, {len(data):,} bytes)")
+    return 0
+
+
+# -- bench -----------------------------------------------------------------------------------
+BENCH_COLUMNS = ("target", "what", "compile s", "time ms", "GFLOP/s", "max |diff|", "check")
+
+
+def bench_targets(text: str | None) -> tuple[str, ...]:
+    from .roofline import BENCH_TARGETS
+
+    if text:
+        return tuple(t.strip() for t in text.split(",") if t.strip())
+    return tuple(t for t in BENCH_TARGETS if BENCH_TARGETS[t][0] in BACKENDS)
+
+
+@contextlib.contextmanager
+def progress_steps(total: int) -> Iterator[Callable[[str], None] | None]:
+    """A callback `step(description)` that drives a rich progress bar on stderr when stderr is
+    a terminal; None (no display) when it is not."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("starting", total=total)
+        done = [0]
+
+        def step(description: str) -> None:
+            progress.update(task, description=description, completed=done[0])
+            done[0] += 1
+
+        yield step
+
+
+def run_benchmark(g: Graph, args: argparse.Namespace) -> list[Any]:
+    """roofline.benchmark with a progress display on a terminal."""
+    from .roofline import benchmark
+
+    targets = bench_targets(args.targets)
+    with progress_steps(2 * len(targets)) as step:
+        return benchmark(
+            g, args.batch, targets=targets, repeat=args.repeat, seed=args.seed, on_step=step
+        )
+
+
+def bench_rows(timings: list[Any]) -> list[tuple[str, ...]]:
+    return [
+        (
+            t.name,
+            t.note,
+            f"{t.compile_s:.2f}",
+            f"{t.seconds * 1e3:.3f}",
+            f"{t.gflops:.3g}",
+            f"{t.max_diff:.2g}",
+            "ok" if t.within_tolerance else "FAILED",
+        )
+        for t in timings
+    ]
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .roofline import graph_cost, machine_peak
+
+    if args.batch < 1 or args.repeat < 1:
+        raise TilefuseError("--batch and --repeat must be positive")
+    g = to_graph(load_network(args.file))
+    timings = run_benchmark(g, args)
+    cost, peak = graph_cost(g, args.batch), machine_peak()
+    ok = all(t.within_tolerance for t in timings)
+    if args.json:
+        data = {
+            "network": g.name,
+            "batch": args.batch,
+            "flops": cost.flops,
+            "peak": asdict(peak),
+            "timings": [asdict(t) for t in timings],
+        }
+        print(json.dumps(data, indent=2))
+        return 0 if ok else 1
+    title = f"{g.name} at batch {args.batch}: {cost.flops:,} flops per call; {peak}"
+    print_table(BENCH_COLUMNS, bench_rows(timings), title)
+    return 0 if ok else 1
+
+
+# -- report ------------------------------------------------------------------------------------
+def command_report(args: argparse.Namespace) -> int:
+    from .report import build_report, report_steps
+
+    g = to_graph(load_network(args.file))
+    passes_module()
+    targets = () if args.no_bench else bench_targets(args.targets)
+    with progress_steps(report_steps(targets)) as step:
+        html = build_report(
+            g,
+            source_file=args.file,
+            pipeline=args.pipeline,
+            batch=args.batch,
+            targets=targets,
+            repeat=args.repeat,
+            on_step=step,
+        )
+    pathlib.Path(args.output).write_text(html, encoding="utf-8")
+    print(f"wrote {args.output} ({len(html):,} bytes)")
     return 0
 
 
@@ -225,11 +507,18 @@ def emit_choice(value: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown stage {value!r}; available: {', '.join(STAGES)}")
 
 
+def pass_stage_choice(value: str) -> str:
+    if value in PICTURE_STAGES:
+        return value
+    legal = ", ".join(PICTURE_STAGES)
+    raise argparse.ArgumentTypeError(f"unknown stage {value!r}; available: {legal}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tilefuse",
         description="tilefuse: a small neural-network compiler. Show a network's IR at any "
-        "stage of the pipeline, or run it.",
+        "stage of the pipeline, explain it, draw it, report on it, run it or time it.",
         epilog=FILE_CONVENTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -257,22 +546,97 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--print-after-all", action="store_true", help="print the IR after every pass (to stderr)"
     )
-    show.set_defaults(handler=command_show)
-    run = commands.add_parser(
-        "run",
-        help="run FILE's network on random input and summarise",
-        epilog=FILE_CONVENTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    show.add_argument(
+        "--diff",
+        action="store_true",
+        help="print every pass as a unified diff against the stage before it (up to --emit)",
     )
-    run.add_argument("file", metavar="FILE")
+    show.set_defaults(handler=command_show)
+    run = command(commands, "run", "run FILE's network on random input and summarise")
     run.add_argument("--batch", type=int, default=64, help="value of every symbolic dim (64)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random input (0)")
     run.add_argument(
         "--target", default="reference", help=f"backend: {', '.join(BACKENDS)} (default: reference)"
     )
     run.add_argument("--repeat", type=int, default=3, help="timed calls (3)")
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="compare the outputs with the float64 reference; exit 1 when they differ",
+    )
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(handler=command_run)
+    add_explain_parser(commands)
+    add_graph_parser(commands)
+    add_bench_parser(commands)
+    add_report_parser(commands)
     return parser
+
+
+def command(commands: Any, name: str, help: str) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        name,
+        help=help,
+        epilog=FILE_CONVENTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", metavar="FILE")
+    return parser
+
+
+def add_pipeline_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pipeline",
+        metavar="SPEC",
+        help="pass pipeline (default: canonicalize,fuse,tile,plan_memory)",
+    )
+
+
+def add_explain_parser(commands: Any) -> None:
+    explain = command(
+        commands, "explain", "why each kernel looks the way it does: fusion, tiling, roofline"
+    )
+    add_pipeline_option(explain)
+    explain.add_argument(
+        "--batch", type=int, default=None, help="batch the costs are counted at (default 256)"
+    )
+    explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    explain.set_defaults(handler=command_explain)
+
+
+def add_graph_parser(commands: Any) -> None:
+    graph = command(commands, "graph", "draw FILE's network with Graphviz")
+    graph.add_argument("-o", "--output", required=True, metavar="OUT", help="out.svg|png|dot")
+    graph.add_argument(
+        "--stage",
+        type=pass_stage_choice,
+        default="fused",
+        metavar="STAGE",
+        help=f"one of {', '.join(PICTURE_STAGES)} (default: fused)",
+    )
+    add_pipeline_option(graph)
+    graph.set_defaults(handler=command_graph)
+
+
+def add_bench_parser(commands: Any) -> None:
+    bench = command(commands, "bench", "time FILE's network: tilefuse cpu, reference, NumPy")
+    bench.add_argument("--batch", type=int, default=256, help="value of every symbolic dim (256)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the random input (0)")
+    bench.add_argument("--repeat", type=int, default=5, help="timed calls per target (5)")
+    bench.add_argument("--targets", metavar="LIST", help="e.g. cpu,numpy (default: all there are)")
+    bench.add_argument("--json", action="store_true", help="print the timings as JSON")
+    bench.set_defaults(handler=command_bench)
+
+
+def add_report_parser(commands: Any) -> None:
+    report = command(commands, "report", "write a self-contained HTML report on FILE's network")
+    report.add_argument("-o", "--output", required=True, metavar="OUT.html")
+    add_pipeline_option(report)
+    report.add_argument("--batch", type=int, default=256, help="batch of costs and timings (256)")
+    report.add_argument("--repeat", type=int, default=3, help="timed calls per target (3)")
+    report.add_argument("--targets", metavar="LIST", help="timed targets (default: all)")
+    report.add_argument("--no-bench", action="store_true", help="leave the timing table out")
+    report.set_defaults(handler=command_report)
 
 
 def main(argv: list[str] | None = None) -> int:
