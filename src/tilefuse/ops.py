@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import AttrError, DTypeError, ShapeError
 from .ir import Dim, Node, TensorType
-from .schedule import Tiling
+from .schedule import GpuTiling, Tiling, tiling_from_fields
 
 REQUIRED = object()
 
@@ -273,11 +273,11 @@ def _coerce(op: str, name: str, spec: Attr, value: Any, loc: str | None) -> Any:
                 f"{where}{op}: {name} step {bad[0]!r} is not one of {', '.join(spec.choices or ())}"
             )
         return tuple(value)
-    if spec.kind == "tiling" and (value is None or isinstance(value, Tiling)):
+    if spec.kind == "tiling" and (value is None or isinstance(value, Tiling | GpuTiling)):
         return value
     if spec.kind == "tiling" and isinstance(value, dict):
         try:
-            return Tiling(**value)
+            return tiling_from_fields(value)
         except (TypeError, ValueError) as err:
             raise AttrError(f"{where}{op}: {name}: {err}") from err
     raise AttrError(f"{where}{op}: attribute {name} must be a {spec.kind}, got {value!r}")

@@ -55,6 +55,77 @@ class Tiling:
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
 
 
+@dataclass(frozen=True)
+class GpuTiling:
+    """The schedule of a dense op on a GPU (target cuda): each thread block computes a bm x bn
+    tile of C, staging bk-deep slices of A and B through shared memory; each of its
+    (bm/tm) x (bn/tn) threads keeps a tm x tn tile of accumulators in registers.
+
+    Thread (ty, tx) owns rows ty + i*(bm/tm) and columns tx + j*(bn/tn) of the block tile:
+    neighbouring threads touch neighbouring columns, so loads and stores coalesce.
+    """
+
+    bm: int = 64  # rows of C per thread block
+    bn: int = 64  # columns of C per thread block
+    bk: int = 16  # the k step: depth of the A and B slices in shared memory
+    tm: int = 4  # rows of the per-thread register tile
+    tn: int = 4  # columns of the per-thread register tile
+
+    def __post_init__(self) -> None:
+        for f in ("bm", "bn", "bk", "tm", "tn"):
+            value = getattr(self, f)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GpuTiling.{f} must be a positive int, got {value!r}")
+        if self.bm % self.tm or self.bn % self.tn:
+            raise ValueError(
+                f"GpuTiling: the block tile {self.bm}x{self.bn} must be a multiple of the "
+                f"thread tile {self.tm}x{self.tn}"
+            )
+        if self.threads > MAX_THREADS_PER_BLOCK:
+            raise ValueError(
+                f"GpuTiling: {self.threads_m}x{self.threads_n} = {self.threads} threads per "
+                f"block; a GPU allows at most {MAX_THREADS_PER_BLOCK}"
+            )
+
+    @property
+    def threads_m(self) -> int:
+        return self.bm // self.tm
+
+    @property
+    def threads_n(self) -> int:
+        return self.bn // self.tn
+
+    @property
+    def threads(self) -> int:
+        return self.threads_m * self.threads_n
+
+    def shared_bytes(self, itemsize: int) -> int:
+        """Shared memory one block holds: the bk x bm slice of A and the bk x bn slice of B."""
+        return (self.bm + self.bn) * self.bk * itemsize
+
+    def as_tiling(self) -> Tiling:
+        """The same blocking in the BLIS terms `reference.run_tiled` executes."""
+        return Tiling(mc=self.bm, nc=self.bn, kc=self.bk, mr=self.tm, nr=self.tn,
+                      parallel="none", pack=False)  # fmt: skip
+
+    def replace(self, **changes) -> GpuTiling:
+        return replace(self, **changes)
+
+    def items(self) -> list[tuple[str, object]]:
+        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+
+
+MAX_THREADS_PER_BLOCK = 1024  # every CUDA GPU since compute capability 2.0
+
+
+def tiling_from_fields(values: dict) -> Tiling | GpuTiling:
+    """The `tile=(...)` attribute from its fields: a GpuTiling when they are bm, bn, ..."""
+    gpu_fields = {f.name for f in fields(GpuTiling)}
+    if values and set(values) <= gpu_fields:
+        return GpuTiling(**values)
+    return Tiling(**values)
+
+
 # A symbolic batch dim is planned as if it were this large: big enough that blocking over m
 # and running m blocks in parallel pay off. Every Tiling stays correct for any other batch,
 # whose last block is merely ragged.
@@ -62,7 +133,9 @@ TYPICAL_BATCH = 256
 
 
 # -- the loop nest, printed ------------------------------------------------------------------
-def loop_nest(node: Node, tiling: Tiling | None = None, *, graph: Graph | None = None) -> str:
+def loop_nest(
+    node: Node, tiling: Tiling | GpuTiling | None = None, *, graph: Graph | None = None
+) -> str:
     """The loops a backend runs for dense `node` under `tiling` (default: its `tile` attr),
     printed like Halide's print_loop_nest; `graph` supplies the operands' names.
 
@@ -83,7 +156,8 @@ def loop_nest(node: Node, tiling: Tiling | None = None, *, graph: Graph | None =
     attrs = attrs_of(node)
     tiling = tiling or attrs["tile"] or Tiling()
     names = _operand_names(node, graph)
-    return "\n".join(_NestPrinter(node, attrs, tiling, names, graph).lines())
+    printer = _GpuNestPrinter if isinstance(tiling, GpuTiling) else _NestPrinter
+    return "\n".join(printer(node, attrs, tiling, names, graph).lines())
 
 
 def _operand_names(node: Node, graph: Graph | None) -> dict[int, str]:
@@ -269,3 +343,44 @@ class _NestPrinter:
             else:
                 z = f"{step}({z})"
         return z
+
+
+class _GpuNestPrinter(_NestPrinter):
+    """The nest of a dense op under a GpuTiling: a grid of thread blocks, each staging k slices
+    through shared memory, each thread accumulating a tm x tn register tile.
+
+        parallel block (by, bx) in [0, ceil(N/64)) x [0, ceil(512/64)):
+          parallel thread (ty, tx) in [0, 16) x [0, 16):
+            acc[4, 4] = 0
+            for k0 in [0, 784) step 16:
+              ...
+    """
+
+    def lines(self) -> list[str]:
+        t = self.t
+        self.emit(0, f"// {self.header()}")
+        self.emit(0, f"produce {self.c} (cuda):")
+        self.emit(1, f"parallel block (by, bx) in [0, ceil({self.m}/{t.bm})) x "
+                     f"[0, ceil({self.n}/{t.bn})):")  # fmt: skip
+        self.emit(2, f"parallel thread (ty, tx) in [0, {t.threads_m}) x [0, {t.threads_n}):")
+        self.emit(3, f"acc[{t.tm}, {t.tn}] = 0")
+        self.emit(3, f"for k0 in [0, {self.k}) step {t.bk}:")
+        self.emit(4, f"shared sa[{t.bk}, {t.bm}] = {self.a}[by*{t.bm} : +{t.bm}, k0 : +{t.bk}]^T"
+                     "   (zero outside A)")  # fmt: skip
+        self.emit(4, f"shared sb[{t.bk}, {t.bn}] = {self.b}[k0 : +{t.bk}, bx*{t.bn} : +{t.bn}]"
+                     "   (zero outside B)")  # fmt: skip
+        self.emit(4, "syncthreads")
+        self.emit(4, f"for kk in [0, {t.bk}):")
+        self.emit(5, f"unrolled i in [0, {t.tm}), j in [0, {t.tn}):")
+        self.emit(6, f"acc[i, j] += sa[kk, ty+{t.threads_m}*i] * sb[kk, tx+{t.threads_n}*j]")
+        self.emit(4, "syncthreads")
+        self.emit(3, f"unrolled i in [0, {t.tm}), j in [0, {t.tn}):   // rows and columns inside C")
+        self.emit(4, f"{self.c}[r, c] = {self.tile_epilogue('acc[i, j]')}")
+        self.emit(5, f"with r = by*{t.bm} + ty+{t.threads_m}*i, c = bx*{t.bn} + tx+{t.threads_n}*j")
+        if not self.elementwise():
+            after = "   // needs whole rows: a kernel of its own"
+            self.emit(1, f"{self.c} = {self.whole_epilogue()}{after}")
+        return self.out
+
+    def index(self, operand: int) -> str:
+        return super().index(operand).replace("ic+ir+i", "r").replace("jc+jr+j", "c")

@@ -26,7 +26,7 @@ import numpy as np
 from .errors import ParseError, TilefuseError
 from .ir import DTYPES, Graph, GraphBuilder, TensorType, array_digest
 from .ops import OPS
-from .schedule import Tiling
+from .schedule import GpuTiling, Tiling
 
 INLINE_LIMIT = 16
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -63,7 +63,7 @@ def format_value(value: Any) -> str:
         # a string spelled like a keyword is quoted, or it would parse back as true/false/None
         bare = _IDENT.match(value) and value not in _KEYWORDS
         return value if bare else json.dumps(value)
-    if isinstance(value, Tiling):
+    if isinstance(value, Tiling | GpuTiling):
         return "(" + ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) + ")"
     if isinstance(value, tuple | list):
         return "(" + ", ".join(format_value(v) for v in value) + ")"

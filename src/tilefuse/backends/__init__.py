@@ -45,6 +45,13 @@ class CompiledModel:
             raise AttrError(f"no stage {stage!r}; stages: {', '.join(self.stages)}")
         return str(self.stages[stage])
 
+    def explain(self, batch: int | None = None) -> Any:
+        """Why each kernel looks the way it does: fusion, tiling, costs and the roofline
+        (`print(model.explain())`; `.to_dict()` for machines). See tilefuse.explain."""
+        from ..explain import explain_model
+
+        return explain_model(self, batch=batch)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.graph.name} target={self.target}>"
 
@@ -81,13 +88,21 @@ def _compile_cpu(graph: Graph, stages: dict[str, Graph], options: dict) -> Compi
     return compile_cpu(graph, stages, options)
 
 
+def _compile_cuda(graph: Graph, stages: dict[str, Graph], options: dict) -> CompiledModel:
+    from .cuda import compile_cuda  # imports numba.cuda: only when the target is used
+
+    return compile_cuda(graph, stages, options)
+
+
 BACKENDS: dict[str, Callable[[Graph, dict[str, Graph], dict], CompiledModel]] = {
     "reference": _compile_reference,
     "cpu": _compile_cpu,
+    "cuda": _compile_cuda,
 }
 
 # the pipeline each target runs when compile() is given none
 DEFAULT_PIPELINES = {
     "reference": "",
     "cpu": "canonicalize,fuse,tile,plan_memory",
+    "cuda": "canonicalize,fuse,tile_cuda",
 }

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import DTypeError, InputError, ShapeError
 from ..ir import Graph, Node
 from ..ops import ELEMENTWISE_ACTIVATIONS, apply_activation, apply_epilogue, attrs_of, evaluate
-from ..schedule import Tiling
+from ..schedule import GpuTiling, Tiling
 
 Hook = Callable[[Node, np.ndarray], None]
 
@@ -110,7 +110,10 @@ def evaluate_tiled(node: Node, args: list[np.ndarray]) -> np.ndarray:
     attrs = attrs_of(node)
     if node.op != "dense" or attrs["tile"] is None:
         return evaluate(node, args)
-    return dense_tiled(args, attrs, attrs["tile"]).astype(node.type.np_dtype, copy=False)
+    tiling = attrs["tile"]
+    if isinstance(tiling, GpuTiling):  # the same blocks, in the BLIS order
+        tiling = tiling.as_tiling()
+    return dense_tiled(args, attrs, tiling).astype(node.type.np_dtype, copy=False)
 
 
 def dense_tiled(args: list[np.ndarray], attrs: dict[str, Any], t: Tiling) -> np.ndarray:

@@ -29,6 +29,7 @@ STAGE_OF_PASS = {
     "canonicalize": "canonical",
     "fuse": "fused",
     "tile": "tiled",
+    "tile_cuda": "tiled",
     "plan_memory": "memory",
 }
 

@@ -19,9 +19,9 @@ from typing import ClassVar
 from .. import machine as machines
 from ..errors import AttrError
 from ..ir import Graph, Node
-from ..machine import Machine, format_bytes
+from ..machine import KIB, Machine, format_bytes
 from ..ops import attrs_of
-from ..schedule import PARALLEL_CHOICES, TYPICAL_BATCH, Tiling
+from ..schedule import PARALLEL_CHOICES, TYPICAL_BATCH, GpuTiling, Tiling
 from . import Decision, Pass, register, with_decisions
 
 # A parallel region (Numba's threading layer, like OpenMP's fork/join) costs a few microseconds
@@ -300,3 +300,133 @@ def choose_tiling(
     x, w = (g[i].type.shape for i in node.inputs[:2])
     problem = problem_of(node, x, w, pass_.batch or TYPICAL_BATCH)
     return pass_.choose(problem, mach or pass_.target())
+
+
+# -- GPU tilings (target cuda) --------------------------------------------------------------
+# The GPU the cuda tilings are planned for: an H100 has 132 streaming multiprocessors. Fewer
+# blocks than that leave SMs idle, so small layers get smaller blocks.
+GPU_SMS = 132
+# Staging bk-deep slices of A and B in this much shared memory per block leaves room for
+# several resident blocks per SM (228 KiB on an H100, 48 KiB static per block on every GPU).
+GPU_SHARED_SLICE_BYTES = 8 * KIB
+GPU_THREADS_SIDE = 16  # 16 x 16 = 256 threads per block: eight warps to hide latency
+# Largest block side: a 128 x 128 f32 block gives each of 256 threads an 8 x 8 register tile
+# (64 accumulators); f64 takes two registers per value, so its blocks stop at 64.
+GPU_MAX_BLOCK = {"f32": 128, "f64": 64}
+GPU_MIN_BLOCK = 16
+
+
+def next_power_of_two(value: int) -> int:
+    return 1 << max(0, value - 1).bit_length()
+
+
+def choose_gpu_block(p: Problem) -> tuple[int, int, str]:
+    most = GPU_MAX_BLOCK[p.dtype]
+    bm = max(GPU_MIN_BLOCK, min(most, next_power_of_two(p.m)))
+    bn = max(GPU_MIN_BLOCK, min(most, next_power_of_two(p.n)))
+    while _blocks(p, bm, bn) < GPU_SMS and max(bm, bn) > 2 * GPU_MIN_BLOCK:
+        bn, bm = (bn // 2, bm) if bn >= bm else (bn, bm // 2)
+    why = (
+        f"bm x bn = {bm}x{bn}: {p.extent('m')}, n={p.n} give {_blocks(p, bm, bn)} thread "
+        f"blocks for {GPU_SMS} SMs (largest {p.dtype} block {most}x{most})"
+    )
+    return bm, bn, why
+
+
+def _blocks(p: Problem, bm: int, bn: int) -> int:
+    return -(-p.m // bm) * -(-p.n // bn)
+
+
+def choose_thread_tile(bm: int, bn: int) -> tuple[int, int, str]:
+    tm, tn = max(1, bm // GPU_THREADS_SIDE), max(1, bn // GPU_THREADS_SIDE)
+    why = (
+        f"tm x tn = {tm}x{tn}: {bm // tm}x{bn // tn} threads per block, each with "
+        f"{tm * tn} accumulators in registers"
+    )
+    return tm, tn, why
+
+
+def choose_bk(p: Problem, bm: int, bn: int) -> tuple[int, str]:
+    fits = GPU_SHARED_SLICE_BYTES // ((bm + bn) * p.itemsize)
+    bk = max(4, min(32, 1 << (max(fits, 1).bit_length() - 1)))
+    bk = min(bk, next_power_of_two(max(p.k, 1)))
+    bytes_ = (bm + bn) * bk * p.itemsize
+    return bk, f"bk={bk}: the {bk}-deep A and B slices take {format_bytes(bytes_)} of shared memory"
+
+
+@register
+@dataclass(frozen=True)
+class TileCuda(Pass):
+    """Choose a GpuTiling for every `dense` op (target cuda); a dense that already has a
+    GpuTiling is kept, a CPU Tiling is replaced.
+
+    Options (0: chosen by the model): bm, bn (the thread block's tile of C), bk (the k step
+    staged in shared memory), tm, tn (each thread's register tile), batch (the batch a
+    symbolic dim is planned for; 0: TYPICAL_BATCH).
+
+        %0 = dense[act=relu](%x, %w0, %b0) : f32[N,512]
+        -> %0 = dense[act=relu, tile=(bm=64, bn=64, bk=16, tm=4, tn=4)](%x, %w0, %b0)
+    """
+
+    name: ClassVar[str] = "tile_cuda"
+    bm: int = 0
+    bn: int = 0
+    bk: int = 0
+    tm: int = 0
+    tn: int = 0
+    batch: int = 0
+
+    def __post_init__(self) -> None:
+        for option in ("bm", "bn", "bk", "tm", "tn", "batch"):
+            value = getattr(self, option)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise AttrError(
+                    f"tile_cuda: option {option} must be an int >= 0 (0 lets the pass "
+                    f"choose), got {value!r}"
+                )
+
+    def run(self, g: Graph) -> Graph:
+        from ..text import format_node, node_names
+
+        names = node_names(g)
+        nodes, decisions = [], []
+        for node in g.nodes.values():
+            if node.op == "dense":
+                node, decision = self.tile_node(g, node, format_node(g, node.id, names))
+                decisions.append(decision)
+            nodes.append(node)
+        out = Graph(g.name, nodes, g.inputs, g.outputs, g.constants, g.meta)
+        return with_decisions(out, decisions)
+
+    def tile_node(self, g: Graph, node: Node, line: str) -> tuple[Node, Decision]:
+        given = attrs_of(node)["tile"]
+        if isinstance(given, GpuTiling):
+            detail = f"given by the user: {_format_tiling(given)}; kept as it is"
+            return node, Decision("tile_cuda", line, "kept", "user_node", detail)
+        x, w = (g[i].type.shape for i in node.inputs[:2])
+        problem = problem_of(node, x, w, self.batch or TYPICAL_BATCH)
+        tiling, reasons = self.choose(problem)
+        if given is not None:
+            reasons.append(f"replaces the CPU tiling {_format_tiling(given)}")
+        code = "user_spec" if any(r.endswith("(given by the spec)") for r in reasons) else "model"
+        decision = Decision("tile_cuda", line, "chosen", code, "; ".join(reasons))
+        return node.with_attrs(tile=tiling), decision
+
+    def choose(self, p: Problem) -> tuple[GpuTiling, list[str]]:
+        """The GpuTiling for `p`: the spec's options where given, else the model's choice."""
+        bm, bn, why_block = choose_gpu_block(p)
+        if self.bm or self.bn:
+            bm, bn = self.bm or bm, self.bn or bn
+            why_block = f"bm x bn = {bm}x{bn} (given by the spec)"
+        tm, tn, why_thread = choose_thread_tile(bm, bn)
+        if self.tm or self.tn:
+            tm, tn = self.tm or tm, self.tn or tn
+            why_thread = f"tm x tn = {tm}x{tn} (given by the spec)"
+        bk, why_bk = (
+            (self.bk, f"bk={self.bk} (given by the spec)") if self.bk else choose_bk(p, bm, bn)
+        )
+        try:
+            tiling = GpuTiling(bm=bm, bn=bn, bk=bk, tm=tm, tn=tn)
+        except ValueError as err:
+            raise AttrError(f"tile_cuda: {err}") from None
+        return tiling, [why_block, why_thread, why_bk]

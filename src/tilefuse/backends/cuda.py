@@ -1,0 +1,582 @@
+"""The numba.cuda backend: one generated CUDA kernel per op, launched by a generated host
+function, with the weights on the device from compile time on.
+
+    model = tfu.compile(net, target="cuda")    # canonicalize, fuse, tile_cuda, render
+    print(model.source())                      # the generated kernels, one per IR line
+    y = model(x)                               # NumPy in, NumPy out (one copy each way)
+    y_dev = model(x_dev)                       # device array in (numba, CuPy, PyTorch): device out
+
+`render(g)` turns the tiled graph into readable Python source, like the CPU backend's renderer
+(it subclasses it for names, constants and broadcast indexing): a `@cuda.jit` kernel per op
+and a plain-Python `forward` that launches them in order. A fused dense op becomes a
+shared-memory tiled GEMM whose block, thread and k-step sizes come from its GpuTiling (the
+`tile_cuda` pass), with bias, activation and `post` steps applied in registers before the
+one store. Every other op is a one-thread-per-element kernel (softmax: one thread per row).
+Intermediates live in device buffers kept between calls; only inputs and outputs cross.
+
+Without a GPU the same source runs on Numba's CUDA simulator (`NUMBA_ENABLE_CUDASIM=1`).
+Rendering needs neither: `--emit cuda-source` works anywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, TilefuseError
+from ..ir import Graph, Node, TensorType
+from ..ops import attrs_of
+from ..schedule import GpuTiling
+from ..text import format_node
+from . import CompiledModel, reference
+from .cpu import Rendered, _Renderer, activation_key, load_module
+
+PIPELINE = "canonicalize,fuse,tile_cuda"
+STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory a block may declare
+
+# one scalar statement per activation: `v` is the value, {T} its dtype (float32 literals keep
+# f32 math in f32 on the device; math.* results are cast back for the simulator's sake)
+_ACTIVATION_CODE = {
+    "identity": [],
+    "relu": ["v = v if not v < {T}(0) else {T}(0)"],
+    "sigmoid": [
+        "z = {T}(math.exp(-abs(v)))",  # exp of a non-positive number: never overflows
+        "v = {T}(1) / ({T}(1) + z) if v >= {T}(0) else z / ({T}(1) + z)",
+    ],
+    "tanh": ["v = {T}(math.tanh(v))"],
+    "gelu": ["v = {T}(0.5) * v * ({T}(1) + {T}(math.erf(v * {T}(0.7071067811865476))))"],
+    "gelu_tanh": [
+        "u = {T}(0.7978845608028654) * (v + {T}(0.044715) * v * v * v)",
+        "v = {T}(0.5) * v * ({T}(1) + {T}(math.tanh(u)))",
+    ],
+    "leaky_relu": ["v = v if v >= {T}(0) else v * {T}({alpha!r})"],
+}
+_BINARY_CODE = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def scalar_type(t: TensorType) -> str:
+    return t.np_dtype.name  # float32 / float64: the names numba.cuda exports
+
+
+def activation_code(name: str, attrs: dict[str, Any], t: TensorType) -> list[str]:
+    key = activation_key(name, attrs)
+    if key not in _ACTIVATION_CODE:
+        raise TilefuseError(f"cuda backend: activation {name!r} is not elementwise")
+    alpha = float(attrs.get("alpha", 0.01))
+    return [s.format(T=scalar_type(t), alpha=alpha) for s in _ACTIVATION_CODE[key]]
+
+
+def indent(lines: list[str], depth: int) -> list[str]:
+    return ["    " * depth + line if line else line for line in lines]
+
+
+# -- rendering -----------------------------------------------------------------------------
+class _CudaRenderer(_Renderer):
+    """Kernels go to `self.kernels`; the launches, in graph order, to `forward`'s body."""
+
+    def __init__(self, g: Graph) -> None:
+        super().__init__(g)
+        self.kernels: list[str] = []
+        self.signatures: dict[str, list[tuple[str, int]]] = {}  # kernel -> (dtype, ndim) args
+        self.rank: dict[str, int] = {}  # variable -> rank on the device
+        self.dtype: dict[str, str] = {}
+        self.buffers = 0
+
+    def shape(self, t: TensorType) -> str:
+        return super().shape(t) if t.rank else "(1,)"  # a scalar lives in a 1-element array
+
+    def value(self, node_id: int) -> str:
+        name = super().value(node_id)
+        t = self.g[node_id].type
+        self.rank[name], self.dtype[name] = max(t.rank, 1), t.np_dtype.name
+        return name
+
+    def render(self) -> Rendered:
+        g = self.g
+        inputs = [g[i] for i in g.inputs]
+        for node in inputs:
+            self.var[node.id] = f"x_{self.names[node.id]}"
+            self.value(node.id)
+            for axis, d in enumerate(node.type.shape):
+                if isinstance(d, str) and d not in self.dims:
+                    self.dims[d] = f"d_{d}"
+                    self.emit(f"d_{d} = {self.var[node.id]}.shape[{axis}]")
+        destinations = self.output_destinations()
+        for node in g.ops():
+            self.emit("")
+            self.emit(f"# {format_node(g, node.id, self.names)}")
+            self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
+            if node.id not in destinations:
+                dtype = node.type.np_dtype.name
+                shape = self.shape(node.type)
+                self.emit(f"{self.var[node.id]} = scratch({self.buffers}, {shape}, np.{dtype})")
+                self.buffers += 1
+            self.value(node.id)
+            getattr(self, f"render_{_KIND_RENDERERS.get(node.op, 'elementwise')}")(node)
+        self.copy_remaining_outputs(destinations)
+        outs = [f"out{k}" for k in range(len(g.outputs))]
+        args = [self.var[n.id] for n in inputs] + self.param_names + outs + ["scratch"]
+        ir_text = "\n".join("    " + line for line in str(g).split("\n"))
+        source = _MODULE_HEADER.format(name=g.name, ir=ir_text)
+        source += "\n\n\n".join(self.kernels) + ("\n\n\n" if self.kernels else "")
+        source += _FORWARD_DOC.format(args=", ".join(args))
+        source += "\n".join(line.rstrip() for line in self.body) + "\n"
+        return Rendered(source, self.param_names, self.params, g.output_types(),
+                        [self.names[n.id] for n in inputs])  # fmt: skip
+
+    def copy_remaining_outputs(self, destinations: dict[int, str]) -> None:
+        for k, o in enumerate(self.g.outputs):
+            if destinations.get(o) != f"out{k}":
+                self.emit("")
+                self.emit(f"out{k}.copy_to_device({self.value(o)})")
+
+    # kernels -------------------------------------------------------------------------------
+    def kernel(self, name: str, node: Node, params: list[str], body: list[str], note: str) -> None:
+        """Add kernel `name(params)` under a header naming the IR line it implements."""
+        params = list(dict.fromkeys(params))
+        self.signatures[name] = [(self.dtype[p], self.rank[p]) for p in params]
+        header = [f"# {format_node(self.g, node.id, self.names)}", f"# {note}"]
+        self.kernels.append(
+            "\n".join([*header, "@cuda.jit(cache=True)", f"def {name}({', '.join(params)}):"])
+            + "\n"
+            + "\n".join(indent(body, 1))
+        )
+
+    def kernel_name(self, node: Node, what: str | None = None) -> str:
+        return f"{what or node.op}_{self.names[node.id]}"
+
+    def operands(self, node: Node) -> list[str]:
+        return [self.value(i) for i in node.inputs]
+
+    def elementwise_kernel(self, node: Node, name: str, params: list[str], body: list[str]) -> None:
+        """One thread per element of `node`'s value (a grid-stride loop over its flat index)."""
+        out = self.var[node.id]
+        loop = [f"for e in range(cuda.grid(1), {out}.size, cuda.gridsize(1)):"]
+        loop += indent([*self.unflatten(node.type, out), *body], 1)
+        self.kernel(name, node, [*params, out], loop, "one thread per element")
+        self.emit(f"blocks, threads = R.elementwise_launch({out}.size)")
+        self.emit(f"{name}[blocks, threads]({', '.join(dict.fromkeys([*params, out]))})")
+
+    def unflatten(self, t: TensorType, out: str, skip: int | None = None) -> list[str]:
+        """i0, i1, ... from the flat index e, last axis fastest (axis `skip` left out)."""
+        axes = [a for a in range(t.rank) if a != skip]
+        if not axes:
+            return []
+        if len(axes) == 1:
+            return [f"i{axes[0]} = e"]
+        lines = ["rest = e"]
+        for a in reversed(axes[1:]):
+            lines += [f"i{a} = rest % {out}.shape[{a}]", f"rest = rest // {out}.shape[{a}]"]
+        return [*lines, f"i{axes[0]} = rest"]
+
+    # ops -----------------------------------------------------------------------------------
+    def render_elementwise(self, node: Node) -> None:
+        attrs = attrs_of(node)
+        dst = self.var[node.id] + self.index(node.type, node.type)
+        if node.op in _BINARY_CODE:
+            a, b = (self.read(i, node.type) for i in node.inputs)
+            body = [f"v = {a} {_BINARY_CODE[node.op]} {b}"]
+        else:
+            body = [f"v = {self.read(node.inputs[0], node.type)}"]
+            body += activation_code(node.op, attrs, node.type)
+        self.elementwise_kernel(
+            node, self.kernel_name(node), self.operands(node), [*body, f"{dst} = v"]
+        )
+
+    def render_transpose(self, node: Node) -> None:
+        src, dst = self.value(node.inputs[0]), self.var[node.id]
+        self.elementwise_kernel(
+            node, self.kernel_name(node), [src], [f"{dst}[i0, i1] = {src}[i1, i0]"]
+        )
+
+    def render_softmax(self, node: Node, src: str | None = None) -> None:
+        """One thread per row along the axis: max, sum of exponentials, then the values."""
+        t, dst = node.type, self.var[node.id]
+        src = src or self.value(node.inputs[0])
+        axis = attrs_of(node).get("axis", -1) % t.rank
+        T = scalar_type(t)
+        idx = "[" + ", ".join("a" if ax == axis else f"i{ax}" for ax in range(t.rank)) + "]"
+        last = (
+            f"{dst}{idx} = {src}{idx} - m - {T}(math.log(s))"
+            if node.op == "log_softmax" or attrs_of(node).get("act") == "log_softmax"
+            else f"{dst}{idx} = {dst}{idx} / s"
+        )
+        store_e = [] if "log" in last else [f"    {dst}{idx} = x"]
+        row = [
+            f"m = {T}(-math.inf)",
+            f"for a in range({dst}.shape[{axis}]):",
+            f"    x = {src}{idx}",
+            "    if x > m or x != x:",
+            "        m = x",
+            f"s = {T}(0)",
+            f"for a in range({dst}.shape[{axis}]):",
+            f"    x = {T}(math.exp({src}{idx} - m))",
+            *store_e,
+            "    s += x",
+            f"for a in range({dst}.shape[{axis}]):",
+            f"    {last}",
+        ]
+        rows = f"({dst}.size // max({dst}.shape[{axis}], 1))"
+        loop = [f"for e in range(cuda.grid(1), {rows}, cuda.gridsize(1)):"]
+        loop += indent([*self.unflatten(t, dst, skip=axis), *row], 1)
+        name = self.kernel_name(node, "softmax" if "log" not in last else "log_softmax")
+        self.kernel(name, node, [src, dst], loop, f"one thread per row along axis {axis}")
+        self.emit(f"blocks, threads = R.elementwise_launch({rows})")
+        self.emit(f"{name}[blocks, threads]({', '.join(dict.fromkeys([src, dst]))})")
+
+    def render_matmul(self, node: Node) -> None:
+        self.gemm(node, node.inputs[0], node.inputs[1], [])
+
+    def render_dense(self, node: Node) -> None:
+        attrs = attrs_of(node)
+        x, w, *rest = node.inputs
+        self.value(x), self.value(w)  # weights before biases in forward's parameters
+        epilogue = [f"v = v + {self.read(rest[0], node.type)}"] if attrs["bias"] else []
+        if attrs["act"] in _SOFTMAX:  # needs whole rows: kernels of their own follow
+            self.gemm(node, x, w, epilogue)
+            self.render_softmax(node, src=self.var[node.id])
+            post = self.post_code(node, attrs)
+            if post:
+                dst = self.var[node.id] + "[i0, i1]"
+                body = [f"v = {dst}", *post, f"{dst} = v"]
+                params = [self.var[node.id], *self.operands(node)[2:]]
+                self.elementwise_kernel(node, self.kernel_name(node, "post"), params, body)
+            return
+        epilogue += activation_code(attrs["act"], attrs, node.type)
+        self.gemm(node, x, w, epilogue + self.post_code(node, attrs))
+
+    def post_code(self, node: Node, attrs: dict[str, Any]) -> list[str]:
+        """The dense op's `post` steps, one statement each, reading their operands in order."""
+        operands = list(node.inputs[2 + int(attrs["bias"]) :])
+        code: list[str] = []
+        for step in attrs["post"]:
+            if step in _BINARY_CODE:
+                code.append(f"v = v {_BINARY_CODE[step]} {self.read(operands.pop(0), node.type)}")
+            else:
+                code += activation_code(step, {}, node.type)
+        return code
+
+    def gpu_tiling(self, node: Node) -> GpuTiling:
+        """The node's GpuTiling, or the tile_cuda model's choice (matmul, CPU-tiled dense)."""
+        from ..passes.tile import TYPICAL_BATCH, TileCuda, problem_of
+
+        given = attrs_of(node).get("tile") if node.op == "dense" else None
+        if isinstance(given, GpuTiling):
+            return given
+        x, w = (self.g[i].type.shape for i in node.inputs[:2])
+        return TileCuda().choose(problem_of(node, x, w, TYPICAL_BATCH))[0]
+
+    def gemm(self, node: Node, x: int, w: int, epilogue: list[str]) -> None:
+        t = self.gpu_tiling(node)
+        shared = t.shared_bytes(node.type.np_dtype.itemsize)
+        if shared > STATIC_SHARED_LIMIT:
+            raise TilefuseError(
+                f"cuda backend: {format_node(self.g, node.id, self.names)}: the tiling needs "
+                f"{shared} bytes of shared memory, more than the {STATIC_SHARED_LIMIT} a block "
+                "may declare; choose a smaller bm, bn or bk"
+            )
+        a, b, out = self.value(x), self.value(w), self.var[node.id]
+        extra = self.operands(node)[2:] if node.op == "dense" else []
+        params = [a, b, *extra, out]
+        body = gemm_body(t, a, b, out, scalar_type(node.type), epilogue)
+        note = (
+            f"{t.bm}x{t.bn} of C per block of {t.threads_m}x{t.threads_n} threads "
+            f"({t.tm}x{t.tn} accumulators each), k step {t.bk} in shared memory"
+        )
+        name = self.kernel_name(node)
+        self.kernel(name, node, params, body, note)
+        grid = f"(R.blocks({out}.shape[1], {t.bn}), R.blocks({out}.shape[0], {t.bm}))"
+        launch = f"{grid}, ({t.threads_n}, {t.threads_m})"
+        self.emit(f"{name}[{launch}]({', '.join(dict.fromkeys(params))})")
+
+
+def slice_load(
+    elements: int, threads: int, width: int, cond: str, src: str, dst: str, T: str
+) -> list[str]:
+    """Lines that copy one slice of `elements` into shared memory, `threads` at a time, with
+    zeros outside the matrix (shared memory starts as garbage; every element is written)."""
+    body = [
+        f"r = e // {width}",
+        f"q = e % {width}",
+        f"v = {T}(0)",
+        f"if {cond}:",
+        f"    v = {src}",
+        f"{dst} = v",
+    ]
+    exact = elements % threads == 0
+    lines = [f"for p in range({-(-elements // threads)}):", f"    e = tid + p * {threads}"]
+    if exact:
+        return lines + indent(body, 1)
+    return lines + [f"    if e < {elements}:"] + indent(body, 2)
+
+
+def gemm_body(t: GpuTiling, a: str, b: str, out: str, T: str, epilogue: list[str]) -> list[str]:
+    """The tiled GEMM kernel's body: stage bk slices of A and B, accumulate, then the epilogue
+    on each value inside C and one store."""
+    ty_, tx_ = t.threads_m, t.threads_n
+    load_a = slice_load(
+        t.bm * t.bk, t.threads, t.bk, "row0 + r < m and k0 + q < k",
+        f"{a}[row0 + r, k0 + q]", "sa[q, r]", T,
+    )  # fmt: skip
+    load_b = slice_load(
+        t.bk * t.bn, t.threads, t.bn, "k0 + r < k and col0 + q < n",
+        f"{b}[k0 + r, col0 + q]", "sb[r, q]", T,
+    )  # fmt: skip
+    return [
+        f"sa = cuda.shared.array(({t.bk}, {t.bm}), {T})  # the A slice, transposed: sa[k, row]",
+        f"sb = cuda.shared.array(({t.bk}, {t.bn}), {T})  # the B slice: sb[k, column]",
+        f"acc = cuda.local.array(({t.tm}, {t.tn}), {T})",
+        f"ar = cuda.local.array({t.tm}, {T})",
+        f"br = cuda.local.array({t.tn}, {T})",
+        "tx = cuda.threadIdx.x",
+        "ty = cuda.threadIdx.y",
+        f"tid = ty * {tx_} + tx",
+        f"row0 = cuda.blockIdx.y * {t.bm}",
+        f"col0 = cuda.blockIdx.x * {t.bn}",
+        f"m = {a}.shape[0]",
+        f"k = {a}.shape[1]",
+        f"n = {b}.shape[1]",
+        f"for i in range({t.tm}):",
+        f"    for j in range({t.tn}):",
+        f"        acc[i, j] = {T}(0)",
+        f"for k0 in range(0, k, {t.bk}):",
+        *indent(load_a, 1),
+        *indent(load_b, 1),
+        "    cuda.syncthreads()",
+        f"    for kk in range({t.bk}):",
+        f"        for i in range({t.tm}):",
+        f"            ar[i] = sa[kk, ty + {ty_} * i]",
+        f"        for j in range({t.tn}):",
+        f"            br[j] = sb[kk, tx + {tx_} * j]",
+        f"        for i in range({t.tm}):",
+        f"            for j in range({t.tn}):",
+        "                acc[i, j] += ar[i] * br[j]",
+        "    cuda.syncthreads()",
+        f"for i in range({t.tm}):",
+        f"    i0 = row0 + ty + {ty_} * i",
+        "    if i0 < m:",
+        f"        for j in range({t.tn}):",
+        f"            i1 = col0 + tx + {tx_} * j",
+        "            if i1 < n:",
+        "                v = acc[i, j]",
+        *indent(epilogue, 4),
+        f"                {out}[i0, i1] = v",
+    ]
+
+
+_SOFTMAX = ("softmax", "log_softmax")
+_KIND_RENDERERS = {
+    "dense": "dense",
+    "matmul": "matmul",
+    "transpose": "transpose",
+    "softmax": "softmax",
+    "log_softmax": "softmax",
+}
+
+_MODULE_HEADER = '''"""tilefuse: generated CUDA kernels for graph {name}.
+
+The IR it implements:
+
+{ir}
+"""
+
+import math
+
+import numpy as np
+from numba import cuda, float32, float64  # noqa: F401
+
+from tilefuse.backends import cuda_runtime as R
+
+
+'''
+
+_FORWARD_DOC = '''def forward({args}):
+    """Launch the kernels in graph order: device arrays in, device arrays out; scratch(k,
+    shape, dtype) is the k-th intermediate buffer."""
+'''
+
+
+def render(g: Graph) -> Rendered:
+    """Readable Python source: one `@cuda.jit` kernel per op and a host `forward`."""
+    return _CudaRenderer(g).render()
+
+
+def kernel_signatures(g: Graph) -> dict[str, list[tuple[str, int]]]:
+    """Each kernel's arguments as (dtype, ndim), for compiling them without running them."""
+    renderer = _CudaRenderer(g)
+    renderer.render()
+    return renderer.signatures
+
+
+def array_types(args: list[tuple[str, int]]) -> tuple:
+    """Numba array types of a kernel's (dtype, ndim) arguments, any layout."""
+    from numba import types
+    from numba.np import numpy_support
+
+    return tuple(types.Array(numpy_support.from_dtype(np.dtype(d)), n, "A") for d, n in args)
+
+
+def kernel_llvm(g: Graph, cc: tuple[int, int] = (8, 0)) -> dict[str, str]:
+    """Every kernel of `g` typed and lowered to NVVM IR (LLVM) by numba.cuda, by name. Needs
+    numba-cuda but neither a GPU nor the CUDA toolkit, so it checks without hardware that the
+    generated code compiles for a device (the simulator runs it as Python and checks no types)."""
+    from . import cuda_runtime as R
+
+    if R.simulated():
+        raise TilefuseError("kernel_llvm needs numba.cuda's compiler, not the CUDA simulator "
+                            "(unset NUMBA_ENABLE_CUDASIM)")  # fmt: skip
+    from numba import types
+    from numba.cuda.compiler import compile_cuda
+
+    renderer = _CudaRenderer(g)
+    module = load_module(renderer.render().source, g.name)
+    llvm: dict[str, str] = {}
+    for name, args in renderer.signatures.items():
+        result = compile_cuda(getattr(module, name).py_func, types.void, array_types(args), cc=cc)
+        llvm[name] = result.library.get_llvm_str()
+    return llvm
+
+
+# -- the model -----------------------------------------------------------------------------
+def output_shapes(g: Graph, inputs: Sequence[Any]) -> list[tuple[int, ...]]:
+    dims: dict[str, int] = {}
+    for node, array in zip((g[i] for i in g.inputs), inputs, strict=True):
+        for d, size in zip(node.type.shape, array.shape, strict=False):  # scalars: (1,)
+            if isinstance(d, str):
+                dims[d] = size
+    return [tuple(dims.get(d, d) for d in t.shape) for t in g.output_types()]  # type: ignore[misc]
+
+
+class CudaModel(CompiledModel):
+    """Call it on NumPy arrays (NumPy out) or on device arrays (device arrays out, no copies)."""
+
+    target = "cuda"
+
+    def __init__(self, graph: Graph, stages: dict[str, Graph], options: dict[str, Any]) -> None:
+        super().__init__(graph, stages, options)
+        self.rendered = render(self.final)
+        from . import cuda_runtime as R
+
+        R.require_device()
+        self.runtime = R
+        self.module = load_module(self.rendered.source, self.final.name)
+        self.params = [R.to_device(p) for p in self.rendered.params]  # the weights, once
+        self.scratch = R.Scratch()
+        self.lock = threading.Lock()  # scratch buffers are shared by every call
+
+    def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
+        inputs, on_device = self.bind(args, kwargs)
+        if on_device:
+            outputs = self.launch(inputs, keep=True, out=self.device_out(out, inputs))
+        else:
+            outputs = self.launch(inputs, keep=False)
+            if out is not None:
+                from . import _copy_into
+
+                outputs = _copy_into(out, outputs)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def device_out(self, out: Any, inputs: list[Any]) -> list[Any] | None:
+        """Device arrays given as out= (written in place: no allocation), checked."""
+        if out is None:
+            return None
+        targets = list(out) if isinstance(out, tuple | list) else [out]
+        types = self.final.output_types()
+        if len(targets) != len(types):
+            raise InputError(f"out= has {len(targets)} array(s) for {len(types)} output(s)")
+        arrays = [self.runtime.as_device_array(t) for t in targets]
+        for array, shape, t in zip(arrays, output_shapes(self.final, inputs), types, strict=True):
+            if array is None or array.shape != (shape or (1,)) or array.dtype != t.np_dtype:
+                raise InputError(
+                    f"out= with device inputs must be device arrays of shape {shape} and "
+                    f"dtype {t.np_dtype}"
+                )
+        return arrays
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self.launch([self.runtime.to_device(a) for a in inputs], keep=False)
+
+    def bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        """Check the arguments as the reference does; device arrays are checked through a
+        zero-stride stand-in of their shape and dtype, so they never leave the device."""
+        device: dict[int, Any] = {}
+
+        def stand_in(value: Any) -> Any:
+            array = self.runtime.as_device_array(value)
+            if array is None:
+                return value
+            proxy = np.broadcast_to(np.zeros((), array.dtype), array.shape)
+            device[id(proxy)] = array
+            return proxy
+
+        checked = reference.bind_inputs(
+            self.final, [stand_in(a) for a in args], {k: stand_in(v) for k, v in kwargs.items()}
+        )
+        inputs = [device.get(id(a)) for a in checked]
+        inputs = [d.reshape(1) if d is not None and d.ndim == 0 else d for d in inputs]
+        inputs = [
+            d if d is not None else self.runtime.to_device(a) for d, a in zip(inputs, checked)
+        ]
+        return inputs, bool(device)
+
+    def launch(self, inputs: list[Any], keep: bool, out: list[Any] | None = None) -> list[Any]:
+        """Run `forward` on device inputs. keep: device outputs for the caller (`out`, else
+        fresh arrays); else NumPy copies of scratch outputs (one copy out each)."""
+        types = self.final.output_types()
+        shapes = [s or (1,) for s in output_shapes(self.final, inputs)]  # scalars: 1 element
+        with self.lock:
+            outs = out or [
+                self.output_buffer(k, s, t, keep) for k, (s, t) in enumerate(zip(shapes, types))
+            ]
+            self.module.forward(*inputs, *self.params, *outs, self.scratch.get)
+            if keep:
+                return outs
+            return [
+                o.copy_to_host().reshape(o.shape if t.rank else ()) for o, t in zip(outs, types)
+            ]
+
+    def output_buffer(self, k: int, shape: tuple[int, ...], t: TensorType, keep: bool) -> Any:
+        if keep:
+            return self.runtime.cuda.device_array(shape, t.np_dtype)
+        return self.scratch.get(-1 - k, shape, t.np_dtype)
+
+    def source(self) -> str:
+        return self.rendered.source
+
+    def llvm(self) -> str:
+        """Every kernel's NVVM IR (LLVM) as numba.cuda lowers it (not on the simulator)."""
+        return join_kernels(kernel_llvm(self.final))
+
+    def ptx(self) -> str:
+        """PTX of every kernel, for this GPU (needs a real GPU and the toolkit's NVVM)."""
+        if self.runtime.simulated():
+            raise TilefuseError(
+                "model.ptx() needs a real NVIDIA GPU and the CUDA toolkit; the CUDA simulator "
+                "runs kernels as Python and has no PTX (model.source() shows the kernels)"
+            )
+        cuda = self.runtime.cuda
+        ptx: dict[str, str] = {}
+        for name, args in kernel_signatures(self.final).items():
+            try:
+                ptx[name], _ = cuda.compile_ptx_for_current_device(
+                    getattr(self.module, name).py_func, array_types(args)
+                )
+            except Exception as err:  # the toolkit's own message says what is missing
+                raise TilefuseError(
+                    f"model.ptx(): numba.cuda could not compile {name}: {err}"
+                ) from err
+        return join_kernels(ptx)
+
+
+def join_kernels(texts: dict[str, str]) -> str:
+    return "\n".join(f"// ---- kernel {name} ----\n{text}" for name, text in texts.items())
+
+
+def compile_cuda(graph: Graph, stages: dict[str, Graph], options: dict[str, Any]) -> CudaModel:
+    return CudaModel(graph, stages, options)
+
+
+__all__ = ["PIPELINE", "CudaModel", "compile_cuda", "kernel_llvm", "kernel_signatures", "render"]
