@@ -17,7 +17,10 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(_RUN_CACHE, "numba"))
 os.environ.setdefault("TILEFUSE_CACHE_DIR", os.path.join(_RUN_CACHE, "tilefuse"))
 
 settings.register_profile(
-    "ci", derandomize=True, deadline=None, max_examples=60,
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=60,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", deadline=None, max_examples=100)

@@ -1,10 +1,10 @@
 """tilefuse: a small neural-network compiler.
 
-    import tilefuse as tfu
-    net = tfu.Sequential([tfu.Dense(512, activation="relu"), tfu.Dense(10)], input_dim=784)
-    print(net.graph())                       # the graph IR
-    model = tfu.compile(net, target="cpu")   # fused, tiled, JIT-compiled
-    y = model(x)
+import tilefuse as tfu
+net = tfu.Sequential([tfu.Dense(512, activation="relu"), tfu.Dense(10)], input_dim=784)
+print(net.graph())                       # the graph IR
+model = tfu.compile(net, target="cpu")   # fused, tiled, JIT-compiled
+y = model(x)
 """
 
 from .backends import reference

@@ -25,7 +25,6 @@ import numpy as np
 
 from .errors import AttrError, ShapeError, TilefuseError
 from .ir import DTYPES, Graph, GraphBuilder, TensorType, dtype_name
-from .ops import ACTIVATIONS
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -51,8 +50,14 @@ class InputSpec:
         for d in shape:
             if d is None:
                 d = "N"
-            if isinstance(d, bool) or not isinstance(d, int | str) or (isinstance(d, int) and d < 0):
-                raise ShapeError(f"Input: dimension {d!r} must be a non-negative int, a name or None")
+            if (
+                isinstance(d, bool)
+                or not isinstance(d, int | str)
+                or (isinstance(d, int) and d < 0)
+            ):
+                raise ShapeError(
+                    f"Input: dimension {d!r} must be a non-negative int, a name or None"
+                )
             dims.append(d)
         self.type = TensorType(dtype_name(dtype), tuple(dims))
 
@@ -137,7 +142,9 @@ class Tensor:
             other, bool
         ):
             return self.tracer.const(other, self.dtype, role)
-        raise TypeError(f"{user_location()}: cannot combine a tfu Tensor with {type(other).__name__}")
+        raise TypeError(
+            f"{user_location()}: cannot combine a tfu Tensor with {type(other).__name__}"
+        )
 
     def _binary(self, op: str, other: Any, reflected: bool = False, role: str = "c") -> Tensor:
         other = self._lift(other, role)

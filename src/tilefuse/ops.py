@@ -129,7 +129,9 @@ def _infer_matmul(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     a, b = types
     dtype = _same_dtype("matmul", types)
     if a.rank != 2 or b.rank != 2:
-        raise ShapeError(f"matmul {a} @ {b}: both operands must be 2-D (got ranks {a.rank}, {b.rank})")
+        raise ShapeError(
+            f"matmul {a} @ {b}: both operands must be 2-D (got ranks {a.rank}, {b.rank})"
+        )
     if a.shape[1] != b.shape[0]:
         raise ShapeError(f"matmul {a} @ {b}: inner dims {a.shape[1]} != {b.shape[0]}")
     return TensorType(dtype, (a.shape[0], b.shape[1]))
@@ -214,7 +216,11 @@ def _activation_op(name: str) -> OpDef:
     act = ACTIVATIONS[name]
     infer = _infer_unary if act.elementwise else _infer_axis_op(name)
     return OpDef(
-        name, (1, 1), "activation", infer, lambda a, attrs: apply_activation(name, a[0], attrs),
+        name,
+        (1, 1),
+        "activation",
+        infer,
+        lambda a, attrs: apply_activation(name, a[0], attrs),
         attrs=dict(act.attrs),
     )
 

@@ -381,11 +381,17 @@ KIND_COLORS = {
 def graph_to_dot(g: Graph, rankdir: str = "TB") -> str:
     """Graphviz DOT text: one box per node, labelled with op, attrs and type, coloured by kind."""
     names = node_names(g)
-    lines = [f'digraph "{g.name}" {{', f"  rankdir={rankdir};", '  node [shape=box, style="rounded,filled", fontname="Helvetica"];']
+    lines = [
+        f'digraph "{g.name}" {{',
+        f"  rankdir={rankdir};",
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
+    ]
     for node in g:
         label = f"%{names[node.id]} = {node.op}"
         if node.attrs:
-            label += "\\n" + ", ".join(f"{k}={format_value(v)}" for k, v in node.attrs if k != "tile")
+            label += "\\n" + ", ".join(
+                f"{k}={format_value(v)}" for k, v in node.attrs if k != "tile"
+            )
         label += f"\\n{node.type}"
         color = KIND_COLORS.get(OPS[node.op].kind, "#ffffff")
         lines.append(f'  n{node.id} [label="{label}", fillcolor="{color}"];')

@@ -67,8 +67,6 @@ def _verify_const(g: Graph, node: Node, where: str) -> None:
     if array is None:
         raise VerifyError(f"{where}: constant without data")
     if array.shape != node.type.shape or array.dtype != node.type.np_dtype:
-        raise VerifyError(
-            f"{where}: data is {array.dtype}{list(array.shape)}, not {node.type}"
-        )
+        raise VerifyError(f"{where}: data is {array.dtype}{list(array.shape)}, not {node.type}")
     if not isinstance(array, np.ndarray):
         raise VerifyError(f"{where}: data is not a NumPy array")

@@ -17,23 +17,26 @@ import hashlib
 import importlib.util
 import pathlib
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from ..cache import atomic_write, cache_dir
-from ..errors import TilefuseError
-from ..ir import Graph, Node, TensorType
+from ..errors import InputError, TilefuseError
+from ..ir import DTYPES, Graph, Node, TensorType
 from ..ops import attrs_of
 from ..schedule import Tiling
 from ..text import format_node, node_names
 from . import CompiledModel, reference
+from .cpu_kernels import ACTIVATION_CODE, default_tiling, pack_weights, parallel_code
 
 PIPELINE = "canonicalize,fuse,tile,plan_memory"
 _HERE = pathlib.Path(__file__).parent
-_KERNEL_SOURCES = ("cpu_kernels.py", "llvm_ukernel.py", "cpu_runtime.py", "cpu.py")
+_KERNEL_SOURCES = ("cpu_kernels.py", "llvm_ukernel.py", "cpu_runtime.py", "cpu_entry.py", "cpu.py")
 
 # one scalar statement per activation: `v` is the value being computed
 _ACTIVATION_CODE = {
@@ -74,6 +77,8 @@ class Rendered:
     params: list[np.ndarray]
     outputs: list[TensorType]
     input_names: list[str] = field(default_factory=list)
+    workspace: list[tuple[np.dtype, Any]] = field(default_factory=list)  # (dtype, Size)
+    batch_symbol: str = "N"  # the symbolic dim the workspace sizes are functions of
 
 
 class _Renderer:
@@ -86,6 +91,8 @@ class _Renderer:
         self._param_keys: dict[tuple[int, str], str] = {}
         self.dims: dict[str, str] = {}
         self.var: dict[int, str] = {}
+        self.entries: dict[str, str] = {}  # kernel entry points used: name -> dtype
+        self.plan = g.meta.get("memory_plan")
 
     # names and shapes ----------------------------------------------------------------------
     def dim(self, d: int | str) -> str:
@@ -131,18 +138,30 @@ class _Renderer:
             self.emit(f"# {format_node(g, node.id, self.names)}")
             self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
             if node.id not in destinations:
-                dtype = node.type.np_dtype.name
-                self.emit(f"{self.var[node.id]} = np.empty({self.shape(node.type)}, np.{dtype})")
+                self.emit(f"{self.var[node.id]} = {self.allocation(node)}")
             getattr(self, f"render_{_KIND_RENDERERS.get(node.op, 'elementwise')}")(node)
         self.copy_remaining_outputs(destinations)
         outs = [f"out{k}" for k in range(len(g.outputs))]
-        args = [self.var[n.id] for n in inputs] + self.param_names + outs
+        workspace = [f"ws{b.index}" for b in self.plan.buffers] if self.plan else []
+        args = [self.var[n.id] for n in inputs] + self.param_names + workspace + outs
         ir_text = "\n".join("    " + line for line in str(g).split("\n"))
         header = _MODULE_HEADER.format(name=g.name, ir=ir_text)
+        header += "".join(f"{name} = E.require({d!r})\n" for name, d in self.entries.items())
+        header += "\n\n" if self.entries else ""
         source = header + f"@njit(cache=True, fastmath=False)\ndef forward({', '.join(args)}):\n"
         source += "\n".join(self.body) + "\n"
+        buffers = [(DTYPES[b.dtype], b.size) for b in self.plan.buffers] if self.plan else []
+        symbol = self.plan.symbol if self.plan else "N"
         return Rendered(source, self.param_names, self.params, g.output_types(),
-                        [self.names[n.id] for n in inputs])  # fmt: skip
+                        [self.names[n.id] for n in inputs], buffers, symbol)  # fmt: skip
+
+    def allocation(self, node: Node) -> str:
+        """A view of the value's planned workspace buffer, or a fresh array when unplanned."""
+        if self.plan and node.id in self.plan.buffer_of:
+            size = " * ".join(self.dim(d) for d in node.type.shape) or "1"
+            buffer = f"ws{self.plan.buffer_of[node.id]}"
+            return f"{buffer}[: {size}].reshape({self.shape(node.type)})"
+        return f"np.empty({self.shape(node.type)}, np.{node.type.np_dtype.name})"
 
     def output_destinations(self) -> dict[int, str]:
         """Ops whose result is a graph output write straight into the caller's out array."""
@@ -236,8 +255,6 @@ class _Renderer:
         self, node: Node, x: int, w: int, bias: int | None, act: str, attrs: dict[str, Any]
     ) -> None:
         """One kernel-driver call; what the kernel cannot fuse follows as one loop nest."""
-        from . import cpu_kernels
-
         n = node.type.shape[1]
         tiling = self.tiling(node)
         bias_arg = self.kernel_bias(bias, n) if bias is not None else None
@@ -252,11 +269,22 @@ class _Renderer:
         wp = self.packed_weights(w, tiling)
         if bias_arg is None:
             bias_arg = f"np.empty(0, np.{node.type.np_dtype.name})"
-        driver = cpu_kernels.DRIVERS[act_key].__name__
-        kernel_args = [self.value(x), wp, bias_arg, self.var[node.id],
-                       repr(float(attrs.get("alpha", 0.01))), str(tiling.kc), str(tiling.mc),
-                       str(tiling.nc), str(cpu_kernels.parallel_code(tiling))]  # fmt: skip
-        self.emit(f"K.{driver}({', '.join(kernel_args)})")
+        for name, expr in (("wp", wp), ("bias", bias_arg)):
+            if not expr.isidentifier():  # computed per call: keep it alive in a variable
+                self.emit(f"{name}_{self.names[node.id]} = {expr}")
+        wp = wp if wp.isidentifier() else f"wp_{self.names[node.id]}"
+        bias_arg = bias_arg if bias_arg.isidentifier() else f"bias_{self.names[node.id]}"
+        entry = f"dense_{node.type.dtype}"
+        self.entries[entry] = node.type.dtype
+        act_code = ACTIVATION_CODE[act_key]
+        x_var, out = self.value(x), self.var[node.id]
+        self.emit(
+            f"{entry}(E.data({x_var}), {x_var}.shape[0], {x_var}.shape[1], "
+            f"E.data({wp}), {wp}.size, E.data({bias_arg}), {bias_arg}.size, "
+            f"E.data({out}), {out}.shape[1], {act_code}, {float(attrs.get('alpha', 0.01))!r}, "
+            f"{tiling.kc}, {tiling.mc}, {tiling.nc}, {parallel_code(tiling)})"
+        )
+        self.emit(f"E.keep({x_var}), E.keep({wp}), E.keep({bias_arg}), E.keep({out})")
         if epilogue:
             dst = self.var[node.id] + "[i0, i1]"
             self.loop_nest(node.type, [f"v = {dst}", *epilogue, f"{dst} = v"])
@@ -273,19 +301,16 @@ class _Renderer:
         return code
 
     def tiling(self, node: Node) -> Tiling:
-        from . import cpu_kernels
-
+        """The node's CPU tiling with the register tile the kernels were built for."""
         given = attrs_of(node).get("tile") if node.op == "dense" else None
-        kernel = cpu_kernels.default_tiling(node.type.np_dtype)
-        tiling = given or kernel
+        kernel = default_tiling(node.type.np_dtype)
+        tiling = given if isinstance(given, Tiling) else kernel
         return tiling.replace(mr=kernel.mr, nr=kernel.nr)
 
     def packed_weights(self, w: int, tiling: Tiling) -> str:
-        from . import cpu_kernels
-
         if self.g[w].op == "const":
             array = self.g.constants[w]
-            return self.param(w, f"pw{tiling.kc}", lambda: cpu_kernels.pack_weights(array, tiling))
+            return self.param(w, f"pw{tiling.kc}", lambda: pack_weights(array, tiling))
         return f"R.pack_weights(np.ascontiguousarray({self.value(w)}), {tiling.kc}, {tiling.nr})"
 
     def kernel_bias(self, bias: int, n: int | str) -> str | None:
@@ -321,7 +346,7 @@ import math
 import numpy as np
 from numba import njit
 
-from tilefuse.backends import cpu_kernels as K
+from tilefuse.backends import cpu_entry as E
 from tilefuse.backends import cpu_runtime as R
 
 
@@ -378,28 +403,50 @@ class CpuModel(CompiledModel):
         self.module = load_module(self.rendered.source, self.final.name)
         self.forward = self.module.forward
         self.threads = options.get("threads")
+        self._input_nodes = [self.final[i] for i in self.final.inputs]
+        self._local = threading.local()  # workspace per calling thread
 
-    def out_shapes(self, inputs: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+    def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
+        inputs = reference.bind_inputs(self.final, args, kwargs)
+        outs = self.run(inputs, None if out is None else _as_list(out))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def dims(self, inputs: Sequence[np.ndarray]) -> dict[str, int]:
+        """The symbolic dims' sizes in this call."""
         dims: dict[str, int] = {}
-        for node, array in zip((self.final[i] for i in self.final.inputs), inputs, strict=True):
+        for node, array in zip(self._input_nodes, inputs, strict=True):
             for d, size in zip(node.type.shape, array.shape, strict=True):
                 if isinstance(d, str):
                     dims[d] = size
-        return [tuple(dims.get(d, d) for d in t.shape) for t in self.rendered.outputs]  # type: ignore[misc]
+        return dims
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(
+        self, inputs: Sequence[np.ndarray], outs: list[np.ndarray] | None = None
+    ) -> list[np.ndarray]:
         inputs = [np.ascontiguousarray(a) for a in inputs]
-        outs = [np.empty(shape, t.np_dtype) for shape, t in
-                zip(self.out_shapes(inputs), self.rendered.outputs, strict=True)]  # fmt: skip
-        self._call(inputs, outs)
+        dims = self.dims(inputs)
+        shapes = [tuple(dims.get(d, d) for d in t.shape) for t in self.rendered.outputs]
+        if outs is None:
+            outs = [np.empty(s, t.np_dtype) for s, t in zip(shapes, self.rendered.outputs)]
+        if len(outs) != len(shapes):
+            raise InputError(f"out= has {len(outs)} array(s) for {len(shapes)} output(s)")
+        targets = [_check_out(o, s, t) for o, s, t in zip(outs, shapes, self.rendered.outputs)]
+        workspace = self.workspace(dims.get(self.rendered.batch_symbol, 0))
+        if self.threads:
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        self.forward(*inputs, *self.rendered.params, *workspace, *targets)
+        for given, target in zip(outs, targets):
+            if given is not target:
+                given[...] = target
         return outs
 
-    def _call(self, inputs: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> None:
-        if self.threads:
-            import numba
-
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-        self.forward(*inputs, *self.rendered.params, *outs)
+    def workspace(self, batch: int) -> list[np.ndarray]:
+        """The memory plan's buffers for `batch`, kept per thread and reused while it fits."""
+        local = self._local
+        if getattr(local, "batch", None) != batch:
+            local.buffers = [np.empty(size(batch), dt) for dt, size in self.rendered.workspace]
+            local.batch = batch
+        return local.buffers
 
     def set_threads(self, threads: int | None) -> None:
         self.threads = threads
@@ -416,13 +463,26 @@ class CpuModel(CompiledModel):
         return self._inspect("asm")
 
     def _inspect(self, kind: str) -> str:
+        """`forward` followed by the kernel entry points it calls. Numba cannot show code it
+        loaded from its cache, so this compiles afresh in a subprocess with caching off."""
         if not self.forward.signatures:
             self.run(random_batch(self.final))
-        signature = self.forward.signatures[0]
-        if not self.forward.stats.cache_hits:
-            return getattr(self.forward, f"inspect_{kind}")(signature)
-        # Numba cannot show code it loaded from its cache: compile afresh in a subprocess
-        return inspect_in_subprocess(self.module.__file__, signature, kind)
+        return inspect_in_subprocess(self.module.__file__, self.forward.signatures[0], kind)
+
+
+def _as_list(out: Any) -> list[Any]:
+    return list(out) if isinstance(out, tuple | list) else [out]
+
+
+def _check_out(out: Any, shape: tuple, t: TensorType) -> np.ndarray:
+    """The array forward writes: `out` itself when it is C-contiguous, else a temporary."""
+    if not isinstance(out, np.ndarray) or out.shape != shape:
+        raise InputError(f"out= must be a NumPy array of shape {shape}")
+    if out.dtype != t.np_dtype:
+        raise InputError(f"out= must have dtype {t.np_dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise InputError("out= is read-only")
+    return out if out.flags.c_contiguous else np.empty(shape, t.np_dtype)
 
 
 def random_batch(g: Graph, batch: int = 2) -> list[np.ndarray]:
@@ -433,14 +493,19 @@ def random_batch(g: Graph, batch: int = 2) -> list[np.ndarray]:
 _INSPECT_SCRIPT = """
 import importlib.util, json, sys
 import numpy as np
-from numba import types
+from numba import from_dtype, types
 path, kind, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 module_spec = importlib.util.spec_from_file_location("tilefuse_inspect", path)
 module = importlib.util.module_from_spec(module_spec)
 module_spec.loader.exec_module(module)
-sig = tuple(types.Array(types.from_dtype(np.dtype(d)), n, "C", readonly=r) for d, n, r in spec)
+sig = tuple(types.Array(from_dtype(np.dtype(d)), n, "C", readonly=r) for d, n, r in spec)
 module.forward.compile(sig)
 sys.stdout.write(getattr(module.forward, "inspect_" + kind)(sig))
+from tilefuse.backends import cpu_entry
+for dtype, (compiled, _) in sorted(cpu_entry._entries.items()):
+    sys.stdout.write(f"\\n; ---- kernel entry point for {dtype} ----\\n")
+    library = compiled._library
+    sys.stdout.write(library.get_asm_str() if kind == "asm" else library.get_llvm_str())
 """
 
 

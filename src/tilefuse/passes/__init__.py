@@ -108,13 +108,17 @@ def _parse_option(pass_cls: type[Pass], key: str, text: str) -> Any:
     kind = fields[key].type if isinstance(fields[key].type, str) else fields[key].type.__name__
     if "bool" in kind:
         if text not in ("true", "false"):
-            raise AttrError(f"pass {pass_cls.name}: option {key} must be true or false, got {text!r}")
+            raise AttrError(
+                f"pass {pass_cls.name}: option {key} must be true or false, got {text!r}"
+            )
         return text == "true"
     if "int" in kind:
         try:
             value = int(text)
         except ValueError:
-            raise AttrError(f"pass {pass_cls.name}: option {key} must be an int, got {text!r}") from None
+            raise AttrError(
+                f"pass {pass_cls.name}: option {key} must be an int, got {text!r}"
+            ) from None
         return value
     return text
 

@@ -1,0 +1,133 @@
+"""C entry points of the kernel drivers, so generated code links them by name, not by IR.
+
+When one Numba function calls another, Numba links the callee's LLVM IR into the caller and
+optimises the whole module again: a generated `forward` calling the kernel drivers directly
+took 15-30 s to compile, every time a new network was compiled. Instead, each driver is
+wrapped once in a `@cfunc` with a C signature (compiled and cached once per activation and
+dtype), its address is registered with LLVM under a versioned symbol name, and generated code
+calls it as a `types.ExternalFunction`. `forward` then compiles in well under a second and is
+cached on disk, because it refers to the kernel by name, not by address.
+
+    dense_f32 = E.require("f32")     # at import of the generated module
+    ...
+    dense_f32(E.data(x), m, k, E.data(wp), wp.size, E.data(b), b.size, E.data(out), n,
+              act, alpha, kc, mc, nc, parallel)
+
+`act` is `cpu_kernels.ACTIVATION_CODE[name]`: one entry point per dtype serves them all.
+
+The wrappers live in a module rendered from `_TEMPLATE` into the cache directory, so that
+Numba can cache them (it caches functions of real, importable files only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import pathlib
+import sys
+from typing import Any
+
+import llvmlite.binding as llvm
+from numba import cfunc, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.ufunc.parallel import _launch_threads
+
+from ..cache import atomic_write, cache_dir
+
+# a cached cfunc whose driver runs a prange resolves the threading layer's symbols on load
+_launch_threads()
+
+SIGNATURE = types.void(
+    types.voidptr, types.int64, types.int64,  # x, m, k
+    types.voidptr, types.int64,  # packed weights, their size
+    types.voidptr, types.int64,  # bias, its size (0: none)
+    types.voidptr, types.int64,  # out, n
+    types.int64, types.float64,  # act, alpha
+    types.int64, types.int64, types.int64, types.int64,  # kc mc nc parallel
+)  # fmt: skip
+
+DTYPES = {"f32": "float32", "f64": "float64"}
+
+_TEMPLATE = """
+def entry_{dtype}(x, m, k, wp, wp_size, bias, nbias, out, n, act, alpha, kc, mc, nc, parallel):
+    K.dense_kernel(
+        carray(x, (m, k), dtype=np.{np_dtype}),
+        carray(wp, (wp_size,), dtype=np.{np_dtype}),
+        carray(bias, (nbias,), dtype=np.{np_dtype}),
+        carray(out, (m, n), dtype=np.{np_dtype}),
+        act, alpha, kc, mc, nc, parallel,
+    )
+"""
+
+
+@intrinsic
+def data(typingctx, array):
+    """The address of an array's first element, as a void*."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.bitcast(ary.data, cgutils.voidptr_t)
+
+    return types.voidptr(array), codegen
+
+
+@intrinsic
+def keep(typingctx, array):
+    """A use of `array` after a call that received only its address: Numba frees an array
+    after its last use, which without this would be before the kernel reads it."""
+
+    def codegen(context, builder, signature, args):
+        return context.get_dummy_value()
+
+    return types.none(array), codegen
+
+
+def _kernel_fingerprint() -> str:
+    here = pathlib.Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("cpu_kernels.py", "llvm_ukernel.py", "cpu_entry.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+_FINGERPRINT = _kernel_fingerprint()
+_entries: dict[str, Any] = {}
+_module: Any = None
+
+
+def _wrapper_module() -> Any:
+    """The rendered module of Python wrappers (imported once per process)."""
+    global _module
+    if _module is not None:
+        return _module
+    source = "import numpy as np\nfrom numba import carray\n\n"
+    source += "from tilefuse.backends import cpu_kernels as K\n"
+    for dtype, np_dtype in DTYPES.items():
+        source += _TEMPLATE.format(dtype=dtype, np_dtype=np_dtype)
+    name = f"tilefuse_entries_{_FINGERPRINT}"
+    path = cache_dir() / "kernels" / f"{name}.py"
+    if not path.exists() or path.read_text() != source:
+        atomic_write(path, source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    _module = module
+    return module
+
+
+def symbol(dtype: str) -> str:
+    return f"tilefuse_dense_{dtype}_{_FINGERPRINT}"
+
+
+def require(dtype: str) -> types.ExternalFunction:
+    """The dense driver for `dtype` as an external function; compiles or loads it once."""
+    if dtype not in _entries:
+        module = _wrapper_module()
+        compiled = cfunc(SIGNATURE, cache=True)(getattr(module, f"entry_{dtype}"))
+        llvm.add_symbol(symbol(dtype), compiled.address)
+        _entries[dtype] = (compiled, types.ExternalFunction(symbol(dtype), SIGNATURE))
+    return _entries[dtype][1]

@@ -1,0 +1,398 @@
+"""CPU kernel library: one fused dense layer, out[M,N] = act(x[M,K] @ w[K,N] + bias[N]).
+
+Place in the pipeline: the tile pass chooses a `Tiling` per dense op; the CPU backend packs
+the weights once at compile time with `pack_weights`, and the generated network module calls
+one njit driver per layer from its own @njit function. The arithmetic lives in LLVM-IR
+micro-kernels (`llvm_ukernel`); this module does the packing, the BLIS blocking and threads.
+
+The driver (module level, cache=True, parallel=True; callable from Python and from njit code):
+
+    dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel) -> None
+      x      [M, K] float32 or float64, C-contiguous; M is free at run time (0 and 1 included)
+      wp     pack_weights(w, tiling) for w [K, N] of the same dtype (1-D, micro-panel order)
+      bias   [N], or an empty array for no bias
+      out    [M, N], C-contiguous, same dtype; overwritten
+      act    index into ACTIVATIONS ("identity", "relu", "leaky_relu", "sigmoid", "tanh",
+             "gelu", "gelu_tanh"); ACTIVATION_CODE maps names to codes
+      alpha  float, leaky_relu's negative slope (ignored by the other activations)
+      kc, mc, nc  the Tiling's block sizes; kc must be the one wp was packed with
+      parallel    parallel_code(tiling): PARALLEL_NONE (0) or PARALLEL_AUTO (1)
+
+One compiled specialisation per dtype serves every activation, batch size and tiling (Numba
+compiles it on first use: measured 4.8-7.8 s cold, 15-140 ms from its cache). Generated code:
+
+    from tilefuse.backends.cpu_kernels import dense_kernel
+    @njit(cache=True)
+    def forward(x, w0p, b0, h0, act, kc, mc, nc, parallel):
+        dense_kernel(x, w0p, b0, h0, act, 0.0, kc, mc, nc, parallel)
+
+with w0p = pack_weights(w0, tiling) computed once at compile time. Numba specialises a callee
+on integer *constants* passed from njit code (Literal[int]): pass run-time values, or wrap
+constants in np.int64(...), or each distinct constant compiles dense_kernel again. From Python,
+pass alpha as a float and the rest as ints. `dense_relu(x, wp, bias, out, alpha, kc, mc, nc,
+parallel)` and friends (`DRIVERS`) fix the activation and share dense_kernel's compilation.
+`dense(x, w, bias, act, tiling)` is the plain-Python form, for tests.
+
+How a call runs (loop nest in `tilefuse.schedule`):
+  * M <= ROW_KERNEL_MAX_M: tasks are (row, ROW_PANELS column panels); each task keeps its
+    outputs in registers over all of K (`row_tile`), reading the packed weights in place.
+  * otherwise: tasks are (block of <= mc rows, block of <= nc columns); a task packs its x
+    rows for each kc block and runs the MR x NR `packed_tile` over its panels, the epilogue
+    fused into the last k block. The task grid is chosen per call from M and the thread
+    count, so that the tasks split evenly across threads (along n when M is small).
+  * below PARALLEL_MIN_FLOP, or with one thread, the tasks run serially (no prange start-up).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import overload
+
+# numba.get_num_threads() in njit code reads a ctypes pointer, which makes the caller
+# uncachable; this intrinsic calls the threading layer's symbol by name instead (resolved
+# after _launch_threads, which the cached prange in the same library triggers on load).
+from numba.np.ufunc.parallel import _iget_num_threads as thread_count
+
+from tilefuse.backends.llvm_ukernel import (
+    ACTIVATIONS,
+    FORMATS,
+    ROW_PANELS,
+    elem_ptr,
+    packed_tile,
+    row_tile,
+)
+from tilefuse.schedule import Tiling
+
+PARALLEL_NONE, PARALLEL_AUTO = 0, 1
+ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
+
+# Batches up to this size use the row kernel (weights streamed once per row, no packing).
+# Measured at K=784, N=512, f32, 1 thread (us): row kernel 18.6 / 33 / 50 / 68 for M=1..4,
+# packed 6x16 path 42-43 for any M <= 6 (one register tile of rows); 2 threads: row 8.4 (M=1),
+# packed 24-26. The row kernel is bandwidth-bound on the weights, once per row.
+ROW_KERNEL_MAX_M = 2
+
+# Below this many flops (2*M*N*K) a call runs serially: prange costs ~2-3 us to start.
+# Measured serial vs 2-thread prange (us): 65 kflop 1.3 vs 3.0, 131 kflop 2.5 vs 4.7 (row)
+# and 2.7 vs 3.2 (packed); 524 kflop 6.8 vs 5.8; 1 Mflop 12.8 vs 9.6. Crossover ~300 kflop.
+PARALLEL_MIN_FLOP = 400_000
+
+ROW_PLAN, PACKED_PLAN = 0, 1
+
+
+# ------------------------------------------------------------------ compile-time packing
+def micro_tile(dtype) -> tuple[int, int]:
+    """(mr, nr) of the register tile compiled for this dtype."""
+    fmt = FORMATS.get(np.dtype(dtype).name)
+    if fmt is None:
+        raise TypeError(f"cpu kernels support {', '.join(FORMATS)}, got {np.dtype(dtype)}")
+    return fmt.mr, fmt.nr
+
+
+def default_tiling(dtype) -> Tiling:
+    mr, nr = micro_tile(dtype)
+    return Tiling(mr=mr, nr=nr)
+
+
+def check_tiling(tiling: Tiling, dtype) -> None:
+    mr, nr = micro_tile(dtype)
+    if (tiling.mr, tiling.nr) != (mr, nr):
+        raise ValueError(
+            f"the {np.dtype(dtype)} kernel has a {mr}x{nr} register tile, "
+            f"tiling asks for {tiling.mr}x{tiling.nr}"
+        )
+
+
+def parallel_code(tiling: Tiling) -> int:
+    """The drivers' `parallel` argument. 'm' and 'n' both mean: split across threads, along
+    whichever of m and n balances best for the run-time M; 'none' runs serially."""
+    return PARALLEL_NONE if tiling.parallel == "none" else PARALLEL_AUTO
+
+
+def pack_weights(w: np.ndarray, tiling: Tiling) -> np.ndarray:
+    """w [K, N] -> 1-D array in micro-panel order, zero-padded to N rounded up to nr.
+
+    Layout: for each k block (rows pc..pc+kce of w, kce = min(kc, K - pc)), for each panel of
+    nr columns, the kce x nr panel row-major. A k block of all panels is contiguous, so a
+    kc x nc block of w is one contiguous range (few TLB pages, no cache-set aliasing).
+    """
+    if w.ndim != 2:
+        raise ValueError(f"weights must be 2-D [K, N], got shape {w.shape}")
+    check_tiling(tiling, w.dtype)
+    k_total, n = w.shape
+    panels = -(-n // tiling.nr)
+    padded = np.zeros((k_total, panels * tiling.nr), w.dtype)
+    padded[:, :n] = w
+    packed = np.empty(padded.size, w.dtype)
+    for pc in range(0, k_total, tiling.kc):
+        block = padded[pc : pc + tiling.kc]
+        panel_major = block.reshape(block.shape[0], panels, tiling.nr).transpose(1, 0, 2)
+        packed[pc * padded.shape[1] : (pc + block.shape[0]) * padded.shape[1]] = panel_major.ravel()
+    return packed
+
+
+# ------------------------------------------------------------------ njit building blocks
+def register_tile(array):
+    """(mr, nr) for the array's dtype; a constant inside njit code."""
+    return micro_tile(array.dtype)
+
+
+@overload(register_tile)
+def _register_tile_njit(array):
+    fmt = FORMATS.get(str(array.dtype))
+    if fmt is None:
+        return None
+    mr, nr = fmt.mr, fmt.nr
+    return lambda array: (mr, nr)
+
+
+@njit(cache=True)
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+@njit(cache=True)
+def _padded_bias(bias, n, nr, dtype_like):
+    """Bias padded with zeros to a whole number of panels (zeros when bias is empty)."""
+    padded = np.zeros(_ceil_div(n, nr) * nr, dtype_like.dtype)
+    if bias.size:
+        padded[:n] = bias
+    return padded
+
+
+@njit(cache=True)
+def _pack_x_block(x, i0, rows, pc, kce, mr, ap):
+    """ap[it, p, r] = x[i0 + it*mr + r, pc + p], rows past `rows` zero (micro-panel order)."""
+    for it in range(_ceil_div(rows, mr)):
+        base = it * kce * mr
+        for r in range(mr):
+            i = it * mr + r
+            if i < rows:
+                for p in range(kce):
+                    ap[base + p * mr + r] = x[i0 + i, pc + p]
+            else:
+                for p in range(kce):
+                    ap[base + p * mr + r] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _packed_task(act, x, wp, biasp, out, alpha, kc, i0, rows, jt_begin, jt_end):
+    """Rows i0..i0+rows, panels jt_begin..jt_end of out, all k blocks (BLIS pc/jr/ir loops)."""
+    mr, nr = register_tile(out)
+    k_total = x.shape[1]
+    n = out.shape[1]
+    npad = biasp.size
+    micro_rows = _ceil_div(rows, mr)
+    ap = np.empty(micro_rows * mr * min(kc, k_total), out.dtype)
+    k_blocks = max(1, _ceil_div(k_total, kc))
+    for kb in range(k_blocks):
+        pc = kb * kc
+        kce = min(kc, k_total - pc)
+        mode = (1 if kb > 0 else 0) | (2 if kb == k_blocks - 1 else 0)
+        _pack_x_block(x, i0, rows, pc, kce, mr, ap)
+        for jt in range(jt_begin, jt_end):
+            w_at = pc * npad + jt * kce * nr
+            cols = min(nr, n - jt * nr)
+            for it in range(micro_rows):
+                i = i0 + it * mr
+                packed_tile(act, kce, elem_ptr(ap, it * kce * mr), elem_ptr(wp, w_at),
+                            elem_ptr(out, i * n + jt * nr), n, elem_ptr(biasp, jt * nr), alpha,
+                            mode, min(mr, i0 + rows - i), cols)  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _row_task(act, x, wp, biasp, out, alpha, kc, i, group):
+    """Row i of out, columns of panels group*ROW_PANELS.., in registers over all of K."""
+    _, nr = register_tile(out)
+    k_total = x.shape[1]
+    n = out.shape[1]
+    npad = biasp.size
+    jt0 = group * ROW_PANELS
+    cols = min(ROW_PANELS * nr, n - jt0 * nr)
+    row_tile(act, k_total, kc, elem_ptr(x, i * k_total), elem_ptr(wp, 0), npad, jt0, cols,
+             elem_ptr(out, i * n + jt0 * nr), elem_ptr(biasp, 0), alpha)  # fmt: skip
+
+
+@njit(cache=True)
+def _run_task(act, plan, t, x, wp, biasp, out, alpha, kc):
+    kind, col_tasks, rows_per_task, panels_per_task = plan
+    row_task, col_task = t // col_tasks, t % col_tasks
+    if kind == ROW_PLAN:
+        _row_task(act, x, wp, biasp, out, alpha, kc, row_task, col_task)
+        return
+    i0 = row_task * rows_per_task
+    rows = min(rows_per_task, x.shape[0] - i0)
+    jt_begin = col_task * panels_per_task
+    jt_end = min(biasp.size // register_tile(out)[1], jt_begin + panels_per_task)
+    _packed_task(act, x, wp, biasp, out, alpha, kc, i0, rows, jt_begin, jt_end)
+
+
+# ------------------------------------------------------------------ planning
+@njit(cache=True)
+def _split_cost(m_units, n_units, m_blocks, n_blocks, threads):
+    """Time of a task grid in register-tile units: rounds of tasks x the largest task."""
+    rounds = _ceil_div(m_blocks * n_blocks, threads)
+    return rounds * _ceil_div(m_units, m_blocks) * _ceil_div(n_units, n_blocks)
+
+
+@njit(cache=True)
+def _task_grid(m_units, n_units, min_m_blocks, min_n_blocks, threads):
+    """(m_blocks, n_blocks) at least the minimum (block sizes <= mc, nc) that split the work
+    most evenly over `threads`; on ties, fewer tasks (less repacking of x, fewer B re-reads)."""
+    best_m, best_n = min_m_blocks, min_n_blocks
+    best = _split_cost(m_units, n_units, best_m, best_n, threads)
+    for m_blocks in range(min_m_blocks, min(m_units, min_m_blocks + 2 * threads) + 1):
+        for n_blocks in range(min_n_blocks, min(n_units, min_n_blocks * 4 * threads) + 1):
+            cost = _split_cost(m_units, n_units, m_blocks, n_blocks, threads)
+            if cost < best or (cost == best and m_blocks * n_blocks < best_m * best_n):
+                best, best_m, best_n = cost, m_blocks, n_blocks
+    return best_m, best_n
+
+
+@njit(cache=True)
+def _plan(m, panels, mr, nr, mc, nc, threads):
+    """((kind, column tasks, rows per task, panels per task), task count) for one call."""
+    if m <= ROW_KERNEL_MAX_M:
+        groups = _ceil_div(panels, ROW_PANELS)
+        return (ROW_PLAN, groups, 1, ROW_PANELS), m * groups
+    m_units = _ceil_div(m, mr)
+    min_m_blocks = _ceil_div(m_units, max(1, mc // mr))
+    min_n_blocks = _ceil_div(panels, max(1, nc // nr))
+    m_blocks, n_blocks = _task_grid(m_units, panels, min_m_blocks, min_n_blocks, threads)
+    rows_per_task = _ceil_div(m_units, m_blocks) * mr
+    panels_per_task = _ceil_div(panels, n_blocks)
+    col_tasks = _ceil_div(panels, panels_per_task)
+    tasks = _ceil_div(m, rows_per_task) * col_tasks
+    return (PACKED_PLAN, col_tasks, rows_per_task, panels_per_task), tasks
+
+
+# ------------------------------------------------------------------ the generic driver
+@njit(cache=True)
+def _check_operands(x, wp, bias, out, act, kc, mc, nc):
+    mr, nr = register_tile(out)
+    if act < 0 or act >= len(ACTIVATIONS):
+        raise ValueError("dense: unknown activation code (see ACTIVATIONS)")
+    if out.shape[0] != x.shape[0]:
+        raise ValueError("dense: x and out have different numbers of rows")
+    if bias.size != 0 and bias.size != out.shape[1]:
+        raise ValueError("dense: bias must have N elements (or none)")
+    if wp.size != x.shape[1] * _ceil_div(out.shape[1], nr) * nr:
+        raise ValueError("dense: packed weights do not match K x N (pack_weights(w, tiling))")
+    if kc < 1 or mc < 1 or nc < 1:
+        raise ValueError("dense: kc, mc and nc must be positive")
+
+
+@njit(cache=True, parallel=True)
+def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel):
+    """out = ACTIVATIONS[act](x @ w + bias) with wp = pack_weights(w, tiling); see module doc."""
+    _check_operands(x, wp, bias, out, act, kc, mc, nc)
+    m, k_total = x.shape
+    n = out.shape[1]
+    if m == 0 or n == 0:
+        return
+    mr, nr = register_tile(out)
+    biasp = _padded_bias(bias, n, nr, out)
+    threads = thread_count() if parallel != PARALLEL_NONE else 1
+    if 2 * m * n * k_total < PARALLEL_MIN_FLOP:
+        threads = 1
+    plan, tasks = _plan(m, biasp.size // nr, mr, nr, mc, nc, threads)
+    if threads > 1 and tasks > 1:
+        for t in prange(tasks):
+            # prange counts in uint64: cast, or _run_task compiles a second time
+            _run_task(act, plan, np.int64(t), x, wp, biasp, out, alpha, kc)
+    else:
+        for t in range(tasks):
+            _run_task(act, plan, t, x, wp, biasp, out, alpha, kc)
+
+
+# Per-activation names for callers that pick the activation at code-generation time. They
+# share dense_kernel's single compiled specialisation: np.int64() drops the literal type,
+# which would otherwise make Numba compile dense_kernel once per constant code.
+@njit(cache=True)
+def dense_identity(x, wp, bias, out, alpha, kc, mc, nc, parallel):
+    dense_kernel(x, wp, bias, out, np.int64(0), alpha, kc, mc, nc, parallel)
+
+
+@njit(cache=True)
+def dense_relu(x, wp, bias, out, alpha, kc, mc, nc, parallel):
+    dense_kernel(x, wp, bias, out, np.int64(1), alpha, kc, mc, nc, parallel)
+
+
+@njit(cache=True)
+def dense_leaky_relu(x, wp, bias, out, alpha, kc, mc, nc, parallel):
+    dense_kernel(x, wp, bias, out, np.int64(2), alpha, kc, mc, nc, parallel)
+
+
+@njit(cache=True)
+def dense_sigmoid(x, wp, bias, out, alpha, kc, mc, nc, parallel):
+    dense_kernel(x, wp, bias, out, np.int64(3), alpha, kc, mc, nc, parallel)
+
+
+@njit(cache=True)
+def dense_tanh(x, wp, bias, out, alpha, kc, mc, nc, parallel):
+    dense_kernel(x, wp, bias, out, np.int64(4), alpha, kc, mc, nc, parallel)
+
+
+@njit(cache=True)
+def dense_gelu(x, wp, bias, out, alpha, kc, mc, nc, parallel):
+    dense_kernel(x, wp, bias, out, np.int64(5), alpha, kc, mc, nc, parallel)
+
+
+@njit(cache=True)
+def dense_gelu_tanh(x, wp, bias, out, alpha, kc, mc, nc, parallel):
+    dense_kernel(x, wp, bias, out, np.int64(6), alpha, kc, mc, nc, parallel)
+
+
+DRIVERS = {
+    "identity": dense_identity,
+    "relu": dense_relu,
+    "leaky_relu": dense_leaky_relu,
+    "sigmoid": dense_sigmoid,
+    "tanh": dense_tanh,
+    "gelu": dense_gelu,
+    "gelu_tanh": dense_gelu_tanh,
+}
+assert list(DRIVERS) == list(ACTIVATIONS)  # the codes above are ACTIVATIONS' indices
+
+
+# ------------------------------------------------------------------ Python convenience
+def dense(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    act: str = "identity",
+    tiling: Tiling | None = None,
+    out: np.ndarray | None = None,
+    alpha: float = 0.01,
+    n: int | None = None,
+) -> np.ndarray:
+    """act(x @ w + bias) through the compiled drivers; for tests and experiments.
+
+    w is either the [K, N] weights (packed here) or pack_weights(w, tiling), in which case N
+    comes from `n`, `bias` or `out`. tiling defaults to default_tiling(x.dtype).
+    """
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; choose one of {', '.join(ACTIVATIONS)}")
+    tiling = tiling or default_tiling(x.dtype)
+    x = np.ascontiguousarray(x)
+    if w.ndim == 2:
+        n = w.shape[1]
+        w = pack_weights(w.astype(x.dtype, copy=False), tiling)
+    n = _infer_n(n, bias, out)
+    if out is None:
+        out = np.empty((x.shape[0], n), x.dtype)
+    bias = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
+    dense_kernel(x, w, bias, out, ACTIVATION_CODE[act], float(alpha), tiling.kc, tiling.mc,
+                 tiling.nc, parallel_code(tiling))  # fmt: skip
+    return out
+
+
+def _infer_n(n: int | None, bias: np.ndarray | None, out: np.ndarray | None) -> int:
+    if n is not None:
+        return n
+    if bias is not None:
+        return bias.shape[0]
+    if out is not None:
+        return out.shape[1]
+    raise ValueError("dense: with packed weights, give n, bias or out")

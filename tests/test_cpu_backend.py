@@ -1,0 +1,188 @@
+"""The CPU backend against the reference interpreter: examples x batch sizes x dtypes,
+random shapes and tilings, dynamic batch, out=, threads, inspection and the on-disk cache."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tilefuse as tfu
+from tilefuse.check import tolerance
+
+BATCHES = (1, 2, 7, 64, 257)
+ACTS = ("relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "leaky_relu", None)
+
+
+def assert_matches_reference(model, net_graph, *inputs):
+    got = model(*inputs)
+    exact = tfu.reference.run(
+        tfu.ir.cast_graph(net_graph, "f64"), *[a.astype(np.float64) for a in inputs]
+    )
+    rtol, atol = tolerance(net_graph.dtype, float(np.max(np.abs(exact), initial=0.0)))
+    np.testing.assert_allclose(got, exact, rtol=rtol, atol=atol)
+    return got
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    net = tfu.Sequential(
+        [tfu.Dense(64, activation="relu"), tfu.Dense(48, activation="tanh"), tfu.Dense(10)],
+        input_dim=37,
+        seed=1,
+    )
+    return net, tfu.compile(net, target="cpu")
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_mlp_every_batch_size(mlp, batch):
+    net, model = mlp
+    x = np.random.default_rng(batch).standard_normal((batch, 37)).astype(np.float32)
+    assert_matches_reference(model, net.graph(), x)
+
+
+def test_batch_zero(mlp):
+    net, model = mlp
+    assert model(np.zeros((0, 37), np.float32)).shape == (0, 10)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("act", ACTS)
+def test_every_activation_and_dtype(act, dtype):
+    net = tfu.Sequential(
+        [tfu.Dense(19, activation=act), tfu.Dense(5)], input_dim=23, seed=3, dtype=dtype
+    )
+    model = tfu.compile(net, target="cpu")
+    np_dtype = np.float32 if dtype == "f32" else np.float64
+    for batch in (1, 9):
+        x = np.random.default_rng(0).standard_normal((batch, 23)).astype(np_dtype) * 3
+        assert_matches_reference(model, net.graph(), x)
+
+
+def test_column_major_network():
+    w1 = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    b1 = np.random.default_rng(1).standard_normal((6, 1)).astype(np.float32)
+    w2 = np.random.default_rng(2).standard_normal((3, 6)).astype(np.float32)
+
+    @tfu.function
+    def columns(x: tfu.Input[4, "N"]):
+        return tfu.sigmoid(w2 @ tfu.sigmoid(w1 @ x + b1))
+
+    model = tfu.compile(columns, target="cpu")
+    x = np.random.default_rng(3).standard_normal((4, 11)).astype(np.float32)
+    assert_matches_reference(model, columns.graph(), x)
+
+
+def test_residual_epilogue_and_shared_input():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((16, 16)).astype(np.float32) * 0.3
+    b = rng.standard_normal(16).astype(np.float32)
+
+    @tfu.function
+    def block(x: tfu.Input["N", 16]):
+        h = tfu.relu(x @ w + b)
+        return h + x, tfu.softmax(h * 2.0)
+
+    model = tfu.compile(block, target="cpu")
+    x = rng.standard_normal((7, 16)).astype(np.float32)
+    got = model(x)
+    want = block(x)
+    for g_, w_ in zip(got, want, strict=True):
+        np.testing.assert_allclose(g_, w_, rtol=1e-4, atol=1e-5)
+
+
+def test_runtime_weights():
+    @tfu.function
+    def layer(x: tfu.Input["N", 13], w: tfu.Input[13, 7]):
+        return tfu.relu(x @ w)
+
+    model = tfu.compile(layer, target="cpu")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 13)).astype(np.float32)
+    w = rng.standard_normal((13, 7)).astype(np.float32)
+    np.testing.assert_allclose(model(x, w), layer(x, w), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=12)
+@given(
+    m=st.sampled_from([1, 2, 3, 7, 13, 31]),
+    k=st.sampled_from([1, 5, 17, 64, 97]),
+    n=st.sampled_from([1, 3, 16, 23, 40]),
+    mc=st.integers(1, 40),
+    nc=st.integers(1, 64),
+    kc=st.integers(1, 100),
+    parallel=st.sampled_from(["m", "n", "none"]),
+)
+def test_random_shapes_and_tilings(m, k, n, mc, nc, kc, parallel):
+    w = np.random.default_rng(k * n).standard_normal((k, n)).astype(np.float32)
+    b = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+
+    @tfu.function
+    def layer(x: tfu.Input["N", k]):
+        return tfu.sigmoid(x @ w + b)
+
+    spec = f"canonicalize,fuse,tile{{m={mc},n={nc},k={kc},parallel={parallel}}},plan_memory"
+    model = tfu.compile(layer, target="cpu", pipeline=spec)
+    x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+    assert_matches_reference(model, layer.graph(), x)
+
+
+def test_out_argument_and_threads(mlp):
+    net, model = mlp
+    x = np.random.default_rng(0).standard_normal((9, 37)).astype(np.float32)
+    out = np.empty((9, 10), np.float32)
+    result = model(x, out=out)
+    assert result is out
+    np.testing.assert_allclose(out, net(x), rtol=1e-4, atol=1e-5)
+    model.set_threads(1)
+    try:
+        np.testing.assert_allclose(model(x), out, rtol=1e-6, atol=1e-6)
+    finally:
+        model.set_threads(None)
+
+
+def test_non_contiguous_inputs(mlp):
+    net, model = mlp
+    base = np.random.default_rng(0).standard_normal((37, 12)).astype(np.float32)
+    x = base.T  # Fortran order
+    np.testing.assert_allclose(model(x), net(np.ascontiguousarray(x)), rtol=1e-4, atol=1e-5)
+    strided = np.random.default_rng(1).standard_normal((10, 74)).astype(np.float32)[:, ::2]
+    np.testing.assert_allclose(model(strided), net(strided.copy()), rtol=1e-4, atol=1e-5)
+
+
+def test_source_names_the_ir_lines(mlp):
+    _, model = mlp
+    source = model.source()
+    assert "@njit(cache=True" in source and "def forward(" in source
+    for node in model.final.ops():
+        assert f"= {node.op}" in source  # each block carries its IR line as a comment
+
+
+def test_asm_has_packed_fma(mlp):
+    _, model = mlp
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("no AVX2 on this machine")
+    asm = model.asm()
+    assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*%ymm", asm)) > 10
+    assert "define" in model.llvm()
+
+
+def test_warm_cache_in_a_new_process(mlp, tmp_path):
+    script = (
+        "import time, numpy as np, tilefuse as tfu\n"
+        "net = tfu.Sequential([tfu.Dense(64, activation='relu'), tfu.Dense(48, activation='tanh'),"
+        " tfu.Dense(10)], input_dim=37, seed=1)\n"
+        "m = tfu.compile(net, target='cpu')\n"
+        "print(m.forward.stats.cache_hits.total() if hasattr(m.forward.stats.cache_hits, 'total')"
+        " else sum(m.forward.stats.cache_hits.values()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, check=True
+    )
+    assert int(result.stdout.strip().splitlines()[-1]) >= 1
