@@ -278,12 +278,22 @@ class _Renderer:
         self.entries[entry] = node.type.dtype
         act_code = ACTIVATION_CODE[act_key]
         x_var, out = self.value(x), self.var[node.id]
-        self.emit(
-            f"{entry}(E.data({x_var}), {x_var}.shape[0], {x_var}.shape[1], "
-            f"E.data({wp}), {wp}.size, E.data({bias_arg}), {bias_arg}.size, "
-            f"E.data({out}), {out}.shape[1], {act_code}, {float(attrs.get('alpha', 0.01))!r}, "
-            f"{tiling.kc}, {tiling.mc}, {tiling.nc}, {parallel_code(tiling)})"
-        )
+        alpha = float(attrs.get("alpha", 0.01))
+        parallel = {0: "serial", 1: "parallel"}.get(parallel_code(tiling), "")
+        call = [
+            (f"E.data({x_var}), {x_var}.shape[0], {x_var}.shape[1],", "x: M x K"),
+            (f"E.data({wp}), {wp}.size,", f"w: K x N packed in {tiling.kc}-deep panels"),
+            (f"E.data({bias_arg}), {bias_arg}.size,", "bias (size 0: none)"),
+            (f"E.data({out}), {out}.shape[1],", "out: M x N"),
+            (f"{act_code}, {alpha!r},", f"activation {act_key}, alpha"),
+            (f"{tiling.kc}, {tiling.mc}, {tiling.nc}, {parallel_code(tiling)},",
+             f"kc, mc, nc, {parallel}"),
+        ]  # fmt: skip
+        width = max(len(code) for code, _ in call)
+        self.emit(f"{entry}(")
+        for code, comment in call:
+            self.emit(f"{code:<{width}}  # {comment}", 2)
+        self.emit(")")
         self.emit(f"E.keep({x_var}), E.keep({wp}), E.keep({bias_arg}), E.keep({out})")
         if epilogue:
             dst = self.var[node.id] + "[i0, i1]"
