@@ -9,7 +9,7 @@ export TILEFUSE_CACHE_DIR ?= $(CURDIR)/.cache/tilefuse
 # what the graph pictures (Graphviz's dot) and the report's browser test (Chromium) need
 SYSTEM_PACKAGES := graphviz chromium fonts-dejavu-core
 
-.PHONY: venv system-deps demo test lint bench clean
+.PHONY: venv system-deps demo test fuzz lint bench conformance clean
 
 venv: $(STAMP)
 
@@ -35,12 +35,23 @@ system-deps:
 test: venv system-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# The fuzzers of tests/test_fuzz.py, randomized, FUZZ_SECONDS each (`make test` runs a
+# derandomized one-minute slice). Failing cases: .cache/fuzz-failures/; counts: .cache/fuzz-stats.jsonl
+FUZZ_SECONDS ?= 120
+fuzz: venv
+	TILEFUSE_FUZZ_SECONDS=$(FUZZ_SECONDS) TILEFUSE_FUZZ_STATS=$(CURDIR)/.cache/fuzz-stats.jsonl \
+	  $(BIN)/python -m pytest -q -s tests/test_fuzz.py -k fuzz_
+
 lint: venv
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 
 bench: venv
 	$(BIN)/python benchmarks/run.py
+
+# ONNX's own backend node tests for the ops tilefuse imports: a pass/fail/unsupported table
+conformance: venv
+	$(BIN)/python tests/test_conformance.py
 
 clean:
 	rm -rf .cache build dist src/*.egg-info

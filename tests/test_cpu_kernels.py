@@ -1,21 +1,33 @@
 """The CPU kernel library against a float64 NumPy reference: every activation, both dtypes,
-ragged shapes and tilings, NaN propagation, empty batches, and AVX2 FMAs in the asm.
+ragged shapes and tilings, every small-batch rows tile, NaN propagation, empty batches, the
+vectorised packing of x, and FMAs of the kernels' width in the asm.
 
-One compiled driver per dtype serves all cases (the activation is a run-time code), so the
-cold cost is two Numba compiles; everything after is cached."""
+The kernels follow Numba's target features (AVX-512 or AVX2). On an AVX-512 host one test
+runs this whole file again in a child process whose Numba target is Haswell, so the AVX2
+kernels are tested here too. One compiled driver per dtype and width serves all cases (the
+activation is a run-time code); everything after the first compile is cached."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
 import pytest
 
 from tilefuse.backends import cpu_kernels as ck
+from tilefuse.backends import llvm_ukernel as lu
 from tilefuse.backends.llvm_ukernel import ACTIVATIONS, elem_ptr, packed_tile
-from tilefuse.schedule import Tiling
+from tilefuse.machine import machine
+from tilefuse.schedule import Tiling, kernel_micro_tile
 
 ALPHA = 0.1
+DTYPES = [np.float32, np.float64]
 _erf = np.vectorize(math.erf)
+_erfc = np.vectorize(math.erfc)
+# set in the child process that runs this file on the AVX2 kernels
+NUMBA_TARGET_OVERRIDDEN = "NUMBA_CPU_NAME" in os.environ or "NUMBA_CPU_FEATURES" in os.environ
 
 
 def reference(act: str, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
@@ -52,14 +64,25 @@ def check(act, dtype, m, k, n, tiling=None, with_bias=True, seed=0):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
+# M=1: one rows tile; 7: the 8-row rows tile (AVX-512) or the packed path (AVX2); 257: a
+# ragged packed path; K=784: several k blocks.
 SHAPES = [(1, 1, 1), (7, 13, 5), (257, 97, 300), (64, 784, 512)]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_every_activation_matches_numpy(shape, act, dtype):
     check(act, dtype, *shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", range(1, 11))
+def test_every_small_batch(m, dtype):
+    # every rows tile (1, 2, 4, 8 rows) with rows repeated past m, the cut-over to the packed
+    # path, and panels past N (n=300: ragged, more panels than one rows task)
+    for act, n in (("relu", 300), ("gelu", 33), ("tanh", 5)):
+        check(act, dtype, m, 200, n, seed=m)
 
 
 def _tiling(dtype, **blocks) -> Tiling:
@@ -67,7 +90,7 @@ def _tiling(dtype, **blocks) -> Tiling:
 
 
 # Tiles that do not divide the extents, K below / not a multiple of kc, N not a multiple of nr,
-# batches on both sides of the row-kernel cut-off, and the serial path.
+# batches on both sides of the rows-kernel cut-off, and the serial path.
 RAGGED = [
     ((2, 13, 7), {}),
     ((5, 300, 97), {"kc": 64}),
@@ -76,23 +99,25 @@ RAGGED = [
     ((31, 7, 33), {"kc": 3, "nc": 16}),
     ((50, 70, 40), {"parallel": "none"}),
     ((4, 513, 200), {"kc": 128, "parallel": "none"}),
+    ((40, 129, 70), {"kc": 33, "mc": 16}),
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,blocks", RAGGED, ids=lambda v: str(v))
 def test_ragged_shapes_and_tilings(shape, blocks, dtype):
     for act in ("relu", "gelu"):
         check(act, dtype, *shape, tiling=_tiling(dtype, **blocks))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_without_bias(dtype):
     check("sigmoid", dtype, 9, 20, 30, with_bias=False)
+    check("leaky_relu", dtype, 2, 20, 30, with_bias=False)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("m", [1, 40])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 40])
 def test_nan_propagates_like_numpy(m, dtype):
     x = np.ones((m, 8), dtype)
     x[0, 3] = np.nan
@@ -103,7 +128,7 @@ def test_nan_propagates_like_numpy(m, dtype):
         assert not np.isnan(out[1:]).any(), act
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_saturation_gives_no_nan(dtype):
     x = np.array([[100.0], [-100.0], [50.0], [-50.0], [1e4], [-1e4]], dtype)
     w = np.ones((1, 16), dtype)
@@ -117,11 +142,43 @@ def test_saturation_gives_no_nan(dtype):
         np.testing.assert_allclose(ck.dense(x, w, None, act)[:, 0], want, rtol=1e-7, atol=1e-20)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_empty_batch(dtype):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_accuracy_at_the_documented_bounds(dtype):
+    # x[P, 1] @ ones[1, 3]: the activations alone, against float64, over the module
+    # docstring's range (its bounds, with a little room)
+    z = np.concatenate([np.linspace(-12, 12, 20_001), [-88.0, -50, -1e-8, 1e-8, 50, 88]])
+    x = z.astype(dtype)[:, None]
+    z = x.astype(np.float64)[:, 0]
+    with np.errstate(over="ignore"):
+        stable = _stable_activations(z)
+    bounds32 = {"sigmoid": 1e-7, "tanh": 2e-7, "gelu": 5e-7, "gelu_tanh": 6e-7}
+    for act, want in stable.items():
+        got = ck.dense(x, np.ones((1, 3), dtype), None, act)[:, 1].astype(np.float64)
+        if dtype == np.float32:
+            assert np.abs(got - want).max() < bounds32[act], act
+        else:
+            tiny = np.abs(want) > 1e-300
+            rel = np.abs(got - want)[tiny] / np.abs(want)[tiny]
+            assert rel.max() < 1e-13, act
+
+
+def _stable_activations(z: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "sigmoid": 1 / (1 + np.exp(-z)),
+        "tanh": np.tanh(z),
+        "gelu": 0.5 * z * _erfc(-z / math.sqrt(2)),  # 1 + erf(.) cancels for z < -5
+        "gelu_tanh": z / (1 + np.exp(-2 * math.sqrt(2 / math.pi) * (z + 0.044715 * z**3))),
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch_and_empty_k(dtype):
     w = np.ones((5, 3), dtype)
     out = ck.dense(np.ones((0, 5), dtype), w, np.ones(3, dtype), "relu")
     assert out.shape == (0, 3)
+    for m in (1, 20):  # K = 0: act(bias)
+        out = ck.dense(np.ones((m, 0), dtype), np.ones((0, 3), dtype), -np.ones(3, dtype), "relu")
+        np.testing.assert_array_equal(out, np.zeros((m, 3)))
 
 
 def test_one_driver_serves_every_batch_size():
@@ -137,49 +194,48 @@ def test_one_driver_serves_every_batch_size():
 
 
 def test_packed_weights_layout():
-    tiling = Tiling(kc=4, mr=6, nr=16)
-    w = np.arange(6 * 20, dtype=np.float32).reshape(6, 20)
+    mr, nr = ck.micro_tile(np.float32)
+    tiling = Tiling(kc=4, mr=mr, nr=nr)
+    w = np.arange(6 * (nr + 4), dtype=np.float32).reshape(6, nr + 4)
     wp = ck.pack_weights(w, tiling)
-    assert wp.shape == (6 * 32,)
-    # first k block (rows 0..3), second panel (columns 16..31, zero-padded past 19)
-    panel = wp[4 * 16 : 8 * 16].reshape(4, 16)
-    np.testing.assert_array_equal(panel[:, :4], w[:4, 16:])
+    assert wp.shape == (6 * 2 * nr,)
+    assert wp.ctypes.data % ck.ALIGN_BYTES == 0
+    # first k block (rows 0..3), second panel (columns nr.., zero-padded past nr + 4)
+    panel = wp[4 * nr : 8 * nr].reshape(4, nr)
+    np.testing.assert_array_equal(panel[:, :4], w[:4, nr:])
     assert not panel[:, 4:].any()
     # last k block is 2 deep
-    np.testing.assert_array_equal(wp[4 * 32 : 4 * 32 + 32].reshape(2, 16), w[4:, :16])
+    np.testing.assert_array_equal(wp[4 * 2 * nr : 4 * 2 * nr + 2 * nr].reshape(2, nr), w[4:, :nr])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,kce", [(1, 1), (3, 16), (8, 37), (13, 64), (20, 5), (17, 100)])
+def test_pack_x_block_matches_numpy(rows, kce, dtype):
+    mr, _ = ck.micro_tile(dtype)
+    lanes = lu.FORMATS[np.dtype(dtype).name].lanes
+    x = np.random.default_rng(rows).standard_normal((rows + 5, kce + 9)).astype(dtype)
+    i0, pc = 2, 4
+    slivers = -(-rows // mr)
+    size = slivers * kce * mr
+    guard = np.full(size + lanes + 32, 7.0, dtype)  # the packing may use `lanes` of slack
+    ck._pack_x_block(x, i0, rows, pc, kce, mr, guard)
+    block = np.zeros((slivers * mr, kce), dtype)
+    block[:rows] = x[i0 : i0 + rows, pc : pc + kce]
+    want = block.reshape(slivers, mr, kce).transpose(0, 2, 1).ravel()
+    np.testing.assert_array_equal(guard[:size], want)
+    assert (guard[size + lanes :] == 7.0).all()
 
 
 def test_mismatched_operands_are_rejected():
     tiling = ck.default_tiling(np.float32)
+    mr, nr = ck.micro_tile(np.float32)
     with pytest.raises(ValueError, match="register tile"):
-        ck.pack_weights(np.ones((3, 3), np.float32), Tiling(mr=4, nr=24))
+        ck.pack_weights(np.ones((3, 3), np.float32), Tiling(mr=mr + 1, nr=nr))
     wp = ck.pack_weights(np.ones((3, 5), np.float32), tiling)
     with pytest.raises(ValueError, match="packed weights"):
         ck.dense(np.ones((2, 4), np.float32), wp, None, "relu", tiling, n=5)
     with pytest.raises(ValueError, match="unknown activation"):
         ck.dense(np.ones((2, 3), np.float32), wp, None, "softplus", tiling, n=5)
-
-
-def _host_has_avx2() -> bool:
-    import llvmlite.binding as llvm
-
-    return bool(llvm.get_host_cpu_features().get("avx2"))
-
-
-@pytest.mark.skipif(not _host_has_avx2(), reason="host lacks AVX2")
-def test_asm_uses_ymm_fmas():
-    # Cached code cannot be inspected: compile a small uncached caller of the same kernels.
-    @numba.njit
-    def one_tile(a, w, c, bias):
-        packed_tile(1, 4, elem_ptr(a, 0), elem_ptr(w, 0), elem_ptr(c, 0), 16,
-                    elem_ptr(bias, 0), 0.0, 2, 6, 16)  # fmt: skip
-
-    a, w, c, bias = (np.ones(n, np.float32) for n in (24, 64, 96, 16))
-    one_tile(a, w, c, bias)
-    np.testing.assert_array_equal(c, 5.0)
-    asm = "\n".join(one_tile.inspect_asm().values())
-    fmas = [line for line in asm.splitlines() if "vfmadd" in line and "ps" in line]
-    assert any("ymm" in line for line in fmas)
 
 
 def test_named_drivers_share_one_compilation():
@@ -193,3 +249,49 @@ def test_named_drivers_share_one_compilation():
         np.testing.assert_allclose(out, reference(act, x, w, None), rtol=1e-12, atol=1e-12)
     float64_signatures = [s for s in ck.dense_kernel.signatures if s[0].dtype == numba.float64]
     assert len(float64_signatures) == 1
+
+
+# -- vector width --------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_the_tile_pass_plans_the_register_tile_the_kernels_run(dtype):
+    from tilefuse.passes.tile import Problem, choose_micro_tile
+
+    kernels = ck.micro_tile(dtype.replace("f", "float"))
+    assert kernels == kernel_micro_tile(dtype, lu.VECTOR_BITS)
+    if NUMBA_TARGET_OVERRIDDEN:
+        assert lu.VECTOR_BITS == 256  # the child below: Numba targets Haswell
+        return
+    itemsize = 4 if dtype == "f32" else 8
+    problem = Problem(m=256, n=512, k=784, dtype=dtype, itemsize=itemsize, symbolic={})
+    mr, nr, _ = choose_micro_tile(problem, machine("host"))
+    assert (mr, nr) == kernels
+
+
+def test_asm_uses_fmas_of_the_kernel_width():
+    mr, nr = ck.micro_tile(np.float32)
+
+    # Cached code cannot be inspected: compile a small uncached caller of the same kernels.
+    @numba.njit
+    def one_tile(a, w, c, bias):
+        packed_tile(1, 4, elem_ptr(a, 0), elem_ptr(w, 0), elem_ptr(c, 0), nr,
+                    elem_ptr(bias, 0), 0.0, 2, mr, nr)  # fmt: skip
+
+    a, w, c, bias = (np.ones(n, np.float32) for n in (4 * mr, 4 * nr, mr * nr, nr))
+    one_tile(a, w, c, bias)
+    np.testing.assert_array_equal(c, 5.0)
+    asm = "\n".join(one_tile.inspect_asm().values())
+    fmas = [line for line in asm.splitlines() if "vfmadd" in line and "ps" in line]
+    register = "zmm" if lu.VECTOR_BITS == 512 else "ymm"
+    assert sum(register in line for line in fmas) >= mr * nr // lu.FORMATS["float32"].lanes
+    if lu.VECTOR_BITS == 256:
+        assert "zmm" not in asm
+
+
+@pytest.mark.skipif(lu.VECTOR_BITS != 512, reason="the AVX2 kernels run by default here")
+def test_avx2_kernels_pass_this_file_too():
+    # NUMBA_CPU_FEATURES="" leaves the named CPU's own features: Haswell's AVX2 + FMA
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+           __file__, "-k", "not avx2_kernels_pass"]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -279,7 +279,7 @@ def test_run_check_fails_on_a_wrong_model(capsys, monkeypatch) -> None:
 
     monkeypatch.setitem(BACKENDS, "wrong", lambda g, stages, options: Wrong(g, stages, options))
     argv = ("run", ROOT / "examples/seed_layer.py", "--target", "wrong", "--check")
-    monkeypatch.setattr("tilefuse.compiler.self_check", lambda model: model)
+    monkeypatch.setattr("tilefuse.compiler.check_at_compile", lambda model, check: None)
     code, out, _ = tilefuse(capsys, *argv)
     assert code == 1 and "check    FAILED" in out
 

@@ -13,7 +13,7 @@ import tilefuse as tfu
 from conftest import ROOT
 from tilefuse.errors import AttrError, DTypeError, ShapeError
 from tilefuse.ir import GraphBuilder, TensorType
-from tilefuse.ops import ACTIVATIONS, OPS, infer_node_type, normalize_attrs
+from tilefuse.ops import ACTIVATIONS, OPS, REQUIRED, infer_node_type, normalize_attrs
 from tilefuse.schedule import Tiling
 
 erf = np.vectorize(math.erf)
@@ -106,12 +106,80 @@ CASES = [
         lambda x, w, b, m, s: sigmoid(np.tanh(x @ w + b) * m) - s,
     ),
 ]
+
+
+# the ops of imported networks (frontends/onnx.py)
+def layer_norm(x, scale, bias, axes):
+    mean = x.mean(axis=axes, keepdims=True)
+    std = np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + 1e-5)
+    return (x - mean) / std * scale + bias
+
+
+CASES += [
+    ("exp", "exp", {}, [(5, 3)], lambda a: math.e**a),
+    ("log", "log", {}, [(5, 3)], lambda a: np.log2(a) / np.log2(math.e)),
+    ("sqrt", "sqrt", {}, [(5, 3)], lambda a: a**0.5),
+    ("erf", "erf", {}, [(5, 3)], erf),
+    (
+        "reduce-mean-last",
+        "reduce_mean",
+        {"axes": (-1,)},
+        [(5, 3)],
+        lambda a: a.sum(1, keepdims=True) / 3,
+    ),
+    (
+        "reduce-sum-all",
+        "reduce_sum",
+        {"keepdims": False},
+        [(2, 5, 3)],
+        lambda a: np.einsum("ijk->", a),
+    ),
+    (
+        "reduce-max-0-2",
+        "reduce_max",
+        {"axes": (0, 2)},
+        [(2, 5, 3)],
+        lambda a: a.max(2).max(0)[None, :, None],
+    ),
+    (
+        "reshape",
+        "reshape",
+        {"shape": (3, 2, 5)},
+        [(5, 6)],
+        lambda a: np.array(a.ravel().tolist()).reshape(3, 2, 5),
+    ),
+    ("permute", "permute", {"perm": (2, 0, 1)}, [(2, 5, 3)], lambda a: np.einsum("ijk->kij", a)),
+    (
+        "batch-matmul",
+        "batch_matmul",
+        {},
+        [(2, 5, 3), (3, 4)],
+        lambda a, b: np.einsum("bik,kj->bij", a, b),
+    ),
+    (
+        "batch-matmul-bcast",
+        "batch_matmul",
+        {},
+        [(2, 1, 5, 3), (4, 3, 2)],
+        lambda a, b: np.einsum("xyik,zkj->xzij", a, b),
+    ),
+    ("layer-norm", "layer_norm", {}, [(5, 3), (3,), (3,)], lambda x, s, b: layer_norm(x, s, b, 1)),
+    (
+        "layer-norm-axis0",
+        "layer_norm",
+        {"axis": 0},
+        [(2, 3), (2, 3)],
+        lambda x, s: layer_norm(x, s, 0, (0, 1)),
+    ),
+]
 TOLERANCE = {"f32": dict(rtol=2e-5, atol=2e-6), "f64": dict(rtol=1e-12, atol=1e-13)}
 
 
 def operands(op: str, shapes: list[tuple], dtype: str) -> list[np.ndarray]:
     rng = np.random.default_rng(len(shapes) * 100 + sum(map(len, shapes)))
     arrays = [rng.standard_normal(s) for s in shapes]
+    if op in ("log", "sqrt"):  # positive operands only
+        arrays[0] = np.abs(arrays[0]) + 0.1
     if op == "div":  # keep the divisor away from zero
         arrays[1] = rng.uniform(0.5, 2.0, shapes[1]) * rng.choice([-1, 1], shapes[1])
     return [a.astype(tfu.ir.DTYPES[dtype]) for a in arrays]
@@ -228,6 +296,8 @@ def op_table_rows() -> list[str]:
 
 
 def format_default(value) -> str:
+    if value is REQUIRED:
+        return "required"
     return {(): "()", None: "none", True: "true", False: "false"}.get(value, str(value))
 
 

@@ -33,14 +33,26 @@ from .errors import (
     TilefuseError,
     VerifyError,
 )
+from .frontends.onnx import from_onnx, to_onnx  # onnx itself is imported when they are called
+from .frontends.torch import from_torch  # and torch likewise
 from .ir import Graph, Node, TensorType
 from .ops import OPS
 from .passes.fuse import assert_fused
 from .schedule import Tiling
 from .text import parse_graph, print_graph
+from .tune import tune  # tilefuse.tune the module: importlib.import_module
 from .verify import verify
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    if name == "dask":  # tfu.dask.predict: imports Dask only when it is asked for
+        import importlib
+
+        return importlib.import_module(".dask", __name__)
+    raise AttributeError(f"module 'tilefuse' has no attribute {name!r}")
+
 
 __all__ = [
     "OPS",
@@ -61,6 +73,8 @@ __all__ = [
     "VerifyError",
     "assert_fused",
     "compile",
+    "from_onnx",
+    "from_torch",
     "function",
     "gelu",
     "identity",
@@ -73,5 +87,7 @@ __all__ = [
     "sigmoid",
     "softmax",
     "tanh",
+    "to_onnx",
+    "tune",
     "verify",
 ]

@@ -7,6 +7,8 @@ stage of the pipeline, explain it, draw it, report on it, run it or time it.
     tilefuse report examples/mlp.py -o mlp.html
     tilefuse run examples/mlp.py --batch 256 [--check] [--json]
     tilefuse bench examples/mlp.py --batch 256 [--json]
+    tilefuse cache info|clear [--json]
+    tilefuse tune examples/mlp.py --budget 30s --batch 1 256 [--export log.json]
 
 Tables and colour in a terminal (rich), plain text when piped, JSON with --json.
 
@@ -37,7 +39,7 @@ from .errors import TilefuseError
 from .ir import Graph
 
 FILE_CONVENTION = """\
-FILE is a Python file that defines a network, found in this order:
+FILE is an ONNX model (.onnx), or a Python file that defines a network, found in this order:
   1. a module-level `net` (a tfu.Sequential, a @tfu.function or a Graph);
   2. else the module-level object of those types, if there is exactly one;
   3. else a zero-argument function `network()` that returns one.
@@ -56,10 +58,12 @@ PICTURE_STAGES = tuple(s for s in PASS_STAGES if s != "loops")  # the stages tha
 def load_network(path: str) -> Any:
     """The network FILE defines (see FILE_CONVENTION)."""
     file = pathlib.Path(path)
-    if file.suffix == ".onnx":
-        raise TilefuseError(f"{path}: ONNX import is not available yet; give a Python file")
     if not file.is_file():
         raise TilefuseError(f"{path}: no such file")
+    if file.suffix == ".onnx":
+        from .frontends.onnx import from_onnx
+
+        return from_onnx(file)
     if file.suffix != ".py":
         raise TilefuseError(f"{path}: expected a Python file (.py) that defines a network")
     return find_network(import_file(file), path)
@@ -570,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_graph_parser(commands)
     add_bench_parser(commands)
     add_report_parser(commands)
+    add_cache_parser(commands)
+    add_tune_parser(commands)
     return parser
 
 
@@ -637,6 +643,117 @@ def add_report_parser(commands: Any) -> None:
     report.add_argument("--targets", metavar="LIST", help="timed targets (default: all)")
     report.add_argument("--no-bench", action="store_true", help="leave the timing table out")
     report.set_defaults(handler=command_report)
+
+
+def add_tune_parser(commands: Any) -> None:
+    tune = commands.add_parser(
+        "tune",
+        help="measure tilings of FILE's dense ops and keep the fastest in the tuning log",
+        epilog=FILE_CONVENTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("file", metavar="FILE", nargs="?", help="the network to tune (optional "
+                      "with --import/--export)")  # fmt: skip
+    tune.add_argument(
+        "--budget", type=budget_seconds, default=30.0, help="search time: 30s, 2m, 500ms (30s)"
+    )
+    tune.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        action="extend",
+        dest="batches",
+        metavar="B",
+        help="batch sizes to tune for (default: 256, the batch the tile pass plans for)",
+    )
+    tune.add_argument("--export", metavar="PATH", help="write the tuning log's entries to PATH")
+    tune.add_argument(
+        "--import", dest="import_path", metavar="PATH", help="merge the entries of PATH first"
+    )
+    tune.set_defaults(handler=command_tune)
+
+
+def budget_seconds(text: str) -> float:
+    """'30s', '2m', '500ms' or '30' (seconds) as seconds."""
+    units = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}
+    number = text.strip().lower().rstrip("smin")
+    unit = text.strip().lower()[len(number) :] or "s"
+    try:
+        seconds = float(number) * units[unit]
+    except (ValueError, KeyError):
+        message = f"cannot read a time from {text!r}; write 30s or 2m"
+        raise argparse.ArgumentTypeError(message) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"the budget must be positive, got {text!r}")
+    return seconds
+
+
+def command_tune(args: argparse.Namespace) -> int:
+    from . import tuning_log
+    from .tune import CANDIDATE_COLUMNS, SUMMARY_COLUMNS, tune
+
+    if not (args.file or args.import_path or args.export):
+        raise TilefuseError("tune needs FILE, --import PATH or --export PATH")
+    if args.batches and any(b < 1 for b in args.batches):
+        raise TilefuseError("--batch must be positive")
+    if args.import_path:
+        if not pathlib.Path(args.import_path).is_file():
+            raise TilefuseError(f"{args.import_path}: no such tuning log")
+        count = tuning_log.import_log(pathlib.Path(args.import_path))
+        print(f"imported {count} entries from {args.import_path} into {tuning_log.log_path()}")
+    if args.file:
+        net = load_network(args.file)
+        report = tune(net, args.batches, args.budget)
+        print_table(CANDIDATE_COLUMNS, report.candidate_rows(), f"candidates tried: {report.graph}")
+        print_table(SUMMARY_COLUMNS, report.summary_rows(), "chosen")
+        print(report.footer())
+    if args.export:
+        count = tuning_log.export_log(pathlib.Path(args.export))
+        print(f"exported {count} entries to {args.export}")
+    return 0
+
+
+def add_cache_parser(commands: Any) -> None:
+    cache = commands.add_parser(
+        "cache", help="the compile cache: what it holds (info), or empty it (clear)"
+    )
+    cache.add_argument("action", choices=("info", "clear"))
+    cache.add_argument("--json", action="store_true", help="print the result as JSON")
+    cache.add_argument(
+        "--all", action="store_true", help="clear: the tuning log and measurements too"
+    )
+    cache.set_defaults(handler=command_cache)
+
+
+def command_cache(args: argparse.Namespace) -> int:
+    """`tilefuse cache info|clear`: sections of the cache with their sizes, or what went."""
+    from . import cache
+
+    result = cache.info() if args.action == "info" else cache.clear(everything=args.all)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(cache_lines(result)))
+    return 0
+
+
+def cache_lines(r: dict[str, Any]) -> list[str]:
+    if "sections" not in r:
+        return [f"removed {r['files']} files ({format_size(r['bytes'])}) from {r['path']}"]
+    lines = [f"cache    {r['path']}"]
+    rows = [(name, usage, "") for name, usage in r["sections"].items()]
+    rows.append(("numba", r["numba"], r["numba"]["path"]))
+    rows += [(name, usage, "kept by clear (--all removes)") for name, usage in r["kept"].items()]
+    for name, usage, note in rows:
+        size = format_size(usage["bytes"])
+        lines.append(f"{name:<12} {usage['files']:>6} files {size:>10}  {note}".rstrip())
+    env = ", ".join(f"{k} {v}" for k, v in r["environment"].items() if k != "cpu_features")
+    return [*lines, f"key      {env} (and the CPU's features)"]
+
+
+def format_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,8 @@ REQUIRED = object()
 
 @dataclass(frozen=True)
 class Attr:
-    """An attribute's default and legal values (`kind`: float, int, str, bool, steps, tiling)."""
+    """An attribute's default and legal values (`kind`: float, int, str, bool, steps, tiling,
+    ints: a tuple of ints, dims: a tuple of extents and symbolic dims)."""
 
     kind: str
     default: Any = REQUIRED
@@ -34,7 +35,7 @@ class Attr:
 class OpDef:
     name: str
     arity: tuple[int, int]  # (min, max) operands
-    kind: str  # source | matmul | layout | binary | activation | fused
+    kind: str  # source|matmul|layout|binary|activation|fused|unary|reduce|normalization
     infer: Callable[[list[TensorType], dict[str, Any]], TensorType] | None
     ref: Callable[[list[np.ndarray], dict[str, Any]], np.ndarray] | None
     attrs: dict[str, Attr] = field(default_factory=dict)
@@ -225,6 +226,121 @@ def _activation_op(name: str) -> OpDef:
     )
 
 
+# -- tensor ops of imported networks (ONNX): layout, reductions, math, layer norm ---------
+UNARY_REFS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "exp": np.exp,
+    "log": np.log,
+    "sqrt": np.sqrt,
+    "erf": lambda x: _erf(x).astype(x.dtype),
+}
+REDUCE_REFS: dict[str, Callable[..., np.ndarray]] = {
+    "reduce_mean": np.mean,
+    "reduce_sum": np.sum,
+    "reduce_max": lambda x, **kw: np.max(x, initial=-np.inf, **kw),  # empty: -inf, as ONNX
+}
+
+
+def _dims_product(shape: Sequence[Dim]) -> tuple[int, list[str]]:
+    """A shape's element count as (product of the int dims, sorted symbolic dims)."""
+    return math.prod(d for d in shape if isinstance(d, int)), sorted(
+        d for d in shape if isinstance(d, str)
+    )
+
+
+def _infer_reshape(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (a,) = types
+    shape = tuple(attrs["shape"])
+    out = TensorType(a.dtype, shape)
+    if any(isinstance(d, int) and d < 0 for d in shape):
+        raise ShapeError(f"reshape {a} to {out}: extents must be >= 0 or a symbolic dim")
+    if _dims_product(a.shape) != _dims_product(shape):
+        raise ShapeError(f"reshape {a} to {out}: the element counts differ")
+    if len(_dims_product(shape)[1]) > 1:
+        raise ShapeError(f"reshape {a} to {out}: at most one symbolic dim")
+    return out
+
+
+def _ref_reshape(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return args[0].reshape(tuple(-1 if isinstance(d, str) else d for d in attrs["shape"]))
+
+
+def _infer_permute(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (a,) = types
+    perm = tuple(attrs["perm"])
+    if sorted(perm) != list(range(a.rank)):
+        raise ShapeError(f"permute {a}: perm {perm} is not a permutation of 0..{a.rank - 1}")
+    return a.with_shape(a.shape[p] for p in perm)
+
+
+def _infer_batch_matmul(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    a, b = types
+    dtype = _same_dtype("batch_matmul", types)
+    if a.rank < 2 or b.rank < 2:
+        raise ShapeError(f"batch_matmul {a} @ {b}: both operands need rank >= 2")
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"batch_matmul {a} @ {b}: inner dims {a.shape[-1]} != {b.shape[-2]}")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    if batch is None:
+        raise ShapeError(f"batch_matmul {a} @ {b}: batch dims do not broadcast")
+    return TensorType(dtype, (*batch, a.shape[-2], b.shape[-1]))
+
+
+def normalized_axes(rank: int, axis: int) -> tuple[int, ...]:
+    """The axes a layer norm with `axis` normalizes over: axis .. rank-1."""
+    return tuple(range(axis % rank, rank)) if rank else ()
+
+
+def _infer_layer_norm(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, *params = types
+    _same_dtype("layer_norm", types)
+    axis = attrs["axis"]
+    if not -x.rank <= axis < x.rank:
+        raise ShapeError(f"layer_norm {x}: axis {axis} is out of range for rank {x.rank}")
+    normalized = x.shape[axis % x.rank :]
+    for what, t in zip(("scale", "bias"), params):
+        if broadcast_shapes(normalized, t.shape) != normalized:
+            shown = ",".join(map(str, normalized))
+            raise ShapeError(f"layer_norm {x}: {what} {t} does not broadcast to [{shown}]")
+    return x
+
+
+def _ref_layer_norm(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x, scale, *bias = args
+    axes = normalized_axes(x.ndim, attrs["axis"])
+    centered = x - np.mean(x, axis=axes, keepdims=True)
+    variance = np.mean(centered * centered, axis=axes, keepdims=True)
+    y = centered / np.sqrt(variance + attrs["epsilon"]) * scale
+    return y + bias[0] if bias else y
+
+
+def _reduced_axes(t: TensorType, axes: Sequence[int]) -> tuple[int, ...]:
+    """`axes` as non-negative axes of `t` (empty: every axis)."""
+    if not axes:
+        return tuple(range(t.rank))
+    if any(not -t.rank <= a < t.rank for a in axes) or len(set(a % t.rank for a in axes)) != len(
+        axes
+    ):
+        raise ShapeError(f"reduce {t}: axes {tuple(axes)} are out of range or repeated")
+    return tuple(sorted(a % t.rank for a in axes))
+
+
+def _infer_reduce(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (a,) = types
+    axes = _reduced_axes(a, attrs["axes"])
+    if attrs["keepdims"]:
+        return a.with_shape(1 if i in axes else d for i, d in enumerate(a.shape))
+    return a.with_shape(d for i, d in enumerate(a.shape) if i not in axes)
+
+
+def _reduce_op(name: str) -> OpDef:
+    def ref(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+        axes = _reduced_axes(TensorType("f64", args[0].shape), attrs["axes"])
+        return REDUCE_REFS[name](args[0], axis=axes, keepdims=attrs["keepdims"])
+
+    attrs = {"axes": Attr("ints", ()), "keepdims": Attr("bool", True)}
+    return OpDef(name, (1, 1), "reduce", _infer_reduce, ref, attrs=attrs)
+
+
 _ACT_CHOICES = tuple(ACTIVATIONS)
 _POST_STEPS = tuple(BINARY_REFS) + ELEMENTWISE_ACTIVATIONS
 
@@ -254,6 +370,46 @@ OPS: dict[str, OpDef] = {
         },
         doc="act(x @ w + b) followed by the elementwise `post` steps",
     ),
+    **{
+        op: OpDef(op, (1, 1), "unary", _infer_unary, lambda a, _, f=f: f(a[0]))
+        for op, f in UNARY_REFS.items()
+    },
+    **{name: _reduce_op(name) for name in REDUCE_REFS},
+    "reshape": OpDef(
+        "reshape",
+        (1, 1),
+        "layout",
+        _infer_reshape,
+        _ref_reshape,
+        attrs={"shape": Attr("dims")},
+        doc="the same elements in row-major order with a new shape (N stays N)",
+    ),
+    "permute": OpDef(
+        "permute",
+        (1, 1),
+        "layout",
+        _infer_permute,
+        lambda a, attrs: np.transpose(a[0], attrs["perm"]),
+        attrs={"perm": Attr("ints")},
+        doc="N-D transpose: output axis i is input axis perm[i]",
+    ),
+    "batch_matmul": OpDef(
+        "batch_matmul",
+        (2, 2),
+        "matmul",
+        _infer_batch_matmul,
+        lambda a, _: np.matmul(a[0], a[1]),
+        doc="matmul over the last two axes, the leading (batch) axes broadcast",
+    ),
+    "layer_norm": OpDef(
+        "layer_norm",
+        (2, 3),
+        "normalization",
+        _infer_layer_norm,
+        _ref_layer_norm,
+        attrs={"axis": Attr("int", -1), "epsilon": Attr("float", 1e-5)},
+        doc="(x - mean) / sqrt(var + epsilon) * scale + bias over the axes axis..rank-1",
+    ),
 }
 
 
@@ -279,6 +435,10 @@ def _coerce(op: str, name: str, spec: Attr, value: Any, loc: str | None) -> Any:
                 f"{where}{op}: {name} step {bad[0]!r} is not one of {', '.join(spec.choices or ())}"
             )
         return tuple(value)
+    if spec.kind in ("ints", "dims") and isinstance(value, tuple | list):
+        legal = (int,) if spec.kind == "ints" else (int, str)
+        if all(isinstance(v, legal) and not isinstance(v, bool) for v in value):
+            return tuple(value)
     if spec.kind == "tiling" and (value is None or isinstance(value, Tiling | GpuTiling)):
         return value
     if spec.kind == "tiling" and isinstance(value, dict):

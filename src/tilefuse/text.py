@@ -29,6 +29,8 @@ from .ops import OPS
 from .schedule import GpuTiling, Tiling
 
 INLINE_LIMIT = 16
+MAX_NUMBER_CHARS = 64  # longer is garbage (and Python refuses ints of > 4300 digits)
+MAX_NESTING = 32  # of [ ] and ( ) in attribute values (deeper would exhaust the stack)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEYWORDS = ("true", "false", "none")
 
@@ -122,6 +124,7 @@ class _Parser:
         self.lines = text.split("\n")
         self.tokens = list(self._tokenize(text))
         self.pos = 0
+        self.depth = 0  # of ( ) being parsed
         self.constants = constants
 
     def _tokenize(self, text: str):
@@ -131,6 +134,10 @@ class _Parser:
             if not m:
                 self._fail(f"unexpected character {text[i]!r}", line, i - line_start + 1)
             kind = m.lastgroup
+            if kind == "number" and len(m.group()) > MAX_NUMBER_CHARS:
+                self._fail(
+                    f"number longer than {MAX_NUMBER_CHARS} characters", line, i - line_start + 1
+                )
             if kind == "newline":
                 line, line_start = line + 1, m.end()
             elif kind not in ("space", "comment"):
@@ -198,7 +205,10 @@ class _Parser:
         if kind == "number":
             return float(text) if re.search(r"[.eEna]", text) else int(text)
         if kind == "string":
-            return json.loads(text)
+            try:
+                return json.loads(text)
+            except ValueError as err:  # a control character or a bad escape inside quotes
+                self.fail(f"malformed string {text!r}: {err.msg}", token)
         if kind == "ident":
             return {"true": True, "false": False, "none": None}.get(text, text)
         if text == "[":
@@ -207,19 +217,24 @@ class _Parser:
             return self.tuple_or_record()
         self.fail(f"expected an attribute value, found {text or 'end of input'!r}", token)
 
-    def array_literal(self) -> list:
+    def array_literal(self, depth: int = 1) -> list:
+        if depth > MAX_NESTING:
+            self.fail(f"[ ] nested deeper than {MAX_NESTING} levels")
         items: list = []
         while not self.accept("]"):
             if items:
                 self.expect(",")
             if self.accept("["):
-                items.append(self.array_literal())
+                items.append(self.array_literal(depth + 1))
             else:
                 token = self.expect_kind("number", "a number")
                 items.append(float(token[1]))
         return items
 
     def tuple_or_record(self) -> Any:
+        self.depth += 1  # tuples hold values, which may be tuples
+        if self.depth > MAX_NESTING:
+            self.fail(f"( ) nested deeper than {MAX_NESTING} levels")
         items: list = []
         record: dict[str, Any] = {}
         while not self.accept(")"):
@@ -233,6 +248,7 @@ class _Parser:
                 items.append(self.value())
         if record and items:
             self.fail("cannot mix key=value and plain items in one ( )")
+        self.depth -= 1
         return record if record else tuple(items)
 
     def attrs(self) -> dict[str, tuple[Any, tuple]]:

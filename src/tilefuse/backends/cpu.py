@@ -13,8 +13,10 @@ next process. Weights are constants: they are packed into micro-panel order once
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib.util
+import math
+import os
 import pathlib
 import sys
 import threading
@@ -25,7 +27,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ..cache import atomic_write, cache_dir
+from ..cache import load_generated
 from ..errors import InputError, TilefuseError
 from ..ir import DTYPES, Graph, Node, TensorType
 from ..ops import attrs_of
@@ -199,7 +201,10 @@ class _Renderer:
         return "[" + ", ".join(parts) + "]"
 
     def read(self, node_id: int, out: TensorType) -> str:
-        return self.value(node_id) + self.index(self.g[node_id].type, out)
+        t = self.g[node_id].type
+        if t.rank == 0 and self.g[node_id].op != "const":  # a 0-d array (constants are 1-d)
+            return self.value(node_id) + "[()]"
+        return self.value(node_id) + self.index(t, out)
 
     def render_elementwise(self, node: Node) -> None:
         attrs = attrs_of(node)
@@ -241,6 +246,122 @@ class _Renderer:
             f"for t in range({extent}):",
             f"    {last}",
         ])  # fmt: skip
+
+    # ops of imported networks: layout, math, reductions, batched matmul, layer norm --------
+    def element(self, node: Node) -> str:
+        """The element of the node's result the loop nest is at (`[()]` for a 0-d result)."""
+        index = self.index(node.type, node.type) if node.type.rank else "[()]"
+        return self.var[node.id] + index
+
+    def render_unary(self, node: Node) -> None:
+        dst = self.element(node)
+        value = _UNARY_CODE[node.op].format(self.read(node.inputs[0], node.type))
+        self.loop_nest(node.type, [f"{dst} = {value}"])
+
+    def render_reshape(self, node: Node) -> None:
+        src = self.value(node.inputs[0])
+        self.emit(f"{self.var[node.id]}[...] = {src}.reshape({self.shape(node.type)})")
+
+    def render_permute(self, node: Node) -> None:
+        perm = attrs_of(node)["perm"]
+        source_index = ["0"] * len(perm)
+        for out_axis, in_axis in enumerate(perm):
+            source_index[in_axis] = f"i{out_axis}"
+        src = self.value(node.inputs[0])
+        self.loop_nest(node.type, [f"{self.element(node)} = {src}[{', '.join(source_index)}]"])
+
+    def render_reduce(self, node: Node) -> None:
+        """One output element per iteration; the reduced axes are loops `r0, r1, ..` inside."""
+        source = self.g[node.inputs[0]].type
+        attrs = attrs_of(node)
+        axes = attrs["axes"] or tuple(range(source.rank))
+        axes = tuple(sorted(a % source.rank for a in axes))
+        kept = [a for a in range(source.rank) if a not in axes]
+        out_axis = {a: (a if attrs["keepdims"] else kept.index(a)) for a in kept}
+        index = ", ".join(f"r{a}" if a in axes else f"i{out_axis[a]}" for a in range(source.rank))
+        body = ["acc = -np.inf" if node.op == "reduce_max" else "acc = 0.0"]
+        for depth, a in enumerate(axes):
+            body.append("    " * depth + f"for r{a} in range({self.dim(source.shape[a])}):")
+        inner = "    " * len(axes)
+        src = self.value(node.inputs[0])
+        if node.op == "reduce_max":
+            body += [f"{inner}a = {src}[{index}]", f"{inner}if a > acc or a != a:",
+                     f"{inner}    acc = a"]  # fmt: skip
+        else:
+            body.append(f"{inner}acc += {src}[{index}]")
+        if node.op == "reduce_mean":
+            count = " * ".join(self.dim(source.shape[a]) for a in axes) or "1"
+            body.append(f"acc = acc / ({count})")
+        self.loop_nest(node.type, [*body, f"{self.element(node)} = acc"])
+
+    def render_batch_matmul(self, node: Node) -> None:
+        a, b = (self.g[i].type for i in node.inputs)
+        out = node.type
+        rank = out.rank
+        k = self.dim(a.shape[-1])
+
+        def operand_index(t: TensorType, rows: str, cols: str) -> str:
+            offset = rank - t.rank
+            batch = [
+                "0" if d == 1 and out.shape[offset + j] != 1 else f"i{offset + j}"
+                for j, d in enumerate(t.shape[:-2])
+            ]
+            return ", ".join([*batch, rows, cols])
+
+        x, w = (self.value(i) for i in node.inputs)
+        dst = self.element(node)
+        self.loop_nest(out, [
+            "acc = 0.0",
+            f"for t in range({k}):",
+            f"    acc += {x}[{operand_index(a, f'i{rank - 2}', 't')}]"
+            f" * {w}[{operand_index(b, 't', f'i{rank - 1}')}]",
+            f"{dst} = acc",
+        ])  # fmt: skip
+
+    def render_layer_norm(self, node: Node) -> None:
+        """Rows of the normalized axes, each: mean, variance, then scale and shift."""
+        t = node.type
+        axis = attrs_of(node)["axis"] % t.rank
+        eps = float(attrs_of(node)["epsilon"])
+        rows = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
+        width = " * ".join(self.dim(d) for d in t.shape[axis:]) or "1"
+        name = self.names[node.id]
+        src, dst = self.value(node.inputs[0]), self.var[node.id]
+        params = [self.flat_parameter(i, t.shape[axis:], role) for i, role in
+                  zip(node.inputs[1:], ("scale", "shift"))]  # fmt: skip
+        shift = f" + {params[1]}[j]" if len(params) > 1 else ""
+        self.emit(f"xs_{name} = {src}.reshape(({rows}, {width}))")
+        self.emit(f"ys_{name} = {dst}.reshape(({rows}, {width}))")
+        self.emit(f"for i0 in range({rows}):")
+        row = [
+            "mean = 0.0",
+            f"for j in range({width}):",
+            f"    mean += xs_{name}[i0, j]",
+            f"mean = mean / ({width})",
+            "var = 0.0",
+            f"for j in range({width}):",
+            f"    d = xs_{name}[i0, j] - mean",
+            "    var += d * d",
+            f"inv = 1.0 / math.sqrt(var / ({width}) + {eps!r})",
+            f"for j in range({width}):",
+            f"    ys_{name}[i0, j] = (xs_{name}[i0, j] - mean) * inv * {params[0]}[j]{shift}",
+        ]
+        for line in row:
+            self.emit(line, 2)
+
+    def flat_parameter(self, node_id: int, shape: tuple, role: str) -> str:
+        """A layer norm's scale or shift broadcast to the normalized axes, as one flat row."""
+        operand = self.g[node_id]
+        if operand.op == "const" and all(isinstance(d, int) for d in shape):
+            array = self.g.constants[node_id]
+            return self.param(node_id, role, lambda: np.broadcast_to(array, shape).reshape(-1))
+        var = f"{role}_{self.names[node_id]}"
+        target = self.shape(TensorType(operand.type.dtype, shape))
+        self.emit(
+            f"{var} = np.ascontiguousarray(np.broadcast_to({self.value(node_id)}, {target}))"
+            ".reshape(-1)"
+        )
+        return var
 
     def render_matmul(self, node: Node) -> None:
         self.dense_call(node, node.inputs[0], node.inputs[1], None, "identity", {})
@@ -342,6 +463,19 @@ _KIND_RENDERERS = {
     "transpose": "transpose",
     "softmax": "softmax",
     "log_softmax": "softmax",
+    **{op: "unary" for op in ("exp", "log", "sqrt", "erf")},
+    **{op: "reduce" for op in ("reduce_mean", "reduce_sum", "reduce_max")},
+    "reshape": "reshape",
+    "permute": "permute",
+    "batch_matmul": "batch_matmul",
+    "layer_norm": "layer_norm",
+}
+# the scalar expression of each unary op, `{}` its operand
+_UNARY_CODE = {
+    "exp": "math.exp({})",
+    "log": "np.log({})",
+    "sqrt": "np.sqrt({})",
+    "erf": "math.erf({})",
 }
 
 _MODULE_HEADER = '''"""tilefuse: generated CPU code for graph {name}.
@@ -384,23 +518,9 @@ def _fingerprint() -> str:
 
 
 def load_module(source: str, graph_name: str) -> Any:
-    """Import `source` from a content-hashed file in the cache dir (Numba caches real files)."""
-    digest = hashlib.sha256((_fingerprint() + source).encode()).hexdigest()[:20]
-    module_name = f"tilefuse_gen_{digest}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = cache_dir() / "kernels" / f"{module_name}.py"
-    if not path.exists() or path.read_text() != source:
-        atomic_write(path, source)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
+    """Import `source` from a content-hashed file in the cache dir (Numba caches real files;
+    `tilefuse.cache.load_generated` keeps those files whole and says why a lookup missed)."""
+    return load_generated(source, _fingerprint(), graph_name).module
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -410,15 +530,37 @@ class CpuModel(CompiledModel):
     def __init__(self, graph: Graph, stages: dict[str, Graph], options: dict[str, Any]) -> None:
         super().__init__(graph, stages, options)
         self.rendered = render(self.final)
-        self.module = load_module(self.rendered.source, self.final.name)
+        self._input_nodes = [self.final[i] for i in self.final.inputs]
+        self.loaded = load_generated(
+            self.rendered.source, _fingerprint(), self.final.name, self._compile_forward
+        )
+        self.module = self.loaded.module
         self.forward = self.module.forward
         self.threads = options.get("threads")
-        self._input_nodes = [self.final[i] for i in self.final.inputs]
         self._local = threading.local()  # workspace per calling thread
+        self._memory: tuple[tuple, int] = ((), 0)  # (dims, bytes a call needs) of the last call
+        # Numba's workqueue threading layer aborts when two threads run parallel code at once
+        self._serial = threading.Lock() if _threading_layer() == "workqueue" else None
+
+    def _compile_forward(self, module: Any) -> bool:
+        """Compile (or load) `forward` for the one signature calls use: C-contiguous, aligned,
+        writable inputs (run copies others), so that the self-checked code is the code that
+        runs. Returns whether Numba served it from its cache."""
+        array, dtype = numba.types.Array, numba.from_dtype
+        sig = [array(dtype(n.type.np_dtype), n.type.rank, "C") for n in self._input_nodes]
+        sig += [numba.typeof(p) for p in self.rendered.params]
+        sig += [array(dtype(dt), 1, "C") for dt, _ in self.rendered.workspace]
+        sig += [array(dtype(t.np_dtype), t.rank, "C") for t in self.rendered.outputs]
+        module.forward.compile(tuple(sig))
+        return sum(module.forward.stats.cache_hits.values()) > 0
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
         inputs = reference.bind_inputs(self.final, args, kwargs)
         outs = self.run(inputs, None if out is None else _as_list(out))
+        if self.options.get("check") == "always":
+            from ..check import check_call
+
+            check_call(self, inputs, outs)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def dims(self, inputs: Sequence[np.ndarray]) -> dict[str, int]:
@@ -433,22 +575,41 @@ class CpuModel(CompiledModel):
     def run(
         self, inputs: Sequence[np.ndarray], outs: list[np.ndarray] | None = None
     ) -> list[np.ndarray]:
-        inputs = [np.ascontiguousarray(a) for a in inputs]
         dims = self.dims(inputs)
+        self.check_memory(dims, inputs)
+        inputs = [_as_kernel_input(a) for a in inputs]
         shapes = [tuple(dims.get(d, d) for d in t.shape) for t in self.rendered.outputs]
         if outs is None:
             outs = [np.empty(s, t.np_dtype) for s, t in zip(shapes, self.rendered.outputs)]
         if len(outs) != len(shapes):
             raise InputError(f"out= has {len(outs)} array(s) for {len(shapes)} output(s)")
         targets = [_check_out(o, s, t) for o, s, t in zip(outs, shapes, self.rendered.outputs)]
+        targets = [_unaliased(t, inputs) for t in targets]
         workspace = self.workspace(dims.get(self.rendered.batch_symbol, 0))
         if self.threads:
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-        self.forward(*inputs, *self.rendered.params, *workspace, *targets)
+        with self._serial or contextlib.nullcontext():
+            self.forward(*inputs, *self.rendered.params, *workspace, *targets)
         for given, target in zip(outs, targets):
             if given is not target:
                 given[...] = target
         return outs
+
+    def check_memory(self, dims: dict[str, int], inputs: Sequence[np.ndarray]) -> None:
+        """Raise InputError, before allocating anything, when a call with these dims needs more
+        memory (outputs, workspace, contiguous copies of the inputs) than the machine has."""
+        key = tuple(sorted(dims.items()))
+        if self._memory[0] != key:
+            self._memory = (key, _bytes_needed(self.final, self.rendered, dims))
+        needed = self._memory[1] + sum(a.nbytes for a in inputs if not _kernel_ready(a))
+        total = _physical_memory()
+        if total and needed > total:
+            sizes = ", ".join(f"{d}={n}" for d, n in dims.items())
+            raise InputError(
+                f"{self.final.name}: a call with {sizes or 'these inputs'} needs "
+                f"{_gib(needed)} for its outputs and intermediates, more than this machine's "
+                f"{_gib(total)} of memory; split the batch"
+            )
 
     def workspace(self, batch: int) -> list[np.ndarray]:
         """The memory plan's buffers for `batch`, kept per thread and reused while it fits."""
@@ -482,6 +643,54 @@ class CpuModel(CompiledModel):
 
 def _as_list(out: Any) -> list[Any]:
     return list(out) if isinstance(out, tuple | list) else [out]
+
+
+def _threading_layer() -> str:
+    try:
+        return numba.threading_layer()
+    except ValueError:  # not started yet: the kernels start it when they load
+        return ""
+
+
+def _kernel_ready(a: np.ndarray) -> bool:
+    return a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
+
+
+def _as_kernel_input(a: np.ndarray) -> np.ndarray:
+    """`a` as forward's compiled signature takes it: Fortran-ordered, strided, misaligned and
+    read-only arrays are copied (forward never writes its inputs)."""
+    return a if _kernel_ready(a) and type(a) is np.ndarray else np.array(a, order="C", subok=False)
+
+
+def _unaliased(target: np.ndarray, inputs: list[np.ndarray]) -> np.ndarray:
+    """An out= that overlaps an input would be overwritten while it is read: use a temporary."""
+    if any(np.may_share_memory(target, a) for a in inputs):
+        return np.empty_like(target)
+    return target
+
+
+def _bytes_needed(g: Graph, rendered: Rendered, dims: dict[str, int]) -> int:
+    """Outputs plus workspace (the memory plan's buffers, or every value when unplanned)."""
+    batch = dims.get(rendered.batch_symbol, 0)
+    total = sum(dt.itemsize * size(batch) for dt, size in rendered.workspace)
+    plan = g.meta.get("memory_plan")
+    for node in g.ops():
+        planned = plan is not None and node.id in plan.buffer_of
+        if not planned or node.id in g.outputs:
+            elements = math.prod(dims.get(d, d) for d in node.type.shape)
+            total += node.type.np_dtype.itemsize * elements
+    return total
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
+        return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _check_out(out: Any, shape: tuple, t: TensorType) -> np.ndarray:

@@ -34,6 +34,7 @@ from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _launch_threads
 
 from ..cache import atomic_write, cache_dir
+from ..schedule import KERNEL_MICRO_TILES
 
 # a cached cfunc whose driver runs a prange resolves the threading layer's symbols on load
 _launch_threads()
@@ -90,6 +91,7 @@ def _kernel_fingerprint() -> str:
     h = hashlib.sha256()
     for name in ("cpu_kernels.py", "llvm_ukernel.py", "cpu_entry.py"):
         h.update((here / name).read_bytes())
+    h.update(repr(sorted(KERNEL_MICRO_TILES.items())).encode())  # the kernels' register tiles
     return h.hexdigest()[:12]
 
 

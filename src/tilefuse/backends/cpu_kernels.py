@@ -19,7 +19,10 @@ The driver (module level, cache=True, parallel=True; callable from Python and fr
       parallel    parallel_code(tiling): PARALLEL_NONE (0) or PARALLEL_AUTO (1)
 
 One compiled specialisation per dtype serves every activation, batch size and tiling (Numba
-compiles it on first use: measured 4.8-7.8 s cold, 15-140 ms from its cache). Generated code:
+compiles it on first use: measured 5.5 s (f32) and 3.9 s (f64) cold on Zen 5, 7.3 s and 4.6 s
+inside cpu_entry's C entry points; 10-200 ms from its cache). The register
+tile is the one `llvm_ukernel` was built for: AVX-512 8x32 f32 / 8x16 f64, or AVX2 6x16 / 6x8
+(`micro_tile`, from `schedule.kernel_micro_tile`). Generated code:
 
     from tilefuse.backends.cpu_kernels import dense_kernel
     @njit(cache=True)
@@ -34,12 +37,14 @@ parallel)` and friends (`DRIVERS`) fix the activation and share dense_kernel's c
 `dense(x, w, bias, act, tiling)` is the plain-Python form, for tests.
 
 How a call runs (loop nest in `tilefuse.schedule`):
-  * M <= ROW_KERNEL_MAX_M: tasks are (row, ROW_PANELS column panels); each task keeps its
-    outputs in registers over all of K (`row_tile`), reading the packed weights in place.
+  * M <= ROW_KERNEL_MAX_M: tasks are groups of ROWS_TASK_PANELS column panels; each task
+    keeps its outputs in registers over all of K (`rows_tile`, 1, 2 or 4 rows), reading x
+    and the packed weights in place, so batch 1 still splits across threads.
   * otherwise: tasks are (block of <= mc rows, block of <= nc columns); a task packs its x
-    rows for each kc block and runs the MR x NR `packed_tile` over its panels, the epilogue
-    fused into the last k block. The task grid is chosen per call from M and the thread
-    count, so that the tasks split evenly across threads (along n when M is small).
+    rows for each kc block (a transpose in registers, `pack_rows`) into a cache-line-aligned
+    buffer and runs the MR x NR `packed_tile` over its panels, the epilogue fused into the
+    last k block. The task grid is chosen per call from M and the thread count, so that the
+    tasks split evenly across threads (along n when M is small).
   * below PARALLEL_MIN_FLOP, or with one thread, the tasks run serially (no prange start-up).
 """
 
@@ -57,21 +62,27 @@ from numba.np.ufunc.parallel import _iget_num_threads as thread_count
 from tilefuse.backends.llvm_ukernel import (
     ACTIVATIONS,
     FORMATS,
-    ROW_PANELS,
+    ROWS_TASK_PANELS,
+    address,
     elem_ptr,
+    pack_rows,
     packed_tile,
-    row_tile,
+    rows_tile,
 )
 from tilefuse.schedule import Tiling
 
 PARALLEL_NONE, PARALLEL_AUTO = 0, 1
 ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
 
-# Batches up to this size use the row kernel (weights streamed once per row, no packing).
-# Measured at K=784, N=512, f32, 1 thread (us): row kernel 18.6 / 33 / 50 / 68 for M=1..4,
-# packed 6x16 path 42-43 for any M <= 6 (one register tile of rows); 2 threads: row 8.4 (M=1),
-# packed 24-26. The row kernel is bandwidth-bound on the weights, once per row.
-ROW_KERNEL_MAX_M = 2
+# Batches up to this size run the rows kernel: x and the packed weights read in place, all
+# of K in registers, each weight read once per call. Measured on Zen 5, AVX-512, f32, 1 thread,
+# us of CPU time, rows kernel / packed 8x32 path / OpenBLAS sgemm alone:
+#   K=784,  N=512:  M=1 14.8/27.5/19.3  M=2 15.1/27.4/76  M=3-4 22/27/60-115  M=5-8 27.6/27.5/87+
+#   K=1024, N=4096: M=1 160/311/184     M=2 172/312/960   M=3-4 249-264/310-319
+#                   M=5-8 (8-row rows tile) 285-363/308-338
+# The packed path computes whole 8-row tiles, so it costs the same for M = 1..8; the rows
+# kernel wins while its tiles are small (1, 2, 4 rows).
+ROW_KERNEL_MAX_M = 4
 
 # Below this many flops (2*M*N*K) a call runs serially: prange costs ~2-3 us to start.
 # Measured serial vs 2-thread prange (us): 65 kflop 1.3 vs 3.0, 131 kflop 2.5 vs 4.7 (row)
@@ -79,11 +90,13 @@ ROW_KERNEL_MAX_M = 2
 PARALLEL_MIN_FLOP = 400_000
 
 ROW_PLAN, PACKED_PLAN = 0, 1
+ALIGN_BYTES = 64  # packed buffers start on a cache line: no vector load splits two lines
 
 
 # ------------------------------------------------------------------ compile-time packing
 def micro_tile(dtype) -> tuple[int, int]:
-    """(mr, nr) of the register tile compiled for this dtype."""
+    """(mr, nr) of the register tile compiled for this dtype (schedule.kernel_micro_tile at
+    the vector width the kernels were built for, llvm_ukernel.VECTOR_BITS)."""
     fmt = FORMATS.get(np.dtype(dtype).name)
     if fmt is None:
         raise TypeError(f"cpu kernels support {', '.join(FORMATS)}, got {np.dtype(dtype)}")
@@ -124,12 +137,20 @@ def pack_weights(w: np.ndarray, tiling: Tiling) -> np.ndarray:
     panels = -(-n // tiling.nr)
     padded = np.zeros((k_total, panels * tiling.nr), w.dtype)
     padded[:, :n] = w
-    packed = np.empty(padded.size, w.dtype)
+    packed = aligned_empty(padded.size, w.dtype)
     for pc in range(0, k_total, tiling.kc):
         block = padded[pc : pc + tiling.kc]
         panel_major = block.reshape(block.shape[0], panels, tiling.nr).transpose(1, 0, 2)
         packed[pc * padded.shape[1] : (pc + block.shape[0]) * padded.shape[1]] = panel_major.ravel()
     return packed
+
+
+def aligned_empty(size: int, dtype) -> np.ndarray:
+    """np.empty(size, dtype) starting on an ALIGN_BYTES boundary (malloc gives 16)."""
+    itemsize = np.dtype(dtype).itemsize
+    buffer = np.empty(size + ALIGN_BYTES // itemsize, dtype)
+    offset = (-buffer.ctypes.data % ALIGN_BYTES) // itemsize
+    return buffer[offset : offset + size]
 
 
 # ------------------------------------------------------------------ njit building blocks
@@ -147,6 +168,21 @@ def _register_tile_njit(array):
     return lambda array: (mr, nr)
 
 
+def kernel_limits(array):
+    """(vector lanes, most rows of one rows_tile call) for the array's dtype."""
+    fmt = FORMATS[np.dtype(array.dtype).name]
+    return fmt.lanes, max(fmt.row_counts)
+
+
+@overload(kernel_limits)
+def _kernel_limits_njit(array):
+    fmt = FORMATS.get(str(array.dtype))
+    if fmt is None:
+        return None
+    lanes, most_rows = fmt.lanes, max(fmt.row_counts)
+    return lambda array: (lanes, most_rows)
+
+
 @njit(cache=True)
 def _ceil_div(a, b):
     return -(-a // b)
@@ -162,18 +198,33 @@ def _padded_bias(bias, n, nr, dtype_like):
 
 
 @njit(cache=True)
+def _aligned_buffer(size, like):
+    """np.empty(size) of like's dtype starting on an ALIGN_BYTES boundary."""
+    per_line = ALIGN_BYTES // like.itemsize
+    buffer = np.empty(size + per_line, like.dtype)
+    offset = (-address(buffer) // like.itemsize) % per_line
+    return buffer[offset : offset + size]
+
+
+@njit(cache=True)
 def _pack_x_block(x, i0, rows, pc, kce, mr, ap):
-    """ap[it, p, r] = x[i0 + it*mr + r, pc + p], rows past `rows` zero (micro-panel order)."""
+    """ap[it, p, r] = x[i0 + it*mr + r, pc + p], rows past `rows` zero (micro-panel order).
+    Whole vectors of columns are transposed in registers (pack_rows); the rest here. Against
+    the scalar copy it replaced: -10 to -17 % time at 16/256/4096 x 784 x 512 (f32, AVX-512, 1
+    thread), where each packed row serves only 16 panels; no change at N = 4096."""
+    k_total = x.shape[1]
+    lanes, _ = kernel_limits(ap)
+    whole = kce // lanes * lanes
     for it in range(_ceil_div(rows, mr)):
         base = it * kce * mr
-        for r in range(mr):
-            i = it * mr + r
-            if i < rows:
-                for p in range(kce):
-                    ap[base + p * mr + r] = x[i0 + i, pc + p]
-            else:
-                for p in range(kce):
-                    ap[base + p * mr + r] = 0.0
+        first = i0 + it * mr
+        sliver_rows = min(mr, rows - it * mr)
+        pack_rows(elem_ptr(x, first * k_total + pc), k_total, sliver_rows, kce,
+                  elem_ptr(ap, base))  # fmt: skip
+        for p in range(whole, kce):
+            for r in range(mr):
+                value = x[first + r, pc + p] if r < sliver_rows else 0.0
+                ap[base + p * mr + r] = value
 
 
 @njit(cache=True, inline="always")
@@ -184,7 +235,9 @@ def _packed_task(act, x, wp, biasp, out, alpha, kc, i0, rows, jt_begin, jt_end):
     n = out.shape[1]
     npad = biasp.size
     micro_rows = _ceil_div(rows, mr)
-    ap = np.empty(micro_rows * mr * min(kc, k_total), out.dtype)
+    lanes, _ = kernel_limits(out)
+    # pack_rows stores whole vectors: up to `lanes` elements of slack past the last sliver
+    ap = _aligned_buffer(micro_rows * mr * min(kc, k_total) + lanes, out)
     k_blocks = max(1, _ceil_div(k_total, kc))
     for kb in range(k_blocks):
         pc = kb * kc
@@ -202,29 +255,28 @@ def _packed_task(act, x, wp, biasp, out, alpha, kc, i0, rows, jt_begin, jt_end):
 
 
 @njit(cache=True, inline="always")
-def _row_task(act, x, wp, biasp, out, alpha, kc, i, group):
-    """Row i of out, columns of panels group*ROW_PANELS.., in registers over all of K."""
+def _rows_task(act, x, wp, biasp, out, alpha, kc, i0, rows, jt0, panels):
+    """Rows i0..i0+rows of out, `panels` panels from jt0, in registers over all of K."""
     _, nr = register_tile(out)
     k_total = x.shape[1]
     n = out.shape[1]
-    npad = biasp.size
-    jt0 = group * ROW_PANELS
-    cols = min(ROW_PANELS * nr, n - jt0 * nr)
-    row_tile(act, k_total, kc, elem_ptr(x, i * k_total), elem_ptr(wp, 0), npad, jt0, cols,
-             elem_ptr(out, i * n + jt0 * nr), elem_ptr(biasp, 0), alpha)  # fmt: skip
+    cols = min(panels * nr, n - jt0 * nr)
+    rows_tile(act, k_total, kc, elem_ptr(x, i0 * k_total), k_total, rows, elem_ptr(wp, 0),
+              biasp.size, jt0, cols, elem_ptr(out, i0 * n + jt0 * nr), n, elem_ptr(biasp, 0),
+              alpha)  # fmt: skip
 
 
 @njit(cache=True)
 def _run_task(act, plan, t, x, wp, biasp, out, alpha, kc):
     kind, col_tasks, rows_per_task, panels_per_task = plan
     row_task, col_task = t // col_tasks, t % col_tasks
-    if kind == ROW_PLAN:
-        _row_task(act, x, wp, biasp, out, alpha, kc, row_task, col_task)
-        return
     i0 = row_task * rows_per_task
     rows = min(rows_per_task, x.shape[0] - i0)
     jt_begin = col_task * panels_per_task
     jt_end = min(biasp.size // register_tile(out)[1], jt_begin + panels_per_task)
+    if kind == ROW_PLAN:
+        _rows_task(act, x, wp, biasp, out, alpha, kc, i0, rows, jt_begin, jt_end - jt_begin)
+        return
     _packed_task(act, x, wp, biasp, out, alpha, kc, i0, rows, jt_begin, jt_end)
 
 
@@ -251,11 +303,11 @@ def _task_grid(m_units, n_units, min_m_blocks, min_n_blocks, threads):
 
 
 @njit(cache=True)
-def _plan(m, panels, mr, nr, mc, nc, threads):
+def _plan(m, panels, mr, nr, mc, nc, threads, most_rows):
     """((kind, column tasks, rows per task, panels per task), task count) for one call."""
-    if m <= ROW_KERNEL_MAX_M:
-        groups = _ceil_div(panels, ROW_PANELS)
-        return (ROW_PLAN, groups, 1, ROW_PANELS), m * groups
+    if m <= min(ROW_KERNEL_MAX_M, most_rows):
+        groups = _ceil_div(panels, ROWS_TASK_PANELS)
+        return (ROW_PLAN, groups, most_rows, ROWS_TASK_PANELS), groups
     m_units = _ceil_div(m, mr)
     min_m_blocks = _ceil_div(m_units, max(1, mc // mr))
     min_n_blocks = _ceil_div(panels, max(1, nc // nr))
@@ -296,7 +348,8 @@ def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel):
     threads = thread_count() if parallel != PARALLEL_NONE else 1
     if 2 * m * n * k_total < PARALLEL_MIN_FLOP:
         threads = 1
-    plan, tasks = _plan(m, biasp.size // nr, mr, nr, mc, nc, threads)
+    _, most_rows = kernel_limits(out)
+    plan, tasks = _plan(m, biasp.size // nr, mr, nr, mc, nc, threads, most_rows)
     if threads > 1 and tasks > 1:
         for t in prange(tasks):
             # prange counts in uint64: cast, or _run_task compiles a second time

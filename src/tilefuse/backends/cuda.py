@@ -88,6 +88,10 @@ class _CudaRenderer(_Renderer):
     def shape(self, t: TensorType) -> str:
         return super().shape(t) if t.rank else "(1,)"  # a scalar lives in a 1-element array
 
+    def read(self, node_id: int, out: TensorType) -> str:
+        # every scalar lives in a 1-element device array, so [0] reads it (never [()])
+        return self.value(node_id) + self.index(self.g[node_id].type, out)
+
     def value(self, node_id: int) -> str:
         name = super().value(node_id)
         t = self.g[node_id].type

@@ -1,22 +1,31 @@
 """LLVM-IR micro-kernels for the CPU backend: register tiles, vector math, fused epilogues.
 
 Place in the pipeline: the tile pass picks a `Tiling`; `cpu_kernels` (packing, blocking,
-threads) applies it and calls the two @intrinsics defined here for the arithmetic:
+threads) applies it and calls the @intrinsics defined here for the arithmetic:
 
     packed_tile  one MR x NR block of C from packed panels of x and w, over one k block
-    row_tile     one row of C, ROW_PANELS x NR columns, over the whole of K (small batches)
+    rows_tile    1-4 rows of C over a few NR panels and the whole of K, x and w read in
+                 place (small batches)
+    pack_rows    x rows -> the packed A sliver of packed_tile (a transpose in registers)
 
-Both are built with `llvmlite.ir` straight into the caller's LLVM module (internal linkage,
-`alwaysinline`, `noalias`), so they are optimised with the driver and Numba's on-disk cache
-keeps them: no symbols cross modules. The accumulators are explicit AVX2 vectors
-(`<8 x float>`, `<4 x double>`) joined by `llvm.fma`; Numba's own vectorisers are not involved.
+All are built with `llvmlite.ir` straight into the caller's LLVM module (internal linkage,
+`noalias`), so they are optimised with the driver and Numba's on-disk cache keeps them: no
+symbols cross modules. The accumulators are explicit vectors joined by `llvm.fma`; Numba's
+own vectorisers are not involved.
 
-The bias + activation epilogue runs in registers on the last k block, before the store, as one
-straight-line kernel per activation (branchy epilogues make compile time explode). A driver
-picks the activation per call with an integer (`ACTIVATIONS` index): `build_dispatch` switches
-once per tile between the seven kernels, so one compiled driver per dtype serves them all
-(one Numba compile of ~5-7 s per dtype instead of ~4 s per activation and dtype; Numba's
-per-specialisation cost - typing, parfor lowering, re-linking at every level - dominates).
+Vector width. The kernels follow the features Numba compiles for (`target_vector_bits`):
+AVX-512F gives `<16 x float>` / `<8 x double>` register tiles for 32 zmm registers, else
+AVX2's `<8 x float>` / `<4 x double>` for 16 ymm. The register tile of each (dtype, width) is
+`schedule.kernel_micro_tile`, which the tile pass reads too. Numba keys its cache on the same
+CPU name and features, so a cache never hands one width's code to the other; to run the AVX2
+kernels on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="".
+
+Epilogue. On the last k block a tile stores acc (+ C) + bias, then, for any activation but
+identity, one out-of-line function (`activate`, a switch over ACTIVATIONS) rewrites the tile
+while it is still in L1. One copy of each activation per dtype, not one per tile shape and
+activation, keeps the IR small: the three tile shapes compile in 5.5 s (f32) and 3.9 s (f64)
+cold on Zen 5. The extra L1 pass is cheap: at 512x64x4096 f32 (K small, the worst case) relu
+adds 12 % to identity's time, sigmoid 52 %, gelu 113 %; at 64x1024x4096 each adds <= 6 %.
 leaky_relu's alpha is a run-time argument. Ragged tiles use masked loads and stores.
 
 Vector math (no libm, except f64 gelu): `exp`/`expm1` of t <= 0 share one Cody-Waite reduction
@@ -31,12 +40,13 @@ NaN could poison) and a Taylor polynomial for expm1(r), |r| <= ln2/2 (degree 7 f
                    (erfcc, relative error < 1.2e-7); f64: libm `erfc`, called per lane.
 
 NaN propagates through every activation as in NumPy (relu uses an ordered compare and a
-select, not maxnum, which would drop the NaN).
+select, not maxnum, which would drop the NaN). The arithmetic is lane-wise, so the results
+do not depend on the vector width.
 
-Accuracy, measured through the kernels (x[P,1] @ ones[1,16]) on 200k points in [-12, 12]
+Accuracy, measured through the kernels (x[P,1] @ ones[1,nr]) on 200k points in [-12, 12]
 plus +-1e-30, +-1e-8, +-50, +-88, +-90, +-100, +-700, +-710, +-800, +-1e4, against float64
 NumPy/math (gelu: 0.5 x erfc(-x/sqrt2); sigmoid and gelu_tanh in the stable x / (1 + exp(-2u))
-form, since 1 + tanh(u) in float64 is itself 0 for u < -19):
+form, since 1 + tanh(u) in float64 is itself 0 for u < -19), at both widths:
 
     float32, max abs error   sigmoid 8.9e-8   tanh 1.5e-7   gelu 3.8e-7   gelu_tanh 5.2e-7
                              (|x| <= 12: half an ulp of the output alone is up to 4.8e-7;
@@ -57,22 +67,42 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from tilefuse.schedule import kernel_micro_tile
+
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
 
-# Columns of C per row_tile call, in NR panels: 4 panels give 8 independent FMA chains, enough
-# to hide the 4-cycle FMA latency on both f32 (2 vectors per panel) and f64 (2 per panel).
-ROW_PANELS = 4
+# rows_tile's row counts: a call computes the smallest of these >= its rows (the extra rows
+# repeat the last one and are not stored), over as many NR panels as the registers allow.
+# An 8-row tile measured no faster than the packed 8 x 32 path at M = 5..8 (see cpu_kernels).
+ROW_COUNTS = (1, 2, 4)
+ROWS_TASK_PANELS = 4  # NR panels per rows_tile call (a task of the small-batch plan)
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 
 
+def target_vector_bits() -> int:
+    """512 when the CPU features Numba compiles for include AVX-512F, else 256 (AVX2).
+
+    Decided from the very features string Numba builds its target machine with (and keys its
+    cache on): NUMBA_CPU_FEATURES when set, else the host's."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    features = config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    enabled = {f[1:]: f[0] == "+" for f in features.split(",") if len(f) > 1 and f[0] in "+-"}
+    return 512 if enabled.get("avx512f") else 256
+
+
 @dataclass(frozen=True)
 class FloatFormat:
-    """What the kernels need to know about one float type on AVX2."""
+    """What the kernels need to know about one float type at one vector width."""
 
     name: str
-    lanes: int  # elements per 256-bit vector
+    lanes: int  # elements per vector register
+    registers: int  # vector registers of the ISA (16 AVX2, 32 AVX-512)
     mr: int  # register tile rows
     nr: int  # register tile columns (a multiple of lanes)
     mantissa_bits: int
@@ -98,24 +128,58 @@ class FloatFormat:
     def llvm_suffix(self) -> str:
         return f"v{self.lanes}f32" if self.name == "float32" else f"v{self.lanes}f64"
 
+    @property
+    def vector_bits(self) -> int:
+        return self.lanes * (32 if self.name == "float32" else 64)
 
-# 6x16 f32 (12 ymm accumulators + 2 B vectors + 1 broadcast) was the best tile in the
-# feasibility sweep; 6x8 f64 is the same register budget.
-FORMATS = {
-    "float32": FloatFormat("float32", 8, 6, 16, 23, 127, -87.0, 7, 0.693359375, -2.12194440e-4),
-    "float64": FloatFormat(
-        "float64",
-        4,
-        6,
-        8,
-        52,
-        1023,
-        -708.0,
-        13,
-        6.93147180369123816490e-01,
-        1.90821492927058770002e-10,
+    @property
+    def tag(self) -> str:
+        return f"{self.name}_v{self.lanes}"
+
+    def row_panels(self, rows: int) -> int:
+        """NR panels a rows_tile of `rows` rows covers: its accumulators and one row of B
+        vectors fit the registers (one left for the broadcast), at most ROWS_TASK_PANELS.
+        One row uses each B vector once: it stays a memory operand of its FMA."""
+        per_panel = (rows + (rows > 1)) * (self.nr // self.lanes)
+        return max(1, min(ROWS_TASK_PANELS, (self.registers - 1) // per_panel))
+
+    @property
+    def row_counts(self) -> tuple[int, ...]:
+        """The rows_tile shapes that fit the registers with at least one panel."""
+        vectors = self.nr // self.lanes
+        return tuple(r for r in ROW_COUNTS if (r + 1) * vectors <= self.registers - 1)
+
+
+_NUMERICS = {
+    "float32": dict(
+        mantissa_bits=23,
+        exponent_bias=127,
+        exp_floor=-87.0,
+        taylor_degree=7,
+        ln2_hi=0.693359375,
+        ln2_lo=-2.12194440e-4,
+    ),
+    "float64": dict(
+        mantissa_bits=52,
+        exponent_bias=1023,
+        exp_floor=-708.0,
+        taylor_degree=13,
+        ln2_hi=6.93147180369123816490e-01,
+        ln2_lo=1.90821492927058770002e-10,
     ),
 }
+
+
+def float_format(name: str, vector_bits: int) -> FloatFormat:
+    """The format of dtype `name` ("float32"/"float64") at `vector_bits` (256 or 512)."""
+    mr, nr = kernel_micro_tile(name, vector_bits)
+    lanes = vector_bits // (32 if name == "float32" else 64)
+    registers = 32 if vector_bits >= 512 else 16
+    return FloatFormat(name, lanes, registers, mr, nr, **_NUMERICS[name])
+
+
+VECTOR_BITS = target_vector_bits()
+FORMATS = {name: float_format(name, VECTOR_BITS) for name in _NUMERICS}
 
 
 class VectorEmitter:
@@ -294,16 +358,31 @@ def load_vector(e: VectorEmitter, base: ir.Value, offset: ir.Value) -> ir.Value:
     return e.b.load(vector_at(e, base, offset), align=_align(e.fmt))
 
 
-def define_kernel(module: ir.Module, name: str, fmt: FloatFormat, arg_types: list[ir.Type]):
-    """A fresh internal, always-inlined function with noalias pointer arguments."""
+def store_vector(e: VectorEmitter, value: ir.Value, where: ir.Value) -> None:
+    e.b.store(value, where, align=_align(e.fmt))
+
+
+def define_kernel(module: ir.Module, name: str, arg_types: list[ir.Type]) -> ir.Function:
+    """A fresh internal, out-of-line function with noalias pointer arguments.
+
+    Out of line: each kernel is one call per register tile (hundreds of FMAs), and inlined
+    into the drivers' loops it is unswitched and unrolled into every copy for no speed."""
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), name)
     fn.linkage = "internal"
-    fn.attributes.add("alwaysinline")
+    fn.attributes.add("noinline")
     fn.attributes.add("nounwind")
     for arg in fn.args:
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
     return fn
+
+
+def _align(fmt: FloatFormat) -> int:
+    return 4 if fmt.name == "float32" else 8
+
+
+def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), x, y)
 
 
 # -------------------------------------------------------------------- edge masks
@@ -341,118 +420,216 @@ def masked_store(e: VectorEmitter, value: ir.Value, where: ir.Value, mask: ir.Va
     masked_call(e, "store", mask.type, value, where, I32(_align(e.fmt)), mask)
 
 
-# -------------------------------------------------------------------- packed register tile
-def build_packed_tile(module: ir.Module, fmt: FloatFormat, act: str) -> ir.Function:
-    """C[0:rows, 0:cols] (+)= A_panel @ B_panel over kc; bias + act when mode has bit 2.
+# -------------------------------------------------------------------- storing a tile
+def store_rows(e, values, c, ldc, rows, cols, row_count, width, accumulate) -> None:
+    """C[r, 0:cols] (+)= values for r < rows of a row_count x width block (vectors
+    row-major); `accumulate` (i1): add to what C holds (a later k block).
 
-    Arguments: kc, a (kc x MR, p-major), w (kc x NR, p-major), c, ldc, bias (NR), alpha,
-    mode, rows <= MR, cols <= NR. mode bit 1: add to C (a later k block); bit 2: last k
-    block, apply bias and activation. Ragged edges are masked loads/stores: the panels are
-    zero-padded, so the tile is always computed whole.
-    """
-    name = f"tilefuse_tile_{fmt.name}_{fmt.mr}x{fmt.nr}_{act}"
-    if name in module.globals:
-        return module.globals[name]
-    ptr = fmt.scalar.as_pointer()
-    arg_types = [I64, ptr, ptr, ptr, I64, ptr, fmt.scalar, I64, I64, I64]
-    fn = define_kernel(module, name, fmt, arg_types)
-    kc, a, bp, c, ldc, bias, alpha, mode, rows, cols = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    e = VectorEmitter(b, fmt)
-    vectors_per_row = fmt.nr // fmt.lanes
-
-    def k_step(b, p, accs):
-        b_row = [load_vector(e, bp, b.add(b.mul(p, I64(fmt.nr)), I64(v * fmt.lanes))) for v in
-                 range(vectors_per_row)]  # fmt: skip
-        new = []
-        for r in range(fmt.mr):
-            a_bcast = e.splat(b.load(b.gep(a, [b.add(b.mul(p, I64(fmt.mr)), I64(r))])))
-            new += [e.fma(a_bcast, b_row[v], accs[r * vectors_per_row + v]) for v in
-                    range(vectors_per_row)]  # fmt: skip
-        return new
-
-    _prefetch_tile(b, c, ldc, fmt)
-    accs = counted_loop(b, kc, [e.const(0.0)] * (fmt.mr * vectors_per_row), k_step)
-    masks = _tile_masks(e, rows, cols)
-    accumulate = b.icmp_unsigned("!=", b.and_(mode, I64(1)), I64(0))
-    last = fn.append_basic_block("last_k_block")
-    partial = fn.append_basic_block("partial_k_block")
-    b.cbranch(b.icmp_unsigned("!=", b.and_(mode, I64(2)), I64(0)), last, partial)
-    for block, with_epilogue in ((partial, False), (last, True)):
+    Four straight-line variants chosen by two branches: whole tiles store plainly (masked
+    stores are slow on AVX2) and the first k block does not read C (a wasted pass)."""
+    b, fn = e.b, e.b.function
+    masks = _tile_masks(e, rows, cols, row_count, width)
+    whole = b.and_(b.icmp_signed("==", rows, I64(row_count)), b.icmp_signed("==", cols, I64(width)))
+    done = fn.append_basic_block("stored")
+    variants = {}
+    for is_whole in (True, False):
+        for adds in (True, False):
+            label = f"store_{'whole' if is_whole else 'edge'}{'_add' if adds else ''}"
+            variants[is_whole, adds] = fn.append_basic_block(label)
+    picks = {w: fn.append_basic_block(f"pick_{'whole' if w else 'edge'}") for w in (True, False)}
+    b.cbranch(whole, picks[True], picks[False])
+    for is_whole, pick in picks.items():
+        b.position_at_end(pick)
+        b.cbranch(accumulate, variants[is_whole, True], variants[is_whole, False])
+    for (is_whole, adds), block in variants.items():
         b.position_at_end(block)
-        _store_tile(e, accs, masks, c, ldc, bias, alpha, act, accumulate, with_epilogue)
-        b.ret_void()
-    return fn
+        _store_variant(e, values, masks if not is_whole else None, c, ldc, row_count, adds)
+        b.branch(done)
+    b.position_at_end(done)
 
 
-def _prefetch_tile(b: ir.IRBuilder, c: ir.Value, ldc: ir.Value, fmt: FloatFormat) -> None:
-    """Ask for the C tile (first and last element of each row) while the k loop runs: on
-    large outputs C is out of cache by the next k block (+10-15 % at 2048^3)."""
-    i8p = ir.IntType(8).as_pointer()
-    fn = b.module.globals.get("llvm.prefetch.p0")
-    if fn is None:
-        fn = ir.Function(b.module, ir.FunctionType(ir.VoidType(), [i8p, I32, I32, I32]),
-                         "llvm.prefetch.p0")  # fmt: skip
-    for r in range(fmt.mr):
-        row = b.mul(ldc, I64(r))
-        for offset in (0, fmt.nr - 1):
-            where = b.bitcast(b.gep(c, [b.add(row, I64(offset))]), i8p)
-            b.call(fn, [where, I32(1), I32(3), I32(1)])  # write, keep in all levels, data
-
-
-def _tile_masks(e: VectorEmitter, rows: ir.Value, cols: ir.Value) -> list[ir.Value]:
-    """Per (row, vector) lane masks of the valid part of an MR x NR tile."""
+def _store_variant(e: VectorEmitter, values, masks, c, ldc, row_count: int, adds: bool) -> None:
+    """One straight-line store of a tile: plain when `masks` is None, else masked."""
     b = e.b
-    col_masks = lane_masks(e, e.fmt.nr, cols)
+    vectors = len(values) // row_count
+    for i, value in enumerate(values):
+        r, v = divmod(i, vectors)
+        where = vector_at(e, c, b.add(b.mul(ldc, I64(r)), I64(v * e.fmt.lanes)))
+        if masks is None:
+            total = b.fadd(b.load(where, align=_align(e.fmt)), value) if adds else value
+            store_vector(e, total, where)
+        else:
+            total = b.fadd(masked_load(e, where, masks[i]), value) if adds else value
+            masked_store(e, total, where, masks[i])
+
+
+def _tile_masks(e: VectorEmitter, rows, cols, row_count: int, width: int) -> list[ir.Value]:
+    """Per (row, vector) lane masks of the valid part of a row_count x width tile."""
+    b = e.b
+    col_masks = lane_masks(e, width, cols)
     none = ir.Constant(col_masks[0].type, None)
     masks = []
-    for r in range(e.fmt.mr):
+    for r in range(row_count):
         row_valid = b.icmp_signed("<", I64(r), rows)
         masks += [b.select(row_valid, m, none) for m in col_masks]
     return masks
 
 
-def _store_tile(e, accs, masks, c, ldc, bias, alpha, act, accumulate, with_epilogue) -> None:
-    b, fmt = e.b, e.fmt
-    vectors_per_row = fmt.nr // fmt.lanes
-    if with_epilogue:
-        bias_row = [load_vector(e, bias, I64(v * fmt.lanes)) for v in range(vectors_per_row)]
-    for r in range(fmt.mr):
-        row = b.mul(ldc, I64(r))
-        for v in range(vectors_per_row):
-            where = vector_at(e, c, b.add(row, I64(v * fmt.lanes)))
-            acc, mask = accs[r * vectors_per_row + v], masks[r * vectors_per_row + v]
-            value = b.select(accumulate, b.fadd(masked_load(e, where, mask), acc), acc)
-            if with_epilogue:
-                value = e.activation(act, b.fadd(value, bias_row[v]), alpha)
-            masked_store(e, value, where, mask)
+def _add_bias(e: VectorEmitter, values, bias, last, row_count: int, width: int) -> list:
+    """values + bias[0:width] on the last k block (`last`, i1), else values unchanged."""
+    b, lanes = e.b, e.fmt.lanes
+    zero = e.const(0.0)
+    row = [
+        b.select(last, load_vector(e, bias, I64(v * lanes)), zero) for v in range(width // lanes)
+    ]
+    return [b.fadd(value, row[i % len(row)]) for i, value in enumerate(values)]
 
 
-def _align(fmt: FloatFormat) -> int:
-    return 4 if fmt.name == "float32" else 8
-
-
-# -------------------------------------------------------------------- row tile (small M)
-def build_row_tile(module: ir.Module, fmt: FloatFormat, act: str) -> ir.Function:
-    """C[0, 0:ROW_PANELS*NR] = act(x_row @ W[:, panels] + bias) over the whole of K.
-
-    Arguments: K, kc, x (the row), w (packed weights), npad, jt0 (first panel), cols
-    (valid columns from jt0*NR on), c, bias (padded, whole), alpha. The accumulators stay in
-    registers across k blocks, so each output is stored once. Panels past the last valid
-    one repeat it (no reads past the weights); stores are masked to `cols`.
-    """
-    name = f"tilefuse_row_{fmt.name}_{ROW_PANELS}x{fmt.nr}_{act}"
+# -------------------------------------------------------------------- activation epilogue
+def build_activate(module: ir.Module, fmt: FloatFormat) -> ir.Function:
+    """`void activate(act, c, ldc, rows, cols, alpha)`: C[0:rows, 0:cols] = act(C) in place,
+    a switch over ACTIVATIONS (0, identity, and unknown codes do nothing)."""
+    name = f"tilefuse_activate_{fmt.tag}"
     if name in module.globals:
         return module.globals[name]
     ptr = fmt.scalar.as_pointer()
-    arg_types = [I64, I64, ptr, ptr, I64, I64, I64, ptr, ptr, fmt.scalar]
-    fn = define_kernel(module, name, fmt, arg_types)
-    k_total, kc, x, w, npad, jt0, cols, c, bias, alpha = fn.args
+    fn = define_kernel(module, name, [I64, ptr, I64, I64, I64, fmt.scalar])
+    act, c, ldc, rows, cols, alpha = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    exit_block = fn.append_basic_block("exit")
+    switch = b.switch(act, exit_block)
+    for code, act_name in enumerate(ACTIVATIONS[1:], start=1):
+        block = fn.append_basic_block(act_name)
+        switch.add_case(I64(code), block)
+        b.position_at_end(block)
+        _activate_rows(VectorEmitter(b, fmt), act_name, c, ldc, rows, cols, alpha)
+        b.branch(exit_block)
+    b.position_at_end(exit_block)
+    b.ret_void()
+    return fn
+
+
+def _activate_rows(e: VectorEmitter, act: str, c, ldc, rows, cols, alpha) -> None:
+    b, lanes = e.b, e.fmt.lanes
+    whole_vectors = b.sdiv(cols, I64(lanes))
+    tail = b.srem(cols, I64(lanes))
+    tail_mask = lane_masks(e, lanes, tail)[0]
+
+    def row(b, r, _):
+        start = b.mul(r, ldc)
+
+        def vector(b, v, _):
+            where = vector_at(e, c, b.add(start, b.mul(v, I64(lanes))))
+            store_vector(e, e.activation(act, b.load(where, align=_align(e.fmt)), alpha), where)
+            return []
+
+        counted_loop(b, whole_vectors, [], vector)
+        with b.if_then(b.icmp_signed(">", tail, I64(0))):
+            where = vector_at(e, c, b.add(start, b.mul(whole_vectors, I64(lanes))))
+            value = e.activation(act, masked_load(e, where, tail_mask), alpha)
+            masked_store(e, value, where, tail_mask)
+        return []
+
+    counted_loop(b, rows, [], row)
+
+
+# -------------------------------------------------------------------- packed register tile
+def build_packed_tile(module: ir.Module, fmt: FloatFormat) -> ir.Function:
+    """C[0:rows, 0:cols] (+)= A_panel @ B_panel over kc; bias + act when mode has bit 2.
+
+    Arguments: act, kc, a (kc x MR, p-major), w (kc x NR, p-major), c, ldc, bias (NR), alpha,
+    mode, rows <= MR, cols <= NR. mode bit 1: add to C (a later k block); bit 2: last k
+    block, add the bias and apply the activation. The panels are zero-padded, so the tile is
+    always computed whole; ragged edges are masked at the store.
+    """
+    name = f"tilefuse_tile_{fmt.tag}_{fmt.mr}x{fmt.nr}"
+    if name in module.globals:
+        return module.globals[name]
+    ptr = fmt.scalar.as_pointer()
+    arg_types = [I64, I64, ptr, ptr, ptr, I64, ptr, fmt.scalar, I64, I64, I64]
+    fn = define_kernel(module, name, arg_types)
+    act, kc, a, bp, c, ldc, bias, alpha, mode, rows, cols = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     e = VectorEmitter(b, fmt)
     vectors = fmt.nr // fmt.lanes
+
+    next_panel = b.mul(kc, I64(fmt.nr))
+
+    def k_step(b, p, accs):
+        row = b.mul(p, I64(fmt.nr))
+        b_row = [load_vector(e, bp, b.add(row, I64(v * fmt.lanes))) for v in range(vectors)]
+        # the next B panel into L2 (the drivers run panels in order): +15-20 % at
+        # 64x1024x4096, where each panel comes from L3 and serves only 8 tiles
+        _prefetch(b, b.gep(bp, [b.add(next_panel, row)]), locality=2)
+        new = []
+        for r in range(fmt.mr):
+            a_bcast = e.splat(b.load(b.gep(a, [b.add(b.mul(p, I64(fmt.mr)), I64(r))])))
+            new += [e.fma(a_bcast, b_row[v], accs[r * vectors + v]) for v in range(vectors)]
+        return new
+
+    _prefetch_rows(b, c, ldc, fmt.mr, fmt.nr)
+    accs = counted_loop(b, kc, [e.const(0.0)] * (fmt.mr * vectors), k_step)
+    last = b.icmp_unsigned("!=", b.and_(mode, I64(2)), I64(0))
+    accumulate = b.icmp_unsigned("!=", b.and_(mode, I64(1)), I64(0))
+    values = _add_bias(e, accs, bias, last, fmt.mr, fmt.nr)
+    store_rows(e, values, c, ldc, rows, cols, fmt.mr, fmt.nr, accumulate)
+    _activate_if(b, fmt, last, act, c, ldc, rows, cols, alpha)
+    b.ret_void()
+    return fn
+
+
+def _activate_if(b: ir.IRBuilder, fmt, last, act, c, ldc, rows, cols, alpha) -> None:
+    """Call the activation epilogue on the stored tile when `last` and act is not identity."""
+    apply = b.and_(last, b.icmp_signed("!=", act, I64(0)))
+    with b.if_then(apply):
+        b.call(build_activate(b.module, fmt), [act, c, ldc, rows, cols, alpha])
+
+
+def _prefetch(b: ir.IRBuilder, where: ir.Value, locality: int, write: bool = False) -> None:
+    """llvm.prefetch of the cache line at `where` (locality 3: L1, 2: L2)."""
+    i8p = ir.IntType(8).as_pointer()
+    fn = b.module.globals.get("llvm.prefetch.p0")
+    if fn is None:
+        fn = ir.Function(b.module, ir.FunctionType(ir.VoidType(), [i8p, I32, I32, I32]),
+                         "llvm.prefetch.p0")  # fmt: skip
+    b.call(fn, [b.bitcast(where, i8p), I32(int(write)), I32(locality), I32(1)])
+
+
+def _prefetch_rows(b: ir.IRBuilder, c: ir.Value, ldc: ir.Value, rows: int, width: int) -> None:
+    """Ask for the C tile (first and last element of each row) while the k loop runs: on
+    large outputs C is out of cache by the next k block (+10-15 % at 2048^3)."""
+    for r in range(rows):
+        row = b.mul(ldc, I64(r))
+        for offset in (0, width - 1):
+            _prefetch(b, b.gep(c, [b.add(row, I64(offset))]), locality=3, write=True)
+
+
+# -------------------------------------------------------------------- rows tile (small M)
+def build_rows_tile(module: ir.Module, fmt: FloatFormat, row_count: int) -> ir.Function:
+    """C[0:rows, 0:P*NR] = x[0:rows] @ W[:, P panels from jt] + bias over the whole of K,
+    P = fmt.row_panels(row_count), no activation.
+
+    Arguments: K, kc, x (first row), ldx, rows <= row_count, w (packed weights), npad, jt
+    (first panel), cols (valid columns from jt*NR on), c, ldc, bias (padded, whole). x and w
+    are read in place; the accumulators stay in registers across k blocks, so each output is
+    stored once. Rows past `rows` repeat the last one and panels past the last valid one
+    repeat it (no reads out of bounds); neither is stored.
+    """
+    panels_per_call = fmt.row_panels(row_count)
+    name = f"tilefuse_rows_{fmt.tag}_{row_count}x{panels_per_call}x{fmt.nr}"
+    if name in module.globals:
+        return module.globals[name]
+    ptr = fmt.scalar.as_pointer()
+    arg_types = [I64, I64, ptr, I64, I64, ptr, I64, I64, I64, ptr, I64, ptr]
+    fn = define_kernel(module, name, arg_types)
+    k_total, kc, x, ldx, rows, w, npad, jt0, cols, c, ldc, bias = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = VectorEmitter(b, fmt)
+    vectors = fmt.nr // fmt.lanes
+    last_row = b.sub(rows, I64(1))
+    row_starts = [b.mul(_min(b, I64(r), last_row), ldx) for r in range(row_count)]
     last_panel = b.sdiv(b.sub(cols, I64(1)), I64(fmt.nr))
-    panels = [_clamp_panel(b, jt0, t, last_panel) for t in range(ROW_PANELS)]
+    panels = [b.add(jt0, _min(b, I64(t), last_panel)) for t in range(panels_per_call)]
 
     def k_block(b, block, accs):
         pc = b.mul(block, kc)
@@ -461,68 +638,139 @@ def build_row_tile(module: ir.Module, fmt: FloatFormat, act: str) -> ir.Function
         starts = [b.add(block_start, b.mul(panel, b.mul(kce, I64(fmt.nr)))) for panel in panels]
 
         def k_step(b, p, accs):
-            a = e.splat(b.load(b.gep(x, [b.add(pc, p)])))
-            row = b.mul(p, I64(fmt.nr))
+            at = b.mul(p, I64(fmt.nr))
+            w_row = [load_vector(e, w, b.add(b.add(start, at), I64(v * fmt.lanes)))
+                     for start in starts for v in range(vectors)]  # fmt: skip
             new = []
-            for t in range(ROW_PANELS):
-                for v in range(vectors):
-                    w_vec = load_vector(e, w, b.add(b.add(starts[t], row), I64(v * fmt.lanes)))
-                    new.append(e.fma(a, w_vec, accs[t * vectors + v]))
+            for r in range(row_count):
+                a = e.splat(b.load(b.gep(x, [b.add(row_starts[r], b.add(pc, p))])))
+                row_accs = accs[r * len(w_row) : (r + 1) * len(w_row)]
+                new += [e.fma(a, w_vec, acc) for w_vec, acc in zip(w_row, row_accs, strict=True)]
             return new
 
         return counted_loop(b, kce, accs, k_step)
 
+    width = panels_per_call * fmt.nr
     blocks = b.sdiv(b.add(k_total, b.sub(kc, I64(1))), kc)
-    accs = counted_loop(b, blocks, [e.const(0.0)] * (ROW_PANELS * vectors), k_block)
-    masks = lane_masks(e, ROW_PANELS * fmt.nr, cols)
-    for t in range(ROW_PANELS):
-        for v in range(vectors):
-            column = I64(t * fmt.nr + v * fmt.lanes)
-            bias_at = b.add(b.mul(panels[t], I64(fmt.nr)), I64(v * fmt.lanes))
-            value = e.activation(
-                act, b.fadd(accs[t * vectors + v], load_vector(e, bias, bias_at)), alpha
-            )
-            masked_store(e, value, vector_at(e, c, column), masks[t * vectors + v])
+    accs = counted_loop(b, blocks, [e.const(0.0)] * (row_count * width // fmt.lanes), k_block)
+    bias_row = [load_vector(e, bias, b.add(b.mul(panel, I64(fmt.nr)), I64(v * fmt.lanes)))
+                for panel in panels for v in range(vectors)]  # fmt: skip
+    values = [b.fadd(acc, bias_row[i % len(bias_row)]) for i, acc in enumerate(accs)]
+    no = ir.Constant(ir.IntType(1), 0)
+    store_rows(e, values, c, ldc, rows, _min(b, cols, I64(width)), row_count, width, no)
     b.ret_void()
     return fn
 
 
-def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
-    return b.select(b.icmp_signed("<", x, y), x, y)
-
-
-def _clamp_panel(b: ir.IRBuilder, jt0: ir.Value, t: int, last_panel: ir.Value) -> ir.Value:
-    return b.add(jt0, _min(b, I64(t), last_panel))
-
-
-# -------------------------------------------------------------------- activation dispatch
-def build_dispatch(module: ir.Module, fmt: FloatFormat, build_kernel) -> ir.Function:
-    """`void f(i64 act, kernel args...)`: a switch over one kernel per activation.
-
-    The switch runs once per tile (a predictable branch); each case is its own straight-line
-    kernel. One compiled driver per dtype then serves every activation, which keeps Numba's
-    per-specialisation cost (typing, parfor lowering, linking) to one pass per dtype.
-    """
-    kernels = [build_kernel(module, fmt, act) for act in ACTIVATIONS]
-    name = kernels[0].name.replace(f"_{ACTIVATIONS[0]}", "_any")
+def build_rows_dispatch(module: ir.Module, fmt: FloatFormat) -> ir.Function:
+    """`void rows_any(act, K, kc, x, ldx, rows, w, npad, jt, cols, c, ldc, bias, alpha)`:
+    C[0:rows, 0:cols] = act(x @ W + bias) for rows <= max(fmt.row_counts), with the
+    smallest rows tile that covers `rows`, called once per group of its panels."""
+    name = f"tilefuse_rows_{fmt.tag}_any"
     if name in module.globals:
         return module.globals[name]
-    arg_types = [I64, *kernels[0].function_type.args]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), name)
-    fn.linkage = "internal"
-    # Kept out of line: inlined into the drivers' loops, seven kernels get unswitched and
-    # unrolled into every copy, and compile time triples for no measurable speed.
-    fn.attributes.add("noinline")
-    act, *args = fn.args
+    ptr = fmt.scalar.as_pointer()
+    arg_types = [I64, I64, I64, ptr, I64, I64, ptr, I64, I64, I64, ptr, I64, ptr, fmt.scalar]
+    fn = define_kernel(module, name, arg_types)
+    act, k_total, kc, x, ldx, rows, w, npad, jt0, cols, c, ldc, bias, alpha = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    cases = [fn.append_basic_block(act_name) for act_name in ACTIVATIONS]
-    switch = b.switch(act, cases[0])  # unknown codes: identity (the drivers check the range)
-    for code, (block, kernel) in enumerate(zip(cases, kernels, strict=True)):
-        switch.add_case(I64(code), block)
-        b.position_at_end(block)
-        b.call(kernel, args)
-        b.ret_void()
+    counts = fmt.row_counts
+    finish = fn.append_basic_block("activate")
+    cases = [fn.append_basic_block(f"rows_{count}") for count in counts]
+    switch = b.switch(rows, cases[-1])
+    covered = 0
+    for count, case in zip(counts, cases, strict=True):
+        for n in range(covered + 1, count + 1):
+            switch.add_case(I64(n), case)
+        covered = count
+        b.position_at_end(case)
+        kernel = build_rows_tile(module, fmt, count)
+        width = fmt.row_panels(count) * fmt.nr
+
+        def call(b, group, _, kernel=kernel, width=width):
+            done = b.mul(group, I64(width))
+            group_jt = b.add(jt0, b.mul(group, I64(width // fmt.nr)))
+            args = [k_total, kc, x, ldx, rows, w, npad, group_jt, b.sub(cols, done)]
+            b.call(kernel, [*args, b.gep(c, [done]), ldc, bias])
+            return []
+
+        counted_loop(b, b.sdiv(b.add(cols, I64(width - 1)), I64(width)), [], call)
+        b.branch(finish)
+    b.position_at_end(finish)
+    _activate_if(b, fmt, ir.Constant(ir.IntType(1), 1), act, c, ldc, rows, cols, alpha)
+    b.ret_void()
     return fn
+
+
+# -------------------------------------------------------------------- packing x
+def build_pack_rows(module: ir.Module, fmt: FloatFormat) -> ir.Function:
+    """`void pack_rows(x, ldx, rows, k_count, ap)`: ap[p*MR + r] = x[r*ldx + p] for
+    p < k_count rounded down to whole vectors, r < MR (rows past `rows` are zero).
+
+    Each vector of k columns of MR rows is transposed in registers: log2(lanes) rounds of
+    two-input shuffles, each swapping one bit of the row and column index (one vpermt2ps,
+    vshufps or vperm2f128 each). A vector store writes MR valid elements and up to
+    lanes - 1 more past them, which the next store (or the caller's tail loop) overwrites:
+    `ap` needs `lanes` elements of slack after the last sliver.
+    """
+    name = f"tilefuse_pack_rows_{fmt.tag}_{fmt.mr}"
+    if name in module.globals:
+        return module.globals[name]
+    ptr = fmt.scalar.as_pointer()
+    fn = define_kernel(module, name, [ptr, I64, I64, I64, ptr])
+    x, ldx, rows, k_count, ap = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = VectorEmitter(b, fmt)
+    lanes = fmt.lanes
+    groups = -(-fmt.mr // lanes)
+    row_valid = [b.icmp_signed("<", I64(r), rows) for r in range(groups * lanes)]
+    row_starts = [b.mul(_min(b, I64(r), b.sub(rows, I64(1))), ldx) for r in range(groups * lanes)]
+
+    def column_block(b, block, _):
+        p0 = b.mul(block, I64(lanes))
+        columns = []  # per row group, the lanes columns of its rows
+        for g in range(groups):
+            loaded = []
+            for r in range(g * lanes, (g + 1) * lanes):
+                if r >= fmt.mr:
+                    loaded.append(e.const(0.0))
+                    continue
+                row = load_vector(e, x, b.add(row_starts[r], p0))
+                loaded.append(b.select(row_valid[r], row, e.const(0.0)))
+            columns.append(_transpose(e, loaded))
+        # in address order: each store's spill past MR is overwritten by the next one
+        for p in range(lanes):
+            for g in range(groups):
+                at = b.add(b.mul(b.add(p0, I64(p)), I64(fmt.mr)), I64(g * lanes))
+                store_vector(e, columns[g][p], vector_at(e, ap, at))
+        return []
+
+    counted_loop(b, b.sdiv(k_count, I64(lanes)), [], column_block)
+    b.ret_void()
+    return fn
+
+
+def _transpose(e: VectorEmitter, rows: list[ir.Value]) -> list[ir.Value]:
+    """The columns of a lanes x lanes block given by its rows."""
+    lanes = len(rows)
+    h = lanes // 2
+    while h:
+        low = [j if not j & h else lanes + j - h for j in range(lanes)]
+        high = [j + h if not j & h else lanes + j for j in range(lanes)]
+        swapped = list(rows)
+        for i in range(lanes):
+            if i & h:
+                continue
+            pair = rows[i], rows[i + h]
+            swapped[i] = e.b.shuffle_vector(*pair, _mask(low))
+            swapped[i + h] = e.b.shuffle_vector(*pair, _mask(high))
+        rows = swapped
+        h //= 2
+    return rows
+
+
+def _mask(indices: list[int]) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I32, len(indices)), indices)
 
 
 # -------------------------------------------------------------------- Numba intrinsics
@@ -546,28 +794,42 @@ def packed_tile(typingctx, act, kc, a, w, c, ldc, bias, alpha, mode, rows, cols)
     sig = types.void(i64, i64, ptr, ptr, ptr, i64, ptr, types.float64, i64, i64, i64)
 
     def codegen(context, builder, signature, args):
-        fn = build_dispatch(builder.module, fmt, build_packed_tile)
         args = list(args)
         args[7] = _as_scalar(context, builder, args[7], fmt)
-        builder.call(fn, args)
+        builder.call(build_packed_tile(builder.module, fmt), args)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @intrinsic
-def row_tile(typingctx, act, k_total, kc, x, w, npad, jt0, cols, c, bias, alpha):
-    """row_tile(act, K, kc, x_row, w, npad, jt0, cols, c, bias, alpha): one row of
-    ROW_PANELS * NR outputs over all of K (see build_row_tile)."""
+def rows_tile(typingctx, act, k_total, kc, x, ldx, rows, w, npad, jt0, cols, c, ldc, bias, alpha):
+    """rows_tile(act, K, kc, x, ldx, rows, w, npad, jt0, cols, c, ldc, bias, alpha): rows
+    <= max_tile_rows of C over `cols` columns from panel jt0, all of K (build_rows_dispatch)."""
     fmt = _format(x)
     i64, ptr = types.int64, types.CPointer(x.dtype)
-    sig = types.void(i64, i64, i64, ptr, ptr, i64, i64, i64, ptr, ptr, types.float64)
+    sig = types.void(i64, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, ptr, i64, ptr,
+                     types.float64)  # fmt: skip
 
     def codegen(context, builder, signature, args):
-        fn = build_dispatch(builder.module, fmt, build_row_tile)
         args = list(args)
         args[-1] = _as_scalar(context, builder, args[-1], fmt)
-        builder.call(fn, args)
+        builder.call(build_rows_dispatch(builder.module, fmt), args)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def pack_rows(typingctx, x, ldx, rows, k_count, ap):
+    """pack_rows(x, ldx, rows, k_count, ap): the whole vectors of columns of one A sliver
+    (see build_pack_rows); the caller packs the last k_count % lanes columns."""
+    fmt = _format(x)
+    i64, ptr = types.int64, types.CPointer(x.dtype)
+    sig = types.void(ptr, i64, i64, i64, ptr)
+
+    def codegen(context, builder, signature, args):
+        builder.call(build_pack_rows(builder.module, fmt), list(args))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -585,3 +847,16 @@ def elem_ptr(typingctx, array, index):
         return builder.gep(data, [args[1]])
 
     return sig, codegen
+
+
+@intrinsic
+def address(typingctx, array):
+    """The address of an array's first element, as an int (to align buffers)."""
+    if not isinstance(array, types.Array):
+        raise TypingError(f"address needs an array, got {array}")
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, I64)
+
+    return types.int64(array), codegen

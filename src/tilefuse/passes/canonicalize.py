@@ -6,6 +6,8 @@
   ends with one transpose at its input, row-major layers, and one transpose at its output.
 - Constant folding: an op whose operands are all constants is evaluated now.
 - Identities: `identity(x)`, `x + 0`, `x - 0`, `x * 1`, `x / 1` become `x`.
+- Patterns exporters emit: `x * 0.5 * (1 + erf(x / sqrt(2)))`, in any order of the factors,
+  becomes `gelu(x)` (so fuse can make it a dense epilogue).
 - Dead code elimination and common subexpression elimination (equal constants included).
 
 Every change is recorded as a `Decision` in `graph.meta["decisions"]`.
@@ -13,6 +15,7 @@ Every change is recorded as a `Decision` in `graph.meta["decisions"]`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -67,6 +70,61 @@ def filled_with(value: float) -> Predicate:
 def keep_operand(edit: Edit, m: Match) -> int | None:
     """`x` in place of the op, unless the other operand broadcasts `x` to a larger shape."""
     return m["x"].id if m["x"].type == m["root"].type else None
+
+
+# -- patterns exporters emit ----------------------------------------------------------------
+def is_scalar_const(g: Graph, node_id: int, value: float) -> bool:
+    """A constant with one element (any rank) equal to `value` up to float32 rounding."""
+    node = g[node_id]
+    if node.op != "const" or g.constants[node_id].size != 1:
+        return False
+    return bool(np.isclose(g.constants[node_id].item(), value, rtol=1e-6, atol=0))
+
+
+def product_factors(g: Graph, node: Node) -> list[int]:
+    """The operands of a tree of muls (inner muls used once only), left to right."""
+    factors: list[int] = []
+    for operand in node.inputs:
+        inner = g[operand]
+        if inner.op == "mul" and g.use_count(operand) == 1:
+            factors += product_factors(g, inner)
+        else:
+            factors.append(operand)
+    return factors
+
+
+def erf_argument(g: Graph, one_plus_erf: int) -> int | None:
+    """x, where the node is `1 + erf(x / sqrt(2))` (or `x * (1/sqrt(2))`), either order."""
+    node = g[one_plus_erf]
+    if node.op != "add":
+        return None
+    erf = [i for i in node.inputs if g[i].op == "erf"]
+    if len(erf) != 1 or not any(is_scalar_const(g, i, 1.0) for i in node.inputs):
+        return None
+    scaled = g[g[erf[0]].inputs[0]]
+    a, b = scaled.inputs if scaled.op in ("mul", "div") else (None, None)
+    if scaled.op == "div" and is_scalar_const(g, b, math.sqrt(2)):
+        return a
+    if scaled.op == "mul" and is_scalar_const(g, b, math.sqrt(0.5)):
+        return a
+    if scaled.op == "mul" and is_scalar_const(g, a, math.sqrt(0.5)):
+        return b
+    return None
+
+
+def erf_gelu(edit: Edit, m: Match) -> int | None:
+    """`x * 0.5 * (1 + erf(x / sqrt(2)))`, factors in any order and grouping  ->  gelu(x)."""
+    g, root = edit.g, m["root"]
+    factors = product_factors(g, root)
+    if len(factors) != 3:
+        return None
+    for half in (f for f in factors if is_scalar_const(g, f, 0.5)):
+        rest = list(factors)
+        rest.remove(half)
+        for one_plus_erf, x in (rest, rest[::-1]):
+            if erf_argument(g, one_plus_erf) == x and g[x].type == root.type:
+                return edit.op("gelu", [x], loc=root.loc)
+    return None
 
 
 # -- orientation: column-major to row-major ------------------------------------------------
@@ -162,6 +220,7 @@ CANONICAL_RULES = [
         keep_operand,
     ),
     Rule("remove_div_one", pat("div", any_node("x"), const(where=[filled_with(1)])), keep_operand),
+    Rule("erf_gelu", pat("mul"), erf_gelu),
     *ORIENTATION_RULES,
 ]
 
@@ -172,6 +231,7 @@ DETAILS = {
     "remove_sub_zero": "subtracting zeros returns the other operand",
     "remove_mul_one": "multiplying by ones returns the other operand",
     "remove_div_one": "dividing by ones returns the other operand",
+    "erf_gelu": "x * 0.5 * (1 + erf(x / sqrt(2))) is the exact gelu, written out",
     "cancel_transposes": "two transposes in a row cancel",
     "row_major_matmul": "column-major W @ X becomes (X^T @ W^T)^T with W^T transposed at "
     "compile time, so the matmul runs row-major and can fuse into a dense op",

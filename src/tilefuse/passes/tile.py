@@ -21,7 +21,8 @@ from ..errors import AttrError
 from ..ir import Graph, Node
 from ..machine import KIB, Machine, format_bytes
 from ..ops import attrs_of
-from ..schedule import PARALLEL_CHOICES, TYPICAL_BATCH, GpuTiling, Tiling
+from ..schedule import PARALLEL_CHOICES, TYPICAL_BATCH, GpuTiling, Tiling, kernel_micro_tile
+from ..tuning_log import apply_tuning_log
 from . import Decision, Pass, register, with_decisions
 
 # A parallel region (Numba's threading layer, like OpenMP's fork/join) costs a few microseconds
@@ -31,10 +32,10 @@ PARALLEL_MIN_SECONDS = 10e-6
 # cycle at this clock. Real cores reach about twice that; the estimate only has to be the right
 # order of magnitude to separate a 10 x 10 layer from a 784 x 512 one.
 ASSUMED_GHZ = 3.0
-# Micro-tile rows: 6 rows x 2 vectors = 12 accumulators + 2 B vectors + 1 A broadcast fill 15 of
-# the 16 AVX2 registers (the BLIS Haswell kernel's shape); AVX-512 has registers to spare.
-MICRO_TILE_ROWS = 6
-MICRO_TILE_VECTORS = 2  # nr = this many vectors of the machine's width
+# Small batches are bound by reading the weights instead (each weight feeds only m FMAs): a
+# batch-1 784 x 512 f32 layer (1.6 MB) takes 15 µs on one Zen 5 core, ~100 GB/s from L3, not
+# the 8 µs its flops would at AVX-512 width; half that bandwidth is assumed.
+ASSUMED_BYTES_PER_SECOND = 50e9
 KC_MULTIPLE = 8  # kc is a multiple of this (whole cache lines of f64, half lines of f32)
 
 AUTO = "auto"
@@ -87,11 +88,13 @@ def round_down(value: int, multiple: int) -> int:
 
 
 def choose_micro_tile(p: Problem, mach: Machine) -> tuple[int, int, str]:
-    lanes = mach.lanes(p.dtype)
-    mr, nr = MICRO_TILE_ROWS, MICRO_TILE_VECTORS * lanes
+    """The CPU kernels' register tile for this dtype and vector width (one table for both)."""
+    mr, nr = kernel_micro_tile(p.dtype, mach.vector_bits)
+    kernel_bits = 512 if mach.vector_bits >= 512 else 256
+    lanes = kernel_bits // (8 * p.itemsize)
     why = (
-        f"mr x nr = {mr}x{nr}: {mr * MICRO_TILE_VECTORS} accumulators of {lanes} {p.dtype} "
-        f"lanes ({mach.vector_bits}-bit vectors) stay in registers"
+        f"mr x nr = {mr}x{nr}: {mr * nr // lanes} accumulators of {lanes} {p.dtype} "
+        f"lanes ({kernel_bits}-bit vectors) stay in registers"
     )
     return mr, nr, why
 
@@ -113,8 +116,12 @@ def choose_kc(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[int, str]:
 
 def choose_parallel(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[str, str]:
     rate = mach.lanes(p.dtype) * (2 if mach.fma else 1) * ASSUMED_GHZ * 1e9
+    weights = p.k * p.n * p.itemsize
     seconds = p.flops / rate
     work = f"{p.flops:,} flops ≈ {format_seconds(seconds)} on one core"
+    if weights / ASSUMED_BYTES_PER_SECOND > seconds:
+        seconds = weights / ASSUMED_BYTES_PER_SECOND
+        work = f"{format_bytes(weights)} of weights to read ≈ {format_seconds(seconds)} on one core"
     if mach.cores <= 1:
         return "none", "parallel=none: one core"
     if seconds < PARALLEL_MIN_SECONDS:
@@ -255,6 +262,8 @@ class Tile(Pass):
         problem = problem_of(node, x, w, self.batch or TYPICAL_BATCH)
         tiling, reasons = self.choose(problem, mach)
         code = "user_spec" if any(r.endswith("(given by the spec)") for r in reasons) else "model"
+        if code == "model":  # a measured choice in the tuning log (tfu.tune) wins over the model
+            tiling, code, reasons = apply_tuning_log(node, problem, mach, tiling, reasons)
         decision = Decision("tile", line, "chosen", code, "; ".join(reasons))
         return node.with_attrs(tile=tiling), decision
 

@@ -1,0 +1,842 @@
+"""ONNX import and export, the first stage of the pipeline for networks made elsewhere.
+
+    g = tfu.from_onnx("mlp.onnx")          # ONNX ModelProto (or a path) -> Graph
+    proto = tfu.to_onnx(g)                 # Graph (before fusion) -> ONNX ModelProto
+
+Import walks the ONNX graph in its (topological) node order. Each op type has one converter
+in `CONVERTERS` that emits tilefuse ops; values known at import time (initializers,
+`Constant`, shape arithmetic such as `Shape -> Slice -> Concat`) stay NumPy arrays and are
+evaluated with ONNX's own reference implementation, so only real tensor work reaches the
+graph. A dynamic first dimension becomes the symbolic batch `N`. Anything tilefuse cannot
+run raises `UnsupportedError` naming the op type, the node, the opset and what is supported;
+nothing is dropped silently. Patterns such as the erf form of GELU are left to canonicalize.
+
+    Gemm[transB=1](x, W, b)   ->   %0 = matmul(%x, %W_t) ; %1 = add(%0, %b)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import TilefuseError
+from ..ir import Graph, GraphBuilder, TensorType, dtype_name
+from ..ops import OPS, attrs_of, broadcast_shapes, normalized_axes
+from . import UnsupportedError, require
+
+Value = int | np.ndarray  # a node id in the graph being built, or an array known at import time
+EXPORT_OPSET = 20  # Gelu needs 20; LayerNormalization 17; ReduceMean with axes as input 18
+EXPORT_IR_VERSION = 10  # what ONNX Runtime releases of opset 20 read
+
+_FLOAT_TYPES = {1: "f32", 11: "f64"}  # TensorProto.FLOAT, TensorProto.DOUBLE
+
+
+# -- names ---------------------------------------------------------------------------------
+def identifier(name: str, fallback: str = "v") -> str:
+    """An ONNX name as a tilefuse identifier: `0.weight` -> `v0_weight`."""
+    name = re.sub(r"\W", "_", name)
+    if not name:
+        return fallback
+    return name if not name[0].isdigit() else f"{fallback}{name}"
+
+
+# -- the converters' table -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Converter:
+    """How one ONNX op type becomes tilefuse ops; `attrs` are the attributes it understands."""
+
+    convert: Callable[[_Importer, Any], list[Value | None]]
+    attrs: tuple[str, ...] = ()
+
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*op_types: str, attrs: Sequence[str] = ()) -> Callable:
+    def register(fn: Callable[[_Importer, Any], list[Value | None]]) -> Callable:
+        for op_type in op_types:
+            CONVERTERS[op_type] = Converter(fn, tuple(attrs))
+        return fn
+
+    return register
+
+
+def supported_ops() -> list[str]:
+    """The ONNX op types `from_onnx` converts (default domain)."""
+    return sorted(CONVERTERS)
+
+
+# -- the importer --------------------------------------------------------------------------
+class _Importer:
+    def __init__(
+        self, model: Any, source: str, batch: str, constants: Mapping[str, Any] | None = None
+    ) -> None:
+        self.model, self.source, self.batch = model, source, batch
+        self.given = {name: np.asarray(value) for name, value in (constants or {}).items()}
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.b = GraphBuilder(identifier(model.graph.name or "onnx_model", "g"))
+        self.values: dict[str, Value] = {}
+        self.array_names: dict[int, str] = {}  # id(array) -> its ONNX name, to name constants
+        # id(array) -> (the array, kept alive so the id stays its own; its const node)
+        self.consts: dict[int, tuple[np.ndarray, int]] = {}
+        self.node: Any = None
+        self.index = 0
+
+    # errors --------------------------------------------------------------------------------
+    def where(self) -> str:
+        if self.node is None:
+            return f"{self.source} (opset {self.opset})"
+        name = self.node.name or f"#{self.index} (unnamed)"
+        return f"{self.source}: node {name!r} ({self.node.op_type}, opset {self.opset})"
+
+    def fail(self, message: str) -> UnsupportedError:
+        return UnsupportedError(f"{self.where()}: {message}")
+
+    @property
+    def loc(self) -> str:
+        return f"{self.source}:{self.node.name or self.node.op_type}"
+
+    # values --------------------------------------------------------------------------------
+    def value(self, name: str) -> Value:
+        if name not in self.values:
+            raise self.fail(f"reads {name!r}, which no earlier node or input defines")
+        return self.values[name]
+
+    def inputs(self) -> list[Value | None]:
+        """The current node's operands; None for an optional operand left out."""
+        return [self.value(n) if n else None for n in self.node.input]
+
+    def known(self, k: int) -> np.ndarray | None:
+        """Operand k as an array when it is known at import time, else None."""
+        names = self.node.input
+        if k >= len(names) or not names[k]:
+            return None
+        value = self.value(names[k])
+        return value if isinstance(value, np.ndarray) else None
+
+    def require_known(self, k: int, what: str) -> np.ndarray:
+        array = self.known(k)
+        if array is None:
+            raise self.fail(f"{what} must be a constant (an initializer or computed from them)")
+        return array
+
+    def type_of(self, value: Value) -> TensorType:
+        if isinstance(value, np.ndarray):
+            return TensorType(self.float_dtype(value.dtype), value.shape)
+        return self.b.types[value]
+
+    def float_dtype(self, dtype: np.dtype) -> str:
+        try:
+            return dtype_name(dtype)
+        except TilefuseError:
+            raise self.fail(
+                f"a {np.dtype(dtype).name} tensor would be computed at run time; tilefuse "
+                "computes in float32 and float64 only"
+            ) from None
+
+    def node_id(self, value: Value, hint: str = "c") -> int:
+        """The node holding `value`; a known array becomes a const named after its ONNX name."""
+        if not isinstance(value, np.ndarray):
+            return value
+        if id(value) not in self.consts:
+            self.float_dtype(value.dtype)
+            name = identifier(self.array_names.get(id(value), hint), "c")
+            self.consts[id(value)] = (value, self.b.const(value, name))
+        return self.consts[id(value)][1]
+
+    def define(self, name: str, value: Value) -> None:
+        self.values[name] = value
+        if isinstance(value, np.ndarray):
+            self.array_names.setdefault(id(value), name)
+
+    def emit(self, op: str, operands: Sequence[Value], **attrs: Any) -> int:
+        ids = [self.node_id(v, f"{self.node.op_type.lower()}_c") for v in operands]
+        try:
+            return self.b.op(op, ids, loc=self.loc, **attrs)
+        except TilefuseError as err:
+            raise self.fail(str(err)) from None
+
+    def scalar(self, like: Value, value: float) -> np.ndarray:
+        return np.array(value, dtype=self.type_of(like).np_dtype)
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        import onnx
+
+        for a in self.node.attribute:
+            if a.name == name:
+                value = onnx.helper.get_attribute_value(a)
+                # ONNX floats are float32: 1e-05, not 9.999999747378752e-06
+                return float(str(np.float32(value))) if isinstance(value, float) else value
+        return default
+
+    # the walk ------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        import onnx
+
+        graph = self.model.graph
+        for init in graph.initializer:
+            self.define(init.name, onnx.numpy_helper.to_array(init))
+        names = {v.name for v in graph.input}
+        for name, value in self.given.items():
+            if name not in names:
+                raise self.fail(f"constants= names {name!r}, which is no input of the graph")
+            self.define(name, value)
+        for value_info in graph.input:
+            if value_info.name not in self.values:
+                self.add_input(value_info)
+        for self.index, self.node in enumerate(graph.node):
+            self.convert_node()
+        self.node = None
+        outputs = [self.node_id(self.value(o.name), o.name) for o in graph.output]
+        return self.b.build(outputs)
+
+    def add_input(self, value_info: Any) -> None:
+        import onnx
+
+        kind = value_info.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise self.fail(f"input {value_info.name!r} is a {kind}, not a tensor")
+        tensor = value_info.type.tensor_type
+        if tensor.elem_type not in _FLOAT_TYPES:
+            elem = onnx.TensorProto.DataType.Name(tensor.elem_type)
+            raise self.fail(
+                f"input {value_info.name!r} has element type {elem}; tilefuse computes in "
+                "FLOAT (f32) and DOUBLE (f64) only"
+            )
+        if not tensor.HasField("shape"):
+            raise self.fail(f"input {value_info.name!r} has no shape; give it one")
+        shape = [
+            self.input_dim(value_info.name, axis, d) for axis, d in enumerate(tensor.shape.dim)
+        ]
+        type_ = TensorType(_FLOAT_TYPES[tensor.elem_type], tuple(shape))
+        self.values[value_info.name] = self.b.input(identifier(value_info.name, "x"), type_)
+
+    def input_dim(self, name: str, axis: int, dim: Any) -> int | str:
+        if dim.HasField("dim_value"):
+            return dim.dim_value
+        if axis == 0:
+            return self.batch
+        label = dim.dim_param or "?"
+        raise self.fail(
+            f"input {name!r} has a dynamic extent {label!r} on axis {axis}; only the first "
+            f"axis may be dynamic (it becomes the batch {self.batch})"
+        )
+
+    def convert_node(self) -> None:
+        node = self.node
+        if node.domain not in ("", "ai.onnx"):
+            raise self.fail(f"ops of domain {node.domain!r} are not supported")
+        operands = [n for n in node.input if n]
+        if all(isinstance(self.value(n), np.ndarray) for n in operands) and foldable(node):
+            results: list[Value | None] = list(self.fold())
+        else:
+            results = self.convert()
+        for name, result in zip(node.output, results):
+            if name and result is not None:
+                self.define(name, result)
+        missing = [n for n, r in zip(node.output, results) if n and r is None]
+        if missing or len(results) < len([n for n in node.output if n]):
+            raise self.fail(f"output {(missing or list(node.output))[0]!r} is not supported")
+
+    def convert(self) -> list[Value | None]:
+        op_type = self.node.op_type
+        if op_type not in CONVERTERS:
+            raise self.fail(
+                f"{op_type} is not supported; supported ops: {', '.join(supported_ops())}"
+            )
+        entry = CONVERTERS[op_type]
+        for a in self.node.attribute:
+            if a.name not in entry.attrs:
+                legal = ", ".join(entry.attrs) or "none"
+                raise self.fail(
+                    f"attribute {a.name!r} of {op_type} is not supported; supported: {legal}"
+                )
+        return entry.convert(self, self.node)
+
+    def fold(self) -> list[np.ndarray]:
+        """Evaluate a node whose operands are all known, with ONNX's reference implementation."""
+        from onnx.reference import ReferenceEvaluator
+
+        node = self.node
+        if node.op_type == "Constant":
+            return constant(self, node)
+        feeds = {n: self.values[n] for n in node.input if n}
+        try:
+            results = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
+        except Exception as err:  # the reference rejects what it cannot evaluate
+            raise self.fail(f"cannot evaluate it at import time: {err}") from None
+        return [np.asarray(r) for r in results]
+
+
+def foldable(node: Any) -> bool:
+    """Ops evaluated at import time when their operands are known (random ones are not)."""
+    return "Random" not in node.op_type and node.op_type != "Dropout"
+
+
+# -- converters ----------------------------------------------------------------------------
+@converter("Constant", attrs=("value", "value_float", "value_floats", "value_int", "value_ints"))
+def constant(imp: _Importer, node: Any) -> list[Value | None]:
+    import onnx
+
+    for a in node.attribute:
+        value = onnx.helper.get_attribute_value(a)
+        if a.name == "value":
+            return [onnx.numpy_helper.to_array(value)]
+        if a.name in ("value_float", "value_floats"):
+            return [np.array(value, dtype=np.float32)]
+        if a.name in ("value_int", "value_ints"):
+            return [np.array(value, dtype=np.int64)]
+    raise imp.fail(
+        "only value, value_float(s) and value_int(s) constants are supported, not "
+        + ", ".join(a.name for a in node.attribute)
+    )
+
+
+@converter("Identity")
+def identity(imp: _Importer, node: Any) -> list[Value | None]:
+    return [imp.value(node.input[0])]
+
+
+@converter("Dropout", attrs=("seed", "ratio"))
+def dropout(imp: _Importer, node: Any) -> list[Value | None]:
+    """Inference: the identity. A mask output or training_mode=true is not supported."""
+    training = imp.known(2)
+    if len(node.input) > 2 and node.input[2] and (training is None or bool(training)):
+        raise imp.fail("training_mode must be a constant false (tilefuse runs inference)")
+    if len(node.output) > 1 and node.output[1]:
+        raise imp.fail("the mask output is not supported (tilefuse runs inference)")
+    return [imp.value(node.input[0])]
+
+
+@converter("Cast", attrs=("to", "saturate", "round_mode"))
+def cast(imp: _Importer, node: Any) -> list[Value | None]:
+    return [same_dtype_cast(imp, imp.value(node.input[0]), _FLOAT_TYPES.get(imp.attr("to")))]
+
+
+@converter("CastLike", attrs=("saturate", "round_mode"))
+def cast_like(imp: _Importer, node: Any) -> list[Value | None]:
+    x, like = imp.inputs()[:2]
+    return [same_dtype_cast(imp, x, imp.type_of(like).dtype)]
+
+
+def same_dtype_cast(imp: _Importer, x: Value, target: str | None) -> Value:
+    """A cast of a runtime value to its own dtype is the value; others are not supported."""
+    if target is not None and imp.type_of(x).dtype == target:
+        return x
+    raise imp.fail(
+        f"a cast of the {imp.type_of(x)} value computed at run time to another element type "
+        "is not supported (tilefuse keeps one float dtype per network)"
+    )
+
+
+@converter("Shape", attrs=("start", "end"))
+def shape(imp: _Importer, node: Any) -> list[Value | None]:
+    dims = imp.type_of(imp.value(node.input[0])).shape
+    dims = dims[slice(imp.attr("start", 0), imp.attr("end", None))]
+    if any(isinstance(d, str) for d in dims):
+        raise imp.fail(
+            f"Shape of a value with the symbolic batch dim ({dims}); shape arithmetic must be "
+            "static (export with a fixed batch, or use Flatten / Reshape with 0 and -1)"
+        )
+    return [np.array(dims, dtype=np.int64)]
+
+
+@converter("Size")
+def size(imp: _Importer, node: Any) -> list[Value | None]:
+    dims = imp.type_of(imp.value(node.input[0])).shape
+    if any(isinstance(d, str) for d in dims):
+        raise imp.fail(f"Size of a value with the symbolic batch dim ({dims})")
+    return [np.array(math.prod(dims), dtype=np.int64)]
+
+
+BINARY_OPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
+UNARY_OPS = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Erf": "erf",
+    "Exp": "exp",
+    "Log": "log",
+    "Sqrt": "sqrt",
+}
+
+
+@converter(*BINARY_OPS)
+def binary(imp: _Importer, node: Any) -> list[Value | None]:
+    a, b = imp.inputs()
+    return [imp.emit(BINARY_OPS[node.op_type], [a, b])]
+
+
+@converter("Sum")
+def sum_(imp: _Importer, node: Any) -> list[Value | None]:
+    total, *rest = imp.inputs()
+    for operand in rest:
+        total = imp.emit("add", [total, operand])
+    return [total]
+
+
+@converter(*UNARY_OPS)
+def unary(imp: _Importer, node: Any) -> list[Value | None]:
+    return [imp.emit(UNARY_OPS[node.op_type], imp.inputs())]
+
+
+@converter("Max")
+def maximum(imp: _Importer, node: Any) -> list[Value | None]:
+    """Max(x, 0), how exporters write relu; other maxima are not supported."""
+    operands = imp.inputs()
+    zeros = [k for k, v in enumerate(operands) if isinstance(v, np.ndarray) and not np.any(v)]
+    if len(operands) != 2 or len(zeros) != 1:
+        raise imp.fail("only Max(x, 0) (a relu) is supported")
+    x, zero = operands[1 - zeros[0]], operands[zeros[0]]
+    shape = imp.type_of(x).shape
+    if broadcast_shapes(shape, zero.shape) != shape:
+        raise imp.fail(f"Max(x, 0) with zeros of shape {zero.shape} grows x {shape}")
+    return [imp.emit("relu", [x])]
+
+
+@converter("Neg")
+def neg(imp: _Importer, node: Any) -> list[Value | None]:
+    (x,) = imp.inputs()
+    return [imp.emit("sub", [imp.scalar(x, 0.0), x])]
+
+
+@converter("Reciprocal")
+def reciprocal(imp: _Importer, node: Any) -> list[Value | None]:
+    (x,) = imp.inputs()
+    return [imp.emit("div", [imp.scalar(x, 1.0), x])]
+
+
+@converter("Pow")
+def power(imp: _Importer, node: Any) -> list[Value | None]:
+    """x ** c for a constant c in 0.5, 1, 2, 3, -1 (what exporters write for norms)."""
+    x = imp.value(node.input[0])
+    exponent = imp.require_known(1, "the exponent of Pow")
+    if exponent.size != 1 or float(exponent.flat[0]) not in (0.5, 1.0, 2.0, 3.0, -1.0):
+        raise imp.fail(f"Pow with exponent {exponent.tolist()}; supported: 0.5, 1, 2, 3, -1")
+    c = float(exponent.flat[0])
+    if c == 0.5:
+        return [imp.emit("sqrt", [x])]
+    if c == -1.0:
+        return [imp.emit("div", [imp.scalar(x, 1.0), x])]
+    result = x
+    for _ in range(int(c) - 1):
+        result = imp.emit("mul", [result, x])
+    return [result]
+
+
+@converter("LeakyRelu", attrs=("alpha",))
+def leaky_relu(imp: _Importer, node: Any) -> list[Value | None]:
+    return [imp.emit("leaky_relu", imp.inputs(), alpha=float(imp.attr("alpha", 0.01)))]
+
+
+@converter("Gelu", attrs=("approximate",))
+def gelu(imp: _Importer, node: Any) -> list[Value | None]:
+    approximate = imp.attr("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    return [imp.emit("gelu", imp.inputs(), approximate=approximate)]
+
+
+@converter("Softmax", "LogSoftmax", attrs=("axis",))
+def softmax(imp: _Importer, node: Any) -> list[Value | None]:
+    """Opset 13 on: along `axis`. Before: over all axes from `axis` on, as a 2-D matrix."""
+    (x,) = imp.inputs()
+    op = "softmax" if node.op_type == "Softmax" else "log_softmax"
+    t = imp.type_of(x)
+    if imp.opset >= 13:
+        return [imp.emit(op, [x], axis=imp.attr("axis", -1))]
+    axis = imp.attr("axis", 1) % max(t.rank, 1)
+    if axis == t.rank - 1:
+        return [imp.emit(op, [x], axis=-1)]
+    matrix = imp.emit("reshape", [x], shape=flattened(imp, t.shape, axis))
+    return [imp.emit("reshape", [imp.emit(op, [matrix], axis=-1)], shape=t.shape)]
+
+
+@converter("Gemm", attrs=("alpha", "beta", "transA", "transB"))
+def gemm(imp: _Importer, node: Any) -> list[Value | None]:
+    """alpha * A' @ B' + beta * C; a constant B is transposed and scaled here, once."""
+    a, b, c = (imp.inputs() + [None])[:3]
+    alpha, beta = float(imp.attr("alpha", 1.0)), float(imp.attr("beta", 1.0))
+    if imp.attr("transA", 0):
+        a = a.T if isinstance(a, np.ndarray) else imp.emit("transpose", [a])
+    if imp.attr("transB", 0):
+        b = b.T if isinstance(b, np.ndarray) else imp.emit("transpose", [b])
+    if isinstance(b, np.ndarray) and alpha != 1.0:
+        b, alpha = np.asarray(b * alpha, dtype=b.dtype), 1.0
+    if isinstance(b, np.ndarray):
+        b = imp.node_id(b, node.input[1] + ("_t" if imp.attr("transB", 0) else ""))
+    result = imp.emit("matmul", [a, b])
+    if alpha != 1.0:
+        result = imp.emit("mul", [result, imp.scalar(result, alpha)])
+    if c is None or beta == 0.0:
+        return [result]
+    if isinstance(c, np.ndarray) and beta != 1.0:
+        c = imp.node_id(np.asarray(c * beta, dtype=c.dtype), node.input[2])
+    elif beta != 1.0:
+        c = imp.emit("mul", [c, imp.scalar(c, beta)])
+    return [imp.emit("add", [result, c])]
+
+
+@converter("MatMul")
+def matmul(imp: _Importer, node: Any) -> list[Value | None]:
+    """NumPy matmul: 2-D is `matmul` (it fuses), higher ranks `batch_matmul`; a 1-D operand
+    is made a matrix and its axis dropped from the result."""
+    a, b = imp.inputs()
+    a_vector, b_vector = imp.type_of(a).rank == 1, imp.type_of(b).rank == 1
+    if imp.type_of(a).rank == 0 or imp.type_of(b).rank == 0:
+        raise imp.fail("MatMul of a scalar is not defined")
+    if a_vector:
+        a = imp.emit("reshape", [a], shape=(1, *imp.type_of(a).shape))
+    if b_vector:
+        b = imp.emit("reshape", [b], shape=(*imp.type_of(b).shape, 1))
+    both_matrices = imp.type_of(a).rank == 2 and imp.type_of(b).rank == 2
+    result = imp.emit("matmul" if both_matrices else "batch_matmul", [a, b])
+    shape = list(imp.type_of(result).shape)
+    if b_vector:
+        del shape[-1]
+    if a_vector:
+        del shape[-1 if b_vector else -2]
+    if tuple(shape) != imp.type_of(result).shape:
+        result = imp.emit("reshape", [result], shape=tuple(shape))
+    return [result]
+
+
+@converter("Transpose", attrs=("perm",))
+def transpose(imp: _Importer, node: Any) -> list[Value | None]:
+    (x,) = imp.inputs()
+    rank = imp.type_of(x).rank
+    perm = tuple(imp.attr("perm", range(rank - 1, -1, -1)))
+    if perm == tuple(range(rank)):
+        return [x]
+    if perm == (1, 0):
+        return [imp.emit("transpose", [x])]
+    return [imp.emit("permute", [x], perm=perm)]
+
+
+# reshapes ---------------------------------------------------------------------------------
+def flattened(imp: _Importer, shape: tuple, axis: int) -> tuple:
+    """The 2-D shape Flatten makes: the axes before `axis`, and the rest."""
+    return (dims_product(imp, shape[:axis]), dims_product(imp, shape[axis:]))
+
+
+def dims_product(imp: _Importer, dims: Sequence[int | str]) -> int | str:
+    symbols = [d for d in dims if isinstance(d, str)]
+    static = math.prod(d for d in dims if isinstance(d, int))
+    if not symbols:
+        return static
+    if len(symbols) == 1 and static == 1:
+        return symbols[0]
+    raise imp.fail(
+        f"the extents {tuple(dims)} would merge the batch {symbols[0]} with other axes; "
+        "tilefuse keeps the batch an axis of its own"
+    )
+
+
+def resolve_shape(imp: _Importer, source: tuple, target: Sequence[int], allowzero: bool) -> tuple:
+    """ONNX Reshape's target (0: copy the input's extent, -1: the rest) as extents."""
+    dims: list[int | str] = [
+        source[i] if d == 0 and not allowzero and i < len(source) else int(d)
+        for i, d in enumerate(target)
+    ]
+    if dims.count(-1) > 1:
+        raise imp.fail(f"shape {tuple(target)} has more than one -1")
+    if -1 not in dims:
+        return tuple(dims)
+    known = [d for d in dims if d != -1]
+    source_symbols = sorted(d for d in source if isinstance(d, str))
+    target_symbols = sorted(d for d in known if isinstance(d, str))
+    static_in = math.prod(d for d in source if isinstance(d, int))
+    static_out = math.prod(d for d in known if isinstance(d, int))
+    left = [s for s in source_symbols if s not in target_symbols]
+    if static_out == 0 or static_in % static_out:
+        raise imp.fail(f"cannot reshape {source} to {tuple(target)}")
+    rest = static_in // static_out
+    if len(left) > 1 or (left and rest != 1):
+        raise imp.fail(f"reshape {source} to {tuple(target)} merges the batch with other axes")
+    dims[dims.index(-1)] = left[0] if left else rest
+    return tuple(dims)
+
+
+@converter("Reshape", attrs=("allowzero", "shape"))
+def reshape(imp: _Importer, node: Any) -> list[Value | None]:
+    x = imp.value(node.input[0])
+    if imp.opset < 5:
+        target = imp.attr("shape")
+    else:
+        target = imp.require_known(1, "the shape operand of Reshape").tolist()
+    source = imp.type_of(x).shape
+    dims = resolve_shape(imp, source, target, bool(imp.attr("allowzero", 0)))
+    return [x if dims == source else imp.emit("reshape", [x], shape=dims)]
+
+
+@converter("Flatten", attrs=("axis",))
+def flatten(imp: _Importer, node: Any) -> list[Value | None]:
+    x = imp.value(node.input[0])
+    source = imp.type_of(x).shape
+    axis = imp.attr("axis", 1)
+    dims = flattened(imp, source, axis % len(source) if axis < 0 else axis)
+    return [x if dims == source else imp.emit("reshape", [x], shape=dims)]
+
+
+@converter("Squeeze", "Unsqueeze", attrs=("axes",))
+def squeeze(imp: _Importer, node: Any) -> list[Value | None]:
+    """Both are reshapes: drop (or insert) axes of extent 1."""
+    x = imp.value(node.input[0])
+    source = imp.type_of(x).shape
+    axes = imp.attr("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = imp.require_known(1, f"the axes of {node.op_type}").tolist()
+    if node.op_type == "Unsqueeze":
+        rank = len(source) + len(axes)
+        ones, rest = {a % rank for a in axes}, iter(source)
+        dims = tuple(1 if i in ones else next(rest) for i in range(rank))
+    elif axes:
+        dropped = {a % len(source) for a in axes}
+        dims = tuple(d for i, d in enumerate(source) if i not in dropped)
+    else:
+        dims = tuple(d for d in source if d != 1)
+    return [x if dims == source else imp.emit("reshape", [x], shape=dims)]
+
+
+# reductions and normalization --------------------------------------------------------------
+REDUCE_OPS = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max"}
+
+
+@converter(*REDUCE_OPS, attrs=("axes", "keepdims", "noop_with_empty_axes"))
+def reduce(imp: _Importer, node: Any, square: Value | None = None) -> list[Value | None]:
+    x = imp.value(node.input[0]) if square is None else square
+    op = REDUCE_OPS.get(node.op_type, "reduce_sum")
+    axes = imp.attr("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = imp.require_known(1, f"the axes of {node.op_type}").tolist()
+    if not axes and imp.attr("noop_with_empty_axes", 0):
+        return [x]
+    keepdims = bool(imp.attr("keepdims", 1))
+    return [imp.emit(op, [x], axes=tuple(axes or ()), keepdims=keepdims)]
+
+
+@converter("ReduceSumSquare", attrs=("axes", "keepdims", "noop_with_empty_axes"))
+def reduce_sum_square(imp: _Importer, node: Any) -> list[Value | None]:
+    x = imp.value(node.input[0])
+    return reduce(imp, node, square=imp.emit("mul", [x, x]))
+
+
+@converter("LayerNormalization", attrs=("axis", "epsilon", "stash_type"))
+def layer_normalization(imp: _Importer, node: Any) -> list[Value | None]:
+    """Y, and the optional Mean and InvStdDev outputs (reduced axes kept as 1)."""
+    x, scale, bias = (imp.inputs() + [None])[:3]
+    axis, epsilon = imp.attr("axis", -1), float(imp.attr("epsilon", 1e-5))
+    operands = [x, scale] + ([bias] if bias is not None else [])
+    outputs: list[Value | None] = [imp.emit("layer_norm", operands, axis=axis, epsilon=epsilon)]
+    if len([o for o in node.output if o]) == 1:
+        return outputs
+    axes = normalized_axes(imp.type_of(x).rank, axis)
+    mean = imp.emit("reduce_mean", [x], axes=axes)
+    centered = imp.emit("sub", [x, mean])
+    variance = imp.emit("reduce_mean", [imp.emit("mul", [centered, centered])], axes=axes)
+    deviation = imp.emit("sqrt", [imp.emit("add", [variance, imp.scalar(x, epsilon)])])
+    return [*outputs, mean, imp.emit("div", [imp.scalar(x, 1.0), deviation])]
+
+
+# -- the public entry points ---------------------------------------------------------------
+def load_model(model: Any) -> tuple[Any, str]:
+    """A ModelProto and a label for messages, from a ModelProto, a path or bytes."""
+    require("onnx", "pip install 'tilefuse[onnx]'")
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "model"
+    if isinstance(model, bytes):
+        return onnx.load_from_string(model), "model"
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise TilefuseError(f"{path}: no such file")
+    try:
+        proto = onnx.load(path)
+    except Exception as err:  # protobuf's DecodeError and friends
+        raise TilefuseError(f"{path}: not an ONNX model ({type(err).__name__}: {err})") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise TilefuseError(f"{path}: not an ONNX model (it holds no graph)")
+    return proto, path
+
+
+def from_onnx(model: Any, *, batch: str = "N", constants: Mapping[str, Any] | None = None) -> Graph:
+    """An ONNX model (a ModelProto, a path to a .onnx file, or its bytes) as a tilefuse Graph.
+
+    A dynamic first dimension becomes the symbolic batch `batch`. `constants` gives values
+    for graph inputs that are known when importing (a shape or axes fed as an input); they
+    are used like initializers. Raises `UnsupportedError` for an op, attribute or element
+    type tilefuse cannot run.
+
+        Gemm[transB=1](x, W, b), Relu   ->   %0 = matmul(%x, %W_t) : f32[N,4]
+                                              %1 = add(%0, %b) : f32[N,4]
+                                              %2 = relu(%1) : f32[N,4]
+    """
+    proto, source = load_model(model)
+    return _Importer(proto, source, batch, constants).run()
+
+
+# -- export --------------------------------------------------------------------------------
+class _Exporter:
+    def __init__(self, g: Graph) -> None:
+        from ..text import node_names
+
+        self.g = g
+        self.names = {i: self.value_name(g, i, n) for i, n in node_names(g).items()}
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self.counter = 0
+
+    @staticmethod
+    def value_name(g: Graph, node_id: int, printed: str) -> str:
+        return printed if g[node_id].op in ("input", "const") else f"v{printed}"
+
+    def fresh(self, base: str) -> str:
+        self.counter += 1
+        return f"{base}__{self.counter}"
+
+    def add(self, op_type: str, inputs: Sequence[str], output: str | None = None, **attrs: Any):
+        from onnx import helper
+
+        output = output or self.fresh(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attrs))
+        return output
+
+    def constant(self, array: np.ndarray, base: str) -> str:
+        from onnx import numpy_helper
+
+        name = self.fresh(base)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def export_node(self, node_id: int) -> None:
+        node = self.g[node_id]
+        out = self.names[node_id]
+        if node.op == "const":
+            from onnx import numpy_helper
+
+            array = np.asarray(self.g.constants[node_id])
+            self.initializers.append(numpy_helper.from_array(array, out))
+            return
+        if node.op == "input":
+            return
+        args = [self.names[i] for i in node.inputs]
+        exporter = getattr(self, f"export_{OPS[node.op].kind}", None)
+        if exporter is None:
+            raise TilefuseError(f"to_onnx: op {node.op} has no ONNX form")
+        exporter(node, args, out)
+
+    def export_matmul(self, node: Any, args: list[str], out: str) -> None:
+        self.add("MatMul", args, out)
+
+    def export_binary(self, node: Any, args: list[str], out: str) -> None:
+        self.add({v: k for k, v in BINARY_OPS.items()}[node.op], args, out)
+
+    def export_unary(self, node: Any, args: list[str], out: str) -> None:
+        self.add({v: k for k, v in UNARY_OPS.items()}[node.op], args, out)
+
+    def export_activation(self, node: Any, args: list[str], out: str) -> None:
+        self.activation(node.op, attrs_of(node), args[0], out)
+
+    def activation(self, name: str, attrs: dict[str, Any], arg: str, out: str | None) -> str:
+        if name == "identity":
+            return self.add("Identity", [arg], out)
+        if name == "gelu":
+            return self.add("Gelu", [arg], out, approximate=attrs.get("approximate", "none"))
+        if name == "leaky_relu":
+            return self.add("LeakyRelu", [arg], out, alpha=float(attrs.get("alpha", 0.01)))
+        if name in ("softmax", "log_softmax"):
+            op_type = "Softmax" if name == "softmax" else "LogSoftmax"
+            return self.add(op_type, [arg], out, axis=int(attrs.get("axis", -1)))
+        return self.add({v: k for k, v in UNARY_OPS.items()}[name], [arg], out)
+
+    def export_layout(self, node: Any, args: list[str], out: str) -> None:
+        attrs = attrs_of(node)
+        if node.op == "transpose":
+            self.add("Transpose", args, out, perm=[1, 0])
+        elif node.op == "permute":
+            self.add("Transpose", args, out, perm=list(attrs["perm"]))
+        else:
+            shape = [-1 if isinstance(d, str) else d for d in attrs["shape"]]
+            self.add("Reshape", [args[0], self.constant(np.array(shape, np.int64), "shape")], out)
+
+    def export_reduce(self, node: Any, args: list[str], out: str) -> None:
+        attrs = attrs_of(node)
+        op_type = {v: k for k, v in REDUCE_OPS.items()}[node.op]
+        inputs = [args[0]]
+        if attrs["axes"]:
+            inputs.append(self.constant(np.array(attrs["axes"], np.int64), "axes"))
+        self.add(op_type, inputs, out, keepdims=int(attrs["keepdims"]))
+
+    def export_normalization(self, node: Any, args: list[str], out: str) -> None:
+        attrs = attrs_of(node)
+        self.add("LayerNormalization", args, out, axis=attrs["axis"], epsilon=attrs["epsilon"])
+
+    def export_fused(self, node: Any, args: list[str], out: str) -> None:
+        """dense: MatMul, the bias Add, the activation and the post steps, in order."""
+        attrs = attrs_of(node)
+        x, w, *rest = args
+        value = self.add("MatMul", [x, w])
+        if attrs["bias"]:
+            value = self.add("Add", [value, rest.pop(0)])
+        value = self.activation(attrs["act"], attrs, value, None)
+        for step in attrs["post"]:
+            if step in BINARY_OPS.values():
+                op_type = {v: k for k, v in BINARY_OPS.items()}[step]
+                value = self.add(op_type, [value, rest.pop(0)])
+            else:
+                value = self.activation(step, {}, value, None)
+        self.add("Identity", [value], out)
+
+
+def value_info(name: str, t: TensorType) -> Any:
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.FLOAT if t.dtype == "f32" else TensorProto.DOUBLE
+    return helper.make_tensor_value_info(name, elem, list(t.shape))
+
+
+def to_onnx(graph: Any, *, opset: int = EXPORT_OPSET) -> Any:
+    """A tilefuse Graph (or network) as an ONNX ModelProto that `onnx.checker` accepts and
+    ONNX Runtime runs; symbolic dims stay symbolic (`N`), constants become initializers.
+
+        %0 = matmul(%x, %w) : f32[N,4]     ->    MatMul(x, w) -> v0
+        %1 = gelu(%0) : f32[N,4]                 Gelu[approximate="none"](v0) -> v1
+    """
+    require("onnx", "pip install 'tilefuse[onnx]'")
+    from onnx import checker, helper
+
+    from ..dsl import to_graph
+
+    g = to_graph(graph)
+    exporter = _Exporter(g)
+    for node in g:
+        exporter.export_node(node.id)
+    outputs, seen = [], set(g.inputs)
+    for k, o in enumerate(g.outputs):
+        name = exporter.names[o]
+        if name in seen or g[o].op == "const":  # ONNX outputs are distinct computed values
+            name = exporter.add("Identity", [name], f"output_{k}")
+        seen.add(name)
+        outputs.append(value_info(name, g[o].type))
+    inputs = [value_info(exporter.names[i], g[i].type) for i in g.inputs]
+    onnx_graph = helper.make_graph(
+        exporter.nodes, g.name, inputs, outputs, initializer=exporter.initializers
+    )
+    model = helper.make_model(
+        onnx_graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tilefuse"
+    )
+    model.ir_version = EXPORT_IR_VERSION
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checker.check_model(model, full_check=True)
+    return model
+
+
+__all__ = ["CONVERTERS", "UnsupportedError", "from_onnx", "supported_ops", "to_onnx"]

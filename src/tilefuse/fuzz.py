@@ -1,0 +1,555 @@
+"""The graph fuzzer: random networks, pipelines and tilings, run on every backend and compared
+with the reference interpreter. Place in the pipeline: outside it, testing all of it.
+
+    from hypothesis import given
+    from tilefuse.fuzz import cases, check_case
+
+    @given(cases())
+    def test_fuzz(case):
+        check_case(case, backends=("stages", "cpu"))
+
+A `Case` is a graph (random DAG of matmul, transpose, the binary ops with broadcasting, the
+activations and the fused dense op, over shapes with 1s and primes), a pipeline (a random
+selection of the passes, tile options included), a batch (0 and 1 included) and an input
+seed. `check_case` runs it:
+
+    stages   every pass's output verifies, prints and parses back to the same graph, and
+             runs in the reference interpreter (tiled dense ops block by block) to the
+             original graph's answer
+    cpu      tfu.compile(target="cpu") with that pipeline gives the reference's answer
+    cuda     the same for target="cuda" (the simulator: slow, small cases only)
+
+all against the float64 reference of the original graph, at the dtype's tolerance scaled by
+the largest value the graph computes. `case.to_pytest()` is a ready-to-run test file with
+the graph text and the constants' exact bits; `save_failure` writes one when a case fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import re
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .check import reference_f64, tolerance
+from .errors import MiscompileError, TilefuseError
+from .ir import Graph, GraphBuilder, TensorType
+from .text import node_names, parse_graph
+
+DIMS = (1, 2, 3, 5, 7, 8, 13, 16, 31, 33)  # 1, primes, a power of two, ragged around 32
+BATCHES = (0, 1, 2, 3, 7, 11, 13, 37)
+TILE_SIZES = (0, 1, 2, 3, 5, 8, 13, 16, 64)  # 0: the pass chooses
+ACTIVATION_OPS = ("identity", "relu", "sigmoid", "tanh", "gelu", "leaky_relu")
+AXIS_OPS = ("softmax", "log_softmax")
+BINARY_OPS = ("add", "sub", "mul", "div")
+BACKENDS = ("stages", "cpu")
+
+
+@dataclasses.dataclass
+class Case:
+    """One fuzz case: run `graph` through `pipeline` on inputs of batch `batch` from `seed`."""
+
+    graph: Graph
+    pipeline: str
+    batch: int
+    seed: int
+
+    def inputs(self) -> list[np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        types = self.graph.input_types()
+        shapes = [[d if isinstance(d, int) else self.batch for d in t.shape] for t in types]
+        return [rng.standard_normal(s).astype(t.np_dtype) for s, t in zip(shapes, types)]
+
+    def __str__(self) -> str:
+        return f"pipeline={self.pipeline!r} batch={self.batch} seed={self.seed}\n{self.graph}"
+
+    def to_pytest(self, backends: Sequence[str], error: str = "") -> str:
+        """A test file that replays this case: the graph text and the constants' exact bits."""
+        names = node_names(self.graph)
+        constants = {names[n.id]: self.graph.constants[n.id] for n in self.graph if n.op == "const"}
+        digest = hashlib.sha256(str(self).encode()).hexdigest()[:10]
+        lines = [f"    {name!r}: {_array_literal(a)}," for name, a in constants.items()]
+        header = textwrap.indent(error.strip()[:2000], "    ") if error else "    (passes)"
+        return _PYTEST_TEMPLATE.format(
+            error=header,
+            graph=str(self.graph),
+            constants="\n".join(lines),
+            digest=digest,
+            pipeline=self.pipeline,
+            batch=self.batch,
+            seed=self.seed,
+            backends=tuple(backends),
+        )
+
+
+_PYTEST_TEMPLATE = '''"""A graph fuzzer case (tilefuse.fuzz). It failed with:
+
+{error}
+"""
+
+import numpy as np
+
+from tilefuse.fuzz import Case, check_case
+from tilefuse.text import parse_graph
+
+GRAPH = """
+{graph}
+"""
+CONSTANTS = {{
+{constants}
+}}
+
+
+def test_fuzz_case_{digest}():
+    graph = parse_graph(GRAPH, constants=CONSTANTS)
+    case = Case(graph, pipeline={pipeline!r}, batch={batch}, seed={seed})
+    check_case(case, backends={backends!r})
+'''
+
+
+def _array_literal(a: np.ndarray) -> str:
+    data = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"))
+    hex_bits = data.tobytes().hex()
+    return f"np.frombuffer(bytes.fromhex({hex_bits!r}), {data.dtype.str!r}).reshape({a.shape})"
+
+
+def save_failure(
+    case: Case, backends: Sequence[str], error: BaseException, name: str
+) -> pathlib.Path:
+    """Write `case` as tests file `test_<name>.py` in TILEFUSE_FUZZ_OUT (default
+    .cache/fuzz-failures); hypothesis replays the shrunk case last, so that is what stays."""
+    folder = pathlib.Path(os.environ.get("TILEFUSE_FUZZ_OUT", ".cache/fuzz-failures"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"test_{name}.py"
+    message = f"{type(error).__name__}: {error}"
+    path.write_text(case.to_pytest(backends, message))
+    return path
+
+
+# -- the oracle ------------------------------------------------------------------------------
+class Mismatch(MiscompileError):
+    """A backend or a stage disagrees with the reference on a fuzz case."""
+
+
+def check_case(case: Case, backends: Sequence[str] = BACKENDS) -> None:
+    """Run `case` on each of `backends` and compare with the float64 reference of the graph
+    as given; raise Mismatch (or whatever the failing stage raised) on the first difference."""
+    inputs = case.inputs()
+    values: list[np.ndarray] = []
+    want = reference_f64(case.graph, inputs, hook=lambda node, value: values.append(value))
+    scale = max((float(np.max(np.abs(v), initial=0.0, where=np.isfinite(v))) for v in values),
+                default=0.0)  # fmt: skip
+    compare = _comparer(want, case.graph.dtype, scale)
+    for backend in backends:
+        RUNNERS[backend](case, inputs, compare)
+
+
+def _comparer(want: list[np.ndarray], dtype: str, scale: float) -> Callable[[str, list], None]:
+    rtol, atol = tolerance(dtype, scale)
+
+    def compare(what: str, got: list[np.ndarray]) -> None:
+        for k, (g, w) in enumerate(zip(got, want, strict=True)):
+            g = np.asarray(g)
+            if g.shape != w.shape:
+                raise Mismatch(f"{what}: output {k} has shape {g.shape}, the reference {w.shape}")
+            if not np.allclose(g.astype(np.float64), w, rtol, atol, equal_nan=True):
+                worst = np.nanmax(np.abs(g.astype(np.float64) - w), initial=0.0)
+                raise Mismatch(
+                    f"{what}: output {k} differs from the reference by {worst:.3g} "
+                    f"(rtol {rtol}, atol {atol:.3g})"
+                )
+
+    return compare
+
+
+def run_stages(case: Case, inputs: list[np.ndarray], compare: Callable) -> None:
+    from .backends import reference
+    from .passes import parse_pipeline, run_pipeline
+
+    g = case.graph
+    for p in parse_pipeline(case.pipeline) if case.pipeline else []:
+        g = run_pipeline(g, [p])  # verifies
+        assert_round_trips(g, p.spec())
+        compare(f"reference after {p.spec()}", reference.run_graph(g, inputs))
+        compare(f"tiled reference after {p.spec()}", reference.run_graph(g, inputs, tiled=True))
+
+
+def assert_round_trips(g: Graph, stage: str) -> None:
+    names = node_names(g)
+    constants = {names[n.id]: g.constants[n.id] for n in g if n.op == "const"}
+    back = parse_graph(str(g), constants=constants)
+    if back != g:
+        raise Mismatch(f"after {stage}: the printed graph does not parse back to itself")
+
+
+def run_backend(target: str) -> Callable[[Case, list[np.ndarray], Callable], None]:
+    def run(case: Case, inputs: list[np.ndarray], compare: Callable) -> None:
+        from .compiler import compile
+
+        pipeline = PIPELINE_FOR[target](case.pipeline)
+        model = compile(case.graph, target, pipeline=pipeline, check=False)
+        compare(f"{target} model ({pipeline or 'no passes'})", model.run(inputs))
+
+    return run
+
+
+def cuda_pipeline(cpu_pipeline: str) -> str:
+    """The case's passes with CUDA tiles for CPU tiles: small blocks, so that the simulator
+    (a Python thread per GPU thread) stays quick; no memory plan (the CUDA backend has none)."""
+    from .passes import parse_pipeline
+
+    passes = parse_pipeline(cpu_pipeline) if cpu_pipeline else []
+    specs = [CUDA_TILE if p.name == "tile" else p.spec() for p in passes]
+    return ",".join(s for s in specs if s != "plan_memory")
+
+
+CUDA_TILE = "tile_cuda{bm=8,bn=8,bk=4,tm=2,tn=2}"
+PIPELINE_FOR: dict[str, Callable[[str], str]] = {"cpu": str, "cuda": cuda_pipeline}
+RUNNERS: dict[str, Callable[[Case, list[np.ndarray], Callable], None]] = {
+    "stages": run_stages,
+    "cpu": run_backend("cpu"),
+    "cuda": run_backend("cuda"),
+}
+
+
+# -- the strategies --------------------------------------------------------------------------
+class _Builder:
+    """Grows a random graph one op at a time from a pool of values of known type."""
+
+    def __init__(self, draw: Callable, dtype: str, dense_activations: Sequence[str]) -> None:
+        self.draw = draw
+        self.dtype = dtype
+        self.dense_activations = tuple(dense_activations)
+        self.dims = DIMS
+        self.b = GraphBuilder("fuzz")
+        self.pool: list[int] = []
+        self.rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+
+    def type(self, value: int) -> TensorType:
+        return self.b.types[value]
+
+    def pick(self, fits: Callable[[TensorType], bool] = lambda t: True) -> int | None:
+        choices = [v for v in self.pool if fits(self.type(v))]
+        return self.draw(st.sampled_from(choices)) if choices else None
+
+    def dim(self) -> int:
+        return self.draw(st.sampled_from(self.dims))
+
+    def const(self, shape: tuple[int, ...], low: float = 0.0, name: str = "c") -> int:
+        """Normal values scaled by 1/sqrt(rows); |values| >= low when low > 0 (divisors)."""
+        values = self.rng.standard_normal(shape) / np.sqrt(max(shape[0] if shape else 1, 1))
+        if low:
+            values = np.sign(values + 1e-30) * (low + np.abs(values))
+        return self.b.const(values.astype(np.float64), name, dtype=self.dtype)
+
+    def add(self, op: str, inputs: list[int], **attrs: Any) -> None:
+        self.pool.append(self.b.op(op, inputs, **attrs))
+
+
+def _static(t: TensorType, axis: int) -> bool:
+    return t.rank == 2 and isinstance(t.shape[axis], int)
+
+
+def _grow_matmul(gb: _Builder) -> None:
+    """x @ W (x's last dim static) or W @ x (x's first dim static: column-major networks)."""
+    x = gb.pick(lambda t: t.rank == 2)
+    if x is None:
+        return
+    t = gb.type(x)
+    if _static(t, 1) and (not _static(t, 0) or gb.draw(st.booleans())):
+        gb.add("matmul", [x, gb.const((t.shape[1], gb.dim()), name="w")])
+    elif _static(t, 0):
+        gb.add("matmul", [gb.const((gb.dim(), t.shape[0]), name="w"), x])
+
+
+def _grow_dense(gb: _Builder) -> None:
+    """The fused op as a network may already contain it (an imported model, a golden test)."""
+    x = gb.pick(lambda t: _static(t, 1))
+    if x is None:
+        return
+    k, n = gb.type(x).shape[1], gb.dim()
+    act = gb.draw(st.sampled_from(gb.dense_activations))
+    bias = gb.draw(st.booleans())
+    post = gb.draw(st.lists(st.sampled_from(("add", "mul", "relu", "tanh")), max_size=2))
+    operands = [x, gb.const((k, n), name="w")] + ([gb.const((n,), name="b")] if bias else [])
+    operands += [
+        gb.const(gb.draw(st.sampled_from([(n,), (1, n)]))) for s in post if s in BINARY_OPS
+    ]
+    attrs: dict[str, Any] = {"act": act, "bias": bias, "post": tuple(post)}
+    if act == "leaky_relu":
+        attrs["alpha"] = gb.draw(st.sampled_from((0.01, 0.2)))
+    if act == "gelu":
+        attrs["approximate"] = gb.draw(st.sampled_from(("none", "tanh")))
+    gb.add("dense", operands, **attrs)
+
+
+def _grow_binary(gb: _Builder) -> None:
+    a = gb.pick()
+    if a is None:
+        return
+    t = gb.type(a)
+    op = gb.draw(st.sampled_from(BINARY_OPS))
+    same = gb.pick(lambda u: u.shape == t.shape)
+    shapes = [()] + (
+        [(t.shape[-1],), (1, t.shape[-1])] if t.rank and isinstance(t.shape[-1], int) else []
+    )
+    if t.rank == 2 and isinstance(t.shape[0], int):
+        shapes.append((t.shape[0], 1))
+    kind = gb.draw(st.sampled_from(("value", "const")))
+    if op == "div" or kind == "const" or same is None:  # divide by constants away from 0 only
+        b = gb.const(gb.draw(st.sampled_from(shapes)), low=0.5 if op == "div" else 0.0)
+    else:
+        b = same
+    gb.add(op, [b, a] if op != "div" and gb.draw(st.booleans()) else [a, b])
+
+
+def _grow_activation(gb: _Builder) -> None:
+    x = gb.pick()
+    if x is None:
+        return
+    op = gb.draw(st.sampled_from(ACTIVATION_OPS + AXIS_OPS))
+    attrs: dict[str, Any] = {}
+    if op in AXIS_OPS and gb.type(x).rank:
+        attrs["axis"] = gb.draw(st.sampled_from((-1, 0)))
+    elif op in AXIS_OPS:
+        return
+    if op == "leaky_relu":
+        attrs["alpha"] = gb.draw(st.sampled_from((0.01, 0.3)))
+    if op == "gelu":
+        attrs["approximate"] = gb.draw(st.sampled_from(("none", "tanh")))
+    gb.add(op, [x], **attrs)
+
+
+def _grow_transpose(gb: _Builder) -> None:
+    x = gb.pick(lambda t: t.rank == 2)
+    if x is not None:
+        gb.add("transpose", [x])
+
+
+GROWERS = {
+    "matmul": _grow_matmul,
+    "dense": _grow_dense,
+    "binary": _grow_binary,
+    "activation": _grow_activation,
+    "transpose": _grow_transpose,
+}
+
+
+@st.composite
+def graphs(
+    draw: Callable,
+    max_ops: int = 6,
+    dense_activations: Sequence[str] = ACTIVATION_OPS + AXIS_OPS,
+    dims: Sequence[int] = DIMS,
+) -> Graph:
+    """A random DAG over one symbolic-batch input (sometimes a second, static one), of at
+    most `max_ops` ops; directly written dense ops use `dense_activations`."""
+    gb = _Builder(draw, draw(st.sampled_from(("f32", "f64"))), dense_activations)
+    gb.dims = tuple(dims)
+    gb.pool.append(gb.b.input("x", TensorType(gb.dtype, ("N", gb.dim()))))
+    if draw(st.booleans()):
+        gb.pool.append(gb.b.input("y", TensorType(gb.dtype, (gb.dim(), gb.dim()))))
+    for _ in range(draw(st.integers(1, max_ops))):
+        GROWERS[draw(st.sampled_from(sorted(GROWERS)))](gb)
+    if len(gb.pool) == len(gb.b.inputs):
+        _grow_activation(gb)
+    outputs = [gb.pool[-1]]
+    if draw(st.integers(0, 3)) == 0:  # a second output: any value, an input included
+        outputs.append(draw(st.sampled_from(gb.pool)))
+    return gb.b.build(outputs)
+
+
+@st.composite
+def pipelines(draw: Callable) -> str:
+    """A selection of the CPU pipeline's passes in order, random tile options, sometimes a
+    pass twice (passes must be idempotent)."""
+    tile_options = {
+        "m": draw(st.sampled_from(TILE_SIZES)),
+        "n": draw(st.sampled_from(TILE_SIZES)),
+        "k": draw(st.sampled_from(TILE_SIZES)),
+        "parallel": draw(st.sampled_from(("auto", "m", "n", "none"))),
+        "pack": draw(st.sampled_from(("auto", "true", "false"))),
+    }
+    options = ",".join(f"{k}={v}" for k, v in tile_options.items() if v not in (0, "auto"))
+    tile = "tile" + (f"{{{options}}}" if options else "")
+    passes = [p for p in ("canonicalize", "fuse", tile, "plan_memory") if draw(st.booleans())]
+    if passes and draw(st.integers(0, 4)) == 0:
+        passes.insert(draw(st.integers(0, len(passes))), draw(st.sampled_from(passes)))
+    return ",".join(passes)
+
+
+@st.composite
+def cases(
+    draw: Callable,
+    max_ops: int = 6,
+    batches: Sequence[int] = BATCHES,
+    dims: Sequence[int] = DIMS,
+    dense_activations: Sequence[str] = ACTIVATION_OPS + AXIS_OPS,
+) -> Case:
+    return Case(
+        draw(graphs(max_ops, dense_activations, dims)),
+        draw(pipelines()),
+        draw(st.sampled_from(tuple(batches))),
+        draw(st.integers(0, 2**16)),
+    )
+
+
+# -- malformed text ---------------------------------------------------------------------------
+TOKENS = (
+    "%x", "%0", "%w", "graph", "return", "const", "dense", "matmul", "relu", "tile", "f32",
+    "f64", "N", "[", "]", "(", ")", "{", "}", ",", ":", "=", "->", "\n", " ", "-1", "0",
+    "1e309", "nan", "true", "none", '"', "sha=", "value=", "post=", "act=", "9" * 5000,
+    "[" * 3000, "(" * 3000, "\x00", "\ud800",
+)  # fmt: skip
+
+
+_LEXEME = re.compile(r"%?[A-Za-z0-9_.]+|\s+|.", re.DOTALL)
+
+
+@st.composite
+def malformed_texts(draw: Callable) -> str:
+    """Printed graphs with tokens deleted, duplicated, swapped or replaced by IR tokens, long
+    numbers, deep brackets or arbitrary text."""
+    pieces = _LEXEME.findall(str(draw(graphs(max_ops=3))))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(pieces) - 1))
+        new = draw(
+            st.one_of(
+                st.sampled_from(TOKENS),
+                st.text(max_size=6),
+                st.just(pieces[at] * 2),
+                st.just(""),
+                st.integers().map(str),
+                st.sampled_from(pieces),
+            )
+        )
+        pieces[at] = new
+    return "".join(pieces)
+
+
+def parse_or_tilefuse_error(text: str) -> Graph | TilefuseError:
+    """parse_graph(text), then verify and print it: a Graph, or the TilefuseError raised."""
+    from .verify import verify
+
+    try:
+        g = parse_graph(text)
+        verify(g)
+        str(g)
+        return g
+    except TilefuseError as err:
+        return err
+
+
+# -- malformed ONNX models ------------------------------------------------------------------
+ONNX_OPS = ("Gemm", "MatMul", "Add", "Mul", "Relu", "Softmax", "Transpose", "Reshape", "Tanh",
+            "Sigmoid", "LayerNormalization", "ReduceMean", "Gelu", "Foo", "")  # fmt: skip
+ONNX_ATTRS = ("axis", "transA", "transB", "alpha", "beta", "perm", "axes", "keepdims",
+              "epsilon", "to", "approximate")  # fmt: skip
+
+
+def base_onnx_model(hidden: int = 4) -> Any:
+    """Gemm(transB) -> Relu -> MatMul -> Add -> Softmax over a dynamic batch: a valid start."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(hidden)
+    weights = {
+        "W0": rng.standard_normal((hidden, 3)).astype(np.float32),
+        "b0": rng.standard_normal(hidden).astype(np.float32),
+        "W1": rng.standard_normal((hidden, 2)).astype(np.float32),
+        "b1": rng.standard_normal(2).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Gemm", ["x", "W0", "b0"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "W1"], ["m"]),
+        helper.make_node("Add", ["m", "b1"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["y"], axis=-1),
+    ]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])
+    inits = [numpy_helper.from_array(a, name) for name, a in weights.items()]
+    graph = helper.make_graph(nodes, "fuzz", [x], [y], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@st.composite
+def onnx_models(draw: Callable) -> Any:
+    """A valid small model with a few fields broken (op types, inputs, attributes, element
+    types, dims, initializers, the opset), sometimes serialized and then truncated or
+    bit-flipped: a ModelProto or bytes."""
+    from onnx import helper
+
+    model = base_onnx_model(draw(st.sampled_from((1, 4, 7))))
+    g = model.graph
+    for _ in range(draw(st.integers(1, 3))):
+        target = draw(st.sampled_from(("op", "input", "attr", "type", "dim", "init", "opset")))
+        node = g.node[draw(st.integers(0, len(g.node) - 1))]
+        if target == "op":
+            node.op_type = draw(st.sampled_from(ONNX_OPS))
+        elif target == "input" and node.input:
+            slot = draw(st.integers(0, len(node.input) - 1))
+            names = ["", "missing", "x", "W0", "h", "y"]
+            node.input[slot] = draw(st.sampled_from(names))
+        elif target == "attr":
+            name = draw(st.sampled_from(ONNX_ATTRS))
+            value = draw(st.one_of(st.integers(-3, 3), st.floats(allow_nan=True),
+                                   st.lists(st.integers(-3, 3), min_size=1, max_size=3),
+                                   st.sampled_from(("tanh", "none", ""))))  # fmt: skip
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute(name, value))
+        elif target == "type":
+            g.input[0].type.tensor_type.elem_type = draw(st.sampled_from((0, 1, 2, 6, 7, 10, 11)))
+        elif target == "dim":
+            dim = g.input[0].type.tensor_type.shape.dim[draw(st.integers(0, 1))]
+            dim.dim_value = draw(st.sampled_from((-1, 0, 1, 2, 2**40)))
+        elif target == "init":
+            init = g.initializer[draw(st.integers(0, len(g.initializer) - 1))]
+            init.dims[0] = draw(st.integers(0, 9))
+        else:
+            model.opset_import[0].version = draw(st.sampled_from((1, 7, 13, 20, 99)))
+    if not draw(st.booleans()):
+        return model
+    data = bytearray(model.SerializeToString())
+    data = data[: draw(st.integers(0, len(data)))]
+    for _ in range(draw(st.integers(0, 3))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+def import_or_tilefuse_error(model: Any) -> Graph | TilefuseError:
+    """from_onnx(model), verified and printed: a Graph, or the TilefuseError raised."""
+    from .frontends.onnx import from_onnx
+    from .verify import verify
+
+    try:
+        g = from_onnx(model)
+        verify(g)
+        str(g)
+        return g
+    except TilefuseError as err:
+        return err
+
+
+__all__ = [
+    "BACKENDS",
+    "Case",
+    "Mismatch",
+    "cases",
+    "check_case",
+    "graphs",
+    "import_or_tilefuse_error",
+    "malformed_texts",
+    "onnx_models",
+    "parse_or_tilefuse_error",
+    "pipelines",
+    "save_failure",
+]
