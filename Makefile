@@ -3,7 +3,10 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+# Numba checks a cached function against its own file only; the kernels span several files,
+# so the cache directory is named after all of the backends' sources: an edit starts afresh.
+KERNEL_HASH := $(shell cat src/tilefuse/backends/*.py 2>/dev/null | cksum | cut -d' ' -f1)
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba-$(KERNEL_HASH)
 export TILEFUSE_CACHE_DIR ?= $(CURDIR)/.cache/tilefuse
 
 # what the graph pictures (Graphviz's dot) and the report's browser test (Chromium) need

@@ -52,8 +52,8 @@ SLICE = {
 
 # Bugs found by the fuzzer in code outside this test's reach, kept out of the generated
 # cases until fixed; each has a strict xfail test below that starts passing with the fix.
-KNOWN_BUG_DENSE_SOFTMAX = True  # cpu backend: dense[act=softmax|log_softmax] -> KeyError
-KNOWN_BUG_EMPTY_SOFTMAX = True  # reference: softmax over an empty axis -> ValueError
+KNOWN_BUG_DENSE_SOFTMAX = False  # cpu backend: dense[act=softmax|log_softmax] -> KeyError
+KNOWN_BUG_EMPTY_SOFTMAX = False  # reference: softmax over an empty axis -> ValueError
 
 
 class Budget:
@@ -176,7 +176,7 @@ def test_fuzz_cuda_backend_on_the_simulator():
     assert json.loads(result.stdout.strip().splitlines()[-1])["cases"] >= 2
 
 
-KNOWN_BUGS_ONNX_IMPORT = True  # see docs/reliability.md: crashes other than TilefuseError
+KNOWN_BUGS_ONNX_IMPORT = False  # see docs/reliability.md: crashes other than TilefuseError
 
 
 @pytest.mark.xfail(KNOWN_BUGS_ONNX_IMPORT, strict=True, reason="ONNX importer crashes")

@@ -268,7 +268,7 @@ GRAPH = """
 TARGET = {target!r}
 OPTIONS = {options!r}
 
-constants = dict(np.load(HERE / "constants.npz"))
+constants = {{k[2:]: a for k, a in np.load(HERE / "constants.npz").items()}}
 saved = np.load(HERE / "inputs.npz")
 inputs = [saved[f"x{{k}}"] for k in range(len(saved.files))]
 graph = tfu.parse_graph(GRAPH, constants=constants)
@@ -292,7 +292,8 @@ def write_reproducer(model: CompiledModel, inputs: list[np.ndarray], message: st
     key = cache.digest(str(g), model.target, json.dumps(_repro_options(model), sort_keys=True))
     folder = cache.cache_dir() / "reproducers" / f"{_safe(g.name)}-{key[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "constants.npz", **constants)
+    # keys carry a prefix: np.savez's own parameter names (file, ...) are legal const names
+    np.savez(folder / "constants.npz", **{f"c_{k}": a for k, a in constants.items()})
     np.savez(folder / "inputs.npz", **{f"x{k}": a for k, a in enumerate(inputs)})
     text = _REPRO.format(
         message=message.replace('"""', "'''"),

@@ -53,6 +53,7 @@ _ACTIVATION_CODE = {
     "leaky_relu": ["v = v if v >= 0 else v * {alpha!r}"],
 }
 _BINARY_CODE = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_ROWWISE = ("softmax", "log_softmax")
 
 
 def activation_key(name: str, attrs: dict[str, Any]) -> str:
@@ -221,17 +222,21 @@ class _Renderer:
         self.loop_nest(node.type, [f"{self.var[node.id]}[i0, i1] = {src}[i1, i0]"])
 
     def render_softmax(self, node: Node) -> None:
-        t, src, dst = node.type, self.value(node.inputs[0]), self.var[node.id]
-        axis = attrs_of(node)["axis"] % t.rank
+        src, dst = self.value(node.inputs[0]), self.var[node.id]
+        self.softmax_loops(node.type, src, dst, node.op, attrs_of(node)["axis"])
+
+    def softmax_loops(self, t: TensorType, src: str, dst: str, op: str, axis: int) -> None:
+        """softmax or log_softmax of `src` along `axis` into `dst` (which may be `src`)."""
+        axis = axis % t.rank
         outer = TensorType(t.dtype, tuple(1 if a == axis else d for a, d in enumerate(t.shape)))
         idx = "[" + ", ".join("t" if a == axis else f"i{a}" for a in range(t.rank)) + "]"
         extent = self.dim(t.shape[axis])
         last = (
             f"{dst}{idx} = {src}{idx} - m - math.log(s)"
-            if node.op == "log_softmax"
+            if op == "log_softmax"
             else f"{dst}{idx} = {dst}{idx} / s"
         )
-        first = [f"    {dst}{idx} = e"] if node.op == "softmax" else []
+        first = [f"    {dst}{idx} = e"] if op == "softmax" else []
         self.loop_nest(outer, [
             "m = -np.inf",
             f"for t in range({extent}):",
@@ -379,14 +384,14 @@ class _Renderer:
         n = node.type.shape[1]
         tiling = self.tiling(node)
         bias_arg = self.kernel_bias(bias, n) if bias is not None else None
-        epilogue: list[str] = []
-        act_key = activation_key(act, attrs)
+        rowwise = act in _ROWWISE  # softmax: whole rows, after the kernel has written them
+        pre: list[str] = []  # per element, before a row-wise activation
+        act_key = "identity" if rowwise else activation_key(act, attrs)
         if bias is not None and bias_arg is None:  # a bias the kernel cannot take
-            epilogue.append(f"v = v + {self.read(bias, node.type)}")
-            epilogue += activation_code(act, attrs)
+            pre.append(f"v = v + {self.read(bias, node.type)}")
+            pre += [] if rowwise else activation_code(act, attrs)
             act_key = "identity"
-        if node.op == "dense":
-            epilogue += self.post_code(node, attrs)
+        post = self.post_code(node, attrs) if node.op == "dense" else []
         wp = self.packed_weights(w, tiling)
         if bias_arg is None:
             bias_arg = f"np.empty(0, np.{node.type.np_dtype.name})"
@@ -416,9 +421,18 @@ class _Renderer:
             self.emit(f"{code:<{width}}  # {comment}", 2)
         self.emit(")")
         self.emit(f"E.keep({x_var}), E.keep({wp}), E.keep({bias_arg}), E.keep({out})")
-        if epilogue:
+        if rowwise:
+            self.elementwise_in_place(node, pre)
+            self.softmax_loops(node.type, out, out, act, axis=-1)
+            self.elementwise_in_place(node, post)
+        else:
+            self.elementwise_in_place(node, pre + post)
+
+    def elementwise_in_place(self, node: Node, steps: list[str]) -> None:
+        """One loop nest applying `steps` (statements on `v`) to every element of the result."""
+        if steps:
             dst = self.var[node.id] + "[i0, i1]"
-            self.loop_nest(node.type, [f"v = {dst}", *epilogue, f"{dst} = v"])
+            self.loop_nest(node.type, [f"v = {dst}", *steps, f"{dst} = v"])
 
     def post_code(self, node: Node, attrs: dict[str, Any]) -> list[str]:
         """The dense op's `post` steps, one statement each, reading their operands in order."""

@@ -653,7 +653,10 @@ def load_model(model: Any) -> tuple[Any, str]:
     if isinstance(model, onnx.ModelProto):
         return model, model.graph.name or "model"
     if isinstance(model, bytes):
-        return onnx.load_from_string(model), "model"
+        try:
+            return onnx.load_from_string(model), "model"
+        except Exception as err:  # protobuf's DecodeError and friends
+            raise TilefuseError(f"not an ONNX model ({type(err).__name__}: {err})") from None
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise TilefuseError(f"{path}: no such file")
@@ -679,7 +682,15 @@ def from_onnx(model: Any, *, batch: str = "N", constants: Mapping[str, Any] | No
                                               %2 = relu(%1) : f32[N,4]
     """
     proto, source = load_model(model)
-    return _Importer(proto, source, batch, constants).run()
+    importer = _Importer(proto, source, batch, constants)
+    try:
+        return importer.run()
+    except TilefuseError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError) as err:  # a malformed model
+        raise TilefuseError(
+            f"{importer.where()}: malformed model ({type(err).__name__}: {err})"
+        ) from None
 
 
 # -- export --------------------------------------------------------------------------------
