@@ -32,7 +32,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,18 @@ class Budget:
     max_reps: int = 400
     sample_seconds: float = 2e-3  # calls are batched into samples at least this long
     warm_below: float = 5e-3  # an untimed call before each sample of calls shorter than this
+    # Idle seconds before each sample. With several threads, OpenBLAS, ONNX Runtime and
+    # PyTorch leave their workers spinning for ~0.1 s after a call; the next system's threads
+    # then wait for a scheduler slice (4-8 ms on 2 cores), which would be charged to it.
+    settle: float = 0.0
+
+
+def for_threads(budget: Budget, threads: int) -> Budget:
+    """The budget at `threads`: with more than one, samples are longer and start settled."""
+    if threads <= 1 or budget.settle:
+        return budget
+    return replace(budget, settle=0.15, sample_seconds=max(budget.sample_seconds, 0.02),
+                   seconds=budget.seconds * 2)  # fmt: skip
 
 
 FULL = Budget()
@@ -93,13 +105,19 @@ def plan_rounds(estimates: dict[str, float], budget: Budget) -> tuple[dict[str, 
     inner = {
         name: max(1, min(1000, round(budget.sample_seconds / t))) for name, t in estimates.items()
     }
-    per_round = sum((inner[name] + (t < budget.warm_below)) * t for name, t in estimates.items())
+    per_round = sum(
+        (inner[name] + (t < budget.warm_below)) * t + budget.settle for name, t in estimates.items()
+    )
     rounds = int(budget.seconds / per_round) if per_round > 0 else budget.max_reps
     return inner, max(budget.min_reps, min(budget.max_reps, rounds))
 
 
-def time_sample(fn: Callable[[], Any], inner: int, warm: bool) -> tuple[float, Any]:
-    if warm:
+def time_sample(
+    fn: Callable[[], Any], inner: int, warm: bool, settle: float = 0.0
+) -> tuple[float, Any]:
+    if settle:
+        time.sleep(settle)
+    if warm or settle:
         fn()
     start = time.perf_counter()
     for _ in range(inner):
@@ -125,7 +143,7 @@ def round_robin(fns: dict[str, Callable[[], Any]], budget: Budget) -> dict[str, 
             for name in live[r % len(live) :] + live[: r % len(live)]:
                 timing, timing.inner = timings[name], inner[name]
                 warm = estimates[name] < budget.warm_below
-                sample = guarded(timing, time_sample, fns[name], inner[name], warm)
+                sample = guarded(timing, time_sample, fns[name], inner[name], warm, budget.settle)
                 if sample is not None:
                     timing.samples.append(sample[0])
                     timing.last = sample[1]
@@ -236,7 +254,7 @@ def run_case(
         if fn is not None:
             fns[system.name] = fn
     before = cpu_counters()
-    timings = round_robin(fns, budget) if fns else {}
+    timings = round_robin(fns, for_threads(budget, threads)) if fns else {}
     load = load_between(before, cpu_counters())
     for name, timing in timings.items():
         record_timing(rows[name], timing, ref)

@@ -555,6 +555,7 @@ class CpuModel(CompiledModel):
         self._memory: tuple[tuple, int] = ((), 0)  # (dims, bytes a call needs) of the last call
         # Numba's workqueue threading layer aborts when two threads run parallel code at once
         self._serial = threading.Lock() if _threading_layer() == "workqueue" else None
+        self._fast = _FastPath.of(self)
 
     def _compile_forward(self, module: Any) -> bool:
         """Compile (or load) `forward` for the one signature calls use: C-contiguous, aligned,
@@ -569,6 +570,9 @@ class CpuModel(CompiledModel):
         return sum(module.forward.stats.cache_hits.values()) > 0
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
+        fast = self._fast
+        if fast and out is None and not kwargs and len(args) == 1 and fast.accepts(args[0]):
+            return self._call_fast(fast, args[0])
         inputs = reference.bind_inputs(self.final, args, kwargs)
         outs = self.run(inputs, None if out is None else _as_list(out))
         if self.options.get("check") == "always":
@@ -576,6 +580,23 @@ class CpuModel(CompiledModel):
 
             check_call(self, inputs, outs)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _call_fast(self, fast: _FastPath, x: np.ndarray) -> np.ndarray:
+        """The common call, one ready array in and one out, with no per-call checks beyond
+        `fast.accepts`: at batch 1 the generic path's Python costs as much as the kernels."""
+        batch = x.shape[fast.batch_axis]
+        if batch > fast.checked_batch:
+            self.check_memory({self.rendered.batch_symbol: batch}, [x])
+            fast.checked_batch = batch
+        out = np.empty(fast.out_shape(batch), fast.out_dtype)
+        if self.threads:
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        if self._serial:
+            with self._serial:
+                self.forward(x, *self.rendered.params, *self.workspace(batch), out)
+        else:
+            self.forward(x, *self.rendered.params, *self.workspace(batch), out)
+        return out
 
     def dims(self, inputs: Sequence[np.ndarray]) -> dict[str, int]:
         """The symbolic dims' sizes in this call."""
@@ -653,6 +674,46 @@ class CpuModel(CompiledModel):
         if not self.forward.signatures:
             self.run(random_batch(self.final))
         return inspect_in_subprocess(self.module.__file__, self.forward.signatures[0], kind)
+
+
+@dataclass
+class _FastPath:
+    """What a call must look like to skip the generic checks: one input with one symbolic
+    axis (the batch) and its other extents fixed, one output, no per-call self-check."""
+
+    dtype: np.dtype
+    shape: tuple  # the input's extents, None on the batch axis
+    batch_axis: int
+    out_template: tuple  # the output's extents, None where the batch goes
+    out_dtype: np.dtype
+    checked_batch: int = -1  # calls up to this batch have passed the memory check
+
+    @staticmethod
+    def of(model: CpuModel) -> _FastPath | None:
+        g, rendered = model.final, model.rendered
+        if len(g.inputs) != 1 or len(g.outputs) != 1 or model.options.get("check") == "always":
+            return None
+        t, out = g[g.inputs[0]].type, rendered.outputs[0]
+        symbolic = [a for a, d in enumerate(t.shape) if isinstance(d, str)]
+        names = {d for d in (*t.shape, *out.shape) if isinstance(d, str)}
+        if len(symbolic) != 1 or names != {rendered.batch_symbol}:
+            return None
+
+        def blank(shape: tuple) -> tuple:
+            return tuple(None if isinstance(d, str) else d for d in shape)
+
+        return _FastPath(t.np_dtype, blank(t.shape), symbolic[0], blank(out.shape), out.np_dtype)
+
+    def accepts(self, x: Any) -> bool:
+        if type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim != len(self.shape):
+            return False
+        flags = x.flags
+        if not (flags.c_contiguous and flags.aligned and flags.writeable):
+            return False
+        return all(want is None or want == got for want, got in zip(self.shape, x.shape))
+
+    def out_shape(self, batch: int) -> tuple:
+        return tuple(batch if d is None else d for d in self.out_template)
 
 
 def _as_list(out: Any) -> list[Any]:
