@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -16,11 +15,6 @@ from tilefuse import cli, schedule
 from tilefuse.backends import BACKENDS, ReferenceModel
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
-PASSES_READY = all(
-    importlib.util.find_spec(f"tilefuse.passes.{m}")
-    for m in ("canonicalize", "fuse", "tile", "memory")
-)
-needs_passes = pytest.mark.skipif(not PASSES_READY, reason="the pass modules are not there yet")
 
 
 def tilefuse(capsys, *argv: str) -> tuple[int, str, str]:
@@ -243,7 +237,6 @@ def test_python_dash_m_tilefuse(tmp_path):
 
 
 # -- stages of the pipeline (skip until the passes land) -----------------------------------
-@needs_passes
 @pytest.mark.parametrize("stage", ["canonical", "fused", "tiled"])
 def test_show_stage_is_the_pipeline_output(capsys, stage):
     code, out, err = tilefuse(capsys, "show", ROOT / "examples/mlp.py", "--emit", stage)
@@ -256,14 +249,12 @@ def load_mlp_graph():
     return cli.to_graph(cli.load_network(str(ROOT / "examples/mlp.py")))
 
 
-@needs_passes
 def test_show_fused_has_dense_ops(capsys):
     code, out, _ = tilefuse(capsys, "show", ROOT / "examples/mlp.py", "--emit", "fused")
     assert code == 0
     assert out.count(" = dense") == 3 and " matmul(" not in out
 
 
-@needs_passes
 def test_show_memory_prints_the_plan_after_the_ir(capsys):
     code, out, _ = tilefuse(capsys, "show", ROOT / "examples/mlp.py", "--emit", "memory")
     assert code == 0
@@ -271,7 +262,6 @@ def test_show_memory_prints_the_plan_after_the_ir(capsys):
     assert out.rstrip("\n") == f"{g}\n{g.meta['memory_plan']}"
 
 
-@needs_passes
 @pytest.mark.skipif(not hasattr(schedule, "loop_nest"), reason="schedule.loop_nest not there yet")
 def test_show_loops_prints_a_nest_per_dense_op(capsys):
     code, out, _ = tilefuse(capsys, "show", ROOT / "examples/mlp.py", "--emit", "loops")
@@ -284,7 +274,6 @@ def test_show_loops_prints_a_nest_per_dense_op(capsys):
     ]
 
 
-@needs_passes
 def test_print_after_all_prints_every_pass_to_stderr(capsys):
     code, out, err = tilefuse(
         capsys,
@@ -301,7 +290,6 @@ def test_print_after_all_prints_every_pass_to_stderr(capsys):
     assert out.count(" = dense") == 3
 
 
-@needs_passes
 def test_stage_not_in_the_pipeline(capsys):
     code, _, err = tilefuse(
         capsys, "show", ROOT / "examples/mlp.py", "--emit", "tiled", "--pipeline", "fuse"
@@ -322,10 +310,3 @@ def test_show_source_without_the_cpu_backend_is_a_clear_error(capsys, monkeypatc
     code, _, err = tilefuse(capsys, "show", ROOT / "examples/seed_layer.py", "--emit", "asm")
     assert code == 1
     assert "--emit asm needs the cpu backend" in err and "available: graph, canonical" in err
-
-
-@pytest.mark.skipif(PASSES_READY, reason="only while the pass modules are missing")
-def test_stages_without_passes_is_a_clear_error(capsys):
-    code, _, err = tilefuse(capsys, "show", ROOT / "examples/mlp.py", "--emit", "fused")
-    assert code == 1
-    assert "passes are not available" in err

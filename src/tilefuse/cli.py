@@ -117,19 +117,9 @@ def checked_network(value: Any, what: str) -> Any:
 
 
 # -- show ----------------------------------------------------------------------------------
-def passes_module() -> Any:
-    """tilefuse.passes with its pass modules loaded, or a clear error where they are missing."""
+def pipeline_stages(g: Graph, spec: str | None, print_after_all: bool) -> dict[str, Graph]:
     from . import passes
 
-    try:
-        passes.parse_pipeline("")
-    except ImportError as err:
-        raise TilefuseError(f"the passes are not available in this build ({err})") from None
-    return passes
-
-
-def pipeline_stages(g: Graph, spec: str | None, print_after_all: bool) -> dict[str, Graph]:
-    passes = passes_module()
     after = passes.print_after if print_after_all else None
     return passes.run_stages(g, spec or passes.DEFAULT_PIPELINE, after=after)
 
@@ -300,7 +290,6 @@ def command_explain(args: argparse.Namespace) -> int:
     from .explain import COLUMNS, explain_graph, format_text, summary_rows
 
     g = to_graph(load_network(args.file))
-    passes_module()
     explanation = explain_graph(g, args.pipeline, batch=args.batch)
     if args.json:
         print(explanation.to_json())
@@ -487,7 +476,6 @@ def command_report(args: argparse.Namespace) -> int:
     from .report import build_report, report_steps
 
     g = to_graph(load_network(args.file))
-    passes_module()
     targets = () if args.no_bench else bench_targets(args.targets)
     with progress_steps(report_steps(targets)) as step:
         html = build_report(
