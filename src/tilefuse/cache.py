@@ -225,17 +225,28 @@ def _why_new(graph_name: str, fingerprint: str, source: str) -> str:
     return "key changed since the last compile of this graph: " + (", ".join(words) or "?")
 
 
+def import_file(path: pathlib.Path, name: str) -> Any:
+    """Import the file at `path` as module `name` (registered in sys.modules, as Numba's
+    cache needs to find a function's module again)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
 def _import_and_warm(loaded: Loaded, warm: Callable[[Any], bool] | None) -> None:
     problems = check_numba_files(loaded.path, loaded.name)
     problems += check_numba_files(loaded.path, ENTRIES_PREFIX)
     for problem in problems:
         _miss(loaded, problem)
     had_cache = bool(numba_groups(loaded.path, loaded.name))
-    spec = importlib.util.spec_from_file_location(loaded.name, loaded.path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loaded.name] = module
+    module = import_file(loaded.path, loaded.name)
     try:
-        spec.loader.exec_module(module)
         from_cache = warm(module) if warm is not None else True
     except BaseException:
         del sys.modules[loaded.name]

@@ -126,15 +126,13 @@ class _Renderer:
         self.body.append("    " * depth + line)
 
     # the whole module ----------------------------------------------------------------------
-    def render(self) -> Rendered:
+    def render_body(self) -> list[Node]:
+        """`forward`'s body: bind the inputs and symbolic dims, then one block per op in graph
+        order, each headed by its IR line. Returns the input nodes."""
         g = self.g
         inputs = [g[i] for i in g.inputs]
         for node in inputs:
-            self.var[node.id] = f"x_{self.names[node.id]}"
-            for axis, d in enumerate(node.type.shape):
-                if isinstance(d, str) and d not in self.dims:
-                    self.dims[d] = f"d_{d}"
-                    self.emit(f"d_{d} = {self.var[node.id]}.shape[{axis}]")
+            self.bind_input(node)
         destinations = self.output_destinations()
         for node in g.ops():
             self.emit("")
@@ -142,8 +140,23 @@ class _Renderer:
             self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
             if node.id not in destinations:
                 self.emit(f"{self.var[node.id]} = {self.allocation(node)}")
-            getattr(self, f"render_{_KIND_RENDERERS.get(node.op, 'elementwise')}")(node)
+            self.render_op(node)
         self.copy_remaining_outputs(destinations)
+        return inputs
+
+    def bind_input(self, node: Node) -> None:
+        self.var[node.id] = f"x_{self.names[node.id]}"
+        for axis, d in enumerate(node.type.shape):
+            if isinstance(d, str) and d not in self.dims:
+                self.dims[d] = f"d_{d}"
+                self.emit(f"d_{d} = {self.var[node.id]}.shape[{axis}]")
+
+    def render_op(self, node: Node) -> None:
+        getattr(self, f"render_{_KIND_RENDERERS.get(node.op, 'elementwise')}")(node)
+
+    def render(self) -> Rendered:
+        g = self.g
+        inputs = self.render_body()
         outs = [f"out{k}" for k in range(len(g.outputs))]
         workspace = [f"ws{b.index}" for b in self.plan.buffers] if self.plan else []
         args = [self.var[n.id] for n in inputs] + self.param_names + workspace + outs

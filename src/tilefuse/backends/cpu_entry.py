@@ -22,9 +22,7 @@ Numba can cache them (it caches functions of real, importable files only).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import pathlib
-import sys
 from typing import Any
 
 import llvmlite.binding as llvm
@@ -33,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _launch_threads
 
-from ..cache import atomic_write, cache_dir
+from ..cache import atomic_write, cache_dir, import_file
 from ..schedule import KERNEL_MICRO_TILES
 
 # a cached cfunc whose driver runs a prange resolves the threading layer's symbols on load
@@ -113,12 +111,8 @@ def _wrapper_module() -> Any:
     path = cache_dir() / "kernels" / f"{name}.py"
     if not path.exists() or path.read_text() != source:
         atomic_write(path, source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    _module = module
-    return module
+    _module = import_file(path, name)
+    return _module
 
 
 def symbol(dtype: str) -> str:

@@ -98,29 +98,23 @@ class _CudaRenderer(_Renderer):
         self.rank[name], self.dtype[name] = max(t.rank, 1), t.np_dtype.name
         return name
 
+    def bind_input(self, node: Node) -> None:
+        super().bind_input(node)
+        self.value(node.id)  # records its rank and dtype on the device
+
+    def allocation(self, node: Node) -> str:
+        """A device buffer kept between calls (`scratch`), one per intermediate."""
+        self.buffers += 1
+        dtype = node.type.np_dtype.name
+        return f"scratch({self.buffers - 1}, {self.shape(node.type)}, np.{dtype})"
+
+    def render_op(self, node: Node) -> None:
+        self.value(node.id)
+        super().render_op(node)
+
     def render(self) -> Rendered:
         g = self.g
-        inputs = [g[i] for i in g.inputs]
-        for node in inputs:
-            self.var[node.id] = f"x_{self.names[node.id]}"
-            self.value(node.id)
-            for axis, d in enumerate(node.type.shape):
-                if isinstance(d, str) and d not in self.dims:
-                    self.dims[d] = f"d_{d}"
-                    self.emit(f"d_{d} = {self.var[node.id]}.shape[{axis}]")
-        destinations = self.output_destinations()
-        for node in g.ops():
-            self.emit("")
-            self.emit(f"# {format_node(g, node.id, self.names)}")
-            self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
-            if node.id not in destinations:
-                dtype = node.type.np_dtype.name
-                shape = self.shape(node.type)
-                self.emit(f"{self.var[node.id]} = scratch({self.buffers}, {shape}, np.{dtype})")
-                self.buffers += 1
-            self.value(node.id)
-            getattr(self, f"render_{_KIND_RENDERERS.get(node.op, 'elementwise')}")(node)
-        self.copy_remaining_outputs(destinations)
+        inputs = self.render_body()
         outs = [f"out{k}" for k in range(len(g.outputs))]
         args = [self.var[n.id] for n in inputs] + self.param_names + outs + ["scratch"]
         ir_text = "\n".join("    " + line for line in str(g).split("\n"))
