@@ -86,6 +86,7 @@ class Tracer:
 
     def __init__(self, name: str) -> None:
         self.builder = GraphBuilder(name)
+        self.layer_loc: str | None = None  # while a layer expands: where the user wrote it
         self._consts: dict[int, tuple[np.ndarray, int]] = {}
         self._counts: dict[str, int] = {}
 
@@ -105,7 +106,7 @@ class Tracer:
         return Tensor(self, node)
 
     def op(self, op: str, operands: Sequence[Tensor], **attrs: Any) -> Tensor:
-        loc = user_location()
+        loc = self.layer_loc or user_location()
         return Tensor(self, self.builder.op(op, [t.node for t in operands], loc=loc, **attrs))
 
 
@@ -442,7 +443,9 @@ class Sequential:
         shape = ("N", self.input_dim) if self.layout == "rows" else (self.input_dim, "N")
         x = Tensor(tracer, tracer.builder.input("x", TensorType(self.dtype, shape)))
         for layer, (w, b) in zip(self.layers, self.params, strict=True):
+            tracer.layer_loc = layer.loc
             x = layer(x, w, b, self.layout)
+        tracer.layer_loc = None
         return tracer.builder.build([x.node])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
