@@ -32,9 +32,8 @@ tile is the one `llvm_ukernel` was built for: AVX-512 8x32 f32 / 8x16 f64, or AV
 with w0p = pack_weights(w0, tiling) computed once at compile time. Numba specialises a callee
 on integer *constants* passed from njit code (Literal[int]): pass run-time values, or wrap
 constants in np.int64(...), or each distinct constant compiles dense_kernel again. From Python,
-pass alpha as a float and the rest as ints. `dense_relu(x, wp, bias, out, alpha, kc, mc, nc,
-parallel)` and friends (`DRIVERS`) fix the activation and share dense_kernel's compilation.
-`dense(x, w, bias, act, tiling)` is the plain-Python form, for tests.
+pass alpha as a float and the rest as ints. `dense(x, w, bias, act, tiling)` is the
+plain-Python form, for tests.
 
 How a call runs (loop nest in `tilefuse.schedule`):
   * M <= ROW_KERNEL_MAX_M: tasks are groups of ROWS_TASK_PANELS column panels; each task
@@ -358,55 +357,6 @@ def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel):
         for t in range(tasks):
             _run_task(act, plan, t, x, wp, biasp, out, alpha, kc)
 
-
-# Per-activation names for callers that pick the activation at code-generation time. They
-# share dense_kernel's single compiled specialisation: np.int64() drops the literal type,
-# which would otherwise make Numba compile dense_kernel once per constant code.
-@njit(cache=True)
-def dense_identity(x, wp, bias, out, alpha, kc, mc, nc, parallel):
-    dense_kernel(x, wp, bias, out, np.int64(0), alpha, kc, mc, nc, parallel)
-
-
-@njit(cache=True)
-def dense_relu(x, wp, bias, out, alpha, kc, mc, nc, parallel):
-    dense_kernel(x, wp, bias, out, np.int64(1), alpha, kc, mc, nc, parallel)
-
-
-@njit(cache=True)
-def dense_leaky_relu(x, wp, bias, out, alpha, kc, mc, nc, parallel):
-    dense_kernel(x, wp, bias, out, np.int64(2), alpha, kc, mc, nc, parallel)
-
-
-@njit(cache=True)
-def dense_sigmoid(x, wp, bias, out, alpha, kc, mc, nc, parallel):
-    dense_kernel(x, wp, bias, out, np.int64(3), alpha, kc, mc, nc, parallel)
-
-
-@njit(cache=True)
-def dense_tanh(x, wp, bias, out, alpha, kc, mc, nc, parallel):
-    dense_kernel(x, wp, bias, out, np.int64(4), alpha, kc, mc, nc, parallel)
-
-
-@njit(cache=True)
-def dense_gelu(x, wp, bias, out, alpha, kc, mc, nc, parallel):
-    dense_kernel(x, wp, bias, out, np.int64(5), alpha, kc, mc, nc, parallel)
-
-
-@njit(cache=True)
-def dense_gelu_tanh(x, wp, bias, out, alpha, kc, mc, nc, parallel):
-    dense_kernel(x, wp, bias, out, np.int64(6), alpha, kc, mc, nc, parallel)
-
-
-DRIVERS = {
-    "identity": dense_identity,
-    "relu": dense_relu,
-    "leaky_relu": dense_leaky_relu,
-    "sigmoid": dense_sigmoid,
-    "tanh": dense_tanh,
-    "gelu": dense_gelu,
-    "gelu_tanh": dense_gelu_tanh,
-}
-assert list(DRIVERS) == list(ACTIVATIONS)  # the codes above are ACTIVATIONS' indices
 
 
 # ------------------------------------------------------------------ Python convenience
