@@ -455,8 +455,12 @@ class _Renderer:
             if step in _BINARY_CODE:
                 code.append(f"v = v {_BINARY_CODE[step]} {self.read(operands.pop(0), node.type)}")
             else:
-                code += activation_code(step, {})
+                code += self.activation_statements(step, {}, node.type)
         return code
+
+    def activation_statements(self, name: str, attrs: dict[str, Any], t: TensorType) -> list[str]:
+        """The scalar statements of an activation on `v` (a backend may type them by `t`)."""
+        return activation_code(name, attrs)
 
     def tiling(self, node: Node) -> Tiling:
         """The node's CPU tiling with the register tile the kernels were built for."""

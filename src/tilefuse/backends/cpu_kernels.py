@@ -358,7 +358,6 @@ def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel):
             _run_task(act, plan, t, x, wp, biasp, out, alpha, kc)
 
 
-
 # ------------------------------------------------------------------ Python convenience
 def dense(
     x: np.ndarray,

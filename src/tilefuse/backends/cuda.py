@@ -246,16 +246,8 @@ class _CudaRenderer(_Renderer):
         epilogue += activation_code(attrs["act"], attrs, node.type)
         self.gemm(node, x, w, epilogue + self.post_code(node, attrs))
 
-    def post_code(self, node: Node, attrs: dict[str, Any]) -> list[str]:
-        """The dense op's `post` steps, one statement each, reading their operands in order."""
-        operands = list(node.inputs[2 + int(attrs["bias"]) :])
-        code: list[str] = []
-        for step in attrs["post"]:
-            if step in _BINARY_CODE:
-                code.append(f"v = v {_BINARY_CODE[step]} {self.read(operands.pop(0), node.type)}")
-            else:
-                code += activation_code(step, {}, node.type)
-        return code
+    def activation_statements(self, name: str, attrs: dict[str, Any], t: TensorType) -> list[str]:
+        return activation_code(name, attrs, t)  # literals typed as t's dtype on the device
 
     def gpu_tiling(self, node: Node) -> GpuTiling:
         """The node's GpuTiling, or the tile_cuda model's choice (matmul, CPU-tiled dense)."""
