@@ -220,15 +220,19 @@ class _Renderer:
             return self.value(node_id) + "[()]"
         return self.value(node_id) + self.index(t, out)
 
-    def render_elementwise(self, node: Node) -> None:
-        attrs = attrs_of(node)
+    def elementwise_body(self, node: Node) -> list[str]:
+        """The statements computing one element of a binary op or an activation."""
         dst = self.var[node.id] + self.index(node.type, node.type)
         if node.op in _BINARY_CODE:
             a, b = (self.read(i, node.type) for i in node.inputs)
             body = [f"v = {a} {_BINARY_CODE[node.op]} {b}"]
         else:
-            body = [f"v = {self.read(node.inputs[0], node.type)}", *activation_code(node.op, attrs)]
-        self.loop_nest(node.type, [*body, f"{dst} = v"])
+            body = [f"v = {self.read(node.inputs[0], node.type)}"]
+            body += self.activation_statements(node.op, attrs_of(node), node.type)
+        return [*body, f"{dst} = v"]
+
+    def render_elementwise(self, node: Node) -> None:
+        self.loop_nest(node.type, self.elementwise_body(node))
 
     def render_transpose(self, node: Node) -> None:
         src = self.value(node.inputs[0])

@@ -172,17 +172,8 @@ class _CudaRenderer(_Renderer):
 
     # ops -----------------------------------------------------------------------------------
     def render_elementwise(self, node: Node) -> None:
-        attrs = attrs_of(node)
-        dst = self.var[node.id] + self.index(node.type, node.type)
-        if node.op in _BINARY_CODE:
-            a, b = (self.read(i, node.type) for i in node.inputs)
-            body = [f"v = {a} {_BINARY_CODE[node.op]} {b}"]
-        else:
-            body = [f"v = {self.read(node.inputs[0], node.type)}"]
-            body += activation_code(node.op, attrs, node.type)
-        self.elementwise_kernel(
-            node, self.kernel_name(node), self.operands(node), [*body, f"{dst} = v"]
-        )
+        body = self.elementwise_body(node)
+        self.elementwise_kernel(node, self.kernel_name(node), self.operands(node), body)
 
     def render_transpose(self, node: Node) -> None:
         src, dst = self.value(node.inputs[0]), self.var[node.id]
