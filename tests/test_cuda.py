@@ -46,7 +46,13 @@ if not R.simulated() and not cuda.is_available():
 import tilefuse as tfu  # noqa: E402
 from tilefuse.backends import cuda as cuda_backend  # noqa: E402
 from tilefuse.check import tolerance  # noqa: E402
-from tilefuse.errors import AttrError, DTypeError, ShapeError, TilefuseError  # noqa: E402
+from tilefuse.errors import (  # noqa: E402
+    AttrError,
+    DTypeError,
+    MiscompileError,
+    ShapeError,
+    TilefuseError,
+)
 from tilefuse.ir import cast_graph  # noqa: E402
 from tilefuse.passes import run_pipeline  # noqa: E402
 from tilefuse.passes.tile import TileCuda  # noqa: E402
@@ -231,6 +237,54 @@ def test_out_argument_with_host_arrays(small_mlp):
     np.testing.assert_array_equal(out, model(x))
 
 
+def test_check_always_compares_every_call_on_host_and_device(monkeypatch):
+    net = tfu.Sequential([tfu.Dense(6, activation="tanh")], input_dim=5, seed=3)
+    model = tfu.compile(net, target="cuda", pipeline=SMALL, check="always")
+    x = random((4, 5))
+    assert_close(model(x), reference_f64(net.graph(), x), "f32")
+    assert_close(model(cuda.to_device(x)).copy_to_host(), reference_f64(net.graph(), x), "f32")
+    real = model.launch
+
+    def wrong(inputs, keep, out=None):
+        outputs = real(inputs, keep, out)
+        if keep:  # device outputs: corrupt them in place
+            outputs[0].copy_to_device(outputs[0].copy_to_host() + 1)
+            return outputs
+        return [o + 1 for o in outputs]
+
+    monkeypatch.setattr(model, "launch", wrong)
+    with pytest.raises(MiscompileError, match="output 0 of the cuda model differs"):
+        model(x)
+    with pytest.raises(MiscompileError, match="output 0 of the cuda model differs"):
+        model(cuda.to_device(x))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_large_blocks_with_ragged_rows_k_and_columns(dtype):
+    """The large-batch tiling (128 x 128, 8 x 8 a thread, k step 8) on 130 x 19 x 20: a second
+    row of blocks that is almost empty, a partial k step and a partial block of columns."""
+    net = tfu.Sequential([tfu.Dense(20, activation="gelu")], input_dim=19, seed=0, dtype=dtype)
+    spec = "canonicalize,fuse,tile_cuda{bm=128,bn=128,bk=8,tm=8,tn=8}"
+    model = tfu.compile(net, target="cuda", pipeline=spec)
+    x = random((130, 19), dtype)
+    assert_close(model(x), reference_f64(net.graph(), x), dtype)
+
+
+def test_symbolic_batch_gets_a_large_block_kernel_for_large_batches():
+    net = tfu.Sequential([tfu.Dense(4096, activation="sigmoid")], input_dim=4096, seed=0)
+    g = run_pipeline(net.graph(), "canonicalize,fuse,tile_cuda")
+    assert tile_of(g) == GpuTiling(bm=64, bn=64, bk=16, tm=4, tn=4)  # planned for 256 rows
+    source = cuda_backend.render(g).source
+    # 4096 columns are 32 blocks of 128: 5 rows of blocks (640 rows) fill 132 SMs
+    assert "if out0.shape[0] >= 640:  # rows enough for 128x128 blocks" in source
+    assert "# batches >= 640: 128x128 of C per block of 16x16 threads (8x8 accumulators" in source
+    assert "dense_0_large[(R.blocks(out0.shape[1], 128)" in source
+    assert "dense_0[(R.blocks(out0.shape[1], 64)" in source
+    for fixed in ("tile_cuda{bm=64,bn=64,bk=16,tm=4,tn=4}", "tile_cuda{batch=4096}"):
+        kept = cuda_backend.render(run_pipeline(net.graph(), f"canonicalize,fuse,{fixed}"))
+        assert "_large" not in kept.source  # a user's tiling, or one planned for a batch
+
+
 def test_ptx_needs_a_real_gpu(small_mlp):
     net, model = small_mlp
     if not R.simulated():
@@ -273,7 +327,8 @@ def tile_of(g):
 def test_tile_cuda_large_and_small_layers():
     big = tile_of(run_pipeline(dense_graph(4096, 4096, 4096), "tile_cuda"))
     assert big == GpuTiling(bm=128, bn=128, bk=8, tm=8, tn=8)
-    assert big.threads == 256 and big.shared_bytes(4) == 8 * 1024
+    assert big.threads == 256 and big.a_pad == 4  # 32 // bk: a warp stores A in 32 banks
+    assert big.shared_bytes(4) == (128 + 4 + 128) * 8 * 4
     assert tile_of(run_pipeline(dense_graph(4096, 4096, 4096, "f64"), "tile_cuda")).bm == 64
     small = tile_of(run_pipeline(dense_graph(1, 784, 512), "tile_cuda"))
     assert small.bm == 16 and (-(-512 // small.bn)) >= 8  # a batch of 1: short, narrow blocks

@@ -48,8 +48,10 @@ with its own folder on sys.path so that it can import its neighbours."""
 
 NETWORK_TYPES = (Sequential, Function, Graph)
 PASS_STAGES = ("graph", "canonical", "fused", "tiled", "loops", "memory")
-# the cpu backend's generated code, and the cuda backend's kernels (rendered: needs no GPU)
-BACKEND_STAGES = ("source", "llvm", "asm", "cuda-source")
+# the cpu backend's generated code; the cuda backend's kernels (rendered: needs no GPU), and
+# compiled for a GPU's compute capability (--cc) with the CUDA toolkit (still no GPU needed)
+CUDA_STAGES = ("cuda-source", "ptx", "sass", "resources")
+BACKEND_STAGES = ("source", "llvm", "asm", *CUDA_STAGES)
 STAGES = PASS_STAGES + BACKEND_STAGES
 PICTURE_STAGES = tuple(s for s in PASS_STAGES if s != "loops")  # the stages that are graphs
 
@@ -149,19 +151,47 @@ def loops_text(g: Graph) -> str:
     return "\n\n".join(nests) or f"// graph {g.name} has no dense ops"
 
 
-def cuda_source_text(g: Graph, spec: str | None) -> str:
-    """The cuda backend's generated kernels for `g` (rendering needs neither GPU nor numba.cuda)."""
+def cuda_tiled(g: Graph, spec: str | None) -> Graph:
     from .backends import DEFAULT_PIPELINES
-    from .backends.cuda import render
     from .passes import run_pipeline
 
-    return render(run_pipeline(g, DEFAULT_PIPELINES["cuda"] if spec is None else spec)).source
+    return run_pipeline(g, DEFAULT_PIPELINES["cuda"] if spec is None else spec)
 
 
-def backend_text(g: Graph, stage: str, spec: str | None) -> str:
-    """The cpu backend's generated Python source, LLVM IR or assembly for `g`."""
+def cuda_text(g: Graph, stage: str, spec: str | None, cc: str) -> str:
+    """The cuda backend's kernels for `g`: generated source (needs neither a GPU nor
+    numba.cuda), PTX, SASS, or each kernel's registers, spills and k-loop instruction mix
+    (these three need the CUDA toolkit, not a GPU)."""
+    from .backends.cuda import render
+
+    tiled = cuda_tiled(g, spec)
     if stage == "cuda-source":
-        return cuda_source_text(g, spec)
+        return render(tiled).source
+    from .backends import cuda_inspect as ci
+
+    target = ci.parse_cc(cc)
+    parts = []
+    for name, ptx in ci.kernel_ptx(tiled, target).items():
+        if stage == "ptx":
+            parts.append(f"// kernel {name}\n{ptx}")
+            continue
+        info = ci.assemble(ptx, target)
+        sass = ci.disassemble(info.cubin)
+        if stage == "sass":
+            parts.append(f"// kernel {name}\n{sass}")
+            continue
+        line = f"{name} (sm_{target[0]}{target[1]}): {info.summary()}"
+        if "BAR.SYNC" in sass:
+            line += f"\n    k loop: {ci.loop_mix(sass).summary()}"
+        parts.append(line)
+    return "\n".join(parts)
+
+
+def backend_text(g: Graph, stage: str, spec: str | None, cc: str = "9.0") -> str:
+    """The cpu backend's generated Python source, LLVM IR or assembly for `g`, or the cuda
+    backend's kernels at one of CUDA_STAGES."""
+    if stage in CUDA_STAGES:
+        return cuda_text(g, stage, spec, cc)
     if "cpu" not in BACKENDS:
         raise TilefuseError(
             f"--emit {stage} needs the cpu backend, which this build does not have; "
@@ -199,7 +229,7 @@ def command_show(args: argparse.Namespace) -> int:
         print(stage_diffs(stages, None if args.emit == "graph" else args.emit))
         return 0
     if args.emit in BACKEND_STAGES:
-        print(backend_text(g, args.emit, args.pipeline))
+        print(backend_text(g, args.emit, args.pipeline, args.cc))
     else:
         print(stage_text(stages, args.emit, args.pipeline))
     return 0
@@ -534,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="pass pipeline (default: canonicalize,fuse,tile,plan_memory), "
         'e.g. "canonicalize,fuse,tile{mr=4}"',
+    )
+    show.add_argument(
+        "--cc",
+        default="9.0",
+        metavar="X.Y",
+        help="GPU compute capability for --emit ptx|sass|resources (default: 9.0, an H100)",
     )
     show.add_argument(
         "--print-after-all", action="store_true", help="print the IR after every pass (to stderr)"

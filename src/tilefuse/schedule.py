@@ -99,9 +99,15 @@ class GpuTiling:
     def threads(self) -> int:
         return self.threads_m * self.threads_n
 
+    @property
+    def a_pad(self) -> int:
+        """Padding of each row of the transposed A slice (bk rows of bm + a_pad): a warp stores
+        32 consecutive elements of A, 32/bk rows by bk columns, into 32 different banks."""
+        return max(1, 32 // self.bk)
+
     def shared_bytes(self, itemsize: int) -> int:
-        """Shared memory one block holds: the bk x bm slice of A and the bk x bn slice of B."""
-        return (self.bm + self.bn) * self.bk * itemsize
+        """Shared memory one block holds: the bk x (bm + a_pad) slice of A and bk x bn of B."""
+        return (self.bm + self.a_pad + self.bn) * self.bk * itemsize
 
     def as_tiling(self) -> Tiling:
         """The same blocking in the BLIS terms `reference.run_tiled` executes."""

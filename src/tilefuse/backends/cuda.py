@@ -36,6 +36,7 @@ from .cpu import Rendered, _Renderer, activation_key, load_module
 
 PIPELINE = "canonicalize,fuse,tile_cuda"
 STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory a block may declare
+LARGE_BATCH = 4096  # the batch a symbolic batch dim's second, large-block kernel is planned for
 
 # one scalar statement per activation: `v` is the value, {T} its dtype (float32 literals keep
 # f32 math in f32 on the device; math.* results are cast back for the simulator's sake)
@@ -250,8 +251,58 @@ class _CudaRenderer(_Renderer):
         x, w = (self.g[i].type.shape for i in node.inputs[:2])
         return TileCuda().choose(problem_of(node, x, w, TYPICAL_BATCH))[0]
 
+    def large_batch_tiling(self, node: Node, t: GpuTiling) -> tuple[int, GpuTiling] | None:
+        """(rows, tiling) for batches of at least `rows` when the batch is symbolic and `t` is
+        the model's choice for the planned batch: the tiling the model picks for a batch that
+        fills the GPU with its largest blocks (128 x 128 in f32: 8 x 8 accumulators a thread,
+        half the shared-memory traffic per multiply of 64 x 64 blocks' 4 x 4)."""
+        from ..passes.tile import (
+            GPU_SMS,
+            PLANNED_FOR_TYPICAL_BATCH,
+            TYPICAL_BATCH,
+            TileCuda,
+            problem_of,
+        )
+
+        x, w = (self.g[i].type.shape for i in node.inputs[:2])
+        planned = self.g.meta.get(PLANNED_FOR_TYPICAL_BATCH, ())
+        chosen_here = not isinstance(attrs_of(node).get("tile"), GpuTiling)  # gpu_tiling's pick
+        if not isinstance(x[0], str) or not (chosen_here or node.id in planned):
+            return None  # given by the user or planned for a batch: kept for every batch
+        large = TileCuda().choose(problem_of(node, x, w, LARGE_BATCH))[0]
+        if large == t:
+            return None
+        columns = -(-w[1] // large.bn)
+        rows = -(-GPU_SMS // columns) * large.bm  # from here the large blocks fill every SM
+        return max(rows, TYPICAL_BATCH + 1), large
+
     def gemm(self, node: Node, x: int, w: int, epilogue: list[str]) -> None:
         t = self.gpu_tiling(node)
+        a, b, out = self.value(x), self.value(w), self.var[node.id]
+        extra = self.operands(node)[2:] if node.op == "dense" else []
+        params = list(dict.fromkeys([a, b, *extra, out]))
+        large = self.large_batch_tiling(node, t)
+        name = self.kernel_name(node)
+        if large is None:
+            self.gemm_kernel(node, name, t, params, epilogue)
+            return
+        rows, big = large
+        self.emit(f"if {out}.shape[0] >= {rows}:  # rows enough for {big.bm}x{big.bn} blocks")
+        self.gemm_kernel(node, name + "_large", big, params, epilogue, f"batches >= {rows}: ", 2)
+        self.emit("else:")
+        self.gemm_kernel(node, name, t, params, epilogue, f"batches < {rows}: ", 2)
+
+    def gemm_kernel(
+        self,
+        node: Node,
+        name: str,
+        t: GpuTiling,
+        params: list[str],
+        epilogue: list[str],
+        when: str = "",
+        depth: int = 1,
+    ) -> None:
+        """Kernel `name` computing `node` with tiling `t`, and its launch."""
         shared = t.shared_bytes(node.type.np_dtype.itemsize)
         if shared > STATIC_SHARED_LIMIT:
             raise TilefuseError(
@@ -259,57 +310,77 @@ class _CudaRenderer(_Renderer):
                 f"{shared} bytes of shared memory, more than the {STATIC_SHARED_LIMIT} a block "
                 "may declare; choose a smaller bm, bn or bk"
             )
-        a, b, out = self.value(x), self.value(w), self.var[node.id]
-        extra = self.operands(node)[2:] if node.op == "dense" else []
-        params = [a, b, *extra, out]
+        a, b, out = params[0], params[1], params[-1]
         body = gemm_body(t, a, b, out, scalar_type(node.type), epilogue)
         note = (
-            f"{t.bm}x{t.bn} of C per block of {t.threads_m}x{t.threads_n} threads "
+            f"{when}{t.bm}x{t.bn} of C per block of {t.threads_m}x{t.threads_n} threads "
             f"({t.tm}x{t.tn} accumulators each), k step {t.bk} in shared memory"
         )
-        name = self.kernel_name(node)
         self.kernel(name, node, params, body, note)
         grid = f"(R.blocks({out}.shape[1], {t.bn}), R.blocks({out}.shape[0], {t.bm}))"
         launch = f"{grid}, ({t.threads_n}, {t.threads_m})"
-        self.emit(f"{name}[{launch}]({', '.join(dict.fromkeys(params))})")
+        self.emit(f"{name}[{launch}]({', '.join(params)})", depth)
 
 
-def slice_load(
-    elements: int, threads: int, width: int, cond: str, src: str, dst: str, T: str
-) -> list[str]:
-    """Lines that copy one slice of `elements` into shared memory, `threads` at a time, with
-    zeros outside the matrix (shared memory starts as garbage; every element is written)."""
-    body = [
-        f"r = e // {width}",
-        f"q = e % {width}",
-        f"v = {T}(0)",
-        f"if {cond}:",
-        f"    v = {src}",
-        f"{dst} = v",
-    ]
-    exact = elements % threads == 0
-    lines = [f"for p in range({-(-elements // threads)}):", f"    e = tid + p * {threads}"]
-    if exact:
-        return lines + indent(body, 1)
-    return lines + [f"    if e < {elements}:"] + indent(body, 2)
+def slice_fetch(t: GpuTiling, slice_: str, cond: str, src: str, T: str) -> list[str]:
+    """Lines that read this thread's share of one bk-deep slice of A or B from global memory
+    into the registers `{slice_}_next`, zeros outside the matrix."""
+    return slice_loop(t, slice_, [f"v = {T}(0)", f"if {cond}:", f"    v = {src}",
+                                  f"{slice_}_next[p] = v"])  # fmt: skip
+
+
+def slice_stash(t: GpuTiling, slice_: str, dst: str) -> list[str]:
+    """Lines that store the registers `{slice_}_next` into the slice in shared memory (every
+    element is written: shared memory starts as garbage)."""
+    return slice_loop(t, slice_, [f"{dst} = {slice_}_next[p]"])
+
+
+def slice_loop(t: GpuTiling, slice_: str, body: list[str]) -> list[str]:
+    """Thread tid handles elements e = tid + threads * p of the slice, row r, column q."""
+    elements, width = slice_shape(t, slice_)
+    count = -(-elements // t.threads)
+    where = [f"e = tid + {t.threads} * p", f"r = e // {width}", f"q = e % {width}"]
+    if elements % t.threads:
+        return [f"for p in range({count}):", *indent(where, 1), f"    if e < {elements}:",
+                *indent(body, 2)]  # fmt: skip
+    return [f"for p in range({count}):", *indent(where + body, 1)]
+
+
+def slice_shape(t: GpuTiling, slice_: str) -> tuple[int, int]:
+    """(elements, row width) of the bm x bk slice of A or the bk x bn slice of B."""
+    return (t.bm * t.bk, t.bk) if slice_ == "a" else (t.bk * t.bn, t.bn)
+
+
+def k_steps(t: GpuTiling) -> list[str]:
+    """The bk multiply-accumulate steps on the staged slices, written out one after another:
+    straight-line code lets the compiler keep every shared-memory offset a constant."""
+    lines = []
+    for kk in range(t.bk):
+        lines += [
+            f"for i in range({t.tm}):  # k step {kk}",
+            f"    ar[i] = sa[{kk}, ty + {t.threads_m} * i]",
+            f"for j in range({t.tn}):",
+            f"    br[j] = sb[{kk}, tx + {t.threads_n} * j]",
+            f"for i in range({t.tm}):",
+            f"    for j in range({t.tn}):",
+            f"        acc[i * {t.tn} + j] += ar[i] * br[j]",
+        ]
+    return lines
 
 
 def gemm_body(t: GpuTiling, a: str, b: str, out: str, T: str, epilogue: list[str]) -> list[str]:
     """The tiled GEMM kernel's body: stage bk slices of A and B, accumulate, then the epilogue
     on each value inside C and one store."""
     ty_, tx_ = t.threads_m, t.threads_n
-    load_a = slice_load(
-        t.bm * t.bk, t.threads, t.bk, "row0 + r < m and k0 + q < k",
-        f"{a}[row0 + r, k0 + q]", "sa[q, r]", T,
-    )  # fmt: skip
-    load_b = slice_load(
-        t.bk * t.bn, t.threads, t.bn, "k0 + r < k and col0 + q < n",
-        f"{b}[k0 + r, col0 + q]", "sb[r, q]", T,
-    )  # fmt: skip
+    fetch_a = slice_fetch(t, "a", "row0 + r < m and k0 + q < k", f"{a}[row0 + r, k0 + q]", T)
+    fetch_b = slice_fetch(t, "b", "k0 + r < k and col0 + q < n", f"{b}[k0 + r, col0 + q]", T)
+    na, nb = (-(-slice_shape(t, s)[0] // t.threads) for s in "ab")
     return [
-        f"sa = cuda.shared.array(({t.bk}, {t.bm}), {T})  # the A slice, transposed: sa[k, row]",
+        f"sa = cuda.shared.array(({t.bk}, {t.bm + t.a_pad}), {T})  # A, transposed: sa[k, row]",
         f"sb = cuda.shared.array(({t.bk}, {t.bn}), {T})  # the B slice: sb[k, column]",
-        f"acc = cuda.local.array(({t.tm}, {t.tn}), {T})",
+        f"a_next = cuda.local.array({na}, {T})  # the next slices, read while this one is used",
+        f"b_next = cuda.local.array({nb}, {T})",
+        f"acc = cuda.local.array({t.tm * t.tn}, {T})",
         f"ar = cuda.local.array({t.tm}, {T})",
         f"br = cuda.local.array({t.tn}, {T})",
         "tx = cuda.threadIdx.x",
@@ -322,19 +393,19 @@ def gemm_body(t: GpuTiling, a: str, b: str, out: str, T: str, epilogue: list[str
         f"n = {b}.shape[1]",
         f"for i in range({t.tm}):",
         f"    for j in range({t.tn}):",
-        f"        acc[i, j] = {T}(0)",
-        f"for k0 in range(0, k, {t.bk}):",
-        *indent(load_a, 1),
-        *indent(load_b, 1),
+        f"        acc[i * {t.tn} + j] = {T}(0)",
+        "k0 = 0",
+        *fetch_a,
+        *fetch_b,
+        f"for k1 in range({t.bk}, k + {t.bk}, {t.bk}):",
+        *indent(slice_stash(t, "a", "sa[q, r]"), 1),
+        *indent(slice_stash(t, "b", "sb[r, q]"), 1),
         "    cuda.syncthreads()",
-        f"    for kk in range({t.bk}):",
-        f"        for i in range({t.tm}):",
-        f"            ar[i] = sa[kk, ty + {ty_} * i]",
-        f"        for j in range({t.tn}):",
-        f"            br[j] = sb[kk, tx + {tx_} * j]",
-        f"        for i in range({t.tm}):",
-        f"            for j in range({t.tn}):",
-        "                acc[i, j] += ar[i] * br[j]",
+        "    k0 = k1",
+        "    if k0 < k:",
+        *indent(fetch_a, 2),
+        *indent(fetch_b, 2),
+        *indent(k_steps(t), 1),
         "    cuda.syncthreads()",
         f"for i in range({t.tm}):",
         f"    i0 = row0 + ty + {ty_} * i",
@@ -342,7 +413,7 @@ def gemm_body(t: GpuTiling, a: str, b: str, out: str, T: str, epilogue: list[str
         f"        for j in range({t.tn}):",
         f"            i1 = col0 + tx + {tx_} * j",
         "            if i1 < n:",
-        "                v = acc[i, j]",
+        f"                v = acc[i * {t.tn} + j]",
         *indent(epilogue, 4),
         f"                {out}[i0, i1] = v",
     ]
@@ -458,7 +529,20 @@ class CudaModel(CompiledModel):
                 from . import _copy_into
 
                 outputs = _copy_into(out, outputs)
+        if self.options.get("check") == "always":
+            self.check_call(inputs, outputs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def check_call(self, inputs: list[Any], outputs: list[Any]) -> None:
+        """check="always": this call's outputs against the float64 reference, on the host
+        (device inputs and outputs are copied there for it)."""
+        from ..check import check_call
+
+        def host(value: Any) -> np.ndarray:
+            array = self.runtime.as_device_array(value)
+            return np.asarray(value) if array is None else array.copy_to_host()
+
+        check_call(self, [host(a) for a in inputs], [host(o) for o in outputs])
 
     def device_out(self, out: Any, inputs: list[Any]) -> list[Any] | None:
         """Device arrays given as out= (written in place: no allocation), checked."""

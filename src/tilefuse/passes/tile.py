@@ -323,6 +323,9 @@ GPU_THREADS_SIDE = 16  # 16 x 16 = 256 threads per block: eight warps to hide la
 # (64 accumulators); f64 takes two registers per value, so its blocks stop at 64.
 GPU_MAX_BLOCK = {"f32": 128, "f64": 64}
 GPU_MIN_BLOCK = 16
+# g.meta key: the dense ops whose GpuTiling the model chose for TYPICAL_BATCH rows of a
+# symbolic batch; the cuda backend adds a large-block kernel for large batches to these
+PLANNED_FOR_TYPICAL_BATCH = "tile_cuda_planned_for_typical_batch"
 
 
 def next_power_of_two(value: int) -> int:
@@ -398,13 +401,19 @@ class TileCuda(Pass):
         from ..text import format_node, node_names
 
         names = node_names(g)
-        nodes, decisions = [], []
+        nodes, decisions, typical = [], [], set(g.meta.get(PLANNED_FOR_TYPICAL_BATCH, ()))
         for node in g.nodes.values():
             if node.op == "dense":
                 node, decision = self.tile_node(g, node, format_node(g, node.id, names))
                 decisions.append(decision)
+                symbolic = isinstance(g[node.inputs[0]].type.shape[0], str)
+                if decision.code == "model" and symbolic and not self.batch:
+                    typical.add(node.id)
+                else:
+                    typical.discard(node.id)
             nodes.append(node)
-        out = Graph(g.name, nodes, g.inputs, g.outputs, g.constants, g.meta)
+        meta = {**g.meta, PLANNED_FOR_TYPICAL_BATCH: frozenset(typical)}
+        out = Graph(g.name, nodes, g.inputs, g.outputs, g.constants, meta)
         return with_decisions(out, decisions)
 
     def tile_node(self, g: Graph, node: Node, line: str) -> tuple[Node, Decision]:
