@@ -327,7 +327,7 @@ def tile_of(g):
 def test_tile_cuda_large_and_small_layers():
     big = tile_of(run_pipeline(dense_graph(4096, 4096, 4096), "tile_cuda"))
     assert big == GpuTiling(bm=128, bn=128, bk=8, tm=8, tn=8)
-    assert big.threads == 256 and big.a_pad == 4  # 32 // bk: a warp stores A in 32 banks
+    assert big.threads == 256 and big.a_pad == 4  # at bk 8: a warp stores A in 32 banks
     assert big.shared_bytes(4) == (128 + 4 + 128) * 8 * 4
     assert tile_of(run_pipeline(dense_graph(4096, 4096, 4096, "f64"), "tile_cuda")).bm == 64
     small = tile_of(run_pipeline(dense_graph(1, 784, 512), "tile_cuda"))

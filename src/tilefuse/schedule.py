@@ -61,8 +61,8 @@ class GpuTiling:
     tile of C, staging bk-deep slices of A and B through shared memory; each of its
     (bm/tm) x (bn/tn) threads keeps a tm x tn tile of accumulators in registers.
 
-    Thread (ty, tx) owns rows ty + i*(bm/tm) and columns tx + j*(bn/tn) of the block tile:
-    neighbouring threads touch neighbouring columns, so loads and stores coalesce.
+    Thread (ty, tx) owns rows ty*tm + i and columns tx*tn + j of the block tile: contiguous
+    runs of shared memory that ptxas reads four values at a time (LDS.128).
     """
 
     bm: int = 64  # rows of C per thread block
@@ -101,9 +101,11 @@ class GpuTiling:
 
     @property
     def a_pad(self) -> int:
-        """Padding of each row of the transposed A slice (bk rows of bm + a_pad): a warp stores
-        32 consecutive elements of A, 32/bk rows by bk columns, into 32 different banks."""
-        return max(1, 32 // self.bk)
+        """Padding of each row of the transposed A slice (bk rows of bm + 4). A warp stores 32
+        consecutive elements of A, 32/bk rows by bk columns: at bk = 8 they land in 32
+        different banks (unpadded, in 4). Four keeps every row 16-byte aligned, so a thread
+        still reads its rows four at a time (LDS.128)."""
+        return 4
 
     def shared_bytes(self, itemsize: int) -> int:
         """Shared memory one block holds: the bk x (bm + a_pad) slice of A and bk x bn of B."""

@@ -353,14 +353,15 @@ def slice_shape(t: GpuTiling, slice_: str) -> tuple[int, int]:
 
 def k_steps(t: GpuTiling) -> list[str]:
     """The bk multiply-accumulate steps on the staged slices, written out one after another:
-    straight-line code lets the compiler keep every shared-memory offset a constant."""
+    straight-line code lets the compiler keep every shared-memory offset a constant. A thread's
+    tm rows and tn columns are contiguous, so ptxas reads them 4 at a time (LDS.128)."""
     lines = []
     for kk in range(t.bk):
         lines += [
             f"for i in range({t.tm}):  # k step {kk}",
-            f"    ar[i] = sa[{kk}, ty + {t.threads_m} * i]",
+            f"    ar[i] = sa[{kk}, ty * {t.tm} + i]",
             f"for j in range({t.tn}):",
-            f"    br[j] = sb[{kk}, tx + {t.threads_n} * j]",
+            f"    br[j] = sb[{kk}, tx * {t.tn} + j]",
             f"for i in range({t.tm}):",
             f"    for j in range({t.tn}):",
             f"        acc[i * {t.tn} + j] += ar[i] * br[j]",
@@ -371,9 +372,13 @@ def k_steps(t: GpuTiling) -> list[str]:
 def gemm_body(t: GpuTiling, a: str, b: str, out: str, T: str, epilogue: list[str]) -> list[str]:
     """The tiled GEMM kernel's body: stage bk slices of A and B, accumulate, then the epilogue
     on each value inside C and one store."""
-    ty_, tx_ = t.threads_m, t.threads_n
-    fetch_a = slice_fetch(t, "a", "row0 + r < m and k0 + q < k", f"{a}[row0 + r, k0 + q]", T)
-    fetch_b = slice_fetch(t, "b", "k0 + r < k and col0 + q < n", f"{b}[k0 + r, col0 + q]", T)
+    tx_ = t.threads_n
+    # the indices are checked first, so they are cast unsigned: that spares the negative-index
+    # wraparound numba applies to signed ones (66% of a k step's instructions are FMAs, not 62)
+    fetch_a = slice_fetch(t, "a", "row0 + r < m and k0 + q < k",
+                          f"{a}[uint64(row0 + r), uint64(k0 + q)]", T)  # fmt: skip
+    fetch_b = slice_fetch(t, "b", "k0 + r < k and col0 + q < n",
+                          f"{b}[uint64(k0 + r), uint64(col0 + q)]", T)  # fmt: skip
     na, nb = (-(-slice_shape(t, s)[0] // t.threads) for s in "ab")
     return [
         f"sa = cuda.shared.array(({t.bk}, {t.bm + t.a_pad}), {T})  # A, transposed: sa[k, row]",
@@ -408,10 +413,10 @@ def gemm_body(t: GpuTiling, a: str, b: str, out: str, T: str, epilogue: list[str
         *indent(k_steps(t), 1),
         "    cuda.syncthreads()",
         f"for i in range({t.tm}):",
-        f"    i0 = row0 + ty + {ty_} * i",
+        f"    i0 = row0 + ty * {t.tm} + i",
         "    if i0 < m:",
         f"        for j in range({t.tn}):",
-        f"            i1 = col0 + tx + {tx_} * j",
+        f"            i1 = col0 + tx * {t.tn} + j",
         "            if i1 < n:",
         f"                v = acc[i * {t.tn} + j]",
         *indent(epilogue, 4),
@@ -438,7 +443,7 @@ The IR it implements:
 import math
 
 import numpy as np
-from numba import cuda, float32, float64  # noqa: F401
+from numba import cuda, float32, float64, uint64  # noqa: F401
 
 from tilefuse.backends import cuda_runtime as R
 
