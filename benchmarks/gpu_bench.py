@@ -130,6 +130,25 @@ SYSTEMS: dict[str, tuple[str | None, Callable[..., Prepared]]] = {
 REFERENCE_ONLY = ("cublas-sgemm",)  # does less work: never checked against the network
 
 
+def available(package: str | None) -> bool:
+    """Whether a system's package is installed and sees a GPU (a CPU-only torch does not);
+    tilefuse (None) always runs: on the GPU, or on the simulator with --smoke."""
+    if package is None:
+        return True
+    if importlib.util.find_spec(package) is None:
+        return False
+    try:
+        if package == "torch":
+            import torch
+
+            return torch.cuda.is_available()
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver, no device: CuPy raises its own CUDA errors
+        return False
+
+
 # -- timing ------------------------------------------------------------------------------------
 def time_calls(p: Prepared, seconds: float, min_samples: int = 5, max_samples: int = 500):
     """Median and best of single synchronised calls, sampled for about `seconds`."""
@@ -259,13 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in wanted if s not in SYSTEMS]
     if unknown:
         parser.error(f"unknown system {unknown[0]!r}; systems: {', '.join(SYSTEMS)}")
-    systems = [
-        s for s in wanted if SYSTEMS[s][0] is None or importlib.util.find_spec(SYSTEMS[s][0])
-    ]
+    systems = [s for s in wanted if available(SYSTEMS[s][0])]
     skipped = sorted(set(wanted) - set(systems))
     device = device_name()
-    print(f"device: {device}; systems: {', '.join(systems)}"
-          + (f" (not installed: {', '.join(skipped)})" if skipped else ""), flush=True)  # fmt: skip
+    missing = f" (no GPU for: {', '.join(skipped)})" if skipped else ""
+    print(f"device: {device}; systems: {', '.join(systems)}{missing}", flush=True)
     rows = [run_case(case, systems, args.seconds) for case in cases]
     report = {
         "device": device,

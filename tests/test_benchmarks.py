@@ -240,3 +240,26 @@ def test_command_line_rejects_unknown_cases_and_systems():
     with pytest.raises(SystemExit, match="unknown system"):
         bench.main(["--systems", "numpy,tensorflow"])
     assert bench.choose_threads("1,64", lambda line: None) == [1]
+
+
+def test_gpu_bench_smoke_runs_on_the_simulator(tmp_path):
+    """The GPU benchmark's plumbing on the CUDA simulator: its checked result and report; the
+    systems that need a GPU (torch, CuPy) are left out, even where a CPU-only torch is
+    installed."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_bench.py"), "--smoke", "--out", str(tmp_path),
+         "--cases", "dense-sigmoid/24", "--seconds", "0"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-smoke.json").read_text())
+    assert report["device"] == "CUDA simulator" and report["simulator"] is True
+    assert report["systems"] == ["tilefuse", "tilefuse-out"]
+    (row,) = report["cases"]
+    assert row["case"] == "dense-sigmoid/24" and row["flops"] == 2 * 24**3
+    assert row["systems"]["tilefuse"]["max_abs_diff"] < 1e-5
+    assert "| dense-sigmoid/24 |" in (tmp_path / "gpu-smoke.md").read_text()
