@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -27,9 +28,13 @@ import tilefuse as tfu
 from tilefuse.errors import ParseError
 from tilefuse.fuzz import (
     ACTIVATION_OPS,
+    AXIS_OPS,
+    BINARY_OPS,
+    CUDA_GROWERS,
     Case,
     cases,
     check_case,
+    graphs,
     import_or_tilefuse_error,
     malformed_texts,
     onnx_models,
@@ -37,6 +42,7 @@ from tilefuse.fuzz import (
     save_failure,
 )
 from tilefuse.ir import Graph
+from tilefuse.ops import OPS
 from tilefuse.passes import PASSES, Pass
 from tilefuse.text import parse_graph
 
@@ -156,11 +162,11 @@ _CUDA_FUZZ = """
 import sys
 sys.path.insert(0, {tests!r})
 import test_fuzz as T
-from tilefuse.fuzz import cases
+from tilefuse.fuzz import CUDA_GROWERS, cases
 
 budget = T.Budget("cuda")
 strategy = cases(max_ops=3, batches=(0, 1, 3, 11), dims=(1, 2, 3, 5, 8, 9),
-                 dense_activations=T.dense_activations())
+                 dense_activations=T.dense_activations(), growers=CUDA_GROWERS)
 budget.run(strategy, lambda case: T.run_fuzz_case(case, ("cuda",), "fuzz_cuda_backend"))
 """
 
@@ -174,6 +180,28 @@ def test_fuzz_cuda_backend_on_the_simulator():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["cases"] >= 2
+
+
+def ops_drawn(strategy: Any, examples: int) -> set[str]:
+    """The ops of `examples` derandomized graphs of `strategy`."""
+    seen: set[str] = set()
+
+    @settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(strategy)
+    def draw(graph: Graph) -> None:
+        seen.update(node.op for node in graph.ops())
+
+    draw()
+    return seen
+
+
+def test_the_graph_fuzzer_draws_every_op():
+    """Every op of the table (an op without a grower fails here); the CUDA fuzzer's graphs
+    only the ops the cuda backend has kernels for."""
+    assert ops_drawn(graphs(), 600) == set(OPS) - {"input", "const"}
+    kernels = {"matmul", "dense", "transpose", *BINARY_OPS, *ACTIVATION_OPS, *AXIS_OPS}
+    assert ops_drawn(graphs(growers=CUDA_GROWERS), 100) <= kernels
 
 
 KNOWN_BUGS_ONNX_IMPORT = False  # see docs/reliability.md: crashes other than TilefuseError
@@ -295,3 +323,114 @@ def test_cpu_dense_with_a_softmax_activation():
     model = tfu.compile(parse_graph(_DENSE_SOFTMAX), target="cpu", pipeline="")
     x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
     np.testing.assert_allclose(model(x), tfu.reference.run(model.graph, x), rtol=1e-5)
+
+
+# numba's default error model raised ZeroDivisionError in the CPU backend's generated code
+# where the reference (NumPy) gives inf or nan: a mean and a layer norm over an empty batch
+# axis (CPU fuzzer), and a division by a zero input (the same cause)
+_EMPTY_MEAN = """
+graph g(%x: f64[N,3]) -> f64[1,3] {
+  %0 = reduce_mean[axes=(0)](%x) : f64[1,3]
+  return %0
+}
+"""
+_EMPTY_LAYER_NORM = """
+graph g(%x: f64[N,3]) -> f64[N,3] {
+  %s = const[value=1.5] : f64[]
+  %0 = layer_norm[axis=0](%x, %s) : f64[N,3]
+  return %0
+}
+"""
+_DIVIDE_BY_AN_INPUT = """
+graph g(%x: f32[N,3], %y: f32[N,3]) -> f32[N,3] {
+  %0 = div(%x, %y) : f32[N,3]
+  return %0
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "text, inputs",
+    [
+        (_EMPTY_MEAN, [np.zeros((0, 3))]),
+        (_EMPTY_LAYER_NORM, [np.zeros((0, 3))]),
+        (_DIVIDE_BY_AN_INPUT, [np.float32([[1, 0, -1]]), np.zeros((1, 3), np.float32)]),
+    ],
+    ids=["reduce_mean", "layer_norm", "div"],
+)
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")
+def test_cpu_division_by_zero_is_inf_or_nan_as_in_the_reference(text, inputs):
+    graph = parse_graph(text)
+    got = tfu.compile(graph, target="cpu", pipeline="", check=False).run(inputs)
+    want = tfu.reference.run_graph(graph, inputs)
+    np.testing.assert_array_equal(got[0], want[0])  # NaN meets NaN, inf the same inf
+
+
+# the reference's erf and gelu called .astype on what np.frompyfunc returned, which for a
+# 0-d array (a reduction over every axis) is a bare float: AttributeError (pipeline fuzzer)
+_ERF_OF_A_SCALAR = """
+graph g(%x: f32[N,3]) -> (f32[], f32[]) {
+  %0 = reduce_sum[keepdims=false](%x) : f32[]
+  %1 = erf(%0) : f32[]
+  %2 = gelu(%0) : f32[]
+  return %1, %2
+}
+"""
+
+
+def test_erf_and_gelu_of_a_scalar_in_the_reference():
+    x = np.float32([[0.25, -0.5, 0.75]])
+    erf, gelu = tfu.reference.run(parse_graph(_ERF_OF_A_SCALAR), x)
+    assert erf.shape == gelu.shape == () and erf.dtype == gelu.dtype == np.float32
+    np.testing.assert_allclose([erf, gelu], [math.erf(0.5), 0.25 * (1 + math.erf(0.5**1.5))])
+
+
+# permute[perm=()] and a reduction of a 0-d value indexed it as `v[]` in the CPU backend's
+# generated code: SyntaxError (CPU fuzzer)
+_SCALAR_PERMUTE_AND_REDUCE = """
+graph g(%x: f32[N,3]) -> (f32[], f32[]) {
+  %0 = reduce_mean[keepdims=false](%x) : f32[]
+  %1 = permute[perm=()](%0) : f32[]
+  %2 = reduce_max(%0) : f32[]
+  return %1, %2
+}
+"""
+
+
+def test_cpu_permute_and_reduce_of_a_scalar():
+    case = Case(parse_graph(_SCALAR_PERMUTE_AND_REDUCE), pipeline="", batch=3, seed=0)
+    check_case(case, ("cpu",))
+
+
+# a graph output that is a 0-d constant (what canonicalize makes of sqrt of one) was copied
+# as `out0[...] = c` from the 1-element array a scalar constant is passed as: TypingError
+# (CPU fuzzer)
+_SCALAR_CONSTANT_OUTPUT = """
+graph g(%x: f32[N,3]) -> f32[] {
+  %c = const[value=1.5] : f32[]
+  %0 = sqrt(%c) : f32[]
+  return %0
+}
+"""
+
+
+def test_cpu_scalar_constant_output():
+    case = Case(parse_graph(_SCALAR_CONSTANT_OUTPUT), pipeline="canonicalize", batch=2, seed=0)
+    check_case(case, ("cpu",))
+
+
+# an activation or a binary op on a 0-d value (not a constant) stored its element as `v[0]`
+# in the CPU backend's generated code, which a 0-d array has not: TypingError (CPU fuzzer)
+_SCALAR_ELEMENTWISE = """
+graph g(%x: f32[N,3]) -> (f32[], f32[]) {
+  %0 = reduce_sum[keepdims=false](%x) : f32[]
+  %1 = tanh(%0) : f32[]
+  %2 = mul(%1, %0) : f32[]
+  return %1, %2
+}
+"""
+
+
+def test_cpu_elementwise_ops_on_a_scalar():
+    case = Case(parse_graph(_SCALAR_ELEMENTWISE), pipeline="", batch=3, seed=0)
+    check_case(case, ("cpu",))

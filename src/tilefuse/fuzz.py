@@ -9,15 +9,17 @@ with the reference interpreter. Place in the pipeline: outside it, testing all o
         check_case(case, backends=("stages", "cpu"))
 
 A `Case` is a graph (random DAG of matmul, transpose, the binary ops with broadcasting, the
-activations and the fused dense op, over shapes with 1s and primes), a pipeline (a random
-selection of the passes, tile options included), a batch (0 and 1 included) and an input
-seed. `check_case` runs it:
+activations, the fused dense op and the ops of imported networks: exp, log, sqrt, erf, the
+reductions, reshape, permute, batch_matmul and layer_norm, over shapes with 1s and primes
+and ranks 0 to 4), a pipeline (a random selection of the passes, tile options included), a
+batch (0 and 1 included) and an input seed. `check_case` runs it:
 
     stages   every pass's output verifies, prints and parses back to the same graph, and
              runs in the reference interpreter (tiled dense ops block by block) to the
              original graph's answer
     cpu      tfu.compile(target="cpu") with that pipeline gives the reference's answer
-    cuda     the same for target="cuda" (the simulator: slow, small cases only)
+    cuda     the same for target="cuda" (the simulator: slow, small cases only; draw its
+             graphs with growers=CUDA_GROWERS, the ops it has kernels for)
 
 all against the float64 reference of the original graph, at the dtype's tolerance scaled by
 the largest value the graph computes. `case.to_pytest()` is a ready-to-run test file with
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import pathlib
 import re
@@ -41,6 +44,7 @@ from hypothesis import strategies as st
 from .check import reference_f64, tolerance
 from .errors import MiscompileError, TilefuseError
 from .ir import Graph, GraphBuilder, TensorType
+from .ops import broadcast_shapes, evaluate
 from .text import node_names, parse_graph
 
 DIMS = (1, 2, 3, 5, 7, 8, 13, 16, 31, 33)  # 1, primes, a power of two, ragged around 32
@@ -220,8 +224,19 @@ RUNNERS: dict[str, Callable[[Case, list[np.ndarray], Callable], None]] = {
 
 
 # -- the strategies --------------------------------------------------------------------------
+UNARY_OPS = ("exp", "log", "sqrt", "erf")
+REDUCE_OPS = ("reduce_sum", "reduce_mean", "reduce_max")
+MAX_RANK = 4  # reshape, batch_matmul and layer_norm make values of rank 0 to 4
+EXP_LIMIT = 10.0  # exp only of values within +-10 on the sample: f32 overflows at 88
+SQUARE_LIMIT = 1e6  # a * a + c (a positive operand) only where a * a stays far from f32's max
+
+
 class _Builder:
-    """Grows a random graph one op at a time from a pool of values of known type."""
+    """Grows a random graph one op at a time from a pool of values of known type. Every value
+    is also computed on a sample input (batch SAMPLE_BATCH), so that growers can see how large
+    a value gets (exp of a value that can reach 100 overflows in f32 but not in f64)."""
+
+    SAMPLE_BATCH = max(BATCHES)
 
     def __init__(self, draw: Callable, dtype: str, dense_activations: Sequence[str]) -> None:
         self.draw = draw
@@ -231,30 +246,69 @@ class _Builder:
         self.b = GraphBuilder("fuzz")
         self.pool: list[int] = []
         self.rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+        self.sample: dict[int, np.ndarray] = {}
+        self.sample_rng = np.random.default_rng(0)
 
     def type(self, value: int) -> TensorType:
         return self.b.types[value]
 
+    def choose(self, values: Sequence[int]) -> int | None:
+        return self.draw(st.sampled_from(values)) if values else None
+
     def pick(self, fits: Callable[[TensorType], bool] = lambda t: True) -> int | None:
-        choices = [v for v in self.pool if fits(self.type(v))]
-        return self.draw(st.sampled_from(choices)) if choices else None
+        return self.choose([v for v in self.pool if fits(self.type(v))])
+
+    def pick_within(
+        self, limit: float, fits: Callable[[TensorType], bool] = lambda t: True
+    ) -> int | None:
+        """A value whose sample stays within +-limit."""
+        return self.choose([v for v in self.pool if fits(self.type(v)) and self.size(v) <= limit])
+
+    def size(self, value: int) -> float:
+        """The largest |element| of the value on the sample (inf when not finite)."""
+        s = self.sample[value]
+        return float(np.max(np.abs(s), initial=0.0)) if np.all(np.isfinite(s)) else np.inf
 
     def dim(self) -> int:
         return self.draw(st.sampled_from(self.dims))
 
-    def const(self, shape: tuple[int, ...], low: float = 0.0, name: str = "c") -> int:
-        """Normal values scaled by 1/sqrt(rows); |values| >= low when low > 0 (divisors)."""
-        values = self.rng.standard_normal(shape) / np.sqrt(max(shape[0] if shape else 1, 1))
-        if low:
-            values = np.sign(values + 1e-30) * (low + np.abs(values))
-        return self.b.const(values.astype(np.float64), name, dtype=self.dtype)
+    def input(self, name: str, shape: tuple[int | str, ...]) -> None:
+        v = self.b.input(name, TensorType(self.dtype, shape))
+        concrete = [d if isinstance(d, int) else self.SAMPLE_BATCH for d in shape]
+        self.sample[v] = self.sample_rng.standard_normal(concrete).astype(self.type(v).np_dtype)
+        self.pool.append(v)
 
-    def add(self, op: str, inputs: list[int], **attrs: Any) -> None:
-        self.pool.append(self.b.op(op, inputs, **attrs))
+    def const(
+        self, shape: tuple[int, ...], low: float = 0.0, name: str = "c", positive: bool = False
+    ) -> int:
+        """Normal values scaled by 1/sqrt(rows); |values| >= low when low > 0 (divisors), all
+        of them >= low when `positive`."""
+        values = self.rng.standard_normal(shape) / np.sqrt(max(shape[0] if shape else 1, 1))
+        if positive:
+            values = low + np.abs(values)
+        elif low:
+            values = np.sign(values + 1e-30) * (low + np.abs(values))
+        v = self.b.const(values.astype(np.float64), name, dtype=self.dtype)
+        self.sample[v] = self.b.constants[v]
+        return v
+
+    def add(self, op: str, inputs: list[int], **attrs: Any) -> int:
+        v = self.b.op(op, inputs, **attrs)
+        with np.errstate(all="ignore"):
+            self.sample[v] = evaluate(self.b.nodes[v], [self.sample[i] for i in inputs])
+        self.pool.append(v)
+        return v
 
 
 def _static(t: TensorType, axis: int) -> bool:
     return t.rank == 2 and isinstance(t.shape[axis], int)
+
+
+def _broadcast_shape(gb: _Builder, shape: Sequence[int | str]) -> tuple[int, ...]:
+    """A constant's shape that broadcasts to `shape` without growing it: some of its trailing
+    axes, each its extent or 1 (1 for a symbolic dim)."""
+    kept = shape[len(shape) - gb.draw(st.integers(0, len(shape))) :]
+    return tuple(d if isinstance(d, int) and gb.draw(st.booleans()) else 1 for d in kept)
 
 
 def _grow_matmul(gb: _Builder) -> None:
@@ -297,17 +351,17 @@ def _grow_binary(gb: _Builder) -> None:
     t = gb.type(a)
     op = gb.draw(st.sampled_from(BINARY_OPS))
     same = gb.pick(lambda u: u.shape == t.shape)
-    shapes = [()] + (
-        [(t.shape[-1],), (1, t.shape[-1])] if t.rank and isinstance(t.shape[-1], int) else []
-    )
-    if t.rank == 2 and isinstance(t.shape[0], int):
-        shapes.append((t.shape[0], 1))
     kind = gb.draw(st.sampled_from(("value", "const")))
     if op == "div" or kind == "const" or same is None:  # divide by constants away from 0 only
-        b = gb.const(gb.draw(st.sampled_from(shapes)), low=0.5 if op == "div" else 0.0)
+        b = gb.const(_broadcast_shape(gb, t.shape), low=0.5 if op == "div" else 0.0)
     else:
         b = same
     gb.add(op, [b, a] if op != "div" and gb.draw(st.booleans()) else [a, b])
+
+
+def _axis(gb: _Builder, rank: int) -> int:
+    """An axis of a rank >= 1 value: -1 and 0 often (the axes 2-D networks use), any other."""
+    return gb.draw(st.one_of(st.sampled_from((-1, 0)), st.integers(-rank, rank - 1)))
 
 
 def _grow_activation(gb: _Builder) -> None:
@@ -317,7 +371,7 @@ def _grow_activation(gb: _Builder) -> None:
     op = gb.draw(st.sampled_from(ACTIVATION_OPS + AXIS_OPS))
     attrs: dict[str, Any] = {}
     if op in AXIS_OPS and gb.type(x).rank:
-        attrs["axis"] = gb.draw(st.sampled_from((-1, 0)))
+        attrs["axis"] = _axis(gb, gb.type(x).rank)
     elif op in AXIS_OPS:
         return
     if op == "leaky_relu":
@@ -333,13 +387,150 @@ def _grow_transpose(gb: _Builder) -> None:
         gb.add("transpose", [x])
 
 
+# -- the ops of imported networks ------------------------------------------------------------
+def _positive(gb: _Builder) -> int | None:
+    """A value > 0.1 for log and sqrt, however its inputs turn out: exp(a) + c or a * a + c
+    (c a constant >= 0.1), or a positive constant."""
+    how = gb.draw(st.sampled_from(("exp", "square", "const")))
+    if how == "const":
+        shape = gb.draw(st.sampled_from([(), (gb.dim(),), (gb.dim(), gb.dim())]))
+        return gb.const(shape, low=0.1, positive=True)
+    a = gb.pick_within(EXP_LIMIT if how == "exp" else SQUARE_LIMIT)
+    if a is None:
+        return None
+    inner = gb.add("exp", [a]) if how == "exp" else gb.add("mul", [a, a])
+    c = gb.const(_broadcast_shape(gb, gb.type(a).shape), low=0.1, positive=True)
+    return gb.add("add", [inner, c] if gb.draw(st.booleans()) else [c, inner])
+
+
+def _grow_unary(gb: _Builder) -> None:
+    """erf of anything, exp of values that cannot overflow, log and sqrt of positive values."""
+    op = gb.draw(st.sampled_from(UNARY_OPS))
+    if op == "erf":
+        x = gb.pick()
+    elif op == "exp":
+        x = gb.pick_within(EXP_LIMIT)
+    else:
+        x = _positive(gb)
+    if x is not None:
+        gb.add(op, [x])
+
+
+def _grow_reduce(gb: _Builder) -> None:
+    """A reduction over some axes in any order, negative or not (none: every axis)."""
+    x = gb.pick()
+    if x is None:
+        return
+    rank = gb.type(x).rank
+    axes = gb.draw(st.lists(st.integers(0, rank - 1), unique=True, max_size=rank)) if rank else []
+    axes = [a - rank if gb.draw(st.booleans()) else a for a in axes]
+    op = gb.draw(st.sampled_from(REDUCE_OPS))
+    gb.add(op, [x], axes=tuple(axes), keepdims=gb.draw(st.booleans()))
+
+
+def _prime_factors(n: int) -> list[int]:
+    factors, p = [], 2
+    while n > 1:
+        while n % p == 0:
+            factors.append(p)
+            n //= p
+        p += 1
+    return factors
+
+
+def _grow_reshape(gb: _Builder) -> None:
+    """The static extents regrouped into up to MAX_RANK axes (1s included), the symbolic dim
+    anywhere among them."""
+    x = gb.pick(lambda t: sum(isinstance(d, str) for d in t.shape) <= 1)
+    if x is None:
+        return
+    t = gb.type(x)
+    symbols = [d for d in t.shape if isinstance(d, str)]
+    primes = _prime_factors(math.prod(d for d in t.shape if isinstance(d, int)))
+    axes = gb.draw(st.integers(1 if primes else 0, MAX_RANK - len(symbols)))
+    dims: list[int | str] = [1] * axes
+    for p in primes:
+        dims[gb.draw(st.integers(0, axes - 1))] *= p
+    for s in symbols:
+        dims.insert(gb.draw(st.integers(0, len(dims))), s)
+    gb.add("reshape", [x], shape=tuple(dims))
+
+
+def _grow_permute(gb: _Builder) -> None:
+    x = gb.pick()
+    if x is not None:
+        perm = gb.draw(st.permutations(range(gb.type(x).rank)))
+        gb.add("permute", [x], perm=tuple(perm))
+
+
+def _batch_dims(gb: _Builder, batch: Sequence[int | str], room: int) -> tuple[int, ...]:
+    """A constant's batch axes that broadcast with `batch`: some of its trailing axes, each
+    its extent or 1, and with `room` left, sometimes a new leading axis (the result grows)."""
+    dims = _broadcast_shape(gb, batch)
+    if len(dims) == len(batch) and room > 0 and gb.draw(st.booleans()):
+        dims = (gb.draw(st.sampled_from((1, 2, 3))), *dims)
+    return dims
+
+
+def _grow_batch_matmul(gb: _Builder) -> None:
+    """a @ C (a's last axis static), C @ a (a's second-to-last static) or a @ b of two values
+    whose inner axes match (a symbolic inner axis included: x^T @ x sums over the batch)."""
+    a = gb.pick(lambda t: t.rank >= 2)
+    if a is None:
+        return
+    t = gb.type(a)
+    room = MAX_RANK - t.rank
+    side = gb.draw(st.sampled_from(("right", "left", "value")))
+    if side == "value":
+
+        def fits(u: TensorType) -> bool:
+            batch = broadcast_shapes(t.shape[:-2], u.shape[:-2]) if u.rank >= 2 else None
+            return batch is not None and u.shape[-2] == t.shape[-1] and len(batch) + 2 <= MAX_RANK
+
+        b = gb.pick(fits)
+        if b is not None:
+            gb.add("batch_matmul", [a, b])
+            return
+    k, m = t.shape[-1], t.shape[-2]
+    if isinstance(k, int) and (side != "left" or not isinstance(m, int)):
+        w = gb.const((*_batch_dims(gb, t.shape[:-2], room), k, gb.dim()), name="w")
+        gb.add("batch_matmul", [a, w])
+    elif isinstance(m, int):
+        w = gb.const((*_batch_dims(gb, t.shape[:-2], room), gb.dim(), m), name="w")
+        gb.add("batch_matmul", [w, a])
+
+
+def _grow_layer_norm(gb: _Builder) -> None:
+    """Over the axes from `axis` on, a scale and sometimes a shift broadcast to them."""
+    x = gb.pick(lambda t: t.rank >= 1)
+    if x is None:
+        return
+    t = gb.type(x)
+    axis = _axis(gb, t.rank)
+    normalized = t.shape[axis % t.rank :]
+    operands = [x, gb.const(_broadcast_shape(gb, normalized), name="scale")]
+    if gb.draw(st.booleans()):
+        operands.append(gb.const(_broadcast_shape(gb, normalized), name="shift"))
+    epsilon = gb.draw(st.sampled_from((1e-5, 1e-3, 0.1)))
+    gb.add("layer_norm", operands, axis=axis, epsilon=epsilon)
+
+
 GROWERS = {
     "matmul": _grow_matmul,
     "dense": _grow_dense,
     "binary": _grow_binary,
     "activation": _grow_activation,
     "transpose": _grow_transpose,
+    "unary": _grow_unary,
+    "reduce": _grow_reduce,
+    "reshape": _grow_reshape,
+    "permute": _grow_permute,
+    "batch_matmul": _grow_batch_matmul,
+    "layer_norm": _grow_layer_norm,
 }
+# the cuda backend has kernels for these only: the ops of imported networks (unary, reduce,
+# reshape, permute, batch_matmul, layer_norm) have none there
+CUDA_GROWERS = ("activation", "binary", "dense", "matmul", "transpose")
 
 
 @st.composite
@@ -348,16 +539,18 @@ def graphs(
     max_ops: int = 6,
     dense_activations: Sequence[str] = ACTIVATION_OPS + AXIS_OPS,
     dims: Sequence[int] = DIMS,
+    growers: Sequence[str] = tuple(GROWERS),
 ) -> Graph:
     """A random DAG over one symbolic-batch input (sometimes a second, static one), of at
-    most `max_ops` ops; directly written dense ops use `dense_activations`."""
+    most `max_ops` ops drawn by `growers` (names in GROWERS); directly written dense ops use
+    `dense_activations`."""
     gb = _Builder(draw, draw(st.sampled_from(("f32", "f64"))), dense_activations)
     gb.dims = tuple(dims)
-    gb.pool.append(gb.b.input("x", TensorType(gb.dtype, ("N", gb.dim()))))
+    gb.input("x", ("N", gb.dim()))
     if draw(st.booleans()):
-        gb.pool.append(gb.b.input("y", TensorType(gb.dtype, (gb.dim(), gb.dim()))))
+        gb.input("y", (gb.dim(), gb.dim()))
     for _ in range(draw(st.integers(1, max_ops))):
-        GROWERS[draw(st.sampled_from(sorted(GROWERS)))](gb)
+        GROWERS[draw(st.sampled_from(sorted(growers)))](gb)
     if len(gb.pool) == len(gb.b.inputs):
         _grow_activation(gb)
     outputs = [gb.pool[-1]]
@@ -392,9 +585,10 @@ def cases(
     batches: Sequence[int] = BATCHES,
     dims: Sequence[int] = DIMS,
     dense_activations: Sequence[str] = ACTIVATION_OPS + AXIS_OPS,
+    growers: Sequence[str] = tuple(GROWERS),
 ) -> Case:
     return Case(
-        draw(graphs(max_ops, dense_activations, dims)),
+        draw(graphs(max_ops, dense_activations, dims, growers)),
         draw(pipelines()),
         draw(st.sampled_from(tuple(batches))),
         draw(st.integers(0, 2**16)),
@@ -541,6 +735,8 @@ def import_or_tilefuse_error(model: Any) -> Graph | TilefuseError:
 
 __all__ = [
     "BACKENDS",
+    "CUDA_GROWERS",
+    "GROWERS",
     "Case",
     "Mismatch",
     "cases",

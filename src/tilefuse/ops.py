@@ -43,13 +43,18 @@ class OpDef:
 
 
 # -- activations: one line each ------------------------------------------------------------
-_erf = np.frompyfunc(math.erf, 1, 1)
+_math_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """erf of every element, as `dtype` (a 0-d array too: frompyfunc gives a bare float)."""
+    return np.asarray(_math_erf(x)).astype(dtype)
 
 
 def _gelu(x: np.ndarray, approximate: str = "none", **_: Any) -> np.ndarray:
     if approximate == "tanh":
         return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-    return 0.5 * x * (1 + _erf(x / math.sqrt(2)).astype(x.dtype))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2), x.dtype))
 
 
 def _softmax(x: np.ndarray, axis: int = -1, **_: Any) -> np.ndarray:
@@ -231,7 +236,7 @@ UNARY_REFS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "exp": np.exp,
     "log": np.log,
     "sqrt": np.sqrt,
-    "erf": lambda x: _erf(x).astype(x.dtype),
+    "erf": lambda x: _erf(x, x.dtype),
 }
 REDUCE_REFS: dict[str, Callable[..., np.ndarray]] = {
     "reduce_mean": np.mean,

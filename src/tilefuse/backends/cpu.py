@@ -164,7 +164,9 @@ class _Renderer:
         header = _MODULE_HEADER.format(name=g.name, ir=ir_text)
         header += "".join(f"{name} = E.require({d!r})\n" for name, d in self.entries.items())
         header += "\n\n" if self.entries else ""
-        source = header + f"@njit(cache=True, fastmath=False)\ndef forward({', '.join(args)}):\n"
+        # error_model="numpy": x / 0 is inf or nan as in the reference, not ZeroDivisionError
+        decorator = '@njit(cache=True, fastmath=False, error_model="numpy")'
+        source = header + f"{decorator}\ndef forward({', '.join(args)}):\n"
         source += "\n".join(self.body) + "\n"
         buffers = [(DTYPES[b.dtype], b.size) for b in self.plan.buffers] if self.plan else []
         symbol = self.plan.symbol if self.plan else "N"
@@ -191,7 +193,10 @@ class _Renderer:
         for k, o in enumerate(self.g.outputs):
             if destinations.get(o) != f"out{k}":
                 self.emit("")
-                self.emit(f"out{k}[...] = {self.value(o)}")
+                if self.g[o].type.rank:
+                    self.emit(f"out{k}[...] = {self.value(o)}")
+                else:  # a scalar constant is passed as a 1-element array: read its element
+                    self.emit(f"out{k}[()] = {self.read(o, self.g[o].type)}")
 
     # ops -----------------------------------------------------------------------------------
     def loop_nest(self, t: TensorType, body: list[str]) -> None:
@@ -222,7 +227,7 @@ class _Renderer:
 
     def elementwise_body(self, node: Node) -> list[str]:
         """The statements computing one element of a binary op or an activation."""
-        dst = self.var[node.id] + self.index(node.type, node.type)
+        dst = self.read(node.id, node.type)  # the element written, indexed as it is read
         if node.op in _BINARY_CODE:
             a, b = (self.read(i, node.type) for i in node.inputs)
             body = [f"v = {a} {_BINARY_CODE[node.op]} {b}"]
@@ -286,6 +291,11 @@ class _Renderer:
 
     def render_permute(self, node: Node) -> None:
         perm = attrs_of(node)["perm"]
+        if not perm:  # a scalar: read as `read` does (a 0-d array, or a 1-element constant)
+            self.loop_nest(
+                node.type, [f"{self.element(node)} = {self.read(node.inputs[0], node.type)}"]
+            )
+            return
         source_index = ["0"] * len(perm)
         for out_axis, in_axis in enumerate(perm):
             source_index[in_axis] = f"i{out_axis}"
@@ -306,11 +316,13 @@ class _Renderer:
             body.append("    " * depth + f"for r{a} in range({self.dim(source.shape[a])}):")
         inner = "    " * len(axes)
         src = self.value(node.inputs[0])
+        # a scalar source has no axes to index: read it as `read` does
+        item = f"{src}[{index}]" if source.rank else self.read(node.inputs[0], node.type)
         if node.op == "reduce_max":
-            body += [f"{inner}a = {src}[{index}]", f"{inner}if a > acc or a != a:",
+            body += [f"{inner}a = {item}", f"{inner}if a > acc or a != a:",
                      f"{inner}    acc = a"]  # fmt: skip
         else:
-            body.append(f"{inner}acc += {src}[{index}]")
+            body.append(f"{inner}acc += {item}")
         if node.op == "reduce_mean":
             count = " * ".join(self.dim(source.shape[a]) for a in axes) or "1"
             body.append(f"acc = acc / ({count})")
