@@ -285,6 +285,55 @@ def test_symbolic_batch_gets_a_large_block_kernel_for_large_batches():
         assert "_large" not in kept.source  # a user's tiling, or one planned for a batch
 
 
+IMPORTED_OPS = """
+graph g(%x: f32[N,2,3], %s: f32[3]) -> (f32[N,3], f32[N,6], f32[3,2,N], f32[N,2,3], f32[],
+                                        f32[N,2,4], f32[N,2,3], f32[N,2,3]) {
+  %w = const[value=[[1.0, 2.0, 0.5, -1.0], [0.5, -0.2, 1.0, 2.0], [1.5, 0.0, -1.0, 0.5]]] : f32[3,4]
+  %b = const[value=[0.5, -1.0, 2.0]] : f32[3]
+  %0 = reduce_mean[axes=(1), keepdims=false](%x) : f32[N,3]
+  %1 = reshape[shape=(N,6)](%x) : f32[N,6]
+  %2 = permute[perm=(2,1,0)](%x) : f32[3,2,N]
+  %3 = layer_norm[axis=2](%x, %s) : f32[N,2,3]
+  %4 = reduce_max[keepdims=false](%x) : f32[]
+  %5 = batch_matmul(%x, %w) : f32[N,2,4]
+  %e = exp(%x) : f32[N,2,3]
+  %6 = log(%e) : f32[N,2,3]
+  %r = erf(%x) : f32[N,2,3]
+  %q = sqrt(%s) : f32[3]
+  %7 = layer_norm[axis=2, epsilon=0.001](%r, %b, %q) : f32[N,2,3]
+  return %0, %1, %2, %3, %4, %5, %6, %7
+}
+"""
+
+
+@pytest.mark.parametrize("batch", [5, 1, 0])
+def test_ops_of_imported_networks_run_as_kernels(batch):
+    """Reductions, reshape, permute, layer_norm (a run-time scale broadcast on the device,
+    and a constant one), batch_matmul and the unary ops: kernels, not loops in forward."""
+    g, model = compile_text(IMPORTED_OPS, pipeline="")
+    x, s = random((batch, 2, 3)), np.float32([1.0, 2.0, 0.5])
+    for got, want in zip(model(x, s), reference_f64(g, x, s), strict=True):
+        assert got.shape == want.shape
+        assert_close(got, want, "f32")
+    source = model.source()
+    for kernel in (
+        "reduce_mean_0",
+        "reshape_1",
+        "permute_2",
+        "layer_norm_3",
+        "reduce_max_4",
+        "batch_matmul_5",
+        "exp_6",
+        "log_7",
+        "broadcast_scale_3",
+        "broadcast_shift_10",
+        "layer_norm_10",
+    ):
+        assert f"def {kernel}(" in source, kernel
+    forward = source[source.index("def forward(") :]
+    assert "for i0 in range" not in forward  # no element loops on the host
+
+
 def test_ptx_needs_a_real_gpu(small_mlp):
     net, model = small_mlp
     if not R.simulated():
@@ -378,6 +427,9 @@ import json, os, re, sys
 import tilefuse as tfu
 from tilefuse.passes import run_pipeline
 from tilefuse.backends.cuda import kernel_llvm
+from tilefuse.ir import cast_graph
+from tilefuse.text import parse_graph
+IMPORTED_OPS = {imported!r}
 report = {}
 try:
     tfu.compile(tfu.Sequential([tfu.Dense(2)], input_dim=2), target="cuda")
@@ -389,9 +441,11 @@ for dtype in ("f32", "f64"):
     net = tfu.Sequential([tfu.Dense(8, activation=a) for a in acts]
                          + [tfu.Dense(3, activation="softmax")], input_dim=5, dtype=dtype)
     g = run_pipeline(net.graph(), "canonicalize,fuse,tile_cuda")
-    for name, ir in kernel_llvm(g).items():
-        f64_math = r"\b(?:fadd|fsub|fmul|fdiv) double %|call double"
-        report[f"{dtype} {name}"] = len(re.findall(f64_math, ir))
+    imported = cast_graph(parse_graph(IMPORTED_OPS), dtype)
+    for kind, graph in (("mlp", g), ("imported", imported)):
+        for name, ir in kernel_llvm(graph).items():
+            f64_math = r"\b(?:fadd|fsub|fmul|fdiv) double %|call double"
+            report[f"{dtype} {kind} {name}"] = len(re.findall(f64_math, ir))
 print(json.dumps(report))
 """
 
@@ -399,15 +453,19 @@ print(json.dumps(report))
 def test_kernels_lower_for_a_device_and_f32_stays_f32():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     result = subprocess.run(
-        [sys.executable, "-c", _DEVICE_CHECK], capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-c", _DEVICE_CHECK.replace("{imported!r}", repr(IMPORTED_OPS))],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if result.returncode and "compile_cuda" in result.stderr and "ImportError" in result.stderr:
         pytest.skip("this numba-cuda has no compile_cuda")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.splitlines()[-1])
     f32 = {k: v for k, v in report.items() if k.startswith("f32 ")}
-    f64 = {k: v for k, v in report.items() if k.startswith("f64 ")}
-    assert len(f32) == 8 and all(v == 0 for v in f32.values()), f32  # no f64 math in f32
+    f64 = {k: v for k, v in report.items() if k.startswith("f64 mlp ")}
+    assert len(f32) == 8 + 13 and all(v == 0 for v in f32.values()), f32  # no f64 in f32
     assert all(v > 0 for v in f64.values()), f64
     if not _gpu_present():
         assert "NUMBA_ENABLE_CUDASIM=1" in report["error"]

@@ -275,6 +275,14 @@ class _Renderer:
         ])  # fmt: skip
 
     # ops of imported networks: layout, math, reductions, batched matmul, layer norm --------
+    def literal(self, value: float, t: TensorType) -> str:
+        """A float constant in the generated code (accumulators start as float64 here)."""
+        return "-np.inf" if value == -math.inf else repr(value)
+
+    def cast(self, expr: str, t: TensorType) -> str:
+        """`expr` (an int, say) as a float of `t`'s dtype where the code needs it typed."""
+        return expr
+
     def element(self, node: Node) -> str:
         """The element of the node's result the loop nest is at (`[()]` for a 0-d result)."""
         index = self.index(node.type, node.type) if node.type.rank else "[()]"
@@ -311,7 +319,8 @@ class _Renderer:
         kept = [a for a in range(source.rank) if a not in axes]
         out_axis = {a: (a if attrs["keepdims"] else kept.index(a)) for a in kept}
         index = ", ".join(f"r{a}" if a in axes else f"i{out_axis[a]}" for a in range(source.rank))
-        body = ["acc = -np.inf" if node.op == "reduce_max" else "acc = 0.0"]
+        start = -math.inf if node.op == "reduce_max" else 0.0
+        body = [f"acc = {self.literal(start, node.type)}"]
         for depth, a in enumerate(axes):
             body.append("    " * depth + f"for r{a} in range({self.dim(source.shape[a])}):")
         inner = "    " * len(axes)
@@ -325,7 +334,7 @@ class _Renderer:
             body.append(f"{inner}acc += {item}")
         if node.op == "reduce_mean":
             count = " * ".join(self.dim(source.shape[a]) for a in axes) or "1"
-            body.append(f"acc = acc / ({count})")
+            body.append(f"acc = acc / {self.cast(f'({count})', node.type)}")
         self.loop_nest(node.type, [*body, f"{self.element(node)} = acc"])
 
     def render_batch_matmul(self, node: Node) -> None:
@@ -345,7 +354,7 @@ class _Renderer:
         x, w = (self.value(i) for i in node.inputs)
         dst = self.element(node)
         self.loop_nest(out, [
-            "acc = 0.0",
+            f"acc = {self.literal(0.0, out)}",
             f"for t in range({k}):",
             f"    acc += {x}[{operand_index(a, f'i{rank - 2}', 't')}]"
             f" * {w}[{operand_index(b, 't', f'i{rank - 1}')}]",

@@ -20,6 +20,8 @@ Rendering needs neither: `--emit cuda-source` works anywhere.
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -111,6 +113,7 @@ class _CudaRenderer(_Renderer):
 
     def render_op(self, node: Node) -> None:
         self.value(node.id)
+        self.current = node  # the op whose loop nest `loop_nest` makes a kernel of
         super().render_op(node)
 
     def render(self) -> Rendered:
@@ -216,6 +219,113 @@ class _CudaRenderer(_Renderer):
         self.kernel(name, node, [src, dst], loop, f"one thread per row along axis {axis}")
         self.emit(f"blocks, threads = R.elementwise_launch({rows})")
         self.emit(f"{name}[blocks, threads]({', '.join(dict.fromkeys([src, dst]))})")
+
+    # ops of imported networks: the cpu renderer's per-element bodies, one thread each -------
+    def loop_nest(self, t: TensorType, body: list[str]) -> None:
+        """The cpu renderer's loop nest over the current op's value, as a kernel: one thread
+        per element (unary ops, permute, reductions, batch_matmul)."""
+        node = self.current
+        dims = [v for v in self.dims.values() if re.search(rf"\b{v}\b", "\n".join(body))]
+        for d in dims:  # symbolic extents the body loops over: int arguments
+            self.rank[d], self.dtype[d] = 0, "int64"
+        params = [*self.operands(node), *dims]
+        self.elementwise_kernel(node, self.kernel_name(node), params, body)
+
+    def element(self, node: Node) -> str:
+        return self.var[node.id] + (self.index(node.type, node.type) if node.type.rank else "[0]")
+
+    def literal(self, value: float, t: TensorType) -> str:
+        text = "-math.inf" if value == -math.inf else repr(value)
+        return f"{scalar_type(t)}({text})"  # f32 kernels accumulate in f32
+
+    def cast(self, expr: str, t: TensorType) -> str:
+        return f"{scalar_type(t)}{expr if expr.startswith('(') else f'({expr})'}"
+
+    def render_unary(self, node: Node) -> None:
+        dst = self.element(node)
+        value = _UNARY_CODE[node.op].format(self.read(node.inputs[0], node.type))
+        self.loop_nest(node.type, [f"{dst} = {scalar_type(node.type)}({value})"])
+
+    def render_reshape(self, node: Node) -> None:
+        """A copy into the value's own buffer, element e of one flat view to element e of
+        the other (both C order): one thread per element."""
+        src, dst = self.value(node.inputs[0]), self.var[node.id]
+        name = self.names[node.id]
+        flat = [f"src_{name}", f"dst_{name}"]
+        for var, array in zip(flat, (src, dst), strict=True):
+            self.emit(f"{var} = {array}.reshape({array}.size)")
+            self.rank[var], self.dtype[var] = 1, node.type.np_dtype.name
+        loop = [f"for e in range(cuda.grid(1), {flat[1]}.size, cuda.gridsize(1)):",
+                f"    {flat[1]}[e] = {flat[0]}[e]"]  # fmt: skip
+        kernel = self.kernel_name(node)
+        self.kernel(kernel, node, flat, loop, "one thread per element, in C order")
+        self.emit(f"blocks, threads = R.elementwise_launch({flat[1]}.size)")
+        self.emit(f"{kernel}[blocks, threads]({', '.join(flat)})")
+
+    def render_layer_norm(self, node: Node) -> None:
+        """One thread per row of the normalized axes: mean, variance, scale and shift."""
+        t, name = node.type, self.names[node.id]
+        axis = attrs_of(node)["axis"] % t.rank
+        T = scalar_type(t)
+        eps = float(attrs_of(node)["epsilon"])
+        src, dst = self.value(node.inputs[0]), self.var[node.id]
+        params = [self.flat_parameter(i, t.shape[axis:], role) for i, role in
+                  zip(node.inputs[1:], ("scale", "shift"))]  # fmt: skip
+        shift = f" + {params[1]}[j]" if len(params) > 1 else ""
+        rows = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
+        width = " * ".join(self.dim(d) for d in t.shape[axis:]) or "1"
+        xs, ys = f"xs_{name}", f"ys_{name}"
+        self.emit(f"{xs} = {src}.reshape(({rows}, {width}))")
+        self.emit(f"{ys} = {dst}.reshape(({rows}, {width}))")
+        for var in (xs, ys):
+            self.rank[var], self.dtype[var] = 2, t.np_dtype.name
+        row = [
+            f"mean = {T}(0)",
+            f"for j in range({xs}.shape[1]):",
+            f"    mean += {xs}[i0, j]",
+            f"width = {T}({xs}.shape[1])",
+            "mean = mean / width",
+            f"var = {T}(0)",
+            f"for j in range({xs}.shape[1]):",
+            f"    d = {xs}[i0, j] - mean",
+            "    var += d * d",
+            f"inv = {T}(1) / {T}(math.sqrt(var / width + {T}({eps!r})))",
+            f"for j in range({xs}.shape[1]):",
+            f"    {ys}[i0, j] = (({xs}[i0, j] - mean) * inv * {params[0]}[j]{shift})",
+        ]
+        loop = [f"for i0 in range(cuda.grid(1), {xs}.shape[0], cuda.gridsize(1)):"]
+        loop += indent(row, 1)
+        name_k = self.kernel_name(node)
+        args = [xs, *params, ys]
+        self.kernel(name_k, node, args, loop, "one thread per row of the normalized axes")
+        self.emit(f"blocks, threads = R.elementwise_launch({xs}.shape[0])")
+        self.emit(f"{name_k}[blocks, threads]({', '.join(dict.fromkeys(args))})")
+
+    def flat_parameter(self, node_id: int, shape: tuple, role: str) -> str:
+        """A layer norm's scale or shift broadcast to the normalized axes, flat: a constant as
+        a parameter, a value computed at run time broadcast by a kernel into a buffer."""
+        operand = self.g[node_id]
+        if operand.op == "const" and all(isinstance(d, int) for d in shape):
+            name = super().flat_parameter(node_id, shape, role)
+            self.rank[name], self.dtype[name] = 1, operand.type.np_dtype.name
+            return name
+        t = TensorType(operand.type.dtype, tuple(shape))
+        var = f"{role}_{self.names[node_id]}"
+        self.buffers += 1
+        self.emit(f"{var} = scratch({self.buffers - 1}, {self.shape(t)}, np.{t.np_dtype.name})")
+        self.rank[var], self.dtype[var] = max(t.rank, 1), t.np_dtype.name
+        src = self.value(node_id)
+        body = [f"{var}{self.index(t, t) if t.rank else '[0]'} = {self.read(node_id, t)}"]
+        loop = [f"for e in range(cuda.grid(1), {var}.size, cuda.gridsize(1)):"]
+        loop += indent([*self.unflatten(t, var), *body], 1)
+        name = self.kernel_name(self.current, f"broadcast_{role}")
+        self.kernel(name, self.current, [src, var], loop, f"the {role}, broadcast")
+        self.emit(f"blocks, threads = R.elementwise_launch({var}.size)")
+        self.emit(f"{name}[blocks, threads]({', '.join(dict.fromkeys([src, var]))})")
+        flat = f"{var}_flat"
+        self.emit(f"{flat} = {var}.reshape({var}.size)")
+        self.rank[flat], self.dtype[flat] = 1, t.np_dtype.name
+        return flat
 
     def render_matmul(self, node: Node) -> None:
         self.gemm(node, node.inputs[0], node.inputs[1], [])
@@ -425,12 +535,14 @@ def gemm_body(t: GpuTiling, a: str, b: str, out: str, T: str, epilogue: list[str
 
 
 _SOFTMAX = ("softmax", "log_softmax")
-_KIND_RENDERERS = {
-    "dense": "dense",
-    "matmul": "matmul",
-    "transpose": "transpose",
-    "softmax": "softmax",
-    "log_softmax": "softmax",
+# the scalar expression of each unary op on the device, `{0}` its operand: NaN for a
+# negative input as in the reference (math's log and sqrt raise on the simulator; numba.cuda
+# has NumPy's log for scalars, not its sqrt)
+_UNARY_CODE = {
+    "exp": "math.exp({0})",
+    "log": "np.log({0})",
+    "sqrt": "(math.sqrt({0}) if {0} >= 0 else math.nan)",
+    "erf": "math.erf({0})",
 }
 
 _MODULE_HEADER = '''"""tilefuse: generated CUDA kernels for graph {name}.
@@ -473,7 +585,10 @@ def array_types(args: list[tuple[str, int]]) -> tuple:
     from numba import types
     from numba.np import numpy_support
 
-    return tuple(types.Array(numpy_support.from_dtype(np.dtype(d)), n, "A") for d, n in args)
+    return tuple(
+        types.Array(numpy_support.from_dtype(np.dtype(d)), n, "A") if n else types.int64
+        for d, n in args
+    )
 
 
 def kernel_llvm(g: Graph, cc: tuple[int, int] = (8, 0)) -> dict[str, str]:

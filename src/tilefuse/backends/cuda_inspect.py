@@ -62,7 +62,10 @@ def kernel_ptx(g: Graph, cc: tuple[int, int] = DEFAULT_CC) -> dict[str, str]:
     ptx: dict[str, str] = {}
     for name, args in renderer.signatures.items():
         sig = types.void(
-            *(types.Array(numpy_support.from_dtype(np.dtype(d)), n, "C") for d, n in args)
+            *(
+                types.Array(numpy_support.from_dtype(np.dtype(d)), n, "C") if n else types.int64
+                for d, n in args
+            )
         )
         try:
             ptx[name], _ = cuda.compile_ptx(getattr(module, name).py_func, sig, cc=cc)
