@@ -288,10 +288,14 @@ class _Renderer:
         index = self.index(node.type, node.type) if node.type.rank else "[()]"
         return self.var[node.id] + index
 
+    def unary_code(self, op: str) -> str:
+        """The scalar expression of a unary op, `{0}` its operand."""
+        return _UNARY_CODE[op]
+
     def render_unary(self, node: Node) -> None:
         dst = self.element(node)
-        value = _UNARY_CODE[node.op].format(self.read(node.inputs[0], node.type))
-        self.loop_nest(node.type, [f"{dst} = {value}"])
+        value = self.unary_code(node.op).format(self.read(node.inputs[0], node.type))
+        self.loop_nest(node.type, [f"{dst} = {self.cast(value, node.type)}"])
 
     def render_reshape(self, node: Node) -> None:
         src = self.value(node.inputs[0])

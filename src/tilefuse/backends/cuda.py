@@ -86,6 +86,7 @@ class _CudaRenderer(_Renderer):
         self.signatures: dict[str, list[tuple[str, int]]] = {}  # kernel -> (dtype, ndim) args
         self.rank: dict[str, int] = {}  # variable -> rank on the device
         self.dtype: dict[str, str] = {}
+        self.current: Node | None = None  # the op being rendered (its kernels' header)
         self.buffers = 0
 
     def shape(self, t: TensorType) -> str:
@@ -153,14 +154,28 @@ class _CudaRenderer(_Renderer):
     def operands(self, node: Node) -> list[str]:
         return [self.value(i) for i in node.inputs]
 
+    def grid_kernel(
+        self, node: Node, name: str, params: list[str], extent: str, body: list[str], note: str,
+        index: str = "e",
+    ) -> None:  # fmt: skip
+        """Kernel `name(params)`: one thread per `index` in range(extent) (a grid-stride loop),
+        and its launch."""
+        loop = [f"for {index} in range(cuda.grid(1), {extent}, cuda.gridsize(1)):"]
+        self.kernel(name, node, params, loop + indent(body, 1), note)
+        self.emit(f"blocks, threads = R.elementwise_launch({extent})")
+        self.emit(f"{name}[blocks, threads]({', '.join(dict.fromkeys(params))})")
+
     def elementwise_kernel(self, node: Node, name: str, params: list[str], body: list[str]) -> None:
         """One thread per element of `node`'s value (a grid-stride loop over its flat index)."""
         out = self.var[node.id]
-        loop = [f"for e in range(cuda.grid(1), {out}.size, cuda.gridsize(1)):"]
-        loop += indent([*self.unflatten(node.type, out), *body], 1)
-        self.kernel(name, node, [*params, out], loop, "one thread per element")
-        self.emit(f"blocks, threads = R.elementwise_launch({out}.size)")
-        self.emit(f"{name}[blocks, threads]({', '.join(dict.fromkeys([*params, out]))})")
+        body = [*self.unflatten(node.type, out), *body]
+        self.grid_kernel(node, name, [*params, out], f"{out}.size", body, "one thread per element")
+
+    def device_view(self, var: str, expr: str, rank: int, dtype: str) -> str:
+        """`var = expr` in `forward`: a device array of `rank` that kernels take."""
+        self.emit(f"{var} = {expr}")
+        self.rank[var], self.dtype[var] = rank, dtype
+        return var
 
     def unflatten(self, t: TensorType, out: str, skip: int | None = None) -> list[str]:
         """i0, i1, ... from the flat index e, last axis fastest (axis `skip` left out)."""
@@ -213,12 +228,11 @@ class _CudaRenderer(_Renderer):
             f"    {last}",
         ]
         rows = f"({dst}.size // max({dst}.shape[{axis}], 1))"
-        loop = [f"for e in range(cuda.grid(1), {rows}, cuda.gridsize(1)):"]
-        loop += indent([*self.unflatten(t, dst, skip=axis), *row], 1)
         name = self.kernel_name(node, "softmax" if "log" not in last else "log_softmax")
-        self.kernel(name, node, [src, dst], loop, f"one thread per row along axis {axis}")
-        self.emit(f"blocks, threads = R.elementwise_launch({rows})")
-        self.emit(f"{name}[blocks, threads]({', '.join(dict.fromkeys([src, dst]))})")
+        body = [*self.unflatten(t, dst, skip=axis), *row]
+        self.grid_kernel(
+            node, name, [src, dst], rows, body, f"one thread per row along axis {axis}"
+        )
 
     # ops of imported networks: the cpu renderer's per-element bodies, one thread each -------
     def loop_nest(self, t: TensorType, body: list[str]) -> None:
@@ -239,28 +253,22 @@ class _CudaRenderer(_Renderer):
         return f"{scalar_type(t)}({text})"  # f32 kernels accumulate in f32
 
     def cast(self, expr: str, t: TensorType) -> str:
-        return f"{scalar_type(t)}{expr if expr.startswith('(') else f'({expr})'}"
+        return f"{scalar_type(t)}({expr})"
 
-    def render_unary(self, node: Node) -> None:
-        dst = self.element(node)
-        value = _UNARY_CODE[node.op].format(self.read(node.inputs[0], node.type))
-        self.loop_nest(node.type, [f"{dst} = {scalar_type(node.type)}({value})"])
+    def unary_code(self, op: str) -> str:
+        return _UNARY_CODE[op]
 
     def render_reshape(self, node: Node) -> None:
         """A copy into the value's own buffer, element e of one flat view to element e of
         the other (both C order): one thread per element."""
-        src, dst = self.value(node.inputs[0]), self.var[node.id]
-        name = self.names[node.id]
-        flat = [f"src_{name}", f"dst_{name}"]
-        for var, array in zip(flat, (src, dst), strict=True):
-            self.emit(f"{var} = {array}.reshape({array}.size)")
-            self.rank[var], self.dtype[var] = 1, node.type.np_dtype.name
-        loop = [f"for e in range(cuda.grid(1), {flat[1]}.size, cuda.gridsize(1)):",
-                f"    {flat[1]}[e] = {flat[0]}[e]"]  # fmt: skip
-        kernel = self.kernel_name(node)
-        self.kernel(kernel, node, flat, loop, "one thread per element, in C order")
-        self.emit(f"blocks, threads = R.elementwise_launch({flat[1]}.size)")
-        self.emit(f"{kernel}[blocks, threads]({', '.join(flat)})")
+        name, dtype = self.names[node.id], node.type.np_dtype.name
+        src, dst = (
+            self.device_view(f"{role}_{name}", f"{array}.reshape({array}.size)", 1, dtype)
+            for role, array in (("src", self.value(node.inputs[0])), ("dst", self.var[node.id]))
+        )
+        body = [f"{dst}[e] = {src}[e]"]
+        note = "one thread per element, in C order"
+        self.grid_kernel(node, self.kernel_name(node), [src, dst], f"{dst}.size", body, note)
 
     def render_layer_norm(self, node: Node) -> None:
         """One thread per row of the normalized axes: mean, variance, scale and shift."""
@@ -274,11 +282,10 @@ class _CudaRenderer(_Renderer):
         shift = f" + {params[1]}[j]" if len(params) > 1 else ""
         rows = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
         width = " * ".join(self.dim(d) for d in t.shape[axis:]) or "1"
-        xs, ys = f"xs_{name}", f"ys_{name}"
-        self.emit(f"{xs} = {src}.reshape(({rows}, {width}))")
-        self.emit(f"{ys} = {dst}.reshape(({rows}, {width}))")
-        for var in (xs, ys):
-            self.rank[var], self.dtype[var] = 2, t.np_dtype.name
+        xs, ys = (
+            self.device_view(f"{v}_{name}", f"{a}.reshape(({rows}, {width}))", 2, t.np_dtype.name)
+            for v, a in (("xs", src), ("ys", dst))
+        )
         row = [
             f"mean = {T}(0)",
             f"for j in range({xs}.shape[1]):",
@@ -293,13 +300,8 @@ class _CudaRenderer(_Renderer):
             f"for j in range({xs}.shape[1]):",
             f"    {ys}[i0, j] = (({xs}[i0, j] - mean) * inv * {params[0]}[j]{shift})",
         ]
-        loop = [f"for i0 in range(cuda.grid(1), {xs}.shape[0], cuda.gridsize(1)):"]
-        loop += indent(row, 1)
-        name_k = self.kernel_name(node)
-        args = [xs, *params, ys]
-        self.kernel(name_k, node, args, loop, "one thread per row of the normalized axes")
-        self.emit(f"blocks, threads = R.elementwise_launch({xs}.shape[0])")
-        self.emit(f"{name_k}[blocks, threads]({', '.join(dict.fromkeys(args))})")
+        self.grid_kernel(node, self.kernel_name(node), [xs, *params, ys], f"{xs}.shape[0]", row,
+                         "one thread per row of the normalized axes", index="i0")  # fmt: skip
 
     def flat_parameter(self, node_id: int, shape: tuple, role: str) -> str:
         """A layer norm's scale or shift broadcast to the normalized axes, flat: a constant as
@@ -310,22 +312,17 @@ class _CudaRenderer(_Renderer):
             self.rank[name], self.dtype[name] = 1, operand.type.np_dtype.name
             return name
         t = TensorType(operand.type.dtype, tuple(shape))
-        var = f"{role}_{self.names[node_id]}"
+        dtype = t.np_dtype.name
         self.buffers += 1
-        self.emit(f"{var} = scratch({self.buffers - 1}, {self.shape(t)}, np.{t.np_dtype.name})")
-        self.rank[var], self.dtype[var] = max(t.rank, 1), t.np_dtype.name
-        src = self.value(node_id)
-        body = [f"{var}{self.index(t, t) if t.rank else '[0]'} = {self.read(node_id, t)}"]
-        loop = [f"for e in range(cuda.grid(1), {var}.size, cuda.gridsize(1)):"]
-        loop += indent([*self.unflatten(t, var), *body], 1)
+        var = self.device_view(f"{role}_{self.names[node_id]}",
+                               f"scratch({self.buffers - 1}, {self.shape(t)}, np.{dtype})",
+                               max(t.rank, 1), dtype)  # fmt: skip
+        element = f"{var}{self.index(t, t) if t.rank else '[0]'}"
+        body = [*self.unflatten(t, var), f"{element} = {self.read(node_id, t)}"]
         name = self.kernel_name(self.current, f"broadcast_{role}")
-        self.kernel(name, self.current, [src, var], loop, f"the {role}, broadcast")
-        self.emit(f"blocks, threads = R.elementwise_launch({var}.size)")
-        self.emit(f"{name}[blocks, threads]({', '.join(dict.fromkeys([src, var]))})")
-        flat = f"{var}_flat"
-        self.emit(f"{flat} = {var}.reshape({var}.size)")
-        self.rank[flat], self.dtype[flat] = 1, t.np_dtype.name
-        return flat
+        self.grid_kernel(self.current, name, [self.value(node_id), var], f"{var}.size", body,
+                         f"the {role}, broadcast")  # fmt: skip
+        return self.device_view(f"{var}_flat", f"{var}.reshape({var}.size)", 1, dtype)
 
     def render_matmul(self, node: Node) -> None:
         self.gemm(node, node.inputs[0], node.inputs[1], [])
@@ -580,13 +577,14 @@ def kernel_signatures(g: Graph) -> dict[str, list[tuple[str, int]]]:
     return renderer.signatures
 
 
-def array_types(args: list[tuple[str, int]]) -> tuple:
-    """Numba array types of a kernel's (dtype, ndim) arguments, any layout."""
+def array_types(args: list[tuple[str, int]], layout: str = "A") -> tuple:
+    """Numba types of a kernel's (dtype, ndim) arguments: arrays of `layout` (any, by
+    default), and int64 for ndim 0 (a symbolic extent)."""
     from numba import types
     from numba.np import numpy_support
 
     return tuple(
-        types.Array(numpy_support.from_dtype(np.dtype(d)), n, "A") if n else types.int64
+        types.Array(numpy_support.from_dtype(np.dtype(d)), n, layout) if n else types.int64
         for d, n in args
     )
 

@@ -22,8 +22,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import TilefuseError
 from ..ir import Graph
 
@@ -50,23 +48,17 @@ def kernel_ptx(g: Graph, cc: tuple[int, int] = DEFAULT_CC) -> dict[str, str]:
     arrays are typed C-contiguous, as the device arrays `forward` passes them are."""
     from . import cuda_runtime as R
     from .cpu import load_module
-    from .cuda import _CudaRenderer
+    from .cuda import _CudaRenderer, array_types
 
     if R.simulated():
         raise TilefuseError(NEEDS_NVVM + " (numba.cuda is the CUDA simulator in this process)")
     from numba import cuda, types
-    from numba.np import numpy_support
 
     renderer = _CudaRenderer(g)
     module = load_module(renderer.render().source, g.name)
     ptx: dict[str, str] = {}
     for name, args in renderer.signatures.items():
-        sig = types.void(
-            *(
-                types.Array(numpy_support.from_dtype(np.dtype(d)), n, "C") if n else types.int64
-                for d, n in args
-            )
-        )
+        sig = types.void(*array_types(args, "C"))
         try:
             ptx[name], _ = cuda.compile_ptx(getattr(module, name).py_func, sig, cc=cc)
         except Exception as err:  # NVVM missing: numba-cuda raises several types for it
