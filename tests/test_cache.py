@@ -229,4 +229,118 @@ def test_cache_info_and_clear(tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose(tfu.compile(net)(x), model(x))  # still works
     assert main(["cache", "clear", "--all"]) == 0
     capsys.readouterr()
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [tmp_path / cache.MARKER]  # still tilefuse's
+
+
+def test_clear_deletes_nothing_in_a_folder_tilefuse_did_not_make(tmp_path, monkeypatch, capsys):
+    """TILEFUSE_CACHE_DIR at an ordinary folder: `cache clear` deleted its kernels/ and
+    checks/, and with --all everything in it."""
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "mine.py").write_text("precious = 1\n")
+    (tmp_path / "notes.txt").write_text("precious\n")
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path))
+    for args in (["cache", "clear"], ["cache", "clear", "--all"]):
+        with pytest.raises(tfu.TilefuseError, match="was not made by tilefuse"):
+            cache.clear(everything="--all" in args)
+        assert main(args) != 0
+        assert "was not made by tilefuse" in capsys.readouterr().err
+    assert (tmp_path / "kernels" / "mine.py").exists() and (tmp_path / "notes.txt").exists()
+    assert not (tmp_path / cache.MARKER).exists()
+
+
+def test_a_new_or_empty_cache_folder_gets_the_marker(tmp_path, monkeypatch):
+    fresh = tmp_path / "new" / "cache"
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(fresh))
+    assert cache.cache_dir() == fresh and cache.is_marked(fresh)
+    text = (fresh / cache.MARKER).read_text()
+    assert text.startswith("Signature: 8a477f597d28d172789f06886806bc55")
+    old = tmp_path / "old"  # made by an older tilefuse: only what tilefuse writes
+    (old / "kernels").mkdir(parents=True)
+    (old / "roofline.json").write_text("{}")
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(old))
+    assert cache.is_marked(cache.cache_dir())
+
+
+def test_a_cache_variable_that_names_a_file_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "a-file"
+    path.write_text("x")
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(path))
+    with pytest.raises(tfu.TilefuseError, match="TILEFUSE_CACHE_DIR .*a-file.* is a file"):
+        cache.cache_dir()
+
+
+_READ_ONLY = """
+import os, sys, warnings, numpy as np, tilefuse as tfu
+warnings.simplefilter("always")
+net = {net}
+x = np.linspace(-1, 1, 30, dtype=np.float32).reshape(5, 6)
+with warnings.catch_warnings(record=True) as caught:
+    m = tfu.compile(net)
+    y = m(x)
+print(m.loaded.hit, float(y.sum()), "|".join(str(w.message) for w in caught))
+"""
+
+
+def test_a_read_only_cache_still_serves_and_compiles(tmp_path):
+    """As an unprivileged user: a cache folder it cannot write. A fully cached model loads
+    (no lock needed); a new one compiles into a private temporary cache, with a warning."""
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to run a process as another user")
+    import tempfile
+
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="tilefuse-ro-"))  # pytest's is 0700
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(tmp_path, 0o755)
+    env = {**os.environ, "TILEFUSE_CACHE_DIR": str(folder), "NUMBA_CACHE_DIR": str(folder / "nb"),
+           "HOME": str(tmp_path), "TILEFUSE_EXPLAIN_CACHE": "0"}  # fmt: skip
+    run = [sys.executable, "-c"]
+    script = _READ_ONLY.format(net=net_code(2020))
+    first = subprocess.run(run + [script], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, 0o555 if path.is_dir() else 0o444)
+    as_nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *run]
+    numba_dir = tmp_path / "nobody-numba"  # Numba's own cache must be writable (its rule)
+    numba_dir.mkdir()
+    os.chown(numba_dir, 65534, 65534)
+    env["NUMBA_CACHE_DIR"] = str(numba_dir)
+    again = subprocess.run(as_nobody + [script], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    hit, total, warned = again.stdout.strip().split(" ", 2)
+    assert float(total) == float(first.stdout.split()[1])
+    other = subprocess.run(as_nobody + [_READ_ONLY.format(net=net_code(2021))], env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "private temporary cache" in other.stdout
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+_NO_CALL = """
+import numpy as np, tilefuse as tfu
+m = tfu.compile({net}, check=False)
+print(m.loaded.name)
+"""
+
+
+def test_numba_files_are_sealed_only_after_the_code_ran_and_passed():
+    """A corrupt file that got sealed before its first call crashed every later process:
+    now files stay on trial until the code ran (and passed its check), and files left on
+    trial by a process that died are rebuilt."""
+    script = _NO_CALL.format(net=net_code(2030))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = result.stdout.strip()
+    folder = numba_files(name)[0].parent
+    assert not list(folder.glob(name + "*" + cache.SEAL_SUFFIX))
+    assert list(folder.glob(name + "*" + cache.TRIAL_SUFFIX))  # its process is gone now
+    again, hit, _, err = compile_in_subprocess(2030, explain=True)
+    assert again == name and not hit
+    assert "ended before they passed their check" in err, err
+    assert list(folder.glob(name + "*" + cache.SEAL_SUFFIX))  # checked and called: sealed
+    assert not list(folder.glob(name + "*" + cache.TRIAL_SUFFIX))
+    _, hit, _, _ = compile_in_subprocess(2030)
+    assert hit

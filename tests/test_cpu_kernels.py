@@ -245,7 +245,10 @@ def test_every_activation_shares_one_compilation():
     wp = ck.pack_weights(w, tiling)
     for act, code in ck.ACTIVATION_CODE.items():
         out = np.empty((3, 5))
-        ck.dense_kernel(x, wp, np.zeros(5), out, code, ALPHA, tiling.kc, tiling.mc, tiling.nc, 1)
+        status = ck.dense_kernel(
+            x, wp, np.zeros(5), out, code, ALPHA, tiling.kc, tiling.mc, tiling.nc, 1
+        )
+        assert status == 0
         np.testing.assert_allclose(out, reference(act, x, w, None), rtol=1e-12, atol=1e-12)
     float64_signatures = [s for s in ck.dense_kernel.signatures if s[0].dtype == numba.float64]
     assert len(float64_signatures) == 1

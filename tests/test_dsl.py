@@ -158,10 +158,13 @@ def test_function_weights_bound_or_default():
     with pytest.raises(tfu.TilefuseError, match="neither an input .* nor bound"):
         layer.graph()
     bound = layer.bind(w=W)
-    assert "%w = const[value=[[1.2, -3.0], [1.5, 4.0]]] : f32[2,2]" in str(bound)
+    # the input declares no dtype and every weight is an f64 array: the network is f64
+    assert "%w = const[value=[[1.2, -3.0], [1.5, 4.0]]] : f64[2,2]" in str(bound)
+    x = X.astype(np.float64)
+    np.testing.assert_allclose(bound(x), np.maximum(x @ W, 0), rtol=1e-15)
+    rebound = bound.bind(b=np.ones((1, 2), np.float32))  # one f32 weight: the network is f32
+    assert "%x: f32[N,2]" in str(rebound) and "cast[to=f32](%w)" in str(rebound)
     x = X.astype(np.float32)
-    np.testing.assert_allclose(bound(x), np.maximum(x @ W, 0), rtol=1e-6)
-    rebound = bound.bind(b=np.ones((1, 2)))
     np.testing.assert_allclose(rebound(x), np.maximum(x @ W + 1, 0), rtol=1e-6)
     with pytest.raises(tfu.TilefuseError, match="has no parameter 'v'"):
         layer.bind(v=W)

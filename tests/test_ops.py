@@ -164,6 +164,8 @@ CASES += [
         lambda a, b: np.einsum("xyik,zkj->xzij", a, b),
     ),
     ("layer-norm", "layer_norm", {}, [(5, 3), (3,), (3,)], lambda x, s, b: layer_norm(x, s, b, 1)),
+    ("cast-to-f32", "cast", {"to": "f32"}, [(5, 3)], lambda a: a),  # rounded to nearest
+    ("cast-to-f64", "cast", {"to": "f64"}, [(5, 3)], lambda a: a),
     (
         "layer-norm-axis0",
         "layer_norm",
@@ -201,9 +203,10 @@ def test_op_matches_formula(row, op, attrs, shapes, formula, dtype):
     g = tfu.verify(one_op_graph(op, attrs, arrays))
     got = tfu.reference.run(g, *arrays)
     expected = formula(*[a.astype(np.float64) for a in arrays])
-    assert got.dtype == tfu.ir.DTYPES[dtype]
+    result_dtype = attrs.get("to", dtype) if op == "cast" else dtype
+    assert got.dtype == tfu.ir.DTYPES[result_dtype]
     assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, **TOLERANCE[dtype])
+    np.testing.assert_allclose(got, expected, **TOLERANCE[result_dtype])
 
 
 def test_every_op_and_activation_has_a_row():

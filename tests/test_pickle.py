@@ -123,6 +123,17 @@ def test_meta_that_does_not_pickle_is_left_behind():
     assert graph_state(g)[-1] == {"note": "kept"}
 
 
+def test_unpickling_recomputes_the_key_instead_of_trusting_it():
+    """A pickle of graph B carrying model A's key returned model A."""
+    a, b = mlp(seed=5), mlp(seed=6)
+    model_a = tfu.compile(a, target="reference")
+    pickle.loads(pickle.dumps(model_a))
+    forged = (model_a.cache_key(), graph_state(b.graph()), "reference", dict(model_a.options))
+    model_b = rebuild_model(*forged)
+    assert model_b is not model_a
+    np.testing.assert_allclose(model_b(rows()), tfu.reference.run(b.graph(), rows()))
+
+
 def test_rebuild_model_compiles_what_it_is_given():
     g = mlp(seed=4).graph()
     options = {"pipeline": "", "check": False, "threads": None}

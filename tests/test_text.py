@@ -189,7 +189,7 @@ class RandomGraph:
         return self.b.types[value].shape
 
     def const(self, shape: tuple[int, ...]) -> int:
-        name = self.draw(st.sampled_from(["w", "b", "c", "w0", "0bad", "x"]))
+        name = self.draw(st.sampled_from(["w", "b", "c", "w0", "x_1", "x"]))
         return self.b.const(self.draw(arrays(self.dtype, shape)), name)
 
     def pick(self) -> int:

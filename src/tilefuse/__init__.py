@@ -28,6 +28,7 @@ from .dsl import (
 from .errors import (
     DTypeError,
     InputError,
+    InvalidNameError,
     ParseError,
     ShapeError,
     TilefuseError,
@@ -62,6 +63,7 @@ __all__ = [
     "Graph",
     "Input",
     "InputError",
+    "InvalidNameError",
     "Node",
     "ParseError",
     "Sequential",

@@ -31,6 +31,8 @@ import pickletools
 import shutil
 import sys
 import tempfile
+import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,14 +47,81 @@ ENTRIES_PREFIX = "tilefuse_entries_"
 SEAL_SUFFIX = ".tfsum"
 
 
+# A folder is tilefuse's (and `tilefuse cache clear` may empty it) when it holds this file,
+# written when tilefuse creates the folder or first finds it empty. The format is the Cache
+# Directory Tagging Specification's, so backup tools skip the folder too.
+MARKER = "CACHEDIR.TAG"
+MARKER_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by tilefuse.\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+_ready: dict[str, pathlib.Path] = {}  # configured root -> the folder in use (per process)
+_private: list[pathlib.Path] = []  # a private temporary cache, once the configured one fails
+
+
 def cache_dir() -> pathlib.Path:
+    """The cache folder: TILEFUSE_CACHE_DIR, else $XDG_CACHE_HOME/tilefuse or ~/.cache/tilefuse.
+    Created (with its marker) when missing; a private temporary folder, with a warning, when it
+    cannot be created or written (`use_private_cache`)."""
+    if _private:
+        return _private[0]
     root = os.environ.get("TILEFUSE_CACHE_DIR")
+    variable = "TILEFUSE_CACHE_DIR" if root else "the default cache folder"
     if not root:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(base, "tilefuse")
+    if root in _ready:
+        return _ready[root]
     path = pathlib.Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(root) and not os.path.isdir(root):
+        from .errors import TilefuseError
+
+        raise TilefuseError(
+            f"{variable} {root!r} is a file, not a folder: point TILEFUSE_CACHE_DIR at a "
+            "folder (tilefuse creates it when it is missing)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not is_marked(path) and all(p.name in OWN_NAMES for p in path.iterdir()):
+            atomic_write(path / MARKER, MARKER_TEXT)  # new, or made by an older tilefuse
+    except OSError as err:
+        return use_private_cache(f"{variable} {root!r} cannot be created ({err.strerror})")
+    _ready[root] = path
     return path
+
+
+# what tilefuse writes at the top of its cache folder (a folder holding nothing else is its)
+OWN_NAMES = frozenset(
+    {MARKER, "kernels", "checks", "reproducers", "locks", "tuning", "roofline.json"}
+)
+
+
+def is_marked(path: pathlib.Path) -> bool:
+    """Whether `path` carries tilefuse's cache marker."""
+    try:
+        return "created by tilefuse" in (path / MARKER).read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def use_private_cache(reason: str) -> pathlib.Path:
+    """From now on, this process caches in a temporary folder of its own (say why, once)."""
+    if not _private:
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="tilefuse-cache-"))
+        (folder / MARKER).write_text(MARKER_TEXT)
+        _private.append(folder)
+        warnings.warn(
+            f"tilefuse: {reason}; compiling into a private temporary cache {folder} instead "
+            "(nothing is kept for the next process)",
+            CacheWarning,
+            stacklevel=3,
+        )
+    return _private[0]
+
+
+class CacheWarning(UserWarning):
+    """The cache folder could not be used as configured (read-only, not creatable)."""
 
 
 def atomic_write(path: pathlib.Path, data: str | bytes) -> None:
@@ -116,18 +185,33 @@ def digest(*parts: str) -> str:
 def locked(name: str) -> Iterator[None]:
     """An exclusive lock across processes (flock on locks/<name>.lock) and threads."""
     path = cache_dir() / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - closed below
     except ImportError:  # no flock (Windows): atomic writes still keep files whole
         yield
         return
-    with open(path, "a") as handle:
+    except OSError as err:  # a read-only cache: reading needs no lock (writes fall back)
+        _warn_once(f"cannot lock in the cache folder ({err.strerror}): reading it unlocked")
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(f"tilefuse: {message}", CacheWarning, stacklevel=4)
 
 
 # -- generated modules -----------------------------------------------------------------------
@@ -144,6 +228,19 @@ class Loaded:
     hit: bool = True  # the module file and its compiled code were already in the cache
     reasons: list[str] = field(default_factory=list)  # why not, when not
 
+    def seal(self) -> None:
+        """The module's code ran and passed its check: seal Numba's files for it (and for
+        the kernel entry points), so that later loads trust them only while they match."""
+        if self.name in _sealed:
+            return
+        with locked(self.name):
+            seal_numba_files(self.path, self.name)
+            seal_numba_files(self.path, ENTRIES_PREFIX)
+        _sealed.add(self.name)
+
+
+_sealed: set[str] = set()  # modules sealed by this process
+
 
 def module_key(source: str, fingerprint: str) -> str:
     env = environment()
@@ -155,13 +252,17 @@ def load_generated(
     fingerprint: str,
     graph_name: str,
     warm: Callable[[Any], bool] | None = None,
+    trial: bool = True,
 ) -> Loaded:
     """Import `source` from a content-hashed file in kernels/ (Numba caches real files only).
 
     `fingerprint` hashes the code the module calls (the kernel library). `warm(module)`
     compiles what must be compiled and returns whether Numba served it from its cache; it
     runs under the module's lock, after the module's Numba files are checked. A failure
-    while loading cached code removes the module's Numba files and tries once more."""
+    while loading cached code removes the module's Numba files and tries once more.
+
+    With `trial`, Numba's files stay unsealed until `Loaded.seal()` (after the code ran and
+    passed its check); without, they are sealed now (code that is compiled, never run)."""
     name = MODULE_PREFIX + module_key(source, fingerprint)
     path = cache_dir() / "kernels" / f"{name}.py"
     if name in _imported:
@@ -170,7 +271,12 @@ def load_generated(
         if name in _imported:
             return Loaded(_imported[name], name, path)
         loaded = Loaded(None, name, path)
-        _write_module(loaded, source, graph_name, fingerprint)
+        try:
+            _write_module(loaded, source, graph_name, fingerprint)
+        except OSError as err:  # a read-only cache without this module: compile elsewhere
+            private = use_private_cache(f"cannot write to the cache folder ({err.strerror})")
+            loaded.path = path = private / "kernels" / f"{name}.py"
+            _write_module(loaded, source, graph_name, fingerprint)
         try:
             _import_and_warm(loaded, warm)
         except Exception as err:
@@ -179,8 +285,14 @@ def load_generated(
                 raise
             _miss(loaded, f"Numba could not load its cache ({type(err).__name__}: {err})")
             _import_and_warm(loaded, warm)
-        seal_numba_files(path, name)
-        seal_numba_files(path, ENTRIES_PREFIX)
+        # on trial until the code has run and passed its check (Loaded.seal): a process that
+        # dies first leaves the trial record, and the next one rebuilds the files
+        if trial:
+            put_on_trial(path, name)
+            put_on_trial(path, ENTRIES_PREFIX)
+        else:
+            seal_numba_files(path, name)
+            seal_numba_files(path, ENTRIES_PREFIX)
         _imported[name] = loaded.module
     if not loaded.hit:
         explain(f"miss for graph {graph_name} ({name}): " + "; ".join(loaded.reasons))
@@ -309,7 +421,7 @@ def check_numba_files(py_file: pathlib.Path, prefix: str) -> list[str]:
         problem = _sealed_problem(files, base) or _structure_problem(files)
         if problem:
             problems.append(f"Numba cache of {base}: {problem}: removed, rebuilt")
-            _remove(files + [_seal_path(files, base)])
+            _remove(files + [_seal_path(files, base), _trial_path(files, base)])
     return problems
 
 
@@ -317,7 +429,7 @@ def _sealed_problem(files: list[pathlib.Path], base: str) -> str:
     try:
         sealed = json.loads(_seal_path(files, base).read_text())
     except (OSError, ValueError):
-        return ""  # never sealed (first compile here, or sealed by nobody): structure only
+        return _trial_problem(files, base)  # never sealed: on trial, or structure only
     now = {p.name for p in files}
     for name, checksum in sealed.items():
         if name not in now:
@@ -352,6 +464,57 @@ def _pickle_length(data: bytes) -> int:
     return stop
 
 
+TRIAL_SUFFIX = ".tftrial"
+TRIAL_LIMIT_S = 3600  # a trial record this old is a dead process's, wherever it ran
+
+
+def _trial_path(files: list[pathlib.Path], base: str) -> pathlib.Path:
+    return files[0].parent / (base + TRIAL_SUFFIX)
+
+
+def put_on_trial(py_file: pathlib.Path, prefix: str) -> None:
+    """Record that this process is about to run unsealed Numba files (of functions `prefix`*)."""
+    record = json.dumps({"pid": os.getpid(), "host": _host(), "time": time.time()})
+    for base, files in numba_groups(py_file, prefix).items():
+        if not _seal_path(files, base).exists():
+            with contextlib.suppress(OSError):  # a read-only cache: nothing is recorded
+                atomic_write(_trial_path(files, base), record + "\n")
+
+
+def _trial_problem(files: list[pathlib.Path], base: str) -> str:
+    """Unsealed files that a process loaded and then died running, before they passed their
+    check: a corrupt object file crashes every process that loads it, so they are rebuilt."""
+    try:
+        trial = json.loads(_trial_path(files, base).read_text())
+    except (OSError, ValueError):
+        return ""
+    alive = trial.get("host") == _host() and _pid_alive(trial.get("pid", -1))
+    recent = time.time() - float(trial.get("time", 0)) < TRIAL_LIMIT_S
+    if trial.get("host") == _host() and alive:
+        return ""  # another process is running them now
+    if trial.get("host") != _host() and recent:
+        return ""  # can't tell from here: only its age says it died
+    return "a process that ran them ended before they passed their check (they may be corrupt)"
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def seal_numba_files(py_file: pathlib.Path, prefix: str) -> None:
     """Record checksums of Numba's files for functions named `prefix`*: they just worked."""
     for base, files in numba_groups(py_file, prefix).items():
@@ -362,13 +525,14 @@ def seal_numba_files(py_file: pathlib.Path, prefix: str) -> None:
                 continue
         with contextlib.suppress(OSError):  # a read-only cache still works, unsealed
             atomic_write(seal, json.dumps(sums, indent=1) + "\n")
+            _remove([_trial_path(files, base)])
 
 
 def purge_numba_files(py_file: pathlib.Path, prefix: str) -> list[str]:
     """Remove all Numba files of functions named `prefix`*; return their base names."""
     groups = numba_groups(py_file, prefix)
     for base, files in groups.items():
-        _remove(files + [_seal_path(files, base)])
+        _remove(files + [_seal_path(files, base), _trial_path(files, base)])
     return list(groups)
 
 
@@ -432,9 +596,17 @@ def clear(everything: bool = False) -> dict[str, Any]:
     """Remove what compiling wrote (SECTIONS, and Numba's files for the generated modules);
     tuning logs and measurements stay unless `everything`: they cost minutes to make."""
     root = cache_dir()
+    if not is_marked(root):
+        from .errors import TilefuseError
+
+        raise TilefuseError(
+            f"{root} was not made by tilefuse (it has no {MARKER} of tilefuse's and holds "
+            "other files), so `cache clear` deletes nothing there; point TILEFUSE_CACHE_DIR at "
+            "a folder of tilefuse's own"
+        )
     doomed = [root / name for name in SECTIONS if (root / name).exists()]
     if everything:
-        doomed = list(root.iterdir())
+        doomed = [p for p in root.iterdir() if p.name != MARKER]
     numba_files = _numba_files(root)
     removed = _usage_of(numba_files + [f for p in doomed for f in _files(p)])
     _remove(numba_files)
@@ -463,8 +635,8 @@ def _numba_files(root: pathlib.Path) -> list[pathlib.Path]:
     files = []
     for prefix in (MODULE_PREFIX, ENTRIES_PREFIX):
         for base, group in numba_groups(probe, prefix).items():
-            seal = _seal_path(group, base)
-            files += group + ([seal] if seal.exists() else [])
+            extra = [_seal_path(group, base), _trial_path(group, base)]
+            files += group + [p for p in extra if p.exists()]
     return files
 
 

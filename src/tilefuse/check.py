@@ -22,6 +22,8 @@ is not; when no scale helps (a dead layer), the report says which op went unchec
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -32,9 +34,10 @@ import numpy as np
 
 from . import cache
 from .backends import CompiledModel, reference
-from .errors import AttrError, MiscompileError
+from .errors import AttrError, InputError, MiscompileError
 from .ir import Graph, Node, cast_graph
 from .ops import attrs_of
+from .source import comment
 
 # rows for a symbolic batch: one (the small-batch kernels) and a small odd number past the
 # row-kernel threshold (the packed, blocked kernels with ragged edges)
@@ -42,6 +45,7 @@ CHECK_BATCHES = (1, 11)
 # input scales tried, in order, until no activation is saturated everywhere
 INPUT_SCALES = (1.0, 0.1, 10.0, 0.01, 100.0, 1e-3, 1e3)
 INPUT_DRAWS = 2  # random draws per scale (a batch of one row is a small sample)
+CHECK_MAX_BYTES = 2 << 30  # of the values of one reference run (TILEFUSE_CHECK_MAX_BYTES)
 CHECK_MODES = ("first", "always", True, False, None)
 
 
@@ -244,13 +248,9 @@ def backend_culprit(model: CompiledModel, inputs: list[np.ndarray]) -> Culprit |
 
 
 # -- reproducers -----------------------------------------------------------------------------
-_REPRO = '''"""tilefuse reproducer: a self-check failed.
-
-{message}
-
-Run `python repro.py`: it compiles the graph below as tilefuse did and compares it with the
-float64 reference on the inputs that failed. Exit status 1 while the bug is there.
-"""
+_REPRO = """{message}
+# Run `python repro.py`: it compiles the graph below as tilefuse did and compares it with the
+# float64 reference on the inputs that failed. Exit status 1 while the bug is there.
 
 import pathlib
 import sys
@@ -262,9 +262,7 @@ from tilefuse.check import compare
 from tilefuse.errors import MiscompileError
 
 HERE = pathlib.Path(__file__).parent
-GRAPH = """
-{graph}
-"""
+GRAPH = {graph!r}
 TARGET = {target!r}
 OPTIONS = {options!r}
 
@@ -279,7 +277,7 @@ except MiscompileError as err:
     print(err)
     sys.exit(1)
 print(f"no difference (worst error {{worst:.2g}} of the tolerance): fixed")
-'''
+"""
 
 
 def write_reproducer(model: CompiledModel, inputs: list[np.ndarray], message: str) -> str:
@@ -295,8 +293,9 @@ def write_reproducer(model: CompiledModel, inputs: list[np.ndarray], message: st
     # keys carry a prefix: np.savez's own parameter names (file, ...) are legal const names
     np.savez(folder / "constants.npz", **{f"c_{k}": a for k, a in constants.items()})
     np.savez(folder / "inputs.npz", **{f"x{k}": a for k, a in enumerate(inputs)})
+    # every string reaches the script escaped: the message as comments, the rest with repr
     text = _REPRO.format(
-        message=message.replace('"""', "'''"),
+        message=comment(f"tilefuse reproducer: a self-check failed.\n\n{message}\n"),
         graph=str(g),
         target=model.target,
         options=_repro_options(model),
@@ -399,6 +398,7 @@ def self_check(model: CompiledModel, batches: tuple[int, ...] = CHECK_BATCHES) -
     start = time.perf_counter()
     symbolic = any(isinstance(d, str) for t in model.final.input_types() for d in t.shape)
     report = CheckReport(model.target, batches if symbolic else batches[:1])
+    check_budget(model.graph, max(report.batches))
     for batch in report.batches:
         inputs, scale, notes = informative_inputs(model.graph, batch)
         report.worst = max(report.worst, compare(model, inputs))
@@ -408,6 +408,28 @@ def self_check(model: CompiledModel, batches: tuple[int, ...] = CHECK_BATCHES) -
         report.notes.append("every output is empty: there was nothing to compare")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def check_budget(g: Graph, batch: int) -> None:
+    """Raise before allocating when the reference run of the check (every value of the graph,
+    in float64, at `batch`) would need more than TILEFUSE_CHECK_MAX_BYTES (default 2 GiB):
+    a model file can declare an input of 2.5e9 columns."""
+    limit = int(float(os.environ.get("TILEFUSE_CHECK_MAX_BYTES", CHECK_MAX_BYTES)))
+    sizes = {n.id: 8 * math.prod(batch if isinstance(d, str) else d for d in n.type.shape)
+             for n in g}  # fmt: skip
+    if sum(sizes.values()) <= limit:
+        return
+    largest = max(g, key=lambda n: sizes[n.id])
+    from .text import format_node, node_names
+
+    names = node_names(g)
+    shown = (f"input %{names[largest.id]}: {largest.type}" if largest.op == "input"
+             else format_node(g, largest.id, names))  # fmt: skip
+    raise InputError(
+        f"{g.name}: the self-check at batch {batch} would need {sum(sizes.values()) / 2**30:.1f} "
+        f"GiB (the largest value: {shown}), more than "
+        f"TILEFUSE_CHECK_MAX_BYTES={limit}: compile with check=False, or raise the limit"
+    )
 
 
 def check_key(model: CompiledModel) -> str | None:
@@ -441,6 +463,7 @@ def check_at_compile(model: CompiledModel, check: str | bool) -> CheckReport:
     report = self_check(model)
     if model.options.get("deterministic"):
         report.deterministic = check_determinism(model)
+    model.seal()  # it ran and passed: the cache may trust its files
     for note in report.notes:
         warnings.warn(f"{model.graph.name}: self-check: {note}", CheckWarning, stacklevel=3)
     if key:

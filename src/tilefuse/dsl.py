@@ -24,7 +24,16 @@ from typing import Any
 import numpy as np
 
 from .errors import AttrError, ShapeError, TilefuseError
-from .ir import DTYPES, Graph, GraphBuilder, TensorType, dtype_name
+from .ir import (
+    DTYPES,
+    Graph,
+    GraphBuilder,
+    TensorType,
+    check_dim,
+    check_name,
+    dtype_name,
+    is_identifier,
+)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,26 +52,20 @@ def user_location() -> str | None:
 
 # -- inputs ---------------------------------------------------------------------------------
 class InputSpec:
-    """A declared network input: a shape with "N" (or None) for the symbolic batch, a dtype."""
+    """A declared network input: a shape with "N" (or None) for the symbolic batch, and a
+    dtype, or none: then the input takes the dtype of the weights it meets (f64 when they
+    all are, f32 otherwise)."""
 
-    def __init__(self, *shape: int | str | None, dtype: str = "f32") -> None:
-        dims = []
-        for d in shape:
-            if d is None:
-                d = "N"
-            if (
-                isinstance(d, bool)
-                or not isinstance(d, int | str)
-                or (isinstance(d, int) and d < 0)
-            ):
-                raise ShapeError(
-                    f"Input: dimension {d!r} must be a non-negative int, a name or None"
-                )
-            dims.append(d)
-        self.type = TensorType(dtype_name(dtype), tuple(dims))
+    def __init__(self, *shape: int | str | None, dtype: str | None = None) -> None:
+        where = f"{user_location()}: Input"
+        self.shape = tuple(check_dim("N" if d is None else d, where) for d in shape)
+        self.dtype = None if dtype is None else dtype_name(dtype)
+
+    def type(self, default: str) -> TensorType:
+        return TensorType(self.dtype or default, self.shape)
 
     def __repr__(self) -> str:
-        return f"Input{list(self.type.shape)}:{self.type.dtype}"
+        return f"Input{list(self.shape)}:{self.dtype or '(dtype of its weights)'}"
 
 
 class _InputMeta(type):
@@ -74,9 +77,10 @@ class _InputMeta(type):
 
 
 class Input(metaclass=_InputMeta):
-    """`Input["N", 784]` (f32) or `Input["N", 784, "f64"]` as an annotation of a traced input."""
+    """`Input["N", 784]` or `Input["N", 784, "f64"]` as an annotation of a traced input; with
+    no dtype, the input takes that of the weights it meets (f64 if all are, else f32)."""
 
-    def __new__(cls, *shape: int | str | None, dtype: str = "f32") -> InputSpec:  # type: ignore[misc]
+    def __new__(cls, *shape: int | str | None, dtype: str | None = None) -> InputSpec:  # type: ignore[misc]
         return InputSpec(*shape, dtype=dtype)
 
 
@@ -87,10 +91,15 @@ class Tracer:
     def __init__(self, name: str) -> None:
         self.builder = GraphBuilder(name)
         self.layer_loc: str | None = None  # while a layer expands: where the user wrote it
-        self._consts: dict[int, tuple[np.ndarray, int]] = {}
+        self._consts: dict[tuple[int, str], tuple[np.ndarray, int]] = {}
         self._counts: dict[str, int] = {}
+        self.float_dtypes: set[str] = set()  # of the float arrays met (an undeclared input's)
 
     def const(self, value: Any, dtype: str, role: str, exact_name: bool = False) -> Tensor:
+        """A constant operand in the network's `dtype`. An array of a wider float dtype (f64
+        weights in an f32 network) keeps its own: a `cast` op narrows it, so the IR says so
+        and an f64 compile of the same network uses the values as given. Python numbers and
+        narrower arrays are converted exactly."""
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
         if array.dtype.kind not in "fiub":
             raise TilefuseError(f"{user_location()}: cannot use a {array.dtype} array in a network")
@@ -100,7 +109,14 @@ class Tracer:
         k = self._counts.get(role, 0)
         self._counts[role] = k + 1
         name = role if exact_name or role == "c" else f"{role}{k}"
-        node = self.builder.const(array.astype(DTYPES[dtype]), name)
+        wide = isinstance(value, np.ndarray) and array.dtype.kind == "f"
+        if wide:
+            self.float_dtypes.add(array.dtype.name)
+        if wide and array.dtype.itemsize > DTYPES[dtype].itemsize:
+            node = self.builder.const(array.astype(np.float64, copy=False), name)
+            node = self.builder.op("cast", [node], loc=self.layer_loc or user_location(), to=dtype)
+        else:
+            node = self.builder.const(array.astype(DTYPES[dtype]), name)
         if isinstance(value, np.ndarray):
             self._consts[key] = (value, node)
         return Tensor(self, node)
@@ -311,16 +327,29 @@ class Function:
         return self._graph
 
     def _trace(self) -> Graph:
-        tracer = Tracer(self.fn.__name__)
+        """An input of undeclared dtype takes its weights' (f64 when every float array met is
+        f64, else f32): traced as f32 first, again as f64 when the weights say so. Weights are
+        in the first declared input's dtype, else in the undeclared inputs'."""
         annotations = self._annotations()
+        specs = [a for a in annotations.values() if isinstance(a, InputSpec)]
+        declared = [s.dtype for s in specs if s.dtype is not None]
+        graph, tracer = self._trace_as(annotations, "f32", declared[0] if declared else "f32")
+        if len(declared) < len(specs) and tracer.float_dtypes == {"float64"}:
+            graph, _ = self._trace_as(annotations, "f64", declared[0] if declared else "f64")
+        return graph
+
+    def _trace_as(
+        self, annotations: dict[str, Any], undeclared: str, dtype: str
+    ) -> tuple[Graph, Tracer]:
+        # a lambda's name (<lambda>) is no identifier: such a graph is just "traced"
+        tracer = Tracer(self.fn.__name__ if is_identifier(self.fn.__name__) else "traced")
         params = inspect.signature(self.fn).parameters
-        inputs = [(n, a) for n, a in annotations.items() if isinstance(a, InputSpec)]
-        dtype = inputs[0][1].type.dtype if inputs else "f32"
         args: dict[str, Any] = {}
         for name, param in params.items():
             spec = annotations.get(name)
             if isinstance(spec, InputSpec):
-                args[name] = Tensor(tracer, tracer.builder.input(name, spec.type, self.loc))
+                node = tracer.builder.input(name, spec.type(undeclared), self.loc)
+                args[name] = Tensor(tracer, node)
             elif name in self.bound or isinstance(param.default, np.ndarray | int | float):
                 value = self.bound.get(name, param.default)
                 args[name] = tracer.const(value, dtype, name, exact_name=True)
@@ -334,7 +363,7 @@ class Function:
         results = result if isinstance(result, tuple) else (result,)
         if not results or not all(isinstance(r, Tensor) for r in results):
             raise TilefuseError(f"{self.loc}: {self.fn.__name__} must return tfu Tensors")
-        return tracer.builder.build([r.node for r in results])
+        return tracer.builder.build([r.node for r in results]), tracer
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Inside another trace: inline the body. On NumPy arrays: run the reference."""
@@ -384,13 +413,14 @@ class Dense:
         w = rng.uniform(-bound, bound, shape) if self.weight is None else np.asarray(self.weight)
         if w.shape != shape:
             raise ShapeError(f"{self.loc}: Dense weight has shape {w.shape}, expected {shape}")
+        w = _given_or_drawn(w, self.weight is None, dtype)
         if not self.use_bias:
-            return w.astype(DTYPES[dtype]), None
+            return w, None
         b = rng.uniform(-bound, bound, self.units) if self.bias is None else np.asarray(self.bias)
         if b.size != self.units:
             raise ShapeError(f"{self.loc}: Dense bias has {b.size} values, expected {self.units}")
         b_shape = (1, self.units) if layout == "rows" else (self.units, 1)
-        return w.astype(DTYPES[dtype]), b.reshape(b_shape).astype(DTYPES[dtype])
+        return w, _given_or_drawn(b.reshape(b_shape), self.bias is None, dtype)
 
     def __call__(self, x: Tensor, w: np.ndarray, b: np.ndarray | None, layout: str) -> Tensor:
         z = x @ w if layout == "rows" else w @ x
@@ -398,7 +428,19 @@ class Dense:
             z = z + b
         if self.activation is identity:
             return z
-        return self.activation(z, **self.activation_attrs)
+        attrs = dict(self.activation_attrs)
+        if self.activation in (softmax, log_softmax) and layout == "columns":
+            # an example is a column: normalize each one over its features (axis 0)
+            attrs.setdefault("axis", 0)
+        return self.activation(z, **attrs)
+
+
+def _given_or_drawn(array: np.ndarray, drawn: bool, dtype: str) -> np.ndarray:
+    """Drawn weights are made in the network's dtype; given float arrays keep theirs (the trace
+    narrows a wider one with a `cast`, stated in the IR)."""
+    if drawn or array.dtype.kind != "f":
+        return array.astype(DTYPES[dtype])
+    return array
 
 
 class Sequential:
@@ -423,6 +465,7 @@ class Sequential:
             raise AttrError(f"{loc}: layout {layout!r} is not one of rows, columns")
         if not layers:
             raise TilefuseError(f"{loc}: Sequential needs at least one layer")
+        check_name(name, "Sequential name", loc or "")
         self.layers, self.input_dim, self.layout, self.name = list(layers), input_dim, layout, name
         self.dtype = dtype_name(dtype)
         rng = np.random.default_rng(seed)

@@ -29,6 +29,11 @@ class ParseError(TilefuseError, ValueError):
         super().__init__(f"line {line}, column {col}: {message}{caret}")
 
 
+class InvalidNameError(TilefuseError, ValueError):
+    """A graph, input, constant or dim name that is not an ASCII identifier (names reach the IR
+    text and generated code, so nothing else is accepted)."""
+
+
 class VerifyError(TilefuseError, ValueError):
     """A graph that breaks an IR invariant (cycle, dangling input, wrong arity, stale type)."""
 

@@ -45,6 +45,7 @@ from .check import reference_f64, tolerance
 from .errors import MiscompileError, TilefuseError
 from .ir import Graph, GraphBuilder, TensorType
 from .ops import broadcast_shapes, evaluate
+from .source import comment
 from .text import node_names, parse_graph
 
 DIMS = (1, 2, 3, 5, 7, 8, 13, 16, 31, 33)  # 1, primes, a power of two, ragged around 32
@@ -80,9 +81,11 @@ class Case:
         constants = {names[n.id]: self.graph.constants[n.id] for n in self.graph if n.op == "const"}
         digest = hashlib.sha256(str(self).encode()).hexdigest()[:10]
         lines = [f"    {name!r}: {_array_literal(a)}," for name, a in constants.items()]
-        header = textwrap.indent(error.strip()[:2000], "    ") if error else "    (passes)"
+        header = "A graph fuzzer case (tilefuse.fuzz). It failed with:\n\n" + (
+            textwrap.indent(error.strip()[:2000], "    ") if error else "    (passes)"
+        )
         return _PYTEST_TEMPLATE.format(
-            error=header,
+            error=comment(header),
             graph=str(self.graph),
             constants="\n".join(lines),
             digest=digest,
@@ -93,19 +96,13 @@ class Case:
         )
 
 
-_PYTEST_TEMPLATE = '''"""A graph fuzzer case (tilefuse.fuzz). It failed with:
-
-{error}
-"""
-
+_PYTEST_TEMPLATE = """{error}
 import numpy as np
 
 from tilefuse.fuzz import Case, check_case
 from tilefuse.text import parse_graph
 
-GRAPH = """
-{graph}
-"""
+GRAPH = {graph!r}
 CONSTANTS = {{
 {constants}
 }}
@@ -115,7 +112,7 @@ def test_fuzz_case_{digest}():
     graph = parse_graph(GRAPH, constants=CONSTANTS)
     case = Case(graph, pipeline={pipeline!r}, batch={batch}, seed={seed})
     check_case(case, backends={backends!r})
-'''
+"""
 
 
 def _array_literal(a: np.ndarray) -> str:
@@ -515,6 +512,24 @@ def _grow_layer_norm(gb: _Builder) -> None:
     gb.add("layer_norm", operands, axis=axis, epsilon=epsilon)
 
 
+def _grow_cast(gb: _Builder) -> None:
+    """A value cast to f64 and back (exact from f32), or, in an f32 network, an f64 constant
+    narrowed by a cast and added to a value (the cast the DSL writes for f64 weights)."""
+    x = gb.pick()
+    if x is None:
+        return
+    if gb.dtype == "f32" and gb.draw(st.booleans()):
+        shape = _broadcast_shape(gb, gb.type(x).shape)
+        values = gb.rng.standard_normal(shape)
+        c = gb.b.const(values, "wide", dtype="f64")
+        gb.sample[c] = gb.b.constants[c]
+        gb.add("add", [x, gb.add("cast", [c], to="f32")])
+        return
+    wide = gb.b.op("cast", [x], to="f64")  # not in the pool: values there have gb.dtype
+    gb.sample[wide] = gb.sample[x].astype(np.float64)
+    gb.add("cast", [wide], to=gb.dtype)
+
+
 GROWERS = {
     "matmul": _grow_matmul,
     "dense": _grow_dense,
@@ -527,6 +542,7 @@ GROWERS = {
     "permute": _grow_permute,
     "batch_matmul": _grow_batch_matmul,
     "layer_norm": _grow_layer_norm,
+    "cast": _grow_cast,
 }
 # the cuda backend has kernels for these only: the ops of imported networks (unary, reduce,
 # reshape, permute, batch_matmul, layer_norm) have none there
@@ -686,7 +702,9 @@ def onnx_models(draw: Callable) -> Any:
     model = base_onnx_model(draw(st.sampled_from((1, 4, 7))))
     g = model.graph
     for _ in range(draw(st.integers(1, 3))):
-        target = draw(st.sampled_from(("op", "input", "attr", "type", "dim", "init", "opset")))
+        target = draw(
+            st.sampled_from(("op", "input", "attr", "type", "dim", "init", "opset", "name"))
+        )
         node = g.node[draw(st.integers(0, len(g.node) - 1))]
         if target == "op":
             node.op_type = draw(st.sampled_from(ONNX_OPS))
@@ -709,6 +727,8 @@ def onnx_models(draw: Callable) -> Any:
         elif target == "init":
             init = g.initializer[draw(st.integers(0, len(g.initializer) - 1))]
             init.dims[0] = draw(st.integers(0, 9))
+        elif target == "name":
+            rename_onnx_value(model, draw)
         else:
             model.opset_import[0].version = draw(st.sampled_from((1, 7, 13, 20, 99)))
     if not draw(st.booleans()):
@@ -721,8 +741,50 @@ def onnx_models(draw: Callable) -> Any:
     return bytes(data)
 
 
+# names that try to become code, or to break a parser, wherever a name is pasted
+HOSTILE_NAMES = (
+    'x""";__import__("builtins").TILEFUSE_PWNED = 1;"""',
+    "x'''\n__import__('builtins').TILEFUSE_PWNED = 1\n'''",
+    "a\rb",
+    "\\N{DEGREE SIGN}",
+    "caf\u00e9",
+    "\u2028",
+    "%0",
+    "",
+    "1st",
+)
+
+
+def names(draw: Callable) -> str:
+    """A name: hostile, any text (quotes, newlines, unicode), or an ordinary one."""
+    ordinary = st.from_regex(r"[a-z_][a-z0-9_]{0,6}", fullmatch=True)
+    return draw(st.one_of(st.sampled_from(HOSTILE_NAMES), st.text(max_size=12), ordinary))
+
+
+def rename_onnx_value(model: Any, draw: Callable) -> None:
+    """Rename the graph, a node, a symbolic dim, or a value everywhere it appears."""
+    g = model.graph
+    what = draw(st.sampled_from(("graph", "node", "dim", "value")))
+    new = names(draw)
+    if what == "graph":
+        g.name = new
+    elif what == "node":
+        g.node[draw(st.integers(0, len(g.node) - 1))].name = new
+    elif what == "dim":
+        g.input[0].type.tensor_type.shape.dim[0].dim_param = new
+    else:
+        values = sorted({*(v.name for v in g.input), *(i.name for i in g.initializer),
+                         *(o for n in g.node for o in n.output)})  # fmt: skip
+        old = draw(st.sampled_from(values))
+        for v in [*g.input, *g.output, *g.initializer]:
+            v.name = new if v.name == old else v.name
+        for n in g.node:
+            n.input[:] = [new if i == old else i for i in n.input]
+            n.output[:] = [new if o == old else o for o in n.output]
+
+
 def import_or_tilefuse_error(model: Any) -> Graph | TilefuseError:
-    """from_onnx(model), verified and printed: a Graph, or the TilefuseError raised."""
+    """from_onnx(model), verified, printed and rendered: a Graph, or the TilefuseError."""
     from .frontends.onnx import from_onnx
     from .verify import verify
 
@@ -730,9 +792,25 @@ def import_or_tilefuse_error(model: Any) -> Graph | TilefuseError:
         g = from_onnx(model)
         verify(g)
         str(g)
-        return g
     except TilefuseError as err:
         return err
+    source_is_safe(g)
+    return g
+
+
+def source_is_safe(g: Graph) -> None:
+    """The CPU backend's module for `g` parses, and calls no __import__ (the payloads')."""
+    import ast
+
+    from .backends.cpu import render
+
+    try:
+        source = render(g).source
+    except TilefuseError:
+        return  # an op the unfused renderer cannot take: nothing was generated
+    tree = ast.parse(source)
+    bad = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "__import__"]
+    assert not bad, f"a name reached generated code as code:\n{source}"
 
 
 __all__ = [

@@ -8,6 +8,7 @@ text form (text.py) and `Graph.__eq__` compares graphs by it, constants included
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,9 +16,41 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from .errors import DTypeError, VerifyError
+from .errors import DTypeError, InvalidNameError, ShapeError, VerifyError
 
 Dim = int | str  # an int extent, or a symbolic one such as "N" (the batch)
+
+# Graph, input, constant and dim names: they reach the IR text and generated code, so they are
+# ASCII identifiers, checked where they enter (frontends turn foreign names into them).
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_NAME_CHARS = 200
+
+
+def is_identifier(name: object) -> bool:
+    return isinstance(name, str) and len(name) <= MAX_NAME_CHARS and bool(IDENTIFIER.match(name))
+
+
+def check_name(name: object, what: str, where: str = "") -> str:
+    """`name` when it is an ASCII identifier; else InvalidNameError naming it and the rule."""
+    if is_identifier(name):
+        return name  # type: ignore[return-value]
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+    raise InvalidNameError(
+        f"{where + ': ' if where else ''}{what} {shown} is not a name tilefuse accepts: use "
+        f"letters, digits and _ (not first a digit, at most {MAX_NAME_CHARS} characters)"
+    )
+
+
+def check_dim(d: object, where: str = "") -> Dim:
+    """An extent: an int >= 0, or a symbolic dim's name (an identifier)."""
+    if isinstance(d, int) and not isinstance(d, bool):
+        if d < 0:
+            raise ShapeError(f"{where + ': ' if where else ''}extent {d} is negative")
+        return d
+    if isinstance(d, str):
+        return check_name(d, "symbolic dim", where)
+    raise ShapeError(f"{where + ': ' if where else ''}extent {d!r} must be an int >= 0 or a name")
+
 
 DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64)}
 NUMPY_TO_DTYPE = {v: k for k, v in DTYPES.items()}
@@ -44,6 +77,9 @@ class TensorType:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise DTypeError(f"dtype {self.dtype!r} is not supported; supported: f32, f64")
+        for d in self.shape:
+            if not (type(d) is int and d >= 0):  # the common case costs one test
+                check_dim(d)
 
     @property
     def rank(self) -> int:
@@ -71,6 +107,10 @@ class Node:
     attrs: tuple[tuple[str, Any], ...] = ()
     name: str | None = None  # graph inputs and constants keep a name (%x, %w0)
     loc: str | None = field(default=None, compare=False)  # user's file:line, for errors
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            check_name(self.name, f"the name of {self.op} node {self.id}")
 
     @property
     def attr(self) -> dict[str, Any]:
@@ -103,7 +143,7 @@ class Graph:
         constants: Mapping[int, np.ndarray] | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> None:
-        self.name = name
+        self.name = check_name(name, "graph name")
         # what passes learned on the way (fusion decisions, the memory plan); not part of ==
         self.meta: dict[str, Any] = dict(meta or {})
         self.nodes: dict[int, Node] = {}
@@ -266,14 +306,22 @@ class GraphBuilder:
 
 
 def cast_graph(g: Graph, dtype: str) -> Graph:
-    """The same network computing in `dtype`: inputs retyped, constants converted."""
+    """The same network computing in `dtype`: inputs retyped, `cast` ops dropped, constants
+    converted from the data they hold (an f64 constant that a `cast` narrowed to f32 is exact
+    in an f64 network). A constant wider than `dtype` keeps its data and gets a `cast`, so
+    the narrowing shows in the IR (canonicalize folds it, and says so)."""
     if all(n.type.dtype == dtype for n in g.nodes.values()):
         return g
     b = GraphBuilder(g.name)
     new: dict[int, int] = {}
     for node in g:
-        if node.op == "input":
+        if node.op == "cast":
+            new[node.id] = new[node.inputs[0]]
+        elif node.op == "input":
             new[node.id] = b.input(node.name or "x", TensorType(dtype, node.type.shape), node.loc)
+        elif node.op == "const" and node.type.np_dtype.itemsize > DTYPES[dtype].itemsize:
+            wide = b.const(g.constants[node.id], node.name or "c")
+            new[node.id] = b.op("cast", [wide], loc=node.loc, to=dtype)
         elif node.op == "const":
             new[node.id] = b.const(g.constants[node.id], node.name or "c", dtype=dtype)
         else:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import AttrError, DTypeError, ShapeError
-from .ir import Dim, Node, TensorType
+from .ir import DTYPES, Dim, Node, TensorType
 from .schedule import GpuTiling, Tiling, tiling_from_fields
 
 REQUIRED = object()
@@ -35,7 +35,7 @@ class Attr:
 class OpDef:
     name: str
     arity: tuple[int, int]  # (min, max) operands
-    kind: str  # source|matmul|layout|binary|activation|fused|unary|reduce|normalization
+    kind: str  # source|matmul|layout|binary|activation|fused|unary|reduce|normalization|cast
     infer: Callable[[list[TensorType], dict[str, Any]], TensorType] | None
     ref: Callable[[list[np.ndarray], dict[str, Any]], np.ndarray] | None
     attrs: dict[str, Attr] = field(default_factory=dict)
@@ -44,17 +44,20 @@ class OpDef:
 
 # -- activations: one line each ------------------------------------------------------------
 _math_erf = np.frompyfunc(math.erf, 1, 1)
+_math_erfc = np.frompyfunc(math.erfc, 1, 1)
 
 
-def _erf(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _erf(x: np.ndarray, dtype: np.dtype, fn: Any = _math_erf) -> np.ndarray:
     """erf of every element, as `dtype` (a 0-d array too: frompyfunc gives a bare float)."""
-    return np.asarray(_math_erf(x)).astype(dtype)
+    return np.asarray(fn(x)).astype(dtype)
 
 
 def _gelu(x: np.ndarray, approximate: str = "none", **_: Any) -> np.ndarray:
     if approximate == "tanh":
         return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-    return 0.5 * x * (1 + _erf(x / math.sqrt(2), x.dtype))
+    # 0.5 x erfc(-x/sqrt2) = 0.5 x (1 + erf(x/sqrt2)), but keeps the tail: 1 + erf(x) rounds
+    # to 0 below x = -5.9, so gelu(-9) would be -0.0 instead of -1.0e-18
+    return 0.5 * x * _erf(-x / math.sqrt(2), x.dtype, _math_erfc)
 
 
 def _softmax(x: np.ndarray, axis: int = -1, **_: Any) -> np.ndarray:
@@ -164,6 +167,10 @@ def _infer_binary(op: str) -> Callable[[list[TensorType], dict[str, Any]], Tenso
 
 def _infer_unary(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return types[0]
+
+
+def _infer_cast(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return TensorType(attrs["to"], types[0].shape)
 
 
 def _infer_axis_op(op: str) -> Callable[[list[TensorType], dict[str, Any]], TensorType]:
@@ -405,6 +412,16 @@ OPS: dict[str, OpDef] = {
         _infer_batch_matmul,
         lambda a, _: np.matmul(a[0], a[1]),
         doc="matmul over the last two axes, the leading (batch) axes broadcast",
+    ),
+    "cast": OpDef(
+        "cast",
+        (1, 1),
+        "cast",
+        _infer_cast,
+        lambda a, attrs: a[0].astype(DTYPES[attrs["to"]]),
+        attrs={"to": Attr("str", REQUIRED, tuple(DTYPES))},
+        doc="the value in another dtype (rounded to nearest when narrowing); the DSL writes "
+        "one where a constant is narrower in the network than in the array given",
     ),
     "layer_norm": OpDef(
         "layer_norm",

@@ -24,14 +24,13 @@ from typing import Any
 import numpy as np
 
 from .errors import ParseError, TilefuseError
-from .ir import DTYPES, Graph, GraphBuilder, TensorType, array_digest
+from .ir import DTYPES, IDENTIFIER, Graph, GraphBuilder, TensorType, array_digest, is_identifier
 from .ops import OPS
 from .schedule import GpuTiling, Tiling
 
 INLINE_LIMIT = 16
 MAX_NUMBER_CHARS = 64  # longer is garbage (and Python refuses ints of > 4300 digits)
 MAX_NESTING = 32  # of [ ] and ( ) in attribute values (deeper would exhaust the stack)
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEYWORDS = ("true", "false", "none")
 
 
@@ -43,7 +42,7 @@ def node_names(g: Graph) -> dict[int, str]:
     counter = 0
     for node in g:
         if node.op in ("input", "const"):
-            base = node.name if node.name and _IDENT.match(node.name) else "c"
+            base = node.name if is_identifier(node.name) else "c"
             name, k = base, 1
             while name in taken:
                 name, k = f"{base}_{k}", k + 1
@@ -63,7 +62,7 @@ def format_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         # a string spelled like a keyword is quoted, or it would parse back as true/false/None
-        bare = _IDENT.match(value) and value not in _KEYWORDS
+        bare = IDENTIFIER.match(value) and value not in _KEYWORDS
         return value if bare else json.dumps(value)
     if isinstance(value, Tiling | GpuTiling):
         return "(" + ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) + ")"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import TilefuseError, VerifyError
-from .ir import Graph, Node
+from .ir import Graph, Node, TensorType, check_name
 from .ops import OPS, infer_node_type, normalize_attrs
 
 
@@ -22,8 +22,15 @@ def _line(g: Graph, node: Node) -> str:
 
 
 def verify(g: Graph) -> Graph:
-    """Check `g` and return it: ids, dangling inputs, acyclicity, arity, attrs, types, data."""
+    """Check `g` and return it: names, ids, dangling inputs, acyclicity, arity, attrs, types,
+    data. Names and types are checked again here because a pickle skips their constructors."""
+    check_name(g.name, "graph name")
     for node in g.nodes.values():
+        if node.name is not None:
+            check_name(node.name, f"the name of {node.op} node {node.id}")
+        if not isinstance(node.type, TensorType):
+            raise VerifyError(f"{node.op} (node {node.id}): its type is not a TensorType")
+        TensorType(node.type.dtype, tuple(node.type.shape))  # dtype and extents
         missing = [i for i in node.inputs if i not in g.nodes]
         if missing:
             raise VerifyError(

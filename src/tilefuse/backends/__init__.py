@@ -21,6 +21,7 @@ import numpy as np
 from ..cache import stats
 from ..errors import AttrError, InputError
 from ..ir import Graph, Node
+from ..verify import verify
 from . import reference
 
 
@@ -28,6 +29,8 @@ class CompiledModel:
     """A network compiled for one target: call it on NumPy arrays; inspect its stages."""
 
     target = "?"
+    loaded: Any = None  # the cache's record of the generated module (tilefuse.cache.Loaded)
+    sealed = False
 
     def __init__(self, graph: Graph, stages: dict[str, Graph], options: dict[str, Any]) -> None:
         self.graph = graph  # as defined by the user
@@ -45,6 +48,13 @@ class CompiledModel:
         if out is not None:
             outputs = _copy_into(out, outputs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def seal(self) -> None:
+        """The generated code ran and gave right answers (its check passed, or a first call
+        returned): the cache may trust its compiled files from now on (cache.Loaded.seal)."""
+        if self.loaded is not None:
+            self.loaded.seal()
+        self.sealed = True
 
     def ir(self, stage: str | None = None) -> str:
         """The IR text after `stage` (default: the graph the backend compiled)."""
@@ -137,14 +147,20 @@ def graph_from_state(
 ) -> Graph:
     for array in constants.values():
         array.setflags(write=False)  # constants are read-only; pickling forgets that
-    return Graph(name, nodes, inputs, outputs, constants, meta)
+    # a pickle restores nodes without their constructors' checks: names, dims, types again
+    return verify(Graph(name, nodes, inputs, outputs, constants, meta))
 
 
 def rebuild_model(
     key: str, state: tuple[Any, ...], target: str, options: dict[str, Any]
 ) -> CompiledModel:
-    """Unpickle a CompiledModel: the model this process already rebuilt under `key`, else a
-    fresh `tfu.compile` of the shipped graph (counted in `tilefuse.cache.stats`)."""
+    """Unpickle a CompiledModel: the model this process already rebuilt for the shipped graph,
+    else a fresh `tfu.compile` of it (counted in `tilefuse.cache.stats`). The key is computed
+    again from what was shipped: the pickle's own `key` is not trusted (a pickle of graph B
+    carrying model A's key would otherwise get model A)."""
+    del key
+    graph = graph_from_state(*state)
+    key = model_key(graph, target, options)
     with _rebuilt_lock:  # threads of one worker unpickling at once still compile once
         model = _rebuilt.get(key)
         if model is not None:
@@ -152,7 +168,7 @@ def rebuild_model(
             return model
         from ..compiler import compile
 
-        model = compile(graph_from_state(*state), target, **options)
+        model = compile(graph, target, **options)
         _rebuilt[key] = model
         return model
 

@@ -27,13 +27,15 @@ from typing import Any
 import numba
 import numpy as np
 
-from ..cache import load_generated
+from ..cache import Loaded, load_generated
 from ..errors import InputError, TilefuseError
 from ..ir import DTYPES, Graph, Node, TensorType
 from ..ops import attrs_of
 from ..schedule import Tiling
+from ..source import comment, float_literal, identifier
 from ..text import format_node, node_names
 from . import CompiledModel, reference
+from .cpu_entry import KernelFailure, failure_message
 from .cpu_kernels import ACTIVATION_CODE, default_tiling, pack_weights, parallel_code
 
 PIPELINE = "canonicalize,fuse,tile,plan_memory"
@@ -46,11 +48,12 @@ _ACTIVATION_CODE = {
     "relu": ["v = v if not v < 0 else 0.0"],
     "sigmoid": ["v = 1.0 / (1.0 + math.exp(-v))"],
     "tanh": ["v = math.tanh(v)"],
-    "gelu": ["v = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))"],
+    # 0.5 x erfc(-x/sqrt2), not 0.5 x (1 + erf(x/sqrt2)): the tail is kept (gelu(-9) = -1e-18)
+    "gelu": ["v = 0.5 * v * math.erfc(v * -0.7071067811865476)"],
     "gelu_tanh": [
         "v = 0.5 * v * (1.0 + math.tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))"
     ],
-    "leaky_relu": ["v = v if v >= 0 else v * {alpha!r}"],
+    "leaky_relu": ["v = v if v >= 0 else v * {alpha}"],
 }
 _BINARY_CODE = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _ROWWISE = ("softmax", "log_softmax")
@@ -67,7 +70,8 @@ def activation_code(name: str, attrs: dict[str, Any]) -> list[str]:
     key = activation_key(name, attrs)
     if key not in _ACTIVATION_CODE:
         raise TilefuseError(f"cpu backend: activation {name!r} is not elementwise")
-    return [s.format(alpha=float(attrs.get("alpha", 0.01))) for s in _ACTIVATION_CODE[key]]
+    alpha = float_literal(attrs.get("alpha", 0.01))
+    return [s.format(alpha=alpha) for s in _ACTIVATION_CODE[key]]
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -91,7 +95,7 @@ class _Renderer:
         self.body: list[str] = []
         self.param_names: list[str] = []
         self.params: list[np.ndarray] = []
-        self._param_keys: dict[tuple[int, str], str] = {}
+        self._param_keys: dict[tuple[int, str, Any], str] = {}
         self.dims: dict[str, str] = {}
         self.var: dict[int, str] = {}
         self.entries: dict[str, str] = {}  # kernel entry points used: name -> dtype
@@ -105,10 +109,16 @@ class _Renderer:
         dims = [self.dim(d) for d in t.shape]
         return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
-    def param(self, node_id: int, role: str, make: Any) -> str:
-        key = (node_id, role)
+    def param(self, node_id: int, role: str, make: Any, variant: Any = None) -> str:
+        """A `forward` parameter made from a constant: one per (node, role, variant), where
+        the variant is what else the array depends on (the shape a broadcast parameter is
+        spread to, the tiling weights are packed for), so two users never share a wrong one."""
+        key = (node_id, role, variant)
         if key not in self._param_keys:
-            name = f"{role}_{self.names[node_id]}"
+            base = name = f"{role}_{self.names[node_id]}"
+            k = 1
+            while name in self.param_names:
+                name, k = f"{base}_{k}", k + 1
             self._param_keys[key] = name
             self.param_names.append(name)
             self.params.append(np.ascontiguousarray(make()))
@@ -136,7 +146,7 @@ class _Renderer:
         destinations = self.output_destinations()
         for node in g.ops():
             self.emit("")
-            self.emit(f"# {format_node(g, node.id, self.names)}")
+            self.emit(comment(format_node(g, node.id, self.names)).rstrip())
             self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
             if node.id not in destinations:
                 self.emit(f"{self.var[node.id]} = {self.allocation(node)}")
@@ -148,7 +158,7 @@ class _Renderer:
         self.var[node.id] = f"x_{self.names[node.id]}"
         for axis, d in enumerate(node.type.shape):
             if isinstance(d, str) and d not in self.dims:
-                self.dims[d] = f"d_{d}"
+                self.dims[d] = f"d_{identifier(d, 'symbolic dim')}"
                 self.emit(f"d_{d} = {self.var[node.id]}.shape[{axis}]")
 
     def render_op(self, node: Node) -> None:
@@ -160,8 +170,7 @@ class _Renderer:
         outs = [f"out{k}" for k in range(len(g.outputs))]
         workspace = [f"ws{b.index}" for b in self.plan.buffers] if self.plan else []
         args = [self.var[n.id] for n in inputs] + self.param_names + workspace + outs
-        ir_text = "\n".join("    " + line for line in str(g).split("\n"))
-        header = _MODULE_HEADER.format(name=g.name, ir=ir_text)
+        header = module_header("CPU code", g) + _MODULE_IMPORTS
         header += "".join(f"{name} = E.require({d!r})\n" for name, d in self.entries.items())
         header += "\n\n" if self.entries else ""
         # error_model="numpy": x / 0 is inf or nan as in the reference, not ZeroDivisionError
@@ -277,7 +286,7 @@ class _Renderer:
     # ops of imported networks: layout, math, reductions, batched matmul, layer norm --------
     def literal(self, value: float, t: TensorType) -> str:
         """A float constant in the generated code (accumulators start as float64 here)."""
-        return "-np.inf" if value == -math.inf else repr(value)
+        return float_literal(value)
 
     def cast(self, expr: str, t: TensorType) -> str:
         """`expr` (an int, say) as a float of `t`'s dtype where the code needs it typed."""
@@ -389,7 +398,7 @@ class _Renderer:
             f"for j in range({width}):",
             f"    d = xs_{name}[i0, j] - mean",
             "    var += d * d",
-            f"inv = 1.0 / math.sqrt(var / ({width}) + {eps!r})",
+            f"inv = 1.0 / math.sqrt(var / ({width}) + {float_literal(eps)})",
             f"for j in range({width}):",
             f"    ys_{name}[i0, j] = (xs_{name}[i0, j] - mean) * inv * {params[0]}[j]{shift}",
         ]
@@ -401,7 +410,9 @@ class _Renderer:
         operand = self.g[node_id]
         if operand.op == "const" and all(isinstance(d, int) for d in shape):
             array = self.g.constants[node_id]
-            return self.param(node_id, role, lambda: np.broadcast_to(array, shape).reshape(-1))
+            return self.param(
+                node_id, role, lambda: np.broadcast_to(array, shape).reshape(-1), shape
+            )
         var = f"{role}_{self.names[node_id]}"
         target = self.shape(TensorType(operand.type.dtype, shape))
         self.emit(
@@ -453,16 +464,18 @@ class _Renderer:
             (f"E.data({wp}), {wp}.size,", f"w: K x N packed in {tiling.kc}-deep panels"),
             (f"E.data({bias_arg}), {bias_arg}.size,", "bias (size 0: none)"),
             (f"E.data({out}), {out}.shape[1],", "out: M x N"),
-            (f"{act_code}, {alpha!r},", f"activation {act_key}, alpha"),
+            (f"{act_code}, {float_literal(alpha)},", f"activation {act_key}, alpha"),
             (f"{tiling.kc}, {tiling.mc}, {tiling.nc}, {parallel_code(tiling)},",
              f"kc, mc, nc, {parallel}"),
         ]  # fmt: skip
         width = max(len(code) for code, _ in call)
-        self.emit(f"{entry}(")
-        for code, comment in call:
-            self.emit(f"{code:<{width}}  # {comment}", 2)
+        self.emit(f"status = {entry}(")
+        for code, note in call:
+            self.emit(f"{code:<{width}}  # {note}", 2)
         self.emit(")")
         self.emit(f"E.keep({x_var}), E.keep({wp}), E.keep({bias_arg}), E.keep({out})")
+        self.emit("if status != 0:")
+        self.emit(f"raise E.KernelFailure({format_node(self.g, node.id, self.names)!r}, status)", 2)
         if rowwise:
             self.elementwise_in_place(node, pre)
             self.softmax_loops(node.type, out, out, act, axis=-1)
@@ -501,7 +514,7 @@ class _Renderer:
     def packed_weights(self, w: int, tiling: Tiling) -> str:
         if self.g[w].op == "const":
             array = self.g.constants[w]
-            return self.param(w, f"pw{tiling.kc}", lambda: pack_weights(array, tiling))
+            return self.param(w, "pw", lambda: pack_weights(array, tiling), (tiling.kc, tiling.nr))
         return f"R.pack_weights(np.ascontiguousarray({self.value(w)}), {tiling.kc}, {tiling.nr})"
 
     def kernel_bias(self, bias: int, n: int | str) -> str | None:
@@ -511,7 +524,7 @@ class _Renderer:
             return None
         if self.g[bias].op == "const" and isinstance(n, int):
             array = self.g.constants[bias]
-            return self.param(bias, "b", lambda: np.broadcast_to(array, (1, n)).reshape(n))
+            return self.param(bias, "b", lambda: np.broadcast_to(array, (1, n)).reshape(n), n)
         if t.rank >= 1 and t.shape[-1] == n:
             return f"np.ascontiguousarray({self.value(bias)}).reshape(({self.dim(n)},))"
         return None
@@ -523,7 +536,7 @@ _KIND_RENDERERS = {
     "transpose": "transpose",
     "softmax": "softmax",
     "log_softmax": "softmax",
-    **{op: "unary" for op in ("exp", "log", "sqrt", "erf")},
+    **{op: "unary" for op in ("exp", "log", "sqrt", "erf", "cast")},
     **{op: "reduce" for op in ("reduce_mean", "reduce_sum", "reduce_max")},
     "reshape": "reshape",
     "permute": "permute",
@@ -536,15 +549,10 @@ _UNARY_CODE = {
     "log": "np.log({})",
     "sqrt": "np.sqrt({})",
     "erf": "math.erf({})",
+    "cast": "{}",  # the store into the result's array converts
 }
 
-_MODULE_HEADER = '''"""tilefuse: generated CPU code for graph {name}.
-
-The IR it implements:
-
-{ir}
-"""
-
+_MODULE_IMPORTS = """
 import math
 
 import numpy as np
@@ -554,7 +562,13 @@ from tilefuse.backends import cpu_entry as E
 from tilefuse.backends import cpu_runtime as R
 
 
-'''
+"""
+
+
+def module_header(what: str, g: Graph) -> str:
+    """The comment block that opens a generated module: what it is and the IR it implements."""
+    ir_text = "\n".join("    " + line for line in str(g).split("\n"))
+    return comment(f"tilefuse: generated {what} for graph {g.name}.\n\nThe IR:\n\n{ir_text}")
 
 
 def render(g: Graph) -> Rendered:
@@ -577,10 +591,10 @@ def _fingerprint() -> str:
     return h.hexdigest()
 
 
-def load_module(source: str, graph_name: str) -> Any:
+def load_module(source: str, graph_name: str, trial: bool = True) -> Loaded:
     """Import `source` from a content-hashed file in the cache dir (Numba caches real files;
     `tilefuse.cache.load_generated` keeps those files whole and says why a lookup missed)."""
-    return load_generated(source, _fingerprint(), graph_name).module
+    return load_generated(source, _fingerprint(), graph_name, trial=trial)
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -625,6 +639,8 @@ class CpuModel(CompiledModel):
             from ..check import check_call
 
             check_call(self, inputs, outs)
+        if not self.sealed:
+            self.seal()
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _call_fast(self, fast: _FastPath, x: np.ndarray) -> np.ndarray:
@@ -637,11 +653,16 @@ class CpuModel(CompiledModel):
         out = np.empty(fast.out_shape(batch), fast.out_dtype)
         if self.threads:
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-        if self._serial:
-            with self._serial:
+        try:
+            if self._serial:
+                with self._serial:
+                    self.forward(x, *self.rendered.params, *self.workspace(batch), out)
+            else:
                 self.forward(x, *self.rendered.params, *self.workspace(batch), out)
-        else:
-            self.forward(x, *self.rendered.params, *self.workspace(batch), out)
+        except KernelFailure as err:
+            raise TilefuseError(failure_message(self.final.name, err)) from None
+        if not self.sealed:
+            self.seal()
         return out
 
     def dims(self, inputs: Sequence[np.ndarray]) -> dict[str, int]:
@@ -669,8 +690,11 @@ class CpuModel(CompiledModel):
         workspace = self.workspace(dims.get(self.rendered.batch_symbol, 0))
         if self.threads:
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-        with self._serial or contextlib.nullcontext():
-            self.forward(*inputs, *self.rendered.params, *workspace, *targets)
+        try:
+            with self._serial or contextlib.nullcontext():
+                self.forward(*inputs, *self.rendered.params, *workspace, *targets)
+        except KernelFailure as err:
+            raise TilefuseError(failure_message(self.final.name, err)) from None
         for given, target in zip(outs, targets):
             if given is not target:
                 given[...] = target

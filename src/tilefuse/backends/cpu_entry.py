@@ -10,8 +10,10 @@ cached on disk, because it refers to the kernel by name, not by address.
 
     dense_f32 = E.require("f32")     # at import of the generated module
     ...
-    dense_f32(E.data(x), m, k, E.data(wp), wp.size, E.data(b), b.size, E.data(out), n,
-              act, alpha, kc, mc, nc, parallel)
+    status = dense_f32(E.data(x), m, k, E.data(wp), wp.size, E.data(b), b.size, E.data(out),
+                       n, act, alpha, kc, mc, nc, parallel)
+    if status != 0:
+        raise E.KernelFailure("<the IR line>", status)
 
 `act` is `cpu_kernels.ACTIVATION_CODE[name]`: one entry point per dtype serves them all.
 
@@ -31,13 +33,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _launch_threads
 
-from ..cache import atomic_write, cache_dir, import_file
+from ..cache import atomic_write, cache_dir, import_file, use_private_cache
 from ..schedule import KERNEL_MICRO_TILES
 
 # a cached cfunc whose driver runs a prange resolves the threading layer's symbols on load
 _launch_threads()
 
-SIGNATURE = types.void(
+SIGNATURE = types.int64(  # the status: 0, or an index into cpu_kernels.OPERAND_PROBLEMS
     types.voidptr, types.int64, types.int64,  # x, m, k
     types.voidptr, types.int64,  # packed weights, their size
     types.voidptr, types.int64,  # bias, its size (0: none)
@@ -48,16 +50,35 @@ SIGNATURE = types.void(
 
 DTYPES = {"f32": "float32", "f64": "float64"}
 
+# An exception cannot leave a C entry point (Numba would print "Exception ignored" and return
+# garbage): anything the driver raises becomes the status KERNEL_RAISED, which `forward`
+# turns into an error naming the op.
 _TEMPLATE = """
 def entry_{dtype}(x, m, k, wp, wp_size, bias, nbias, out, n, act, alpha, kc, mc, nc, parallel):
-    K.dense_kernel(
-        carray(x, (m, k), dtype=np.{np_dtype}),
-        carray(wp, (wp_size,), dtype=np.{np_dtype}),
-        carray(bias, (nbias,), dtype=np.{np_dtype}),
-        carray(out, (m, n), dtype=np.{np_dtype}),
-        act, alpha, kc, mc, nc, parallel,
-    )
+    try:
+        return K.dense_kernel(
+            carray(x, (m, k), dtype=np.{np_dtype}),
+            carray(wp, (wp_size,), dtype=np.{np_dtype}),
+            carray(bias, (nbias,), dtype=np.{np_dtype}),
+            carray(out, (m, n), dtype=np.{np_dtype}),
+            act, alpha, kc, mc, nc, parallel,
+        )
+    except Exception:
+        return K.KERNEL_RAISED
 """
+
+
+class KernelFailure(Exception):
+    """Raised by generated code when a kernel entry point returns a nonzero status; the model
+    turns it into a TilefuseError (`failure_message`)."""
+
+
+def failure_message(graph: str, err: KernelFailure) -> str:
+    from .cpu_kernels import OPERAND_PROBLEMS
+
+    line, status = err.args
+    problem = OPERAND_PROBLEMS[status] if 0 < status < len(OPERAND_PROBLEMS) else f"status {status}"
+    return f"{graph}: the dense kernel of {line} failed: {problem}"
 
 
 @intrinsic
@@ -110,7 +131,12 @@ def _wrapper_module() -> Any:
     name = f"tilefuse_entries_{_FINGERPRINT}"
     path = cache_dir() / "kernels" / f"{name}.py"
     if not path.exists() or path.read_text() != source:
-        atomic_write(path, source)
+        try:
+            atomic_write(path, source)
+        except OSError as err:  # a read-only cache without the wrappers: compile elsewhere
+            path = use_private_cache(f"cannot write to the cache folder ({err.strerror})")
+            path = path / "kernels" / f"{name}.py"
+            atomic_write(path, source)
     _module = import_file(path, name)
     return _module
 

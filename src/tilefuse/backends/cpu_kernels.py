@@ -7,7 +7,7 @@ micro-kernels (`llvm_ukernel`); this module does the packing, the BLIS blocking 
 
 The driver (module level, cache=True, parallel=True; callable from Python and from njit code):
 
-    dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel) -> None
+    dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel) -> status
       x      [M, K] float32 or float64, C-contiguous; M is free at run time (0 and 1 included)
       wp     pack_weights(w, tiling) for w [K, N] of the same dtype (1-D, micro-panel order)
       bias   [N], or an empty array for no bias
@@ -319,29 +319,49 @@ def _plan(m, panels, mr, nr, mc, nc, threads, most_rows):
 
 
 # ------------------------------------------------------------------ the generic driver
+# What dense_kernel returns: 0, or the index of the problem with its operands. The driver
+# returns a status rather than raising: it runs behind a C entry point (cpu_entry), where an
+# exception could not reach the caller.
+OPERAND_PROBLEMS = (
+    "",
+    "unknown activation code (see ACTIVATIONS)",
+    "x and out have different numbers of rows",
+    "bias must have N elements (or none)",
+    "packed weights do not match K x N (pack_weights(w, tiling))",
+    "kc, mc and nc must be positive",
+    "the kernel raised an exception",  # cpu_entry's catch-all, for anything else
+)
+KERNEL_RAISED = len(OPERAND_PROBLEMS) - 1
+
+
 @njit(cache=True)
-def _check_operands(x, wp, bias, out, act, kc, mc, nc):
-    mr, nr = register_tile(out)
+def operand_problem(x, wp, bias, out, act, kc, mc, nc):
+    """0 when the operands fit together, else the index of the problem in OPERAND_PROBLEMS."""
+    _, nr = register_tile(out)
     if act < 0 or act >= len(ACTIVATIONS):
-        raise ValueError("dense: unknown activation code (see ACTIVATIONS)")
+        return 1
     if out.shape[0] != x.shape[0]:
-        raise ValueError("dense: x and out have different numbers of rows")
+        return 2
     if bias.size != 0 and bias.size != out.shape[1]:
-        raise ValueError("dense: bias must have N elements (or none)")
+        return 3
     if wp.size != x.shape[1] * _ceil_div(out.shape[1], nr) * nr:
-        raise ValueError("dense: packed weights do not match K x N (pack_weights(w, tiling))")
+        return 4
     if kc < 1 or mc < 1 or nc < 1:
-        raise ValueError("dense: kc, mc and nc must be positive")
+        return 5
+    return 0
 
 
 @njit(cache=True, parallel=True)
 def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel):
-    """out = ACTIVATIONS[act](x @ w + bias) with wp = pack_weights(w, tiling); see module doc."""
-    _check_operands(x, wp, bias, out, act, kc, mc, nc)
+    """out = ACTIVATIONS[act](x @ w + bias) with wp = pack_weights(w, tiling); see module doc.
+    Returns 0, or (leaving out untouched) the index of an operand problem in OPERAND_PROBLEMS."""
+    problem = operand_problem(x, wp, bias, out, act, kc, mc, nc)
+    if problem != 0:
+        return problem
     m, k_total = x.shape
     n = out.shape[1]
     if m == 0 or n == 0:
-        return
+        return 0
     mr, nr = register_tile(out)
     biasp = _padded_bias(bias, n, nr, out)
     threads = thread_count() if parallel != PARALLEL_NONE else 1
@@ -356,6 +376,7 @@ def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel):
     else:
         for t in range(tasks):
             _run_task(act, plan, t, x, wp, biasp, out, alpha, kc)
+    return 0
 
 
 # ------------------------------------------------------------------ Python convenience
@@ -385,8 +406,10 @@ def dense(
     if out is None:
         out = np.empty((x.shape[0], n), x.dtype)
     bias = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
-    dense_kernel(x, w, bias, out, ACTIVATION_CODE[act], float(alpha), tiling.kc, tiling.mc,
-                 tiling.nc, parallel_code(tiling))  # fmt: skip
+    problem = dense_kernel(x, w, bias, out, ACTIVATION_CODE[act], float(alpha), tiling.kc,
+                           tiling.mc, tiling.nc, parallel_code(tiling))  # fmt: skip
+    if problem:
+        raise ValueError(f"dense: {OPERAND_PROBLEMS[problem]}")
     return out
 
 

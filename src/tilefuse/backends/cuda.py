@@ -20,7 +20,6 @@ Rendering needs neither: `--emit cuda-source` works anywhere.
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from collections.abc import Sequence
@@ -32,9 +31,10 @@ from ..errors import InputError, TilefuseError
 from ..ir import Graph, Node, TensorType
 from ..ops import attrs_of
 from ..schedule import GpuTiling
+from ..source import comment, float_literal
 from ..text import format_node
 from . import CompiledModel, reference
-from .cpu import Rendered, _Renderer, activation_key, load_module
+from .cpu import Rendered, _Renderer, activation_key, load_module, module_header
 
 PIPELINE = "canonicalize,fuse,tile_cuda"
 STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory a block may declare
@@ -50,12 +50,12 @@ _ACTIVATION_CODE = {
         "v = {T}(1) / ({T}(1) + z) if v >= {T}(0) else z / ({T}(1) + z)",
     ],
     "tanh": ["v = {T}(math.tanh(v))"],
-    "gelu": ["v = {T}(0.5) * v * ({T}(1) + {T}(math.erf(v * {T}(0.7071067811865476))))"],
+    "gelu": ["v = {T}(0.5) * v * {T}(math.erfc(v * {T}(-0.7071067811865476)))"],
     "gelu_tanh": [
         "u = {T}(0.7978845608028654) * (v + {T}(0.044715) * v * v * v)",
         "v = {T}(0.5) * v * ({T}(1) + {T}(math.tanh(u)))",
     ],
-    "leaky_relu": ["v = v if v >= {T}(0) else v * {T}({alpha!r})"],
+    "leaky_relu": ["v = v if v >= {T}(0) else v * {T}({alpha})"],
 }
 _BINARY_CODE = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
@@ -68,7 +68,7 @@ def activation_code(name: str, attrs: dict[str, Any], t: TensorType) -> list[str
     key = activation_key(name, attrs)
     if key not in _ACTIVATION_CODE:
         raise TilefuseError(f"cuda backend: activation {name!r} is not elementwise")
-    alpha = float(attrs.get("alpha", 0.01))
+    alpha = float_literal(attrs.get("alpha", 0.01))
     return [s.format(T=scalar_type(t), alpha=alpha) for s in _ACTIVATION_CODE[key]]
 
 
@@ -122,8 +122,7 @@ class _CudaRenderer(_Renderer):
         inputs = self.render_body()
         outs = [f"out{k}" for k in range(len(g.outputs))]
         args = [self.var[n.id] for n in inputs] + self.param_names + outs + ["scratch"]
-        ir_text = "\n".join("    " + line for line in str(g).split("\n"))
-        source = _MODULE_HEADER.format(name=g.name, ir=ir_text)
+        source = module_header("CUDA kernels", g) + _MODULE_IMPORTS
         source += "\n\n\n".join(self.kernels) + ("\n\n\n" if self.kernels else "")
         source += _FORWARD_DOC.format(args=", ".join(args))
         source += "\n".join(line.rstrip() for line in self.body) + "\n"
@@ -141,9 +140,9 @@ class _CudaRenderer(_Renderer):
         """Add kernel `name(params)` under a header naming the IR line it implements."""
         params = list(dict.fromkeys(params))
         self.signatures[name] = [(self.dtype[p], self.rank[p]) for p in params]
-        header = [f"# {format_node(self.g, node.id, self.names)}", f"# {note}"]
+        header = comment(f"{format_node(self.g, node.id, self.names)}\n{note}").rstrip()
         self.kernels.append(
-            "\n".join([*header, "@cuda.jit(cache=True)", f"def {name}({', '.join(params)}):"])
+            "\n".join([header, "@cuda.jit(cache=True)", f"def {name}({', '.join(params)}):"])
             + "\n"
             + "\n".join(indent(body, 1))
         )
@@ -249,8 +248,7 @@ class _CudaRenderer(_Renderer):
         return self.var[node.id] + (self.index(node.type, node.type) if node.type.rank else "[0]")
 
     def literal(self, value: float, t: TensorType) -> str:
-        text = "-math.inf" if value == -math.inf else repr(value)
-        return f"{scalar_type(t)}({text})"  # f32 kernels accumulate in f32
+        return f"{scalar_type(t)}({float_literal(value)})"  # f32 kernels accumulate in f32
 
     def cast(self, expr: str, t: TensorType) -> str:
         return f"{scalar_type(t)}({expr})"
@@ -296,7 +294,7 @@ class _CudaRenderer(_Renderer):
             f"for j in range({xs}.shape[1]):",
             f"    d = {xs}[i0, j] - mean",
             "    var += d * d",
-            f"inv = {T}(1) / {T}(math.sqrt(var / width + {T}({eps!r})))",
+            f"inv = {T}(1) / {T}(math.sqrt(var / width + {T}({float_literal(eps)})))",
             f"for j in range({xs}.shape[1]):",
             f"    {ys}[i0, j] = (({xs}[i0, j] - mean) * inv * {params[0]}[j]{shift})",
         ]
@@ -540,15 +538,10 @@ _UNARY_CODE = {
     "log": "np.log({0})",
     "sqrt": "(math.sqrt({0}) if {0} >= 0 else math.nan)",
     "erf": "math.erf({0})",
+    "cast": "{0}",  # render_unary wraps it in the result's scalar type
 }
 
-_MODULE_HEADER = '''"""tilefuse: generated CUDA kernels for graph {name}.
-
-The IR it implements:
-
-{ir}
-"""
-
+_MODULE_IMPORTS = """
 import math
 
 import numpy as np
@@ -557,7 +550,7 @@ from numba import cuda, float32, float64, uint64  # noqa: F401
 from tilefuse.backends import cuda_runtime as R
 
 
-'''
+"""
 
 _FORWARD_DOC = '''def forward({args}):
     """Launch the kernels in graph order: device arrays in, device arrays out; scratch(k,
@@ -602,7 +595,7 @@ def kernel_llvm(g: Graph, cc: tuple[int, int] = (8, 0)) -> dict[str, str]:
     from numba.cuda.compiler import compile_cuda
 
     renderer = _CudaRenderer(g)
-    module = load_module(renderer.render().source, g.name)
+    module = load_module(renderer.render().source, g.name, trial=False).module
     llvm: dict[str, str] = {}
     for name, args in renderer.signatures.items():
         result = compile_cuda(getattr(module, name).py_func, types.void, array_types(args), cc=cc)
@@ -632,7 +625,8 @@ class CudaModel(CompiledModel):
 
         R.require_device()
         self.runtime = R
-        self.module = load_module(self.rendered.source, self.final.name)
+        self.loaded = load_module(self.rendered.source, self.final.name)
+        self.module = self.loaded.module
         self.params = [R.to_device(p) for p in self.rendered.params]  # the weights, once
         self.scratch = R.Scratch()
         self.lock = threading.Lock()  # scratch buffers are shared by every call
@@ -649,6 +643,8 @@ class CudaModel(CompiledModel):
                 outputs = _copy_into(out, outputs)
         if self.options.get("check") == "always":
             self.check_call(inputs, outputs)
+        if not self.sealed:
+            self.seal()
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def check_call(self, inputs: list[Any], outputs: list[Any]) -> None:

@@ -55,7 +55,7 @@ def kernel_ptx(g: Graph, cc: tuple[int, int] = DEFAULT_CC) -> dict[str, str]:
     from numba import cuda, types
 
     renderer = _CudaRenderer(g)
-    module = load_module(renderer.render().source, g.name)
+    module = load_module(renderer.render().source, g.name, trial=False).module
     ptx: dict[str, str] = {}
     for name, args in renderer.signatures.items():
         sig = types.void(*array_types(args, "C"))

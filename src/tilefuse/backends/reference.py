@@ -57,8 +57,15 @@ def check_input(node: Node, value: Any, dims: dict[str, int], graph: str) -> np.
             f"np.asarray(x, dtype=np.{node.type.np_dtype.name})"
         )
     if value.dtype != node.type.np_dtype:
+        hint = ""
+        if value.dtype == np.float64 and node.type.dtype == "f32":
+            hint = (
+                '; or compute in f64: tfu.compile(net, dtype="f64"), or declare the input '
+                'tfu.Input[..., "f64"]'
+            )
         raise DTypeError(
-            f"{where}: got dtype {value.dtype}; convert with x.astype(np.{node.type.np_dtype.name})"
+            f"{where}: got dtype {value.dtype}; convert with "
+            f"x.astype(np.{node.type.np_dtype.name}){hint}"
         )
     if value.ndim != node.type.rank:
         raise ShapeError(f"{where}: got rank {value.ndim} array of shape {value.shape}")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TilefuseError
-from ..ir import Graph, GraphBuilder, TensorType, dtype_name
+from ..ir import MAX_NAME_CHARS, Graph, GraphBuilder, TensorType, check_name, dtype_name
 from ..ops import OPS, attrs_of, broadcast_shapes, normalized_axes
 from . import UnsupportedError, require
 
@@ -38,10 +38,24 @@ EXPORT_IR_VERSION = 10  # what ONNX Runtime releases of opset 20 read
 _FLOAT_TYPES = {1: "f32", 11: "f64"}  # TensorProto.FLOAT, TensorProto.DOUBLE
 
 
+@dataclass(frozen=True)
+class ImportLimits:
+    """What importing may cost. A model file of a few hundred bytes can ask for a constant of
+    tens of GiB (ConstantOfShape, Range, Expand, Tile folded at import) or a Loop of 10^12
+    iterations; past these limits the import fails with an error naming the node.
+
+        tfu.from_onnx(path, limits=ImportLimits(max_elements=1 << 30))
+    """
+
+    max_elements: int = 1 << 26  # of one tensor made at import (64 Mi: 256 MiB of f32)
+    max_total_elements: int = 1 << 28  # of all tensors made at import together
+    max_loop_iterations: int = 10_000  # of a Loop evaluated at import
+
+
 # -- names ---------------------------------------------------------------------------------
 def identifier(name: str, fallback: str = "v") -> str:
     """An ONNX name as a tilefuse identifier: `0.weight` -> `v0_weight`."""
-    name = re.sub(r"\W", "_", name)
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name)[:MAX_NAME_CHARS]
     if not name:
         return fallback
     return name if not name[0].isdigit() else f"{fallback}{name}"
@@ -76,9 +90,16 @@ def supported_ops() -> list[str]:
 # -- the importer --------------------------------------------------------------------------
 class _Importer:
     def __init__(
-        self, model: Any, source: str, batch: str, constants: Mapping[str, Any] | None = None
+        self,
+        model: Any,
+        source: str,
+        batch: str,
+        constants: Mapping[str, Any] | None = None,
+        limits: ImportLimits | None = None,
     ) -> None:
         self.model, self.source, self.batch = model, source, batch
+        self.limits = limits or ImportLimits()
+        self.folded_elements = 0
         self.given = {name: np.asarray(value) for name, value in (constants or {}).items()}
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.b = GraphBuilder(identifier(model.graph.name or "onnx_model", "g"))
@@ -220,6 +241,11 @@ class _Importer:
 
     def input_dim(self, name: str, axis: int, dim: Any) -> int | str:
         if dim.HasField("dim_value"):
+            if not 0 <= dim.dim_value <= self.limits.max_elements:
+                raise self.fail(
+                    f"input {name!r} has extent {dim.dim_value} on axis {axis}; extents are "
+                    f"0 to ImportLimits.max_elements={self.limits.max_elements:,}"
+                )
             return dim.dim_value
         if axis == 0:
             return self.batch
@@ -266,13 +292,82 @@ class _Importer:
 
         node = self.node
         if node.op_type == "Constant":
-            return constant(self, node)
+            return self.within_limits([np.asarray(r) for r in constant(self, node)])
         feeds = {n: self.values[n] for n in node.input if n}
+        self.check_fold_cost([self.values[n] if n else None for n in node.input])
         try:
             results = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
         except Exception as err:  # the reference rejects what it cannot evaluate
             raise self.fail(f"cannot evaluate it at import time: {err}") from None
-        return [np.asarray(r) for r in results]
+        return self.within_limits([np.asarray(r) for r in results])
+
+    def check_fold_cost(self, operands: list[Any]) -> None:
+        """Before evaluating the node: what its result would hold, for the ops whose result
+        size is an operand's value (a tiny file can ask for a huge tensor), and a Loop's
+        trip count."""
+        limits = self.limits
+        op_type = self.node.op_type
+        if op_type == "Loop":
+            trips = operands[0] if operands else None
+            if trips is None or int(np.asarray(trips).reshape(-1)[0]) > limits.max_loop_iterations:
+                raise self.fail(
+                    f"a Loop evaluated at import must have a trip count of at most "
+                    f"{limits.max_loop_iterations} (ImportLimits.max_loop_iterations); this one "
+                    f"has {'none' if trips is None else int(np.asarray(trips).reshape(-1)[0])}"
+                )
+            return
+        elements = predicted_elements(op_type, operands)
+        if elements is not None and elements > limits.max_elements:
+            raise self.too_big(elements)
+
+    def within_limits(self, results: list[np.ndarray]) -> list[np.ndarray]:
+        for r in results:
+            if r.size > self.limits.max_elements:
+                raise self.too_big(r.size)
+            self.folded_elements += r.size
+        if self.folded_elements > self.limits.max_total_elements:
+            raise self.fail(
+                f"the tensors made at import hold {self.folded_elements:,} elements together, "
+                f"more than ImportLimits.max_total_elements={self.limits.max_total_elements:,}"
+            )
+        return results
+
+    def too_big(self, elements: int) -> UnsupportedError:
+        return self.fail(
+            f"evaluating it at import would make a tensor of {elements:,} elements, more than "
+            f"ImportLimits.max_elements={self.limits.max_elements:,} (from_onnx(..., limits=))"
+        )
+
+
+def predicted_elements(op_type: str, operands: list[Any]) -> int | None:
+    """Elements of the result of the ops whose size is an operand's value; None for others."""
+
+    def values(k: int) -> list[int]:
+        return [int(v) for v in np.asarray(operands[k]).reshape(-1)]
+
+    def count(shape: Sequence[int]) -> int:
+        return math.prod(max(d, 0) for d in shape)
+
+    present = [o is not None for o in operands]
+    if op_type == "ConstantOfShape" and present[:1] == [True]:
+        return count(values(0))
+    if op_type == "Expand" and len(operands) > 1 and all(present[:2]):
+        shape = np.shape(operands[0])
+        target = values(1)
+        rank = max(len(shape), len(target))
+        padded = [1] * (rank - len(shape)) + list(shape)
+        target = [1] * (rank - len(target)) + target
+        return count(max(a, b) for a, b in zip(padded, target))
+    if op_type == "Tile" and len(operands) > 1 and all(present[:2]):
+        return np.size(operands[0]) * count(values(1))
+    if op_type == "Range" and len(operands) > 2 and all(present[:3]):
+        start, limit, delta = (float(np.asarray(o).reshape(-1)[0]) for o in operands[:3])
+        if delta == 0 or not all(map(math.isfinite, (start, limit, delta))):
+            return None  # the reference refuses these itself
+        return max(0, math.ceil((limit - start) / delta))
+    if op_type == "OneHot" and len(operands) > 1 and all(present[:2]):
+        return np.size(operands[0]) * max(values(1)[0], 0)
+    return None
 
 
 def foldable(node: Any) -> bool:
@@ -540,6 +635,8 @@ def dims_product(imp: _Importer, dims: Sequence[int | str]) -> int | str:
 
 def resolve_shape(imp: _Importer, source: tuple, target: Sequence[int], allowzero: bool) -> tuple:
     """ONNX Reshape's target (0: copy the input's extent, -1: the rest) as extents."""
+    if any(int(d) < -1 for d in target):
+        raise imp.fail(f"shape {tuple(target)} has an extent below -1")
     dims: list[int | str] = [
         source[i] if d == 0 and not allowzero and i < len(source) else int(d)
         for i, d in enumerate(target)
@@ -645,44 +742,95 @@ def layer_normalization(imp: _Importer, node: Any) -> list[Value | None]:
 
 
 # -- the public entry points ---------------------------------------------------------------
-def load_model(model: Any) -> tuple[Any, str]:
-    """A ModelProto and a label for messages, from a ModelProto, a path or bytes."""
+def load_model(model: Any, base_dir: str | os.PathLike | None = None) -> tuple[Any, str]:
+    """A ModelProto and a label for messages, from a ModelProto, a path or bytes, with any
+    external data read from the model's folder (or `base_dir`), never from elsewhere."""
     require("onnx", "pip install 'tilefuse[onnx]'")
     import onnx
 
     if isinstance(model, onnx.ModelProto):
-        return model, model.graph.name or "model"
-    if isinstance(model, bytes):
+        proto, label, folder = model, model.graph.name or "model", base_dir
+    elif isinstance(model, bytes):
         try:
-            return onnx.load_from_string(model), "model"
+            proto = onnx.load_from_string(model)
         except Exception as err:  # protobuf's DecodeError and friends
             raise TilefuseError(f"not an ONNX model ({type(err).__name__}: {err})") from None
-    path = os.fspath(model)
-    if not os.path.isfile(path):
-        raise TilefuseError(f"{path}: no such file")
+        label, folder = "model", base_dir
+    else:
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise TilefuseError(f"{path}: no such file")
+        try:
+            proto = onnx.load(path, load_external_data=False)
+        except Exception as err:  # protobuf's DecodeError and friends
+            raise TilefuseError(
+                f"{path}: not an ONNX model ({type(err).__name__}: {err})"
+            ) from None
+        if not proto.graph.node and not proto.graph.output:
+            raise TilefuseError(f"{path}: not an ONNX model (it holds no graph)")
+        label = path
+        folder = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
+    load_external_data(proto, label, folder)
+    return proto, label
+
+
+def load_external_data(proto: Any, label: str, folder: str | os.PathLike | None) -> None:
+    """Read the tensors kept in files beside the model, each of which must lie inside
+    `folder`; with no folder (a model given as bytes or a ModelProto), refuse them."""
+    from onnx import external_data_helper
+
+    external = [t for t in external_data_helper._get_all_tensors(proto)
+                if external_data_helper.uses_external_data(t)]  # fmt: skip
+    if not external:
+        return
+    if folder is None:
+        raise TilefuseError(
+            f"{label}: tensor {external[0].name!r} keeps its data in a file of its own; a model "
+            "given as bytes or a ModelProto has no folder to read it from: pass base_dir= (the "
+            "model's folder), or the model's path"
+        )
+    root = os.path.realpath(folder)
+    for tensor in external:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = os.path.realpath(os.path.join(root, location))
+        if os.path.isabs(location) or os.path.commonpath([root, target]) != root:
+            raise TilefuseError(
+                f"{label}: tensor {tensor.name!r} keeps its data in {location!r}, outside the "
+                f"model's folder {root}: refused"
+            )
+        if not os.path.isfile(target):
+            raise TilefuseError(f"{label}: tensor {tensor.name!r}: no data file {location!r}")
     try:
-        proto = onnx.load(path)
-    except Exception as err:  # protobuf's DecodeError and friends
-        raise TilefuseError(f"{path}: not an ONNX model ({type(err).__name__}: {err})") from None
-    if not proto.graph.node and not proto.graph.output:
-        raise TilefuseError(f"{path}: not an ONNX model (it holds no graph)")
-    return proto, path
+        external_data_helper.load_external_data_for_model(proto, root)
+    except Exception as err:  # a short file, a bad offset
+        raise TilefuseError(f"{label}: cannot read its external data ({err})") from None
 
 
-def from_onnx(model: Any, *, batch: str = "N", constants: Mapping[str, Any] | None = None) -> Graph:
+def from_onnx(
+    model: Any,
+    *,
+    batch: str = "N",
+    constants: Mapping[str, Any] | None = None,
+    base_dir: str | os.PathLike | None = None,
+    limits: ImportLimits | None = None,
+) -> Graph:
     """An ONNX model (a ModelProto, a path to a .onnx file, or its bytes) as a tilefuse Graph.
 
     A dynamic first dimension becomes the symbolic batch `batch`. `constants` gives values
     for graph inputs that are known when importing (a shape or axes fed as an input); they
-    are used like initializers. Raises `UnsupportedError` for an op, attribute or element
-    type tilefuse cannot run.
+    are used like initializers. External data is read from the model's folder, or from
+    `base_dir` (required for a model given as bytes or a ModelProto), never from outside it.
+    `limits` bounds what evaluating at import may cost (`ImportLimits`). Raises
+    `UnsupportedError` for an op, attribute or element type tilefuse cannot run.
 
         Gemm[transB=1](x, W, b), Relu   ->   %0 = matmul(%x, %W_t) : f32[N,4]
                                               %1 = add(%0, %b) : f32[N,4]
                                               %2 = relu(%1) : f32[N,4]
     """
-    proto, source = load_model(model)
-    importer = _Importer(proto, source, batch, constants)
+    check_name(batch, "batch dim", "from_onnx")
+    proto, source = load_model(model, base_dir)
+    importer = _Importer(proto, source, batch, constants, limits)
     try:
         return importer.run()
     except TilefuseError:
@@ -748,6 +896,10 @@ class _Exporter:
 
     def export_binary(self, node: Any, args: list[str], out: str) -> None:
         self.add({v: k for k, v in BINARY_OPS.items()}[node.op], args, out)
+
+    def export_cast(self, node: Any, args: list[str], out: str) -> None:
+        to = {v: k for k, v in _FLOAT_TYPES.items()}[node.attr["to"]]
+        self.add("Cast", args, out, to=to)
 
     def export_unary(self, node: Any, args: list[str], out: str) -> None:
         self.add({v: k for k, v in UNARY_OPS.items()}[node.op], args, out)

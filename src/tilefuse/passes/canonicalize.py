@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..ir import Graph, Node, array_digest
+from ..ir import DTYPES, Graph, Node, array_digest
 from ..ops import BINARY_REFS, ELEMENTWISE_ACTIVATIONS, evaluate
 from . import Decision, Pass, register, with_decisions
 from .rewrite import (
@@ -56,6 +56,11 @@ def fold_constant(edit: Edit, m: Match) -> int:
     node = m["root"]
     value = evaluate(node, [edit.g.constants[i] for i in node.inputs])
     return edit.const(value, folded_name(edit.g, node))
+
+
+def narrowing(g: Graph, node: Node) -> bool:
+    """A cast to a dtype narrower than its operand's (f64 -> f32)."""
+    return DTYPES[node.attr["to"]].itemsize < g[node.inputs[0]].type.np_dtype.itemsize
 
 
 def filled_with(value: float) -> Predicate:
@@ -206,6 +211,7 @@ ORIENTATION_RULES = [
 ]
 
 CANONICAL_RULES = [
+    Rule("narrow_constant", pat("cast", const(), where=[narrowing]), fold_constant),
     Rule("fold_constant", any_node(where=[operands_const]), fold_constant),
     Rule("remove_identity", pat("identity", any_node("x")), lambda e, m: m["x"].id),
     Rule(
@@ -225,6 +231,9 @@ CANONICAL_RULES = [
 ]
 
 DETAILS = {
+    "narrow_constant": "the constant is rounded to the network's narrower dtype here (f64 "
+    'data in an f32 network); compile with dtype="f64", or declare the input '
+    'tfu.Input[..., "f64"], to compute with the values as given',
     "fold_constant": "all its operands are constants, so it is evaluated at compile time",
     "remove_identity": "identity returns its operand",
     "remove_add_zero": "adding zeros returns the other operand",
