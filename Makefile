@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # Numba checks a cached function against its own file only; the kernels span several files,
 # so the cache directory is named after all of the backends' sources: an edit starts afresh.
-KERNEL_HASH := $(shell cat src/tilefuse/backends/*.py 2>/dev/null | cksum | cut -d' ' -f1)
+KERNEL_HASH := $(shell $(PY) src/tilefuse/_version.py --kernels 2>/dev/null)
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba-$(KERNEL_HASH)
 export TILEFUSE_CACHE_DIR ?= $(CURDIR)/.cache/tilefuse
 

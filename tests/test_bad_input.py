@@ -17,7 +17,8 @@ import pytest
 
 import tilefuse as tfu
 from tilefuse.errors import DTypeError, InputError, ShapeError
-from tilefuse.ir import GraphBuilder, TensorType
+from tilefuse.ir import TensorType
+from tilefuse.ops import GraphBuilder
 
 NET = tfu.Sequential(
     [tfu.Dense(16, activation="relu"), tfu.Dense(4, activation="tanh")], input_dim=5, seed=4

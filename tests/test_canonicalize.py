@@ -8,7 +8,8 @@ import pytest
 
 import tilefuse as tfu
 from tilefuse.errors import TilefuseError
-from tilefuse.ir import Graph, GraphBuilder, TensorType
+from tilefuse.ir import Graph, TensorType
+from tilefuse.ops import GraphBuilder
 from tilefuse.passes import run_pipeline
 from tilefuse.passes.canonicalize import Canonicalize, merge_common_subexpressions
 from tilefuse.passes.rewrite import (

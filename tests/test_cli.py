@@ -11,7 +11,7 @@ import pytest
 
 import tilefuse as tfu
 from conftest import ROOT
-from tilefuse import cli, schedule
+from tilefuse import cli
 from tilefuse.backends import BACKENDS, ReferenceModel
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -262,7 +262,6 @@ def test_show_memory_prints_the_plan_after_the_ir(capsys):
     assert out.rstrip("\n") == f"{g}\n{g.meta['memory_plan']}"
 
 
-@pytest.mark.skipif(not hasattr(schedule, "loop_nest"), reason="schedule.loop_nest not there yet")
 def test_show_loops_prints_a_nest_per_dense_op(capsys):
     code, out, _ = tilefuse(capsys, "show", ROOT / "examples/mlp.py", "--emit", "loops")
     assert code == 0

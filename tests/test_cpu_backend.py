@@ -23,7 +23,7 @@ ACTS = ("relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "leaky_relu", None)
 def assert_matches_reference(model, net_graph, *inputs):
     got = model(*inputs)
     exact = tfu.reference.run(
-        tfu.ir.cast_graph(net_graph, "f64"), *[a.astype(np.float64) for a in inputs]
+        tfu.ops.cast_graph(net_graph, "f64"), *[a.astype(np.float64) for a in inputs]
     )
     rtol, atol = tolerance(net_graph.dtype, float(np.max(np.abs(exact), initial=0.0)))
     np.testing.assert_allclose(got, exact, rtol=rtol, atol=atol)

@@ -20,7 +20,7 @@ from tilefuse.backends import cpu_kernels as ck
 from tilefuse.backends import llvm_ukernel as lu
 from tilefuse.backends.llvm_ukernel import ACTIVATIONS, elem_ptr, packed_tile
 from tilefuse.machine import machine
-from tilefuse.schedule import Tiling, kernel_micro_tile
+from tilefuse.tiling import Tiling, kernel_micro_tile
 
 ALPHA = 0.1
 DTYPES = [np.float32, np.float64]

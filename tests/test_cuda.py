@@ -53,11 +53,12 @@ from tilefuse.errors import (  # noqa: E402
     ShapeError,
     TilefuseError,
 )
-from tilefuse.ir import cast_graph  # noqa: E402
+from tilefuse.loops import loop_nest  # noqa: E402
+from tilefuse.ops import cast_graph  # noqa: E402
 from tilefuse.passes import run_pipeline  # noqa: E402
 from tilefuse.passes.tile import TileCuda  # noqa: E402
-from tilefuse.schedule import GpuTiling, loop_nest  # noqa: E402
 from tilefuse.text import parse_graph  # noqa: E402
+from tilefuse.tiling import GpuTiling  # noqa: E402
 
 ROOT = pathlib.Path(__file__).parent.parent
 SMALL = "canonicalize,fuse,tile_cuda{bm=8,bn=8,bk=4,tm=2,tn=2}"  # 16 threads per block
@@ -427,7 +428,7 @@ import json, os, re, sys
 import tilefuse as tfu
 from tilefuse.passes import run_pipeline
 from tilefuse.backends.cuda import kernel_llvm
-from tilefuse.ir import cast_graph
+from tilefuse.ops import cast_graph
 from tilefuse.text import parse_graph
 IMPORTED_OPS = {imported!r}
 report = {}

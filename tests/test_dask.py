@@ -17,7 +17,7 @@ import dask.dataframe as dd  # noqa: E402
 import tilefuse as tfu  # noqa: E402
 from tilefuse.check import tolerance  # noqa: E402
 from tilefuse.dask import worker_threads  # noqa: E402
-from tilefuse.ir import cast_graph  # noqa: E402
+from tilefuse.ops import cast_graph  # noqa: E402
 
 FEATURES = 784
 CLUSTER_ROWS = 1_000_000
@@ -172,7 +172,7 @@ def test_a_million_rows_on_two_worker_processes_each_compiling_once(client, mode
     assert all(s.get("compiles", 0) <= 1 for s in stats.values()), stats
     assert sum(s.get("compiles", 0) for s in stats.values()) >= 1, stats
     share = max(1, tfu.dask.cores() // 2)  # 2 worker processes x 1 task thread
-    threads = client.run(lambda: [m.threads for m in tfu.backends._rebuilt.values()])
+    threads = client.run(lambda: [m.threads for m in tfu.compiler._rebuilt.values()])
     assert all(t == [share] for t in threads.values() if t), threads
 
 

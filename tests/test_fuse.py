@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tilefuse as tfu
-from tilefuse.ir import Graph, GraphBuilder, TensorType
-from tilefuse.ops import ELEMENTWISE_ACTIVATIONS
+from tilefuse.ir import Graph, TensorType
+from tilefuse.ops import ELEMENTWISE_ACTIVATIONS, GraphBuilder
 from tilefuse.passes import run_pipeline, run_stages
 from tilefuse.passes.fuse import FUSION_RULES, Fuse, binary_problem
 from tilefuse.verify import verify

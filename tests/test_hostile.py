@@ -16,10 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tilefuse as tfu
-from tilefuse.backends import cpu, rebuild_model
+from tilefuse.backends import cpu
+from tilefuse.compiler import rebuild_model
 from tilefuse.errors import DTypeError, InputError, InvalidNameError, TilefuseError
 from tilefuse.fuzz import names, source_is_safe
-from tilefuse.ir import GraphBuilder, TensorType, is_identifier
+from tilefuse.ir import TensorType, is_identifier
+from tilefuse.ops import GraphBuilder
 
 # each tries to run `builtins.TILEFUSE_PWNED = 1` from wherever a name is pasted
 PAYLOADS = [

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from tilefuse.backends import reference
 from tilefuse.errors import AttrError
-from tilefuse.ir import Graph, GraphBuilder, TensorType
-from tilefuse.ops import evaluate
+from tilefuse.ir import Graph, TensorType
+from tilefuse.ops import GraphBuilder, evaluate
 from tilefuse.passes import parse_pipeline, run_pipeline
 from tilefuse.passes.memory import (
     MemoryPlan,

@@ -330,7 +330,7 @@ def test_to_onnx_expands_fused_dense_ops():
 
 
 def test_f64_networks_export_as_double():
-    g = tfu.ir.cast_graph(dsl_network(), "f64")
+    g = tfu.ops.cast_graph(dsl_network(), "f64")
     proto = tfu.to_onnx(g)
     assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.DOUBLE
     x = weights(2, 6).astype(np.float64)

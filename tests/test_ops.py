@@ -12,9 +12,9 @@ import pytest
 import tilefuse as tfu
 from conftest import ROOT
 from tilefuse.errors import AttrError, DTypeError, ShapeError
-from tilefuse.ir import GraphBuilder, TensorType
-from tilefuse.ops import ACTIVATIONS, OPS, REQUIRED, infer_node_type, normalize_attrs
-from tilefuse.schedule import Tiling
+from tilefuse.ir import TensorType
+from tilefuse.ops import ACTIVATIONS, OPS, REQUIRED, GraphBuilder, infer_node_type, normalize_attrs
+from tilefuse.tiling import Tiling
 
 erf = np.vectorize(math.erf)
 

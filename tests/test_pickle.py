@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import tilefuse as tfu
-from tilefuse.backends import graph_from_state, graph_state, rebuild_model
+from tilefuse.backends import graph_state
 from tilefuse.cache import stats
+from tilefuse.compiler import graph_from_state, rebuild_model
 
 
 def mlp(seed: int = 0) -> tfu.Sequential:

@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 from tilefuse import machine as machines
 from tilefuse.backends import reference
 from tilefuse.errors import AttrError
-from tilefuse.ir import Graph, GraphBuilder, TensorType
+from tilefuse.ir import Graph, TensorType
+from tilefuse.loops import loop_nest
 from tilefuse.machine import KIB, MIB, Machine, parse_machine, parse_size
+from tilefuse.ops import GraphBuilder
 from tilefuse.passes import parse_pipeline, run_pipeline
 from tilefuse.passes.tile import PARALLEL_MIN_SECONDS, Tile, choose_tiling
-from tilefuse.schedule import PARALLEL_CHOICES, TYPICAL_BATCH, Tiling, loop_nest
 from tilefuse.text import parse_graph
+from tilefuse.tiling import PARALLEL_CHOICES, TYPICAL_BATCH, Tiling
 from tilefuse.verify import verify
 
 GENERIC = machines.PRESETS["generic"]

@@ -19,7 +19,7 @@ from tilefuse.explain import explain_graph
 from tilefuse.passes import run_pipeline
 from tilefuse.passes.tile import choose_tiling, problem_of
 from tilefuse.roofline import nominal_peak
-from tilefuse.schedule import TYPICAL_BATCH
+from tilefuse.tiling import TYPICAL_BATCH
 
 tune_module = importlib.import_module("tilefuse.tune")  # `tilefuse.tune` is the function
 

@@ -7,6 +7,7 @@ model = tfu.compile(net, target="cpu")   # fused, tiled, JIT-compiled
 y = model(x)
 """
 
+from ._version import __version__  # noqa: F401 - tfu.__version__
 from .backends import reference
 from .compiler import compile
 from .dsl import (
@@ -38,13 +39,11 @@ from .frontends.onnx import from_onnx, to_onnx  # onnx itself is imported when t
 from .frontends.torch import from_torch  # and torch likewise
 from .ir import Graph, Node, TensorType
 from .ops import OPS
-from .passes.fuse import assert_fused
-from .schedule import Tiling
+from .testing import assert_fused
 from .text import parse_graph, print_graph
+from .tiling import Tiling
 from .tune import tune  # tilefuse.tune the module: importlib.import_module
 from .verify import verify
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:

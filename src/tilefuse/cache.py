@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # what this process compiled and rebuilt: "compiles" counts models built by a backend,
-# "unpickle_hits" unpickles answered from the per-process model cache (backends.rebuild_model)
+# "unpickle_hits" unpickles answered from the per-process model cache (compiler.rebuild_model)
 stats: Counter[str] = Counter()
 
 MODULE_PREFIX = "tilefuse_gen_"
@@ -151,7 +151,7 @@ def environment() -> dict[str, str]:
     import llvmlite.binding as llvm
     import numba
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "tilefuse": __version__,
@@ -177,6 +177,22 @@ def digest(*parts: str) -> str:
     for part in parts:
         h.update(part.encode())
         h.update(b"\0")
+    return h.hexdigest()
+
+
+def model_key(graph: Any, target: str, options: dict[str, Any]) -> str:
+    """sha256 of a graph's canonical text, each constant's dtype, shape and bytes (in
+    topological order), the target and the options: two models with the same key compute
+    the same function the same way."""
+    import numpy as np
+
+    h = hashlib.sha256(str(graph).encode())
+    for node in graph:
+        if node.op == "const":
+            array = np.ascontiguousarray(graph.constants[node.id])
+            h.update(f"{array.dtype.str}{array.shape}".encode())
+            h.update(array.data)
+    h.update(f"{target} {sorted(options.items())!r}".encode())
     return h.hexdigest()
 
 

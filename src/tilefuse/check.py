@@ -35,8 +35,8 @@ import numpy as np
 from . import cache
 from .backends import CompiledModel, reference
 from .errors import AttrError, InputError, MiscompileError
-from .ir import Graph, Node, cast_graph
-from .ops import attrs_of
+from .ir import Graph, Node
+from .ops import attrs_of, cast_graph
 from .source import comment
 
 # rows for a symbolic batch: one (the small-batch kernels) and a small odd number past the

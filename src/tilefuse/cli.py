@@ -145,17 +145,16 @@ def stage_graph(stages: dict[str, Graph], stage: str, spec: str | None) -> Graph
 
 def loops_text(g: Graph) -> str:
     """The loop nest of every dense op, each under the IR line it implements."""
-    from .schedule import loop_nest
+    from .loops import loop_nest
 
     nests = [loop_nest(node, graph=g) for node in g if node.op == "dense"]
     return "\n\n".join(nests) or f"// graph {g.name} has no dense ops"
 
 
 def cuda_tiled(g: Graph, spec: str | None) -> Graph:
-    from .backends import DEFAULT_PIPELINES
-    from .passes import run_pipeline
+    from .passes import PIPELINES, run_pipeline
 
-    return run_pipeline(g, DEFAULT_PIPELINES["cuda"] if spec is None else spec)
+    return run_pipeline(g, PIPELINES["cuda"] if spec is None else spec)
 
 
 def cuda_text(g: Graph, stage: str, spec: str | None, cc: str) -> str:
@@ -252,7 +251,8 @@ def as_list(outputs: Any) -> list[np.ndarray]:
 
 def run_result(args: argparse.Namespace) -> dict[str, Any]:
     """What `tilefuse run` found, as data (printed as lines, or as JSON with --json)."""
-    from .roofline import compare_outputs, float64_reference, graph_cost
+    from .bench import compare_outputs, float64_reference
+    from .roofline import graph_cost
 
     g = to_graph(load_network(args.file))
     inputs = random_inputs(g, args.batch, args.seed)
@@ -421,7 +421,7 @@ BENCH_COLUMNS = ("target", "what", "compile s", "time ms", "GFLOP/s", "max |diff
 
 
 def bench_targets(text: str | None) -> tuple[str, ...]:
-    from .roofline import BENCH_TARGETS
+    from .bench import BENCH_TARGETS
 
     if text:
         return tuple(t.strip() for t in text.split(",") if t.strip())
@@ -450,8 +450,8 @@ def progress_steps(total: int) -> Iterator[Callable[[str], None] | None]:
 
 
 def run_benchmark(g: Graph, args: argparse.Namespace) -> list[Any]:
-    """roofline.benchmark with a progress display on a terminal."""
-    from .roofline import benchmark
+    """bench.benchmark with a progress display on a terminal."""
+    from .bench import benchmark
 
     targets = bench_targets(args.targets)
     with progress_steps(2 * len(targets)) as step:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
 
-from .backends import BACKENDS, DEFAULT_PIPELINES, CompiledModel
-from .check import CheckReport, check_at_compile, check_mode
+from .backends import BACKENDS, CompiledModel
+from .cache import model_key, stats
+from .check import CheckReport, check_at_compile, check_call, check_mode
 from .dsl import to_graph
 from .errors import AttrError
-from .ir import Graph, cast_graph, dtype_name
+from .ir import Graph, Node, dtype_name
+from .ops import cast_graph
+from .passes import PIPELINES, run_stages
 from .verify import verify
 
 
@@ -48,9 +52,8 @@ def compile(
     if dtype is not None:
         graph = cast_graph(graph, dtype_name(dtype))
     verify(graph)
-    from .passes import run_stages
 
-    spec = DEFAULT_PIPELINES.get(target, "") if pipeline is None else pipeline
+    spec = PIPELINES.get(target, "") if pipeline is None else pipeline
     stages: dict[str, Graph] = run_stages(graph, spec) if spec else {"graph": graph}
     if threads is None and os.environ.get("TILEFUSE_NUM_THREADS"):
         threads = int(os.environ["TILEFUSE_NUM_THREADS"])
@@ -58,6 +61,9 @@ def compile(
     if deterministic:
         options["deterministic"] = True
     model = BACKENDS[target](graph, stages, options)
+    model.rebuild = rebuild_model  # pickles rebuild it with tfu.compile (once per process)
+    if check == "always":
+        model.call_check = check_call
     if target == "reference":
         model.check_report = CheckReport(target, skipped="the reference is the oracle")
     else:
@@ -82,3 +88,46 @@ def _frozen_copy(array: Any) -> np.ndarray:
     copy = np.array(array, order="C", copy=True)
     copy.setflags(write=False)
     return copy
+
+
+# -- pickling ------------------------------------------------------------------------------
+# Unpickling compiles the user's graph again. In a worker process that shares the cache
+# directory, the generated module and its Numba code are found on disk, so this costs the
+# passes and imports, not code generation. Models rebuilt here are kept by their key: the
+# next unpickle of the same model (the next chunk of a Dask job) returns the one built.
+_rebuilt: dict[str, CompiledModel] = {}
+_rebuilt_lock = threading.Lock()
+
+
+def graph_from_state(
+    name: str,
+    nodes: tuple[Node, ...],
+    inputs: tuple[int, ...],
+    outputs: tuple[int, ...],
+    constants: dict[int, np.ndarray],
+    meta: dict[str, Any],
+) -> Graph:
+    for array in constants.values():
+        array.setflags(write=False)  # constants are read-only; pickling forgets that
+    # a pickle restores nodes without their constructors' checks: names, dims, types again
+    return verify(Graph(name, nodes, inputs, outputs, constants, meta))
+
+
+def rebuild_model(
+    key: str, state: tuple[Any, ...], target: str, options: dict[str, Any]
+) -> CompiledModel:
+    """Unpickle a CompiledModel: the model this process already rebuilt for the shipped graph,
+    else a fresh `tfu.compile` of it (counted in `tilefuse.cache.stats`). The key is computed
+    again from what was shipped: the pickle's own `key` is not trusted (a pickle of graph B
+    carrying model A's key would otherwise get model A)."""
+    del key
+    graph = graph_from_state(*state)
+    key = model_key(graph, target, options)
+    with _rebuilt_lock:  # threads of one worker unpickling at once still compile once
+        model = _rebuilt.get(key)
+        if model is not None:
+            stats["unpickle_hits"] += 1
+            return model
+        model = compile(graph, target, **options)
+        _rebuilt[key] = model
+        return model

@@ -7,7 +7,7 @@
     y.to_zarr("scores.zarr")                     # or y.compute(), y[:5].compute(), ...
 
 Place in the pipeline: after the backend. The model enters the Dask graph once, as one key
-whose value is the pickled model (graph, weights, target, options: `backends.rebuild_model`)
+whose value is the pickled model (graph, weights, target, options: `compiler.rebuild_model`)
 as bytes, so the scheduler never unpickles it; a worker loads it, the others fetch it, and
 each worker process compiles it once (from its on-disk cache when that has the module) and
 runs it on every chunk it gets. Kernel threads per task are chosen so that a host's worker

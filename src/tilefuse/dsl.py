@@ -23,17 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from . import interpret
 from .errors import AttrError, ShapeError, TilefuseError
-from .ir import (
-    DTYPES,
-    Graph,
-    GraphBuilder,
-    TensorType,
-    check_dim,
-    check_name,
-    dtype_name,
-    is_identifier,
-)
+from .ir import DTYPES, Graph, TensorType, check_dim, check_name, dtype_name, is_identifier
+from .ops import GraphBuilder
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -369,9 +362,7 @@ class Function:
         """Inside another trace: inline the body. On NumPy arrays: run the reference."""
         if any(isinstance(a, Tensor) for a in (*args, *kwargs.values())):
             return self.fn(*args, **kwargs)
-        from .backends import reference
-
-        return reference.run(self.graph(), *args, **kwargs)
+        return interpret.run(self.graph(), *args, **kwargs)
 
     def __str__(self) -> str:
         return str(self.graph())
@@ -493,9 +484,7 @@ class Sequential:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The reference interpreter's answer (compile with `tfu.compile` for speed)."""
-        from .backends import reference
-
-        return reference.run(self.graph(), x)
+        return interpret.run(self.graph(), x)
 
     def __str__(self) -> str:
         return str(self.graph())

@@ -20,8 +20,8 @@ from typing import Any
 from .ir import Graph, Node
 from .machine import format_bytes
 from .roofline import Cost, Peak, graph_cost, machine_peak, op_cost
-from .schedule import TYPICAL_BATCH
 from .text import format_node, format_value, node_names
+from .tiling import TYPICAL_BATCH
 
 # reason code of the fuse pass -> what the user could change so that the op fuses
 ADVICE = {

@@ -43,8 +43,8 @@ from hypothesis import strategies as st
 
 from .check import reference_f64, tolerance
 from .errors import MiscompileError, TilefuseError
-from .ir import Graph, GraphBuilder, TensorType
-from .ops import broadcast_shapes, evaluate
+from .ir import Graph, TensorType
+from .ops import GraphBuilder, broadcast_shapes, evaluate
 from .source import comment
 from .text import node_names, parse_graph
 

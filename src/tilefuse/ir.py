@@ -1,4 +1,5 @@
-"""The graph IR: immutable nodes in a networkx DAG, in one deterministic topological order.
+"""The graph IR: immutable nodes in a networkx DAG, in one deterministic topological order,
+and its printer (the text form's parser is text.py; graphs are built with ops.GraphBuilder).
 
 Every stage of the pipeline is a `Graph`: the DSL and the frontends build one, passes map one
 to another (never mutating their input), backends compile one. `print(g)` gives the canonical
@@ -8,6 +9,7 @@ text form (text.py) and `Graph.__eq__` compares graphs by it, constants included
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -16,9 +18,13 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from .errors import DTypeError, InvalidNameError, ShapeError, VerifyError
+from .errors import DTypeError, InvalidNameError, ShapeError, TilefuseError, VerifyError
+from .tiling import GpuTiling, Tiling
 
 Dim = int | str  # an int extent, or a symbolic one such as "N" (the batch)
+
+INLINE_LIMIT = 16  # constants of at most this many elements print their values
+_KEYWORDS = ("true", "false", "none")
 
 # Graph, input, constant and dim names: they reach the IR text and generated code, so they are
 # ASCII identifiers, checked where they enter (frontends turn foreign names into them).
@@ -215,8 +221,6 @@ class Graph:
 
     # -- printing and comparison -----------------------------------------------------------
     def __str__(self) -> str:
-        from .text import print_graph
-
         return print_graph(self)
 
     def __repr__(self) -> str:
@@ -233,97 +237,75 @@ class Graph:
     def _const_digests(self) -> list[str]:
         return [array_digest(self.constants[n.id]) for n in self if n.op == "const"]
 
-    def to_dot(self, **kwargs: Any) -> str:
-        from .text import graph_to_dot
 
-        return graph_to_dot(self, **kwargs)
-
-
-class GraphBuilder:
-    """Builds a Graph node by node, inferring each node's type from the op table."""
-
-    def __init__(self, name: str = "main") -> None:
-        self.name = name
-        self.nodes: list[Node] = []
-        self.inputs: list[int] = []
-        self.constants: dict[int, np.ndarray] = {}
-        self.types: dict[int, TensorType] = {}
-        self._names: set[str] = set()
-
-    def _add(self, node: Node) -> int:
-        self.nodes.append(node)
-        self.types[node.id] = node.type
-        return node.id
-
-    def _unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self._names:
-            name, k = f"{base}_{k}", k + 1
-        self._names.add(name)
-        return name
-
-    def input(self, name: str, type: TensorType, loc: str | None = None) -> int:
-        node = Node(len(self.nodes), "input", (), type, name=self._unique(name), loc=loc)
-        self.inputs.append(node.id)
-        return self._add(node)
-
-    def const(self, value: Any, name: str = "c", dtype: str | None = None) -> int:
-        array = np.asarray(value)
-        if dtype is not None:
-            array = array.astype(DTYPES[dtype])
-        array = np.array(array, dtype=DTYPES[dtype_name(array.dtype)], order="C", copy=True)
-        array.setflags(write=False)
-        node = Node(
-            len(self.nodes),
-            "const",
-            (),
-            TensorType(dtype_name(array.dtype), array.shape),
-            name=self._unique(name),
-        )
-        self.constants[node.id] = array
-        return self._add(node)
-
-    def op(self, op: str, inputs: Iterable[int], loc: str | None = None, **attrs: Any) -> int:
-        from .ops import infer_node_type, normalize_attrs
-
-        inputs = tuple(inputs)
-        attrs = normalize_attrs(op, attrs, loc=loc)
-        type_ = infer_node_type(op, [self.types[i] for i in inputs], attrs, loc=loc)
-        node = Node(len(self.nodes), op, inputs, type_, tuple(sorted(attrs.items())), loc=loc)
-        return self._add(node)
-
-    def copy_node(self, node: Node, inputs: Iterable[int], graph: Graph | None = None) -> int:
-        """Re-add `node` (from another graph) with remapped inputs; constants carry their data."""
-        if node.op == "input":
-            return self.input(node.name or "x", node.type, node.loc)
-        if node.op == "const":
-            assert graph is not None, "copying a const needs its source graph"
-            return self.const(graph.constants[node.id], node.name or "c")
-        return self.op(node.op, inputs, loc=node.loc, **node.attr)
-
-    def build(self, outputs: Iterable[int], meta: Mapping[str, Any] | None = None) -> Graph:
-        return Graph(self.name, self.nodes, self.inputs, list(outputs), self.constants, meta)
-
-
-def cast_graph(g: Graph, dtype: str) -> Graph:
-    """The same network computing in `dtype`: inputs retyped, `cast` ops dropped, constants
-    converted from the data they hold (an f64 constant that a `cast` narrowed to f32 is exact
-    in an f64 network). A constant wider than `dtype` keeps its data and gets a `cast`, so
-    the narrowing shows in the IR (canonicalize folds it, and says so)."""
-    if all(n.type.dtype == dtype for n in g.nodes.values()):
-        return g
-    b = GraphBuilder(g.name)
-    new: dict[int, int] = {}
+# -- printing ------------------------------------------------------------------------------
+def node_names(g: Graph) -> dict[int, str]:
+    """Printed names: inputs and constants keep theirs (made unique), the rest are numbered."""
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    counter = 0
     for node in g:
-        if node.op == "cast":
-            new[node.id] = new[node.inputs[0]]
-        elif node.op == "input":
-            new[node.id] = b.input(node.name or "x", TensorType(dtype, node.type.shape), node.loc)
-        elif node.op == "const" and node.type.np_dtype.itemsize > DTYPES[dtype].itemsize:
-            wide = b.const(g.constants[node.id], node.name or "c")
-            new[node.id] = b.op("cast", [wide], loc=node.loc, to=dtype)
-        elif node.op == "const":
-            new[node.id] = b.const(g.constants[node.id], node.name or "c", dtype=dtype)
+        if node.op in ("input", "const"):
+            base = node.name if is_identifier(node.name) else "c"
+            name, k = base, 1
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
         else:
-            new[node.id] = b.copy_node(node, [new[i] for i in node.inputs])
-    return b.build([new[o] for o in g.outputs])
+            name, counter = str(counter), counter + 1
+        taken.add(name)
+        names[node.id] = name
+    return names
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        # a string spelled like a keyword is quoted, or it would parse back as true/false/None
+        bare = IDENTIFIER.match(value) and value not in _KEYWORDS
+        return value if bare else json.dumps(value)
+    if isinstance(value, Tiling | GpuTiling):
+        return "(" + ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) + ")"
+    if isinstance(value, tuple | list):
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
+    if value is None:
+        return "none"
+    raise TilefuseError(f"cannot print attribute value {value!r}")
+
+
+def format_array(array: np.ndarray) -> str:
+    if array.ndim == 0:
+        return str(array.dtype.type(array))
+    return "[" + ", ".join(format_array(a) for a in array) + "]"
+
+
+def format_node(g: Graph, node_id: int, names: Mapping[int, str]) -> str:
+    node = g[node_id]
+    attrs = list(node.attrs)
+    if node.op == "const":
+        array = g.constants.get(node.id)
+        if array is not None and array.size <= INLINE_LIMIT:
+            attrs = [("value", format_array(array))]
+        else:
+            attrs = [("sha", json.dumps(array_digest(array) if array is not None else "?"))]
+        attr_text = "[" + ", ".join(f"{k}={v}" for k, v in attrs) + "]"
+        return f"%{names[node.id]} = const{attr_text} : {node.type}"
+    attr_text = "[" + ", ".join(f"{k}={format_value(v)}" for k, v in attrs) + "]" if attrs else ""
+    args = ", ".join(f"%{names[i]}" for i in node.inputs)
+    return f"%{names[node.id]} = {node.op}{attr_text}({args}) : {node.type}"
+
+
+def print_graph(g: Graph) -> str:
+    names = node_names(g)
+    params = ", ".join(f"%{names[i]}: {g[i].type}" for i in g.inputs)
+    out_types = [str(g[i].type) for i in g.outputs]
+    result = out_types[0] if len(out_types) == 1 else "(" + ", ".join(out_types) + ")"
+    lines = [f"graph {g.name}({params}) -> {result} {{"]
+    lines += ["  " + format_node(g, n.id, names) for n in g if n.op != "input"]
+    lines.append("  return " + ", ".join(f"%{names[i]}" for i in g.outputs))
+    lines.append("}")
+    return "\n".join(lines)

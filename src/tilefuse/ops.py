@@ -8,15 +8,15 @@ ops and by the epilogue of the fused `dense` op, so the two can never disagree.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .errors import AttrError, DTypeError, ShapeError
-from .ir import DTYPES, Dim, Node, TensorType
-from .schedule import GpuTiling, Tiling, tiling_from_fields
+from .ir import DTYPES, Dim, Graph, Node, TensorType, dtype_name
+from .tiling import GpuTiling, Tiling, tiling_from_fields
 
 REQUIRED = object()
 
@@ -522,3 +522,92 @@ def evaluate(node: Node, args: list[np.ndarray]) -> np.ndarray:
     """Run one node's NumPy reference; the result has the node's dtype."""
     out = OPS[node.op].ref(args, attrs_of(node))
     return np.asarray(out, dtype=node.type.np_dtype)
+
+
+# -- building graphs -------------------------------------------------------------------------
+class GraphBuilder:
+    """Builds a Graph node by node, inferring each node's type from the op table."""
+
+    def __init__(self, name: str = "main") -> None:
+        self.name = name
+        self.nodes: list[Node] = []
+        self.inputs: list[int] = []
+        self.constants: dict[int, np.ndarray] = {}
+        self.types: dict[int, TensorType] = {}
+        self._names: set[str] = set()
+
+    def _add(self, node: Node) -> int:
+        self.nodes.append(node)
+        self.types[node.id] = node.type
+        return node.id
+
+    def _unique(self, name: str) -> str:
+        base, k = name, 1
+        while name in self._names:
+            name, k = f"{base}_{k}", k + 1
+        self._names.add(name)
+        return name
+
+    def input(self, name: str, type: TensorType, loc: str | None = None) -> int:
+        node = Node(len(self.nodes), "input", (), type, name=self._unique(name), loc=loc)
+        self.inputs.append(node.id)
+        return self._add(node)
+
+    def const(self, value: Any, name: str = "c", dtype: str | None = None) -> int:
+        array = np.asarray(value)
+        if dtype is not None:
+            array = array.astype(DTYPES[dtype])
+        array = np.array(array, dtype=DTYPES[dtype_name(array.dtype)], order="C", copy=True)
+        array.setflags(write=False)
+        node = Node(
+            len(self.nodes),
+            "const",
+            (),
+            TensorType(dtype_name(array.dtype), array.shape),
+            name=self._unique(name),
+        )
+        self.constants[node.id] = array
+        return self._add(node)
+
+    def op(self, op: str, inputs: Iterable[int], loc: str | None = None, **attrs: Any) -> int:
+        inputs = tuple(inputs)
+        attrs = normalize_attrs(op, attrs, loc=loc)
+        type_ = infer_node_type(op, [self.types[i] for i in inputs], attrs, loc=loc)
+        node = Node(len(self.nodes), op, inputs, type_, tuple(sorted(attrs.items())), loc=loc)
+        return self._add(node)
+
+    def copy_node(self, node: Node, inputs: Iterable[int], graph: Graph | None = None) -> int:
+        """Re-add `node` (from another graph) with remapped inputs; constants carry their data."""
+        if node.op == "input":
+            return self.input(node.name or "x", node.type, node.loc)
+        if node.op == "const":
+            assert graph is not None, "copying a const needs its source graph"
+            return self.const(graph.constants[node.id], node.name or "c")
+        return self.op(node.op, inputs, loc=node.loc, **node.attr)
+
+    def build(self, outputs: Iterable[int], meta: Mapping[str, Any] | None = None) -> Graph:
+        return Graph(self.name, self.nodes, self.inputs, list(outputs), self.constants, meta)
+
+
+def cast_graph(g: Graph, dtype: str) -> Graph:
+    """The same network computing in `dtype`: inputs retyped, `cast` ops dropped, constants
+    converted from the data they hold (an f64 constant that a `cast` narrowed to f32 is exact
+    in an f64 network). A constant wider than `dtype` keeps its data and gets a `cast`, so
+    the narrowing shows in the IR (canonicalize folds it, and says so)."""
+    if all(n.type.dtype == dtype for n in g.nodes.values()):
+        return g
+    b = GraphBuilder(g.name)
+    new: dict[int, int] = {}
+    for node in g:
+        if node.op == "cast":
+            new[node.id] = new[node.inputs[0]]
+        elif node.op == "input":
+            new[node.id] = b.input(node.name or "x", TensorType(dtype, node.type.shape), node.loc)
+        elif node.op == "const" and node.type.np_dtype.itemsize > DTYPES[dtype].itemsize:
+            wide = b.const(g.constants[node.id], node.name or "c")
+            new[node.id] = b.op("cast", [wide], loc=node.loc, to=dtype)
+        elif node.op == "const":
+            new[node.id] = b.const(g.constants[node.id], node.name or "c", dtype=dtype)
+        else:
+            new[node.id] = b.copy_node(node, [new[i] for i in node.inputs])
+    return b.build([new[o] for o in g.outputs])

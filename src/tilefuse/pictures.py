@@ -2,7 +2,7 @@
 
     tilefuse graph examples/mlp.py -o mlp.svg --stage fused
 
-`graph_dot(g)` is richer than `g.to_dot()`: a fused `dense` node lists the ops it computes
+`graph_dot(g)`: a fused `dense` node lists the ops it computes
 (matmul, bias add, activation, epilogue steps) and its tiling; constants are small notes.
 `render_dot` runs the `dot` binary (Debian's `graphviz`); `roofline_svg` draws an
 Explanation's kernels on the roofline with matplotlib.
@@ -17,11 +17,18 @@ import shutil
 import subprocess
 
 from .errors import TilefuseError
-from .ir import Graph, Node
+from .ir import Graph, Node, format_value, node_names
 from .ops import ACTIVATIONS, OPS, attrs_of
-from .text import KIND_COLORS, format_value, node_names
 
 FORMATS = ("svg", "png", "dot")
+KIND_COLORS = {
+    "source": "#e8e8e8",
+    "matmul": "#9ecae1",
+    "layout": "#fdd0a2",
+    "binary": "#c7e9c0",
+    "activation": "#fcbba1",
+    "fused": "#bcbddc",
+}
 DOT_TIMEOUT_S = 60
 SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}
 

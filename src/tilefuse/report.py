@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import pictures
+from .bench import Timing, benchmark
 from .explain import COLUMNS, Explanation, explain_stages, kernel_lines, summary_rows
 from .ir import Graph
-from .roofline import Timing, benchmark
 
 SECTIONS = {
     "overview": "Overview",
@@ -276,7 +276,7 @@ def kernels_section(e: Explanation) -> str:
 def kernel_source(g: Graph, spec: str, stages: dict[str, Graph]) -> str:
     """The cpu backend's generated source, and the loop nest of every dense op."""
     from .backends import BACKENDS
-    from .schedule import loop_nest
+    from .loops import loop_nest
 
     final = list(stages.values())[-1]
     nests = [loop_nest(n, graph=final) for n in final if dict(n.attrs).get("tile") is not None]

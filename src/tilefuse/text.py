@@ -1,4 +1,5 @@
-"""The canonical text form of the IR: `print_graph` and `parse_graph`, and DOT for pictures.
+"""The canonical text form of the IR: `parse_graph`, and `print_graph` (which lives in ir.py,
+so that a Graph prints itself; it is re-exported here).
 
     graph mlp(%x: f32[N,784]) -> f32[N,10] {
       %w0 = const[sha="3f1c0a9be2d47e65"] : f32[784,512]
@@ -24,87 +25,22 @@ from typing import Any
 import numpy as np
 
 from .errors import ParseError, TilefuseError
-from .ir import DTYPES, IDENTIFIER, Graph, GraphBuilder, TensorType, array_digest, is_identifier
-from .ops import OPS
-from .schedule import GpuTiling, Tiling
+from .ir import (  # noqa: F401 - print_graph and friends live in ir.py: re-exported
+    DTYPES,
+    INLINE_LIMIT,
+    Graph,
+    TensorType,
+    array_digest,
+    format_array,
+    format_node,
+    format_value,
+    node_names,
+    print_graph,
+)
+from .ops import OPS, GraphBuilder
 
-INLINE_LIMIT = 16
 MAX_NUMBER_CHARS = 64  # longer is garbage (and Python refuses ints of > 4300 digits)
 MAX_NESTING = 32  # of [ ] and ( ) in attribute values (deeper would exhaust the stack)
-_KEYWORDS = ("true", "false", "none")
-
-
-# -- printing ------------------------------------------------------------------------------
-def node_names(g: Graph) -> dict[int, str]:
-    """Printed names: inputs and constants keep theirs (made unique), the rest are numbered."""
-    names: dict[int, str] = {}
-    taken: set[str] = set()
-    counter = 0
-    for node in g:
-        if node.op in ("input", "const"):
-            base = node.name if is_identifier(node.name) else "c"
-            name, k = base, 1
-            while name in taken:
-                name, k = f"{base}_{k}", k + 1
-        else:
-            name, counter = str(counter), counter + 1
-        taken.add(name)
-        names[node.id] = name
-    return names
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        # a string spelled like a keyword is quoted, or it would parse back as true/false/None
-        bare = IDENTIFIER.match(value) and value not in _KEYWORDS
-        return value if bare else json.dumps(value)
-    if isinstance(value, Tiling | GpuTiling):
-        return "(" + ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) + ")"
-    if isinstance(value, tuple | list):
-        return "(" + ", ".join(format_value(v) for v in value) + ")"
-    if value is None:
-        return "none"
-    raise TilefuseError(f"cannot print attribute value {value!r}")
-
-
-def format_array(array: np.ndarray) -> str:
-    if array.ndim == 0:
-        return str(array.dtype.type(array))
-    return "[" + ", ".join(format_array(a) for a in array) + "]"
-
-
-def format_node(g: Graph, node_id: int, names: Mapping[int, str]) -> str:
-    node = g[node_id]
-    attrs = list(node.attrs)
-    if node.op == "const":
-        array = g.constants.get(node.id)
-        if array is not None and array.size <= INLINE_LIMIT:
-            attrs = [("value", format_array(array))]
-        else:
-            attrs = [("sha", json.dumps(array_digest(array) if array is not None else "?"))]
-        attr_text = "[" + ", ".join(f"{k}={v}" for k, v in attrs) + "]"
-        return f"%{names[node.id]} = const{attr_text} : {node.type}"
-    attr_text = "[" + ", ".join(f"{k}={format_value(v)}" for k, v in attrs) + "]" if attrs else ""
-    args = ", ".join(f"%{names[i]}" for i in node.inputs)
-    return f"%{names[node.id]} = {node.op}{attr_text}({args}) : {node.type}"
-
-
-def print_graph(g: Graph) -> str:
-    names = node_names(g)
-    params = ", ".join(f"%{names[i]}: {g[i].type}" for i in g.inputs)
-    out_types = [str(g[i].type) for i in g.outputs]
-    result = out_types[0] if len(out_types) == 1 else "(" + ", ".join(out_types) + ")"
-    lines = [f"graph {g.name}({params}) -> {result} {{"]
-    lines += ["  " + format_node(g, n.id, names) for n in g if n.op != "input"]
-    lines.append("  return " + ", ".join(f"%{names[i]}" for i in g.outputs))
-    lines.append("}")
-    return "\n".join(lines)
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -380,40 +316,3 @@ class _Parser:
 def parse_graph(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph:
     """Parse the canonical text form; errors are `ParseError`s with line and column."""
     return _Parser(text, constants or {}).graph()
-
-
-# -- Graphviz DOT --------------------------------------------------------------------------
-KIND_COLORS = {
-    "source": "#e8e8e8",
-    "matmul": "#9ecae1",
-    "layout": "#fdd0a2",
-    "binary": "#c7e9c0",
-    "activation": "#fcbba1",
-    "fused": "#bcbddc",
-}
-
-
-def graph_to_dot(g: Graph, rankdir: str = "TB") -> str:
-    """Graphviz DOT text: one box per node, labelled with op, attrs and type, coloured by kind."""
-    names = node_names(g)
-    lines = [
-        f'digraph "{g.name}" {{',
-        f"  rankdir={rankdir};",
-        '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
-    ]
-    for node in g:
-        label = f"%{names[node.id]} = {node.op}"
-        if node.attrs:
-            label += "\\n" + ", ".join(
-                f"{k}={format_value(v)}" for k, v in node.attrs if k != "tile"
-            )
-        label += f"\\n{node.type}"
-        color = KIND_COLORS.get(OPS[node.op].kind, "#ffffff")
-        lines.append(f'  n{node.id} [label="{label}", fillcolor="{color}"];')
-    for node in g:
-        lines += [f"  n{i} -> n{node.id};" for i in node.inputs]
-    for k, o in enumerate(g.outputs):
-        lines.append(f'  out{k} [label="output {k}", shape=plaintext];')
-        lines.append(f"  n{o} -> out{k};")
-    lines.append("}")
-    return "\n".join(lines)

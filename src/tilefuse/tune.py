@@ -43,11 +43,11 @@ import numpy as np
 
 from . import machine as machines
 from . import tuning_log
-from .ir import Graph, GraphBuilder, Node, TensorType
+from .ir import Graph, Node, TensorType
 from .machine import Machine
-from .ops import attrs_of
-from .schedule import TYPICAL_BATCH, Tiling
+from .ops import GraphBuilder, attrs_of
 from .text import format_node, node_names
+from .tiling import TYPICAL_BATCH, Tiling
 
 MIN_GAIN = 0.02  # a winner must be at least this much faster, however quiet the machine
 SAMPLE_SECONDS = 0.002  # one sample: enough back-to-back calls to last about this long

@@ -20,7 +20,6 @@ under a lock, so concurrent tuners merge their entries.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import pathlib
@@ -29,16 +28,16 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._version import __version__, kernel_fingerprint
 from .ir import Node
 from .machine import Machine
 from .ops import attrs_of
-from .schedule import Tiling
+from .tiling import Tiling
 
 FORMAT = 1
 ENV_VAR = "TILEFUSE_TUNING_LOG"
 OFF_VALUES = ("off", "0", "none", "false")
 # the sources whose change makes old measurements meaningless (read, never imported here)
-KERNEL_SOURCES = ("cpu_kernels.py", "llvm_ukernel.py", "cpu_entry.py")
 SEARCHED_FIELDS = ("mc", "nc", "kc", "parallel")  # what tuning changes in the heuristic's tiling
 
 
@@ -117,20 +116,12 @@ def activation_key(attrs: dict[str, Any]) -> str:
     return act
 
 
-@functools.cache
 def kernels_hash() -> str:
-    folder = pathlib.Path(__file__).parent / "backends"
-    h = hashlib.sha256()
-    for name in KERNEL_SOURCES:
-        path = folder / name
-        h.update(path.read_bytes() if path.exists() else b"")
-    return h.hexdigest()[:16]
+    return kernel_fingerprint()[:16]
 
 
 def op_key(node: Node, m: int, k: int, n: int, mach: Machine, heuristic: Tiling) -> dict:
     """What a measurement of dense `node` (m x k @ k x n) on `mach` depends on."""
-    from . import __version__
-
     attrs = attrs_of(node)
     return {
         "op": "dense",

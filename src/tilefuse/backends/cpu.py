@@ -14,7 +14,6 @@ next process. Weights are constants: they are packed into micro-panel order once
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import pathlib
@@ -27,20 +26,21 @@ from typing import Any
 import numba
 import numpy as np
 
+from .._version import kernel_fingerprint
 from ..cache import Loaded, load_generated
 from ..errors import InputError, TilefuseError
 from ..ir import DTYPES, Graph, Node, TensorType
 from ..ops import attrs_of
-from ..schedule import Tiling
 from ..source import comment, float_literal, identifier
 from ..text import format_node, node_names
-from . import CompiledModel, reference
+from ..tiling import Tiling
+from . import reference
 from .cpu_entry import KernelFailure, failure_message
 from .cpu_kernels import ACTIVATION_CODE, default_tiling, pack_weights, parallel_code
+from .model import CompiledModel
 
 PIPELINE = "canonicalize,fuse,tile,plan_memory"
 _HERE = pathlib.Path(__file__).parent
-_KERNEL_SOURCES = ("cpu_kernels.py", "llvm_ukernel.py", "cpu_runtime.py", "cpu_entry.py", "cpu.py")
 
 # one scalar statement per activation: `v` is the value being computed
 _ACTIVATION_CODE = {
@@ -578,17 +578,8 @@ def render(g: Graph) -> Rendered:
 
 # -- loading -------------------------------------------------------------------------------
 def _fingerprint() -> str:
-    import llvmlite
-    import numba
-
-    from .. import __version__
-
-    h = hashlib.sha256(f"{__version__} {numba.__version__} {llvmlite.__version__}".encode())
-    for name in _KERNEL_SOURCES:
-        path = _HERE / name
-        if path.exists():
-            h.update(path.read_bytes())
-    return h.hexdigest()
+    """What generated modules call (the kernel library); module_key adds the versions."""
+    return kernel_fingerprint()
 
 
 def load_module(source: str, graph_name: str, trial: bool = True) -> Loaded:
@@ -635,10 +626,8 @@ class CpuModel(CompiledModel):
             return self._call_fast(fast, args[0])
         inputs = reference.bind_inputs(self.final, args, kwargs)
         outs = self.run(inputs, None if out is None else _as_list(out))
-        if self.options.get("check") == "always":
-            from ..check import check_call
-
-            check_call(self, inputs, outs)
+        if self.call_check is not None:  # check="always"
+            self.call_check(self, inputs, outs)
         if not self.sealed:
             self.seal()
         return outs[0] if len(outs) == 1 else tuple(outs)

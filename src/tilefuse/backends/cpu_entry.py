@@ -23,8 +23,6 @@ Numba can cache them (it caches functions of real, importable files only).
 
 from __future__ import annotations
 
-import hashlib
-import pathlib
 from typing import Any
 
 import llvmlite.binding as llvm
@@ -33,8 +31,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _launch_threads
 
+from .._version import kernel_fingerprint
 from ..cache import atomic_write, cache_dir, import_file, use_private_cache
-from ..schedule import KERNEL_MICRO_TILES
 
 # a cached cfunc whose driver runs a prange resolves the threading layer's symbols on load
 _launch_threads()
@@ -105,16 +103,7 @@ def keep(typingctx, array):
     return types.none(array), codegen
 
 
-def _kernel_fingerprint() -> str:
-    here = pathlib.Path(__file__).parent
-    h = hashlib.sha256()
-    for name in ("cpu_kernels.py", "llvm_ukernel.py", "cpu_entry.py"):
-        h.update((here / name).read_bytes())
-    h.update(repr(sorted(KERNEL_MICRO_TILES.items())).encode())  # the kernels' register tiles
-    return h.hexdigest()[:12]
-
-
-_FINGERPRINT = _kernel_fingerprint()
+_FINGERPRINT = kernel_fingerprint()[:12]
 _entries: dict[str, Any] = {}
 _module: Any = None
 

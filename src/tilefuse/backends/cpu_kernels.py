@@ -22,7 +22,7 @@ One compiled specialisation per dtype serves every activation, batch size and ti
 compiles it on first use: measured 5.5 s (f32) and 3.9 s (f64) cold on Zen 5, 7.3 s and 4.6 s
 inside cpu_entry's C entry points; 10-200 ms from its cache). The register
 tile is the one `llvm_ukernel` was built for: AVX-512 8x32 f32 / 8x16 f64, or AVX2 6x16 / 6x8
-(`micro_tile`, from `schedule.kernel_micro_tile`). Generated code:
+(`micro_tile`, from `tiling.kernel_micro_tile`). Generated code:
 
     from tilefuse.backends.cpu_kernels import dense_kernel
     @njit(cache=True)
@@ -35,7 +35,7 @@ constants in np.int64(...), or each distinct constant compiles dense_kernel agai
 pass alpha as a float and the rest as ints. `dense(x, w, bias, act, tiling)` is the
 plain-Python form, for tests.
 
-How a call runs (loop nest in `tilefuse.schedule`):
+How a call runs (loop nest in `tilefuse.loops`):
   * M <= ROW_KERNEL_MAX_M: tasks are groups of ROWS_TASK_PANELS column panels; each task
     keeps its outputs in registers over all of K (`rows_tile`, 1, 2 or 4 rows), reading x
     and the packed weights in place, so batch 1 still splits across threads.
@@ -68,7 +68,7 @@ from tilefuse.backends.llvm_ukernel import (
     packed_tile,
     rows_tile,
 )
-from tilefuse.schedule import Tiling
+from tilefuse.tiling import Tiling
 
 PARALLEL_NONE, PARALLEL_AUTO = 0, 1
 ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
@@ -94,7 +94,7 @@ ALIGN_BYTES = 64  # packed buffers start on a cache line: no vector load splits 
 
 # ------------------------------------------------------------------ compile-time packing
 def micro_tile(dtype) -> tuple[int, int]:
-    """(mr, nr) of the register tile compiled for this dtype (schedule.kernel_micro_tile at
+    """(mr, nr) of the register tile compiled for this dtype (tiling.kernel_micro_tile at
     the vector width the kernels were built for, llvm_ukernel.VECTOR_BITS)."""
     fmt = FORMATS.get(np.dtype(dtype).name)
     if fmt is None:

@@ -30,11 +30,12 @@ import numpy as np
 from ..errors import InputError, TilefuseError
 from ..ir import Graph, Node, TensorType
 from ..ops import attrs_of
-from ..schedule import GpuTiling
 from ..source import comment, float_literal
 from ..text import format_node
-from . import CompiledModel, reference
+from ..tiling import GpuTiling
+from . import reference
 from .cpu import Rendered, _Renderer, activation_key, load_module, module_header
+from .model import CompiledModel
 
 PIPELINE = "canonicalize,fuse,tile_cuda"
 STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory a block may declare
@@ -638,25 +639,24 @@ class CudaModel(CompiledModel):
         else:
             outputs = self.launch(inputs, keep=False)
             if out is not None:
-                from . import _copy_into
+                from .model import _copy_into
 
                 outputs = _copy_into(out, outputs)
-        if self.options.get("check") == "always":
-            self.check_call(inputs, outputs)
+        if self.call_check is not None:  # check="always"
+            self.check_on_host(inputs, outputs)
         if not self.sealed:
             self.seal()
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def check_call(self, inputs: list[Any], outputs: list[Any]) -> None:
+    def check_on_host(self, inputs: list[Any], outputs: list[Any]) -> None:
         """check="always": this call's outputs against the float64 reference, on the host
         (device inputs and outputs are copied there for it)."""
-        from ..check import check_call
 
         def host(value: Any) -> np.ndarray:
             array = self.runtime.as_device_array(value)
             return np.asarray(value) if array is None else array.copy_to_host()
 
-        check_call(self, [host(a) for a in inputs], [host(o) for o in outputs])
+        self.call_check(self, [host(a) for a in inputs], [host(o) for o in outputs])
 
     def device_out(self, out: Any, inputs: list[Any]) -> list[Any] | None:
         """Device arrays given as out= (written in place: no allocation), checked."""

@@ -16,7 +16,7 @@ own vectorisers are not involved.
 Vector width. The kernels follow the features Numba compiles for (`target_vector_bits`):
 AVX-512F gives `<16 x float>` / `<8 x double>` register tiles for 32 zmm registers, else
 AVX2's `<8 x float>` / `<4 x double>` for 16 ymm. The register tile of each (dtype, width) is
-`schedule.kernel_micro_tile`, which the tile pass reads too. Numba keys its cache on the same
+`tiling.kernel_micro_tile`, which the tile pass reads too. Numba keys its cache on the same
 CPU name and features, so a cache never hands one width's code to the other; to run the AVX2
 kernels on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="".
 
@@ -67,7 +67,7 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from tilefuse.schedule import kernel_micro_tile
+from tilefuse.tiling import kernel_micro_tile
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
 

@@ -11,98 +11,23 @@ the tiling logic is tested against the plain formula before any kernel exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import DTypeError, InputError, ShapeError
+from .. import interpret
+from ..interpret import Hook, bind_inputs, check_input, run  # noqa: F401 - tfu.reference.run
 from ..ir import Graph, Node
 from ..ops import ELEMENTWISE_ACTIVATIONS, apply_activation, apply_epilogue, attrs_of, evaluate
-from ..schedule import GpuTiling, Tiling
-
-Hook = Callable[[Node, np.ndarray], None]
-
-
-def bind_inputs(g: Graph, args: Sequence[Any], kwargs: dict[str, Any]) -> list[np.ndarray]:
-    """Check call arguments against the graph's inputs; bind symbolic dims consistently."""
-    nodes = [g[i] for i in g.inputs]
-    names = [n.name for n in nodes]
-    if len(args) > len(nodes):
-        raise InputError(
-            f"{g.name} takes {len(nodes)} input(s) ({', '.join(names)}), got {len(args)}"
-        )
-    unknown = set(kwargs) - set(names)
-    if unknown:
-        raise InputError(
-            f"{g.name} has no input {sorted(unknown)[0]!r}; inputs: {', '.join(names)}"
-        )
-    values = dict(zip(names, args, strict=False))
-    for name in kwargs:
-        if name in values:
-            raise InputError(f"{g.name}: input {name!r} given twice")
-    values.update(kwargs)
-    missing = [n for n in names if n not in values]
-    if missing:
-        raise InputError(f"{g.name}: missing input {missing[0]!r}")
-    dims: dict[str, int] = {}
-    return [check_input(node, values[node.name], dims, g.name) for node in nodes]
-
-
-def check_input(node: Node, value: Any, dims: dict[str, int], graph: str) -> np.ndarray:
-    where = f"{graph}: input %{node.name} (expects {node.type})"
-    if not isinstance(value, np.ndarray):
-        raise InputError(
-            f"{where}: got {type(value).__name__}, not a NumPy array; convert with "
-            f"np.asarray(x, dtype=np.{node.type.np_dtype.name})"
-        )
-    if value.dtype != node.type.np_dtype:
-        hint = ""
-        if value.dtype == np.float64 and node.type.dtype == "f32":
-            hint = (
-                '; or compute in f64: tfu.compile(net, dtype="f64"), or declare the input '
-                'tfu.Input[..., "f64"]'
-            )
-        raise DTypeError(
-            f"{where}: got dtype {value.dtype}; convert with "
-            f"x.astype(np.{node.type.np_dtype.name}){hint}"
-        )
-    if value.ndim != node.type.rank:
-        raise ShapeError(f"{where}: got rank {value.ndim} array of shape {value.shape}")
-    for axis, (want, got) in enumerate(zip(node.type.shape, value.shape, strict=True)):
-        if isinstance(want, str):
-            if dims.setdefault(want, got) != got:
-                raise ShapeError(
-                    f"{where}: {want}={got} on axis {axis}, but {want}={dims[want]} elsewhere"
-                )
-        elif want != got:
-            raise ShapeError(f"{where}: axis {axis} has size {got}, expected {want}")
-    return value
+from ..tiling import GpuTiling, Tiling
 
 
 def run_graph(
     g: Graph, inputs: Sequence[np.ndarray], hook: Hook | None = None, *, tiled: bool = False
 ) -> list[np.ndarray]:
-    """Evaluate `g` on already-checked inputs; `hook(node, value)` sees every value.
-    `tiled`: dense ops with a `tile` attr run block by block (`evaluate_tiled`)."""
-    env: dict[int, np.ndarray] = dict(zip(g.inputs, inputs, strict=True))
-    run_node = evaluate_tiled if tiled else evaluate
-    for node in g:
-        if node.op == "const":
-            env[node.id] = g.constants[node.id]
-        elif node.op != "input":
-            with np.errstate(all="ignore"):  # NaN and inf propagate as NumPy's would
-                env[node.id] = run_node(node, [env[i] for i in node.inputs])
-        if hook is not None:
-            hook(node, env[node.id])
-    return [env[o] for o in g.outputs]
-
-
-def run(g: Graph, *args: Any, hook: Hook | None = None, **kwargs: Any) -> Any:
-    """Run `g` on NumPy inputs (positional in input order, or by name). One output is returned
-    as an array, several as a tuple."""
-    outputs = run_graph(g, bind_inputs(g, args, kwargs), hook)
-    return outputs[0] if len(outputs) == 1 else tuple(outputs)
+    """`interpret.run_graph`; `tiled`: dense ops with a `tile` attr run block by block."""
+    return interpret.run_graph(g, inputs, hook, evaluate_node=evaluate_tiled if tiled else None)
 
 
 def run_tiled(g: Graph, *args: Any, hook: Hook | None = None, **kwargs: Any) -> Any:

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import TilefuseError
-from ..ir import MAX_NAME_CHARS, Graph, GraphBuilder, TensorType, check_name, dtype_name
-from ..ops import OPS, attrs_of, broadcast_shapes, normalized_axes
+from ..ir import MAX_NAME_CHARS, Graph, TensorType, check_name, dtype_name
+from ..ops import OPS, GraphBuilder, attrs_of, broadcast_shapes, normalized_axes
 from . import UnsupportedError, require
 
 Value = int | np.ndarray  # a node id in the graph being built, or an array known at import time

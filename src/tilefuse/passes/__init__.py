@@ -15,14 +15,29 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from ..errors import AttrError, TilefuseError
 from ..ir import Graph
 from ..verify import verify as verify_graph
+from .base import Decision, Pass, carry_meta, format_option, with_decisions
+from .canonicalize import Canonicalize
+from .fuse import Fuse
+from .memory import PlanMemory
+from .tile import Tile, TileCuda
 
-DEFAULT_PIPELINE = "canonicalize,fuse,tile,plan_memory"
+# the pipeline each target runs when compile() is given none; "fused" is what tools that want
+# the network's kernels without a schedule run (tune, the benchmark's NumPy baseline)
+PIPELINES = {
+    "reference": "",
+    "cpu": "canonicalize,fuse,tile,plan_memory",
+    "cuda": "canonicalize,fuse,tile_cuda",
+    "fused": "canonicalize,fuse",
+}
+DEFAULT_PIPELINE = PIPELINES["cpu"]
+PASSES: dict[str, type[Pass]] = {
+    p.name: p for p in (Canonicalize, Fuse, Tile, TileCuda, PlanMemory)
+}
 
 # stage name shown by --emit / model.ir(stage) -> the pass after which it is taken
 STAGE_OF_PASS = {
@@ -34,69 +49,8 @@ STAGE_OF_PASS = {
 }
 
 
-@dataclass(frozen=True)
-class Decision:
-    """One recorded choice of a pass: what it looked at, what it did, and why."""
-
-    pass_name: str
-    subject: str  # the IR line (or node name) the decision is about
-    outcome: str  # e.g. "fused", "not_fused", "chosen"
-    code: str  # reason code, e.g. "multi_use", "shape_mismatch"
-    detail: str = ""  # a sentence for people
-
-    def __str__(self) -> str:
-        detail = f": {self.detail}" if self.detail else ""
-        return f"[{self.pass_name}] {self.outcome} ({self.code}) {self.subject}{detail}"
-
-
-@dataclass(frozen=True)
-class Pass:
-    """Base of all passes. Subclasses set `name` and implement `run(g) -> Graph`."""
-
-    name: ClassVar[str] = ""
-
-    def run(self, g: Graph) -> Graph:
-        raise NotImplementedError
-
-    def __call__(self, g: Graph) -> Graph:
-        return self.run(g)
-
-    def spec(self) -> str:
-        opts = [
-            f"{f.name}={_format_option(getattr(self, f.name))}"
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != f.default
-        ]
-        return self.name + ("{" + ",".join(opts) + "}" if opts else "")
-
-
-PASSES: dict[str, type[Pass]] = {}
-
-
-def register(cls: type[Pass]) -> type[Pass]:
-    PASSES[cls.name] = cls
-    return cls
-
-
-def with_decisions(g: Graph, decisions: list[Decision]) -> Graph:
-    """`g` with `decisions` appended to those its input carried."""
-    g.meta["decisions"] = [*g.meta.get("decisions", []), *decisions]
-    return g
-
-
-def carry_meta(source: Graph, target: Graph) -> Graph:
-    """Copy pass metadata forward (passes build new graphs; notes must not be lost)."""
-    for key, value in source.meta.items():
-        target.meta.setdefault(key, value)
-    return target
-
-
 # -- pipeline specs ------------------------------------------------------------------------
 _SPEC_ITEM = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
-
-
-def _format_option(value: Any) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _parse_option(pass_cls: type[Pass], key: str, text: str) -> Any:
@@ -125,7 +79,6 @@ def _parse_option(pass_cls: type[Pass], key: str, text: str) -> Any:
 
 def parse_pipeline(spec: str) -> list[Pass]:
     """'canonicalize,fuse,tile{m=64,n=128}' -> pass objects; errors list the legal names."""
-    _load_passes()
     passes: list[Pass] = []
     pos = 0
     spec = spec.strip()
@@ -211,6 +164,16 @@ def run_stages(
     return stages
 
 
-def _load_passes() -> None:
-    """Import the pass modules so that their @register lines run."""
-    from . import canonicalize, fuse, memory, tile  # noqa: F401
+__all__ = [
+    "DEFAULT_PIPELINE",
+    "PASSES",
+    "PIPELINES",
+    "Decision",
+    "Pass",
+    "carry_meta",
+    "format_option",
+    "parse_pipeline",
+    "run_pipeline",
+    "run_stages",
+    "with_decisions",
+]

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..ir import DTYPES, Graph, Node, array_digest
 from ..ops import BINARY_REFS, ELEMENTWISE_ACTIVATIONS, evaluate
-from . import Decision, Pass, register, with_decisions
+from .base import Decision, Pass, with_decisions
 from .rewrite import (
     Applied,
     Edit,
@@ -313,7 +313,6 @@ def canonical_form(g: Graph) -> tuple[Graph, list[Decision]]:
             return g, decisions
 
 
-@register
 @dataclass(frozen=True)
 class Canonicalize(Pass):
     """One form for every network: row-major layers, folded constants, no identities,

@@ -19,13 +19,13 @@ dense result's one use. Each dense and each elementwise op left alone gets a `De
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import networkx as nx
 
 from ..ir import Graph, Node
 from ..ops import ACTIVATIONS, BINARY_REFS, ELEMENTWISE_ACTIVATIONS, OPS, attrs_of, broadcast_shapes
-from . import Decision, Pass, register, run_pipeline, with_decisions
+from .base import Decision, Pass, with_decisions
 from .canonicalize import ORIENTATION_RULES, applied_decisions
 from .rewrite import Edit, Match, Rule, any_node, fresh_copy, line, pat, rewrite, single_use
 
@@ -229,7 +229,6 @@ def fusion_decisions(g: Graph) -> list[Decision]:
     return decisions
 
 
-@register
 @dataclass(frozen=True)
 class Fuse(Pass):
     """matmul -> bias add -> activation -> elementwise steps become one `dense` op.
@@ -253,36 +252,3 @@ class Fuse(Pass):
         fused, _ = rewrite(oriented, FUSION_RULES)
         decisions = applied_decisions(turned, "fuse") + fusion_decisions(fused)
         return with_decisions(fresh_copy(fused), decisions)
-
-
-# -- the test helper -----------------------------------------------------------------------
-def fused_graph(model_or_graph: Any) -> Graph:
-    """The fused stage of a compiled model; for a Graph or a network, canonicalize,fuse of it."""
-    if hasattr(model_or_graph, "stages") and hasattr(model_or_graph, "final"):
-        return model_or_graph.stages.get("fused", model_or_graph.final)
-    from ..dsl import to_graph
-
-    return run_pipeline(to_graph(model_or_graph), "canonicalize,fuse")
-
-
-def assert_fused(model_or_graph: Any, kernels: int) -> Graph:
-    """Assert that a network compiles to exactly `kernels` kernels; returns the fused graph.
-
-    A kernel is every op left after fusion other than inputs and constants (a dense, a
-    transpose, an activation that did not fuse, ...). The error lists the ops and the
-    reasons fuse recorded for what it did not fuse:
-
-        tfu.assert_fused(tfu.Sequential([tfu.Dense(4, "relu")], input_dim=3), kernels=1)
-    """
-    g = fused_graph(model_or_graph)
-    ops = g.ops()
-    if len(ops) == kernels:
-        return g
-    reasons = [
-        str(d) for d in g.meta.get("decisions", []) if d.pass_name == "fuse" and d.code != "fused"
-    ]
-    listing = "\n".join(f"  {line(g, n)}" for n in ops)
-    why = "\n".join(f"  {r}" for r in reasons) or "  (no fuse decisions: did the fuse pass run?)"
-    raise AssertionError(
-        f"{g.name}: expected {kernels} kernel(s), got {len(ops)}:\n{listing}\nwhy:\n{why}"
-    )

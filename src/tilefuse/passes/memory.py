@@ -30,8 +30,8 @@ from typing import ClassVar
 
 from ..ir import Graph, Node
 from ..ops import ACTIVATIONS, OPS
-from ..schedule import TYPICAL_BATCH
-from . import Decision, Pass, register, with_decisions
+from ..tiling import TYPICAL_BATCH
+from .base import Decision, Pass, with_decisions
 
 
 @dataclass(frozen=True, order=True)
@@ -233,7 +233,6 @@ def plan_memory(g: Graph, inplace: bool = False) -> MemoryPlan:
     )
 
 
-@register
 @dataclass(frozen=True)
 class PlanMemory(Pass):
     """Plan buffer reuse for intermediates; stores a MemoryPlan in `g.meta["memory_plan"]`.

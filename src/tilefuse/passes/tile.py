@@ -21,9 +21,9 @@ from ..errors import AttrError
 from ..ir import Graph, Node
 from ..machine import KIB, Machine, format_bytes
 from ..ops import attrs_of
-from ..schedule import PARALLEL_CHOICES, TYPICAL_BATCH, GpuTiling, Tiling, kernel_micro_tile
+from ..tiling import PARALLEL_CHOICES, TYPICAL_BATCH, GpuTiling, Tiling, kernel_micro_tile
 from ..tuning_log import apply_tuning_log
-from . import Decision, Pass, register, with_decisions
+from .base import Decision, Pass, with_decisions
 
 # A parallel region (Numba's threading layer, like OpenMP's fork/join) costs a few microseconds
 # to start and join; below about this much single-core work it loses more than it gains.
@@ -189,7 +189,6 @@ def choose_pack(p: Problem, mach: Machine, mr: int) -> tuple[bool, str]:
 
 
 # -- the pass -------------------------------------------------------------------------------
-@register
 @dataclass(frozen=True)
 class Tile(Pass):
     """Choose a Tiling for every `dense` op; a dense that already has a `tile` is kept.
@@ -366,7 +365,6 @@ def choose_bk(p: Problem, bm: int, bn: int) -> tuple[int, str]:
     return bk, f"bk={bk}: the {bk}-deep A and B slices take {format_bytes(bytes_)} of shared memory"
 
 
-@register
 @dataclass(frozen=True)
 class TileCuda(Pass):
     """Choose a GpuTiling for every `dense` op (target cuda); a dense that already has a

@@ -1,0 +1,64 @@
+"""The pieces every pass is made of: the `Pass` base class (a frozen dataclass whose fields
+are its options, xDSL style) and the `Decision` records passes leave in `graph.meta` for
+`explain`. The pass modules import this; passes/__init__.py lists them in `PASSES`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..ir import Graph
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One recorded choice of a pass: what it looked at, what it did, and why."""
+
+    pass_name: str
+    subject: str  # the IR line (or node name) the decision is about
+    outcome: str  # e.g. "fused", "not_fused", "chosen"
+    code: str  # reason code, e.g. "multi_use", "shape_mismatch"
+    detail: str = ""  # a sentence for people
+
+    def __str__(self) -> str:
+        detail = f": {self.detail}" if self.detail else ""
+        return f"[{self.pass_name}] {self.outcome} ({self.code}) {self.subject}{detail}"
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Base of all passes. Subclasses set `name` and implement `run(g) -> Graph`."""
+
+    name: ClassVar[str] = ""
+
+    def run(self, g: Graph) -> Graph:
+        raise NotImplementedError
+
+    def __call__(self, g: Graph) -> Graph:
+        return self.run(g)
+
+    def spec(self) -> str:
+        opts = [
+            f"{f.name}={format_option(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        ]
+        return self.name + ("{" + ",".join(opts) + "}" if opts else "")
+
+
+def with_decisions(g: Graph, decisions: list[Decision]) -> Graph:
+    """`g` with `decisions` appended to those its input carried."""
+    g.meta["decisions"] = [*g.meta.get("decisions", []), *decisions]
+    return g
+
+
+def carry_meta(source: Graph, target: Graph) -> Graph:
+    """Copy pass metadata forward (passes build new graphs; notes must not be lost)."""
+    for key, value in source.meta.items():
+        target.meta.setdefault(key, value)
+    return target
+
+
+def format_option(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
