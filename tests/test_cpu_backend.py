@@ -186,3 +186,61 @@ def test_warm_cache_in_a_new_process(mlp, tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, check=True
     )
     assert int(result.stdout.strip().splitlines()[-1]) >= 1
+
+
+# -- the IR is what runs ---------------------------------------------------------------------
+DENSE = """graph t(%x: f32[N,40], %r: f32[N,24]) -> f32[N,24] {{
+  %w = const[sha="{sha}"] : f32[40,24]
+  %0 = dense[act=tanh, bias=false{post}{tile}]({operands}) : f32[N,24]
+  return %0
+}}"""
+W = np.random.default_rng(1).standard_normal((40, 24)).astype(np.float32)
+
+
+def dense_graph(post: bool = False, tiled: bool = True, **fields):
+    """x @ W, tanh (then + r when `post`), with a tiling of `fields` over the kernels' own."""
+    from tilefuse.backends.cpu_kernels import micro_tile
+    from tilefuse.ir import array_digest
+
+    mr, nr = micro_tile(np.float32)
+    values = {"mc": 12, "nc": 16, "kc": 8, "mr": mr, "nr": nr, "pack": "true", **fields}
+    tile = ', tile=(mc={mc}, nc={nc}, kc={kc}, mr={mr}, nr={nr}, parallel="none", pack={pack})'
+    text = DENSE.format(sha=array_digest(W), post=", post=(add)" if post else "",
+                        tile=tile.format(**values) if tiled else "",
+                        operands="%x, %w, %r" if post else "%x, %w")  # fmt: skip
+    return tfu.parse_graph(text, constants={"w": W})
+
+
+def test_two_tilings_give_two_programs_that_run_as_printed():
+    """The kc, mc and nc of the IR reach the kernel call in the generated code unchanged."""
+    from tilefuse.backends.cpu import render
+
+    small, large = dense_graph(mc=12, nc=16, kc=8), dense_graph(mc=36, nc=32, kc=40)
+    assert "8, 12, 16, 0," in render(small).source  # kc, mc, nc, serial
+    assert "40, 36, 32, 0," in render(large).source
+    x = np.random.default_rng(2).standard_normal((9, 40)).astype(np.float32)
+    r = np.zeros((9, 24), np.float32)
+    for g in (small, large):
+        got = tfu.compile(g, pipeline="")(x, r)
+        np.testing.assert_allclose(got, tfu.reference.run(g, x, r), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"mr": 1}, "register tile"), ({"nr": 2}, "register tile"), ({"pack": "false"}, "pack=false")],
+)
+def test_a_tiling_the_kernels_cannot_run_is_an_error_not_replaced(fields, message):
+    """The backend used to put its own mr/nr in place of the IR's and ignore pack."""
+    with pytest.raises(tfu.TilefuseError, match=message):
+        tfu.compile(dense_graph(**fields), pipeline="")
+
+
+def test_a_tiled_dense_holds_only_what_its_kernel_runs():
+    """Post steps ran as a hidden second loop while explain called them fused: the tile pass
+    moves them out, and a tiled dense that still has them is refused."""
+    with pytest.raises(tfu.TilefuseError, match="a tiled dense must hold only what the kernel"):
+        tfu.compile(dense_graph(post=True), pipeline="")
+    model = tfu.compile(dense_graph(post=True, tiled=False), pipeline="tile")
+    assert [n.op for n in model.final.ops()] == ["dense", "add"]
+    (split,) = [d for d in model.final.meta["decisions"] if d.code == "epilogue_split"]
+    assert "add run as ops of their own after the kernel" in split.detail

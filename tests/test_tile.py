@@ -6,6 +6,8 @@ tiling the pass (or a user, or hypothesis) chooses is checked against the plain 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -158,10 +160,10 @@ def test_batch_one_is_planned_by_its_weights_not_its_flops():
     assert "1.5 MiB of weights to read" in decision.detail
 
 
-def test_tiny_problem_runs_serially_without_packing():
+def test_tiny_problem_runs_serially_and_packed_as_the_cpu_kernels_always_are():
     g = Tile(machine="generic")(dense_graph(1, 10, 10))
     (t,) = tilings(g)
-    assert t.parallel == "none" and not t.pack
+    assert t.parallel == "none" and t.pack
     assert t.mc == 6 and t.nc == 16 and t.kc == 10
     (decision,) = tile_decisions(g)
     assert "below the 10 µs" in decision.detail
@@ -203,14 +205,28 @@ def test_spec_options_override_the_model():
 
 
 def test_spec_options_for_micro_tile_parallel_and_pack():
-    spec = "tile{mr=4,nr=12,parallel=none,pack=false,machine=generic}"
+    spec = "tile{mr=6,nr=16,parallel=none,pack=true,machine=generic}"
     g = run_pipeline(dense_graph("N", 100, 50), parse_pipeline(spec))
     (t,) = tilings(g)
-    assert (t.mr, t.nr, t.parallel, t.pack) == (4, 12, "none", False)
+    assert (t.mr, t.nr, t.parallel, t.pack) == (6, 16, "none", True)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [("mr=4,nr=12", "mr x nr = 4x12, but the CPU kernels' f32 register tile on 256-bit "
+      "vectors is 6x16"),
+     ("pack=false", "pack=false, but the CPU kernels read B from micro-panels")],
+)  # fmt: skip
+def test_the_tile_pass_refuses_what_the_cpu_kernels_cannot_run(options, message):
+    """The backend used to replace mr/nr with its own and ignore pack: the IR said one
+    schedule and another ran."""
+    spec = parse_pipeline(f"tile{{{options},machine=generic}}")
+    with pytest.raises(AttrError, match=re.escape(message)):
+        run_pipeline(dense_graph("N", 100, 50), spec)
 
 
 def test_a_dense_with_a_tile_is_kept_and_said_to_be_the_users():
-    given_tiling = Tiling(mc=7, nc=5, kc=3, mr=1, nr=2, parallel="none", pack=False)
+    given_tiling = Tiling(mc=7, nc=5, kc=3, mr=6, nr=16, parallel="none", pack=True)
     b = GraphBuilder("two")
     x = b.input("x", TensorType("f32", ("N", 16)))
     w = b.input("w", TensorType("f32", (16, 16)))
@@ -223,6 +239,9 @@ def test_a_dense_with_a_tile_is_kept_and_said_to_be_the_users():
     kept, chosen = tile_decisions(g)
     assert kept.outcome == "kept" and "given by the user" in kept.detail
     assert chosen.outcome == "chosen"
+    odd = b.build([b.op("dense", [x, w], bias=False, tile=given_tiling.replace(mr=1))])
+    with pytest.raises(AttrError, match="mr x nr = 1x16"):
+        Tile(machine="generic")(odd)
 
 
 def test_tile_leaves_other_ops_and_its_input_alone():
@@ -301,7 +320,10 @@ def test_tiled_execution_follows_the_chosen_tiling_of_an_mlp():
 def test_tiled_execution_really_uses_the_tiling():
     """A tiling is visible in the rounding: blocked sums differ from NumPy's in the last bits,
     and a hook sees the tiled values."""
-    g = Tile(k=1, m=1, n=1, mr=1, nr=1, machine="generic")(dense_graph(3, 50, 4, seed=3))
+    g = dense_graph(3, 50, 4, seed=3)
+    one = Tiling(mc=1, nc=1, kc=1, mr=1, nr=1, parallel="none", pack=False)  # the reference's
+    nodes = [n.with_attrs(tile=one) if n.op == "dense" else n for n in g.nodes.values()]
+    g = Graph(g.name, nodes, g.inputs, g.outputs, g.constants)
     x = np.random.default_rng(2).standard_normal((3, 50)).astype(np.float32)
     seen = []
     tiled = reference.run_tiled(g, x, hook=lambda node, v: seen.append(node.op))

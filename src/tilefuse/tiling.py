@@ -144,6 +144,12 @@ KERNEL_MICRO_TILES = {
 }
 
 
+# The activations the CPU kernels apply in registers, in their epilogue (gelu in both of its
+# forms). A dense op's other epilogue steps run as ops of their own on the CPU: the tile pass
+# moves them out (passes/tile.py, split_epilogue), so the IR shows what each kernel runs.
+CPU_KERNEL_ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu")
+
+
 def kernel_micro_tile(dtype: str, vector_bits: int) -> tuple[int, int]:
     """(mr, nr) of the CPU kernels for `dtype` ("f32"/"float32", "f64"/"float64") on vectors
     of `vector_bits`; narrower than 256 bits runs the 256-bit kernels, wider the 512-bit ones."""

@@ -33,7 +33,7 @@ from ..ir import DTYPES, Graph, Node, TensorType
 from ..ops import attrs_of
 from ..source import comment, float_literal, identifier
 from ..text import format_node, node_names
-from ..tiling import Tiling
+from ..tiling import CPU_KERNEL_ACTIVATIONS, Tiling
 from . import reference
 from .cpu_entry import KernelFailure, failure_message
 from .cpu_kernels import ACTIVATION_CODE, default_tiling, pack_weights, parallel_code
@@ -433,18 +433,28 @@ class _Renderer:
     def dense_call(
         self, node: Node, x: int, w: int, bias: int | None, act: str, attrs: dict[str, Any]
     ) -> None:
-        """One kernel-driver call; what the kernel cannot fuse follows as one loop nest."""
+        """One kernel-driver call. A tiled dense (the tile pass ran) holds only what the kernel
+        runs; an untiled one (a pipeline without tile) runs with the kernels' default blocks,
+        and what its kernel cannot take (a bias that is no row, an activation the kernel lacks,
+        post steps) follows as loops over the result."""
         n = node.type.shape[1]
         tiling = self.tiling(node)
         bias_arg = self.kernel_bias(bias, n) if bias is not None else None
         rowwise = act in _ROWWISE  # softmax: whole rows, after the kernel has written them
         pre: list[str] = []  # per element, before a row-wise activation
-        act_key = "identity" if rowwise else activation_key(act, attrs)
+        in_kernel = act in CPU_KERNEL_ACTIVATIONS and (bias is None or bias_arg is not None)
+        act_key = activation_key(act, attrs) if in_kernel else "identity"
         if bias is not None and bias_arg is None:  # a bias the kernel cannot take
             pre.append(f"v = v + {self.read(bias, node.type)}")
-            pre += [] if rowwise else activation_code(act, attrs)
-            act_key = "identity"
+        if not in_kernel and not rowwise:
+            pre += activation_code(act, attrs)
         post = self.post_code(node, attrs) if node.op == "dense" else []
+        if (pre or post or rowwise) and attrs.get("tile") is not None:
+            raise TilefuseError(
+                f"cpu backend: {format_node(self.g, node.id, self.names)}: a tiled dense must "
+                "hold only what the kernel runs (a row bias and one of "
+                f"{', '.join(CPU_KERNEL_ACTIVATIONS)}); the tile pass moves the rest out"
+            )
         wp = self.packed_weights(w, tiling)
         if bias_arg is None:
             bias_arg = f"np.empty(0, np.{node.type.np_dtype.name})"
@@ -505,11 +515,26 @@ class _Renderer:
         return activation_code(name, attrs)
 
     def tiling(self, node: Node) -> Tiling:
-        """The node's CPU tiling with the register tile the kernels were built for."""
+        """The node's tiling, exactly as printed (the kernels' defaults when it has none); a
+        tiling the kernels cannot run is an error, never silently replaced."""
         given = attrs_of(node).get("tile") if node.op == "dense" else None
         kernel = default_tiling(node.type.np_dtype)
-        tiling = given if isinstance(given, Tiling) else kernel
-        return tiling.replace(mr=kernel.mr, nr=kernel.nr)
+        if given is None:
+            return kernel
+        if not isinstance(given, Tiling) or (given.mr, given.nr) != (kernel.mr, kernel.nr):
+            shown = format_node(self.g, node.id, self.names)
+            raise TilefuseError(
+                f"cpu backend: {shown}: the kernels on this host have a {kernel.mr}x{kernel.nr} "
+                f"register tile for {node.type.dtype}; the tiling asks for "
+                + (f"{given.mr}x{given.nr}" if isinstance(given, Tiling) else "a GPU schedule")
+                + " (was it planned for another machine? TILEFUSE_MACHINE, tile{machine=...})"
+            )
+        if not given.pack:
+            raise TilefuseError(
+                f"cpu backend: {format_node(self.g, node.id, self.names)}: pack=false; the "
+                "kernels read packed panels only"
+            )
+        return given
 
     def packed_weights(self, w: int, tiling: Tiling) -> str:
         if self.g[w].op == "const":

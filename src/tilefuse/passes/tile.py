@@ -20,8 +20,15 @@ from .. import machine as machines
 from ..errors import AttrError
 from ..ir import Graph, Node
 from ..machine import KIB, Machine, format_bytes
-from ..ops import attrs_of
-from ..tiling import PARALLEL_CHOICES, TYPICAL_BATCH, GpuTiling, Tiling, kernel_micro_tile
+from ..ops import ACTIVATIONS, BINARY_REFS, attrs_of
+from ..tiling import (
+    CPU_KERNEL_ACTIVATIONS,
+    PARALLEL_CHOICES,
+    TYPICAL_BATCH,
+    GpuTiling,
+    Tiling,
+    kernel_micro_tile,
+)
 from ..tuning_log import apply_tuning_log
 from .base import Decision, Pass, with_decisions
 
@@ -170,22 +177,139 @@ def choose_nc(p: Problem, mach: Machine, kc: int, nr: int, parallel: str) -> tup
     return nc, why
 
 
-def choose_pack(p: Problem, mach: Machine, mr: int) -> tuple[bool, str]:
-    footprint = (p.m * p.k + p.k * p.n + p.m * p.n) * p.itemsize
-    if p.m <= mr:
-        return False, (
-            f"pack=false: {p.extent('m')} rows fit one micro-tile row, so each B element is "
-            "used once and packing would only copy"
+PACKED = (
+    "pack=true: the CPU kernels read B from micro-panels packed once, at compile time, and "
+    "A from panels packed per k block (from 5 rows on; fewer rows are read in place)"
+)
+
+
+# -- what the CPU kernels run ----------------------------------------------------------------
+def check_cpu_tiling(t: Tiling, p: Problem, mach: Machine, line: str) -> None:
+    """Refuse a tiling the CPU kernels cannot run as printed: their register tile is fixed
+    per dtype and vector width, and they always pack."""
+    mr, nr = kernel_micro_tile(p.dtype, mach.vector_bits)
+    if (t.mr, t.nr) != (mr, nr):
+        raise AttrError(
+            f"tile: {line}: mr x nr = {t.mr}x{t.nr}, but the CPU kernels' {p.dtype} register "
+            f"tile on {mach.vector_bits}-bit vectors is {mr}x{nr} (the one the IR can ask for)"
         )
-    if footprint <= mach.l2 // 2:
-        return False, (
-            f"pack=false: A, B and C together ({format_bytes(footprint)}) fit half the L2; "
-            "packing would copy more than it saves"
-        )
-    return True, (
-        "pack=true: A blocks and B panels are copied into micro-panel order so the micro-kernel "
-        "reads both contiguously (a constant B can be packed once, at compile time)"
-    )
+    if not t.pack:
+        raise AttrError(f"tile: {line}: pack=false, but {PACKED.removeprefix('pack=true: ')}")
+
+
+def kernel_keeps_cpu(g: Graph, dense: Node) -> tuple[bool, bool, int]:
+    """(bias, act, post steps) of `dense` that the CPU kernel runs in registers: a row bias
+    ([n] or [1,n]), an activation of CPU_KERNEL_ACTIVATIONS, no post steps."""
+    attrs = attrs_of(dense)
+    n = dense.type.shape[1]
+    bias = not attrs["bias"] or g[dense.inputs[2]].type.shape in ((n,), (1, n))
+    return bias, bias and attrs["act"] in CPU_KERNEL_ACTIVATIONS, 0
+
+
+def kernel_keeps_cuda(g: Graph, dense: Node) -> tuple[bool, bool, int]:
+    """The cuda GEMM's epilogue runs any bias, elementwise activation and post steps."""
+    attrs = attrs_of(dense)
+    elementwise = ACTIVATIONS[attrs["act"]].elementwise
+    return True, elementwise, len(attrs["post"]) if elementwise else 0
+
+
+def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decision]]:
+    """Move the epilogue steps of each dense op that its kernel cannot run in registers
+    (`keeps(g, dense)`) into ops of their own right after it, in order:
+
+        %0 = dense[act=softmax, post=(add)](%x, %w, %b, %r)
+        -> %0 = dense(%x, %w, %b) ; %1 = softmax(%0) ; %2 = add(%1, %r)
+    """
+    from .rewrite import line
+
+    next_id = max(g.nodes, default=-1) + 1
+    moved: dict[int, int] = {}
+    nodes, decisions = [], []
+    for node in g:
+        node = _with_inputs(node, [moved.get(i, i) for i in node.inputs])
+        if node.op != "dense":
+            nodes.append(node)
+            continue
+        keep_bias, keep_act, keep_post = keeps(g, node)
+        steps = _epilogue_steps(node, keep_bias, keep_act, keep_post)
+        if not steps:
+            nodes.append(node)
+            continue
+        kept = _kept_dense(node, keep_bias, keep_act, keep_post)
+        nodes.append(kept)
+        value = kept.id
+        for op, operands, attrs in steps:
+            step = Node(next_id, op, (value, *operands), node.type,
+                        tuple(sorted(attrs.items())), loc=node.loc)  # fmt: skip
+            nodes.append(step)
+            value, next_id = next_id, next_id + 1
+        moved[node.id] = value
+        names = ", ".join(op for op, _, _ in steps)
+        detail = (f"{names} run as ops of their own after the kernel: its epilogue runs "
+                  f"{_kernel_epilogue(pass_name)} in registers")  # fmt: skip
+        decisions.append(Decision(pass_name, line(g, node), "split", "epilogue_split", detail))
+    if not moved:
+        return g, []
+    outputs = [moved.get(o, o) for o in g.outputs]
+    return Graph(g.name, nodes, g.inputs, outputs, g.constants, g.meta), decisions
+
+
+def _kernel_epilogue(pass_name: str) -> str:
+    if pass_name == "tile":
+        return f"a row bias and one of {', '.join(CPU_KERNEL_ACTIVATIONS)}"
+    return "a bias, an elementwise activation and the post steps"
+
+
+def _with_inputs(node: Node, inputs: list[int]) -> Node:
+    from dataclasses import replace
+
+    return node if tuple(inputs) == node.inputs else replace(node, inputs=tuple(inputs))
+
+
+def _epilogue_steps(node: Node, keep_bias: bool, keep_act: bool, keep_post: int) -> list:
+    """(op, extra operands, attrs) of each step that leaves the dense, in order."""
+    attrs = attrs_of(node)
+    operands = list(node.inputs[2:])
+    steps = []
+    bias = operands.pop(0) if attrs["bias"] else None
+    if bias is not None and not keep_bias:
+        steps.append(("add", [bias], {}))
+    act = attrs["act"]
+    if act != "identity" and not keep_act:
+        act_attrs = {k: v for k, v in node.attr.items() if k in ACTIVATIONS[act].attrs}
+        steps.append((act, [], act_attrs))
+    for k, step in enumerate(attrs["post"]):
+        if k >= keep_post or steps:
+            steps.append((step, [operands.pop(0)] if step in BINARY_REFS else [], {}))
+        elif step in BINARY_REFS:
+            operands.pop(0)
+    return steps
+
+
+def _kept_dense(node: Node, keep_bias: bool, keep_act: bool, keep_post: int) -> Node:
+    """`node` with only the steps its kernel runs (post steps kept only before any move)."""
+    from dataclasses import replace
+
+    attrs = attrs_of(node)
+    bias = attrs["bias"] and keep_bias
+    act = attrs["act"] if (keep_act and bias == attrs["bias"]) else "identity"
+    post = attrs["post"][:keep_post] if act == attrs["act"] and bias == attrs["bias"] else ()
+    n_post_operands = sum(1 for s in post if s in BINARY_REFS)
+    operands = list(node.inputs[2:])
+    inputs = [*node.inputs[:2], *(operands[:1] if bias else []),
+              *operands[int(attrs["bias"]):][:n_post_operands]]  # fmt: skip
+    kept = {k: v for k, v in node.attr.items() if k not in ("act", "bias", "post", *_ACT_ATTRS)}
+    if act != "identity":
+        kept.update({k: v for k, v in node.attr.items() if k in ACTIVATIONS[act].attrs})
+        kept["act"] = act
+    if not bias:
+        kept["bias"] = False
+    if post:
+        kept["post"] = post
+    return replace(node, inputs=tuple(inputs), attrs=tuple(sorted(kept.items())))
+
+
+_ACT_ATTRS = ("approximate", "alpha")
 
 
 # -- the pass -------------------------------------------------------------------------------
@@ -235,9 +359,10 @@ class Tile(Pass):
     def run(self, g: Graph) -> Graph:
         from ..text import format_node, node_names
 
+        g, decisions = split_epilogue(g, kernel_keeps_cpu, "tile")
         names = node_names(g)
         mach = self.target()
-        nodes, decisions = [], []
+        nodes = []
         for node in g.nodes.values():
             if node.op != "dense":
                 nodes.append(node)
@@ -254,12 +379,16 @@ class Tile(Pass):
 
     def tile_node(self, g: Graph, node: Node, mach: Machine, line: str) -> tuple[Node, Decision]:
         given = attrs_of(node)["tile"]
-        if given is not None:
-            detail = f"given by the user: {_format_tiling(given)}; kept as it is"
-            return node, Decision("tile", line, "kept", "user_node", detail)
         x, w = (g[i].type.shape for i in node.inputs[:2])
         problem = problem_of(node, x, w, self.batch or TYPICAL_BATCH)
+        if isinstance(given, GpuTiling):
+            raise AttrError(f"tile: {line}: a GPU tiling; the cpu target needs a Tiling")
+        if given is not None:
+            check_cpu_tiling(given, problem, mach, line)
+            detail = f"given by the user: {_format_tiling(given)}; kept as it is"
+            return node, Decision("tile", line, "kept", "user_node", detail)
         tiling, reasons = self.choose(problem, mach)
+        check_cpu_tiling(tiling, problem, mach, line)
         code = "user_spec" if any(r.endswith("(given by the spec)") for r in reasons) else "model"
         if code == "model":  # a measured choice in the tuning log (tfu.tune) wins over the model
             tiling, code, reasons = apply_tuning_log(node, problem, mach, tiling, reasons)
@@ -281,13 +410,9 @@ class Tile(Pass):
         )
         mc, why_mc = self._given("m", "mc") or choose_mc(p, mach, kc, mr, parallel)
         nc, why_nc = self._given("n", "nc") or choose_nc(p, mach, kc, nr, parallel)
-        pack, why_pack = (
-            (self.pack == "true", f"pack={self.pack} (given by the spec)")
-            if self.pack != AUTO
-            else choose_pack(p, mach, mr)
-        )
+        pack = self.pack != "false"  # check_cpu_tiling refuses pack=false for the CPU kernels
         tiling = Tiling(mc=mc, nc=nc, kc=kc, mr=mr, nr=nr, parallel=parallel, pack=pack)
-        return tiling, [why_micro, why_kc, why_mc, why_nc, why_parallel, why_pack]
+        return tiling, [why_micro, why_kc, why_mc, why_nc, why_parallel, PACKED]
 
     def _given(self, option: str, field: str) -> tuple[int, str] | None:
         value = getattr(self, option)
@@ -398,8 +523,9 @@ class TileCuda(Pass):
     def run(self, g: Graph) -> Graph:
         from ..text import format_node, node_names
 
+        g, decisions = split_epilogue(g, kernel_keeps_cuda, "tile_cuda")
         names = node_names(g)
-        nodes, decisions, typical = [], [], set(g.meta.get(PLANNED_FOR_TYPICAL_BATCH, ()))
+        nodes, typical = [], set(g.meta.get(PLANNED_FOR_TYPICAL_BATCH, ()))
         for node in g.nodes.values():
             if node.op == "dense":
                 node, decision = self.tile_node(g, node, format_node(g, node.id, names))

@@ -32,28 +32,28 @@ op     kernel              flops     bytes  flops/byte  GFLOP/s max  bound
 %5     softmax             2,560     4 KiB       0.625         12.5  memory
 total  6 kernels          22,528  37.1 KiB       0.593        11.85  memory
 
-%0 = dense[act=relu, tile=(mc=258, nc=16, kc=4, mr=6, nr=16, parallel="none", pack=false)](%x, %w0, %b0) : f32[N,3]
+%0 = dense[act=relu, tile=(mc=258, nc=16, kc=4, mr=6, nr=16, parallel="none", pack=true)](%x, %w0, %b0) : f32[N,3]
   fusion    matmul + bias add + relu run as one dense kernel [fused]
-  tiling    (mc=258, nc=16, kc=4, mr=6, nr=16, parallel="none", pack=false) [model]
+  tiling    (mc=258, nc=16, kc=4, mr=6, nr=16, parallel="none", pack=true) [model]
             - mr x nr = 6x16: 12 accumulators of 8 f32 lanes (256-bit vectors) stay in registers
             - kc=4: a 4x16 B micro-panel (256 B) and a 6x4 A sliver (96 B) fit the 32 KiB L1d (all of k=4: one k block)
             - mc=258: the 258x4 A block (4.0 KiB) fits half the 512 KiB L2 (all of m=N (planned as 256), rounded up to a multiple of mr=6)
             - nc=16: the 4x16 B panel (256 B) fits half the 8 MiB L3 (all of n=3, rounded up to a multiple of nr=16)
             - parallel=none: 6,144 flops ≈ 0.128 µs on one core, below the 10 µs a parallel region needs to repay its start-up
-            - pack=false: A, B and C together (7.0 KiB) fit half the L2; packing would copy more than it saves
+            - pack=true: the CPU kernels read B from micro-panels packed once, at compile time, and A from panels packed per k block (from 5 rows on; fewer rows are read in place)
   cost      7,680 flops, 7,228 bytes moved, 1.06 flops/byte
   roofline  memory bound: at most 21.25 GFLOP/s (21% of peak; the ridge is at 5 flops/byte)
   result    buffer 0
 
-%1 = dense[tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=false)](%0, %w1, %b1) : f32[N,3]
+%1 = dense[tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%0, %w1, %b1) : f32[N,3]
   fusion    matmul + bias add run as one dense kernel [multi_use]
-  tiling    (mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=false) [model]
+  tiling    (mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true) [model]
             - mr x nr = 6x16: 12 accumulators of 8 f32 lanes (256-bit vectors) stay in registers
             - kc=3: a 3x16 B micro-panel (192 B) and a 6x3 A sliver (72 B) fit the 32 KiB L1d (all of k=3: one k block)
             - mc=258: the 258x3 A block (3.0 KiB) fits half the 512 KiB L2 (all of m=N (planned as 256), rounded up to a multiple of mr=6)
             - nc=16: the 3x16 B panel (192 B) fits half the 8 MiB L3 (all of n=3, rounded up to a multiple of nr=16)
             - parallel=none: 4,608 flops ≈ 0.096 µs on one core, below the 10 µs a parallel region needs to repay its start-up
-            - pack=false: A, B and C together (6.0 KiB) fit half the L2; packing would copy more than it saves
+            - pack=true: the CPU kernels read B from micro-panels packed once, at compile time, and A from panels packed per k block (from 5 rows on; fewer rows are read in place)
   cost      5,376 flops, 6,192 bytes moved, 0.868 flops/byte
   roofline  memory bound: at most 17.36 GFLOP/s (17% of peak; the ridge is at 5 flops/byte)
   result    buffer 1
@@ -70,15 +70,15 @@ total  6 kernels          22,528  37.1 KiB       0.593        11.85  memory
   roofline  memory bound: at most 1.667 GFLOP/s (2% of peak; the ridge is at 5 flops/byte)
   result    buffer 2
 
-%4 = dense[bias=false, tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=false)](%3, %w2) : f32[N,2]
+%4 = dense[bias=false, tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%3, %w2) : f32[N,2]
   fusion    the matmul runs alone as dense[bias=false] [unsupported_activation]
-  tiling    (mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=false) [model]
+  tiling    (mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true) [model]
             - mr x nr = 6x16: 12 accumulators of 8 f32 lanes (256-bit vectors) stay in registers
             - kc=3: a 3x16 B micro-panel (192 B) and a 6x3 A sliver (72 B) fit the 32 KiB L1d (all of k=3: one k block)
             - mc=258: the 258x3 A block (3.0 KiB) fits half the 512 KiB L2 (all of m=N (planned as 256), rounded up to a multiple of mr=6)
             - nc=16: the 3x16 B panel (192 B) fits half the 8 MiB L3 (all of n=2, rounded up to a multiple of nr=16)
             - parallel=none: 3,072 flops ≈ 0.064 µs on one core, below the 10 µs a parallel region needs to repay its start-up
-            - pack=false: A, B and C together (5.0 KiB) fit half the L2; packing would copy more than it saves
+            - pack=true: the CPU kernels read B from micro-panels packed once, at compile time, and A from panels packed per k block (from 5 rows on; fewer rows are read in place)
   cost      3,072 flops, 5,144 bytes moved, 0.597 flops/byte
   roofline  memory bound: at most 11.94 GFLOP/s (12% of peak; the ridge is at 5 flops/byte)
   result    buffer 0
