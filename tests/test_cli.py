@@ -13,6 +13,7 @@ import tilefuse as tfu
 from conftest import ROOT
 from tilefuse import cli
 from tilefuse.backends import BACKENDS, ReferenceModel
+from tilefuse.passes.memory import memory_plan_of
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
@@ -259,7 +260,7 @@ def test_show_memory_prints_the_plan_after_the_ir(capsys):
     code, out, _ = tilefuse(capsys, "show", ROOT / "examples/mlp.py", "--emit", "memory")
     assert code == 0
     g = tfu.passes.run_stages(load_mlp_graph())["memory"]
-    assert out.rstrip("\n") == f"{g}\n{g.meta['memory_plan']}"
+    assert out.rstrip("\n") == f"{g}\n{memory_plan_of(g)}"
 
 
 def test_show_loops_prints_a_nest_per_dense_op(capsys):

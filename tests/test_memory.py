@@ -23,9 +23,11 @@ from tilefuse.passes.memory import (
     Size,
     is_elementwise,
     live_ranges,
+    memory_plan_of,
     plan_memory,
     size_of,
 )
+from tilefuse.text import parse_graph
 
 
 def mlp(dims: list[int], fused: bool = True, seed: int = 0) -> Graph:
@@ -88,7 +90,7 @@ def assert_plan_is_safe(g: Graph, plan: MemoryPlan) -> None:
 def test_ten_layer_mlp_ping_pongs_between_two_buffers():
     g = mlp([64] * 11)
     out = PlanMemory()(g)
-    plan = out.meta["memory_plan"]
+    plan = memory_plan_of(out)
     print(plan)
     assert len(plan.buffers) == 2
     assert [b.size for b in plan.buffers] == [Size(64, 0), Size(64, 0)]
@@ -188,16 +190,22 @@ def test_nonlinear_sizes_are_left_to_the_backend():
     assert any(d.code == "nonlinear_size" for d in out.meta["decisions"])
 
 
-def test_pass_keeps_the_ir_and_its_input_and_records_the_plan():
+def test_the_plan_is_in_the_ir_and_parses_back():
+    """The plan used to travel in g.meta: parse(print(g)) equalled g yet generated other code."""
     g = mlp([16, 8, 8, 2])
     out = run_pipeline(g, parse_pipeline("plan_memory{inplace=true}"))
-    assert out == g and out is not g and "memory_plan" not in g.meta
-    assert out.meta["memory_plan"].inplace
+    assert out != g and all(n.buffer is None for n in g.nodes.values())  # its input untouched
+    assert str(out).count(" in ws") == 2 and "memory_plan" not in out.meta
+    again = parse_graph(str(out), constants={n.name: out.constants[n.id] for n in out
+                                             if n.op == "const"})  # fmt: skip
+    assert again == out and memory_plan_of(again).buffer_of.keys() == {
+        n.id for n in out if n.buffer is not None
+    }
     details = [str(d) for d in out.meta["decisions"]]
     assert details[0].startswith("[plan_memory] planned (liveness) mlp: 2 buffers (16*N elements)")
     assert details[1] == "[plan_memory] planned (buffer) buffer 0: f32[8*N]: holds %0"
     x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
-    got = run_in_buffers(out, out.meta["memory_plan"], [x], batch=5)
+    got = run_in_buffers(out, memory_plan_of(out), [x], batch=5)
     np.testing.assert_allclose(got[0], reference.run(g, x), rtol=1e-6)
 
 

@@ -27,7 +27,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -230,9 +230,9 @@ def backend_culprit(model: CompiledModel, inputs: list[np.ndarray]) -> Culprit |
 
     final = model.final
     ops = final.ops()
-    meta = {k: v for k, v in final.meta.items() if k != "memory_plan"}
     outputs = [n.id for n in ops]
-    probe = Graph(final.name, final.nodes.values(), final.inputs, outputs, final.constants, meta)
+    nodes = [replace(n, buffer=None) for n in final.nodes.values()]  # outputs get arrays
+    probe = Graph(final.name, nodes, final.inputs, outputs, final.constants, final.meta)
     options = {**model.options, "check": False}
     try:
         probed = BACKENDS[model.target](probe, {"probe": probe}, options)

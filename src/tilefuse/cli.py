@@ -131,7 +131,9 @@ def stage_text(stages: dict[str, Graph], stage: str, spec: str | None) -> str:
         return loops_text(stage_graph(stages, "tiled", spec))
     g = stage_graph(stages, stage, spec)
     if stage == "memory":
-        return f"{g}\n{g.meta['memory_plan']}"
+        from .passes.memory import memory_plan_of
+
+        return f"{g}\n{memory_plan_of(g)}"
     return str(g)
 
 

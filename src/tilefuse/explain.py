@@ -19,6 +19,7 @@ from typing import Any
 
 from .ir import Graph, Node
 from .machine import format_bytes
+from .passes.memory import memory_plan_of
 from .roofline import Cost, Peak, graph_cost, machine_peak, op_cost
 from .text import format_node, format_value, node_names
 from .tiling import TYPICAL_BATCH
@@ -268,7 +269,7 @@ def blocking_decision(g: Graph, operand: int, decisions: list) -> tuple[int, str
 def buffer_text(g: Graph, node: Node) -> str:
     if node.id in g.outputs:
         return "output (an array of its own)"
-    plan = g.meta.get("memory_plan")
+    plan = memory_plan_of(g)
     if plan is None or node.id not in plan.buffer_of:
         return "an array of its own"
     return f"buffer {plan.buffer_of[node.id]}"

@@ -113,10 +113,13 @@ class Node:
     attrs: tuple[tuple[str, Any], ...] = ()
     name: str | None = None  # graph inputs and constants keep a name (%x, %w0)
     loc: str | None = field(default=None, compare=False)  # user's file:line, for errors
+    buffer: int | None = None  # the workspace buffer plan_memory put the value in (`in ws0`)
 
     def __post_init__(self) -> None:
         if self.name is not None:
             check_name(self.name, f"the name of {self.op} node {self.id}")
+        if self.buffer is not None and (type(self.buffer) is not int or self.buffer < 0):
+            raise VerifyError(f"node {self.id}: buffer {self.buffer!r} is not an int >= 0")
 
     @property
     def attr(self) -> dict[str, Any]:
@@ -296,7 +299,8 @@ def format_node(g: Graph, node_id: int, names: Mapping[int, str]) -> str:
         return f"%{names[node.id]} = const{attr_text} : {node.type}"
     attr_text = "[" + ", ".join(f"{k}={format_value(v)}" for k, v in attrs) + "]" if attrs else ""
     args = ", ".join(f"%{names[i]}" for i in node.inputs)
-    return f"%{names[node.id]} = {node.op}{attr_text}({args}) : {node.type}"
+    where = f" in ws{node.buffer}" if node.buffer is not None else ""
+    return f"%{names[node.id]} = {node.op}{attr_text}({args}) : {node.type}{where}"
 
 
 def print_graph(g: Graph) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -98,6 +98,11 @@ BINARY_REFS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "mul": np.multiply,
     "div": np.divide,
 }
+
+
+def is_elementwise(op: str) -> bool:
+    """An op whose every output element depends on the same element of each operand only."""
+    return op in BINARY_REFS or (op in ACTIVATIONS and ACTIVATIONS[op].elementwise)
 
 
 def apply_activation(name: str, x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
@@ -584,6 +589,10 @@ class GraphBuilder:
             assert graph is not None, "copying a const needs its source graph"
             return self.const(graph.constants[node.id], node.name or "c")
         return self.op(node.op, inputs, loc=node.loc, **node.attr)
+
+    def set_buffer(self, node_id: int, buffer: int) -> None:
+        """Put node `node_id`'s value in workspace buffer `buffer` (what plan_memory plans)."""
+        self.nodes[node_id] = replace(self.nodes[node_id], buffer=buffer)
 
     def build(self, outputs: Iterable[int], meta: Mapping[str, Any] | None = None) -> Graph:
         return Graph(self.name, self.nodes, self.inputs, list(outputs), self.constants, meta)

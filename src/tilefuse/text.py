@@ -233,6 +233,16 @@ class _Parser:
             )
         return b.build(outputs)
 
+    def buffer(self) -> int | None:
+        """`in ws3` after a type: the workspace buffer plan_memory put the value in."""
+        if self.peek()[1] != "in":
+            return None
+        self.next()
+        token = self.expect_kind("ident", "a workspace buffer such as ws0")
+        if not re.fullmatch(r"ws\d{1,6}", token[1]):
+            self.fail(f"expected a workspace buffer such as ws0, found {token[1]!r}", token)
+        return int(token[1][2:])
+
     def result_types(self) -> list[TensorType]:
         if not self.accept("("):
             return [self.type_()]
@@ -269,10 +279,13 @@ class _Parser:
                 args.append(self.use(env, self.expect_kind("value", "an operand such as %x")))
         colon = self.expect(":")
         declared = self.type_()
+        buffer = self.buffer()
         if op == "const":
             node_id = self.constant(b, target, attrs, declared)
         else:
             node_id = self.operation(b, op, op_token, args, attrs)
+        if buffer is not None:
+            b.set_buffer(node_id, buffer)
         if b.types[node_id] != declared:
             self.fail(
                 f"{target[1]} is declared {declared} but {op} gives {b.types[node_id]}", colon

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import TilefuseError, VerifyError
 from .ir import Graph, Node, TensorType, check_name
-from .ops import OPS, infer_node_type, normalize_attrs
+from .ops import OPS, infer_node_type, is_elementwise, normalize_attrs
 
 
 def _line(g: Graph, node: Node) -> str:
@@ -46,7 +46,32 @@ def verify(g: Graph) -> Graph:
     g.order()  # raises VerifyError naming a cycle
     for node in g:
         _verify_node(g, node)
+    _verify_buffers(g)
     return g
+
+
+def _verify_buffers(g: Graph) -> None:
+    """Values in one workspace buffer (`in wsK`) share a dtype and are never live at once,
+    except an elementwise op writing over an operand of its type that dies at it."""
+    step = {node.id: k for k, node in enumerate(g)}
+    held: dict[int, list[Node]] = {}
+    for node in g:
+        if node.buffer is None:
+            continue
+        where = f"graph {g.name}: {_line(g, node)}"
+        if node.op in ("input", "const") or node.id in g.outputs:
+            raise VerifyError(f"{where}: inputs, constants and outputs live in arrays of their own")
+        for other in held.setdefault(node.buffer, []):
+            last = max((step[u.id] for u in g.users(other.id)), default=step[other.id])
+            in_place = (last == step[node.id] and other.id in node.inputs
+                        and other.type == node.type and is_elementwise(node.op))  # fmt: skip
+            if other.type.dtype != node.type.dtype:
+                raise VerifyError(f"{where}: ws{node.buffer} also holds {other.type.dtype} values")
+            if last >= step[node.id] and not in_place:
+                raise VerifyError(
+                    f"{where}: ws{node.buffer} still holds {_line(g, other)}, which is read later"
+                )
+        held[node.buffer].append(node)
 
 
 def _verify_node(g: Graph, node: Node) -> None:

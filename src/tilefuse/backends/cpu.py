@@ -31,6 +31,7 @@ from ..cache import Loaded, load_generated
 from ..errors import InputError, TilefuseError
 from ..ir import DTYPES, Graph, Node, TensorType
 from ..ops import attrs_of
+from ..passes.memory import memory_plan_of
 from ..source import comment, float_literal, identifier
 from ..text import format_node, node_names
 from ..tiling import CPU_KERNEL_ACTIVATIONS, Tiling
@@ -99,7 +100,7 @@ class _Renderer:
         self.dims: dict[str, str] = {}
         self.var: dict[int, str] = {}
         self.entries: dict[str, str] = {}  # kernel entry points used: name -> dtype
-        self.plan = g.meta.get("memory_plan")
+        self.plan = memory_plan_of(g)
 
     # names and shapes ----------------------------------------------------------------------
     def dim(self, d: int | str) -> str:
@@ -832,7 +833,7 @@ def _bytes_needed(g: Graph, rendered: Rendered, dims: dict[str, int]) -> int:
     """Outputs plus workspace (the memory plan's buffers, or every value when unplanned)."""
     batch = dims.get(rendered.batch_symbol, 0)
     total = sum(dt.itemsize * size(batch) for dt, size in rendered.workspace)
-    plan = g.meta.get("memory_plan")
+    plan = memory_plan_of(g)
     for node in g.ops():
         planned = plan is not None and node.id in plan.buffer_of
         if not planned or node.id in g.outputs:

@@ -1,7 +1,8 @@
 """The `plan_memory` pass: liveness-based buffer reuse for intermediate values. It runs last;
 backends allocate the buffers it plans instead of one array per op.
 
-The graph comes back structurally unchanged; the plan goes into `g.meta["memory_plan"]`:
+The graph comes back with each planned value's buffer in its IR line (`: f32[N,512] in ws0`);
+`memory_plan_of(g)` reads the plan back from them (buffer sizes, live ranges):
 
     memory plan for mlp: 2 buffers (1024*N elements) for 9 intermediates; in place: no
       buffer 0: f32[512*N] holds %0, %2, %4, %6, %8
@@ -25,11 +26,11 @@ not of that form (two symbolic dims, N*N) are left to the backend (listed as unp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from ..ir import Graph, Node
-from ..ops import ACTIVATIONS, OPS
+from ..ops import is_elementwise as elementwise_op
 from ..tiling import TYPICAL_BATCH
 from .base import Decision, Pass, with_decisions
 
@@ -142,8 +143,7 @@ def batch_symbol(g: Graph) -> str:
 
 
 def is_elementwise(node: Node) -> bool:
-    kind = OPS[node.op].kind
-    return kind == "binary" or (kind == "activation" and ACTIVATIONS[node.op].elementwise)
+    return elementwise_op(node.op)
 
 
 class _Assigner:
@@ -203,6 +203,36 @@ class _Assigner:
         return buffer
 
 
+def memory_plan_of(g: Graph) -> MemoryPlan | None:
+    """The plan the IR states (each value's `in wsK`), or None when no value has a buffer."""
+    planned = [n for n in g if n.buffer is not None]
+    if not planned:
+        return None
+    from ..text import node_names
+
+    symbol = batch_symbol(g)
+    buffers: dict[int, Buffer] = {}
+    for node in planned:
+        size = size_of(node.type.shape, symbol) or Size()
+        buffer = buffers.setdefault(node.buffer, Buffer(node.buffer, node.type.dtype, size))
+        buffer.size = buffer.size.join(size)
+        buffer.values.append(node.id)
+    outputs = set(g.outputs)
+    unplanned = tuple(n.id for n in g.ops() if n.buffer is None and n.id not in outputs
+                      and size_of(n.type.shape, symbol) is None)  # fmt: skip
+    names = {i: f"%{name}" for i, name in node_names(g).items()}
+    return MemoryPlan(
+        graph=g.name,
+        symbol=symbol,
+        buffers=tuple(buffers[k] for k in sorted(buffers)),
+        buffer_of={n.id: n.buffer for n in planned},
+        live=live_ranges(g),
+        names=names,
+        types={n.id: str(n.type) for n in g},
+        unplanned=unplanned,
+    )
+
+
 def plan_memory(g: Graph, inplace: bool = False) -> MemoryPlan:
     """The MemoryPlan of `g`'s intermediates (see the module docstring)."""
     from ..text import node_names
@@ -235,14 +265,14 @@ def plan_memory(g: Graph, inplace: bool = False) -> MemoryPlan:
 
 @dataclass(frozen=True)
 class PlanMemory(Pass):
-    """Plan buffer reuse for intermediates; stores a MemoryPlan in `g.meta["memory_plan"]`.
+    """Plan buffer reuse for intermediates; each planned value's IR line names its buffer.
 
     Option: inplace (false): let elementwise ops overwrite an operand that dies there.
 
-        %0 = dense[act=relu](%x, %w0, %b0) : f32[N,512]     buffer 0
-        %1 = dense[act=relu](%0, %w1, %b1) : f32[N,512]     buffer 1
-        %2 = dense[act=relu](%1, %w2, %b2) : f32[N,512]     buffer 0 again (%0 is dead)
-    The IR text is unchanged; `print(g.meta["memory_plan"])` shows the plan.
+        %0 = dense[act=relu](%x, %w0, %b0) : f32[N,512] in ws0
+        %1 = dense[act=relu](%0, %w1, %b1) : f32[N,512] in ws1
+        %2 = dense[act=relu](%1, %w2, %b2) : f32[N,512] in ws0   (%0 is dead by now)
+    `print(memory_plan_of(g))` shows the plan with sizes and live ranges.
     """
 
     name: ClassVar[str] = "plan_memory"
@@ -250,8 +280,8 @@ class PlanMemory(Pass):
 
     def run(self, g: Graph) -> Graph:
         plan = plan_memory(g, self.inplace)
-        out = Graph(g.name, g.nodes.values(), g.inputs, g.outputs, g.constants, g.meta)
-        out.meta["memory_plan"] = plan
+        nodes = [replace(n, buffer=plan.buffer_of.get(n.id)) for n in g.nodes.values()]
+        out = Graph(g.name, nodes, g.inputs, g.outputs, g.constants, g.meta)
         return with_decisions(out, plan_decisions(plan))
 
 

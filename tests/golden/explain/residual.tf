@@ -32,7 +32,7 @@ op     kernel              flops     bytes  flops/byte  GFLOP/s max  bound
 %5     softmax             2,560     4 KiB       0.625         12.5  memory
 total  6 kernels          22,528  37.1 KiB       0.593        11.85  memory
 
-%0 = dense[act=relu, tile=(mc=258, nc=16, kc=4, mr=6, nr=16, parallel="none", pack=true)](%x, %w0, %b0) : f32[N,3]
+%0 = dense[act=relu, tile=(mc=258, nc=16, kc=4, mr=6, nr=16, parallel="none", pack=true)](%x, %w0, %b0) : f32[N,3] in ws0
   fusion    matmul + bias add + relu run as one dense kernel [fused]
   tiling    (mc=258, nc=16, kc=4, mr=6, nr=16, parallel="none", pack=true) [model]
             - mr x nr = 6x16: 12 accumulators of 8 f32 lanes (256-bit vectors) stay in registers
@@ -45,7 +45,7 @@ total  6 kernels          22,528  37.1 KiB       0.593        11.85  memory
   roofline  memory bound: at most 21.25 GFLOP/s (21% of peak; the ridge is at 5 flops/byte)
   result    buffer 0
 
-%1 = dense[tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%0, %w1, %b1) : f32[N,3]
+%1 = dense[tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%0, %w1, %b1) : f32[N,3] in ws1
   fusion    matmul + bias add run as one dense kernel [multi_use]
   tiling    (mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true) [model]
             - mr x nr = 6x16: 12 accumulators of 8 f32 lanes (256-bit vectors) stay in registers
@@ -58,19 +58,19 @@ total  6 kernels          22,528  37.1 KiB       0.593        11.85  memory
   roofline  memory bound: at most 17.36 GFLOP/s (17% of peak; the ridge is at 5 flops/byte)
   result    buffer 1
 
-%2 = tanh(%1) : f32[N,3]
+%2 = tanh(%1) : f32[N,3] in ws0
   fusion    runs alone: it reads %1, whose fusion stopped (multi_use)
   cost      3,072 flops, 6,144 bytes moved, 0.5 flops/byte
   roofline  memory bound: at most 10 GFLOP/s (10% of peak; the ridge is at 5 flops/byte)
   result    buffer 0
 
-%3 = sub(%2, %1) : f32[N,3]
+%3 = sub(%2, %1) : f32[N,3] in ws2
   fusion    runs alone: it reads %1, whose fusion stopped (multi_use)
   cost      768 flops, 9,216 bytes moved, 0.0833 flops/byte
   roofline  memory bound: at most 1.667 GFLOP/s (2% of peak; the ridge is at 5 flops/byte)
   result    buffer 2
 
-%4 = dense[bias=false, tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%3, %w2) : f32[N,2]
+%4 = dense[bias=false, tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%3, %w2) : f32[N,2] in ws0
   fusion    the matmul runs alone as dense[bias=false] [unsupported_activation]
   tiling    (mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true) [model]
             - mr x nr = 6x16: 12 accumulators of 8 f32 lanes (256-bit vectors) stay in registers

@@ -18,8 +18,8 @@ graph mlp(%x: f32[N,3]) -> f32[N,2] {
   %b0 = const[value=[0.1, -0.2, 0.3]] : f32[3]
   %w1 = const[value=[[1.0, -1.0, 0.5], [0.5, 0.25, -0.75], [-0.25, 1.0, 0.5]]] : f32[3,3]
   %w2 = const[value=[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]] : f32[3,2]
-  %0 = dense[act=tanh, tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%x, %w0, %b0) : f32[N,3]
-  %1 = dense[act=relu, bias=false, tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%0, %w1) : f32[N,3]
+  %0 = dense[act=tanh, tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%x, %w0, %b0) : f32[N,3] in ws0
+  %1 = dense[act=relu, bias=false, tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%0, %w1) : f32[N,3] in ws1
   %2 = dense[bias=false, tile=(mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true)](%1, %w2) : f32[N,2]
   return %2
 }

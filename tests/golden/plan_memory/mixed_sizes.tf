@@ -11,11 +11,11 @@ graph mixed(%x: f32[N,4], %c: f32[3,4]) -> (f32[3,4], f32[N,4]) {
 }
 // ---- expected after: plan_memory
 graph mixed(%x: f32[N,4], %c: f32[3,4]) -> (f32[3,4], f32[N,4]) {
-  %0 = relu(%c) : f32[3,4]
+  %0 = relu(%c) : f32[3,4] in ws0
   %1 = tanh(%0) : f32[3,4]
-  %2 = relu(%x) : f32[N,4]
-  %3 = tanh(%2) : f32[N,4]
-  %4 = sigmoid(%3) : f32[N,4]
+  %2 = relu(%x) : f32[N,4] in ws0
+  %3 = tanh(%2) : f32[N,4] in ws1
+  %4 = sigmoid(%3) : f32[N,4] in ws2
   %5 = add(%4, %2) : f32[N,4]
   return %1, %5
 }

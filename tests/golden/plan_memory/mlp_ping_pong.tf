@@ -9,10 +9,10 @@ graph mlp(%x: f32[N,16], %w0: f32[16,32], %w1: f32[32,32], %w2: f32[32,32], %w3:
 }
 // ---- expected after: plan_memory
 graph mlp(%x: f32[N,16], %w0: f32[16,32], %w1: f32[32,32], %w2: f32[32,32], %w3: f32[32,32], %w4: f32[32,8]) -> f32[N,8] {
-  %0 = dense[act=relu, bias=false](%x, %w0) : f32[N,32]
-  %1 = dense[act=relu, bias=false](%0, %w1) : f32[N,32]
-  %2 = dense[act=relu, bias=false](%1, %w2) : f32[N,32]
-  %3 = dense[act=relu, bias=false](%2, %w3) : f32[N,32]
+  %0 = dense[act=relu, bias=false](%x, %w0) : f32[N,32] in ws0
+  %1 = dense[act=relu, bias=false](%0, %w1) : f32[N,32] in ws1
+  %2 = dense[act=relu, bias=false](%1, %w2) : f32[N,32] in ws0
+  %3 = dense[act=relu, bias=false](%2, %w3) : f32[N,32] in ws1
   %4 = dense[bias=false](%3, %w4) : f32[N,8]
   return %4
 }

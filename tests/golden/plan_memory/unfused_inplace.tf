@@ -12,12 +12,12 @@ graph mlp(%x: f32[N,4], %w0: f32[4,8], %b0: f32[8], %w1: f32[8,8], %b1: f32[8], 
 }
 // ---- expected after: plan_memory{inplace=true}
 graph mlp(%x: f32[N,4], %w0: f32[4,8], %b0: f32[8], %w1: f32[8,8], %b1: f32[8], %w2: f32[8,2]) -> f32[N,2] {
-  %0 = matmul(%x, %w0) : f32[N,8]
-  %1 = add(%0, %b0) : f32[N,8]
-  %2 = relu(%1) : f32[N,8]
-  %3 = matmul(%2, %w1) : f32[N,8]
-  %4 = add(%3, %b1) : f32[N,8]
-  %5 = relu(%4) : f32[N,8]
+  %0 = matmul(%x, %w0) : f32[N,8] in ws0
+  %1 = add(%0, %b0) : f32[N,8] in ws0
+  %2 = relu(%1) : f32[N,8] in ws0
+  %3 = matmul(%2, %w1) : f32[N,8] in ws1
+  %4 = add(%3, %b1) : f32[N,8] in ws1
+  %5 = relu(%4) : f32[N,8] in ws1
   %6 = matmul(%5, %w2) : f32[N,2]
   return %6
 }
