@@ -244,3 +244,15 @@ def test_a_tiled_dense_holds_only_what_its_kernel_runs():
     assert [n.op for n in model.final.ops()] == ["dense", "add"]
     (split,) = [d for d in model.final.meta["decisions"] if d.code == "epilogue_split"]
     assert "add run as ops of their own after the kernel" in split.detail
+
+
+def test_the_printed_ir_alone_gives_the_same_program():
+    """Nothing the backend reads travels beside the IR (g.meta): the final graph printed and
+    parsed back renders the same module."""
+    from tilefuse.backends.cpu import render
+
+    net = tfu.Sequential([tfu.Dense(32, "relu"), tfu.Dense(32, "tanh"), tfu.Dense(4)], input_dim=8)
+    final = tfu.compile(net).final
+    constants = {n.name: final.constants[n.id] for n in final if n.op == "const"}
+    again = tfu.parse_graph(str(final), constants=constants)
+    assert again == final and render(again).source == render(final).source

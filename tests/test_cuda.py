@@ -275,6 +275,8 @@ def test_symbolic_batch_gets_a_large_block_kernel_for_large_batches():
     net = tfu.Sequential([tfu.Dense(4096, activation="sigmoid")], input_dim=4096, seed=0)
     g = run_pipeline(net.graph(), "canonicalize,fuse,tile_cuda")
     assert tile_of(g) == GpuTiling(bm=64, bn=64, bk=16, tm=4, tn=4)  # planned for 256 rows
+    # the second tiling is in the IR, not re-chosen by the backend: it prints and parses back
+    assert "tile_large=(bm=128, bn=128, bk=8, tm=8, tn=8, rows=640)" in str(g)
     source = cuda_backend.render(g).source
     # 4096 columns are 32 blocks of 128: 5 rows of blocks (640 rows) fill 132 SMs
     assert "if out0.shape[0] >= 640:  # rows enough for 128x128 blocks" in source
@@ -284,6 +286,15 @@ def test_symbolic_batch_gets_a_large_block_kernel_for_large_batches():
     for fixed in ("tile_cuda{bm=64,bn=64,bk=16,tm=4,tn=4}", "tile_cuda{batch=4096}"):
         kept = cuda_backend.render(run_pipeline(net.graph(), f"canonicalize,fuse,{fixed}"))
         assert "_large" not in kept.source  # a user's tiling, or one planned for a batch
+
+
+def test_the_printed_ir_alone_gives_the_same_cuda_program():
+    """The large-batch tiling used to travel in g.meta: parse(print(g)) rendered other code."""
+    net = tfu.Sequential([tfu.Dense(4096, activation="sigmoid")], input_dim=4096, seed=0)
+    g = run_pipeline(net.graph(), "canonicalize,fuse,tile_cuda")
+    constants = {n.name: g.constants[n.id] for n in g if n.op == "const"}
+    again = tfu.parse_graph(str(g), constants=constants)
+    assert cuda_backend.render(again).source == cuda_backend.render(g).source
 
 
 IMPORTED_OPS = """

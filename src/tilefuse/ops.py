@@ -382,6 +382,8 @@ OPS: dict[str, OpDef] = {
             "bias": Attr("bool", True),
             "post": Attr("steps", (), _POST_STEPS),
             "tile": Attr("tiling", None),
+            # target cuda: a second tiling for large batches, from `rows` rows on (tile_cuda)
+            "tile_large": Attr("tiling", None),
             **ACTIVATIONS["gelu"].attrs,
             **ACTIVATIONS["leaky_relu"].attrs,
         },

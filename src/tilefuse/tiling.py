@@ -65,8 +65,11 @@ class GpuTiling:
     bk: int = 16  # the k step: depth of the A and B slices in shared memory
     tm: int = 4  # rows of the per-thread register tile
     tn: int = 4  # columns of the per-thread register tile
+    rows: int = 0  # a dense's `tile_large`: the batches (rows) from which this one runs
 
     def __post_init__(self) -> None:
+        if not isinstance(self.rows, int) or isinstance(self.rows, bool) or self.rows < 0:
+            raise ValueError(f"GpuTiling.rows must be an int >= 0, got {self.rows!r}")
         for f in ("bm", "bn", "bk", "tm", "tn"):
             value = getattr(self, f)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -115,7 +118,8 @@ class GpuTiling:
         return replace(self, **changes)
 
     def items(self) -> list[tuple[str, object]]:
-        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+        return [(f.name, getattr(self, f.name)) for f in fields(self)
+                if f.name != "rows" or self.rows]  # fmt: skip
 
 
 MAX_THREADS_PER_BLOCK = 1024  # every CUDA GPU since compute capability 2.0

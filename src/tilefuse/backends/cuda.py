@@ -39,7 +39,6 @@ from .model import CompiledModel
 
 PIPELINE = "canonicalize,fuse,tile_cuda"
 STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory a block may declare
-LARGE_BATCH = 4096  # the batch a symbolic batch dim's second, large-block kernel is planned for
 
 # one scalar statement per activation: `v` is the value, {T} its dtype (float32 literals keep
 # f32 math in f32 on the device; math.* results are cast back for the simulator's sake)
@@ -348,46 +347,22 @@ class _CudaRenderer(_Renderer):
         return activation_code(name, attrs, t)  # literals typed as t's dtype on the device
 
     def gpu_tiling(self, node: Node) -> GpuTiling:
-        """The node's GpuTiling, or the tile_cuda model's choice (matmul, CPU-tiled dense)."""
-        from ..passes.tile import TYPICAL_BATCH, TileCuda, problem_of
-
+        """The node's GpuTiling as printed; GpuTiling()'s defaults for an op without one (a
+        matmul, or a pipeline without tile_cuda)."""
         given = attrs_of(node).get("tile") if node.op == "dense" else None
-        if isinstance(given, GpuTiling):
-            return given
-        x, w = (self.g[i].type.shape for i in node.inputs[:2])
-        return TileCuda().choose(problem_of(node, x, w, TYPICAL_BATCH))[0]
+        return given if isinstance(given, GpuTiling) else GpuTiling()
 
-    def large_batch_tiling(self, node: Node, t: GpuTiling) -> tuple[int, GpuTiling] | None:
-        """(rows, tiling) for batches of at least `rows` when the batch is symbolic and `t` is
-        the model's choice for the planned batch: the tiling the model picks for a batch that
-        fills the GPU with its largest blocks (128 x 128 in f32: 8 x 8 accumulators a thread,
-        half the shared-memory traffic per multiply of 64 x 64 blocks' 4 x 4)."""
-        from ..passes.tile import (
-            GPU_SMS,
-            PLANNED_FOR_TYPICAL_BATCH,
-            TYPICAL_BATCH,
-            TileCuda,
-            problem_of,
-        )
-
-        x, w = (self.g[i].type.shape for i in node.inputs[:2])
-        planned = self.g.meta.get(PLANNED_FOR_TYPICAL_BATCH, ())
-        chosen_here = not isinstance(attrs_of(node).get("tile"), GpuTiling)  # gpu_tiling's pick
-        if not isinstance(x[0], str) or not (chosen_here or node.id in planned):
-            return None  # given by the user or planned for a batch: kept for every batch
-        large = TileCuda().choose(problem_of(node, x, w, LARGE_BATCH))[0]
-        if large == t:
-            return None
-        columns = -(-w[1] // large.bn)
-        rows = -(-GPU_SMS // columns) * large.bm  # from here the large blocks fill every SM
-        return max(rows, TYPICAL_BATCH + 1), large
+    def large_batch_tiling(self, node: Node) -> tuple[int, GpuTiling] | None:
+        """(rows, tiling) of the dense's `tile_large` (tile_cuda's choice for large batches)."""
+        large = attrs_of(node).get("tile_large") if node.op == "dense" else None
+        return (large.rows, large.replace(rows=0)) if isinstance(large, GpuTiling) else None
 
     def gemm(self, node: Node, x: int, w: int, epilogue: list[str]) -> None:
         t = self.gpu_tiling(node)
         a, b, out = self.value(x), self.value(w), self.var[node.id]
         extra = self.operands(node)[2:] if node.op == "dense" else []
         params = list(dict.fromkeys([a, b, *extra, out]))
-        large = self.large_batch_tiling(node, t)
+        large = self.large_batch_tiling(node)
         name = self.kernel_name(node)
         if large is None:
             self.gemm_kernel(node, name, t, params, epilogue)

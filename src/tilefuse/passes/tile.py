@@ -13,7 +13,7 @@ L3. Each choice is recorded as a `Decision` whose text names the sizes that just
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from .. import machine as machines
@@ -447,9 +447,7 @@ GPU_THREADS_SIDE = 16  # 16 x 16 = 256 threads per block: eight warps to hide la
 # (64 accumulators); f64 takes two registers per value, so its blocks stop at 64.
 GPU_MAX_BLOCK = {"f32": 128, "f64": 64}
 GPU_MIN_BLOCK = 16
-# g.meta key: the dense ops whose GpuTiling the model chose for TYPICAL_BATCH rows of a
-# symbolic batch; the cuda backend adds a large-block kernel for large batches to these
-PLANNED_FOR_TYPICAL_BATCH = "tile_cuda_planned_for_typical_batch"
+LARGE_BATCH = 4096  # a symbolic batch's second, large-block tiling is planned for this many rows
 
 
 def next_power_of_two(value: int) -> int:
@@ -525,26 +523,46 @@ class TileCuda(Pass):
 
         g, decisions = split_epilogue(g, kernel_keeps_cuda, "tile_cuda")
         names = node_names(g)
-        nodes, typical = [], set(g.meta.get(PLANNED_FOR_TYPICAL_BATCH, ()))
+        nodes = []
         for node in g.nodes.values():
             if node.op == "dense":
                 node, decision = self.tile_node(g, node, format_node(g, node.id, names))
                 decisions.append(decision)
                 symbolic = isinstance(g[node.inputs[0]].type.shape[0], str)
                 if decision.code == "model" and symbolic and not self.batch:
-                    typical.add(node.id)
-                else:
-                    typical.discard(node.id)
+                    node, large = self.with_large_batch_tiling(g, node)
+                    decisions += large
             nodes.append(node)
-        meta = {**g.meta, PLANNED_FOR_TYPICAL_BATCH: frozenset(typical)}
-        out = Graph(g.name, nodes, g.inputs, g.outputs, g.constants, meta)
+        out = Graph(g.name, nodes, g.inputs, g.outputs, g.constants, g.meta)
         return with_decisions(out, decisions)
+
+    def with_large_batch_tiling(self, g: Graph, node: Node) -> tuple[Node, list[Decision]]:
+        """A symbolic batch is planned for TYPICAL_BATCH rows; when the model picks other
+        blocks for LARGE_BATCH rows (128 x 128 in f32: 8 x 8 accumulators a thread, half the
+        shared-memory traffic per multiply of 64 x 64 blocks' 4 x 4), the dense gets them too,
+        as `tile_large`, from the batch at which they alone fill every SM."""
+        from .rewrite import line
+
+        planned = attrs_of(node)["tile"]
+        x, w = (g[i].type.shape for i in node.inputs[:2])
+        large, _ = self.choose(problem_of(node, x, w, LARGE_BATCH))
+        if large == planned:
+            return node, []
+        columns = -(-w[1] // large.bn)
+        rows = max(-(-GPU_SMS // columns) * large.bm, TYPICAL_BATCH + 1)
+        large = large.replace(rows=rows)
+        detail = (f"from {rows} rows, {large.bm}x{large.bn} blocks alone fill the {GPU_SMS} "
+                  f"SMs: {_format_tiling(large)} runs those batches")  # fmt: skip
+        node = node.with_attrs(tile_large=large)
+        return node, [Decision("tile_cuda", line(g, node), "chosen", "large_batch", detail)]
 
     def tile_node(self, g: Graph, node: Node, line: str) -> tuple[Node, Decision]:
         given = attrs_of(node)["tile"]
         if isinstance(given, GpuTiling):
             detail = f"given by the user: {_format_tiling(given)}; kept as it is"
             return node, Decision("tile_cuda", line, "kept", "user_node", detail)
+        # a large-batch tiling goes with the one it was planned beside
+        node = replace(node, attrs=tuple(a for a in node.attrs if a[0] != "tile_large"))
         x, w = (g[i].type.shape for i in node.inputs[:2])
         problem = problem_of(node, x, w, self.batch or TYPICAL_BATCH)
         tiling, reasons = self.choose(problem)
