@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 import tilefuse as tfu
-from tilefuse import cache
-from tilefuse.backends import cpu
+from tilefuse import cache, ops
 from tilefuse.check import CheckWarning, check_key, error_ratio
 from tilefuse.errors import AttrError, MiscompileError
 from tilefuse.ir import Graph
@@ -111,7 +110,8 @@ def test_a_wrong_pass_is_named_with_the_node_it_broke(monkeypatch):
 
 
 def test_a_backend_bug_is_named_with_its_node_and_the_reproducer_runs(monkeypatch):
-    monkeypatch.setitem(cpu._BINARY_CODE, "mul", "+")  # the post step's code is now wrong
+    # the code generated for mul is now wrong (the reference still multiplies)
+    monkeypatch.setitem(ops.BINARY_OPS, "mul", ops.Binary("+", np.multiply))
     with pytest.raises(MiscompileError) as err:
         tfu.compile(scaled)
     message = str(err.value)
@@ -129,7 +129,9 @@ def test_the_reproducer_fails_while_the_bug_is_there(tmp_path):
     """A reproducer written by one process and run by another that has the same bug (here a
     sitecustomize that injects it) exits 1 with the localized error."""
     inject = tmp_path / "sitecustomize.py"
-    inject.write_text("from tilefuse.backends import cpu\ncpu._BINARY_CODE['mul'] = '-'\n")
+    inject.write_text(
+        "from tilefuse import ops\nops.BINARY_OPS['mul'] = ops.Binary('-', ops.np.multiply)\n"
+    )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     script = (
         "import sys, tilefuse as tfu\n"

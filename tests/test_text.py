@@ -13,7 +13,7 @@ import tilefuse as tfu
 from conftest import GOLDEN_DIR
 from tilefuse.errors import ParseError
 from tilefuse.ir import DTYPES, TensorType
-from tilefuse.ops import ACTIVATIONS, BINARY_REFS, ELEMENTWISE_ACTIVATIONS, GraphBuilder
+from tilefuse.ops import ACTIVATIONS, BINARY_REFS, GraphBuilder, elementwise_activation
 from tilefuse.text import INLINE_LIMIT, node_names, parse_graph, print_graph
 from tilefuse.tiling import PARALLEL_CHOICES, Tiling
 
@@ -234,7 +234,12 @@ class RandomGraph:
         )
         attrs["bias"] = self.draw(st.booleans())
         attrs["post"] = self.draw(
-            st.lists(st.sampled_from(list(BINARY_REFS) + list(ELEMENTWISE_ACTIVATIONS)), max_size=3)
+            st.lists(
+                st.sampled_from(
+                    list(BINARY_REFS) + [a for a in ACTIVATIONS if elementwise_activation(a)]
+                ),
+                max_size=3,
+            )
         )
         if self.draw(st.booleans()):
             attrs["tile"] = self.draw(tilings())

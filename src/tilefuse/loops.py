@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from .ir import Dim, Graph, Node
-from .ops import ACTIVATIONS, BINARY_REFS, ELEMENTWISE_ACTIVATIONS, attrs_of
+from .ops import ACTIVATIONS, BINARY_REFS, attrs_of, elementwise_activation
 from .text import format_node, node_names
 from .tiling import GpuTiling, Tiling
 
@@ -160,7 +160,7 @@ class _NestPrinter:
 
     def elementwise(self) -> bool:
 
-        return self.attrs["act"] in ELEMENTWISE_ACTIVATIONS
+        return elementwise_activation(self.attrs["act"])
 
     def operands(self, indexed: bool = True) -> list[str]:
         """The bias and post operands, indexed at the element the micro-tile stores."""

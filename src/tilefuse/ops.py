@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from .errors import AttrError, DTypeError, ShapeError
-from .ir import DTYPES, Dim, Graph, Node, TensorType, dtype_name
+from .ir import DTYPES, Dim, Graph, Node, TensorType, check_name, dtype_name
+from .source import float_literal
 from .tiling import GpuTiling, Tiling, tiling_from_fields
 
 REQUIRED = object()
@@ -70,39 +71,102 @@ def _log_softmax(x: np.ndarray, axis: int = -1, **_: Any) -> np.ndarray:
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
+def _gelu_scalar(attrs: dict[str, Any]) -> list[str]:
+    if attrs.get("approximate", "none") == "tanh":
+        return [
+            "u = {T}(0.7978845608028654) * (v + {T}(0.044715) * v * v * v)",
+            "v = {T}(0.5) * v * ({T}(1) + {T}(math.tanh(u)))",
+        ]
+    # 0.5 x erfc(-x/sqrt2): the tail is kept, as in the reference
+    return ["v = {T}(0.5) * v * {T}(math.erfc(v * {T}(-0.7071067811865476)))"]
+
+
 @dataclass(frozen=True)
 class Activation:
+    """One activation: its NumPy reference, and the scalar statements generated loops run.
+
+    `scalar(attrs)` gives Python statements that rewrite `v`, the element: `{T}` is the
+    element's scalar type as a cast (`float32(...)` on the cuda target, nothing on the CPU),
+    and `{alpha}` (any attribute, by name) its value as a literal. A backend with no special
+    code for an activation runs these; that is all a new activation needs to run everywhere
+    (the CPU kernels' vector epilogue is extra: CPU_KERNEL_ACTIVATIONS)."""
+
     fn: Callable[..., np.ndarray]
-    elementwise: bool = True
+    scalar: Callable[[dict[str, Any]], list[str]] | None = None  # None: not elementwise
     attrs: dict[str, Attr] = field(default_factory=dict)
+    flops: int = 4  # per element, for the cost model (a transcendental costs a handful)
+
+    @property
+    def elementwise(self) -> bool:
+        return self.scalar is not None
+
+
+def _statements(*lines: str) -> Callable[[dict[str, Any]], list[str]]:
+    return lambda attrs: list(lines)
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "identity": Activation(lambda x, **_: x),
-    "relu": Activation(lambda x, **_: np.maximum(x, x.dtype.type(0))),
-    "sigmoid": Activation(lambda x, **_: np.exp(-np.logaddexp(0, -x)).astype(x.dtype)),
-    "tanh": Activation(lambda x, **_: np.tanh(x)),
-    "gelu": Activation(_gelu, attrs={"approximate": Attr("str", "none", ("none", "tanh"))}),
+    "identity": Activation(lambda x, **_: x, _statements(), flops=0),
+    "relu": Activation(
+        lambda x, **_: np.maximum(x, x.dtype.type(0)),
+        _statements("v = v if not v < {T}(0) else {T}(0)"),  # NaN stays NaN
+        flops=1,
+    ),
+    "sigmoid": Activation(
+        lambda x, **_: np.exp(-np.logaddexp(0, -x)).astype(x.dtype),
+        _statements(
+            "z = {T}(math.exp(-abs(v)))",  # exp of a non-positive number: never overflows
+            "v = {T}(1) / ({T}(1) + z) if v >= {T}(0) else z / ({T}(1) + z)",
+        ),
+    ),
+    "tanh": Activation(lambda x, **_: np.tanh(x), _statements("v = {T}(math.tanh(v))")),
+    "gelu": Activation(
+        _gelu, _gelu_scalar, attrs={"approximate": Attr("str", "none", ("none", "tanh"))}, flops=8
+    ),
     "leaky_relu": Activation(
         lambda x, alpha=0.01, **_: np.where(x >= 0, x, x * x.dtype.type(alpha)),
+        _statements("v = v if v >= {T}(0) else v * {T}({alpha})"),
         attrs={"alpha": Attr("float", 0.01)},
+        flops=2,
     ),
-    "softmax": Activation(_softmax, elementwise=False, attrs={"axis": Attr("int", -1)}),
-    "log_softmax": Activation(_log_softmax, elementwise=False, attrs={"axis": Attr("int", -1)}),
+    "softmax": Activation(_softmax, attrs={"axis": Attr("int", -1)}, flops=5),
+    "log_softmax": Activation(_log_softmax, attrs={"axis": Attr("int", -1)}, flops=5),
 }
-ELEMENTWISE_ACTIVATIONS = tuple(k for k, a in ACTIVATIONS.items() if a.elementwise)
 
-BINARY_REFS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "add": np.add,
-    "sub": np.subtract,
-    "mul": np.multiply,
-    "div": np.divide,
+
+@dataclass(frozen=True)
+class Binary:
+    symbol: str  # in generated code and printed formulas: a + b
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+BINARY_OPS: dict[str, Binary] = {
+    "add": Binary("+", np.add),
+    "sub": Binary("-", np.subtract),
+    "mul": Binary("*", np.multiply),
+    "div": Binary("/", np.divide),
 }
+BINARY_REFS = {name: b.fn for name, b in BINARY_OPS.items()}
+
+
+def elementwise_activation(op: str) -> bool:
+    return op in ACTIVATIONS and ACTIVATIONS[op].elementwise
+
+
+def activation_statements(name: str, attrs: dict[str, Any], scalar_type: str) -> list[str]:
+    """The scalar statements of activation `name` on `v`, with `{T}` as `scalar_type` (a cast,
+    or "" for none) and attributes as literals (`float_literal`: nan and inf included)."""
+    act = ACTIVATIONS[name]
+    if act.scalar is None:
+        raise AttrError(f"{name} is not elementwise: it has no scalar statements")
+    values = {k: attrs.get(k, a.default) for k, a in act.attrs.items()}
+    literals = {k: float_literal(v) if isinstance(v, float) else v for k, v in values.items()}
+    return [line.format(T=scalar_type, **literals) for line in act.scalar(values)]
 
 
 def is_elementwise(op: str) -> bool:
     """An op whose every output element depends on the same element of each operand only."""
-    return op in BINARY_REFS or (op in ACTIVATIONS and ACTIVATIONS[op].elementwise)
+    return op in BINARY_OPS or elementwise_activation(op)
 
 
 def apply_activation(name: str, x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
@@ -358,8 +422,30 @@ def _reduce_op(name: str) -> OpDef:
     return OpDef(name, (1, 1), "reduce", _infer_reduce, ref, attrs=attrs)
 
 
-_ACT_CHOICES = tuple(ACTIVATIONS)
-_POST_STEPS = tuple(BINARY_REFS) + ELEMENTWISE_ACTIVATIONS
+def _dense_op() -> OpDef:
+    """The fused dense op; its `act` and `post` choices and activation attributes come from
+    the tables above (made again when an activation is registered)."""
+    elementwise = tuple(name for name in ACTIVATIONS if elementwise_activation(name))
+    activation_attrs = {k: a for act in ACTIVATIONS.values() for k, a in act.attrs.items()
+                        if k != "axis"}  # a dense's softmax is over its rows  # fmt: skip
+    return OpDef(
+        "dense",
+        (2, 16),
+        "fused",
+        _infer_dense,
+        _ref_dense,
+        attrs={
+            "act": Attr("str", "identity", tuple(ACTIVATIONS)),
+            "bias": Attr("bool", True),
+            "post": Attr("steps", (), tuple(BINARY_OPS) + elementwise),
+            "tile": Attr("tiling", None),
+            # target cuda: a second tiling for large batches, from `rows` rows on (tile_cuda)
+            "tile_large": Attr("tiling", None),
+            **activation_attrs,
+        },
+        doc="act(x @ w + b) followed by the elementwise `post` steps",
+    )
+
 
 OPS: dict[str, OpDef] = {
     "input": OpDef("input", (0, 0), "source", None, None, doc="a graph input"),
@@ -371,24 +457,7 @@ OPS: dict[str, OpDef] = {
         for op, f in BINARY_REFS.items()
     },
     **{name: _activation_op(name) for name in ACTIVATIONS},
-    "dense": OpDef(
-        "dense",
-        (2, 16),
-        "fused",
-        _infer_dense,
-        _ref_dense,
-        attrs={
-            "act": Attr("str", "identity", _ACT_CHOICES),
-            "bias": Attr("bool", True),
-            "post": Attr("steps", (), _POST_STEPS),
-            "tile": Attr("tiling", None),
-            # target cuda: a second tiling for large batches, from `rows` rows on (tile_cuda)
-            "tile_large": Attr("tiling", None),
-            **ACTIVATIONS["gelu"].attrs,
-            **ACTIVATIONS["leaky_relu"].attrs,
-        },
-        doc="act(x @ w + b) followed by the elementwise `post` steps",
-    ),
+    "dense": _dense_op(),
     **{
         op: OpDef(op, (1, 1), "unary", _infer_unary, lambda a, _, f=f: f(a[0]))
         for op, f in UNARY_REFS.items()
@@ -440,6 +509,24 @@ OPS: dict[str, OpDef] = {
         doc="(x - mean) / sqrt(var + epsilon) * scale + bias over the axes axis..rank-1",
     ),
 }
+
+
+def register_activation(name: str, activation: Activation) -> None:
+    """Add an activation: its op, and its place in the dense op's `act` and `post` choices.
+    Everything else (fusion, the DSL's `Dense(activation=name)`, both backends' loops and the
+    cuda GEMM's epilogue, the cost model) reads this table. See docs/adding-an-op.md."""
+    check_name(name, "activation name")
+    if name in OPS and name not in ACTIVATIONS:
+        raise AttrError(f"{name!r} is already an op that is not an activation")
+    ACTIVATIONS[name] = activation
+    OPS[name] = _activation_op(name)
+    OPS["dense"] = _dense_op()
+
+
+def unregister_activation(name: str) -> None:
+    """Remove an activation `register_activation` added (tests clean up with it)."""
+    del ACTIVATIONS[name], OPS[name]
+    OPS["dense"] = _dense_op()
 
 
 # -- attribute checking --------------------------------------------------------------------

@@ -18,7 +18,7 @@ import subprocess
 
 from .errors import TilefuseError
 from .ir import Graph, Node, format_value, node_names
-from .ops import ACTIVATIONS, OPS, attrs_of
+from .ops import ACTIVATIONS, BINARY_OPS, OPS, attrs_of
 
 FORMATS = ("svg", "png", "dot")
 KIND_COLORS = {
@@ -30,7 +30,6 @@ KIND_COLORS = {
     "fused": "#bcbddc",
 }
 DOT_TIMEOUT_S = 60
-SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}
 
 
 # -- the graph ------------------------------------------------------------------------------
@@ -82,7 +81,8 @@ def dense_steps(g: Graph, node: Node, names: dict[int, str]) -> list[str]:
         params = [f"{k}={format_value(attrs[k])}" for k in ACTIVATIONS[attrs["act"]].attrs]
         steps.append(attrs["act"] + (f"[{', '.join(params)}]" if params else ""))
     for step in attrs["post"]:
-        steps.append(f"{SYMBOLS[step]} {rest.pop(0)}" if step in SYMBOLS else step)
+        binary = BINARY_OPS.get(step)
+        steps.append(f"{binary.symbol} {rest.pop(0)}" if binary else step)
     return steps
 
 

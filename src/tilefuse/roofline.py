@@ -40,10 +40,6 @@ GBPS_ENV = "TILEFUSE_PEAK_GBPS"
 CACHE_FILE = "roofline.json"
 FMA_CHAINS = 12  # independent accumulators: enough to hide the FMA latency (4-5 cycles x 2 ports)
 BANDWIDTH_BYTES = 256 * 2**20  # arrays far larger than any cache
-# flops per element of an elementwise activation: comparisons count 1, transcendental ones a
-# handful (what a vectorised exp or tanh costs in multiply-adds, roughly)
-ACTIVATION_FLOPS = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 4, "tanh": 4, "gelu": 8}
-AXIS_OP_FLOPS = 5  # softmax: max, subtract, exp, sum, divide
 JIT_ENGINES: list = []
 
 
@@ -100,7 +96,7 @@ def op_flops(g: Graph, node: Node, batch: int) -> int:
     if node.op in BINARY_REFS:
         return out
     if node.op in ACTIVATIONS:
-        return out * ACTIVATION_FLOPS.get(node.op, AXIS_OP_FLOPS)
+        return out * ACTIVATIONS[node.op].flops
     return 0  # transpose and friends move data, they do not compute
 
 
@@ -110,9 +106,7 @@ def epilogue_flops(dense: Node) -> int:
         return 0
     attrs = attrs_of(dense)
     steps = [attrs["act"], *attrs["post"]]
-    return int(attrs["bias"]) + sum(
-        1 if s in BINARY_REFS else ACTIVATION_FLOPS.get(s, AXIS_OP_FLOPS) for s in steps
-    )
+    return int(attrs["bias"]) + sum(1 if s in BINARY_REFS else ACTIVATIONS[s].flops for s in steps)
 
 
 def op_cost(g: Graph, node: Node, batch: int) -> Cost:

@@ -30,7 +30,7 @@ from .._version import kernel_fingerprint
 from ..cache import Loaded, load_generated
 from ..errors import InputError, TilefuseError
 from ..ir import DTYPES, Graph, Node, TensorType
-from ..ops import attrs_of
+from ..ops import BINARY_OPS, activation_statements, attrs_of
 from ..passes.memory import memory_plan_of
 from ..source import comment, float_literal, identifier
 from ..text import format_node, node_names
@@ -43,20 +43,6 @@ from .model import CompiledModel
 PIPELINE = "canonicalize,fuse,tile,plan_memory"
 _HERE = pathlib.Path(__file__).parent
 
-# one scalar statement per activation: `v` is the value being computed
-_ACTIVATION_CODE = {
-    "identity": [],
-    "relu": ["v = v if not v < 0 else 0.0"],
-    "sigmoid": ["v = 1.0 / (1.0 + math.exp(-v))"],
-    "tanh": ["v = math.tanh(v)"],
-    # 0.5 x erfc(-x/sqrt2), not 0.5 x (1 + erf(x/sqrt2)): the tail is kept (gelu(-9) = -1e-18)
-    "gelu": ["v = 0.5 * v * math.erfc(v * -0.7071067811865476)"],
-    "gelu_tanh": [
-        "v = 0.5 * v * (1.0 + math.tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))"
-    ],
-    "leaky_relu": ["v = v if v >= 0 else v * {alpha}"],
-}
-_BINARY_CODE = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _ROWWISE = ("softmax", "log_softmax")
 
 
@@ -68,11 +54,8 @@ def activation_key(name: str, attrs: dict[str, Any]) -> str:
 
 
 def activation_code(name: str, attrs: dict[str, Any]) -> list[str]:
-    key = activation_key(name, attrs)
-    if key not in _ACTIVATION_CODE:
-        raise TilefuseError(f"cpu backend: activation {name!r} is not elementwise")
-    alpha = float_literal(attrs.get("alpha", 0.01))
-    return [s.format(alpha=alpha) for s in _ACTIVATION_CODE[key]]
+    """The op table's scalar statements of an activation, untyped (Numba infers)."""
+    return activation_statements(name, attrs, "")
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -238,9 +221,9 @@ class _Renderer:
     def elementwise_body(self, node: Node) -> list[str]:
         """The statements computing one element of a binary op or an activation."""
         dst = self.read(node.id, node.type)  # the element written, indexed as it is read
-        if node.op in _BINARY_CODE:
+        if node.op in BINARY_OPS:
             a, b = (self.read(i, node.type) for i in node.inputs)
-            body = [f"v = {a} {_BINARY_CODE[node.op]} {b}"]
+            body = [f"v = {a} {BINARY_OPS[node.op].symbol} {b}"]
         else:
             body = [f"v = {self.read(node.inputs[0], node.type)}"]
             body += self.activation_statements(node.op, attrs_of(node), node.type)
@@ -505,8 +488,9 @@ class _Renderer:
         operands = list(node.inputs[2 + int(attrs["bias"]) :])
         code: list[str] = []
         for step in attrs["post"]:
-            if step in _BINARY_CODE:
-                code.append(f"v = v {_BINARY_CODE[step]} {self.read(operands.pop(0), node.type)}")
+            if step in BINARY_OPS:
+                operand = self.read(operands.pop(0), node.type)
+                code.append(f"v = v {BINARY_OPS[step].symbol} {operand}")
             else:
                 code += self.activation_statements(step, {}, node.type)
         return code

@@ -29,35 +29,16 @@ import numpy as np
 
 from ..errors import InputError, TilefuseError
 from ..ir import Graph, Node, TensorType
-from ..ops import attrs_of
+from ..ops import activation_statements, attrs_of
 from ..source import comment, float_literal
 from ..text import format_node
 from ..tiling import GpuTiling
 from . import reference
-from .cpu import Rendered, _Renderer, activation_key, load_module, module_header
+from .cpu import Rendered, _Renderer, load_module, module_header
 from .model import CompiledModel
 
 PIPELINE = "canonicalize,fuse,tile_cuda"
 STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory a block may declare
-
-# one scalar statement per activation: `v` is the value, {T} its dtype (float32 literals keep
-# f32 math in f32 on the device; math.* results are cast back for the simulator's sake)
-_ACTIVATION_CODE = {
-    "identity": [],
-    "relu": ["v = v if not v < {T}(0) else {T}(0)"],
-    "sigmoid": [
-        "z = {T}(math.exp(-abs(v)))",  # exp of a non-positive number: never overflows
-        "v = {T}(1) / ({T}(1) + z) if v >= {T}(0) else z / ({T}(1) + z)",
-    ],
-    "tanh": ["v = {T}(math.tanh(v))"],
-    "gelu": ["v = {T}(0.5) * v * {T}(math.erfc(v * {T}(-0.7071067811865476)))"],
-    "gelu_tanh": [
-        "u = {T}(0.7978845608028654) * (v + {T}(0.044715) * v * v * v)",
-        "v = {T}(0.5) * v * ({T}(1) + {T}(math.tanh(u)))",
-    ],
-    "leaky_relu": ["v = v if v >= {T}(0) else v * {T}({alpha})"],
-}
-_BINARY_CODE = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
 def scalar_type(t: TensorType) -> str:
@@ -65,11 +46,9 @@ def scalar_type(t: TensorType) -> str:
 
 
 def activation_code(name: str, attrs: dict[str, Any], t: TensorType) -> list[str]:
-    key = activation_key(name, attrs)
-    if key not in _ACTIVATION_CODE:
-        raise TilefuseError(f"cuda backend: activation {name!r} is not elementwise")
-    alpha = float_literal(attrs.get("alpha", 0.01))
-    return [s.format(T=scalar_type(t), alpha=alpha) for s in _ACTIVATION_CODE[key]]
+    """The op table's scalar statements of an activation, typed as `t` (float32 literals keep
+    f32 math in f32 on the device; math.* results are cast back for the simulator's sake)."""
+    return activation_statements(name, attrs, scalar_type(t))
 
 
 def indent(lines: list[str], depth: int) -> list[str]:

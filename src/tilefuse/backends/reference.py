@@ -19,7 +19,7 @@ import numpy as np
 from .. import interpret
 from ..interpret import Hook, bind_inputs, check_input, run  # noqa: F401 - tfu.reference.run
 from ..ir import Graph, Node
-from ..ops import ELEMENTWISE_ACTIVATIONS, apply_activation, apply_epilogue, attrs_of, evaluate
+from ..ops import apply_activation, apply_epilogue, attrs_of, elementwise_activation, evaluate
 from ..tiling import GpuTiling, Tiling
 
 
@@ -107,7 +107,7 @@ class Epilogue:
         operands = [np.broadcast_to(o, shape) for o in operands]
         self.bias = operands.pop(0) if attrs["bias"] else None
         self.post = operands  # the extra operands of the binary post steps, in order
-        self.per_tile = attrs["act"] in ELEMENTWISE_ACTIVATIONS
+        self.per_tile = elementwise_activation(attrs["act"])
 
     def tile(self, z: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
         if self.bias is not None:

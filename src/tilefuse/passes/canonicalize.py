@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..ir import DTYPES, Graph, Node, array_digest
-from ..ops import BINARY_REFS, ELEMENTWISE_ACTIVATIONS, evaluate
+from ..ops import BINARY_OPS, elementwise_activation, evaluate
 from .base import Decision, Pass, with_decisions
 from .rewrite import (
     Applied,
@@ -42,7 +42,7 @@ from .rewrite import (
     without_dead_code,
 )
 
-BINARY = tuple(BINARY_REFS)
+BINARY = tuple(BINARY_OPS)
 
 
 # -- constant folding and identities -------------------------------------------------------
@@ -200,7 +200,7 @@ ORIENTATION_RULES = [
     ),
     Rule(
         "activation_across_transpose",
-        pat(ELEMENTWISE_ACTIVATIONS, transposed("t", "y")),
+        pat(elementwise_activation, transposed("t", "y")),
         activation_across_transpose,
     ),
     Rule(

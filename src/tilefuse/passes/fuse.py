@@ -24,14 +24,20 @@ from typing import ClassVar
 import networkx as nx
 
 from ..ir import Graph, Node
-from ..ops import ACTIVATIONS, BINARY_REFS, ELEMENTWISE_ACTIVATIONS, OPS, attrs_of, broadcast_shapes
+from ..ops import (
+    ACTIVATIONS,
+    BINARY_OPS,
+    OPS,
+    attrs_of,
+    broadcast_shapes,
+    elementwise_activation,
+)
 from .base import Decision, Pass, with_decisions
 from .canonicalize import ORIENTATION_RULES, applied_decisions
 from .rewrite import Edit, Match, Rule, any_node, fresh_copy, line, pat, rewrite, single_use
 
 MAX_DENSE_OPERANDS = OPS["dense"].arity[1]
 Problem = tuple[str, str]  # (reason code, a sentence saying what the user could change)
-SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
 # -- legality ------------------------------------------------------------------------------
@@ -54,7 +60,7 @@ def act_slot_free(dense: Node) -> bool:
 
 
 def epilogue_candidate(node: Node) -> bool:
-    return node.op in ACTIVATIONS or node.op in BINARY_REFS
+    return node.op in ACTIVATIONS or node.op in BINARY_OPS
 
 
 def multi_use_problem(g: Graph, dense: Node) -> Problem:
@@ -90,7 +96,7 @@ def activation_problem(dense: Node, act: Node) -> Problem | None:
 def binary_problem(g: Graph, dense: Node, op: Node) -> Problem | None:
     other = g[op.inputs[1] if op.inputs[0] == dense.id else op.inputs[0]]
     if op.inputs[0] != dense.id and op.op in ("sub", "div"):
-        symbol = SYMBOLS[op.op]
+        symbol = BINARY_OPS[op.op].symbol
         return (
             "operand_order",
             f"{op.op} has the matmul result z as its second operand; an epilogue step computes "
@@ -155,10 +161,10 @@ DENSE = pat("dense", name="d", where=[single_use])
 
 FUSION_RULES = [
     Rule("matmul_to_dense", pat("matmul"), matmul_to_dense),
-    *(Rule(f"dense_{act}", pat(act, DENSE), absorb_activation) for act in ELEMENTWISE_ACTIVATIONS),
+    Rule("dense_activation", pat(elementwise_activation, DENSE), absorb_activation),
     *(
         Rule(f"dense_{op}", pat(op, DENSE, any_node("r"), commutative=True), absorb_binary)
-        for op in BINARY_REFS
+        for op in BINARY_OPS
     ),
 ]
 

@@ -37,11 +37,17 @@ class Pattern:
     also tries the two operands of a binary op the other way round.
     """
 
-    ops: frozenset[str] | None = None
+    ops: frozenset[str] | Callable[[str], bool] | None = None  # names, or a test of the name
     operands: tuple[Pattern, ...] | None = None
     name: str | None = None
     where: tuple[Predicate, ...] = ()
     commutative: bool = False
+
+    def may_match(self, op: str) -> bool:
+        """Whether a node of op `op` can match (its operands and predicates aside)."""
+        if self.ops is None:
+            return True
+        return self.ops(op) if callable(self.ops) else op in self.ops
 
     def match(self, g: Graph, node: Node) -> Match | None:
         """The first way `node` matches, or None."""
@@ -52,7 +58,7 @@ class Pattern:
         return self._matches(g, node, {})
 
     def _matches(self, g: Graph, node: Node, bound: Match) -> Iterator[Match]:
-        if self.ops is not None and node.op not in self.ops:
+        if not self.may_match(node.op):
             return
         if self.name is not None:
             if self.name in bound and bound[self.name].id != node.id:
@@ -85,14 +91,15 @@ def _match_operands(
 
 
 def pat(
-    ops: str | Iterable[str],
+    ops: str | Iterable[str] | Callable[[str], bool],
     *operands: Pattern,
     name: str | None = None,
     where: Iterable[Predicate] = (),
     commutative: bool = False,
 ) -> Pattern:
-    """A node whose op is `ops` (a name or several); with operands, they must match in order."""
-    names = frozenset([ops] if isinstance(ops, str) else ops)
+    """A node whose op is `ops` (a name, several, or a test of the name, which sees ops added
+    to the tables later); with operands, they must match in order."""
+    names = ops if callable(ops) else frozenset([ops] if isinstance(ops, str) else ops)
     return Pattern(names, tuple(operands) or None, name, tuple(where), commutative)
 
 
@@ -185,9 +192,7 @@ def rewrite(
 ) -> tuple[Graph, list[Applied]]:
     """Apply `rules` until none fires; the result is dead-code free. Returns what fired."""
     g = without_dead_code(g)
-    rules_of_op = {
-        op: [r for r in rules if r.pattern.ops is None or op in r.pattern.ops] for op in OPS
-    }
+    rules_of_op = {op: [r for r in rules if r.pattern.may_match(op)] for op in OPS}
     applied: list[Applied] = []
     for _ in range(max_steps):
         step = _first_rewrite(g, rules_of_op)
