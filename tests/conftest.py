@@ -30,6 +30,25 @@ settings.register_profile("dev", deadline=None, max_examples=100)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
+
+
+def gpu_present() -> bool:
+    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))
+
+
+def use_cuda_simulator() -> None:
+    """numba.cuda picks the simulator or the driver once, when it is first imported: choose
+    the simulator before that, unless this machine has a GPU (the flag changes nothing for
+    the CPU backend's @njit code). Test modules of the cuda target call this first."""
+    import sys
+
+    if "numba.cuda" not in sys.modules and not gpu_present():
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+        import numba.core.config
+
+        numba.core.config.reload_config()  # numba read its environment when it was imported
+
+
 ROOT = pathlib.Path(__file__).parent.parent
 
 

@@ -20,19 +20,10 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import gpu_present as _gpu_present  # noqa: E402, F401
+from conftest import use_cuda_simulator  # noqa: E402
 
-def _gpu_present() -> bool:
-    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))
-
-
-# numba.cuda picks the simulator or the driver once, when it is first imported: choose the
-# simulator before that, unless this machine has a GPU. Nothing else in the suite imports
-# numba.cuda, and the flag changes nothing for the CPU backend's @njit code.
-if "numba.cuda" not in sys.modules and not _gpu_present():
-    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
-    import numba.core.config
-
-    numba.core.config.reload_config()  # numba read its environment when it was imported
+use_cuda_simulator()
 
 cuda = pytest.importorskip("numba.cuda")
 R = pytest.importorskip("tilefuse.backends.cuda_runtime")

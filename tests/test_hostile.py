@@ -121,9 +121,9 @@ def test_generated_source_escapes_even_names_that_got_past_the_door():
     g = net.graph()
     g.name = PAYLOADS[1]  # the Graph constructor would refuse it
     assert not imports_anything(cpu.render(g).source)
-    from tilefuse.backends.cuda import _CudaRenderer  # renders without importing numba.cuda
+    from tilefuse.backends.cuda import CudaRenderer  # renders without importing numba.cuda
 
-    assert not imports_anything(_CudaRenderer(g).render().source)
+    assert not imports_anything(CudaRenderer(g).render().source)
     bad_dim = copy.copy(g[g.inputs[0]].type)
     object.__setattr__(bad_dim, "shape", (PAYLOADS[0], 4))
     node = copy.copy(g[g.inputs[0]])

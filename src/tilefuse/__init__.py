@@ -16,6 +16,7 @@ from .dsl import (
     Input,
     Sequential,
     Tensor,
+    activation,
     function,
     gelu,
     identity,
@@ -56,6 +57,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "OPS",
+    "activation",
     "DTypeError",
     "Dense",
     "Function",

@@ -262,13 +262,33 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[..., Any]] = {
 _ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
 
 
+def activation(name: str) -> Callable[..., Any]:
+    """The function of activation `name` of the op table, one registered later included
+    (`tilefuse.ops.register_activation`): `tfu.activation("softsign")(x)`."""
+    return _named_activation(name)
+
+
+def _named_activation(name: str) -> Callable[..., Any]:
+    from .ops import ACTIVATIONS
+
+    if name in ACTIVATION_FUNCTIONS:
+        return ACTIVATION_FUNCTIONS[name]
+    if name not in ACTIVATIONS:
+        raise AttrError(f"unknown activation {name!r}; legal: {', '.join(ACTIVATIONS)}")
+    return functools.partial(_activation, name)
+
+
 def resolve_activation(activation: Any, loc: str | None = None) -> Callable[..., Any]:
     """An activation given by name or as one of tfu's functions."""
+    from .ops import ACTIVATIONS
+
     if callable(activation) and activation in ACTIVATION_FUNCTIONS.values():
         return activation
+    if isinstance(activation, functools.partial) and activation.func is _activation:
+        return activation
     name = _ALIASES.get(activation, activation)
-    if isinstance(name, str) and name in ACTIVATION_FUNCTIONS:
-        return ACTIVATION_FUNCTIONS[name]
+    if isinstance(name, str) and (name in ACTIVATION_FUNCTIONS or name in ACTIVATIONS):
+        return _named_activation(name)
     legal = ", ".join(list(ACTIVATION_FUNCTIONS) + ["linear", "None"])
     raise AttrError(f"{loc + ': ' if loc else ''}unknown activation {activation!r}; legal: {legal}")
 

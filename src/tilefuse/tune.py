@@ -53,7 +53,6 @@ MIN_GAIN = 0.02  # a winner must be at least this much faster, however quiet the
 SAMPLE_SECONDS = 0.002  # one sample: enough back-to-back calls to last about this long
 WARM_BELOW = 0.005  # calls shorter than this get one untimed call before each sample
 SCREEN_ROUNDS = 3
-SCREEN_SHARE = 0.6  # of an op's budget; the rest re-measures the finalists
 FINAL_ROUNDS = (5, 15)  # paired rounds against the heuristic: at least, at most
 CHALLENGERS = 2  # finalists besides the heuristic
 MAX_CANDIDATES = 24  # before the budget prunes further

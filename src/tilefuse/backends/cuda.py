@@ -34,8 +34,8 @@ from ..source import comment, float_literal
 from ..text import format_node
 from ..tiling import GpuTiling
 from . import reference
-from .cpu import Rendered, _Renderer, load_module, module_header
 from .model import CompiledModel
+from .render import Rendered, Renderer, load_module, module_header
 
 PIPELINE = "canonicalize,fuse,tile_cuda"
 STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory a block may declare
@@ -56,8 +56,10 @@ def indent(lines: list[str], depth: int) -> list[str]:
 
 
 # -- rendering -----------------------------------------------------------------------------
-class _CudaRenderer(_Renderer):
+class CudaRenderer(Renderer):
     """Kernels go to `self.kernels`; the launches, in graph order, to `forward`'s body."""
+
+    target = "cuda"
 
     def __init__(self, g: Graph) -> None:
         super().__init__(g)
@@ -515,12 +517,12 @@ _FORWARD_DOC = '''def forward({args}):
 
 def render(g: Graph) -> Rendered:
     """Readable Python source: one `@cuda.jit` kernel per op and a host `forward`."""
-    return _CudaRenderer(g).render()
+    return CudaRenderer(g).render()
 
 
 def kernel_signatures(g: Graph) -> dict[str, list[tuple[str, int]]]:
     """Each kernel's arguments as (dtype, ndim), for compiling them without running them."""
-    renderer = _CudaRenderer(g)
+    renderer = CudaRenderer(g)
     renderer.render()
     return renderer.signatures
 
@@ -549,7 +551,7 @@ def kernel_llvm(g: Graph, cc: tuple[int, int] = (8, 0)) -> dict[str, str]:
     from numba import types
     from numba.cuda.compiler import compile_cuda
 
-    renderer = _CudaRenderer(g)
+    renderer = CudaRenderer(g)
     module = load_module(renderer.render().source, g.name, trial=False).module
     llvm: dict[str, str] = {}
     for name, args in renderer.signatures.items():

@@ -47,14 +47,14 @@ def kernel_ptx(g: Graph, cc: tuple[int, int] = DEFAULT_CC) -> dict[str, str]:
     """PTX of every kernel of the tiled graph `g`, by name, for compute capability `cc`. The
     arrays are typed C-contiguous, as the device arrays `forward` passes them are."""
     from . import cuda_runtime as R
-    from .cpu import load_module
-    from .cuda import _CudaRenderer, array_types
+    from .cuda import CudaRenderer, array_types
+    from .render import load_module
 
     if R.simulated():
         raise TilefuseError(NEEDS_NVVM + " (numba.cuda is the CUDA simulator in this process)")
     from numba import cuda, types
 
-    renderer = _CudaRenderer(g)
+    renderer = CudaRenderer(g)
     module = load_module(renderer.render().source, g.name, trial=False).module
     ptx: dict[str, str] = {}
     for name, args in renderer.signatures.items():

@@ -1,0 +1,597 @@
+"""Rendering a graph as Python source: the `Renderer` writes one `forward` function for the
+whole graph, an IR line's block at a time, through one lowering rule per op (`RULES`). It is
+the CPU backend's renderer, and the base the cuda backend's specialises (kernels instead of
+loops). `load_module` imports what it wrote from the cache folder.
+
+    print(render(g).source)       # = tfu.compile(g).source()
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._version import kernel_fingerprint
+from ..cache import Loaded, load_generated
+from ..errors import TilefuseError
+from ..ir import DTYPES, Graph, Node, TensorType
+from ..ops import BINARY_OPS, OPS, activation_statements, attrs_of, elementwise_activation
+from ..passes.memory import memory_plan_of
+from ..source import comment, float_literal, identifier
+from ..text import format_node, node_names
+from ..tiling import CPU_KERNEL_ACTIVATIONS, Tiling
+from .cpu_kernels import ACTIVATION_CODE, default_tiling, pack_weights, parallel_code
+
+_ROWWISE = ("softmax", "log_softmax")
+
+
+def activation_key(name: str, attrs: dict[str, Any]) -> str:
+    """The kernel name of an activation: gelu splits by its approximation."""
+    if name == "gelu" and attrs.get("approximate", "none") == "tanh":
+        return "gelu_tanh"
+    return name
+
+
+def activation_code(name: str, attrs: dict[str, Any]) -> list[str]:
+    """The op table's scalar statements of an activation, untyped (Numba infers)."""
+    return activation_statements(name, attrs, "")
+
+
+# -- rendering -----------------------------------------------------------------------------
+@dataclass
+class Rendered:
+    """Generated source plus the arrays `forward` takes after the inputs, in order."""
+
+    source: str
+    param_names: list[str]
+    params: list[np.ndarray]
+    outputs: list[TensorType]
+    input_names: list[str] = field(default_factory=list)
+    workspace: list[tuple[np.dtype, Any]] = field(default_factory=list)  # (dtype, Size)
+    batch_symbol: str = "N"  # the symbolic dim the workspace sizes are functions of
+
+
+class Renderer:
+    """Writes `forward` for graph `g`: inputs and dims bound, then one block per op."""
+
+    target = "cpu"
+
+    def __init__(self, g: Graph) -> None:
+        self.g = g
+        self.names = node_names(g)
+        self.body: list[str] = []
+        self.param_names: list[str] = []
+        self.params: list[np.ndarray] = []
+        self._param_keys: dict[tuple[int, str, Any], str] = {}
+        self.dims: dict[str, str] = {}
+        self.var: dict[int, str] = {}
+        self.entries: dict[str, str] = {}  # kernel entry points used: name -> dtype
+        self.plan = memory_plan_of(g)
+
+    # names and shapes ----------------------------------------------------------------------
+    def dim(self, d: int | str) -> str:
+        return str(d) if isinstance(d, int) else self.dims[d]
+
+    def shape(self, t: TensorType) -> str:
+        dims = [self.dim(d) for d in t.shape]
+        return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+    def param(self, node_id: int, role: str, make: Any, variant: Any = None) -> str:
+        """A `forward` parameter made from a constant: one per (node, role, variant), where
+        the variant is what else the array depends on (the shape a broadcast parameter is
+        spread to, the tiling weights are packed for), so two users never share a wrong one."""
+        key = (node_id, role, variant)
+        if key not in self._param_keys:
+            base = name = f"{role}_{self.names[node_id]}"
+            k = 1
+            while name in self.param_names:
+                name, k = f"{base}_{k}", k + 1
+            self._param_keys[key] = name
+            self.param_names.append(name)
+            self.params.append(np.ascontiguousarray(make()))
+        return self._param_keys[key]
+
+    def value(self, node_id: int) -> str:
+        """The variable holding a value; constants become `forward` parameters as they are."""
+        node = self.g[node_id]
+        if node.op == "const":
+            array = self.g.constants[node_id]
+            return self.param(node_id, "c", lambda: array.reshape(1) if array.ndim == 0 else array)
+        return self.var[node_id]
+
+    def emit(self, line: str, depth: int = 1) -> None:
+        self.body.append("    " * depth + line)
+
+    # the whole module ----------------------------------------------------------------------
+    def render_body(self) -> list[Node]:
+        """`forward`'s body: bind the inputs and symbolic dims, then one block per op in graph
+        order, each headed by its IR line. Returns the input nodes."""
+        g = self.g
+        inputs = [g[i] for i in g.inputs]
+        for node in inputs:
+            self.bind_input(node)
+        destinations = self.output_destinations()
+        for node in g.ops():
+            self.emit("")
+            self.emit(comment(format_node(g, node.id, self.names)).rstrip())
+            self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
+            if node.id not in destinations:
+                self.emit(f"{self.var[node.id]} = {self.allocation(node)}")
+            self.render_op(node)
+        self.copy_remaining_outputs(destinations)
+        return inputs
+
+    def bind_input(self, node: Node) -> None:
+        self.var[node.id] = f"x_{self.names[node.id]}"
+        for axis, d in enumerate(node.type.shape):
+            if isinstance(d, str) and d not in self.dims:
+                self.dims[d] = f"d_{identifier(d, 'symbolic dim')}"
+                self.emit(f"d_{d} = {self.var[node.id]}.shape[{axis}]")
+
+    def render_op(self, node: Node) -> None:
+        getattr(self, f"render_{lowering_rule(node.op, self.target)}")(node)
+
+    def render(self) -> Rendered:
+        g = self.g
+        inputs = self.render_body()
+        outs = [f"out{k}" for k in range(len(g.outputs))]
+        workspace = [f"ws{b.index}" for b in self.plan.buffers] if self.plan else []
+        args = [self.var[n.id] for n in inputs] + self.param_names + workspace + outs
+        header = module_header("CPU code", g) + _MODULE_IMPORTS
+        header += "".join(f"{name} = E.require({d!r})\n" for name, d in self.entries.items())
+        header += "\n\n" if self.entries else ""
+        # error_model="numpy": x / 0 is inf or nan as in the reference, not ZeroDivisionError
+        decorator = '@njit(cache=True, fastmath=False, error_model="numpy")'
+        source = header + f"{decorator}\ndef forward({', '.join(args)}):\n"
+        source += "\n".join(self.body) + "\n"
+        buffers = [(DTYPES[b.dtype], b.size) for b in self.plan.buffers] if self.plan else []
+        symbol = self.plan.symbol if self.plan else "N"
+        return Rendered(source, self.param_names, self.params, g.output_types(),
+                        [self.names[n.id] for n in inputs], buffers, symbol)  # fmt: skip
+
+    def allocation(self, node: Node) -> str:
+        """A view of the value's planned workspace buffer, or a fresh array when unplanned."""
+        if self.plan and node.id in self.plan.buffer_of:
+            size = " * ".join(self.dim(d) for d in node.type.shape) or "1"
+            buffer = f"ws{self.plan.buffer_of[node.id]}"
+            return f"{buffer}[: {size}].reshape({self.shape(node.type)})"
+        return f"np.empty({self.shape(node.type)}, np.{node.type.np_dtype.name})"
+
+    def output_destinations(self) -> dict[int, str]:
+        """Ops whose result is a graph output write straight into the caller's out array."""
+        dest: dict[int, str] = {}
+        for k, o in enumerate(self.g.outputs):
+            if self.g[o].op not in ("input", "const") and o not in dest:
+                dest[o] = f"out{k}"
+        return dest
+
+    def copy_remaining_outputs(self, destinations: dict[int, str]) -> None:
+        for k, o in enumerate(self.g.outputs):
+            if destinations.get(o) != f"out{k}":
+                self.emit("")
+                if self.g[o].type.rank:
+                    self.emit(f"out{k}[...] = {self.value(o)}")
+                else:  # a scalar constant is passed as a 1-element array: read its element
+                    self.emit(f"out{k}[()] = {self.read(o, self.g[o].type)}")
+
+    # ops -----------------------------------------------------------------------------------
+    def loop_nest(self, t: TensorType, body: list[str]) -> None:
+        """for i0.. for iR: body, over the shape of `t` (scalars: the body once)."""
+        depth = 1
+        for axis, d in enumerate(t.shape):
+            self.emit(f"for i{axis} in range({self.dim(d)}):", depth)
+            depth += 1
+        for line in body:
+            self.emit(line, depth)
+
+    def index(self, operand: TensorType, out: TensorType) -> str:
+        """Index of a broadcast operand inside the loop nest of `out`."""
+        if operand.rank == 0:
+            return "[0]"
+        offset = out.rank - operand.rank
+        parts = []
+        for j, d in enumerate(operand.shape):
+            broadcast = d == 1 and out.shape[offset + j] != 1
+            parts.append("0" if broadcast else f"i{offset + j}")
+        return "[" + ", ".join(parts) + "]"
+
+    def read(self, node_id: int, out: TensorType) -> str:
+        t = self.g[node_id].type
+        if t.rank == 0 and self.g[node_id].op != "const":  # a 0-d array (constants are 1-d)
+            return self.value(node_id) + "[()]"
+        return self.value(node_id) + self.index(t, out)
+
+    def elementwise_body(self, node: Node) -> list[str]:
+        """The statements computing one element of a binary op or an activation."""
+        dst = self.read(node.id, node.type)  # the element written, indexed as it is read
+        if node.op in BINARY_OPS:
+            a, b = (self.read(i, node.type) for i in node.inputs)
+            body = [f"v = {a} {BINARY_OPS[node.op].symbol} {b}"]
+        else:
+            body = [f"v = {self.read(node.inputs[0], node.type)}"]
+            body += self.activation_statements(node.op, attrs_of(node), node.type)
+        return [*body, f"{dst} = v"]
+
+    def render_elementwise(self, node: Node) -> None:
+        self.loop_nest(node.type, self.elementwise_body(node))
+
+    def render_transpose(self, node: Node) -> None:
+        src = self.value(node.inputs[0])
+        self.loop_nest(node.type, [f"{self.var[node.id]}[i0, i1] = {src}[i1, i0]"])
+
+    def render_softmax(self, node: Node) -> None:
+        src, dst = self.value(node.inputs[0]), self.var[node.id]
+        self.softmax_loops(node.type, src, dst, node.op, attrs_of(node)["axis"])
+
+    def softmax_loops(self, t: TensorType, src: str, dst: str, op: str, axis: int) -> None:
+        """softmax or log_softmax of `src` along `axis` into `dst` (which may be `src`)."""
+        axis = axis % t.rank
+        outer = TensorType(t.dtype, tuple(1 if a == axis else d for a, d in enumerate(t.shape)))
+        idx = "[" + ", ".join("t" if a == axis else f"i{a}" for a in range(t.rank)) + "]"
+        extent = self.dim(t.shape[axis])
+        last = (
+            f"{dst}{idx} = {src}{idx} - m - math.log(s)"
+            if op == "log_softmax"
+            else f"{dst}{idx} = {dst}{idx} / s"
+        )
+        first = [f"    {dst}{idx} = e"] if op == "softmax" else []
+        self.loop_nest(outer, [
+            "m = -np.inf",
+            f"for t in range({extent}):",
+            f"    a = {src}{idx}",
+            "    if a > m or a != a:",
+            "        m = a",
+            "s = 0.0",
+            f"for t in range({extent}):",
+            f"    e = math.exp({src}{idx} - m)",
+            *first,
+            "    s += e",
+            f"for t in range({extent}):",
+            f"    {last}",
+        ])  # fmt: skip
+
+    # ops of imported networks: layout, math, reductions, batched matmul, layer norm --------
+    def literal(self, value: float, t: TensorType) -> str:
+        """A float constant in the generated code (accumulators start as float64 here)."""
+        return float_literal(value)
+
+    def cast(self, expr: str, t: TensorType) -> str:
+        """`expr` (an int, say) as a float of `t`'s dtype where the code needs it typed."""
+        return expr
+
+    def element(self, node: Node) -> str:
+        """The element of the node's result the loop nest is at (`[()]` for a 0-d result)."""
+        index = self.index(node.type, node.type) if node.type.rank else "[()]"
+        return self.var[node.id] + index
+
+    def unary_code(self, op: str) -> str:
+        """The scalar expression of a unary op, `{0}` its operand."""
+        return _UNARY_CODE[op]
+
+    def render_unary(self, node: Node) -> None:
+        dst = self.element(node)
+        value = self.unary_code(node.op).format(self.read(node.inputs[0], node.type))
+        self.loop_nest(node.type, [f"{dst} = {self.cast(value, node.type)}"])
+
+    def render_reshape(self, node: Node) -> None:
+        src = self.value(node.inputs[0])
+        self.emit(f"{self.var[node.id]}[...] = {src}.reshape({self.shape(node.type)})")
+
+    def render_permute(self, node: Node) -> None:
+        perm = attrs_of(node)["perm"]
+        if not perm:  # a scalar: read as `read` does (a 0-d array, or a 1-element constant)
+            self.loop_nest(
+                node.type, [f"{self.element(node)} = {self.read(node.inputs[0], node.type)}"]
+            )
+            return
+        source_index = ["0"] * len(perm)
+        for out_axis, in_axis in enumerate(perm):
+            source_index[in_axis] = f"i{out_axis}"
+        src = self.value(node.inputs[0])
+        self.loop_nest(node.type, [f"{self.element(node)} = {src}[{', '.join(source_index)}]"])
+
+    def render_reduce(self, node: Node) -> None:
+        """One output element per iteration; the reduced axes are loops `r0, r1, ..` inside."""
+        source = self.g[node.inputs[0]].type
+        attrs = attrs_of(node)
+        axes = attrs["axes"] or tuple(range(source.rank))
+        axes = tuple(sorted(a % source.rank for a in axes))
+        kept = [a for a in range(source.rank) if a not in axes]
+        out_axis = {a: (a if attrs["keepdims"] else kept.index(a)) for a in kept}
+        index = ", ".join(f"r{a}" if a in axes else f"i{out_axis[a]}" for a in range(source.rank))
+        start = -math.inf if node.op == "reduce_max" else 0.0
+        body = [f"acc = {self.literal(start, node.type)}"]
+        for depth, a in enumerate(axes):
+            body.append("    " * depth + f"for r{a} in range({self.dim(source.shape[a])}):")
+        inner = "    " * len(axes)
+        src = self.value(node.inputs[0])
+        # a scalar source has no axes to index: read it as `read` does
+        item = f"{src}[{index}]" if source.rank else self.read(node.inputs[0], node.type)
+        if node.op == "reduce_max":
+            body += [f"{inner}a = {item}", f"{inner}if a > acc or a != a:",
+                     f"{inner}    acc = a"]  # fmt: skip
+        else:
+            body.append(f"{inner}acc += {item}")
+        if node.op == "reduce_mean":
+            count = " * ".join(self.dim(source.shape[a]) for a in axes) or "1"
+            body.append(f"acc = acc / {self.cast(f'({count})', node.type)}")
+        self.loop_nest(node.type, [*body, f"{self.element(node)} = acc"])
+
+    def render_batch_matmul(self, node: Node) -> None:
+        a, b = (self.g[i].type for i in node.inputs)
+        out = node.type
+        rank = out.rank
+        k = self.dim(a.shape[-1])
+
+        def operand_index(t: TensorType, rows: str, cols: str) -> str:
+            offset = rank - t.rank
+            batch = [
+                "0" if d == 1 and out.shape[offset + j] != 1 else f"i{offset + j}"
+                for j, d in enumerate(t.shape[:-2])
+            ]
+            return ", ".join([*batch, rows, cols])
+
+        x, w = (self.value(i) for i in node.inputs)
+        dst = self.element(node)
+        self.loop_nest(out, [
+            f"acc = {self.literal(0.0, out)}",
+            f"for t in range({k}):",
+            f"    acc += {x}[{operand_index(a, f'i{rank - 2}', 't')}]"
+            f" * {w}[{operand_index(b, 't', f'i{rank - 1}')}]",
+            f"{dst} = acc",
+        ])  # fmt: skip
+
+    def render_layer_norm(self, node: Node) -> None:
+        """Rows of the normalized axes, each: mean, variance, then scale and shift."""
+        t = node.type
+        axis = attrs_of(node)["axis"] % t.rank
+        eps = float(attrs_of(node)["epsilon"])
+        rows = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
+        width = " * ".join(self.dim(d) for d in t.shape[axis:]) or "1"
+        name = self.names[node.id]
+        src, dst = self.value(node.inputs[0]), self.var[node.id]
+        params = [self.flat_parameter(i, t.shape[axis:], role) for i, role in
+                  zip(node.inputs[1:], ("scale", "shift"))]  # fmt: skip
+        shift = f" + {params[1]}[j]" if len(params) > 1 else ""
+        self.emit(f"xs_{name} = {src}.reshape(({rows}, {width}))")
+        self.emit(f"ys_{name} = {dst}.reshape(({rows}, {width}))")
+        self.emit(f"for i0 in range({rows}):")
+        row = [
+            "mean = 0.0",
+            f"for j in range({width}):",
+            f"    mean += xs_{name}[i0, j]",
+            f"mean = mean / ({width})",
+            "var = 0.0",
+            f"for j in range({width}):",
+            f"    d = xs_{name}[i0, j] - mean",
+            "    var += d * d",
+            f"inv = 1.0 / math.sqrt(var / ({width}) + {float_literal(eps)})",
+            f"for j in range({width}):",
+            f"    ys_{name}[i0, j] = (xs_{name}[i0, j] - mean) * inv * {params[0]}[j]{shift}",
+        ]
+        for line in row:
+            self.emit(line, 2)
+
+    def flat_parameter(self, node_id: int, shape: tuple, role: str) -> str:
+        """A layer norm's scale or shift broadcast to the normalized axes, as one flat row."""
+        operand = self.g[node_id]
+        if operand.op == "const" and all(isinstance(d, int) for d in shape):
+            array = self.g.constants[node_id]
+            return self.param(
+                node_id, role, lambda: np.broadcast_to(array, shape).reshape(-1), shape
+            )
+        var = f"{role}_{self.names[node_id]}"
+        target = self.shape(TensorType(operand.type.dtype, shape))
+        self.emit(
+            f"{var} = np.ascontiguousarray(np.broadcast_to({self.value(node_id)}, {target}))"
+            ".reshape(-1)"
+        )
+        return var
+
+    def render_matmul(self, node: Node) -> None:
+        self.dense_call(node, node.inputs[0], node.inputs[1], None, "identity", {})
+
+    def render_dense(self, node: Node) -> None:
+        attrs = attrs_of(node)
+        x, w, *rest = node.inputs
+        bias = rest[0] if attrs["bias"] else None
+        self.dense_call(node, x, w, bias, attrs["act"], attrs)
+
+    def dense_call(
+        self, node: Node, x: int, w: int, bias: int | None, act: str, attrs: dict[str, Any]
+    ) -> None:
+        """One kernel-driver call. A tiled dense (the tile pass ran) holds only what the kernel
+        runs; an untiled one (a pipeline without tile) runs with the kernels' default blocks,
+        and what its kernel cannot take (a bias that is no row, an activation the kernel lacks,
+        post steps) follows as loops over the result."""
+        n = node.type.shape[1]
+        tiling = self.tiling(node)
+        bias_arg = self.kernel_bias(bias, n) if bias is not None else None
+        rowwise = act in _ROWWISE  # softmax: whole rows, after the kernel has written them
+        pre: list[str] = []  # per element, before a row-wise activation
+        in_kernel = act in CPU_KERNEL_ACTIVATIONS and (bias is None or bias_arg is not None)
+        act_key = activation_key(act, attrs) if in_kernel else "identity"
+        if bias is not None and bias_arg is None:  # a bias the kernel cannot take
+            pre.append(f"v = v + {self.read(bias, node.type)}")
+        if not in_kernel and not rowwise:
+            pre += activation_code(act, attrs)
+        post = self.post_code(node, attrs) if node.op == "dense" else []
+        if (pre or post or rowwise) and attrs.get("tile") is not None:
+            raise TilefuseError(
+                f"cpu backend: {format_node(self.g, node.id, self.names)}: a tiled dense must "
+                "hold only what the kernel runs (a row bias and one of "
+                f"{', '.join(CPU_KERNEL_ACTIVATIONS)}); the tile pass moves the rest out"
+            )
+        wp = self.packed_weights(w, tiling)
+        if bias_arg is None:
+            bias_arg = f"np.empty(0, np.{node.type.np_dtype.name})"
+        for name, expr in (("wp", wp), ("bias", bias_arg)):
+            if not expr.isidentifier():  # computed per call: keep it alive in a variable
+                self.emit(f"{name}_{self.names[node.id]} = {expr}")
+        wp = wp if wp.isidentifier() else f"wp_{self.names[node.id]}"
+        bias_arg = bias_arg if bias_arg.isidentifier() else f"bias_{self.names[node.id]}"
+        entry = f"dense_{node.type.dtype}"
+        self.entries[entry] = node.type.dtype
+        act_code = ACTIVATION_CODE[act_key]
+        x_var, out = self.value(x), self.var[node.id]
+        alpha = float(attrs.get("alpha", 0.01))
+        parallel = {0: "serial", 1: "parallel"}.get(parallel_code(tiling), "")
+        call = [
+            (f"E.data({x_var}), {x_var}.shape[0], {x_var}.shape[1],", "x: M x K"),
+            (f"E.data({wp}), {wp}.size,", f"w: K x N packed in {tiling.kc}-deep panels"),
+            (f"E.data({bias_arg}), {bias_arg}.size,", "bias (size 0: none)"),
+            (f"E.data({out}), {out}.shape[1],", "out: M x N"),
+            (f"{act_code}, {float_literal(alpha)},", f"activation {act_key}, alpha"),
+            (f"{tiling.kc}, {tiling.mc}, {tiling.nc}, {parallel_code(tiling)},",
+             f"kc, mc, nc, {parallel}"),
+        ]  # fmt: skip
+        width = max(len(code) for code, _ in call)
+        self.emit(f"status = {entry}(")
+        for code, note in call:
+            self.emit(f"{code:<{width}}  # {note}", 2)
+        self.emit(")")
+        self.emit(f"E.keep({x_var}), E.keep({wp}), E.keep({bias_arg}), E.keep({out})")
+        self.emit("if status != 0:")
+        self.emit(f"raise E.KernelFailure({format_node(self.g, node.id, self.names)!r}, status)", 2)
+        if rowwise:
+            self.elementwise_in_place(node, pre)
+            self.softmax_loops(node.type, out, out, act, axis=-1)
+            self.elementwise_in_place(node, post)
+        else:
+            self.elementwise_in_place(node, pre + post)
+
+    def elementwise_in_place(self, node: Node, steps: list[str]) -> None:
+        """One loop nest applying `steps` (statements on `v`) to every element of the result."""
+        if steps:
+            dst = self.var[node.id] + "[i0, i1]"
+            self.loop_nest(node.type, [f"v = {dst}", *steps, f"{dst} = v"])
+
+    def post_code(self, node: Node, attrs: dict[str, Any]) -> list[str]:
+        """The dense op's `post` steps, one statement each, reading their operands in order."""
+        operands = list(node.inputs[2 + int(attrs["bias"]) :])
+        code: list[str] = []
+        for step in attrs["post"]:
+            if step in BINARY_OPS:
+                operand = self.read(operands.pop(0), node.type)
+                code.append(f"v = v {BINARY_OPS[step].symbol} {operand}")
+            else:
+                code += self.activation_statements(step, {}, node.type)
+        return code
+
+    def activation_statements(self, name: str, attrs: dict[str, Any], t: TensorType) -> list[str]:
+        """The scalar statements of an activation on `v` (a backend may type them by `t`)."""
+        return activation_code(name, attrs)
+
+    def tiling(self, node: Node) -> Tiling:
+        """The node's tiling, exactly as printed (the kernels' defaults when it has none); a
+        tiling the kernels cannot run is an error, never silently replaced."""
+        given = attrs_of(node).get("tile") if node.op == "dense" else None
+        kernel = default_tiling(node.type.np_dtype)
+        if given is None:
+            return kernel
+        if not isinstance(given, Tiling) or (given.mr, given.nr) != (kernel.mr, kernel.nr):
+            shown = format_node(self.g, node.id, self.names)
+            raise TilefuseError(
+                f"cpu backend: {shown}: the kernels on this host have a {kernel.mr}x{kernel.nr} "
+                f"register tile for {node.type.dtype}; the tiling asks for "
+                + (f"{given.mr}x{given.nr}" if isinstance(given, Tiling) else "a GPU schedule")
+                + " (was it planned for another machine? TILEFUSE_MACHINE, tile{machine=...})"
+            )
+        if not given.pack:
+            raise TilefuseError(
+                f"cpu backend: {format_node(self.g, node.id, self.names)}: pack=false; the "
+                "kernels read packed panels only"
+            )
+        return given
+
+    def packed_weights(self, w: int, tiling: Tiling) -> str:
+        if self.g[w].op == "const":
+            array = self.g.constants[w]
+            return self.param(w, "pw", lambda: pack_weights(array, tiling), (tiling.kc, tiling.nr))
+        return f"R.pack_weights(np.ascontiguousarray({self.value(w)}), {tiling.kc}, {tiling.nr})"
+
+    def kernel_bias(self, bias: int, n: int | str) -> str | None:
+        """A 1-D [N] view of a bias that broadcasts along rows, else None."""
+        t = self.g[bias].type
+        if any(d != 1 for d in t.shape[:-1]) or (t.rank and t.shape[-1] not in (n, 1)):
+            return None
+        if self.g[bias].op == "const" and isinstance(n, int):
+            array = self.g.constants[bias]
+            return self.param(bias, "b", lambda: np.broadcast_to(array, (1, n)).reshape(n), n)
+        if t.rank >= 1 and t.shape[-1] == n:
+            return f"np.ascontiguousarray({self.value(bias)}).reshape(({self.dim(n)},))"
+        return None
+
+
+# The lowering rules: the Renderer method (render_<rule>) that writes an op's code. Ops of the
+# kinds below need no line of their own (a new elementwise activation or binary op is an
+# elementwise loop from the op table's scalar code); the cuda renderer overrides methods, not
+# rules. An op without a rule is unsupported: a clear error. tests/test_rules.py checks that
+# every op of OPS has one on every target.
+RULES = {
+    "dense": "dense",
+    "matmul": "matmul",
+    "transpose": "transpose",
+    "softmax": "softmax",
+    "log_softmax": "softmax",
+    "reshape": "reshape",
+    "permute": "permute",
+    "batch_matmul": "batch_matmul",
+    "layer_norm": "layer_norm",
+}
+RULES_BY_KIND = {"binary": "elementwise", "unary": "unary", "cast": "unary", "reduce": "reduce"}
+
+
+def lowering_rule(op: str, target: str = "cpu") -> str:
+    """The rule (render_<rule>) that writes `op`'s code."""
+    if op in RULES:
+        return RULES[op]
+    kind = OPS[op].kind
+    if kind == "activation" and elementwise_activation(op):
+        return "elementwise"
+    if kind in RULES_BY_KIND:
+        return RULES_BY_KIND[kind]
+    raise TilefuseError(f"the {target} target has no rule for {op} ({kind}): it cannot run it")
+
+
+# the scalar expression of each unary op, `{}` its operand
+_UNARY_CODE = {
+    "exp": "math.exp({})",
+    "log": "np.log({})",
+    "sqrt": "np.sqrt({})",
+    "erf": "math.erf({})",
+    "cast": "{}",  # the store into the result's array converts
+}
+
+_MODULE_IMPORTS = """
+import math
+
+import numpy as np
+from numba import njit
+
+from tilefuse.backends import cpu_entry as E
+from tilefuse.backends import cpu_runtime as R
+
+
+"""
+
+
+def module_header(what: str, g: Graph) -> str:
+    """The comment block that opens a generated module: what it is and the IR it implements."""
+    ir_text = "\n".join("    " + line for line in str(g).split("\n"))
+    return comment(f"tilefuse: generated {what} for graph {g.name}.\n\nThe IR:\n\n{ir_text}")
+
+
+def render(g: Graph) -> Rendered:
+    """Readable Python source of one `forward` function for the whole graph."""
+    return Renderer(g).render()
+
+
+# -- loading -------------------------------------------------------------------------------
+def load_module(source: str, graph_name: str, trial: bool = True) -> Loaded:
+    """Import `source` from a content-hashed file in the cache dir (Numba caches real files;
+    `tilefuse.cache.load_generated` keeps those files whole and says why a lookup missed)."""
+    return load_generated(source, kernel_fingerprint(), graph_name, trial=trial)
