@@ -96,6 +96,23 @@ def test_every_kernel_of_the_final_graph_is_explained() -> None:
     ]
 
 
+def test_an_epilogue_split_by_the_tile_pass_is_not_called_fused() -> None:
+    """Post steps used to be reported as fused into the dense kernel while they ran as a
+    second loop; explain now reads the records of both passes, by node id."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+
+    @tfu.function
+    def residual(x: tfu.Input["N", 4], r: tfu.Input["N", 3]):
+        return tfu.relu(x @ w + r)
+
+    e = explain.explain_graph(residual.graph())
+    (dense,) = [k for k in e.kernels if k.op == "dense"]
+    assert dense.fusion.startswith("the matmul alone run as one dense kernel; add, relu run as")
+    assert [k.op for k in e.kernels] == ["dense", "add", "relu"]
+    assert dense.tile_code == "model" and len(dense.tile_reasons) == 6
+
+
 # -- costs and the roofline --------------------------------------------------------------------
 def test_dense_cost_counts_the_matmul_the_epilogue_and_each_operand_once() -> None:
     g = run_stages(residual_graph(), "canonicalize,fuse")["fused"]

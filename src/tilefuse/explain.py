@@ -13,12 +13,12 @@ candidate that did not fuse: the reason, and what the user could change.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .ir import Graph, Node
 from .machine import format_bytes
+from .passes.fuse import absorbed_steps
 from .passes.memory import memory_plan_of
 from .roofline import Cost, Peak, graph_cost, machine_peak, op_cost
 from .text import format_node, format_value, node_names
@@ -41,9 +41,6 @@ ADVICE = {
     "no_matmul": "an elementwise op fuses only into a dense op before it: put it right after "
     "a matmul (a Dense layer) or accept a kernel of its own",
 }
-
-# the tile pass joins one reason per choice with "; " (a reason may hold "; " itself)
-TILE_REASON = re.compile(r"; (?=mr x nr|[mnk]c=|parallel=|pack=)")
 
 
 @dataclass(frozen=True)
@@ -189,18 +186,11 @@ def missed_candidate(d: Any) -> Missed:
     return Missed(d.subject, d.code, d.detail, ADVICE[d.code])
 
 
-def subject_of(d: Any) -> str:
-    """A decision's subject without the source location fuse appends: the bare IR line."""
-    return (
-        d.subject.rsplit(" (", 1)[0]
-        if d.subject.endswith(")") and " : " in d.subject
-        else d.subject
-    )
-
-
-def decision_about(decisions: list, pass_name: str, line: str) -> Any:
+def decision_about(decisions: list, pass_name: str, node: Node, split: bool = False) -> Any:
+    """The decision `pass_name` recorded about `node` (by its id, which later passes keep):
+    the epilogue split when `split`, else its other one."""
     for d in decisions:
-        if d.pass_name == pass_name and line in (d.subject, subject_of(d)):
+        if d.pass_name == pass_name and d.node == node.id and (d.code == "epilogue_split") == split:
             return d
     return None
 
@@ -208,9 +198,9 @@ def decision_about(decisions: list, pass_name: str, line: str) -> Any:
 def kernel(final: Graph, fused: Graph, node: Node, decisions: list, batch: int, peak: Peak):
     names = node_names(final)
     line = format_node(final, node.id, names)
-    before_tile = line_in(fused, node) or line
-    fuse = decision_about(decisions, "fuse", before_tile)
-    tile = decision_about(decisions, "tile", before_tile)
+    fuse = decision_about(decisions, "fuse", node)
+    tile = decision_about(decisions, "tile", node)
+    split = decision_about(decisions, "tile", node, split=True)
     cost = op_cost(final, node, batch)
     tiling = dict(node.attrs).get("tile")
     return Kernel(
@@ -219,11 +209,11 @@ def kernel(final: Graph, fused: Graph, node: Node, decisions: list, batch: int, 
         op=node.op,
         label=kernel_label(node),
         loc=node.loc,
-        fusion=fusion_text(fused, node, fuse, decisions, names),
+        fusion=fusion_text(fused, node, fuse, decisions, names, split),
         fuse_code=fuse.code if fuse else "",
         tiling=format_value(tiling) if tiling is not None else None,
         tile_code=tile.code if tile else "",
-        tile_reasons=TILE_REASON.split(tile.detail) if tile else [],
+        tile_reasons=list(tile.reasons) if tile else [],
         buffer=buffer_text(final, node),
         flops=cost.flops,
         bytes=cost.bytes,
@@ -238,16 +228,15 @@ def kernel_label(node: Node) -> str:
     return f"{node.op}[{', '.join(attrs)}]" if attrs else node.op
 
 
-def line_in(g: Graph, node: Node) -> str | None:
-    """`node`'s line in an earlier stage `g` (the passes after fuse keep node ids)."""
-    if node.id not in g.nodes or g[node.id].op != node.op:
-        return None
-    return format_node(g, node.id, node_names(g))
-
-
-def fusion_text(g: Graph, node: Node, fuse: Any, decisions: list, names: dict) -> str:
+def fusion_text(
+    g: Graph, node: Node, fuse: Any, decisions: list, names: dict, split: Any = None
+) -> str:
+    if split is not None:  # the tile pass moved part of the epilogue out of the kernel
+        steps = absorbed_steps(node)
+        fused = f"matmul + {' + '.join(steps)}" if steps else "the matmul alone"
+        return f"{fused} run as one dense kernel; {split.detail}"
     if fuse is not None:
-        return fuse.detail.split("; the next op stays outside")[0]
+        return fuse.reasons[0] if fuse.reasons else fuse.detail
     stopped = [d for d in (blocking_decision(g, i, decisions) for i in node.inputs) if d]
     if stopped:
         dense, code = stopped[0]
@@ -262,7 +251,7 @@ def blocking_decision(g: Graph, operand: int, decisions: list) -> tuple[int, str
     stopped short."""
     if operand not in g.nodes or g[operand].op != "dense":
         return None
-    d = decision_about(decisions, "fuse", format_node(g, operand, node_names(g)))
+    d = decision_about(decisions, "fuse", g[operand])
     return (operand, d.code) if d is not None and d.code in ADVICE else None
 
 

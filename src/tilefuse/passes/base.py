@@ -13,13 +13,29 @@ from ..ir import Graph
 
 @dataclass(frozen=True)
 class Decision:
-    """One recorded choice of a pass: what it looked at, what it did, and why."""
+    """One recorded choice of a pass: what it looked at, what it did, and why. `reasons` are
+    the parts of the choice one by one (a tiling's: mr x nr, kc, mc, nc, parallel, pack; a
+    fusion's: what joined, why it stopped), for readers such as `explain`; `detail` is them
+    as one sentence, for people.
+
+        Decision.of("tile", line, "chosen", "model", ["mr x nr = 6x16: ...", "kc=200: ..."])
+    """
 
     pass_name: str
     subject: str  # the IR line (or node name) the decision is about
     outcome: str  # e.g. "fused", "not_fused", "chosen"
     code: str  # reason code, e.g. "multi_use", "shape_mismatch"
     detail: str = ""  # a sentence for people
+    reasons: tuple[str, ...] = ()
+    node: int | None = None  # the id of the node it is about (later passes keep ids)
+
+    @classmethod
+    def of(
+        cls, pass_name: str, subject: str, outcome: str, code: str, reasons: Any, node: Any = None
+    ) -> Decision:
+        reasons = tuple(reasons)
+        node_id = node.id if node is not None else None
+        return cls(pass_name, subject, outcome, code, "; ".join(reasons), reasons, node_id)
 
     def __str__(self) -> str:
         detail = f": {self.detail}" if self.detail else ""

@@ -191,27 +191,28 @@ def stop_problem(g: Graph, dense: Node) -> Problem | None:
 
 
 def dense_decision(g: Graph, dense: Node) -> Decision:
+    """What joined `dense` (the first reason) and why it stopped (the next ones)."""
     steps = absorbed_steps(dense)
     problem = stop_problem(g, dense)
     if steps:
         outcome, code = "fused", "fused"
-        detail = f"matmul + {' + '.join(steps)} run as one dense kernel"
+        reasons = [f"matmul + {' + '.join(steps)} run as one dense kernel"]
     else:
         outcome, code = "not_fused", "no_epilogue"
-        detail = "the matmul runs alone as dense[bias=false]"
+        reasons = ["the matmul runs alone as dense[bias=false]"]
     if problem is not None:
         code = problem[0]
-        detail += f"; the next op stays outside: {problem[1]}"
+        reasons.append(f"the next op stays outside: {problem[1]}")
     elif not steps:
-        detail += "; no bias add or elementwise op follows it"
+        reasons.append("no bias add or elementwise op follows it")
     weight = g[dense.inputs[1]]
     if weight.op != "const":
-        detail += (
-            f"; the weight %{weight.name or 'w'} is a runtime value, not a constant "
+        reasons.append(
+            f"the weight %{weight.name or 'w'} is a runtime value, not a constant "
             "(allowed, but it cannot be packed at compile time)"
         )
     subject = line(g, dense) + (f" ({dense.loc})" if dense.loc else "")
-    return Decision("fuse", subject, outcome, code, detail)
+    return Decision.of("fuse", subject, outcome, code, reasons, dense)
 
 
 def lone_op_decision(g: Graph, node: Node) -> Decision:

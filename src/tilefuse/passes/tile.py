@@ -247,7 +247,8 @@ def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decisio
         names = ", ".join(op for op, _, _ in steps)
         detail = (f"{names} run as ops of their own after the kernel: its epilogue runs "
                   f"{_kernel_epilogue(pass_name)} in registers")  # fmt: skip
-        decisions.append(Decision(pass_name, line(g, node), "split", "epilogue_split", detail))
+        decisions.append(Decision.of(pass_name, line(g, node), "split", "epilogue_split",
+                                     [detail], kept))  # fmt: skip
     if not moved:
         return g, []
     outputs = [moved.get(o, o) for o in g.outputs]
@@ -385,14 +386,14 @@ class Tile(Pass):
             raise AttrError(f"tile: {line}: a GPU tiling; the cpu target needs a Tiling")
         if given is not None:
             check_cpu_tiling(given, problem, mach, line)
-            detail = f"given by the user: {_format_tiling(given)}; kept as it is"
-            return node, Decision("tile", line, "kept", "user_node", detail)
+            reasons = [f"given by the user: {_format_tiling(given)}; kept as it is"]
+            return node, Decision.of("tile", line, "kept", "user_node", reasons, node)
         tiling, reasons = self.choose(problem, mach)
         check_cpu_tiling(tiling, problem, mach, line)
-        code = "user_spec" if any(r.endswith("(given by the spec)") for r in reasons) else "model"
+        code = "user_spec" if self.given_options() else "model"
         if code == "model":  # a measured choice in the tuning log (tfu.tune) wins over the model
             tiling, code, reasons = apply_tuning_log(node, problem, mach, tiling, reasons)
-        decision = Decision("tile", line, "chosen", code, "; ".join(reasons))
+        decision = Decision.of("tile", line, "chosen", code, reasons, node)
         return node.with_attrs(tile=tiling), decision
 
     def choose(self, p: Problem, mach: Machine) -> tuple[Tiling, list[str]]:
@@ -413,6 +414,11 @@ class Tile(Pass):
         pack = self.pack != "false"  # check_cpu_tiling refuses pack=false for the CPU kernels
         tiling = Tiling(mc=mc, nc=nc, kc=kc, mr=mr, nr=nr, parallel=parallel, pack=pack)
         return tiling, [why_micro, why_kc, why_mc, why_nc, why_parallel, PACKED]
+
+    def given_options(self) -> list[str]:
+        """The options of this spec that fix a choice (the model makes the others)."""
+        fixed = [o for o in ("m", "n", "k", "mr", "nr") if getattr(self, o)]
+        return fixed + [o for o in ("parallel", "pack") if getattr(self, o) != AUTO]
 
     def _given(self, option: str, field: str) -> tuple[int, str] | None:
         value = getattr(self, option)
@@ -568,8 +574,9 @@ class TileCuda(Pass):
         tiling, reasons = self.choose(problem)
         if given is not None:
             reasons.append(f"replaces the CPU tiling {_format_tiling(given)}")
-        code = "user_spec" if any(r.endswith("(given by the spec)") for r in reasons) else "model"
-        decision = Decision("tile_cuda", line, "chosen", code, "; ".join(reasons))
+        fixed = [o for o in ("bm", "bn", "bk", "tm", "tn") if getattr(self, o)]
+        decision = Decision.of("tile_cuda", line, "chosen", "user_spec" if fixed else "model",
+                               reasons, node)  # fmt: skip
         return node.with_attrs(tile=tiling), decision
 
     def choose(self, p: Problem) -> tuple[GpuTiling, list[str]]:
