@@ -1,4 +1,4 @@
-"""The graph fuzzer (tilefuse.fuzz) and the parser fuzzer, as a derandomized, time-bounded
+"""The graph fuzzer (tests/fuzzing.py) and the parser fuzzer, as a derandomized, time-bounded
 slice of about a minute; `make fuzz` runs them longer and randomized:
 
     TILEFUSE_FUZZ_SECONDS=600 HYPOTHESIS_PROFILE=fuzz pytest -s tests/test_fuzz.py
@@ -25,8 +25,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
 import tilefuse as tfu
-from tilefuse.errors import ParseError
-from tilefuse.fuzz import (
+from fuzzing import (
     ACTIVATION_OPS,
     CUDA_GROWERS,
     Case,
@@ -39,6 +38,7 @@ from tilefuse.fuzz import (
     parse_or_tilefuse_error,
     save_failure,
 )
+from tilefuse.errors import ParseError
 from tilefuse.ir import Graph
 from tilefuse.ops import OPS
 from tilefuse.passes import PASSES, Pass
@@ -166,7 +166,7 @@ _CUDA_FUZZ = """
 import sys
 sys.path.insert(0, {tests!r})
 import test_fuzz as T
-from tilefuse.fuzz import CUDA_GROWERS, cases
+from fuzzing import CUDA_GROWERS, cases
 
 budget = T.Budget("cuda")
 strategy = cases(max_ops=3, batches=(0, 1, 3, 11), dims=(1, 2, 3, 5, 8, 9),
@@ -254,7 +254,7 @@ class DropRelu(Pass):
 
 
 def test_check_case_names_a_wrong_stage(monkeypatch):
-    from tilefuse.fuzz import Mismatch
+    from fuzzing import Mismatch
 
     monkeypatch.setitem(PASSES, "drop_relu", DropRelu)
     graph = parse_graph(_TANH_GRAPH)

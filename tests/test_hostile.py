@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tilefuse as tfu
+from fuzzing import names, source_is_safe
 from tilefuse.backends import cpu
 from tilefuse.compiler import rebuild_model
 from tilefuse.errors import DTypeError, InputError, InvalidNameError, TilefuseError
-from tilefuse.fuzz import names, source_is_safe
 from tilefuse.ir import TensorType, is_identifier
 from tilefuse.ops import GraphBuilder
 
@@ -421,7 +421,7 @@ def test_external_data_is_read_only_from_the_models_folder(tmp_path):
 @settings(max_examples=200)
 @given(st.data())
 def test_any_name_is_refused_at_the_door_or_round_trips(data):
-    """Names drawn with quotes, newlines and unicode (tilefuse.fuzz.names): every way in
+    """Names drawn with quotes, newlines and unicode (fuzzing.names): every way in
     either refuses one with InvalidNameError or carries it through the text form and the
     generated code unharmed."""
     name = names(data.draw)

@@ -18,7 +18,7 @@ LAYERS = {
     2: ["passes", "passes.*", "machine", "tuning_log", "loops", "roofline", "explain"],
     3: ["backends", "backends.*"],
     4: ["compiler", "check"],
-    5: ["cli", "__main__", "report", "pictures", "tune", "bench", "dask", "fuzz", "testing"],
+    5: ["cli", "__main__", "report", "pictures", "tune", "bench", "dask", "testing"],
     6: [""],  # the package itself: the public API, above everything
 }  # fmt: skip
 

@@ -2,7 +2,7 @@
 with the reference interpreter. Place in the pipeline: outside it, testing all of it.
 
     from hypothesis import given
-    from tilefuse.fuzz import cases, check_case
+    from fuzzing import cases, check_case
 
     @given(cases())
     def test_fuzz(case):
@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from .check import reference_f64, tolerance
-from .errors import MiscompileError, TilefuseError
-from .ir import Graph, TensorType
-from .ops import GraphBuilder, broadcast_shapes, evaluate
-from .source import comment
-from .text import node_names, parse_graph
+from tilefuse.check import reference_f64, tolerance
+from tilefuse.errors import MiscompileError, TilefuseError
+from tilefuse.ir import Graph, TensorType
+from tilefuse.ops import GraphBuilder, broadcast_shapes, evaluate
+from tilefuse.source import comment
+from tilefuse.text import node_names, parse_graph
 
 DIMS = (1, 2, 3, 5, 7, 8, 13, 16, 31, 33)  # 1, primes, a power of two, ragged around 32
 BATCHES = (0, 1, 2, 3, 7, 11, 13, 37)
@@ -81,7 +81,7 @@ class Case:
         constants = {names[n.id]: self.graph.constants[n.id] for n in self.graph if n.op == "const"}
         digest = hashlib.sha256(str(self).encode()).hexdigest()[:10]
         lines = [f"    {name!r}: {_array_literal(a)}," for name, a in constants.items()]
-        header = "A graph fuzzer case (tilefuse.fuzz). It failed with:\n\n" + (
+        header = "A graph fuzzer case (tests/fuzzing.py). It failed with:\n\n" + (
             textwrap.indent(error.strip()[:2000], "    ") if error else "    (passes)"
         )
         return _PYTEST_TEMPLATE.format(
@@ -93,13 +93,17 @@ class Case:
             batch=self.batch,
             seed=self.seed,
             backends=tuple(backends),
+            tests=str(pathlib.Path(__file__).parent),
         )
 
 
 _PYTEST_TEMPLATE = """{error}
 import numpy as np
 
-from tilefuse.fuzz import Case, check_case
+import sys
+
+sys.path.insert(0, {tests!r})  # tests/fuzzing.py, the fuzzer that wrote this case
+from fuzzing import Case, check_case  # noqa: E402
 from tilefuse.text import parse_graph
 
 GRAPH = {graph!r}
@@ -171,8 +175,8 @@ def _comparer(want: list[np.ndarray], dtype: str, scale: float) -> Callable[[str
 
 
 def run_stages(case: Case, inputs: list[np.ndarray], compare: Callable) -> None:
-    from .backends import reference
-    from .passes import parse_pipeline, run_pipeline
+    from tilefuse.backends import reference
+    from tilefuse.passes import parse_pipeline, run_pipeline
 
     g = case.graph
     for p in parse_pipeline(case.pipeline) if case.pipeline else []:
@@ -192,7 +196,7 @@ def assert_round_trips(g: Graph, stage: str) -> None:
 
 def run_backend(target: str) -> Callable[[Case, list[np.ndarray], Callable], None]:
     def run(case: Case, inputs: list[np.ndarray], compare: Callable) -> None:
-        from .compiler import compile
+        from tilefuse.compiler import compile
 
         pipeline = PIPELINE_FOR[target](case.pipeline)
         model = compile(case.graph, target, pipeline=pipeline, check=False)
@@ -204,7 +208,7 @@ def run_backend(target: str) -> Callable[[Case, list[np.ndarray], Callable], Non
 def cuda_pipeline(cpu_pipeline: str) -> str:
     """The case's passes with CUDA tiles for CPU tiles: small blocks, so that the simulator
     (a Python thread per GPU thread) stays quick; no memory plan (the CUDA backend has none)."""
-    from .passes import parse_pipeline
+    from tilefuse.passes import parse_pipeline
 
     passes = parse_pipeline(cpu_pipeline) if cpu_pipeline else []
     specs = [CUDA_TILE if p.name == "tile" else p.spec() for p in passes]
@@ -648,7 +652,7 @@ def malformed_texts(draw: Callable) -> str:
 
 def parse_or_tilefuse_error(text: str) -> Graph | TilefuseError:
     """parse_graph(text), then verify and print it: a Graph, or the TilefuseError raised."""
-    from .verify import verify
+    from tilefuse.verify import verify
 
     try:
         g = parse_graph(text)
@@ -785,8 +789,8 @@ def rename_onnx_value(model: Any, draw: Callable) -> None:
 
 def import_or_tilefuse_error(model: Any) -> Graph | TilefuseError:
     """from_onnx(model), verified, printed and rendered: a Graph, or the TilefuseError."""
-    from .frontends.onnx import from_onnx
-    from .verify import verify
+    from tilefuse.frontends.onnx import from_onnx
+    from tilefuse.verify import verify
 
     try:
         g = from_onnx(model)
@@ -802,7 +806,7 @@ def source_is_safe(g: Graph) -> None:
     """The CPU backend's module for `g` parses, and calls no __import__ (the payloads')."""
     import ast
 
-    from .backends.cpu import render
+    from tilefuse.backends.cpu import render
 
     try:
         source = render(g).source
