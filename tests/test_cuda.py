@@ -279,6 +279,18 @@ def test_symbolic_batch_gets_a_large_block_kernel_for_large_batches():
         assert "_large" not in kept.source  # a user's tiling, or one planned for a batch
 
 
+def test_two_gpu_tilings_give_two_programs_that_run_as_printed():
+    """The block, thread and k-step sizes of the IR are the kernel's, exactly."""
+    net = tfu.Sequential([tfu.Dense(40, activation="tanh")], input_dim=24, seed=0)
+    x = random((9, 24), "f32")
+    for spec, blocks in (("bm=32,bn=32,bk=8,tm=2,tn=2", 32), ("bm=64,bn=64,bk=16,tm=4,tn=4", 64)):
+        g = run_pipeline(net.graph(), f"canonicalize,fuse,tile_cuda{{{spec}}}")
+        source = cuda_backend.render(g).source
+        assert f"R.blocks(out0.shape[1], {blocks}), R.blocks(out0.shape[0], {blocks})" in source
+        model = tfu.compile(g, target="cuda", pipeline="")
+        assert_close(model(x), reference_f64(net.graph(), x), "f32")
+
+
 def test_the_printed_ir_alone_gives_the_same_cuda_program():
     """The large-batch tiling used to travel in g.meta: parse(print(g)) rendered other code."""
     net = tfu.Sequential([tfu.Dense(4096, activation="sigmoid")], input_dim=4096, seed=0)
