@@ -132,9 +132,10 @@ def run_case(m, k, n, act, rng, rounds, batches) -> dict:
     wp = ck.pack_weights(w, tiling)
     code, par = ck.ACTIVATION_CODE[act], ck.parallel_code(tiling)
     kc, mc, nc = tiling.kc, tiling.mc, tiling.nc
+    pool = ck.pool_control()
 
     def ours():
-        ck.dense_kernel(x, wp, b, out, code, 0.0, kc, mc, nc, par)
+        ck.dense_kernel(x, wp, b, out, code, 0.0, kc, mc, nc, par, pool)
 
     def sgemm():
         np.matmul(x, w, out=out)

@@ -246,7 +246,17 @@ def test_every_activation_shares_one_compilation():
     for act, code in ck.ACTIVATION_CODE.items():
         out = np.empty((3, 5))
         status = ck.dense_kernel(
-            x, wp, np.zeros(5), out, code, ALPHA, tiling.kc, tiling.mc, tiling.nc, 1
+            x,
+            wp,
+            np.zeros(5),
+            out,
+            code,
+            ALPHA,
+            tiling.kc,
+            tiling.mc,
+            tiling.nc,
+            1,
+            ck.pool_control(),
         )
         assert status == 0
         np.testing.assert_allclose(out, reference(act, x, w, None), rtol=1e-12, atol=1e-12)

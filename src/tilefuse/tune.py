@@ -493,7 +493,10 @@ class Bench:
             self.packed[t.kc] = self.kernels.pack_weights(self.w, t)
         parallel = self.kernels.parallel_code(t)
         operands = (self.x, self.packed[t.kc], self.bias, self.out, self.act, self.alpha)
-        return functools.partial(self.kernels.dense_kernel, *operands, t.kc, t.mc, t.nc, parallel)
+        pool = self.kernels.pool_control()
+        return functools.partial(
+            self.kernels.dense_kernel, *operands, t.kc, t.mc, t.nc, parallel, pool
+        )
 
     def warm_up(self, t: Tiling) -> float:
         """Seconds per call of `t` after its first call (which may load the kernel)."""

@@ -13,7 +13,6 @@ next process. Weights are constants: they are packed into micro-panel order once
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -32,6 +31,7 @@ from ..ir import Graph, TensorType
 from ..passes.memory import memory_plan_of
 from . import reference
 from .cpu_entry import KernelFailure, failure_message
+from .cpu_kernels import pool_control
 from .model import CompiledModel
 from .render import Rendered, load_module, render
 
@@ -52,8 +52,7 @@ class CpuModel(CompiledModel):
         self.threads = options.get("threads")
         self._local = threading.local()  # workspace per calling thread
         self._memory: tuple[tuple, int] = ((), 0)  # (dims, bytes a call needs) of the last call
-        # Numba's workqueue threading layer aborts when two threads run parallel code at once
-        self._serial = threading.Lock() if _threading_layer() == "workqueue" else None
+        self.pool = pool_control()  # the kernels' thread pool (see cpu_pool)
         self._fast = _FastPath.of(self)
 
     def _compile_forward(self, module: Any) -> bool:
@@ -64,6 +63,7 @@ class CpuModel(CompiledModel):
         sig = [array(dtype(n.type.np_dtype), n.type.rank, "C") for n in self._input_nodes]
         sig += [numba.typeof(p) for p in self.rendered.params]
         sig += [array(dtype(dt), 1, "C") for dt, _ in self.rendered.workspace]
+        sig += [array(numba.int64, 1, "C")]  # the thread pool
         sig += [array(dtype(t.np_dtype), t.rank, "C") for t in self.rendered.outputs]
         module.forward.compile(tuple(sig))
         return sum(module.forward.stats.cache_hits.values()) > 0
@@ -91,11 +91,7 @@ class CpuModel(CompiledModel):
         if self.threads:
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         try:
-            if self._serial:
-                with self._serial:
-                    self.forward(x, *self.rendered.params, *self.workspace(batch), out)
-            else:
-                self.forward(x, *self.rendered.params, *self.workspace(batch), out)
+            self.forward(x, *self.rendered.params, *self.workspace(batch), self.pool, out)
         except KernelFailure as err:
             raise TilefuseError(failure_message(self.final.name, err)) from None
         if not self.sealed:
@@ -128,8 +124,7 @@ class CpuModel(CompiledModel):
         if self.threads:
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         try:
-            with self._serial or contextlib.nullcontext():
-                self.forward(*inputs, *self.rendered.params, *workspace, *targets)
+            self.forward(*inputs, *self.rendered.params, *workspace, self.pool, *targets)
         except KernelFailure as err:
             raise TilefuseError(failure_message(self.final.name, err)) from None
         for given, target in zip(outs, targets):
@@ -225,13 +220,6 @@ class _FastPath:
 
 def _as_list(out: Any) -> list[Any]:
     return list(out) if isinstance(out, tuple | list) else [out]
-
-
-def _threading_layer() -> str:
-    try:
-        return numba.threading_layer()
-    except ValueError:  # not started yet: the kernels start it when they load
-        return ""
 
 
 def _kernel_ready(a: np.ndarray) -> bool:

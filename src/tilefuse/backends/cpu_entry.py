@@ -11,7 +11,7 @@ cached on disk, because it refers to the kernel by name, not by address.
     dense_f32 = E.require("f32")     # at import of the generated module
     ...
     status = dense_f32(E.data(x), m, k, E.data(wp), wp.size, E.data(b), b.size, E.data(out),
-                       n, act, alpha, kc, mc, nc, parallel)
+                       n, act, alpha, kc, mc, nc, parallel, E.data(pool), pool.size)
     if status != 0:
         raise E.KernelFailure("<the IR line>", status)
 
@@ -44,6 +44,7 @@ SIGNATURE = types.int64(  # the status: 0, or an index into cpu_kernels.OPERAND_
     types.voidptr, types.int64,  # out, n
     types.int64, types.float64,  # act, alpha
     types.int64, types.int64, types.int64, types.int64,  # kc mc nc parallel
+    types.voidptr, types.int64,  # the thread pool's control block, its size (0: serial)
 )  # fmt: skip
 
 DTYPES = {"f32": "float32", "f64": "float64"}
@@ -52,7 +53,8 @@ DTYPES = {"f32": "float32", "f64": "float64"}
 # garbage): anything the driver raises becomes the status KERNEL_RAISED, which `forward`
 # turns into an error naming the op.
 _TEMPLATE = """
-def entry_{dtype}(x, m, k, wp, wp_size, bias, nbias, out, n, act, alpha, kc, mc, nc, parallel):
+def entry_{dtype}(x, m, k, wp, wp_size, bias, nbias, out, n, act, alpha, kc, mc, nc, parallel,
+                  ctl, nctl):
     try:
         return K.dense_kernel(
             carray(x, (m, k), dtype=np.{np_dtype}),
@@ -60,6 +62,7 @@ def entry_{dtype}(x, m, k, wp, wp_size, bias, nbias, out, n, act, alpha, kc, mc,
             carray(bias, (nbias,), dtype=np.{np_dtype}),
             carray(out, (m, n), dtype=np.{np_dtype}),
             act, alpha, kc, mc, nc, parallel,
+            carray(ctl, (nctl,), dtype=np.int64),
         )
     except Exception:
         return K.KERNEL_RAISED

@@ -49,8 +49,9 @@ How a call runs (loop nest in `tilefuse.loops`):
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit
 from numba.extending import overload
 
 # numba.get_num_threads() in njit code reads a ctypes pointer, which makes the caller
@@ -58,6 +59,7 @@ from numba.extending import overload
 # after _launch_threads, which the cached prange in the same library triggers on load).
 from numba.np.ufunc.parallel import _iget_num_threads as thread_count
 
+from tilefuse.backends import cpu_pool as P
 from tilefuse.backends.llvm_ukernel import (
     ACTIVATIONS,
     FORMATS,
@@ -165,6 +167,17 @@ def _register_tile_njit(array):
         return None
     mr, nr = fmt.mr, fmt.nr
     return lambda array: (mr, nr)
+
+
+def dtype_code(array):
+    """0 for float32, 1 for float64 (the pool's job field)."""
+    return 0 if np.dtype(array.dtype) == np.float32 else 1
+
+
+@overload(dtype_code)
+def _dtype_code_njit(array):
+    code = 0 if str(array.dtype) == "float32" else 1
+    return lambda array: code
 
 
 def kernel_limits(array):
@@ -351,10 +364,11 @@ def operand_problem(x, wp, bias, out, act, kc, mc, nc):
     return 0
 
 
-@njit(cache=True, parallel=True)
-def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel):
+@njit(cache=True, nogil=True)
+def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl):
     """out = ACTIVATIONS[act](x @ w + bias) with wp = pack_weights(w, tiling); see module doc.
-    Returns 0, or (leaving out untouched) the index of an operand problem in OPERAND_PROBLEMS."""
+    `ctl` is the thread pool's control block (`pool_control()`; empty: serial). Returns 0,
+    or the index of a problem in OPERAND_PROBLEMS (out untouched, or wrong if a task raised)."""
     problem = operand_problem(x, wp, bias, out, act, kc, mc, nc)
     if problem != 0:
         return problem
@@ -364,19 +378,103 @@ def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel):
         return 0
     mr, nr = register_tile(out)
     biasp = _padded_bias(bias, n, nr, out)
-    threads = thread_count() if parallel != PARALLEL_NONE else 1
-    if 2 * m * n * k_total < PARALLEL_MIN_FLOP:
+    threads = min(thread_count(), ctl[P.POOL_WORKERS] + 1) if ctl.size else 1
+    if parallel == PARALLEL_NONE or 2 * m * n * k_total < PARALLEL_MIN_FLOP:
         threads = 1
     _, most_rows = kernel_limits(out)
     plan, tasks = _plan(m, biasp.size // nr, mr, nr, mc, nc, threads, most_rows)
-    if threads > 1 and tasks > 1:
-        for t in prange(tasks):
-            # prange counts in uint64: cast, or _run_task compiles a second time
-            _run_task(act, plan, np.int64(t), x, wp, biasp, out, alpha, kc)
-    else:
-        for t in range(tasks):
-            _run_task(act, plan, t, x, wp, biasp, out, alpha, kc)
+    if threads > 1 and tasks > 1 and P.acquire(ctl):
+        P.publish(ctl, threads - 1)
+        _write_job(ctl, x, wp, biasp, out, act, alpha, kc, plan, tasks)
+        P.start(ctl)
+        _run_tasks(ctl, x, wp, biasp, out)  # the caller works too
+        return KERNEL_RAISED if P.finish(ctl, tasks) else 0
+    for t in range(tasks):  # one thread, too little work, or the pool busy with another call
+        _run_task(act, plan, t, x, wp, biasp, out, alpha, kc)
     return 0
+
+
+# ------------------------------------------------------------------ the thread pool's jobs
+@njit(cache=True, nogil=True)
+def _write_job(ctl, x, wp, biasp, out, act, alpha, kc, plan, tasks):
+    """What a worker needs to run this call's tasks (see cpu_pool)."""
+    ctl[P.DTYPE] = dtype_code(out)
+    ctl[P.ACT], ctl[P.KC], ctl[P.TASKS] = act, kc, tasks
+    ctl[P.KIND], ctl[P.COL_TASKS], ctl[P.ROWS_PER_TASK], ctl[P.PANELS_PER_TASK] = plan
+    ctl[P.X], ctl[P.M], ctl[P.K] = address(x), x.shape[0], x.shape[1]
+    ctl[P.WP], ctl[P.WP_SIZE] = address(wp), wp.size
+    ctl[P.BIAS], ctl[P.NPAD] = address(biasp), biasp.size
+    ctl[P.OUT], ctl[P.N] = address(out), out.shape[1]
+    ctl[P.ALPHA : P.ALPHA + 1].view(np.float64)[0] = alpha
+
+
+@njit(cache=True, nogil=True)
+def _run_tasks(ctl, x, wp, biasp, out):
+    """Claim and run tasks of the pool's job until none is left."""
+    plan = (ctl[P.KIND], ctl[P.COL_TASKS], ctl[P.ROWS_PER_TASK], ctl[P.PANELS_PER_TASK])
+    act, kc, tasks = ctl[P.ACT], ctl[P.KC], ctl[P.TASKS]
+    alpha = ctl[P.ALPHA : P.ALPHA + 1].view(np.float64)[0]
+    while True:
+        t = P.claim(ctl, tasks)
+        if t < 0:
+            return
+        try:
+            _run_task(act, plan, t, x, wp, biasp, out, alpha, kc)
+            P.task_done(ctl)
+        except Exception:  # noqa: BLE001 - the caller turns it into KERNEL_RAISED
+            P.task_failed(ctl)
+
+
+@njit(cache=True, nogil=True)
+def _run_job(ctl):
+    """A worker's part of the published job, in the job's dtype."""
+    m, k, n = ctl[P.M], ctl[P.K], ctl[P.N]
+    if ctl[P.DTYPE] == 0:
+        x = carray(P.pointer(ctl[P.X]), (m, k), np.float32)
+        wp = carray(P.pointer(ctl[P.WP]), (ctl[P.WP_SIZE],), np.float32)
+        biasp = carray(P.pointer(ctl[P.BIAS]), (ctl[P.NPAD],), np.float32)
+        out = carray(P.pointer(ctl[P.OUT]), (m, n), np.float32)
+        _run_tasks(ctl, x, wp, biasp, out)
+    else:
+        x = carray(P.pointer(ctl[P.X]), (m, k), np.float64)
+        wp = carray(P.pointer(ctl[P.WP]), (ctl[P.WP_SIZE],), np.float64)
+        biasp = carray(P.pointer(ctl[P.BIAS]), (ctl[P.NPAD],), np.float64)
+        out = carray(P.pointer(ctl[P.OUT]), (m, n), np.float64)
+        _run_tasks(ctl, x, wp, biasp, out)
+
+
+@njit(cache=True, nogil=True)
+def worker_loop(ctl, wid):
+    """A pool worker, until shutdown: wait for a job (spin, then sleep), join it if the call
+    allows this many workers, run tasks; ACTIVE says it is inside a job."""
+    seen = P.atomic_load(ctl, P.SEQ)
+    while True:
+        seq = P.wait_for_job(ctl, seen)
+        if P.atomic_load(ctl, P.SHUTDOWN) != 0:
+            return
+        seen = seq
+        P.atomic_add(ctl, P.ACTIVE, 1)
+        if P.atomic_load(ctl, P.SEQ) == seq and wid < P.atomic_load(ctl, P.WORKERS):
+            _run_job(ctl)
+        P.atomic_add(ctl, P.ACTIVE, -1)
+
+
+_POOL: list[P.Pool] = []
+_NO_POOL = np.zeros(0, np.int64)
+
+
+def pool_control() -> np.ndarray:
+    """The thread pool's control block for the kernels (started on first use: one worker
+    fewer than Numba's thread count); an empty array where the pool is unavailable."""
+    if not _POOL:
+        if not P.available() or numba.config.NUMBA_NUM_THREADS < 2:
+            return _NO_POOL
+        # compiled (or loaded) here, not by the first worker while calls run without it
+        worker_loop.compile((numba.types.Array(numba.int64, 1, "C"), numba.int64))
+        pool = P.Pool(numba.config.NUMBA_NUM_THREADS - 1, worker_loop)
+        pool.ctl[P.POOL_WORKERS] = len(pool.threads)  # the workers a call may use
+        _POOL.append(pool)
+    return _POOL[0].ctl
 
 
 # ------------------------------------------------------------------ Python convenience
@@ -407,7 +505,7 @@ def dense(
         out = np.empty((x.shape[0], n), x.dtype)
     bias = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     problem = dense_kernel(x, w, bias, out, ACTIVATION_CODE[act], float(alpha), tiling.kc,
-                           tiling.mc, tiling.nc, parallel_code(tiling))  # fmt: skip
+                           tiling.mc, tiling.nc, parallel_code(tiling), pool_control())  # fmt: skip
     if problem:
         raise ValueError(f"dense: {OPERAND_PROBLEMS[problem]}")
     return out

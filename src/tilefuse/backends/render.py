@@ -139,7 +139,8 @@ class Renderer:
         inputs = self.render_body()
         outs = [f"out{k}" for k in range(len(g.outputs))]
         workspace = [f"ws{b.index}" for b in self.plan.buffers] if self.plan else []
-        args = [self.var[n.id] for n in inputs] + self.param_names + workspace + outs
+        # `pool`: the kernels' thread pool (cpu_kernels.pool_control()), after the workspace
+        args = [self.var[n.id] for n in inputs] + self.param_names + workspace + ["pool"] + outs
         header = module_header("CPU code", g) + _MODULE_IMPORTS
         header += "".join(f"{name} = E.require({d!r})\n" for name, d in self.entries.items())
         header += "\n\n" if self.entries else ""
@@ -447,6 +448,7 @@ class Renderer:
             (f"{act_code}, {float_literal(alpha)},", f"activation {act_key}, alpha"),
             (f"{tiling.kc}, {tiling.mc}, {tiling.nc}, {parallel_code(tiling)},",
              f"kc, mc, nc, {parallel}"),
+            ("E.data(pool), pool.size,", "the thread pool (size 0: none)"),
         ]  # fmt: skip
         width = max(len(code) for code, _ in call)
         self.emit(f"status = {entry}(")

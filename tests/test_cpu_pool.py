@@ -1,0 +1,92 @@
+"""The CPU kernels' thread pool (backends/cpu_pool.py): calls end when their tasks are done,
+whoever ran them; idle workers let go of their cores; concurrent calls stay correct."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numba
+import numpy as np
+import pytest
+
+import tilefuse as tfu
+from tilefuse.backends import cpu_kernels as ck
+from tilefuse.backends import cpu_pool as P
+
+pytestmark = pytest.mark.skipif(
+    not P.available() or numba.config.NUMBA_NUM_THREADS < 2, reason="needs the pool (2 cores)"
+)
+
+
+def big_call(pool: np.ndarray, m: int = 96):
+    """A dense call large enough to run on two threads; returns (status, out, want)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((m, 300)).astype(np.float32)
+    w = rng.standard_normal((300, 200)).astype(np.float32)
+    tiling = ck.default_tiling(np.float32).replace(mc=ck.micro_tile(np.float32)[0] * 2)
+    out = np.empty((m, 200), np.float32)
+    code = ck.ACTIVATION_CODE["relu"]
+    status = ck.dense_kernel(x, ck.pack_weights(w, tiling), np.zeros(200, np.float32), out,
+                             code, 0.0, tiling.kc, tiling.mc, tiling.nc, 1, pool)  # fmt: skip
+    return status, out, np.maximum(x @ w, 0)
+
+
+def test_a_worker_that_never_comes_does_not_hold_the_call_up():
+    """A pool with a worker slot but no worker thread (one that is never scheduled): the
+    caller claims every task itself and returns, instead of waiting at a barrier."""
+    lonely = np.zeros(P.CTL_SIZE, np.int64)
+    lonely[P.POOL_WORKERS] = 1
+    numba.set_num_threads(2)
+    status, out, want = big_call(lonely)
+    assert status == 0
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
+    assert lonely[P.DONE] == lonely[P.TASKS] > 1 and lonely[P.LOCK] == 0
+
+
+def test_idle_workers_sleep_soon_after_a_call():
+    """Workers spin briefly after a job, then sleep on the futex: another library's threads
+    get the cores (they used to spin for milliseconds)."""
+    pool = ck.pool_control()
+    numba.set_num_threads(2)
+    for _ in range(3):
+        assert big_call(pool)[0] == 0
+    deadline = time.monotonic() + 10.0
+    while pool[P.SLEEPERS] < pool[P.POOL_WORKERS] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert pool[P.SLEEPERS] == pool[P.POOL_WORKERS]
+    assert big_call(pool)[0] == 0  # and wake for the next job
+
+
+def test_workers_share_the_tasks():
+    pool = ck.pool_control()
+    numba.set_num_threads(2)
+    seen = set()
+    for _ in range(20):
+        before = pool[P.SEQ]
+        status, out, want = big_call(pool)
+        assert status == 0 and pool[P.SEQ] == before + 2
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
+        seen.add(int(pool[P.DONE]))
+    assert seen == {int(pool[P.TASKS])}
+
+
+def test_calls_from_many_threads_at_once_are_all_right():
+    """One job at a time: a call that finds the pool busy runs its tasks itself."""
+    net = tfu.Sequential([tfu.Dense(256, "relu"), tfu.Dense(64)], input_dim=128, seed=3)
+    model = tfu.compile(net, check=False)
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((64 + k, 128)).astype(np.float32) for k in range(6)]
+    wrong = []
+
+    def run(x):
+        for _ in range(15):
+            if not np.allclose(model(x), net(x), rtol=1e-4, atol=1e-4):
+                wrong.append(x.shape)
+
+    threads = [threading.Thread(target=run, args=(x,)) for x in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
