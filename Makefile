@@ -49,7 +49,15 @@ lint: venv
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 
-bench: venv
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	@touch $(BENCH_STAMP)
+
+# every peer (ONNX Runtime, PyTorch eager, torch.compile, +freezing), the mixed-numpy and busy
+# conditions; results in benchmarks/results/<host>.{md,json,png}
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py
 
 # ONNX's own backend node tests for the ops tilefuse imports: a pass/fail/unsupported table

@@ -4,16 +4,19 @@ One run times every system on every case at each thread count, interleaved (roun
 repetitions, rotating the order) so the machine's noise hits all systems alike, after checking
 each system's output against NumPy's. It writes, under --out:
 
-    latest.json   every sample statistic, the machine, the versions, the measured peak
-    latest.md     one table per thread count: latency, GFLOP/s, % of peak, ratios
-    latest.png    latency and GFLOP/s per case, one bar per system (when matplotlib is there)
+    <host>.json   every sample statistic, the machine, the versions, the measured peak
+    <host>.md     one table per thread count: latency, GFLOP/s, % of peak, ratios; then the
+                  mixed-numpy and busy conditions (conditions.py)
+    <host>.png    latency and GFLOP/s per case, one bar per system (when matplotlib is there)
+
+<host> names the CPU (`amd-epyc-2c-avx2`): results are kept per host.
 
     python benchmarks/run.py                                  # everything, 2 and 1 threads
     python benchmarks/run.py --quick --cases mlp-small/b1     # a smoke run (writes quick.*)
-    python benchmarks/run.py --threads 2 --systems tilefuse,onnxruntime --torch-compile
+    python benchmarks/run.py --threads 2 --systems tilefuse,onnxruntime --no-torch-compile
 
 Ratios are speedups: "vs NumPy" = NumPy's median time ÷ this system's (above 1 is faster);
-"vs best peer" uses the faster of ONNX Runtime and NumPy in the same run.
+"vs best peer" uses the fastest other system in the same run (workloads.PEERS).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -426,7 +430,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", default="2,1", help="thread counts (default 2,1)")
     parser.add_argument("--cases", default="", help="comma-separated cases or workloads")
     parser.add_argument("--systems", default=",".join(wl.DEFAULT_SYSTEMS), help="systems to run")
-    parser.add_argument("--torch-compile", action="store_true", help="add torch.compile")
+    parser.add_argument(
+        "--no-torch-compile",
+        action="store_true",
+        help="leave out torch.compile and torch.compile+freezing (slow to build)",
+    )
+    parser.add_argument("--no-conditions", action="store_true",
+                        help="skip the mixed-numpy and busy rows")  # fmt: skip
     parser.add_argument("--budget", type=float, help="seconds per case and thread count")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, help="results folder")
     parser.add_argument("--name", help="file stem of the results (default latest, quick.*)")
@@ -436,8 +446,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def choose_systems(names: str, torch_compile: bool, log: Callable[[str], None]) -> list[wl.System]:
     wanted = [n.strip() for n in names.split(",") if n.strip()]
-    if torch_compile and "torch-compile" not in wanted:
-        wanted.append("torch-compile")
+    if not torch_compile:
+        wanted = [n for n in wanted if n not in ("torch-compile", "torch-frozen")]
     unknown = [n for n in wanted if n not in wl.SYSTEMS]
     if unknown:
         raise SystemExit(
@@ -472,12 +482,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cases = wl.select_cases(args.cases)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    systems = choose_systems(args.systems, args.torch_compile, print)
+    systems = choose_systems(args.systems, not args.no_torch_compile, print)
     threads = choose_threads(args.threads, print)
     report = benchmark(cases, systems, threads, budget, args.quick)
+    if not args.no_conditions:
+        report["conditions"] = measure_conditions(systems, max(threads), budget)
     report["settings"]["argv"] = sys.argv[1:] if argv is None else argv
-    write_report(report, args.out, args.name or ("quick" if args.quick else "latest"), args.no_plot)
+    stem = args.name or ("quick" if args.quick else host_stem(report["machine"]))
+    write_report(report, args.out, stem, args.no_plot)
     return report
+
+
+def host_stem(machine: dict[str, Any]) -> str:
+    """Results are kept per host: `amd-epyc-2c-avx2`, `intel-xeon-processor-2c-avx512f`."""
+    isa = "avx512f" if "avx512f" in machine["isa"] else "avx2"
+    words = re.sub(r"\(r\)|\(tm\)|cpu|@.*", "", machine["cpu"].lower())
+    slug = re.sub(r"[^a-z0-9]+", "-", words).strip("-")
+    return f"{slug}-{machine['cores']}c-{isa}"
+
+
+def measure_conditions(systems: list[wl.System], threads: int, budget: Budget) -> dict[str, Any]:
+    """The mixed-numpy and busy rows (benchmarks/conditions.py) for the systems that are not
+    references."""
+    import conditions
+
+    names = [s.name for s in systems if not s.reference]
+    case = conditions.mlp_case(conditions.MIXED_BATCHES[0])
+    net = wl.build_net(case)
+    runners = {}
+    for name in names:
+        try:
+            runners[name] = wl.SYSTEMS[name].make(net, case.activations)
+        except Exception as err:  # reported by the main table already
+            print(f"mixed-numpy: {name} cannot run: {err}")
+    mixed_budget = replace(budget, settle=0.0)
+    mixed = conditions.mixed_numpy(runners, threads, round_robin, mixed_budget)
+    for row in mixed:
+        print(f"mixed-numpy b{row['batch']} {row['system']}: {row['overhead']:.2f}x the sum")
+    busy_systems = [n for n in names if n not in ("torch-compile", "torch-frozen")]
+    return {"mixed_numpy": mixed, "busy": conditions.busy(busy_systems, threads)}
 
 
 def benchmark(
@@ -532,7 +575,44 @@ def markdown(report: dict[str, Any]) -> str:
         lines += summary_table(rows, report["settings"]["labels"]) + [""]
         lines += detail_table(rows, report["settings"]["labels"])
         lines += load_notes(rows)
+    lines += conditions_tables(report.get("conditions"), report["settings"]["labels"])
     return "\n".join(lines) + "\n"
+
+
+def conditions_tables(conditions: dict[str, Any] | None, labels: dict[str, str]) -> list[str]:
+    if not conditions:
+        return []
+    about = (
+        "`y = x @ P` (NumPy, 784 x 784) before each call of mlp-small, no settling "
+        "between samples: the pair's time ÷ (the projection alone + the system alone)."
+    )
+    lines = ["", "## Beside NumPy in one process (mixed-numpy)", "", about, ""]
+    rows = conditions["mixed_numpy"]
+    batches = sorted({r["batch"] for r in rows})
+    lines += [table_row(["system", *(f"batch {b}" for b in batches)]),
+              table_row(["---"] * (len(batches) + 1))]  # fmt: skip
+    for system in dict.fromkeys(r["system"] for r in rows):
+        by_batch = {r["batch"]: r for r in rows if r["system"] == system}
+        cells = [f"{by_batch[b]['overhead']:.2f}x ({format_time(by_batch[b]['pair_s'])})"
+                 if b in by_batch else "-" for b in batches]  # fmt: skip
+        lines.append(table_row([labels.get(system, system), *cells]))
+    busy = conditions["busy"]
+    if busy:
+        first = busy[0]
+        about = (
+            f"mlp-small at batch {first['batch']}, {first['threads']} threads, each system "
+            f"in a fresh process, idle and then beside {first['hogs']} CPU-bound processes "
+            "(a fair share of the 2 cores is then a third: about 3x)."
+        )
+        lines += ["", "## On a busy machine (busy)", "", about, "",
+                  table_row(["system", "idle", "busy", "busy ÷ idle"]),
+                  table_row(["---"] * 4)]  # fmt: skip
+        for r in busy:
+            idle = format_time(r["idle_s"]) if r.get("idle_s") else "-"
+            loaded = format_time(r["busy_s"]) if r.get("busy_s") else r.get("error", "-")
+            ratio = f"{r['slowdown']:.2f}x" if r.get("slowdown") else "-"
+            lines.append(table_row([labels.get(r["system"], r["system"]), idle, loaded, ratio]))
+    return lines
 
 
 def markdown_header(report: dict[str, Any]) -> list[str]:
@@ -559,7 +639,8 @@ def markdown_header(report: dict[str, Any]) -> list[str]:
         "Times are medians over samples taken in interleaved rounds (p10–p90 in the detail). "
         "GFLOP/s count 2·M·K·N per matmul (bias and activation not counted). "
         "Speedups: another system's median time ÷ this one's (above 1 = faster). "
-        "Best peer = the faster of ONNX Runtime and NumPy unfused. "
+        "Best peer = the fastest of every other system: NumPy unfused, ONNX Runtime, "
+        "PyTorch eager, torch.compile and torch.compile with frozen weights (those that ran). "
         "(ref) BLAS sgemm only does the matmuls alone, without bias and activation. "
         "Weights GB/s (batch 1 only) = bytes of weights and biases ÷ latency.",
     ]

@@ -222,12 +222,17 @@ class OnnxRuntime(Runner):
 
 class TorchEager(Runner):
     compiled = False
+    frozen = False  # torch.compile with the weights frozen into the graph (Inductor freezing)
 
     def __init__(self, net: tfu.Sequential, activations: tuple[str, ...]) -> None:
         import torch
 
         self.torch = torch
         module = torch_module(net.params, activations).eval()
+        if self.frozen:
+            import torch._inductor.config as inductor
+
+            inductor.freezing = True
         self.module = torch.compile(module) if self.compiled else module
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -241,6 +246,14 @@ class TorchEager(Runner):
 class TorchCompiled(TorchEager):
     compiled = True
 
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.torch._inductor.config.freezing = self.frozen  # a process runs both kinds
+        return super().__call__(x)
+
+
+class TorchFrozen(TorchCompiled):
+    frozen = True
+
 
 SYSTEMS = {
     s.name: s
@@ -251,10 +264,14 @@ SYSTEMS = {
         System("onnxruntime", "ONNX Runtime", "onnxruntime", OnnxRuntime),
         System("torch", "PyTorch eager", "torch", TorchEager),
         System("torch-compile", "torch.compile", "torch", TorchCompiled),
+        System("torch-frozen", "torch.compile+freezing", "torch", TorchFrozen),
     ]
 }
-DEFAULT_SYSTEMS = ("tilefuse", "numpy", "blas", "onnxruntime", "torch")
-PEERS = ("onnxruntime", "numpy")  # the "best peer" of a case: the faster of these
+DEFAULT_SYSTEMS = (
+    "tilefuse", "numpy", "blas", "onnxruntime", "torch", "torch-compile", "torch-frozen"
+)  # fmt: skip
+# the "best peer" of a case: the fastest of every system but tilefuse and the reference
+PEERS = ("numpy", "onnxruntime", "torch", "torch-compile", "torch-frozen")
 
 
 # -- ONNX: MatMul + Add + activation per layer, from the same weights ----------------------

@@ -234,6 +234,29 @@ def test_a_tiny_run_end_to_end_writes_json_markdown_and_plot(tmp_path):
     assert (tmp_path / "smoke.png").exists() == has("matplotlib")
 
 
+def test_the_conditions_rows_and_their_tables(monkeypatch):
+    """mixed-numpy (pair vs sum, no settling) and busy (fresh processes, hogs) plumbing, small."""
+    import conditions
+
+    monkeypatch.setattr(conditions, "MIXED_BATCHES", (4,))
+    case = conditions.mlp_case(4)
+    net = wl.build_net(case)
+    runners = {n: wl.SYSTEMS[n].make(net, case.activations) for n in ("numpy", "tilefuse")}
+    mixed = conditions.mixed_numpy(runners, 1, bench.round_robin, NO_WAIT)
+    assert {r["system"] for r in mixed} == {"numpy", "tilefuse"}
+    assert all(r["overhead"] > 0 and r["pair_s"] > 0 for r in mixed)
+    assert conditions.time_one("numpy", 4, 1, seconds=0.02)["median_s"] > 0
+    fake = iter([{"median_s": 1e-3}, {"median_s": 3e-3}])
+    monkeypatch.setattr(conditions, "in_fresh_process", lambda *args: next(fake))
+    monkeypatch.setattr(conditions, "BUSY_HOGS", 1)
+    (busy,) = conditions.busy(["numpy"], 1, log=lambda line: None)
+    assert busy["slowdown"] == pytest.approx(3.0)
+    table = "\n".join(bench.conditions_tables({"mixed_numpy": mixed, "busy": [busy]}, {}))
+    assert "## Beside NumPy in one process" in table and "| numpy | 1 ms | 3 ms | 3.00x |" in table
+    machine = {"cpu": "AMD EPYC 7B13 64-Core Processor", "cores": 2, "isa": ["avx2", "fma"]}
+    assert bench.host_stem(machine) == "amd-epyc-7b13-64-core-processor-2c-avx2"
+
+
 def test_command_line_rejects_unknown_cases_and_systems():
     with pytest.raises(SystemExit, match="unknown case"):
         bench.main(["--cases", "mlp-huge/b1"])

@@ -1,0 +1,137 @@
+"""The conditions users run in, beside the isolated timings of run.py:
+
+- **mixed-numpy**: a NumPy projection `y = x @ P` before each model call, the usual
+  preprocessing, in one process: the time of the pair against the sum of the two alone.
+  Thread pools that keep spinning after a call (OpenMP teams, OpenBLAS, ONNX Runtime's and
+  PyTorch's pools) make the pair cost more than the sum. Nothing is settled between samples.
+- **busy**: four CPU-bound processes on the machine (more runnable threads than cores);
+  each system is timed in a fresh process of its own, idle and then busy, and the report
+  gives busy / idle. With two cores and six runnable threads a fair share is a third of the
+  machine: about 3x.
+
+    python benchmarks/conditions.py --time-one tilefuse --batch 256   # one system, one process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import workloads as wl
+
+MIXED_BATCHES = (64, 256, 1024)
+MIXED_CASE = "mlp-small"  # 784-512-512-10: the projection P is 784 x 784
+BUSY_BATCH = 256
+BUSY_HOGS = 4
+BUSY_SECONDS = 3.0  # of calls timed in each process
+HOG = "while True:\n    pass\n"
+
+
+def mlp_case(batch: int) -> wl.Case:
+    template = wl.select_cases(MIXED_CASE)[0]
+    return wl.Case(template.workload, f"b{batch}", batch, template.dims, template.activations)
+
+
+# -- beside NumPy ----------------------------------------------------------------------------
+def mixed_numpy(
+    runners: dict[str, wl.Runner], threads: int, round_robin: Callable, budget: Any
+) -> list[dict[str, Any]]:
+    """Per system and batch: NumPy's projection alone, the system alone, and the pair, timed in
+    interleaved rounds (no settling); `overhead` = pair / (projection + system)."""
+    rows = []
+    rng = np.random.default_rng(2)
+    projection = rng.standard_normal((784, 784), dtype=np.float32) / 28
+    for batch in MIXED_BATCHES:
+        x = wl.make_input(mlp_case(batch))
+        y = x @ projection
+        fns: dict[str, Callable[[], Any]] = {"numpy projection": lambda x=x: x @ projection}
+        for name, run in runners.items():
+            run.set_threads(threads)
+            fns[f"{name} alone"] = lambda run=run, y=y: run(y)
+            fns[f"{name} after numpy"] = lambda run=run, x=x: run(x @ projection)
+        timings = round_robin(fns, budget)
+        alone = {name: t.stats()["median_s"] for name, t in timings.items() if t.samples}
+        for name in runners:
+            pair, model = alone.get(f"{name} after numpy"), alone.get(f"{name} alone")
+            proj = alone.get("numpy projection")
+            if pair is None or model is None or proj is None:
+                continue
+            row = {"system": name, "batch": batch, "threads": threads, "projection_s": proj}
+            row.update(alone_s=model, pair_s=pair, overhead=pair / (proj + model))
+            rows.append(row)
+    return rows
+
+
+# -- on a busy machine -----------------------------------------------------------------------
+def time_one(system: str, batch: int, threads: int, seconds: float = BUSY_SECONDS) -> dict:
+    """Median seconds per call of `system` on mlp-small at `batch`, in this process."""
+    case = mlp_case(batch)
+    net = wl.build_net(case)
+    run = wl.SYSTEMS[system].make(net, case.activations)
+    run.set_threads(threads)
+    x = wl.make_input(case)
+    for _ in range(5):
+        run(x)
+    times = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop or len(times) < 10:
+        start = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - start)
+    return {"median_s": float(np.median(times)), "calls": len(times)}
+
+
+def in_fresh_process(system: str, batch: int, threads: int) -> dict:
+    script = os.path.abspath(__file__)
+    args = [sys.executable, script, "--time-one", system, "--batch", str(batch),
+            "--threads", str(threads)]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def busy(systems: list[str], threads: int, log: Callable[[str], None] = print) -> list[dict]:
+    """Each system idle, then with BUSY_HOGS CPU-bound processes running, in processes of
+    its own; `slowdown` = busy / idle."""
+    idle = {name: in_fresh_process(name, BUSY_BATCH, threads) for name in systems}
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(BUSY_HOGS)]
+    try:
+        time.sleep(0.5)
+        loaded = {name: in_fresh_process(name, BUSY_BATCH, threads) for name in systems}
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    rows = []
+    for name in systems:
+        row = {"system": name, "batch": BUSY_BATCH, "threads": threads, "hogs": BUSY_HOGS}
+        for key, result in (("idle", idle[name]), ("busy", loaded[name])):
+            row[f"{key}_s"] = result.get("median_s")
+            if "error" in result:
+                row["error"] = result["error"]
+        if row.get("idle_s") and row.get("busy_s"):
+            row["slowdown"] = row["busy_s"] / row["idle_s"]
+        rows.append(row)
+        log(f"busy {name}: {row}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--time-one", required=True, help="a system of workloads.SYSTEMS")
+    parser.add_argument("--batch", type=int, default=BUSY_BATCH)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(json.dumps(time_one(args.time_one, args.batch, args.threads)))
+
+
+if __name__ == "__main__":
+    main()
