@@ -3,7 +3,7 @@
 run.py calls `plot_report` after a run when matplotlib is installed; to redraw from a saved
 report:
 
-    python benchmarks/plot.py benchmarks/results/latest.json   # writes latest.png beside it
+    python benchmarks/plot.py benchmarks/results/amd-epyc-2c-avx2.json   # writes the .png beside it
 """
 
 from __future__ import annotations

@@ -439,7 +439,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="skip the mixed-numpy and busy rows")  # fmt: skip
     parser.add_argument("--budget", type=float, help="seconds per case and thread count")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, help="results folder")
-    parser.add_argument("--name", help="file stem of the results (default latest, quick.*)")
+    parser.add_argument("--name", help="file stem of the results (default: the host, e.g. amd-epyc-2c-avx2; quick with --quick)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return parser.parse_args(argv)
 
