@@ -9,17 +9,20 @@ text form (text.py) and `Graph.__eq__` compares graphs by it, constants included
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 
 from .errors import DTypeError, InvalidNameError, ShapeError, TilefuseError, VerifyError
 from .tiling import GpuTiling, Tiling
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 Dim = int | str  # an int extent, or a symbolic one such as "N" (the batch)
 
@@ -139,8 +142,10 @@ def array_digest(array: np.ndarray) -> str:
 class Graph:
     """A DAG of Nodes with named inputs, ordered outputs and constant data.
 
-    Nodes are stored by id; `nx` is the networkx view (edges run producer -> user), built once.
-    Ids carry no meaning beyond identity; the printer renames nodes in topological order.
+    Nodes are stored by id; `nx` is the networkx view (edges run producer -> user), built on
+    first use (the passes walk the graph's own successor lists, so networkx is imported only
+    by whoever asks for the view). Ids carry no meaning beyond identity; the printer renames
+    nodes in topological order.
     """
 
     def __init__(
@@ -164,28 +169,82 @@ class Graph:
         self.outputs = tuple(outputs)
         self.constants: dict[int, np.ndarray] = dict(constants or {})
         self._nx: nx.DiGraph | None = None
+        self._succ: dict[int, list[int]] | None = None
         self._order: tuple[int, ...] | None = None
 
     # -- structure -------------------------------------------------------------------------
     @property
     def nx(self) -> nx.DiGraph:
         if self._nx is None:
-            g = nx.DiGraph()
+            import networkx
+
+            g = networkx.DiGraph()
             g.add_nodes_from(self.nodes)
             for node in self.nodes.values():
                 g.add_edges_from((i, node.id) for i in node.inputs)
             self._nx = g
         return self._nx
 
+    def successors(self) -> dict[int, list[int]]:
+        """Each id's readers, sorted (an operand that names a missing id still gets an entry,
+        so that verify can say which node reads it)."""
+        if self._succ is None:
+            succ: dict[int, set[int]] = {i: set() for i in self.nodes}
+            for node in self.nodes.values():
+                for i in node.inputs:
+                    succ.setdefault(i, set()).add(node.id)
+            self._succ = {u: sorted(v) for u, v in succ.items()}
+        return self._succ
+
     def order(self) -> tuple[int, ...]:
         """Node ids in deterministic topological order (ties broken by id)."""
         if self._order is None:
-            try:
-                self._order = tuple(nx.lexicographical_topological_sort(self.nx))
-            except nx.NetworkXUnfeasible as err:
-                cycle = " -> ".join(f"node {u}" for u, _ in nx.find_cycle(self.nx))
-                raise VerifyError(f"graph {self.name} has a cycle: {cycle}") from err
+            succ = self.successors()
+            indegree = dict.fromkeys(succ, 0)
+            for users in succ.values():
+                for u in users:
+                    indegree[u] += 1
+            ready = [u for u, d in indegree.items() if d == 0]
+            heapq.heapify(ready)
+            order = []
+            while ready:
+                u = heapq.heappop(ready)
+                order.append(u)
+                for v in succ[u]:
+                    indegree[v] -= 1
+                    if indegree[v] == 0:
+                        heapq.heappush(ready, v)
+            if len(order) < len(succ):
+                cycle = " -> ".join(f"node {u}" for u in self._cycle(set(succ) - set(order)))
+                raise VerifyError(f"graph {self.name} has a cycle: {cycle}")
+            self._order = tuple(order)
         return self._order
+
+    def _cycle(self, left: set[int]) -> list[int]:
+        """One cycle among `left`, the ids a topological sort could not place (each has a
+        predecessor among them), from its smallest id along the edges."""
+        preds = {u: sorted(i for i in set(self.nodes[u].inputs) if i in left) for u in left}
+        path, seen, u = [], {}, min(left)
+        while u not in seen:
+            seen[u] = len(path)
+            path.append(u)
+            u = preds[u][0]
+        cycle = path[seen[u] :][::-1]  # walked against the edges
+        start = cycle.index(min(cycle))
+        return cycle[start:] + cycle[:start]
+
+    def has_path(self, source: int, target: int) -> bool:
+        """Whether `target` is computed (directly or not) from `source`."""
+        succ, stack, seen = self.successors(), [source], {source}
+        while stack:
+            u = stack.pop()
+            if u == target:
+                return True
+            for v in succ.get(u, ()):
+                if v not in seen:
+                    seen.add(v)
+                    stack.append(v)
+        return False
 
     def __iter__(self) -> Iterator[Node]:
         return (self.nodes[i] for i in self.order())
@@ -198,7 +257,7 @@ class Graph:
 
     def users(self, node_id: int) -> list[Node]:
         """Nodes that read `node_id`, in topological order (a graph output counts as no user)."""
-        return [self.nodes[u] for u in sorted(self.nx.successors(node_id))]
+        return [self.nodes[u] for u in self.successors().get(node_id, ())]
 
     def use_count(self, node_id: int) -> int:
         """How many operand slots and graph outputs read `node_id`."""

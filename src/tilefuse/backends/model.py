@@ -11,7 +11,6 @@ import numpy as np
 
 from ..cache import model_key, stats
 from ..errors import AttrError, InputError
-from ..explain import explain_model
 from ..ir import Graph
 from . import reference
 
@@ -62,6 +61,8 @@ class CompiledModel:
     def explain(self, batch: int | None = None) -> Any:
         """Why each kernel looks the way it does: fusion, tiling, costs and the roofline
         (`print(model.explain())`; `.to_dict()` for machines). See tilefuse.explain."""
+        from ..explain import explain_model  # with the roofline: imported when asked for
+
         return explain_model(self, batch=batch)
 
     def __repr__(self) -> str:

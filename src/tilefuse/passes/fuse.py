@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import networkx as nx
-
 from ..ir import Graph, Node
 from ..ops import (
     ACTIVATIONS,
@@ -109,7 +107,7 @@ def binary_problem(g: Graph, dense: Node, op: Node) -> Problem | None:
             f"{dense.type} to {op.type}; a bias must be [n] or [1,n] and an epilogue operand "
             f"must broadcast to {dense.type}",
         )
-    if nx.has_path(g.nx, dense.id, other.id):
+    if g.has_path(dense.id, other.id):
         return ("cycle", "the other operand is computed from the matmul result itself")
     if len(dense.inputs) >= MAX_DENSE_OPERANDS:
         return ("too_many_operands", f"a dense op takes at most {MAX_DENSE_OPERANDS} operands")
