@@ -437,9 +437,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-conditions", action="store_true",
                         help="skip the mixed-numpy and busy rows")  # fmt: skip
+    parser.add_argument("--no-compile-times", action="store_true",
+                        help="skip the compile table (cold, warm, import)")  # fmt: skip
     parser.add_argument("--budget", type=float, help="seconds per case and thread count")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, help="results folder")
-    parser.add_argument("--name", help="file stem of the results (default: the host, e.g. amd-epyc-2c-avx2; quick with --quick)")
+    parser.add_argument(
+        "--name", help="file stem of the results (default: the host, e.g. amd-epyc-2c-avx2)"
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return parser.parse_args(argv)
 
@@ -487,6 +491,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = benchmark(cases, systems, threads, budget, args.quick)
     if not args.no_conditions:
         report["conditions"] = measure_conditions(systems, max(threads), budget)
+    if not args.no_compile_times:
+        import compile_time
+
+        print("compile and start-up times, in fresh processes")
+        report["compile"] = compile_time.measure([s.name for s in systems])
     report["settings"]["argv"] = sys.argv[1:] if argv is None else argv
     stem = args.name or ("quick" if args.quick else host_stem(report["machine"]))
     write_report(report, args.out, stem, args.no_plot)
@@ -576,7 +585,35 @@ def markdown(report: dict[str, Any]) -> str:
         lines += detail_table(rows, report["settings"]["labels"])
         lines += load_notes(rows)
     lines += conditions_tables(report.get("conditions"), report["settings"]["labels"])
+    lines += compile_table(report.get("compile"), report["settings"]["labels"])
     return "\n".join(lines) + "\n"
+
+
+def compile_table(found: dict[str, Any] | None, labels: dict[str, str]) -> list[str]:
+    """Cold and warm start (compile or session creation, then the first call) and import,
+    each from fresh processes (benchmarks/compile_time.py)."""
+    if not found:
+        return []
+    about = (
+        "mlp-small, from after the import to the end of the first call (batch 1), medians "
+        "over fresh processes. Cold: empty caches (fresh TILEFUSE_CACHE_DIR and "
+        "NUMBA_CACHE_DIR); warm: the caches the cold run left. ONNX Runtime: session "
+        "creation and first run (it keeps no cache between processes)."
+    )
+    lines = ["", "## Compile and start-up (compile)", "", about, "",
+             table_row(["system", "cold", "warm", "import"]), table_row(["---"] * 4)]  # fmt: skip
+    for name, times in found.items():
+        if "error" in times:
+            lines.append(table_row([labels.get(name, name), times["error"], "-", "-"]))
+            continue
+        cells = [format_time(times[k]) for k in ("cold_s", "warm_s", "import_s")]
+        lines.append(table_row([labels.get(name, name), *cells]))
+    phases = found.get("tilefuse", {}).get("cold_phases")
+    if phases:
+        parts = sorted(phases.items(), key=lambda kv: -kv[1])
+        lines += ["", "tilefuse's cold compile by phase: "
+                  + ", ".join(f"{name} {format_time(s)}" for name, s in parts)]  # fmt: skip
+    return lines
 
 
 def conditions_tables(conditions: dict[str, Any] | None, labels: dict[str, str]) -> list[str]:

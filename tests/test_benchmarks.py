@@ -257,6 +257,21 @@ def test_the_conditions_rows_and_their_tables(monkeypatch):
     assert bench.host_stem(machine) == "amd-epyc-7b13-64-core-processor-2c-avx2"
 
 
+def test_the_compile_table_from_fresh_processes():
+    """Cold (empty caches), warm and import, each in processes of their own; one run each."""
+    import compile_time
+
+    once = {"import": 1, "cold": 1, "warm": 1}
+    found = compile_time.measure(["tilefuse", "numpy"], once)
+    assert set(found) == {"tilefuse"}
+    times = found["tilefuse"]
+    assert 0 < times["import_s"] and 0 < times["warm_s"] and 0 < times["cold_s"]
+    assert {"passes", "kernel library: codegen", "forward: Numba"} <= set(times["cold_phases"])
+    table = "\n".join(bench.compile_table(found, {"tilefuse": "tilefuse"}))
+    assert "## Compile and start-up" in table and "| tilefuse | " in table
+    assert "tilefuse's cold compile by phase: " in table
+
+
 def test_command_line_rejects_unknown_cases_and_systems():
     with pytest.raises(SystemExit, match="unknown case"):
         bench.main(["--cases", "mlp-huge/b1"])

@@ -194,16 +194,17 @@ def test_unsealed_truncated_files_are_caught_by_their_structure():
     assert not hit and total_again == total and "does not parse" in err
 
 
-def test_a_corrupt_kernel_entry_library_is_rebuilt(tmp_path):
+@pytest.mark.parametrize("damage", ["zero", "truncate"])
+def test_a_corrupt_kernel_library_is_rebuilt(tmp_path, damage):
     """In a cache of its own: other test processes load the shared one meanwhile."""
     compile_in_subprocess(2005, cache_dir=str(tmp_path))
-    probe = next((tmp_path / "kernels").glob("tilefuse_entries_*.py"))
-    groups = cache.numba_groups(probe, cache.ENTRIES_PREFIX)
-    data = [p for files in groups.values() for p in files if p.suffix == ".nbc"]
-    assert data
-    damage_file(data[0], "zero")
+    (library,) = (tmp_path / "kernels" / "library").glob("tilefuse_kernels_float32*.o")
+    damage_file(library, damage)
     _, _, _, err = compile_in_subprocess(2006, explain=True, cache_dir=str(tmp_path))
-    assert "tilefuse_entries_" in err and "removed, rebuilt" in err
+    assert library.name in err and "removed, rebuilt" in err
+    assert library.stat().st_size > 1000  # rebuilt whole
+    _, _, _, err = compile_in_subprocess(2006, explain=True, cache_dir=str(tmp_path))
+    assert library.name not in err
 
 
 # -- tilefuse cache info | clear ---------------------------------------------------------------

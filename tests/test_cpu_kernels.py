@@ -4,21 +4,21 @@ vectorised packing of x, and FMAs of the kernels' width in the asm.
 
 The kernels follow Numba's target features (AVX-512 or AVX2). On an AVX-512 host one test
 runs this whole file again in a child process whose Numba target is Haswell, so the AVX2
-kernels are tested here too. One compiled driver per dtype and width serves all cases (the
-activation is a run-time code); everything after the first compile is cached."""
+kernels are tested here too. One compiled library per dtype and width serves all cases (the
+activation is a run-time code), its object code cached per host."""
 
 import math
 import os
 import subprocess
 import sys
 
-import numba
 import numpy as np
 import pytest
 
 from tilefuse.backends import cpu_kernels as ck
+from tilefuse.backends import cpu_library
 from tilefuse.backends import llvm_ukernel as lu
-from tilefuse.backends.llvm_ukernel import ACTIVATIONS, elem_ptr, packed_tile
+from tilefuse.backends.llvm_ukernel import ACTIVATIONS
 from tilefuse.machine import machine
 from tilefuse.tiling import Tiling, kernel_micro_tile
 
@@ -189,8 +189,7 @@ def test_one_driver_serves_every_batch_size():
         x = np.ones((m, 30), np.float32)
         out = ck.dense(x, wp, np.zeros(20, np.float32), "identity", tiling)
         np.testing.assert_allclose(out, x @ w, rtol=1e-5, atol=1e-5)
-    float32_signatures = [s for s in ck.dense_kernel.signatures if s[0].dtype == numba.float32]
-    assert len(float32_signatures) == 1
+    assert list(cpu_library._libraries).count("tilefuse_kernels_" + lu.FORMATS["float32"].tag) == 1
 
 
 def test_packed_weights_layout():
@@ -218,7 +217,7 @@ def test_pack_x_block_matches_numpy(rows, kce, dtype):
     slivers = -(-rows // mr)
     size = slivers * kce * mr
     guard = np.full(size + lanes + 32, 7.0, dtype)  # the packing may use `lanes` of slack
-    ck._pack_x_block(x, i0, rows, pc, kce, mr, guard)
+    ck.pack_x_block(x, i0, rows, pc, kce, guard)
     block = np.zeros((slivers * mr, kce), dtype)
     block[:rows] = x[i0 : i0 + rows, pc : pc + kce]
     want = block.reshape(slivers, mr, kce).transpose(0, 2, 1).ravel()
@@ -260,8 +259,6 @@ def test_every_activation_shares_one_compilation():
         )
         assert status == 0
         np.testing.assert_allclose(out, reference(act, x, w, None), rtol=1e-12, atol=1e-12)
-    float64_signatures = [s for s in ck.dense_kernel.signatures if s[0].dtype == numba.float64]
-    assert len(float64_signatures) == 1
 
 
 # -- vector width --------------------------------------------------------------------------
@@ -282,22 +279,27 @@ def test_the_tile_pass_plans_the_register_tile_the_kernels_run(dtype):
 
 def test_asm_uses_fmas_of_the_kernel_width():
     mr, nr = ck.micro_tile(np.float32)
-
-    # Cached code cannot be inspected: compile a small uncached caller of the same kernels.
-    @numba.njit
-    def one_tile(a, w, c, bias):
-        packed_tile(1, 4, elem_ptr(a, 0), elem_ptr(w, 0), elem_ptr(c, 0), nr,
-                    elem_ptr(bias, 0), 0.0, 2, mr, nr)  # fmt: skip
-
-    a, w, c, bias = (np.ones(n, np.float32) for n in (4 * mr, 4 * nr, mr * nr, nr))
-    one_tile(a, w, c, bias)
-    np.testing.assert_array_equal(c, 5.0)
-    asm = "\n".join(one_tile.inspect_asm().values())
-    fmas = [line for line in asm.splitlines() if "vfmadd" in line and "ps" in line]
+    asm = cpu_library.listing("float32", "asm")
+    tile = asm[asm.index(f"tilefuse_tile_{lu.FORMATS['float32'].tag}_{mr}x{nr}:") :]
+    tile = tile[: tile.index("\t.cfi_endproc")]
+    fmas = [line for line in tile.splitlines() if "vfmadd" in line and "ps" in line]
     register = "zmm" if lu.VECTOR_BITS == 512 else "ymm"
     assert sum(register in line for line in fmas) >= mr * nr // lu.FORMATS["float32"].lanes
     if lu.VECTOR_BITS == 256:
         assert "zmm" not in asm
+
+
+def test_the_plan_splits_a_call_over_the_threads():
+    """The driver's own plan (exported by the library): rows tiles for small batches, an even
+    task grid for large ones."""
+    mr, nr = ck.micro_tile(np.float32)
+    kind, col_tasks, _, panels, tasks = ck.plan(np.float32, 1, 512, 10**6, 10**6, 2)
+    assert kind == ck.ROW_PLAN and panels == lu.ROWS_TASK_PANELS
+    panels_of_n = -(-512 // nr)
+    assert tasks == col_tasks == -(-panels_of_n // panels)
+    kind, col_tasks, rows, panels, tasks = ck.plan(np.float32, 64 * mr, 512, 10**6, 10**6, 2)
+    assert kind == ck.PACKED_PLAN and tasks % 2 == 0 and rows % mr == 0
+    assert ck.plan(np.float32, 64 * mr, 512, 10**6, 10**6, 1)[4] == 1
 
 
 @pytest.mark.skipif(lu.VECTOR_BITS != 512, reason="the AVX2 kernels run by default here")

@@ -90,3 +90,39 @@ def test_calls_from_many_threads_at_once_are_all_right():
     for t in threads:
         t.join()
     assert not wrong
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_workers_runner_runs_the_published_job(dtype):
+    """Workers run a job through the C function registered for its dtype (P.RUNNERS): called
+    on a job the caller published, it claims and runs every task that is left."""
+    import ctypes
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((96, 300)).astype(dtype)
+    w = rng.standard_normal((300, 200)).astype(dtype)
+    bias = rng.standard_normal(200).astype(dtype)
+    tiling = ck.default_tiling(dtype).replace(mc=ck.micro_tile(dtype)[0] * 2)
+    out = np.empty((96, 200), dtype)
+    lonely = np.zeros(P.CTL_SIZE, np.int64)  # a worker slot, no worker: the caller runs all
+    lonely[P.POOL_WORKERS] = 1
+    numba.set_num_threads(2)
+    wp = ck.pack_weights(w, tiling)  # kept: the job refers to it by address
+    status = ck.dense_kernel(x, wp, bias, out, ck.ACTIVATION_CODE["relu"], 0.0, tiling.kc,
+                             tiling.mc, tiling.nc, 1, lonely)  # fmt: skip
+    want = np.maximum(x @ w + bias, 0)
+    assert status == 0 and lonely[P.TASKS] > 1
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
+
+    nr = ck.micro_tile(dtype)[1]
+    padded = np.zeros(-(-200 // nr) * nr, dtype)
+    padded[:200] = bias
+    lonely[P.BIAS] = padded.ctypes.data  # the call's own padded bias is gone
+    lonely[P.NEXT] = lonely[P.DONE] = 0
+    out[...] = 0
+    runner = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(ck.job_runner(dtype))
+    runner(lonely.ctypes.data, lonely.size)
+    assert lonely[P.DONE] == lonely[P.TASKS] and lonely[P.ERROR] == 0
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
+    pool = ck.pool_control()
+    assert pool[P.RUNNERS + (0 if dtype == np.float32 else 1)] == ck.job_runner(dtype)

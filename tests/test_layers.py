@@ -13,7 +13,7 @@ SRC = pathlib.Path(__file__).parent.parent / "src" / "tilefuse"
 
 LAYERS = {
     0: ["_version", "errors", "tiling", "ir", "ops", "text", "verify", "interpret", "cache",
-        "source"],
+        "source", "phases"],
     1: ["dsl", "frontends", "frontends.onnx", "frontends.torch"],
     2: ["passes", "passes.*", "machine", "tuning_log", "loops", "roofline", "explain"],
     3: ["backends", "backends.*"],

@@ -20,6 +20,7 @@ KERNEL_SOURCES = (
     "backends/cpu_kernels.py",
     "backends/llvm_ukernel.py",
     "backends/cpu_entry.py",
+    "backends/cpu_library.py",
     "backends/cpu_runtime.py",
     "backends/cpu_pool.py",
     "tiling.py",  # the register tiles the kernels are built for

@@ -43,7 +43,6 @@ from typing import Any
 stats: Counter[str] = Counter()
 
 MODULE_PREFIX = "tilefuse_gen_"
-ENTRIES_PREFIX = "tilefuse_entries_"
 SEAL_SUFFIX = ".tfsum"
 
 
@@ -245,13 +244,12 @@ class Loaded:
     reasons: list[str] = field(default_factory=list)  # why not, when not
 
     def seal(self) -> None:
-        """The module's code ran and passed its check: seal Numba's files for it (and for
-        the kernel entry points), so that later loads trust them only while they match."""
+        """The module's code ran and passed its check: seal Numba's files for it, so that
+        later loads trust them only while they match."""
         if self.name in _sealed:
             return
         with locked(self.name):
             seal_numba_files(self.path, self.name)
-            seal_numba_files(self.path, ENTRIES_PREFIX)
         _sealed.add(self.name)
 
 
@@ -296,7 +294,7 @@ def load_generated(
         try:
             _import_and_warm(loaded, warm)
         except Exception as err:
-            problems = purge_numba_files(path, name) + purge_numba_files(path, ENTRIES_PREFIX)
+            problems = purge_numba_files(path, name)
             if not problems:
                 raise
             _miss(loaded, f"Numba could not load its cache ({type(err).__name__}: {err})")
@@ -305,10 +303,8 @@ def load_generated(
         # dies first leaves the trial record, and the next one rebuilds the files
         if trial:
             put_on_trial(path, name)
-            put_on_trial(path, ENTRIES_PREFIX)
         else:
             seal_numba_files(path, name)
-            seal_numba_files(path, ENTRIES_PREFIX)
         _imported[name] = loaded.module
     if not loaded.hit:
         explain(f"miss for graph {graph_name} ({name}): " + "; ".join(loaded.reasons))
@@ -369,7 +365,6 @@ def import_file(path: pathlib.Path, name: str) -> Any:
 
 def _import_and_warm(loaded: Loaded, warm: Callable[[Any], bool] | None) -> None:
     problems = check_numba_files(loaded.path, loaded.name)
-    problems += check_numba_files(loaded.path, ENTRIES_PREFIX)
     for problem in problems:
         _miss(loaded, problem)
     had_cache = bool(numba_groups(loaded.path, loaded.name))
@@ -597,6 +592,7 @@ def info() -> dict[str, Any]:
     root = cache_dir()
     sections = {name: _usage(root / name) for name in SECTIONS}
     sections["kernels"]["modules"] = len(list((root / "kernels").glob(MODULE_PREFIX + "*.py")))
+    sections["kernels"]["libraries"] = len(list((root / "kernels" / "library").glob("*.o")))
     numba = _usage_of(_numba_files(root))
     kept = {p.name: _usage(p) for p in sorted(root.iterdir()) if p.name not in SECTIONS}
     return {
@@ -649,10 +645,9 @@ def _numba_files(root: pathlib.Path) -> list[pathlib.Path]:
     if probe is None:
         return []
     files = []
-    for prefix in (MODULE_PREFIX, ENTRIES_PREFIX):
-        for base, group in numba_groups(probe, prefix).items():
-            extra = [_seal_path(group, base), _trial_path(group, base)]
-            files += group + [p for p in extra if p.exists()]
+    for base, group in numba_groups(probe, MODULE_PREFIX).items():
+        extra = [_seal_path(group, base), _trial_path(group, base)]
+        files += group + [p for p in extra if p.exists()]
     return files
 
 

@@ -765,6 +765,11 @@ def cache_lines(r: dict[str, Any]) -> list[str]:
         return [f"removed {r['files']} files ({format_size(r['bytes'])}) from {r['path']}"]
     lines = [f"cache    {r['path']}"]
     rows = [(name, usage, "") for name, usage in r["sections"].items()]
+    kernels = r["sections"].get("kernels", {})
+    if "modules" in kernels:  # the generated modules, and the kernel library's object code
+        libraries = kernels.get("libraries", 0)
+        note = f"{kernels['modules']} network modules, {libraries} kernel libraries"
+        rows = [(n, u, note if n == "kernels" else t) for n, u, t in rows]
     rows.append(("numba", r["numba"], r["numba"]["path"]))
     rows += [(name, usage, "kept by clear (--all removes)") for name, usage in r["kept"].items()]
     for name, usage, note in rows:

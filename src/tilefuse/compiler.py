@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any
 
 import numpy as np
 
+from . import phases
 from .backends import BACKENDS, CompiledModel
 from .cache import model_key, stats
 from .check import CheckReport, check_at_compile, check_call, check_mode
@@ -15,7 +17,7 @@ from .dsl import to_graph
 from .errors import AttrError
 from .ir import Graph, Node, dtype_name
 from .ops import cast_graph
-from .passes import PIPELINES, run_stages
+from .passes import PIPELINES, debug_level, run_stages
 from .verify import verify
 
 
@@ -48,26 +50,35 @@ def compile(
     if target not in BACKENDS:
         raise AttrError(f"unknown target {target!r}; available: {', '.join(BACKENDS)}")
     check = check_mode(check)
-    graph = owned_constants(to_graph(net))
-    if dtype is not None:
-        graph = cast_graph(graph, dtype_name(dtype))
-    verify(graph)
+    with phases.recording() as record:
+        with phases.phase("trace"):
+            graph = owned_constants(to_graph(net))
+            if dtype is not None:
+                graph = cast_graph(graph, dtype_name(dtype))
+            verify(graph)
 
-    spec = PIPELINES.get(target, "") if pipeline is None else pipeline
-    stages: dict[str, Graph] = run_stages(graph, spec) if spec else {"graph": graph}
-    if threads is None and os.environ.get("TILEFUSE_NUM_THREADS"):
-        threads = int(os.environ["TILEFUSE_NUM_THREADS"])
-    options = {"pipeline": spec, "check": check, "threads": threads, **options}
-    if deterministic:
-        options["deterministic"] = True
-    model = BACKENDS[target](graph, stages, options)
-    model.rebuild = rebuild_model  # pickles rebuild it with tfu.compile (once per process)
-    if check == "always":
-        model.call_check = check_call
-    if target == "reference":
-        model.check_report = CheckReport(target, skipped="the reference is the oracle")
-    else:
-        model.check_report = check_at_compile(model, check)
+        spec = PIPELINES.get(target, "") if pipeline is None else pipeline
+        with phases.phase("passes"):
+            stages: dict[str, Graph] = run_stages(graph, spec) if spec else {"graph": graph}
+        if threads is None and os.environ.get("TILEFUSE_NUM_THREADS"):
+            threads = int(os.environ["TILEFUSE_NUM_THREADS"])
+        options = {"pipeline": spec, "check": check, "threads": threads, **options}
+        if deterministic:
+            options["deterministic"] = True
+        with phases.phase("backend"):
+            model = BACKENDS[target](graph, stages, options)
+        model.rebuild = rebuild_model  # pickles rebuild it with tfu.compile (once per process)
+        if check == "always":
+            model.call_check = check_call
+        with phases.phase("self-check"):
+            if target == "reference":
+                model.check_report = CheckReport(target, skipped="the reference is the oracle")
+            else:
+                model.check_report = check_at_compile(model, check)
+    model.compile_phases = record
+    if debug_level() >= 1:
+        print(f"tilefuse: compiled {graph.name} for {target} in {phases.describe(record)}",
+              file=sys.stderr)  # fmt: skip
     return model
 
 

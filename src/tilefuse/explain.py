@@ -93,6 +93,7 @@ class Explanation:
     cost_before: Cost  # every op of the user's graph a kernel of its own
     cost_after: Cost
     notes: list[str] = field(default_factory=list)
+    compile_phases: dict[str, float] = field(default_factory=dict)  # seconds (tilefuse.phases)
 
     def __str__(self) -> str:
         return format_text(self)
@@ -145,7 +146,9 @@ def explain_stages(
 def explain_model(model: Any, *, batch: int | None = None, peak: Peak | None = None):
     """The Explanation of a CompiledModel (what `model.explain()` returns)."""
     pipeline = model.options.get("pipeline") or ""
-    return explain_stages(model.stages, pipeline, batch=batch, peak=peak)
+    explanation = explain_stages(model.stages, pipeline, batch=batch, peak=peak)
+    explanation.compile_phases = dict(getattr(model, "compile_phases", {}))
+    return explanation
 
 
 def explain_graph(
@@ -364,4 +367,8 @@ def format_text(e: Explanation) -> str:
     if e.other_decisions:
         sections.append(["other decisions:", *(f"  {d}" for d in e.other_decisions)])
     sections.append([fusion_summary(e)])
+    if e.compile_phases:
+        from .phases import describe
+
+        sections.append([f"compiled in {describe(e.compile_phases)}"])
     return "\n\n".join("\n".join(s) for s in sections) + "\n"

@@ -221,7 +221,6 @@ def load_kernels(dtypes: set[str]) -> None:
 
     for dtype in sorted(dtypes):
         cpu_kernels.dense(np.ones((1, 1), DTYPES[dtype]), np.ones((1, 1), DTYPES[dtype]))
-    cpu_kernels._plan(1, 1, 1, 1, 1, 1, 1, 1)  # Bench.behaviour calls it from Python
 
 
 def tuning_tasks(g: Graph, batches: Sequence[int] | int | None) -> list[tuple[Node, int]]:
@@ -527,9 +526,7 @@ class Bench:
         threads = numba.get_num_threads() if k.parallel_code(t) else 1
         if 2 * self.m * self.n * self.k < k.PARALLEL_MIN_FLOP:
             threads = 1
-        _, most_rows = k.kernel_limits(self.out)
-        panels = -(-self.n // self.nr)
-        plan = k._plan(self.m, panels, self.mr, self.nr, t.mc, t.nc, threads, most_rows)
+        plan = k.plan(self.out.dtype, self.m, self.n, t.mc, t.nc, threads)
         return t.kc, threads, plan
 
     def error(self, t: Tiling) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from .. import phases
 from .._version import kernel_fingerprint
 from ..cache import load_generated
 from ..errors import InputError, TilefuseError
@@ -42,11 +43,13 @@ class CpuModel(CompiledModel):
 
     def __init__(self, graph: Graph, stages: dict[str, Graph], options: dict[str, Any]) -> None:
         super().__init__(graph, stages, options)
-        self.rendered = render(self.final)
+        with phases.phase("render"):
+            self.rendered = render(self.final)
         self._input_nodes = [self.final[i] for i in self.final.inputs]
-        self.loaded = load_generated(
-            self.rendered.source, kernel_fingerprint(), self.final.name, self._compile_forward
-        )
+        with phases.phase("forward: import"):
+            self.loaded = load_generated(
+                self.rendered.source, kernel_fingerprint(), self.final.name, self._compile_forward
+            )
         self.module = self.loaded.module
         self.forward = self.module.forward
         self.threads = options.get("threads")
@@ -65,8 +68,14 @@ class CpuModel(CompiledModel):
         sig += [array(dtype(dt), 1, "C") for dt, _ in self.rendered.workspace]
         sig += [array(numba.int64, 1, "C")]  # the thread pool
         sig += [array(dtype(t.np_dtype), t.rank, "C") for t in self.rendered.outputs]
-        module.forward.compile(tuple(sig))
-        return sum(module.forward.stats.cache_hits.values()) > 0
+        with phases.phase("forward: Numba"):
+            module.forward.compile(tuple(sig))
+        hit = sum(module.forward.stats.cache_hits.values()) > 0
+        if not hit:  # Numba's own timer of its LLVM passes and codegen
+            metadata = getattr(module.forward.overloads.get(tuple(sig)), "metadata", None) or {}
+            seconds = metadata.get("timers", {}).get("llvm_lock", 0.0)
+            phases.move("forward: Numba", "forward: Numba LLVM", seconds)
+        return hit
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
         fast = self._fast
@@ -290,11 +299,10 @@ module_spec.loader.exec_module(module)
 sig = tuple(types.Array(from_dtype(np.dtype(d)), n, "C", readonly=r) for d, n, r in spec)
 module.forward.compile(sig)
 sys.stdout.write(getattr(module.forward, "inspect_" + kind)(sig))
-from tilefuse.backends import cpu_entry
-for dtype, (compiled, _) in sorted(cpu_entry._entries.items()):
-    sys.stdout.write(f"\\n; ---- kernel entry point for {dtype} ----\\n")
-    library = compiled._library
-    sys.stdout.write(library.get_asm_str() if kind == "asm" else library.get_llvm_str())
+from tilefuse.backends import cpu_entry, cpu_library
+for dtype in sorted(cpu_entry._entries):
+    sys.stdout.write(f"\\n; ---- kernel library for {dtype} (cpu_library) ----\\n")
+    sys.stdout.write(cpu_library.listing(cpu_entry.DTYPES[dtype], kind))
 """
 
 

@@ -20,20 +20,26 @@ The pool is per process, started on first use with one worker fewer than Numba's
 count (the caller is the other). Its state is one int64 array, `ctl`, passed to the kernel
 drivers by address (generated `forward` functions take it as an argument). Linux on
 x86-64 only (futex, pause); elsewhere `available()` is False and the kernels run serially.
+
+Everything here that runs inside a call is LLVM IR, emitted into the kernel library
+(`cpu_library`) by `PoolIR`: the atomics, the futex and the job's protocol (`acquire`,
+`publish`, `start`, `claim`, `finish`) for the drivers, and `build_worker_loop` for the
+workers, which are Python threads calling that C function through ctypes (the GIL is
+released for the whole of it). A worker runs a job through the C function registered in
+ctl[RUNNERS + dtype code] (the job function of that dtype's library), so the worker loop
+holds no kernel code.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import platform
 import sys
 import threading
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
 # ctl fields: the contended counters each on a cache line of their own (8 int64s)
 SEQ = 0  # the job sequence number (its low 32 bits are the futex word): odd while written
@@ -42,7 +48,7 @@ ACTIVE = 16  # workers inside a job (the caller rewrites a job only when this is
 NEXT = 24  # the next task to claim
 DONE = 32  # tasks finished
 LOCK = 40  # 1 while a call owns the pool
-ERROR = 41  # a task raised
+ERROR = 41  # a task failed
 SHUTDOWN = 42
 WORKERS = 43  # how many workers may join this job (the call's threads - 1)
 POOL_WORKERS = 44  # how many workers the pool has (set once)
@@ -50,13 +56,19 @@ POOL_WORKERS = 44  # how many workers the pool has (set once)
 JOB = 48
 DTYPE, ACT, KIND, COL_TASKS, ROWS_PER_TASK, PANELS_PER_TASK, TASKS, KC = range(JOB, JOB + 8)
 X, M, K, WP, WP_SIZE, BIAS, NPAD, OUT, N, ALPHA = range(JOB + 8, JOB + 18)
+# per dtype code, the address of the C function that runs a worker's part of a job (0: none
+# registered yet, the worker leaves the tasks to the caller); set once per process
+RUNNERS = JOB + 18
 CTL_SIZE = 128
 
 SPIN = 2000  # pause instructions before an idle worker sleeps (~40-90 us)
 YIELD_AFTER = 200  # a caller waiting for the last tasks spins this many pauses, then yields
 SYS_FUTEX, SYS_SCHED_YIELD = 202, 24  # x86-64 Linux
 FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
-I32, I64 = ir.IntType(32), ir.IntType(64)
+I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+CTL_PTR = I64.as_pointer()
+RUNNER_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64])  # void job(int64_t *ctl, size)
+WORKER_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64])  # void worker(int64_t *ctl, wid)
 
 
 def available() -> bool:
@@ -64,221 +76,209 @@ def available() -> bool:
 
 
 # -- atomics and system calls, as LLVM -------------------------------------------------------
-def _slot(context, builder, array_type, array, index):
-    data = context.make_array(array_type)(context, builder, array).data
-    return builder.gep(data, [index])
+def _function(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.Function(module, fnty, name)
 
 
-@intrinsic
-def atomic_add(typingctx, ctl, index, value):
-    """ctl[index] += value, atomically; returns the value before."""
+class PoolIR:
+    """Emits the pool's side of a call with `b`, on the control block `ctl` (an i64*)."""
 
-    def codegen(context, builder, signature, args):
-        ptr = _slot(context, builder, signature.args[0], args[0], args[1])
-        return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
+    def __init__(self, b: ir.IRBuilder, ctl: ir.Value) -> None:
+        self.b, self.ctl = b, ctl
 
-    return types.int64(ctl, types.intp, types.int64), codegen
+    def slot(self, field: int | ir.Value) -> ir.Value:
+        index = I64(field) if isinstance(field, int) else field
+        return self.b.gep(self.ctl, [index])
 
+    def load(self, field: int | ir.Value) -> ir.Value:
+        return self.b.load(self.slot(field))
 
-@intrinsic
-def atomic_load(typingctx, ctl, index):
-    def codegen(context, builder, signature, args):
-        ptr = _slot(context, builder, signature.args[0], args[0], args[1])
-        return builder.load_atomic(ptr, "seq_cst", 8)
+    def store(self, field: int, value: ir.Value) -> None:
+        self.b.store(value, self.slot(field))
 
-    return types.int64(ctl, types.intp), codegen
+    def atomic_add(self, field: int, value: int | ir.Value) -> ir.Value:
+        """ctl[field] += value, atomically; returns the value before."""
+        value = I64(value) if isinstance(value, int) else value
+        return self.b.atomic_rmw("add", self.slot(field), value, "seq_cst")
 
+    def atomic_load(self, field: int) -> ir.Value:
+        return self.b.load_atomic(self.slot(field), "seq_cst", 8)
 
-@intrinsic
-def atomic_store(typingctx, ctl, index, value):
-    def codegen(context, builder, signature, args):
-        ptr = _slot(context, builder, signature.args[0], args[0], args[1])
-        builder.store_atomic(args[2], ptr, "seq_cst", 8)
-        return context.get_dummy_value()
+    def atomic_store(self, field: int, value: int | ir.Value) -> None:
+        value = I64(value) if isinstance(value, int) else value
+        self.b.store_atomic(value, self.slot(field), "seq_cst", 8)
 
-    return types.void(ctl, types.intp, types.int64), codegen
+    def compare_and_swap(self, field: int, expected: int, new: int) -> ir.Value:
+        """ctl[field] = new if it is `expected`; returns whether it was (an i1)."""
+        pair = self.b.cmpxchg(self.slot(field), I64(expected), I64(new), "seq_cst", "seq_cst")
+        return self.b.extract_value(pair, 1)
 
-
-@intrinsic
-def compare_and_swap(typingctx, ctl, index, expected, new):
-    """ctl[index] = new if it is `expected`; returns whether it was."""
-
-    def codegen(context, builder, signature, args):
-        ptr = _slot(context, builder, signature.args[0], args[0], args[1])
-        pair = builder.cmpxchg(ptr, args[2], args[3], "seq_cst", "seq_cst")
-        return builder.extract_value(pair, 1)
-
-    return types.boolean(ctl, types.intp, types.int64, types.int64), codegen
-
-
-@intrinsic
-def pause(typingctx):
-    """The spin-wait hint: the core's sibling thread gets the pipeline meanwhile."""
-
-    def codegen(context, builder, signature, args):
+    def pause(self) -> None:
+        """The spin-wait hint: the core's sibling thread gets the pipeline meanwhile."""
         fnty = ir.FunctionType(ir.VoidType(), [])
-        builder.call(
-            cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause"), []
-        )
-        return context.get_dummy_value()
+        self.b.call(_function(self.b.module, "llvm.x86.sse2.pause", fnty), [])
 
-    return types.void(), codegen
+    def syscall(self, *args: ir.Value) -> ir.Value:
+        fnty = ir.FunctionType(I64, [I64], var_arg=True)
+        return self.b.call(_function(self.b.module, "syscall", fnty), list(args))
 
-
-def _syscall(builder, *args):
-    fnty = ir.FunctionType(I64, [I64], var_arg=True)
-    fn = cgutils.get_or_insert_function(builder.module, fnty, "syscall")
-    return builder.call(fn, list(args))
-
-
-@intrinsic
-def futex_wait(typingctx, ctl, expected):
-    """Sleep while the futex word (the low half of ctl[SEQ]) is `expected`."""
-
-    def codegen(context, builder, signature, args):
-        word = builder.bitcast(_slot(context, builder, signature.args[0], args[0],
-                                     ir.Constant(I64, SEQ)), I32.as_pointer())  # fmt: skip
+    def futex_wait(self, expected: ir.Value) -> None:
+        """Sleep while the futex word (the low half of ctl[SEQ]) is `expected`."""
+        b = self.b
+        word = b.ptrtoint(self.slot(SEQ), I64)
         # glibc's syscall() reads every argument as a long: pass each as 64 bits
-        expected = builder.zext(builder.trunc(args[1], I32), I64)
-        null = ir.Constant(I64, 0)
-        _syscall(builder, ir.Constant(I64, SYS_FUTEX), builder.ptrtoint(word, I64),
-                 ir.Constant(I64, FUTEX_WAIT_PRIVATE), expected, null, null, null)  # fmt: skip
-        return context.get_dummy_value()
+        expected = b.zext(b.trunc(expected, I32), I64)
+        self.syscall(I64(SYS_FUTEX), word, I64(FUTEX_WAIT_PRIVATE), expected, I64(0), I64(0),
+                     I64(0))  # fmt: skip
 
-    return types.void(ctl, types.int64), codegen
+    def futex_wake_all(self) -> None:
+        word = self.b.ptrtoint(self.slot(SEQ), I64)
+        self.syscall(I64(SYS_FUTEX), word, I64(FUTEX_WAKE_PRIVATE), I64(2**31 - 1))
 
+    def sched_yield(self) -> None:
+        self.syscall(I64(SYS_SCHED_YIELD))
 
-@intrinsic
-def futex_wake_all(typingctx, ctl):
-    def codegen(context, builder, signature, args):
-        word = _slot(context, builder, signature.args[0], args[0], ir.Constant(I64, SEQ))
-        _syscall(builder, ir.Constant(I64, SYS_FUTEX), builder.ptrtoint(word, I64),
-                 ir.Constant(I64, FUTEX_WAKE_PRIVATE), ir.Constant(I64, 2**31 - 1))  # fmt: skip
-        return context.get_dummy_value()
+    # -- the job's two sides ---------------------------------------------------------------
+    def acquire(self) -> ir.Value:
+        return self.compare_and_swap(LOCK, 0, 1)
 
-    return types.void(ctl), codegen
+    def wait_while(self, condition) -> None:
+        """Spin (YIELD_AFTER pauses, then sched_yield each round) while condition(self)."""
+        b = self.b
+        head, body, done = (b.function.append_basic_block(n) for n in ("wait", "spin", "waited"))
+        before = b.block
+        b.branch(head)
+        b.position_at_end(head)
+        spins = b.phi(I64)
+        spins.add_incoming(I64(0), before)
+        b.cbranch(condition(self), body, done)
+        b.position_at_end(body)
+        with b.if_else(b.icmp_signed("<", spins, I64(YIELD_AFTER))) as (then, otherwise):
+            with then:
+                self.pause()
+            with otherwise:
+                self.sched_yield()  # the thread we wait for may need this core
+        spins.add_incoming(b.add(spins, I64(1)), b.block)
+        b.branch(head)
+        b.position_at_end(done)
 
+    def publish(self, workers: ir.Value) -> None:
+        """Begin writing a job (SEQ odd), once no worker is still inside the last one."""
+        self.atomic_add(SEQ, 1)
+        self.wait_while(lambda p: p.b.icmp_signed("!=", p.atomic_load(ACTIVE), I64(0)))
+        self.atomic_store(WORKERS, workers)
+        for field in (NEXT, DONE, ERROR):
+            self.atomic_store(field, 0)
 
-@intrinsic
-def sched_yield(typingctx):
-    def codegen(context, builder, signature, args):
-        _syscall(builder, ir.Constant(I64, SYS_SCHED_YIELD))
-        return context.get_dummy_value()
+    def start(self) -> None:
+        """The job is written (SEQ even again): wake the workers that sleep."""
+        self.atomic_add(SEQ, 1)
+        with self.b.if_then(self.b.icmp_signed(">", self.atomic_load(SLEEPERS), I64(0))):
+            self.futex_wake_all()
 
-    return types.void(), codegen
+    def finish(self, tasks: ir.Value) -> ir.Value:
+        """Wait for the tasks other threads claimed; release the pool; 0, or 1 if one failed."""
+        self.wait_while(lambda p: p.b.icmp_signed("<", p.atomic_load(DONE), tasks))
+        failed = self.atomic_load(ERROR)
+        self.atomic_store(LOCK, 0)
+        return failed
 
+    def claim(self) -> ir.Value:
+        """The next task number (the caller compares it with the task count)."""
+        return self.atomic_add(NEXT, 1)
 
-@intrinsic
-def pointer(typingctx, address):
-    """The int `address` as a void*."""
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-    return types.voidptr(types.int64), codegen
-
-
-# -- the job's two sides ---------------------------------------------------------------------
-@njit(cache=True, nogil=True)
-def acquire(ctl):
-    return compare_and_swap(ctl, LOCK, 0, 1)
-
-
-@njit(cache=True, nogil=True)
-def publish(ctl, workers):
-    """Begin writing a job (SEQ odd), once no worker is still inside the last one."""
-    atomic_add(ctl, SEQ, 1)
-    spins = 0
-    while atomic_load(ctl, ACTIVE) != 0:
-        spins = wait_a_little(spins)
-    atomic_store(ctl, WORKERS, workers)
-    atomic_store(ctl, NEXT, 0)
-    atomic_store(ctl, DONE, 0)
-    atomic_store(ctl, ERROR, 0)
-
-
-@njit(cache=True, nogil=True)
-def start(ctl):
-    """The job is written (SEQ even again): wake the workers that sleep."""
-    atomic_add(ctl, SEQ, 1)
-    if atomic_load(ctl, SLEEPERS) > 0:
-        futex_wake_all(ctl)
-
-
-@njit(cache=True, nogil=True)
-def finish(ctl, tasks):
-    """Wait for the tasks other threads claimed; release the pool; 0, or 1 if one raised."""
-    spins = 0
-    while atomic_load(ctl, DONE) < tasks:
-        spins = wait_a_little(spins)
-    failed = atomic_load(ctl, ERROR)
-    atomic_store(ctl, LOCK, 0)
-    return failed
+    def task_done(self, failed: ir.Value) -> None:
+        with self.b.if_then(failed):
+            self.atomic_store(ERROR, 1)
+        self.atomic_add(DONE, 1)
 
 
-@njit(cache=True, nogil=True)
-def wait_a_little(spins):
-    if spins < YIELD_AFTER:
-        pause()
-    else:
-        sched_yield()  # the thread we wait for may need this core
-    return spins + 1
+def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
+    """`void worker(int64_t *ctl, int64_t wid)`, until shutdown: wait for a job (spin SPIN
+    pauses, then sleep on the futex), join it if the call allows this many workers and a
+    runner is registered for its dtype, run its tasks; ACTIVE says it is inside a job."""
+    fn = ir.Function(module, WORKER_TYPE, name)
+    ctl, wid = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    p = PoolIR(b, ctl)
+    loop, spin, sleep, got, join, leave, out = (
+        fn.append_basic_block(n)
+        for n in ("loop", "spin", "sleep", "got", "join", "leave", "shutdown")
+    )  # fmt: skip
+    first_seen = p.atomic_load(SEQ)
+    entry = b.block
+    b.branch(loop)
 
+    b.position_at_end(loop)  # wait for a SEQ that is even and not `seen`, or shutdown
+    seen, spins = b.phi(I64), b.phi(I64)
+    seen.add_incoming(first_seen, entry)
+    spins.add_incoming(I64(0), entry)
+    seq = p.atomic_load(SEQ)
+    fresh = b.and_(b.icmp_signed("!=", seq, seen), b.icmp_signed("==", b.srem(seq, I64(2)), I64(0)))
+    stop = b.icmp_signed("!=", p.atomic_load(SHUTDOWN), I64(0))
+    b.cbranch(b.or_(fresh, stop), got, spin)
 
-@njit(cache=True, nogil=True)
-def claim(ctl, tasks):
-    """The next task of the job, or -1 when all are claimed."""
-    t = atomic_add(ctl, NEXT, 1)
-    return t if t < tasks else -1
+    b.position_at_end(spin)
+    pause_block = fn.append_basic_block("pause")
+    b.cbranch(b.icmp_signed("<", spins, I64(SPIN)), pause_block, sleep)
+    b.position_at_end(pause_block)
+    p.pause()
+    seen.add_incoming(seen, pause_block)
+    spins.add_incoming(b.add(spins, I64(1)), pause_block)
+    b.branch(loop)
 
+    b.position_at_end(sleep)
+    p.atomic_add(SLEEPERS, 1)
+    p.futex_wait(seq)  # returns at once if SEQ moved meanwhile: no lost wake-up
+    p.atomic_add(SLEEPERS, -1)
+    seen.add_incoming(seen, sleep)
+    spins.add_incoming(I64(SPIN // 2), sleep)
+    b.branch(loop)
 
-@njit(cache=True, nogil=True)
-def task_done(ctl):
-    atomic_add(ctl, DONE, 1)
+    b.position_at_end(got)
+    b.cbranch(stop, out, join)
 
+    b.position_at_end(join)
+    p.atomic_add(ACTIVE, 1)
+    runner = p.load(b.add(I64(RUNNERS), p.load(DTYPE)))
+    allowed = b.and_(
+        b.icmp_signed("==", p.atomic_load(SEQ), seq),
+        b.icmp_signed("<", wid, p.atomic_load(WORKERS)),
+    )
+    with b.if_then(b.and_(allowed, b.icmp_signed("!=", runner, I64(0)))):
+        b.call(b.inttoptr(runner, RUNNER_TYPE.as_pointer()), [ctl, I64(CTL_SIZE)])
+    p.atomic_add(ACTIVE, -1)
+    b.branch(leave)
 
-@njit(cache=True, nogil=True)
-def task_failed(ctl):
-    atomic_store(ctl, ERROR, 1)
-    atomic_add(ctl, DONE, 1)
+    b.position_at_end(leave)
+    seen.add_incoming(seq, leave)
+    spins.add_incoming(I64(0), leave)
+    b.branch(loop)
 
-
-# -- the workers -----------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
-def wait_for_job(ctl, seen):
-    """The next published SEQ (even, not `seen`); spin SPIN pauses, then sleep on the futex."""
-    spins = 0
-    while True:
-        seq = atomic_load(ctl, SEQ)
-        if (seq != seen and seq % 2 == 0) or atomic_load(ctl, SHUTDOWN) != 0:
-            return seq
-        if spins < SPIN:
-            pause()
-            spins += 1
-            continue
-        atomic_add(ctl, SLEEPERS, 1)
-        futex_wait(ctl, seq)  # returns at once if SEQ moved meanwhile: no lost wake-up
-        atomic_add(ctl, SLEEPERS, -1)
-        spins = SPIN // 2
-
-
-@njit(cache=True, nogil=True)
-def array_at(ctl, field, shape, like):
-    """The array of the job's field `field` (an address) with `shape`, of like's dtype."""
-    return carray(pointer(ctl[field]), shape, like.dtype)
+    b.position_at_end(out)
+    b.ret_void()
+    return fn
 
 
 class Pool:
-    """The process's workers, each running `worker_loop(ctl, wid)` (the kernel library's: it
-    knows the tasks) until shutdown; `ctl` is what the kernels are given."""
+    """The process's workers, each a Python thread inside the C function `worker(ctl, wid)`
+    (the kernel library's `build_worker_loop`) until shutdown; `ctl` is what the kernels are
+    given."""
 
-    def __init__(self, workers: int, worker_loop) -> None:
+    def __init__(self, workers: int, worker_address: int) -> None:
         buffer = np.zeros(CTL_SIZE + 8, np.int64)
         offset = (-buffer.ctypes.data % 64) // 8  # SEQ on a cache line of its own
         self.ctl = buffer[offset : offset + CTL_SIZE]
+        self._buffer = buffer
+        worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(worker_address)
+        self._worker = worker  # ctypes releases the GIL for the whole call
         self.threads = [
             threading.Thread(
-                target=worker_loop, args=(self.ctl, w), daemon=True, name=f"tilefuse-worker-{w}"
+                target=worker,
+                args=(self.ctl.ctypes.data, w),
+                daemon=True,
+                name=f"tilefuse-worker-{w}",
             )  # fmt: skip
             for w in range(workers)
         ]
@@ -287,7 +287,13 @@ class Pool:
         atexit.register(self.shutdown)
 
     def shutdown(self) -> None:
-        self.ctl[SHUTDOWN] = 1
-        start(self.ctl)
+        """Tell the workers to return, wake the sleepers, wait a little for them."""
+        ctl = self.ctl
+        ctl[SHUTDOWN] = 1
+        ctl[SEQ] += 2  # an even SEQ the workers have not seen
+        wake = ctypes.CDLL(None).syscall
+        wake.restype = ctypes.c_long
+        wake(ctypes.c_long(SYS_FUTEX), ctypes.c_void_p(ctl.ctypes.data),
+             ctypes.c_long(FUTEX_WAKE_PRIVATE), ctypes.c_long(2**31 - 1))  # fmt: skip
         for thread in self.threads:
             thread.join(timeout=1.0)

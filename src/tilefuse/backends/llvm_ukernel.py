@@ -1,30 +1,30 @@
 """LLVM-IR micro-kernels for the CPU backend: register tiles, vector math, fused epilogues.
 
-Place in the pipeline: the tile pass picks a `Tiling`; `cpu_kernels` (packing, blocking,
-threads) applies it and calls the @intrinsics defined here for the arithmetic:
+Place in the pipeline: the tile pass picks a `Tiling`; the kernel library (`cpu_library`:
+blocking, packing, threads) applies it and calls the functions built here for the arithmetic:
 
     packed_tile  one MR x NR block of C from packed panels of x and w, over one k block
     rows_tile    1-4 rows of C over a few NR panels and the whole of K, x and w read in
                  place (small batches)
     pack_rows    x rows -> the packed A sliver of packed_tile (a transpose in registers)
 
-All are built with `llvmlite.ir` straight into the caller's LLVM module (internal linkage,
-`noalias`), so they are optimised with the driver and Numba's on-disk cache keeps them: no
-symbols cross modules. The accumulators are explicit vectors joined by `llvm.fma`; Numba's
-own vectorisers are not involved.
+All are built with `llvmlite.ir` into the library's LLVM module (internal linkage,
+`noalias`), so they are optimised with the driver, and the library's object code is cached
+per host. The accumulators are explicit vectors joined by `llvm.fma`; no auto-vectoriser is
+involved.
 
 Vector width. The kernels follow the features Numba compiles for (`target_vector_bits`):
 AVX-512F gives `<16 x float>` / `<8 x double>` register tiles for 32 zmm registers, else
 AVX2's `<8 x float>` / `<4 x double>` for 16 ymm. The register tile of each (dtype, width) is
-`tiling.kernel_micro_tile`, which the tile pass reads too. Numba keys its cache on the same
-CPU name and features, so a cache never hands one width's code to the other; to run the AVX2
-kernels on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="".
+`tiling.kernel_micro_tile`, which the tile pass reads too. The library's cache is keyed on the
+same CPU name and features, so a cache never hands one width's code to the other; to run the
+AVX2 kernels on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="".
 
 Epilogue. On the last k block a tile stores acc (+ C) + bias, then, for any activation but
 identity, one out-of-line function (`activate`, a switch over ACTIVATIONS) rewrites the tile
 while it is still in L1. One copy of each activation per dtype, not one per tile shape and
-activation, keeps the IR small: the three tile shapes compile in 5.5 s (f32) and 3.9 s (f64)
-cold on Zen 5. The extra L1 pass is cheap: at 512x64x4096 f32 (K small, the worst case) relu
+activation, keeps the IR small: a dtype's whole library (drivers included) compiles in about
+a second cold. The extra L1 pass is cheap: at 512x64x4096 f32 (K small, the worst case) relu
 adds 12 % to identity's time, sigmoid 52 %, gelu 113 %; at 64x1024x4096 each adds <= 6 %.
 leaky_relu's alpha is a run-time argument. Ragged tiles use masked loads and stores.
 
@@ -63,9 +63,6 @@ import math
 from dataclasses import dataclass
 
 from llvmlite import ir
-from numba import types
-from numba.core.errors import TypingError
-from numba.extending import intrinsic
 
 from tilefuse.tiling import kernel_micro_tile
 
@@ -771,92 +768,3 @@ def _transpose(e: VectorEmitter, rows: list[ir.Value]) -> list[ir.Value]:
 
 def _mask(indices: list[int]) -> ir.Constant:
     return ir.Constant(ir.VectorType(I32, len(indices)), indices)
-
-
-# -------------------------------------------------------------------- Numba intrinsics
-def _format(pointer) -> FloatFormat:
-    dtype = getattr(pointer, "dtype", None)
-    if not isinstance(pointer, types.CPointer) or str(dtype) not in FORMATS:
-        raise TypingError(f"expected a float32* or float64* (elem_ptr), got {pointer}")
-    return FORMATS[str(dtype)]
-
-
-def _as_scalar(context, builder, value, fmt: FloatFormat):
-    return context.cast(builder, value, types.float64, getattr(types, fmt.name))
-
-
-@intrinsic
-def packed_tile(typingctx, act, kc, a, w, c, ldc, bias, alpha, mode, rows, cols):
-    """packed_tile(act, kc, a, w, c, ldc, bias, alpha, mode, rows, cols): one register tile
-    (see build_packed_tile); act indexes ACTIVATIONS; pointers come from elem_ptr."""
-    fmt = _format(a)
-    i64, ptr = types.int64, types.CPointer(a.dtype)
-    sig = types.void(i64, i64, ptr, ptr, ptr, i64, ptr, types.float64, i64, i64, i64)
-
-    def codegen(context, builder, signature, args):
-        args = list(args)
-        args[7] = _as_scalar(context, builder, args[7], fmt)
-        builder.call(build_packed_tile(builder.module, fmt), args)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def rows_tile(typingctx, act, k_total, kc, x, ldx, rows, w, npad, jt0, cols, c, ldc, bias, alpha):
-    """rows_tile(act, K, kc, x, ldx, rows, w, npad, jt0, cols, c, ldc, bias, alpha): rows
-    <= max_tile_rows of C over `cols` columns from panel jt0, all of K (build_rows_dispatch)."""
-    fmt = _format(x)
-    i64, ptr = types.int64, types.CPointer(x.dtype)
-    sig = types.void(i64, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, ptr, i64, ptr,
-                     types.float64)  # fmt: skip
-
-    def codegen(context, builder, signature, args):
-        args = list(args)
-        args[-1] = _as_scalar(context, builder, args[-1], fmt)
-        builder.call(build_rows_dispatch(builder.module, fmt), args)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def pack_rows(typingctx, x, ldx, rows, k_count, ap):
-    """pack_rows(x, ldx, rows, k_count, ap): the whole vectors of columns of one A sliver
-    (see build_pack_rows); the caller packs the last k_count % lanes columns."""
-    fmt = _format(x)
-    i64, ptr = types.int64, types.CPointer(x.dtype)
-    sig = types.void(ptr, i64, i64, i64, ptr)
-
-    def codegen(context, builder, signature, args):
-        builder.call(build_pack_rows(builder.module, fmt), list(args))
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def elem_ptr(typingctx, array, index):
-    """Typed pointer to array.flat[index] of a C-contiguous array (no bounds check)."""
-    if not isinstance(array, types.Array) or array.layout != "C":
-        raise TypingError(f"elem_ptr needs a C-contiguous array, got {array}")
-    sig = types.CPointer(array.dtype)(array, types.intp)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        return builder.gep(data, [args[1]])
-
-    return sig, codegen
-
-
-@intrinsic
-def address(typingctx, array):
-    """The address of an array's first element, as an int (to align buffers)."""
-    if not isinstance(array, types.Array):
-        raise TypingError(f"address needs an array, got {array}")
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        return builder.ptrtoint(data, I64)
-
-    return types.int64(array), codegen

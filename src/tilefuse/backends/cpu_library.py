@@ -1,0 +1,652 @@
+"""The CPU kernel library: the dense drivers, the pool's worker loop and the micro-kernels,
+built as LLVM IR with llvmlite and kept as object code per host.
+
+Place in the pipeline: `cpu_entry.require(dtype)` loads the library of a dtype and registers
+its driver under a symbol name that generated `forward` functions call; `cpu_kernels` wraps
+the same driver for Python (`dense_kernel`, `dense`). Nothing here goes through Numba's typing
+pipeline: building the IR takes a fraction of a second, LLVM's -O3 and code generation about
+a second per dtype, and the object code is cached in the cache folder's `kernels/library/`,
+keyed by the kernel sources' fingerprint, the CPU name and features and the LLVM version, so a
+later process loads it in milliseconds. (Through Numba, the same drivers took 10-20 s to
+compile cold, most of it typing and re-optimising each helper's module.)
+
+One library per dtype exports two C functions (`tag` is e.g. float32_v8):
+
+    int64_t tilefuse_dense_<tag>(x, m, k, wp, wp_size, bias, nbias, out, n, act, alpha,
+                                 kc, mc, nc, parallel, ctl, nctl)       # cpu_entry.SIGNATURE
+    void    tilefuse_job_<tag>(int64_t *ctl, int64_t nctl)               # a worker's part
+
+and the pool's library one: `void tilefuse_worker(int64_t *ctl, int64_t wid)`.
+
+How a call runs (the loop nest is `tilefuse.loops`'): the operands are checked (a status from
+OPERAND_PROBLEMS, never a crash); the bias is copied into a zero-padded buffer of whole
+panels; the call's threads are min(Numba's thread count, the pool's workers + 1), or 1
+below PARALLEL_MIN_FLOP or with parallel = PARALLEL_NONE; the plan splits the work into tasks:
+
+  * M <= ROW_KERNEL_MAX_M: tasks are groups of ROWS_TASK_PANELS column panels; each task
+    keeps its outputs in registers over all of K (`rows_tile`, 1, 2 or 4 rows), reading x
+    and the packed weights in place, so batch 1 still splits across threads.
+  * otherwise: tasks are (block of <= mc rows, block of <= nc columns), the grid chosen per
+    call from M and the thread count so that the tasks split evenly across threads (along n
+    when M is small); a task packs its x rows for each kc block (a transpose in registers,
+    `pack_rows`) into a cache-line-aligned buffer and runs the MR x NR `packed_tile` over its
+    panels, the epilogue fused into the last k block.
+
+With more than one thread and more than one task, the call publishes the job in the pool's
+control block and claims tasks with the workers (`cpu_pool`); otherwise it runs the tasks
+itself, in order.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import functools
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import llvmlite
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from .. import phases
+from .._version import kernel_fingerprint
+from ..cache import atomic_write, cache_dir, explain, use_private_cache
+from . import cpu_pool as P
+from .llvm_ukernel import (
+    ACTIVATIONS,
+    FORMATS,
+    ROWS_TASK_PANELS,
+    FloatFormat,
+    build_pack_rows,
+    build_packed_tile,
+    build_rows_dispatch,
+    counted_loop,
+)
+
+# Batches up to this size run the rows kernel: x and the packed weights read in place, all
+# of K in registers, each weight read once per call. Measured on Zen 5, AVX-512, f32, 1 thread,
+# us of CPU time, rows kernel / packed 8x32 path / OpenBLAS sgemm alone:
+#   K=784,  N=512:  M=1 14.8/27.5/19.3  M=2 15.1/27.4/76  M=3-4 22/27/60-115  M=5-8 27.6/27.5/87+
+#   K=1024, N=4096: M=1 160/311/184     M=2 172/312/960   M=3-4 249-264/310-319
+#                   M=5-8 (8-row rows tile) 285-363/308-338
+# The packed path computes whole 8-row tiles, so it costs the same for M = 1..8; the rows
+# kernel wins while its tiles are small (1, 2, 4 rows).
+ROW_KERNEL_MAX_M = 4
+
+# Below this many flops (2*M*N*K) a call runs serially: waking the pool costs a few us.
+# Measured serial vs 2 threads (us): 65 kflop 1.3 vs 3.0, 131 kflop 2.5 vs 4.7 (row)
+# and 2.7 vs 3.2 (packed); 524 kflop 6.8 vs 5.8; 1 Mflop 12.8 vs 9.6. Crossover ~300 kflop.
+PARALLEL_MIN_FLOP = 400_000
+
+PARALLEL_NONE, PARALLEL_AUTO = 0, 1
+ROW_PLAN, PACKED_PLAN = 0, 1
+ALIGN_BYTES = 64  # packed buffers start on a cache line: no vector load splits two lines
+
+# What the driver returns: 0, or the index of the problem with its operands.
+OPERAND_PROBLEMS = (
+    "",
+    "unknown activation code (see ACTIVATIONS)",
+    "x and out have different numbers of rows",
+    "bias must have N elements (or none)",
+    "packed weights do not match K x N (pack_weights(w, tiling))",
+    "kc, mc and nc must be positive",
+    "a task could not allocate its packing buffer",
+)
+KERNEL_FAILED = len(OPERAND_PROBLEMS) - 1
+
+I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
+F64 = ir.DoubleType()
+VOID_PTR = I8.as_pointer()
+DENSE_TYPE = ir.FunctionType(
+    I64,
+    [VOID_PTR, I64, I64, VOID_PTR, I64, VOID_PTR, I64, VOID_PTR, I64, I64, F64, I64, I64, I64,
+     I64, VOID_PTR, I64],
+)  # fmt: skip
+DTYPE_CODE = {"float32": 0, "float64": 1}
+WORKER = "tilefuse_worker"
+
+
+def dense_name(fmt: FloatFormat) -> str:
+    return f"tilefuse_dense_{fmt.tag}"
+
+
+def job_name(fmt: FloatFormat) -> str:
+    return f"tilefuse_job_{fmt.tag}"
+
+
+# -------------------------------------------------------------------- IR helpers
+class Emitter:
+    """Integer arithmetic and control flow for the drivers (locals live in allocas, which
+    LLVM's mem2reg turns into registers)."""
+
+    def __init__(self, fn: ir.Function) -> None:
+        self.fn = fn
+        self.entry = fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+
+    def var(self, value: ir.Value | int) -> ir.Value:
+        """A local i64 holding `value` (its alloca at the top of the entry block)."""
+        here = self.b.block
+        if self.entry.instructions:
+            self.b.position_before(self.entry.instructions[0])
+        else:
+            self.b.position_at_start(self.entry)
+        slot = self.b.alloca(I64)
+        self.b.position_at_end(here)
+        self.b.store(I64(value) if isinstance(value, int) else value, slot)
+        return slot
+
+    def min(self, x: ir.Value, y: ir.Value) -> ir.Value:
+        return self.b.select(self.b.icmp_signed("<", x, y), x, y)
+
+    def max(self, x: ir.Value, y: ir.Value) -> ir.Value:
+        return self.b.select(self.b.icmp_signed(">", x, y), x, y)
+
+    def ceil_div(self, x: ir.Value, y: ir.Value | int) -> ir.Value:
+        y = I64(y) if isinstance(y, int) else y
+        return self.b.sdiv(self.b.add(x, self.b.sub(y, I64(1))), y)
+
+    def loop(self, lo: ir.Value | int, hi: ir.Value, body) -> None:
+        """for i in range(lo, hi): body(i)."""
+        lo = I64(lo) if isinstance(lo, int) else lo
+
+        def step(b: ir.IRBuilder, i: ir.Value, _: list) -> list:
+            body(b.add(i, lo))
+            return []
+
+        counted_loop(self.b, self.b.sub(hi, lo), [], step)
+
+    def at(self, base: ir.Value, index: ir.Value) -> ir.Value:
+        return self.b.gep(base, [index])
+
+
+def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.Function(module, fnty, name)
+
+
+def _malloc(e: Emitter, size: ir.Value) -> ir.Value:
+    return e.b.call(_declare(e.fn.module, "malloc", ir.FunctionType(VOID_PTR, [I64])), [size])
+
+
+def _free(e: Emitter, pointer: ir.Value) -> None:
+    e.b.call(_declare(e.fn.module, "free", ir.FunctionType(ir.VoidType(), [VOID_PTR])), [pointer])
+
+
+def _internal(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    return fn
+
+
+# -------------------------------------------------------------------- the tasks
+def pack_x_name(fmt: FloatFormat) -> str:
+    return f"tilefuse_pack_x_{fmt.tag}"
+
+
+def _build_pack_x_block(module: ir.Module, fmt: FloatFormat) -> ir.Function:
+    """`void pack_x(x, k, i0, rows, pc, kce, ap)`: ap[it, p, r] = x[i0 + it*mr + r, pc + p],
+    rows past `rows` zero (micro-panel order). Whole vectors of columns are transposed in
+    registers (pack_rows), the last kce % lanes columns here. Exported for the tests. Against
+    the scalar copy it replaced: -10 to -17 % time at 16/256/4096 x 784 x 512 (f32, AVX-512, 1
+    thread), where each packed row serves only 16 panels; no change at N = 4096."""
+    if pack_x_name(fmt) in module.globals:
+        return module.globals[pack_x_name(fmt)]
+    ptr = fmt.scalar.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, I64, I64, I64, I64, I64, ptr]),
+                     pack_x_name(fmt))  # fmt: skip
+    fn.attributes.add("nounwind")
+    x, k_total, i0, rows, pc, kce, ap = fn.args
+    e = Emitter(fn)
+    b, mr, lanes = e.b, fmt.mr, fmt.lanes
+    whole = b.mul(b.sdiv(kce, I64(lanes)), I64(lanes))
+    pack_rows = build_pack_rows(module, fmt)
+
+    def sliver(it: ir.Value) -> None:
+        base = b.mul(b.mul(it, kce), I64(mr))
+        first = b.add(i0, b.mul(it, I64(mr)))
+        sliver_rows = e.min(I64(mr), b.sub(rows, b.mul(it, I64(mr))))
+        b.call(pack_rows, [e.at(x, b.add(b.mul(first, k_total), pc)), k_total, sliver_rows, kce,
+                           e.at(ap, base)])  # fmt: skip
+
+        def column(p: ir.Value) -> None:
+            for r in range(mr):
+                row = b.add(first, e.min(I64(r), b.sub(sliver_rows, I64(1))))
+                value = b.load(e.at(x, b.add(b.mul(row, k_total), b.add(pc, p))))
+                value = b.select(b.icmp_signed("<", I64(r), sliver_rows), value,
+                                 ir.Constant(fmt.scalar, 0.0))  # fmt: skip
+                b.store(value, e.at(ap, b.add(base, b.add(b.mul(p, I64(mr)), I64(r)))))
+
+        e.loop(whole, kce, column)
+
+    e.loop(0, e.ceil_div(rows, mr), sliver)
+    b.ret_void()
+    return fn
+
+
+def _build_run_task(module: ir.Module, fmt: FloatFormat) -> ir.Function:
+    """`i1 run_task(act, kind, col_tasks, rows_per_task, panels_per_task, t, x, m, k, wp,
+    biasp, npad, out, n, alpha, kc)`: task t of a plan; true when it failed (no memory)."""
+    ptr = fmt.scalar.as_pointer()
+    fn = _internal(module, f"tilefuse_run_task_{fmt.tag}", ir.FunctionType(
+        I1, [I64, I64, I64, I64, I64, I64, ptr, I64, I64, ptr, ptr, I64, ptr, I64, fmt.scalar,
+             I64]))  # fmt: skip
+    act, kind, col_tasks, rows_per_task, panels_per_task, t = fn.args[:6]
+    x, m, k_total, wp, biasp, npad, out, n, alpha, kc = fn.args[6:]
+    e = Emitter(fn)
+    b, mr, nr = e.b, fmt.mr, fmt.nr
+    i0 = b.mul(b.sdiv(t, col_tasks), rows_per_task)
+    rows = e.min(rows_per_task, b.sub(m, i0))
+    jt_begin = b.mul(b.srem(t, col_tasks), panels_per_task)
+    jt_end = e.min(b.sdiv(npad, I64(nr)), b.add(jt_begin, panels_per_task))
+    row_plan, packed_plan = fn.append_basic_block("rows"), fn.append_basic_block("packed")
+    b.cbranch(b.icmp_signed("==", kind, I64(ROW_PLAN)), row_plan, packed_plan)
+
+    b.position_at_end(row_plan)
+    first_col = b.mul(jt_begin, I64(nr))
+    cols = e.min(b.mul(b.sub(jt_end, jt_begin), I64(nr)), b.sub(n, first_col))
+    b.call(build_rows_dispatch(module, fmt), [
+        act, k_total, kc, e.at(x, b.mul(i0, k_total)), k_total, rows, wp, npad, jt_begin, cols,
+        e.at(out, b.add(b.mul(i0, n), first_col)), n, biasp, alpha])  # fmt: skip
+    b.ret(I1(0))
+
+    b.position_at_end(packed_plan)
+    micro_rows = e.ceil_div(rows, mr)
+    elements = b.add(b.mul(b.mul(micro_rows, I64(mr)), e.min(kc, k_total)), I64(fmt.lanes))
+    size = b.add(b.mul(elements, I64(fmt.vector_bits // 8 // fmt.lanes)), I64(ALIGN_BYTES))
+    raw = _malloc(e, size)
+    with b.if_then(b.icmp_unsigned("==", raw, ir.Constant(VOID_PTR, None)), likely=False):
+        b.ret(I1(1))
+    address = b.ptrtoint(raw, I64)
+    aligned = b.and_(b.add(address, I64(ALIGN_BYTES - 1)), I64(-ALIGN_BYTES))
+    ap = b.inttoptr(aligned, ptr)
+    k_blocks = e.max(I64(1), e.ceil_div(k_total, kc))
+    pack_x, tile = _build_pack_x_block(module, fmt), build_packed_tile(module, fmt)
+
+    def k_block(kb: ir.Value) -> None:
+        pc = b.mul(kb, kc)
+        kce = e.min(kc, b.sub(k_total, pc))
+        later = b.zext(b.icmp_signed(">", kb, I64(0)), I64)
+        last = b.zext(b.icmp_signed("==", kb, b.sub(k_blocks, I64(1))), I64)
+        mode = b.or_(later, b.shl(last, I64(1)))
+        b.call(pack_x, [x, k_total, i0, rows, pc, kce, ap])
+
+        def panel(jt: ir.Value) -> None:
+            w_at = b.add(b.mul(pc, npad), b.mul(b.mul(jt, kce), I64(nr)))
+            cols = e.min(I64(nr), b.sub(n, b.mul(jt, I64(nr))))
+
+            def micro_tile(it: ir.Value) -> None:
+                i = b.add(i0, b.mul(it, I64(mr)))
+                b.call(tile, [
+                    act, kce, e.at(ap, b.mul(b.mul(it, kce), I64(mr))), e.at(wp, w_at),
+                    e.at(out, b.add(b.mul(i, n), b.mul(jt, I64(nr)))), n,
+                    e.at(biasp, b.mul(jt, I64(nr))), alpha, mode,
+                    e.min(I64(mr), b.sub(b.add(i0, rows), i)), cols])  # fmt: skip
+
+            e.loop(0, micro_rows, micro_tile)
+
+        e.loop(jt_begin, jt_end, panel)
+
+    e.loop(0, k_blocks, k_block)
+    _free(e, raw)
+    b.ret(I1(0))
+    return fn
+
+
+def _build_job(module: ir.Module, fmt: FloatFormat, run_task: ir.Function) -> ir.Function:
+    """`void job(ctl, nctl)`: claim and run tasks of the published job until none is left
+    (the caller runs it too, after publishing)."""
+    fn = ir.Function(module, P.RUNNER_TYPE, job_name(fmt))
+    ctl = fn.args[0]
+    e = Emitter(fn)
+    b, p = e.b, P.PoolIR(e.b, ctl)
+    ptr = fmt.scalar.as_pointer()
+
+    def pointer(field: int) -> ir.Value:
+        return b.inttoptr(p.load(field), ptr)
+
+    plan = [p.load(f) for f in (P.KIND, P.COL_TASKS, P.ROWS_PER_TASK, P.PANELS_PER_TASK)]
+    act, kc, tasks = p.load(P.ACT), p.load(P.KC), p.load(P.TASKS)
+    alpha = b.bitcast(p.load(P.ALPHA), F64)
+    if fmt.name == "float32":
+        alpha = b.fptrunc(alpha, fmt.scalar)
+    operands = [pointer(P.X), p.load(P.M), p.load(P.K), pointer(P.WP), pointer(P.BIAS),
+                p.load(P.NPAD), pointer(P.OUT), p.load(P.N), alpha, kc]  # fmt: skip
+    loop, run, done = (fn.append_basic_block(n) for n in ("claim", "run", "done"))
+    b.branch(loop)
+    b.position_at_end(loop)
+    t = p.claim()
+    b.cbranch(b.icmp_signed("<", t, tasks), run, done)
+    b.position_at_end(run)
+    failed = b.call(run_task, [act, *plan, t, *operands])
+    p.task_done(failed)
+    b.branch(loop)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+# -------------------------------------------------------------------- the plan
+def _task_grid(e: Emitter, m_units, n_units, min_m_blocks, min_n_blocks, threads):
+    """(m_blocks, n_blocks) at least the minimum (block sizes <= mc, nc) that split the work
+    most evenly over `threads`; on ties, fewer tasks (less repacking of x, fewer B re-reads).
+    Cost: rounds of tasks x the largest task, in register tiles."""
+    b = e.b
+
+    def cost(mb: ir.Value, nb: ir.Value) -> ir.Value:
+        rounds = e.ceil_div(b.mul(mb, nb), threads)
+        return b.mul(rounds, b.mul(e.ceil_div(m_units, mb), e.ceil_div(n_units, nb)))
+
+    best_m, best_n = e.var(min_m_blocks), e.var(min_n_blocks)
+    best = e.var(cost(min_m_blocks, min_n_blocks))
+    m_hi = b.add(e.min(m_units, b.add(min_m_blocks, b.mul(threads, I64(2)))), I64(1))
+    n_hi = b.add(e.min(n_units, b.mul(min_n_blocks, b.mul(threads, I64(4)))), I64(1))
+
+    def try_m(mb: ir.Value) -> None:
+        def try_n(nb: ir.Value) -> None:
+            c, now = cost(mb, nb), b.load(best)
+            fewer = b.icmp_signed("<", b.mul(mb, nb), b.mul(b.load(best_m), b.load(best_n)))
+            tie = b.and_(b.icmp_signed("==", c, now), fewer)
+            with b.if_then(b.or_(b.icmp_signed("<", c, now), tie)):
+                b.store(c, best)
+                b.store(mb, best_m)
+                b.store(nb, best_n)
+
+        e.loop(min_n_blocks, n_hi, try_n)
+
+    e.loop(min_m_blocks, m_hi, try_m)
+    return b.load(best_m), b.load(best_n)
+
+
+def plan_name(fmt: FloatFormat) -> str:
+    return f"tilefuse_plan_{fmt.tag}"
+
+
+PLAN_TYPE = ir.FunctionType(ir.VoidType(), [I64, I64, I64, I64, I64, I64.as_pointer()])
+
+
+def _build_plan(module: ir.Module, fmt: FloatFormat) -> ir.Function:
+    """`void plan(m, panels, mc, nc, threads, int64_t result[5])`: (kind, column tasks, rows
+    per task, panels per task, task count) of one call. Exported, so that `tune` and the
+    tests read the plan the driver runs."""
+    fn = ir.Function(module, PLAN_TYPE, plan_name(fmt))
+    m, panels, mc, nc, threads, result = fn.args
+    e = Emitter(fn)
+    b, mr, nr = e.b, fmt.mr, fmt.nr
+    most_rows = max(fmt.row_counts)
+
+    def put(values: list) -> None:
+        for i, value in enumerate(values):
+            b.store(value, e.at(result, I64(i)))
+
+    row_plan = b.icmp_signed("<=", m, I64(min(ROW_KERNEL_MAX_M, most_rows)))
+    with b.if_else(row_plan) as (rows_kernel, packed):
+        with rows_kernel:
+            groups = e.ceil_div(panels, ROWS_TASK_PANELS)
+            put([I64(ROW_PLAN), groups, I64(most_rows), I64(ROWS_TASK_PANELS), groups])
+        with packed:
+            m_units = e.ceil_div(m, mr)
+            min_m_blocks = e.ceil_div(m_units, e.max(I64(1), b.sdiv(mc, I64(mr))))
+            min_n_blocks = e.ceil_div(panels, e.max(I64(1), b.sdiv(nc, I64(nr))))
+            m_blocks, n_blocks = _task_grid(e, m_units, panels, min_m_blocks, min_n_blocks,
+                                            threads)  # fmt: skip
+            rows_per_task = b.mul(e.ceil_div(m_units, m_blocks), I64(mr))
+            panels_per_task = e.ceil_div(panels, n_blocks)
+            col_tasks = e.ceil_div(panels, panels_per_task)
+            tasks = b.mul(e.ceil_div(m, rows_per_task), col_tasks)
+            put([I64(PACKED_PLAN), col_tasks, rows_per_task, panels_per_task, tasks])
+    b.ret_void()
+    return fn
+
+
+# -------------------------------------------------------------------- the driver
+def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) -> ir.Function:
+    fn = ir.Function(module, DENSE_TYPE, dense_name(fmt))
+    (x_raw, m, k_total, wp_raw, wp_size, bias_raw, nbias, out_raw, n, act, alpha64, kc, mc, nc,
+     parallel, ctl_raw, nctl) = fn.args  # fmt: skip
+    e = Emitter(fn)
+    b, nr = e.b, fmt.nr
+    ptr = fmt.scalar.as_pointer()
+    x, wp, bias, out = (b.bitcast(a, ptr) for a in (x_raw, wp_raw, bias_raw, out_raw))
+    ctl = b.bitcast(ctl_raw, P.CTL_PTR)
+    alpha = b.fptrunc(alpha64, fmt.scalar) if fmt.name == "float32" else alpha64
+
+    def fail_if(condition: ir.Value, status: int) -> None:
+        with b.if_then(condition, likely=False):
+            b.ret(I64(status))
+
+    lt, ne = (lambda u, v: b.icmp_signed("<", u, v)), (lambda u, v: b.icmp_signed("!=", u, v))
+    fail_if(b.or_(lt(act, I64(0)), b.icmp_signed(">=", act, I64(len(ACTIVATIONS)))), 1)
+    fail_if(b.and_(ne(nbias, I64(0)), ne(nbias, n)), 3)
+    npad = b.mul(e.ceil_div(n, nr), I64(nr))
+    fail_if(ne(wp_size, b.mul(k_total, npad)), 4)
+    fail_if(b.or_(b.or_(lt(kc, I64(1)), lt(mc, I64(1))), lt(nc, I64(1))), 5)
+    with b.if_then(b.or_(b.icmp_signed("<=", m, I64(0)), b.icmp_signed("<=", n, I64(0)))):
+        b.ret(I64(0))
+
+    itemsize = fmt.vector_bits // 8 // fmt.lanes
+    raw = _malloc(e, b.mul(npad, I64(itemsize)))
+    fail_if(b.icmp_unsigned("==", raw, ir.Constant(VOID_PTR, None)), KERNEL_FAILED)
+    biasp = b.bitcast(raw, ptr)
+    e.loop(0, npad, lambda j: b.store(ir.Constant(fmt.scalar, 0.0), e.at(biasp, j)))
+    e.loop(0, nbias, lambda j: b.store(b.load(e.at(bias, j)), e.at(biasp, j)))
+
+    get_threads = _declare(module, "get_num_threads", ir.FunctionType(I64, []))
+    threads = e.var(1)
+    pooled = b.and_(b.icmp_signed(">", nctl, I64(0)), ne(parallel, I64(PARALLEL_NONE)))
+    flops = b.mul(b.mul(b.mul(m, n), k_total), I64(2))
+    with b.if_then(b.and_(pooled, b.icmp_signed(">=", flops, I64(PARALLEL_MIN_FLOP)))):
+        workers = b.load(e.at(ctl, I64(P.POOL_WORKERS)))
+        b.store(e.min(b.call(get_threads, []), b.add(workers, I64(1))), threads)
+    threads = b.load(threads)
+    result = b.alloca(I64, size=5)
+    b.call(plan_fn, [m, b.sdiv(npad, I64(nr)), mc, nc, threads, result])
+    kind, col_tasks, rows_per_task, panels_per_task, tasks = (
+        b.load(e.at(result, I64(i))) for i in range(5)
+    )
+    plan = [kind, col_tasks, rows_per_task, panels_per_task]
+    operands = [x, m, k_total, wp, biasp, npad, out, n, alpha, kc]
+    status, use_pool = e.var(0), e.var(0)
+    p = P.PoolIR(b, ctl)
+    shared = b.and_(b.icmp_signed(">", threads, I64(1)), b.icmp_signed(">", tasks, I64(1)))
+    with b.if_then(shared):
+        b.store(b.zext(p.acquire(), I64), use_pool)  # else the pool runs another call's job
+    with b.if_else(ne(b.load(use_pool), I64(0))) as (pooled_call, serial_call):
+        with pooled_call:
+            p.publish(b.sub(threads, I64(1)))
+            job_fields = {
+                P.DTYPE: I64(DTYPE_CODE[fmt.name]), P.ACT: act, P.KC: kc, P.TASKS: tasks,
+                P.KIND: kind, P.COL_TASKS: col_tasks, P.ROWS_PER_TASK: rows_per_task,
+                P.PANELS_PER_TASK: panels_per_task, P.X: b.ptrtoint(x, I64), P.M: m,
+                P.K: k_total, P.WP: b.ptrtoint(wp, I64), P.WP_SIZE: wp_size,
+                P.BIAS: b.ptrtoint(biasp, I64), P.NPAD: npad, P.OUT: b.ptrtoint(out, I64),
+                P.N: n, P.ALPHA: b.bitcast(alpha64, I64),
+            }  # fmt: skip
+            for field, value in job_fields.items():
+                p.store(field, value)
+            p.start()
+            b.call(job, [ctl, nctl])  # the caller works too
+            failed = p.finish(tasks)
+            b.store(b.select(ne(failed, I64(0)), I64(KERNEL_FAILED), I64(0)), status)
+        with serial_call:  # one thread, too little work, or the pool busy with another call
+
+            def one_task(t: ir.Value) -> None:
+                with b.if_then(b.call(run_task, [act, *plan, t, *operands])):
+                    b.store(I64(KERNEL_FAILED), status)
+
+            e.loop(0, tasks, one_task)
+    _free(e, raw)
+    b.ret(b.load(status))
+    return fn
+
+
+def build_module(fmt: FloatFormat) -> ir.Module:
+    """The library of one dtype: the driver, the job function and the micro-kernels."""
+    module = ir.Module(name=f"tilefuse_kernels_{fmt.tag}")
+    run_task = _build_run_task(module, fmt)
+    job = _build_job(module, fmt, run_task)
+    _build_dense(module, fmt, run_task, job, _build_plan(module, fmt))
+    return module
+
+
+def build_pool_module() -> ir.Module:
+    module = ir.Module(name="tilefuse_pool")
+    P.build_worker_loop(module, WORKER)
+    return module
+
+
+# -------------------------------------------------------------------- compile, cache, load
+def target_machine() -> llvm.TargetMachine:
+    """The CPU name and features Numba compiles for (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, else
+    the host's), so that the micro-kernels' vector width (llvm_ukernel.target_vector_bits)
+    and the code generated for them agree, and a preset such as NUMBA_CPU_NAME=haswell
+    NUMBA_CPU_FEATURES="" forces the AVX2 path on an AVX-512 host."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    _resolve_c_library()
+    name = config.CPU_NAME or llvm.get_host_cpu_name()
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(cpu=name, features=features, opt=3, reloc="static",
+                                        codemodel="jitdefault", jit=True)  # fmt: skip
+
+
+@functools.cache
+def _resolve_c_library() -> None:
+    """Let the loader resolve the functions the object code calls: the C library's (malloc,
+    free, syscall, memset, and libm's erfc for float64 gelu) and Numba's `get_num_threads`
+    (the calling thread's `numba.set_num_threads`), which Numba registers when it starts its
+    threading layer. (One unresolved symbol leaves every call of the object at address 0.)"""
+    from numba.np.ufunc.parallel import _launch_threads
+
+    _launch_threads()
+    for name in ("c", "m"):
+        found = ctypes.util.find_library(name)
+        if found:
+            llvm.load_library_permanently(found)
+
+
+def optimized(module: ir.Module, tm: llvm.TargetMachine) -> llvm.ModuleRef:
+    """`module` parsed, checked and run through LLVM's -O3 pipeline for `tm`."""
+    parsed = llvm.parse_assembly(str(module))
+    parsed.triple = tm.triple
+    parsed.data_layout = str(tm.target_data)
+    parsed.verify()
+    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    builder = llvm.create_pass_builder(tm, options)
+    builder.getModulePassManager().run(parsed, builder)
+    return parsed
+
+
+def cache_key(name: str, tm: llvm.TargetMachine) -> str:
+    """What the object code depends on: the kernel sources, the library, the CPU and LLVM."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    cpu = config.CPU_NAME or llvm.get_host_cpu_name()
+    llvm_version = ".".join(map(str, llvm.llvm_version_info))
+    parts = [kernel_fingerprint(), name, cpu, features, llvmlite.__version__, llvm_version]
+    parts.append(tm.triple)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def object_code(name: str, build) -> bytes:
+    """The object code of the module `build()` makes, from the cache folder when it holds a
+    sound copy (its first 32 bytes are the sha256 of the rest), else compiled and stored."""
+    tm = target_machine()
+    path = cache_dir() / "kernels" / "library" / f"{name}-{cache_key(name, tm)}.o"
+    try:
+        with phases.phase("kernel library: cache load"):
+            data = path.read_bytes()
+    except OSError:
+        explain(f"no kernel library {path.name} in the cache yet: building it")
+    else:
+        if len(data) > 32 and hashlib.sha256(data[32:]).digest() == data[:32]:
+            return data[32:]
+        explain(f"kernel library {path.name} does not match its checksum: removed, rebuilt")
+    with phases.phase("kernel library: build IR"):
+        module = build()
+    with phases.phase("kernel library: LLVM -O3"):
+        module = optimized(module, tm)
+    with phases.phase("kernel library: codegen"):
+        code = tm.emit_object(module)
+    record = hashlib.sha256(code).digest() + code
+    try:
+        atomic_write(path, record)
+    except OSError as err:  # a read-only cache: keep the code in a private one
+        private = use_private_cache(f"cannot write to the cache folder ({err.strerror})")
+        atomic_write(private / "kernels" / "library" / path.name, record)
+    return code
+
+
+@dataclass
+class Library:
+    """Loaded object code and the addresses of its exported functions."""
+
+    engine: Any
+    addresses: dict[str, int]
+
+
+_libraries: dict[str, Library] = {}
+_lock = threading.Lock()
+
+
+def _load(name: str, build, exports: list[str]) -> Library:
+    with _lock:
+        if name not in _libraries:
+            code = object_code(name, build)
+            tm = target_machine()
+            with phases.phase("kernel library: link"):
+                engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+                engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+                engine.finalize_object()
+            addresses = {e: engine.get_function_address(e) for e in exports}
+            missing = [e for e, a in addresses.items() if not a]
+            if missing:
+                raise RuntimeError(f"kernel library {name}: no symbol {', '.join(missing)}")
+            _libraries[name] = Library(engine, addresses)
+        return _libraries[name]
+
+
+def dtype_library(dtype_name: str) -> Library:
+    """The library of `dtype_name` ("float32" or "float64"), loaded or built once."""
+    fmt = FORMATS[dtype_name]
+    return _load(f"tilefuse_kernels_{fmt.tag}", lambda: build_module(fmt),
+                 [dense_name(fmt), job_name(fmt), plan_name(fmt), pack_x_name(fmt)])  # fmt: skip
+
+
+def dense_address(dtype_name: str) -> int:
+    return dtype_library(dtype_name).addresses[dense_name(FORMATS[dtype_name])]
+
+
+def job_address(dtype_name: str) -> int:
+    return dtype_library(dtype_name).addresses[job_name(FORMATS[dtype_name])]
+
+
+def function(dtype_name: str, which: str) -> int:
+    """The address of one of the library's exported functions: "dense", "job", "plan",
+    "pack_x"."""
+    names = {"dense": dense_name, "job": job_name, "plan": plan_name, "pack_x": pack_x_name}
+    return dtype_library(dtype_name).addresses[names[which](FORMATS[dtype_name])]
+
+
+def worker_address() -> int:
+    return _load("tilefuse_pool", build_pool_module, [WORKER]).addresses[WORKER]
+
+
+def listing(dtype_name: str, kind: str) -> str:
+    """The library of a dtype as optimised LLVM IR (kind "llvm") or assembly ("asm"), built
+    afresh (the cache keeps object code only)."""
+    tm = target_machine()
+    module = optimized(build_module(FORMATS[dtype_name]), tm)
+    return tm.emit_assembly(module) if kind == "asm" else str(module)
+
+
+__all__ = ["OPERAND_PROBLEMS", "dense_address", "job_address", "listing", "worker_address"]
