@@ -126,3 +126,24 @@ def test_a_workers_runner_runs_the_published_job(dtype):
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
     pool = ck.pool_control()
     assert pool[P.RUNNERS + (0 if dtype == np.float32 else 1)] == ck.job_runner(dtype)
+
+
+def test_a_woken_worker_is_steered_off_the_callers_cpu():
+    """Waking sleeping workers, the caller lets them run anywhere but on its own CPU (a futex
+    wake-up would put them beside it; the 2-thread call then ran slower than 1 thread)."""
+    import os
+
+    pool = ck.pool_control()
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2 or pool[P.ALLOWED] == 0:
+        pytest.skip("one CPU allowed: nothing to steer to")
+    numba.set_num_threads(2)
+    assert big_call(pool)[0] == 0
+    deadline = time.monotonic() + 10.0
+    while pool[P.SLEEPERS] < pool[P.POOL_WORKERS] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert big_call(pool)[0] == 0  # wakes them
+    tids = [int(t) for t in pool[P.TIDS : P.TIDS + pool[P.POOL_WORKERS]]]
+    for tid in tids:
+        steered = os.sched_getaffinity(tid)
+        assert steered and steered < allowed

@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import os
 import platform
 import sys
 import threading
 
 import numpy as np
 from llvmlite import ir
+
+from .llvm_ukernel import counted_loop
 
 # ctl fields: the contended counters each on a cache line of their own (8 int64s)
 SEQ = 0  # the job sequence number (its low 32 bits are the futex word): odd while written
@@ -59,11 +62,16 @@ X, M, K, WP, WP_SIZE, BIAS, NPAD, OUT, N, ALPHA = range(JOB + 8, JOB + 18)
 # per dtype code, the address of the C function that runs a worker's part of a job (0: none
 # registered yet, the worker leaves the tasks to the caller); set once per process
 RUNNERS = JOB + 18
+# Steering a sleeping worker off the caller's CPU (see `PoolIR.steer`): the CPUs the process
+# may use as a bit mask (0: no steering), then the workers' thread ids
+ALLOWED = JOB + 22
+TIDS = JOB + 24
 CTL_SIZE = 128
+MAX_STEERED = CTL_SIZE - TIDS  # workers beyond this many are not steered
 
 SPIN = 2000  # pause instructions before an idle worker sleeps (~40-90 us)
 YIELD_AFTER = 200  # a caller waiting for the last tasks spins this many pauses, then yields
-SYS_FUTEX, SYS_SCHED_YIELD = 202, 24  # x86-64 Linux
+SYS_FUTEX, SYS_SCHED_YIELD, SYS_SCHED_SETAFFINITY, SYS_GETCPU = 202, 24, 203, 309  # x86-64
 FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 CTL_PTR = I64.as_pointer()
@@ -172,10 +180,42 @@ class PoolIR:
             self.atomic_store(field, 0)
 
     def start(self) -> None:
-        """The job is written (SEQ even again): wake the workers that sleep."""
+        """The job is written (SEQ even again): wake the workers that sleep, off this CPU."""
         self.atomic_add(SEQ, 1)
         with self.b.if_then(self.b.icmp_signed(">", self.atomic_load(SLEEPERS), I64(0))):
+            self.steer()
             self.futex_wake_all()
+
+    def steer(self) -> None:
+        """Let the workers run anywhere but on the caller's CPU. A futex wake-up tends to put
+        the woken thread on the waker's CPU; after an idle spell (both threads asleep) the
+        worker then shared the caller's core while the other idled, and the spin-and-sleep
+        rhythm of later calls kept it there: 2-thread calls ran slower than 1-thread ones
+        (mlp-small at batch 16, Zen 3: 530 us a call over the next 40 ms, against 225 us).
+        One getcpu and one sched_setaffinity per worker, only when workers sleep."""
+        b = self.b
+        allowed = self.load(ALLOWED)
+        with b.if_then(b.icmp_signed("!=", allowed, I64(0))):
+            cpu_slot = b.alloca(I32)
+            b.store(I32(0), cpu_slot)
+            self.syscall(I64(SYS_GETCPU), b.ptrtoint(cpu_slot, I64), I64(0), I64(0))
+            cpu = b.zext(b.load(cpu_slot), I64)
+            mine = b.select(b.icmp_unsigned("<", cpu, I64(64)), b.shl(I64(1), cpu), I64(0))
+            others = b.and_(allowed, b.not_(mine))
+            mask = b.alloca(I64)
+            b.store(others, mask)
+            workers = self.load(POOL_WORKERS)
+            steered = b.select(b.icmp_signed("<", workers, I64(MAX_STEERED)), workers,
+                               I64(MAX_STEERED))  # fmt: skip
+
+            def one(b: ir.IRBuilder, w: ir.Value, _: list) -> list:
+                tid = self.load(b.add(I64(TIDS), w))
+                with b.if_then(b.icmp_signed("!=", tid, I64(0))):
+                    self.syscall(I64(SYS_SCHED_SETAFFINITY), tid, I64(8), b.ptrtoint(mask, I64))
+                return []
+
+            with b.if_then(b.icmp_signed("!=", others, I64(0))):
+                counted_loop(b, steered, [], one)
 
     def finish(self, tasks: ir.Value) -> ir.Value:
         """Wait for the tasks other threads claimed; release the pool; 0, or 1 if one failed."""
@@ -284,6 +324,11 @@ class Pool:
         ]
         for thread in self.threads:
             thread.start()
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(allowed) > 1 and allowed[-1] < 64:
+            for w, thread in enumerate(self.threads[:MAX_STEERED]):
+                self.ctl[TIDS + w] = thread.native_id
+            self.ctl[ALLOWED] = sum(1 << cpu for cpu in allowed)
         atexit.register(self.shutdown)
 
     def shutdown(self) -> None:
