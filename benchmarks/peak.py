@@ -9,6 +9,13 @@ from 1..k Python threads at once (ctypes releases the GIL, so the threads run in
 The loop is measured at every vector width the CPU has (8 lanes for AVX2, 16 for AVX-512); the
 peak is the fastest run at the fastest width. FLOPs = threads · iterations · chains · lanes · 2.
 
+The read bandwidth, the roof of batch-1 layers (every weight is read once per call), comes the
+same way: a loop summing `<8 x float>` vectors into 4 accumulators, each thread over its own
+part of a buffer far larger than the caches, all threads started together; the fastest of a
+few runs:
+
+    bandwidth = measure_bandwidth(threads=2)   # {"gbps": 21.4, "megabytes": 256, ...}
+
     python benchmarks/peak.py --threads 2,1
 """
 
@@ -66,6 +73,102 @@ def fma_loop_ir(lanes: int, chains: int = CHAINS) -> ir.Module:
     return module
 
 
+def read_loop_ir(accumulators: int = 4) -> ir.Module:
+    """`void read_sum(float* data, i64 n, float* out)`: out[0..8) = the sum of the n
+    `<8 x float>` vectors at data (n a multiple of `accumulators`)."""
+    f32, i64 = ir.FloatType(), ir.IntType(64)
+    vec = ir.VectorType(f32, 8)
+    module = ir.Module(name="read_bandwidth")
+    module.triple = llvm.get_process_triple()
+    fnty = ir.FunctionType(ir.VoidType(), [f32.as_pointer(), i64, f32.as_pointer()])
+    fn = ir.Function(module, fnty, "read_sum")
+    data, n, out = fn.args
+    entry, loop, exit_ = (fn.append_basic_block(s) for s in ("entry", "loop", "exit"))
+    b = ir.IRBuilder(entry)
+    vectors = b.bitcast(data, vec.as_pointer())
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(i64, "i")
+    accs = [b.phi(vec, f"s{j}") for j in range(accumulators)]
+    loads = [b.load(b.gep(vectors, [b.add(i, ir.Constant(i64, j))]), align=32)
+             for j in range(accumulators)]  # fmt: skip
+    nexts = [b.fadd(acc, v) for acc, v in zip(accs, loads, strict=True)]
+    i_next = b.add(i, ir.Constant(i64, accumulators))
+    b.cbranch(b.icmp_signed("<", i_next, n), loop, exit_)
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    i.add_incoming(i_next, loop)
+    for acc, nxt in zip(accs, nexts, strict=True):
+        acc.add_incoming(ir.Constant(vec, [ir.Constant(f32, 0.0)] * 8), entry)
+        acc.add_incoming(nxt, loop)
+    b.position_at_end(exit_)
+    total = nexts[0]
+    for nxt in nexts[1:]:
+        total = b.fadd(total, nxt)
+    b.store(total, b.bitcast(out, vec.as_pointer()), align=4)
+    b.ret_void()
+    return module
+
+
+@cache
+def compiled_read_loop() -> Any:
+    """The read loop as a ctypes function (argtypes float*, int64, float*)."""
+    engine = _compile(read_loop_ir())
+    prototype = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
+    return prototype(engine.get_function_address("read_sum"))
+
+
+def measure_bandwidth(threads: int, megabytes: int = 256, repeats: int = 5) -> dict[str, Any]:
+    """Read GB/s of `threads` threads each streaming its part of a `megabytes` buffer (far
+    past the last-level cache), started together; the fastest of `repeats` runs."""
+    import numpy as np
+
+    loop = compiled_read_loop()
+    per_thread = megabytes * 2**20 // 4 // threads // 32 * 32  # floats, whole groups of 4 x 8
+    buffer = np.ones(per_thread * threads + 64, np.float32)
+    base = buffer.ctypes.data + (-buffer.ctypes.data % 64)
+    outs = [np.zeros(8, np.float32) for _ in range(threads)]
+
+    def once() -> float:
+        barrier = threading.Barrier(threads + 1)
+
+        def worker(t: int) -> None:
+            barrier.wait()
+            loop(base + 4 * t * per_thread, per_thread // 8, outs[t].ctypes.data)
+
+        workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for w in workers:
+            w.join()
+        return time.perf_counter() - start
+
+    once()  # pages touched, code warm
+    runs = [4 * per_thread * threads / once() / 1e9 for _ in range(repeats)]
+    assert all(abs(float(o.sum()) - per_thread) < 1e-3 * per_thread for o in outs)
+    return {"threads": threads, "gbps": max(runs), "median_gbps": statistics.median(runs),
+            "megabytes": megabytes}  # fmt: skip
+
+
+def _compile(module: ir.Module) -> Any:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_default_triple()
+    machine = target.create_target_machine(
+        cpu=llvm.get_host_cpu_name(),
+        features=llvm.get_host_cpu_features().flatten(),
+        opt=3,
+        codemodel="jitdefault",
+    )
+    parsed = llvm.parse_assembly(str(module))
+    parsed.verify()
+    engine = llvm.create_mcjit_compiler(parsed, machine)
+    engine.finalize_object()
+    _engines.append((engine, machine, parsed))
+    return engine
+
+
 def host_lanes() -> list[int]:
     """f32 lanes of every vector width with FMA that this CPU has: [8] or [8, 16]."""
     features = llvm.get_host_cpu_features()
@@ -77,20 +180,7 @@ def host_lanes() -> list[int]:
 @cache
 def compiled_fma_loop(lanes: int) -> Any:
     """The loop as a ctypes function (argtypes int64, float*), compiled for the host CPU."""
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    target = llvm.Target.from_default_triple()
-    machine = target.create_target_machine(
-        cpu=llvm.get_host_cpu_name(),
-        features=llvm.get_host_cpu_features().flatten(),
-        opt=3,
-        codemodel="jitdefault",
-    )
-    module = llvm.parse_assembly(str(fma_loop_ir(lanes)))
-    module.verify()
-    engine = llvm.create_mcjit_compiler(module, machine)
-    engine.finalize_object()
-    _engines.append((engine, machine, module))
+    engine = _compile(fma_loop_ir(lanes))
     prototype = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.POINTER(ctypes.c_float))
     return prototype(engine.get_function_address("fma_loop"))
 
@@ -177,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
             for lanes, r in peak["by_lanes"].items()
         )
         print(f"{threads} thread(s): peak {peak['gflops']:.1f} GFLOP/s ({widths})")
+        bandwidth = measure_bandwidth(threads)
+        print(f"{threads} thread(s): read bandwidth {bandwidth['gbps']:.1f} GB/s "
+              f"(median {bandwidth['median_gbps']:.1f})")  # fmt: skip
 
 
 if __name__ == "__main__":

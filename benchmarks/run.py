@@ -542,11 +542,16 @@ def benchmark(
     results, build_seconds = run_all(cases, systems, threads, budget)
     peak_runs = {k: [*runs, *measure_peaks([k], quick)[k]] for k, runs in peak_runs.items()}
     peaks = {k: peak_mod.best_of(runs) for k, runs in peak_runs.items()}
+    print(f"measuring the read bandwidth at {threads} thread(s)")
+    bandwidth = {k: peak_mod.measure_bandwidth(k, 64 if quick else 256) for k in threads}
     for row in results:
         add_peak_shares(row, peaks[row["threads"]])
+        if row.get("weight_gbps") and bandwidth[row["threads"]]["gbps"]:
+            row["pct_bandwidth"] = 100 * row["weight_gbps"] / bandwidth[row["threads"]]["gbps"]
     return {
         "machine": describe_machine() | {"numba_threading_layer": numba_threading_layer()},
         "peak": {str(k): p for k, p in peaks.items()},
+        "bandwidth": {str(k): b for k, b in bandwidth.items()},
         "peak_runs": {str(k): runs for k, runs in peak_runs.items()},
         "settings": {
             "argv": [],
@@ -672,6 +677,10 @@ def markdown_header(report: dict[str, Any]) -> list[str]:
         f"- command: `python benchmarks/run.py {' '.join(settings['argv'])}`",
         "- peak (FMA loop, fastest run, before and after the cases): "
         + "; ".join(peak_text(k, p) for k, p in report["peak"].items()),
+        "- read bandwidth (a vector sum over a buffer far past the caches, fastest run): "
+        + "; ".join(
+            f"{k} thr {b['gbps']:.1f} GB/s" for k, b in report.get("bandwidth", {}).items()
+        ),
         "",
         "Times are medians over samples taken in interleaved rounds (p10–p90 in the detail). "
         "GFLOP/s count 2·M·K·N per matmul (bias and activation not counted). "
@@ -679,7 +688,8 @@ def markdown_header(report: dict[str, Any]) -> list[str]:
         "Best peer = the fastest of every other system: NumPy unfused, ONNX Runtime, "
         "PyTorch eager, torch.compile and torch.compile with frozen weights (those that ran). "
         "(ref) BLAS sgemm only does the matmuls alone, without bias and activation. "
-        "Weights GB/s (batch 1 only) = bytes of weights and biases ÷ latency.",
+        "Weights GB/s (batch 1 only) = bytes of weights and biases ÷ latency; % BW = that ÷ the "
+        "measured read bandwidth (above 100 %: the weights were partly in the caches).",
     ]
     if settings["quick"]:
         lines += ["", "**Quick run: few repetitions; not for comparison.**"]
@@ -712,17 +722,20 @@ def summary_table(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[st
 
 
 def detail_table(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
-    head = ["case", "system", "median", "p10–p90", "GFLOP/s", "% peak", "weights GB/s"]
+    head = ["case", "system", "median", "p10–p90", "GFLOP/s", "% peak", "weights GB/s", "% BW"]
     head += ["vs NumPy", "vs best peer", "vs BLAS", "samples × calls", "check"]
     lines = [table_row(head), table_row(["---"] * len(head))]
     for r in rows:
         if "median_s" not in r:
-            lines.append(table_row([r["case"], labels[r["system"]], "–", *[""] * 8, r["error"]]))
+            lines.append(table_row([r["case"], labels[r["system"]], "–", *[""] * 9, r["error"]]))
             continue
         spread = f"{format_time(r['p10_s'])} – {format_time(r['p90_s'])}"
         cells = [r["case"], labels[r["system"]], format_time(r["median_s"]), spread]
         cells += [f"{r['gflops']:.1f}", peak_cell(r)]
-        cells += [number_cell(r["weight_gbps"], "{:.1f}")]
+        cells += [
+            number_cell(r["weight_gbps"], "{:.1f}"),
+            number_cell(r.get("pct_bandwidth"), "{:.0f}%"),
+        ]
         cells += [ratio_cell(r[key]) for key in ("vs_numpy", "vs_best_peer", "vs_blas")]
         cells += [f"{r['samples']} × {r['inner']}", check_cell(r)]
         lines.append(table_row(cells))

@@ -116,6 +116,11 @@ def test_measure_peak_reports_every_width():
     assert result["gflops"] == max(r["max"] for r in result["by_lanes"].values()) > 0
 
 
+def test_read_bandwidth_sums_its_buffer_and_reports_gbps():
+    found = peak.measure_bandwidth(1, megabytes=8, repeats=2)
+    assert found["gbps"] >= found["median_gbps"] > 0 and found["megabytes"] == 8
+
+
 def test_best_of_keeps_the_fastest_run_per_width():
     first = peak.summarize(2, {8: {"max": 10.0, "median": 9, "min": 8}})
     second = peak.summarize(
