@@ -128,22 +128,40 @@ def test_a_workers_runner_runs_the_published_job(dtype):
     assert pool[P.RUNNERS + (0 if dtype == np.float32 else 1)] == ck.job_runner(dtype)
 
 
-def test_a_woken_worker_is_steered_off_the_callers_cpu():
+def test_a_woken_worker_is_steered_off_the_callers_cpu_then_set_free():
     """Waking sleeping workers, the caller lets them run anywhere but on its own CPU (a futex
-    wake-up would put them beside it; the 2-thread call then ran slower than 1 thread)."""
+    wake-up would put them beside it; the 2-thread call then ran slower than 1 thread); a
+    woken worker then lets itself run anywhere again."""
     import os
 
-    pool = ck.pool_control()
     allowed = os.sched_getaffinity(0)
-    if len(allowed) < 2 or pool[P.ALLOWED] == 0:
-        pytest.skip("one CPU allowed: nothing to steer to")
-    numba.set_num_threads(2)
+    if len(allowed) < 2 or max(allowed) >= 64:
+        pytest.skip("needs two CPUs numbered below 64")
+    stand_in = threading.Event()  # a "worker" asleep in Python: nobody undoes its steering
+    thread = threading.Thread(target=stand_in.wait, daemon=True)
+    thread.start()
+    try:
+        ctl = np.zeros(P.CTL_SIZE, np.int64)
+        ctl[P.POOL_WORKERS], ctl[P.SLEEPERS] = 1, 1
+        ctl[P.ALLOWED] = sum(1 << cpu for cpu in allowed)
+        ctl[P.TIDS] = thread.native_id
+        numba.set_num_threads(2)
+        assert big_call(ctl)[0] == 0  # the caller runs every task; it steers on the way
+        steered = os.sched_getaffinity(thread.native_id)
+        assert steered and steered < allowed
+    finally:
+        stand_in.set()
+
+    pool = ck.pool_control()
     assert big_call(pool)[0] == 0
     deadline = time.monotonic() + 10.0
     while pool[P.SLEEPERS] < pool[P.POOL_WORKERS] and time.monotonic() < deadline:
         time.sleep(0.005)
     assert big_call(pool)[0] == 0  # wakes them
-    tids = [int(t) for t in pool[P.TIDS : P.TIDS + pool[P.POOL_WORKERS]]]
-    for tid in tids:
-        steered = os.sched_getaffinity(tid)
-        assert steered and steered < allowed
+    deadline = time.monotonic() + 10.0
+    tids = [int(t) for t in pool[P.TIDS : P.TIDS + pool[P.POOL_WORKERS]] if t]
+    while time.monotonic() < deadline:
+        if all(os.sched_getaffinity(tid) == allowed for tid in tids):
+            break
+        time.sleep(0.005)
+    assert all(os.sched_getaffinity(tid) == allowed for tid in tids)

@@ -144,6 +144,16 @@ class PoolIR:
         word = self.b.ptrtoint(self.slot(SEQ), I64)
         self.syscall(I64(SYS_FUTEX), word, I64(FUTEX_WAKE_PRIVATE), I64(2**31 - 1))
 
+    def unsteer(self, mask_slot: ir.Value) -> None:
+        """A woken worker lets itself run on every allowed CPU again: `steer` is for where it
+        wakes up; kept, it would stop the scheduler from moving the worker off a CPU that
+        other processes crowd."""
+        b = self.b
+        allowed = self.load(ALLOWED)
+        with b.if_then(b.icmp_signed("!=", allowed, I64(0))):
+            b.store(allowed, mask_slot)
+            self.syscall(I64(SYS_SCHED_SETAFFINITY), I64(0), I64(8), b.ptrtoint(mask_slot, I64))
+
     def sched_yield(self) -> None:
         self.syscall(I64(SYS_SCHED_YIELD))
 
@@ -246,6 +256,7 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
         fn.append_basic_block(n)
         for n in ("loop", "spin", "sleep", "got", "join", "leave", "shutdown")
     )  # fmt: skip
+    mask_slot = b.alloca(I64)
     first_seen = p.atomic_load(SEQ)
     entry = b.block
     b.branch(loop)
@@ -272,8 +283,9 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     p.atomic_add(SLEEPERS, 1)
     p.futex_wait(seq)  # returns at once if SEQ moved meanwhile: no lost wake-up
     p.atomic_add(SLEEPERS, -1)
-    seen.add_incoming(seen, sleep)
-    spins.add_incoming(I64(SPIN // 2), sleep)
+    p.unsteer(mask_slot)
+    seen.add_incoming(seen, b.block)
+    spins.add_incoming(I64(SPIN // 2), b.block)
     b.branch(loop)
 
     b.position_at_end(got)
