@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,10 @@ import tilefuse as tfu
 from conftest import ROOT
 from tilefuse import cli
 from tilefuse.backends import BACKENDS, ReferenceModel
+from tilefuse.errors import TilefuseError
+from tilefuse.passes import parse_pipeline
 from tilefuse.passes.memory import memory_plan_of
+from tilefuse.tiling import tiling_from_fields
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
@@ -310,3 +314,31 @@ def test_show_source_without_the_cpu_backend_is_a_clear_error(capsys, monkeypatc
     code, _, err = tilefuse(capsys, "show", ROOT / "examples/seed_layer.py", "--emit", "asm")
     assert code == 1
     assert "--emit asm needs the cpu backend" in err and "available: graph, canonical" in err
+
+
+def test_version_and_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"tilefuse {tfu.__version__}"
+    assert cli.main(["tune"]) == 2  # no FILE, --import or --export: a usage error, like argparse's
+    assert "tune needs FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "mistake, hint",
+    [
+        (lambda: tfu.Dense(4, activation="rellu"), "did you mean 'relu'?"),
+        (lambda: parse_pipeline("canonicalise,fuse"), "did you mean 'canonicalize'?"),
+        (lambda: parse_pipeline("tile{mrr=4}"), "did you mean 'mr'?"),
+        (lambda: tiling_from_fields({"mcc": 8}), "did you mean 'mc'?"),
+    ],
+)
+def test_near_misses_get_a_did_you_mean(mistake, hint):
+    with pytest.raises((TilefuseError, TypeError), match=re.escape(hint)):
+        mistake()
+
+
+def test_a_misspelt_stage_gets_a_did_you_mean(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["show", "examples/mlp.py", "--emit", "fusedd"])
+    assert done.value.code == 2 and "did you mean 'fused'?" in capsys.readouterr().err

@@ -283,7 +283,7 @@ def test_cli_tunes_exports_and_imports(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_tune_needs_something_to_do(capsys):
-    assert main(["tune"]) == 1
+    assert main(["tune"]) == 2  # a usage error, as argparse gives
     assert "tune needs FILE" in capsys.readouterr().err
     assert main(["tune", "--import", "/nonexistent/log.json"]) == 1
 

@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
 from .backends import BACKENDS
 from .check import random_inputs
 from .compiler import compile
 from .dsl import Function, Sequential, to_graph
-from .errors import TilefuseError
+from .errors import TilefuseError, did_you_mean
 from .ir import Graph
 
 FILE_CONVENTION = """\
@@ -528,14 +529,18 @@ def command_report(args: argparse.Namespace) -> int:
 def emit_choice(value: str) -> str:
     if value in STAGES:
         return value
-    raise argparse.ArgumentTypeError(f"unknown stage {value!r}; available: {', '.join(STAGES)}")
+    hint = did_you_mean(value, STAGES)
+    raise argparse.ArgumentTypeError(
+        f"unknown stage {value!r}{hint}; available: {', '.join(STAGES)}"
+    )
 
 
 def pass_stage_choice(value: str) -> str:
     if value in PICTURE_STAGES:
         return value
     legal = ", ".join(PICTURE_STAGES)
-    raise argparse.ArgumentTypeError(f"unknown stage {value!r}; available: {legal}")
+    hint = did_you_mean(value, PICTURE_STAGES)
+    raise argparse.ArgumentTypeError(f"unknown stage {value!r}{hint}; available: {legal}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -546,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=FILE_CONVENTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"tilefuse {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show = commands.add_parser(
         "show",
@@ -719,9 +725,9 @@ def command_tune(args: argparse.Namespace) -> int:
     from .tune import CANDIDATE_COLUMNS, SUMMARY_COLUMNS, tune
 
     if not (args.file or args.import_path or args.export):
-        raise TilefuseError("tune needs FILE, --import PATH or --export PATH")
+        raise UsageError("tune needs FILE, --import PATH or --export PATH")
     if args.batches and any(b < 1 for b in args.batches):
-        raise TilefuseError("--batch must be positive")
+        raise UsageError("--batch must be positive")
     if args.import_path:
         if not pathlib.Path(args.import_path).is_file():
             raise TilefuseError(f"{args.import_path}: no such tuning log")
@@ -787,10 +793,17 @@ def format_size(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
+class UsageError(TilefuseError):
+    """The command line itself is wrong (exit status 2, as argparse's own usage errors)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except UsageError as err:
+        print(f"tilefuse {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except TilefuseError as err:
         print(f"tilefuse: error: {err}", file=sys.stderr)
         return 1

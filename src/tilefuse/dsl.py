@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import interpret
-from .errors import AttrError, ShapeError, TilefuseError
+from .errors import AttrError, ShapeError, TilefuseError, did_you_mean
 from .ir import DTYPES, Graph, TensorType, check_dim, check_name, dtype_name, is_identifier
 from .ops import GraphBuilder
 
@@ -274,7 +274,8 @@ def _named_activation(name: str) -> Callable[..., Any]:
     if name in ACTIVATION_FUNCTIONS:
         return ACTIVATION_FUNCTIONS[name]
     if name not in ACTIVATIONS:
-        raise AttrError(f"unknown activation {name!r}; legal: {', '.join(ACTIVATIONS)}")
+        hint = did_you_mean(name, ACTIVATIONS)
+        raise AttrError(f"unknown activation {name!r}{hint}; legal: {', '.join(ACTIVATIONS)}")
     return functools.partial(_activation, name)
 
 
@@ -289,8 +290,10 @@ def resolve_activation(activation: Any, loc: str | None = None) -> Callable[...,
     name = _ALIASES.get(activation, activation)
     if isinstance(name, str) and (name in ACTIVATION_FUNCTIONS or name in ACTIVATIONS):
         return _named_activation(name)
-    legal = ", ".join(list(ACTIVATION_FUNCTIONS) + ["linear", "None"])
-    raise AttrError(f"{loc + ': ' if loc else ''}unknown activation {activation!r}; legal: {legal}")
+    names = list(ACTIVATION_FUNCTIONS) + ["linear", "None"]
+    hint = did_you_mean(activation, names) if isinstance(activation, str) else ""
+    where = f"{loc}: " if loc else ""
+    raise AttrError(f"{where}unknown activation {activation!r}{hint}; legal: {', '.join(names)}")
 
 
 # -- traced functions -----------------------------------------------------------------------

@@ -3,9 +3,20 @@ legal choices. Nothing from deep inside NumPy or Numba should reach a user unexp
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class TilefuseError(Exception):
     """Base of every error tilefuse raises on purpose."""
+
+
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+    """' (did you mean 'relu'?)' when `word` is a near miss of one of `choices`, else ''."""
+    import difflib
+
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class ShapeError(TilefuseError, ValueError):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from .errors import did_you_mean
+
 PARALLEL_CHOICES = ("m", "n", "none")
 
 
@@ -130,6 +132,14 @@ def tiling_from_fields(values: dict) -> Tiling | GpuTiling:
     gpu_fields = {f.name for f in fields(GpuTiling)}
     if values and set(values) <= gpu_fields:
         return GpuTiling(**values)
+    cpu_fields = [f.name for f in fields(Tiling)]
+    unknown = [k for k in values if k not in cpu_fields]
+    if unknown:
+        legal = ", ".join(cpu_fields)
+        raise TypeError(
+            f"unknown tile field {unknown[0]!r}{did_you_mean(unknown[0], cpu_fields)}; "
+            f"legal: {legal} (or, for the cuda target, {', '.join(sorted(gpu_fields))})"
+        )
     return Tiling(**values)
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import AttrError, TilefuseError
+from ..errors import AttrError, TilefuseError, did_you_mean
 from ..ir import Graph
 from ..verify import verify as verify_graph
 from .base import Decision, Pass, carry_meta, format_option, with_decisions
@@ -57,7 +57,10 @@ def _parse_option(pass_cls: type[Pass], key: str, text: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(pass_cls)}
     if key not in fields:
         legal = ", ".join(fields) or "none"
-        raise AttrError(f"pass {pass_cls.name}: unknown option {key!r}; legal options: {legal}")
+        hint = did_you_mean(key, fields)
+        raise AttrError(
+            f"pass {pass_cls.name}: unknown option {key!r}{hint}; legal options: {legal}"
+        )
     text = text.strip()
     kind = fields[key].type if isinstance(fields[key].type, str) else fields[key].type.__name__
     if "bool" in kind:
@@ -88,7 +91,8 @@ def parse_pipeline(spec: str) -> list[Pass]:
             raise AttrError(f"pipeline {spec!r}: cannot parse at column {pos + 1}")
         name, options = m.group(1), m.group(2)
         if name not in PASSES:
-            raise AttrError(f"unknown pass {name!r}; passes: {', '.join(PASSES)}")
+            hint = did_you_mean(name, PASSES)
+            raise AttrError(f"unknown pass {name!r}{hint}; passes: {', '.join(PASSES)}")
         kwargs = {}
         for item in filter(None, (o.strip() for o in (options or "").split(","))):
             key, eq, value = item.partition("=")
