@@ -342,3 +342,13 @@ def test_a_misspelt_stage_gets_a_did_you_mean(capsys):
     with pytest.raises(SystemExit) as done:
         cli.main(["show", "examples/mlp.py", "--emit", "fusedd"])
     assert done.value.code == 2 and "did you mean 'fused'?" in capsys.readouterr().err
+
+
+def test_model_ir_loops_is_what_emit_loops_prints(capsys):
+    code, out, _ = tilefuse(capsys, "show", ROOT / "examples" / "mlp.py", "--emit", "loops")
+    assert code == 0
+    net = cli.load_network(str(ROOT / "examples" / "mlp.py"))
+    model = tfu.compile(net)
+    assert model.ir("loops") == out.rstrip("\n") and "produce %0:" in out
+    with pytest.raises(TilefuseError, match="did you mean 'tiled'"):
+        model.ir("tiledd")

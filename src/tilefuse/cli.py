@@ -129,6 +129,8 @@ def pipeline_stages(g: Graph, spec: str | None, print_after_all: bool) -> dict[s
 
 def stage_text(stages: dict[str, Graph], stage: str, spec: str | None) -> str:
     if stage == "loops":
+        from .loops import loops_text
+
         return loops_text(stage_graph(stages, "tiled", spec))
     g = stage_graph(stages, stage, spec)
     if stage == "memory":
@@ -144,14 +146,6 @@ def stage_graph(stages: dict[str, Graph], stage: str, spec: str | None) -> Graph
             f"the pipeline {spec!r} has no stage {stage!r}; its stages: {', '.join(stages)}"
         )
     return stages[stage]
-
-
-def loops_text(g: Graph) -> str:
-    """The loop nest of every dense op, each under the IR line it implements."""
-    from .loops import loop_nest
-
-    nests = [loop_nest(node, graph=g) for node in g if node.op == "dense"]
-    return "\n\n".join(nests) or f"// graph {g.name} has no dense ops"
 
 
 def cuda_tiled(g: Graph, spec: str | None) -> Graph:

@@ -38,6 +38,13 @@ def loop_nest(
     return "\n".join(printer(node, attrs, tiling, names, graph).lines())
 
 
+def loops_text(g: Graph) -> str:
+    """The loop nest of every dense op of a tiled graph, each under the IR line it implements
+    (`--emit loops`, `model.ir("loops")`)."""
+    nests = [loop_nest(node, graph=g) for node in g if node.op == "dense"]
+    return "\n\n".join(nests) or f"// graph {g.name} has no dense ops"
+
+
 def _operand_names(node: Node, graph: Graph | None) -> dict[int, str]:
     if graph is None:
         return {i: f"%{i}" for i in (*node.inputs, node.id)}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import model_key, stats
-from ..errors import AttrError, InputError
+from ..errors import AttrError, InputError, did_you_mean
 from ..ir import Graph
 from . import reference
 
@@ -51,11 +51,18 @@ class CompiledModel:
         self.sealed = True
 
     def ir(self, stage: str | None = None) -> str:
-        """The IR text after `stage` (default: the graph the backend compiled)."""
+        """The IR text after `stage` (default: the graph the backend compiled); "loops": the
+        loop nest of every dense op of the tiled stage, as `--emit loops` prints it."""
         if stage is None:
             return str(self.final)
+        if stage == "loops" and "tiled" in self.stages:
+            from ..loops import loops_text
+
+            return loops_text(self.stages["tiled"])
         if stage not in self.stages:
-            raise AttrError(f"no stage {stage!r}; stages: {', '.join(self.stages)}")
+            legal = [*self.stages, *(["loops"] if "tiled" in self.stages else [])]
+            hint = did_you_mean(stage, legal)
+            raise AttrError(f"no stage {stage!r}{hint}; stages: {', '.join(legal)}")
         return str(self.stages[stage])
 
     def explain(self, batch: int | None = None) -> Any:
