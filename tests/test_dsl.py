@@ -257,3 +257,23 @@ def test_activations_on_numpy_arrays(fn, attrs, expected):
 def test_activations_on_lists_and_ints():
     np.testing.assert_array_equal(tfu.relu([-1, 2]), [0.0, 2.0])
     assert tfu.sigmoid(0) == 0.5
+
+
+W_GLOBAL = np.arange(12, dtype=np.float32).reshape(3, 4)
+b_global = np.ones((1, 4), np.float32)
+
+
+def test_constants_keep_the_python_names_the_code_uses():
+    """Arrays a traced function reads as globals or closure variables keep those names in the
+    IR (%W_GLOBAL, %b_global, %scale), instead of the role's (%w0, %b0)."""
+    scale = np.full((1, 4), 2.0, np.float32)
+
+    @tfu.function
+    def f(x: tfu.Input["N", 3]):
+        return tfu.relu(x @ W_GLOBAL + b_global) * scale + b_global
+
+    text = str(f.graph())
+    assert "%W_GLOBAL = const" in text and "%b_global = const" in text and "%scale = const" in text
+    assert text.count("%b_global = const") == 1  # one array, one constant
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(f(x), np.maximum(x @ W_GLOBAL + b_global, 0) * scale + b_global)

@@ -25,7 +25,16 @@ import numpy as np
 
 from . import interpret
 from .errors import AttrError, ShapeError, TilefuseError, did_you_mean
-from .ir import DTYPES, Graph, TensorType, check_dim, check_name, dtype_name, is_identifier
+from .ir import (
+    _KEYWORDS,
+    DTYPES,
+    Graph,
+    TensorType,
+    check_dim,
+    check_name,
+    dtype_name,
+    is_identifier,
+)
 from .ops import GraphBuilder
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -81,8 +90,11 @@ class Input(metaclass=_InputMeta):
 class Tracer:
     """Records ops into a GraphBuilder while a traced function runs."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, python_names: dict[int, str] | None = None) -> None:
         self.builder = GraphBuilder(name)
+        # id(array) -> the name the traced function's code uses for it (a global or a closure
+        # variable): a constant keeps its user's name, %b1, not the role's %b0
+        self.python_names = dict(python_names or {})
         self.layer_loc: str | None = None  # while a layer expands: where the user wrote it
         self._consts: dict[tuple[int, str], tuple[np.ndarray, int]] = {}
         self._counts: dict[str, int] = {}
@@ -102,6 +114,8 @@ class Tracer:
         k = self._counts.get(role, 0)
         self._counts[role] = k + 1
         name = role if exact_name or role == "c" else f"{role}{k}"
+        if not exact_name and id(value) in self.python_names:
+            name = self.python_names[id(value)]
         wide = isinstance(value, np.ndarray) and array.dtype.kind == "f"
         if wide:
             self.float_dtypes.add(array.dtype.name)
@@ -358,7 +372,8 @@ class Function:
         self, annotations: dict[str, Any], undeclared: str, dtype: str
     ) -> tuple[Graph, Tracer]:
         # a lambda's name (<lambda>) is no identifier: such a graph is just "traced"
-        tracer = Tracer(self.fn.__name__ if is_identifier(self.fn.__name__) else "traced")
+        name = self.fn.__name__ if is_identifier(self.fn.__name__) else "traced"
+        tracer = Tracer(name, python_names(self.fn))
         params = inspect.signature(self.fn).parameters
         args: dict[str, Any] = {}
         for name, param in params.items():
@@ -389,6 +404,22 @@ class Function:
 
     def __str__(self) -> str:
         return str(self.graph())
+
+
+def python_names(fn: Callable[..., Any]) -> dict[int, str]:
+    """id(array) -> name, for the arrays `fn`'s code names as globals or closure variables
+    (names that are not IR identifiers, such as `_W`, are left out: the role's name is used)."""
+    try:
+        found = inspect.getclosurevars(fn)
+    except (TypeError, ValueError):  # a builtin or a callable object: nothing to name
+        return {}
+    names: dict[int, str] = {}
+    for scope in (found.globals, found.nonlocals):
+        for name, value in scope.items():
+            usable = is_identifier(name) and not name.startswith("_") and name not in _KEYWORDS
+            if isinstance(value, np.ndarray) and usable:
+                names.setdefault(id(value), name)
+    return names
 
 
 def function(fn: Callable[..., Any]) -> Function:
