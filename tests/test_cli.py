@@ -352,3 +352,33 @@ def test_model_ir_loops_is_what_emit_loops_prints(capsys):
     assert model.ir("loops") == out.rstrip("\n") and "produce %0:" in out
     with pytest.raises(TilefuseError, match="did you mean 'tiled'"):
         model.ir("tiledd")
+
+
+def test_a_syntax_error_in_file_is_one_line_at_its_place(tmp_path, capsys):
+    bad = write(tmp_path, "bad.py", "import tilefuse as tfu\nx = (\n")
+    code, out, err = tilefuse(capsys, "show", bad)
+    assert code == 1 and err.count("\n") == 1
+    assert f"{bad}:2:5: syntax error: '(' was never closed" in err
+
+
+def test_file_colon_name_picks_one_of_several_networks(tmp_path, capsys):
+    two = write(
+        tmp_path,
+        "two.py",
+        """\
+        import tilefuse as tfu
+        small = tfu.Sequential([tfu.Dense(4, "relu")], input_dim=3, name="small")
+        big = tfu.Sequential([tfu.Dense(8, "relu"), tfu.Dense(2)], input_dim=3, name="big")
+
+        def network():
+            return big
+    """,
+    )
+    code, out, _ = tilefuse(capsys, "show", two)  # two networks: network() decides
+    assert code == 0 and out.startswith("graph big(")
+    code, out, _ = tilefuse(capsys, "show", f"{two}:small")
+    assert code == 0 and out.startswith("graph small(")
+    code, out, _ = tilefuse(capsys, "show", f"{two}:network")
+    assert code == 0 and out.startswith("graph big(")
+    code, _, err = tilefuse(capsys, "show", f"{two}:smal")
+    assert code == 1 and "did you mean 'small'?" in err and "its networks: big, small" in err

@@ -9,6 +9,7 @@ import io
 import re
 
 import numpy as np
+
 from conftest import ROOT
 
 BLOCK = re.compile(r"```python\n(.*?)```(?:\nprints\n```text\n(.*?)```)?", re.S)

@@ -37,13 +37,14 @@ from .check import random_inputs
 from .compiler import compile
 from .dsl import Function, Sequential, to_graph
 from .errors import TilefuseError, did_you_mean
-from .ir import Graph
+from .ir import Graph, is_identifier
 
 FILE_CONVENTION = """\
 FILE is an ONNX model (.onnx), or a Python file that defines a network, found in this order:
   1. a module-level `net` (a tfu.Sequential, a @tfu.function or a Graph);
   2. else the module-level object of those types, if there is exactly one;
   3. else a zero-argument function `network()` that returns one.
+FILE:name picks the module-level network `name` (or calls the function `name`).
 The file is imported as a module (its `if __name__ == "__main__":` block does not run),
 with its own folder on sys.path so that it can import its neighbours."""
 
@@ -59,7 +60,12 @@ PICTURE_STAGES = tuple(s for s in PASS_STAGES if s != "loops")  # the stages tha
 
 # -- loading a network from a file ---------------------------------------------------------
 def load_network(path: str) -> Any:
-    """The network FILE defines (see FILE_CONVENTION)."""
+    """The network FILE (or FILE:name) defines (see FILE_CONVENTION)."""
+    file, _, chosen = path.rpartition(":")
+    if not (file and is_identifier(chosen) and pathlib.Path(file).is_file()):
+        file, chosen = path, ""
+    if chosen:
+        return pick_network(import_file(pathlib.Path(file)), file, chosen)
     file = pathlib.Path(path)
     if not file.is_file():
         raise TilefuseError(f"{path}: no such file")
@@ -72,7 +78,24 @@ def load_network(path: str) -> Any:
     return find_network(import_file(file), path)
 
 
+def pick_network(module: Any, path: str, chosen: str) -> Any:
+    """FILE:name: the module-level network `name`, or what the function `name` returns."""
+    defined = vars(module)
+    if chosen not in defined:
+        networks = sorted(k for k, v in defined.items() if isinstance(v, NETWORK_TYPES))
+        hint = did_you_mean(chosen, networks)
+        raise TilefuseError(
+            f"{path} defines no {chosen!r}{hint}; its networks: {', '.join(networks) or 'none'}"
+        )
+    value = defined[chosen]
+    if callable(value) and not isinstance(value, NETWORK_TYPES):
+        return checked_network(value(), f"{path}: {chosen}()")
+    return checked_network(value, f"{path}: `{chosen}`")
+
+
 def import_file(file: pathlib.Path) -> Any:
+    if file.suffix != ".py":
+        raise TilefuseError(f"{file}: expected a Python file (.py) that defines a network")
     name = f"_tilefuse_file_{file.stem}"
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
@@ -83,6 +106,9 @@ def import_file(file: pathlib.Path) -> Any:
     sys.modules[name] = module  # dataclasses and pickling look modules up by name
     try:
         spec.loader.exec_module(module)
+    except SyntaxError as err:  # one line at the user's file:line, not a traceback
+        where = f"{err.filename or file}:{err.lineno}" + (f":{err.offset}" if err.offset else "")
+        raise TilefuseError(f"{where}: syntax error: {err.msg}") from None
     finally:
         sys.path.remove(folder)
         sys.modules.pop(name, None)
