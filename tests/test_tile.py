@@ -268,6 +268,8 @@ def test_tile_leaves_other_ops_and_its_input_alone():
         ("tile{m=-4}", "must be an int >= 0"),
         ("tile{k=big}", "must be an int"),
         ("tile{machine=cray}", "generic"),
+        ("tile{k=64,k=128}", "option 'k' is given twice"),
+        ("tile{mrr=4}", "did you mean 'mr'"),
     ],
 )
 def test_option_errors_list_the_legal_choices(spec, message):

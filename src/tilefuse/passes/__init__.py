@@ -98,6 +98,8 @@ def parse_pipeline(spec: str) -> list[Pass]:
             key, eq, value = item.partition("=")
             if not eq:
                 raise AttrError(f"pass {name}: option {item!r} must be written key=value")
+            if key.strip() in kwargs:
+                raise AttrError(f"pass {name}: option {key.strip()!r} is given twice")
             kwargs[key.strip()] = _parse_option(PASSES[name], key.strip(), value)
         try:
             passes.append(PASSES[name](**kwargs))
