@@ -41,7 +41,7 @@ from .frontends.torch import from_torch  # and torch likewise
 from .ir import Graph, Node, TensorType
 from .ops import OPS
 from .testing import assert_fused
-from .text import parse_graph, print_graph
+from .text import load_graph, parse_graph, print_graph
 from .tiling import Tiling
 from .tune import tune  # tilefuse.tune the module: importlib.import_module
 from .verify import verify
@@ -82,6 +82,7 @@ __all__ = [
     "gelu",
     "identity",
     "leaky_relu",
+    "load_graph",
     "log_softmax",
     "parse_graph",
     "print_graph",

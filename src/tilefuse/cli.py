@@ -40,7 +40,8 @@ from .errors import TilefuseError, did_you_mean
 from .ir import Graph, is_identifier
 
 FILE_CONVENTION = """\
-FILE is an ONNX model (.onnx), or a Python file that defines a network, found in this order:
+FILE is an ONNX model (.onnx), a graph saved by Graph.save (.tf, its constants in the .npz
+beside it), or a Python file that defines a network, found in this order:
   1. a module-level `net` (a tfu.Sequential, a @tfu.function or a Graph);
   2. else the module-level object of those types, if there is exactly one;
   3. else a zero-argument function `network()` that returns one.
@@ -73,8 +74,15 @@ def load_network(path: str) -> Any:
         from .frontends.onnx import from_onnx
 
         return from_onnx(file)
+    if file.suffix == ".tf":
+        from .text import load_graph
+
+        return load_graph(file)
     if file.suffix != ".py":
-        raise TilefuseError(f"{path}: expected a Python file (.py) that defines a network")
+        raise TilefuseError(
+            f"{path}: expected a Python file (.py) that defines a network, an ONNX model "
+            "(.onnx) or a saved graph (.tf, from Graph.save)"
+        )
     return find_network(import_file(file), path)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import os
+import pathlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -284,6 +286,22 @@ class Graph:
     # -- printing and comparison -----------------------------------------------------------
     def __str__(self) -> str:
         return print_graph(self)
+
+    def save(self, path: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
+        """Write the IR text to `path` (conventionally NAME.tf) and every constant's data,
+        keyed by the name the text gives it, to NAME.npz beside it; `tfu.load_graph(path)`
+        reads both back into an equal graph. Returns the two paths."""
+        text_path = pathlib.Path(path)
+        if text_path.suffix == ".npz":
+            raise TilefuseError(f"{text_path}: the IR text needs a name of its own (NAME.tf)")
+        data_path = text_path.with_suffix(".npz")
+        names = node_names(self)
+        arrays = {names[n.id]: self.constants[n.id] for n in self if n.op == "const"}
+        text_path.parent.mkdir(parents=True, exist_ok=True)
+        text_path.write_text(str(self) + "\n")
+        with open(data_path, "wb") as f:
+            np.savez(f, **arrays)
+        return text_path, data_path
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.ops())} ops>"

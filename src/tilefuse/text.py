@@ -18,6 +18,8 @@ most `INLINE_LIMIT` elements print their values; larger ones print a content has
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -329,3 +331,23 @@ class _Parser:
 def parse_graph(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph:
     """Parse the canonical text form; errors are `ParseError`s with line and column."""
     return _Parser(text, constants or {}).graph()
+
+
+def load_graph(path: str | os.PathLike) -> Graph:
+    """A graph saved by `Graph.save(path)`: the IR text at `path` and the constants' data in
+    NAME.npz beside it (read without pickles). Each constant's data is checked against the
+    digest the text prints for it."""
+    text_path = pathlib.Path(path)
+    try:
+        text = text_path.read_text()
+    except OSError as err:
+        raise TilefuseError(f"{text_path}: cannot read the graph ({err.strerror})") from None
+    data_path = text_path.with_suffix(".npz")
+    constants: dict[str, np.ndarray] = {}
+    if data_path.exists():
+        try:
+            with np.load(data_path, allow_pickle=False) as data:
+                constants = {name: data[name] for name in data.files}
+        except (OSError, ValueError) as err:
+            raise TilefuseError(f"{data_path}: not the constants of a saved graph: {err}") from None
+    return parse_graph(text, constants)
