@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ROOT
 
 import tilefuse as tfu
+from conftest import ROOT
 from tilefuse import cli
 from tilefuse.passes import run_stages
 

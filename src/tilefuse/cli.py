@@ -346,6 +346,17 @@ def command_run(args: argparse.Namespace) -> int:
     return 1 if args.check and not result["check"]["ok"] else 0
 
 
+# -- profile -------------------------------------------------------------------------------
+def command_profile(args: argparse.Namespace) -> int:
+    if args.batch < 1 or args.repeat < 1:
+        raise UsageError("--batch and --repeat must be positive")
+    g = to_graph(load_network(args.file))
+    model = compile(g, target="cpu")
+    found = model.profile(*random_inputs(g, args.batch, args.seed), repeats=args.repeat)
+    print(found.to_json() if args.json else found, end="\n" if args.json else "")
+    return 0
+
+
 # -- explain -------------------------------------------------------------------------------
 def command_explain(args: argparse.Namespace) -> int:
     from .explain import COLUMNS, explain_graph, format_text, summary_rows
@@ -630,6 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(handler=command_run)
+    profile = command(commands, "profile", "time FILE's compiled network kernel by kernel")
+    profile.add_argument("--batch", type=int, default=64, help="value of every symbolic dim (64)")
+    profile.add_argument("--seed", type=int, default=0, help="seed of the random input (0)")
+    profile.add_argument("--repeat", type=int, default=20, help="profiled calls (20)")
+    profile.add_argument("--json", action="store_true", help="print the profile as JSON")
+    profile.set_defaults(handler=command_profile)
     add_explain_parser(commands)
     add_graph_parser(commands)
     add_bench_parser(commands)

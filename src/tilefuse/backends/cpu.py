@@ -13,13 +13,15 @@ next process. Weights are constants: they are packed into micro-panel order once
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
@@ -35,6 +37,9 @@ from .cpu_entry import KernelFailure, failure_message
 from .cpu_kernels import pool_control
 from .model import CompiledModel
 from .render import Rendered, load_module, render
+
+if TYPE_CHECKING:
+    from ..profile import Profile
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -57,17 +62,21 @@ class CpuModel(CompiledModel):
         self._memory: tuple[tuple, int] = ((), 0)  # (dims, bytes a call needs) of the last call
         self.pool = pool_control()  # the kernels' thread pool (see cpu_pool)
         self._fast = _FastPath.of(self)
+        self._profiled: tuple[Rendered, Any] | None = None  # (source, forward) with clocks
 
-    def _compile_forward(self, module: Any) -> bool:
+    def _compile_forward(self, module: Any, rendered: Rendered | None = None) -> bool:
         """Compile (or load) `forward` for the one signature calls use: C-contiguous, aligned,
         writable inputs (run copies others), so that the self-checked code is the code that
         runs. Returns whether Numba served it from its cache."""
+        rendered = rendered or self.rendered
         array, dtype = numba.types.Array, numba.from_dtype
         sig = [array(dtype(n.type.np_dtype), n.type.rank, "C") for n in self._input_nodes]
-        sig += [numba.typeof(p) for p in self.rendered.params]
-        sig += [array(dtype(dt), 1, "C") for dt, _ in self.rendered.workspace]
+        sig += [numba.typeof(p) for p in rendered.params]
+        sig += [array(dtype(dt), 1, "C") for dt, _ in rendered.workspace]
         sig += [array(numba.int64, 1, "C")]  # the thread pool
-        sig += [array(dtype(t.np_dtype), t.rank, "C") for t in self.rendered.outputs]
+        if rendered.profiled_ops:
+            sig += [array(numba.int64, 1, "C")]  # the profile's clock readings
+        sig += [array(dtype(t.np_dtype), t.rank, "C") for t in rendered.outputs]
         with phases.phase("forward: Numba"):
             module.forward.compile(tuple(sig))
         hit = sum(module.forward.stats.cache_hits.values()) > 0
@@ -168,6 +177,48 @@ class CpuModel(CompiledModel):
     def set_threads(self, threads: int | None) -> None:
         self.threads = threads
 
+    def profile(self, *args: Any, repeats: int = 20, **kwargs: Any) -> Profile:
+        """Per kernel: time, share of the call, GFLOP/s, GB/s and % of the roofline, from
+        `repeats` calls of a `forward` that reads the cycle counter around every op (compiled
+        once, beside the plain one), against the median of as many plain calls."""
+        from ..profile import Profile
+        from ..roofline import machine_peak
+
+        if repeats < 1:
+            raise InputError(f"profile: repeats must be >= 1, got {repeats}")
+        inputs = [_as_kernel_input(a) for a in reference.bind_inputs(self.final, args, kwargs)]
+        dims = self.dims(inputs)
+        self.check_memory(dims, inputs)
+        rendered, forward = self._profiled_forward()
+        shapes = [tuple(dims.get(d, d) for d in t.shape) for t in rendered.outputs]
+        outs = [np.empty(s, t.np_dtype) for s, t in zip(shapes, rendered.outputs)]
+        batch = dims.get(rendered.batch_symbol, 1)
+        workspace = self.workspace(dims.get(rendered.batch_symbol, 0))
+        clock = np.zeros(len(rendered.profiled_ops) + 1, np.int64)
+        hz = cycles_per_second()
+        if self.threads:
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        samples, calls = [], []
+        for r in range(repeats + 1):  # the first of each is a warm-up
+            forward(*inputs, *rendered.params, *workspace, self.pool, clock, *outs)
+            start = time.perf_counter()
+            self.run(inputs)
+            if r:
+                samples.append(np.diff(clock) / hz)
+                calls.append(time.perf_counter() - start)
+        per_op = [float(s) for s in np.median(np.array(samples), axis=0)]
+        return Profile.of(self.final, rendered.profiled_ops, per_op, float(np.median(calls)),
+                          batch, repeats, machine_peak())  # fmt: skip
+
+    def _profiled_forward(self) -> tuple[Rendered, Any]:
+        if self._profiled is None:
+            rendered = render(self.final, profile=True)
+            warm = functools.partial(self._compile_forward, rendered=rendered)
+            loaded = load_generated(rendered.source, kernel_fingerprint(), self.final.name,
+                                    warm, trial=False)  # fmt: skip
+            self._profiled = (rendered, loaded.module.forward)
+        return self._profiled
+
     def source(self) -> str:
         return self.rendered.source
 
@@ -225,6 +276,23 @@ class _FastPath:
 
     def out_shape(self, batch: int) -> tuple:
         return tuple(batch if d is None else d for d in self.out_template)
+
+
+_HZ: list[float] = []
+
+
+def cycles_per_second() -> float:
+    """The cycle counter's rate (the TSC's, constant on x86-64 CPUs of the last 15 years),
+    measured once against time.perf_counter over 20 ms."""
+    if not _HZ:
+        from .cpu_entry import read_cycles
+
+        read_cycles()  # compiled (or loaded) before timing
+        c0, t0 = read_cycles(), time.perf_counter()
+        time.sleep(0.02)
+        c1, t1 = read_cycles(), time.perf_counter()
+        _HZ.append((c1 - c0) / (t1 - t0))
+    return _HZ[0]
 
 
 def _as_list(out: Any) -> list[Any]:

@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 import llvmlite.binding as llvm
-from numba import types
+from llvmlite import ir
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -68,6 +69,25 @@ def data(typingctx, array):
         return builder.bitcast(ary.data, cgutils.voidptr_t)
 
     return types.voidptr(array), codegen
+
+
+@intrinsic
+def cycles(typingctx):
+    """The CPU's time-stamp counter (llvm.readcyclecounter: rdtsc on x86-64), for the
+    profiled `forward` (CpuModel.profile)."""
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(64), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.readcyclecounter")
+        return builder.call(fn, [])
+
+    return types.int64(), codegen
+
+
+@njit(cache=True)
+def read_cycles() -> int:
+    """The cycle counter, from Python (to measure its rate: cpu.cycles_per_second)."""
+    return cycles()
 
 
 @intrinsic

@@ -65,6 +65,10 @@ class CompiledModel:
             raise AttrError(f"no stage {stage!r}{hint}; stages: {', '.join(legal)}")
         return str(self.stages[stage])
 
+    def profile(self, *args: Any, repeats: int = 20, **kwargs: Any) -> Any:
+        """Per kernel: time, share, GFLOP/s, GB/s, % of the roofline (tilefuse.profile)."""
+        raise AttrError(f"profile measures the cpu target's kernels; this model is {self.target}")
+
     def explain(self, batch: int | None = None) -> Any:
         """Why each kernel looks the way it does: fusion, tiling, costs and the roofline
         (`print(model.explain())`; `.to_dict()` for machines). See tilefuse.explain."""

@@ -52,6 +52,9 @@ class Rendered:
     input_names: list[str] = field(default_factory=list)
     workspace: list[tuple[np.dtype, Any]] = field(default_factory=list)  # (dtype, Size)
     batch_symbol: str = "N"  # the symbolic dim the workspace sizes are functions of
+    # profiled: `forward` takes `clock` (int64[ops + 1]) after the pool and stores the cycle
+    # counter before the first op and after each one, in graph order
+    profiled_ops: list[int] = field(default_factory=list)
 
 
 class Renderer:
@@ -59,8 +62,9 @@ class Renderer:
 
     target = "cpu"
 
-    def __init__(self, g: Graph) -> None:
+    def __init__(self, g: Graph, profile: bool = False) -> None:
         self.g = g
+        self.profile = profile
         self.names = node_names(g)
         self.body: list[str] = []
         self.param_names: list[str] = []
@@ -114,13 +118,17 @@ class Renderer:
         for node in inputs:
             self.bind_input(node)
         destinations = self.output_destinations()
-        for node in g.ops():
+        if self.profile:
+            self.emit("clock[0] = E.cycles()")
+        for k, node in enumerate(g.ops()):
             self.emit("")
             self.emit(comment(format_node(g, node.id, self.names)).rstrip())
             self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
             if node.id not in destinations:
                 self.emit(f"{self.var[node.id]} = {self.allocation(node)}")
             self.render_op(node)
+            if self.profile:
+                self.emit(f"clock[{k + 1}] = E.cycles()")
         self.copy_remaining_outputs(destinations)
         return inputs
 
@@ -140,7 +148,9 @@ class Renderer:
         outs = [f"out{k}" for k in range(len(g.outputs))]
         workspace = [f"ws{b.index}" for b in self.plan.buffers] if self.plan else []
         # `pool`: the kernels' thread pool (cpu_kernels.pool_control()), after the workspace
-        args = [self.var[n.id] for n in inputs] + self.param_names + workspace + ["pool"] + outs
+        clock = ["clock"] if self.profile else []
+        args = [self.var[n.id] for n in inputs] + self.param_names + workspace + ["pool"]
+        args += clock + outs
         header = module_header("CPU code", g) + _MODULE_IMPORTS
         header += "".join(f"{name} = E.require({d!r})\n" for name, d in self.entries.items())
         header += "\n\n" if self.entries else ""
@@ -150,8 +160,9 @@ class Renderer:
         source += "\n".join(self.body) + "\n"
         buffers = [(DTYPES[b.dtype], b.size) for b in self.plan.buffers] if self.plan else []
         symbol = self.plan.symbol if self.plan else "N"
+        profiled = [n.id for n in g.ops()] if self.profile else []
         return Rendered(source, self.param_names, self.params, g.output_types(),
-                        [self.names[n.id] for n in inputs], buffers, symbol)  # fmt: skip
+                        [self.names[n.id] for n in inputs], buffers, symbol, profiled)  # fmt: skip
 
     def allocation(self, node: Node) -> str:
         """A view of the value's planned workspace buffer, or a fresh array when unplanned."""
@@ -587,9 +598,10 @@ def module_header(what: str, g: Graph) -> str:
     return comment(f"tilefuse: generated {what} for graph {g.name}.\n\nThe IR:\n\n{ir_text}")
 
 
-def render(g: Graph) -> Rendered:
-    """Readable Python source of one `forward` function for the whole graph."""
-    return Renderer(g).render()
+def render(g: Graph, profile: bool = False) -> Rendered:
+    """Readable Python source of one `forward` function for the whole graph; with `profile`,
+    one that also records the cycle counter around every op (`CpuModel.profile`)."""
+    return Renderer(g, profile).render()
 
 
 # -- loading -------------------------------------------------------------------------------

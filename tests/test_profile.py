@@ -1,0 +1,51 @@
+"""The per-kernel profiler (model.profile, tilefuse profile): times from cycle counters around
+every op, roofline shares, the kernels' sum against a plain call."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tilefuse as tfu
+from tilefuse import cli
+
+
+def mlp() -> tfu.Sequential:
+    return tfu.Sequential([tfu.Dense(512, "relu"), tfu.Dense(512, "relu"), tfu.Dense(10)],
+                          input_dim=784, seed=0)  # fmt: skip
+
+
+def test_the_kernels_add_up_to_the_call():
+    """Within 15 % of a plain call (medians; another process may share the machine, so a
+    profile that misses is taken again, up to three times)."""
+    model = tfu.compile(mlp())
+    x = np.random.default_rng(0).standard_normal((256, 784)).astype(np.float32)
+    for _ in range(3):
+        profile = model.profile(x, repeats=15)
+        if abs(profile.kernel_seconds - profile.call_seconds) <= 0.15 * profile.call_seconds:
+            break
+    assert [k.op for k in profile.kernels] == ["dense", "dense", "dense"]
+    assert all(k.seconds > 0 and k.gflops > 0 and k.pct_of_roof > 0 for k in profile.kernels)
+    assert sum(k.share for k in profile.kernels) == pytest.approx(1.0)
+    assert abs(profile.kernel_seconds - profile.call_seconds) <= 0.15 * profile.call_seconds
+    big, small = profile.kernels[0], profile.kernels[2]  # 784x512 against 512x10
+    assert big.bound == "compute" and small.seconds < big.seconds
+    text = str(profile)
+    assert "%0 = dense[act=relu](%x, %w0, %b0)" in text and "% of roof" in text
+
+
+def test_profile_from_the_command_line(capsys):
+    assert cli.main(["profile", "examples/transformer_ffn.py", "--batch", "8", "--repeat", "3",
+                     "--json"]) == 0  # fmt: skip
+    found = json.loads(capsys.readouterr().out)
+    assert found["batch"] == 8 and found["repeats"] == 3
+    assert {k["op"] for k in found["kernels"]} >= {"dense", "layer_norm"}
+    assert cli.main(["profile", "examples/mlp.py", "--repeat", "0"]) == 2
+
+
+def test_only_the_cpu_target_profiles():
+    model = tfu.compile(mlp(), target="reference")
+    with pytest.raises(tfu.TilefuseError, match="cpu target"):
+        model.profile(np.ones((2, 784), np.float32))
