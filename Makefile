@@ -3,11 +3,8 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# Numba checks a cached function against its own file only; the kernels span several files,
-# so the cache directory is named after all of the backends' sources: an edit starts afresh.
-KERNEL_HASH := $(shell $(PY) src/tilefuse/_version.py --kernels 2>/dev/null)
-export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba-$(KERNEL_HASH)
-export TILEFUSE_CACHE_DIR ?= $(CURDIR)/.cache/tilefuse
+# make uses the cache the command line uses (TILEFUSE_CACHE_DIR, else ~/.cache/tilefuse); the
+# tests make one of their own per run (tests/conftest.py)
 
 # what the graph pictures (Graphviz's dot) and the report's browser test (Chromium) need
 SYSTEM_PACKAGES := graphviz chromium fonts-dejavu-core

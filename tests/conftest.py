@@ -16,7 +16,6 @@ _RUN_CACHE = os.environ.setdefault(
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(_RUN_CACHE, "numba"))
 # always this run's: the tests of first compiles (cache misses, self-checks, explanations)
 # need a tilefuse cache that starts empty, also when `make test` runs twice in one checkout
-# (the Makefile's NUMBA_CACHE_DIR is kept: the kernels' builds are what a rerun saves)
 os.environ["TILEFUSE_CACHE_DIR"] = os.path.join(_RUN_CACHE, "tilefuse")
 
 settings.register_profile(

@@ -1,9 +1,9 @@
 """tilefuse's version, and the fingerprint of the kernel library's sources.
 
-Layer 0: the standard library only, so that every module (and the Makefile, which runs this
-file as a script) can ask without importing anything else:
+Layer 0: the standard library only, so that every module (and a script, running this file)
+can ask without importing anything else:
 
-    python src/tilefuse/_version.py --kernels      # the fingerprint, for NUMBA_CACHE_DIR
+    python src/tilefuse/_version.py --kernels      # the kernel library's fingerprint
 """
 
 from __future__ import annotations
