@@ -50,6 +50,9 @@ The file is imported as a module (its `if __name__ == "__main__":` block does no
 with its own folder on sys.path so that it can import its neighbours."""
 
 NETWORK_TYPES = (Sequential, Function, Graph)
+# run, bench, profile and report time the same call unless told otherwise
+DEFAULT_BATCH = 256
+DEFAULT_REPEAT = 5
 PASS_STAGES = ("graph", "canonical", "fused", "tiled", "loops", "memory")
 # the cpu backend's generated code; the cuda backend's kernels (rendered: needs no GPU), and
 # compiled for a GPU's compute capability (--cc) with the CUDA toolkit (still no GPU needed)
@@ -628,12 +631,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(handler=command_show)
     run = command(commands, "run", "run FILE's network on random input and summarise")
-    run.add_argument("--batch", type=int, default=64, help="value of every symbolic dim (64)")
+    run.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                     help=f"value of every symbolic dim ({DEFAULT_BATCH})")  # fmt: skip
     run.add_argument("--seed", type=int, default=0, help="seed of the random input (0)")
     run.add_argument(
         "--target", default="reference", help=f"backend: {', '.join(BACKENDS)} (default: reference)"
     )
-    run.add_argument("--repeat", type=int, default=3, help="timed calls (3)")
+    run.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                     help=f"timed calls ({DEFAULT_REPEAT})")  # fmt: skip
     run.add_argument(
         "--check",
         action="store_true",
@@ -642,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(handler=command_run)
     profile = command(commands, "profile", "time FILE's compiled network kernel by kernel")
-    profile.add_argument("--batch", type=int, default=64, help="value of every symbolic dim (64)")
+    profile.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                         help=f"value of every symbolic dim ({DEFAULT_BATCH})")  # fmt: skip
     profile.add_argument("--seed", type=int, default=0, help="seed of the random input (0)")
     profile.add_argument("--repeat", type=int, default=20, help="profiled calls (20)")
     profile.add_argument("--json", action="store_true", help="print the profile as JSON")
@@ -703,9 +709,11 @@ def add_graph_parser(commands: Any) -> None:
 
 def add_bench_parser(commands: Any) -> None:
     bench = command(commands, "bench", "time FILE's network: tilefuse cpu, reference, NumPy")
-    bench.add_argument("--batch", type=int, default=256, help="value of every symbolic dim (256)")
+    bench.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                       help=f"value of every symbolic dim ({DEFAULT_BATCH})")  # fmt: skip
     bench.add_argument("--seed", type=int, default=0, help="seed of the random input (0)")
-    bench.add_argument("--repeat", type=int, default=5, help="timed calls per target (5)")
+    bench.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                       help=f"timed calls per target ({DEFAULT_REPEAT})")  # fmt: skip
     bench.add_argument("--targets", metavar="LIST", help="e.g. cpu,numpy (default: all there are)")
     bench.add_argument("--json", action="store_true", help="print the timings as JSON")
     bench.set_defaults(handler=command_bench)
@@ -715,8 +723,10 @@ def add_report_parser(commands: Any) -> None:
     report = command(commands, "report", "write a self-contained HTML report on FILE's network")
     report.add_argument("-o", "--output", required=True, metavar="OUT.html")
     add_pipeline_option(report)
-    report.add_argument("--batch", type=int, default=256, help="batch of costs and timings (256)")
-    report.add_argument("--repeat", type=int, default=3, help="timed calls per target (3)")
+    report.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                        help=f"batch of costs and timings ({DEFAULT_BATCH})")  # fmt: skip
+    report.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                        help=f"timed calls per target ({DEFAULT_REPEAT})")  # fmt: skip
     report.add_argument("--targets", metavar="LIST", help="timed targets (default: all)")
     report.add_argument("--no-bench", action="store_true", help="leave the timing table out")
     report.set_defaults(handler=command_report)
