@@ -43,10 +43,13 @@ def plot_report(report: dict[str, Any], path: pathlib.Path) -> None:
             axes[1][col].axhline(gflops, color="grey", linestyle="--", linewidth=0.8)
             axes[1][col].annotate(f"peak {gflops:.0f}", (0, gflops), fontsize=7, va="bottom")
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8)
+    # as many columns as fit the figure's width (about 1.8 inches a name), rows below the axes
+    columns = max(1, min(len(names), int(fig.get_figwidth() / 1.8)))
+    rows = -(-len(names) // columns)
+    fig.legend(handles, names, loc="lower center", ncol=columns, fontsize=8)
     quick = " (quick run, not for comparison)" if report["settings"].get("quick") else ""
     fig.suptitle(f"tilefuse benchmark, {report['machine']['date']}{quick}")
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.02 + 0.03 * rows, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
