@@ -40,3 +40,18 @@ def test_a_compile_keeps_its_phases_and_debug_prints_them(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"tilefuse: compiled {model.final.name} for cpu in " in err
     assert "compiled in " in str(model.explain())
+
+
+def test_tilefuse_dump_writes_every_stage_and_what_explains_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TILEFUSE_DUMP", str(tmp_path))
+    net = tfu.Sequential([tfu.Dense(8, "relu"), tfu.Dense(3)], input_dim=5, seed=12)
+    model = tfu.compile(net)
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith(f"{model.graph.name}-")
+    names = {p.name for p in folder.iterdir()}
+    stages = [f"{k:02d}-{s}" for k, s in enumerate(model.stages)]
+    assert {f"{s}.tf" for s in stages} | {f"{s}.npz" for s in stages} <= names
+    assert {"source.py", "explain.txt", "loops.txt", "phases.txt", "check.txt"} <= names
+    assert tfu.load_graph(folder / f"{stages[-1]}.tf") == model.final
+    assert (folder / "source.py").read_text() == model.source()
+    assert f"tilefuse: wrote {folder}" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 import threading
 from typing import Any
@@ -79,7 +80,41 @@ def compile(
     if debug_level() >= 1:
         print(f"tilefuse: compiled {graph.name} for {target} in {phases.describe(record)}",
               file=sys.stderr)  # fmt: skip
+    if os.environ.get("TILEFUSE_DUMP"):
+        folder = dump(model, os.environ["TILEFUSE_DUMP"])
+        print(f"tilefuse: wrote {folder}", file=sys.stderr)
     return model
+
+
+DUMP_LOW_LEVEL = "TILEFUSE_DUMP_LLVM"  # 1: also LLVM IR and asm (a fresh compile, seconds)
+
+
+def dump(model: CompiledModel, root: str | os.PathLike) -> pathlib.Path:
+    """What `TILEFUSE_DUMP=folder` writes for each compile, in folder/<graph>-<key>/: every
+    stage's IR (NN-stage.tf, with its constants in NN-stage.npz: `tfu.load_graph` reads it
+    back), the loop nests, the generated source, explain's text, the compile phases and the
+    self-check's verdict; with TILEFUSE_DUMP_LLVM=1 the LLVM IR and assembly too."""
+    folder = pathlib.Path(root) / f"{model.graph.name}-{model.cache_key()[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (stage, g) in enumerate(model.stages.items()):
+        g.save(folder / f"{k:02d}-{stage}.tf")
+    texts = {
+        "explain.txt": lambda: str(model.explain()),
+        "phases.txt": lambda: phases.describe(model.compile_phases) + "\n",
+        "check.txt": lambda: f"{model.check_report}\n",
+    }
+    if "tiled" in model.stages:
+        texts["loops.txt"] = lambda: model.ir("loops") + "\n"
+    if hasattr(model, "source"):
+        texts["source.py"] = model.source
+    if os.environ.get(DUMP_LOW_LEVEL) == "1" and hasattr(model, "llvm"):
+        texts["forward.ll"], texts["forward.s"] = model.llvm, model.asm
+    for name, make in texts.items():
+        try:
+            (folder / name).write_text(make())
+        except Exception as err:  # noqa: BLE001 - a dump is best effort: say what failed
+            (folder / name).write_text(f"could not write {name}: {type(err).__name__}: {err}\n")
+    return folder
 
 
 def owned_constants(g: Graph) -> Graph:
