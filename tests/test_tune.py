@@ -19,7 +19,7 @@ from tilefuse.explain import explain_graph
 from tilefuse.passes import run_pipeline
 from tilefuse.passes.tile import choose_tiling, problem_of
 from tilefuse.roofline import nominal_peak
-from tilefuse.tiling import TYPICAL_BATCH
+from tilefuse.tiling import TYPICAL_BATCH, Tiling
 
 tune_module = importlib.import_module("tilefuse.tune")  # `tilefuse.tune` is the function
 
@@ -93,6 +93,30 @@ def test_writes_merge_and_replace_by_key():
     assert {e.status for e in tuning_log.read_log().values()} == {"tuned", "confirmed"}
     tuning_log.write_entries([dataclasses.replace(tuned, speedup=2.0)])
     assert sorted(e.speedup for e in tuning_log.read_log().values()) == [1.0, 2.0]
+
+
+def test_a_noisier_retune_does_not_replace_a_quiet_measurement():
+    quiet = entry_for("tuned")  # noise 0.03
+    tuning_log.write_entries([quiet])
+    noisy = dataclasses.replace(entry_for("confirmed"), noise=0.40)
+    tuning_log.write_entries([noisy])
+    assert list(tuning_log.read_log().values()) == [quiet]
+    as_quiet = dataclasses.replace(entry_for("confirmed"), noise=0.05)
+    tuning_log.write_entries([as_quiet])
+    assert list(tuning_log.read_log().values()) == [as_quiet]
+
+
+def test_a_search_on_a_machine_too_noisy_to_judge_is_inconclusive():
+    from tilefuse.tune import MAX_NOISE, Candidate, OpTuning, decide
+
+    heuristic = Candidate(Tiling(), role="heuristic")
+    heuristic.final = [1.0, 1.0, 3.0, 5.0, 9.0, 1.0, 2.0]  # strays far more than MAX_NOISE
+    challenger = Candidate(Tiling(kc=64))
+    challenger.ratios = [3.0] * 8  # "3x faster": inside such noise it means nothing
+    op = OpTuning("%0", "line", 256, Tiling(), [heuristic, challenger], 2)
+    decide(op, bench=None)
+    assert op.status == "inconclusive" and op.noise > MAX_NOISE and "nothing stored" in op.note
+    assert op.chosen == Tiling()
 
 
 def test_batch_bucket():

@@ -50,6 +50,9 @@ from .text import format_node, node_names
 from .tiling import TYPICAL_BATCH, Tiling
 
 MIN_GAIN = 0.02  # a winner must be at least this much faster, however quiet the machine
+# one sample of the heuristic straying more than this (half its interquartile range over the
+# median) makes a search inconclusive: neither a winner nor a confirmation is believable
+MAX_NOISE = 0.25
 SAMPLE_SECONDS = 0.002  # one sample: enough back-to-back calls to last about this long
 WARM_BELOW = 0.005  # calls shorter than this get one untimed call before each sample
 SCREEN_ROUNDS = 3
@@ -92,7 +95,7 @@ class OpTuning:
     heuristic: Tiling
     candidates: list[Candidate]
     considered: int  # candidate tilings the cost model proposed, before the budget cut
-    status: str = "skipped"  # tuned | confirmed | rejected | skipped
+    status: str = "skipped"  # tuned | confirmed | inconclusive | rejected | skipped
     chosen: Tiling | None = None
     speedup: float = 1.0
     noise: float = 0.0
@@ -348,6 +351,11 @@ def decide(op: OpTuning, bench: Bench) -> None:
         op.note = op.note or "budget spent before the finalists were measured"
         return
     op.noise = relative_spread(heuristic.final)
+    if op.noise > MAX_NOISE:
+        op.status, op.chosen = "inconclusive", heuristic.tiling
+        op.note = (f"samples stray ±{op.noise:.0%} (more than ±{MAX_NOISE:.0%}): the machine is "
+                   "too busy to tell tilings apart; nothing stored")  # fmt: skip
+        return
     challengers = [c for c in op.candidates[1:] if c.ratios]
     best = max(challengers, key=Candidate.speedup, default=None)
     if best is None or not beats(best, op.noise):

@@ -209,10 +209,21 @@ def write_entries(entries: Iterable[Entry], path: pathlib.Path | None = None) ->
         raise ValueError(f"the tuning log is turned off ({ENV_VAR}); nowhere to write")
     with locked("tuning_log"):
         merged = read_log(path)
-        merged.update((key_text(e.key), e) for e in entries)
+        for entry in entries:
+            key = key_text(entry.key)
+            merged[key] = better_measured(merged.get(key), entry)
         data = {"format": FORMAT, "entries": {k: e.to_json() for k, e in sorted(merged.items())}}
         atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     return path
+
+
+def better_measured(old: Entry | None, new: Entry) -> Entry:
+    """The entry to keep for one key: the new one, unless the old one was measured with
+    clearly less noise (a re-tune on a busy machine must not replace a quiet measurement:
+    under ±(1.5 x the old noise + 2 points) the new one is as trustworthy)."""
+    if old is None or new.noise <= 1.5 * old.noise + 0.02:
+        return new
+    return old
 
 
 def export_log(dest: pathlib.Path, path: pathlib.Path | None = None) -> int:
