@@ -30,7 +30,8 @@ KERNEL_SOURCES = (
 @functools.cache
 def kernel_fingerprint() -> str:
     """sha256 (hex) of tilefuse's version and the kernel library's sources: one value for
-    the kernel entry points' module name, generated modules' keys and the tuning log."""
+    the kernel library's symbol names and cache key, generated modules' keys and the tuning
+    log."""
     here = pathlib.Path(__file__).parent
     h = hashlib.sha256(__version__.encode())
     for name in KERNEL_SOURCES:

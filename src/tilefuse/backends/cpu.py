@@ -233,8 +233,9 @@ class CpuModel(CompiledModel):
         return self._inspect("asm")
 
     def _inspect(self, kind: str) -> str:
-        """`forward` followed by the kernel entry points it calls. Numba cannot show code it
-        loaded from its cache, so this compiles afresh in a subprocess with caching off."""
+        """`forward` followed by the kernel library of each dtype it calls. Numba cannot show
+        code it loaded from its cache, so this compiles afresh in a subprocess with caching
+        off."""
         if not self.forward.signatures:
             self.run(random_batch(self.final))
         return inspect_in_subprocess(self.module.__file__, self.forward.signatures[0], kind)
