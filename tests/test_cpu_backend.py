@@ -256,3 +256,38 @@ def test_the_printed_ir_alone_gives_the_same_program():
     constants = {n.name: final.constants[n.id] for n in final if n.op == "const"}
     again = tfu.parse_graph(str(final), constants=constants)
     assert again == final and render(again).source == render(final).source
+
+
+def test_a_value_placed_in_a_workspace_buffer_shares_it_and_never_reads_past_it():
+    """forward places each planned value in its buffer with E.place (a view of the first
+    prod(shape) elements); a buffer too small raises instead of reading past its end."""
+    import numba
+
+    from tilefuse.backends import cpu_entry as E
+
+    @numba.njit
+    def place(buffer, rows, cols):
+        value = E.place(buffer, (rows, cols))
+        value[rows - 1, cols - 1] = 7.0
+        return value
+
+    buffer = np.zeros(12, np.float32)
+    value = place(buffer, 2, 3)
+    assert value.shape == (2, 3) and value.flags.c_contiguous and buffer[5] == 7.0
+    with pytest.raises(ValueError, match="workspace buffer is smaller"):
+        place(buffer, 4, 4)
+
+
+def test_a_0d_value_is_placed_in_its_buffer_too():
+    import numba
+
+    from tilefuse.backends import cpu_entry as E
+
+    @numba.njit
+    def place_scalar(buffer):
+        value = E.place(buffer, ())
+        value[()] = 3.0
+        return value
+
+    buffer = np.zeros(4, np.float64)
+    assert place_scalar(buffer).shape == () and buffer[0] == 3.0

@@ -91,6 +91,49 @@ def read_cycles() -> int:
 
 
 @intrinsic
+def place(typingctx, buffer, shape):
+    """buffer's first prod(shape) elements as a C-contiguous array of `shape` (sharing its
+    memory): how `forward` places a value in its workspace buffer (not named `view`: Numba
+    reserves calls of that name for ndarray.view). One store of a shape and
+    strides, where `buffer[:size].reshape(shape)` cost Numba ~50 ms of compile time per use;
+    a buffer smaller than the shape raises ValueError instead of reading past it."""
+    if not (isinstance(buffer, types.Array) and buffer.layout == "C" and buffer.ndim == 1):
+        return None
+    if not isinstance(shape, types.BaseTuple) or not all(
+        isinstance(d, types.Integer) for d in shape
+    ):  # () included: a 0-d value
+        return None
+    result = types.Array(buffer.dtype, len(shape), "C")
+
+    def codegen(context, builder, signature, args):
+        from numba.core.imputils import impl_ret_borrowed
+        from numba.np.arrayobj import populate_array
+
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        dims = [builder.sext(d, cgutils.intp_t) if d.type.width < 64 else d
+                for d in cgutils.unpack_tuple(builder, args[1])]  # fmt: skip
+        size = cgutils.intp_t(1)
+        for d in dims:
+            size = builder.mul(size, d)
+        available = builder.extract_value(src.shape, 0)
+        with cgutils.if_unlikely(builder, builder.icmp_signed(">", size, available)):
+            context.call_conv.return_user_exc(
+                builder, ValueError, ("a workspace buffer is smaller than the value placed in it",)
+            )
+        itemsize = context.get_abi_sizeof(context.get_data_type(buffer.dtype))
+        strides, stride = [], cgutils.intp_t(itemsize)
+        for d in reversed(dims):
+            strides.insert(0, stride)
+            stride = builder.mul(stride, d)
+        out = context.make_array(result)(context, builder)
+        populate_array(out, data=src.data, shape=dims, strides=strides,
+                       itemsize=cgutils.intp_t(itemsize), meminfo=src.meminfo)  # fmt: skip
+        return impl_ret_borrowed(context, builder, result, out._getvalue())
+
+    return result(buffer, shape), codegen
+
+
+@intrinsic
 def keep(typingctx, array):
     """A use of `array` after a call that received only its address: Numba frees an array
     after its last use, which without this would be before the kernel reads it."""

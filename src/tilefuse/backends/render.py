@@ -167,9 +167,8 @@ class Renderer:
     def allocation(self, node: Node) -> str:
         """A view of the value's planned workspace buffer, or a fresh array when unplanned."""
         if self.plan and node.id in self.plan.buffer_of:
-            size = " * ".join(self.dim(d) for d in node.type.shape) or "1"
             buffer = f"ws{self.plan.buffer_of[node.id]}"
-            return f"{buffer}[: {size}].reshape({self.shape(node.type)})"
+            return f"E.place({buffer}, {self.shape(node.type)})"
         return f"np.empty({self.shape(node.type)}, np.{node.type.np_dtype.name})"
 
     def output_destinations(self) -> dict[int, str]:
