@@ -12,7 +12,7 @@ it says otherwise). A case ends as
     unsupported   from_onnx refused it with UnsupportedError / DTypeError (int8 adds, ...)
 
     make conformance                         # the table: python tests/test_conformance.py
-    pytest tests/test_conformance.py         # one test per case of the issue's families
+    pytest tests/test_conformance.py         # one test per case of the core families
     TILEFUSE_CONFORMANCE=all pytest ...      # every family (skipped without onnx)
 
 `EXPECTED_UNSUPPORTED` lists every case tilefuse refuses, and why: a case that starts or stops
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-# the op families of the issue (their test names start with test_<family>) ...
+# the core op families (their test names start with test_<family>) ...
 CORE_FAMILIES = (
     "gemm", "matmul", "relu", "sigmoid", "tanh", "gelu", "softmax", "add",
     "layer_normalization", "flatten", "reshape", "transpose",
@@ -86,7 +86,7 @@ EXPECTED_UNSUPPORTED: dict[str, str] = {
 
 
 def family_of(name: str) -> str | None:
-    """The family a node test belongs to: a prefix for the issue's list, a word for the rest."""
+    """The family a node test belongs to: a prefix for the core list, a word for the rest."""
     for family in CORE_FAMILIES:
         if name.startswith(f"test_{family}"):
             return family
@@ -249,7 +249,7 @@ def table(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         counts.setdefault(o.family, Counter())[o.status] += 1
     lines = [f"{'family':<22}{'cases':>6}{'pass':>6}{'fail':>6}{'unsupported':>13}"]
-    for group, families in (("issue's ops", CORE_FAMILIES), ("more ops", MORE_FAMILIES)):
+    for group, families in (("core ops", CORE_FAMILIES), ("more ops", MORE_FAMILIES)):
         total: Counter = Counter()
         for family in families:
             c = counts.get(family, Counter())
@@ -299,7 +299,7 @@ def _cases() -> list[str]:
 
 
 ALL_CASES = _cases()
-# the suite runs the issue's families (~1 s of compiling per case the first time, cached
+# the suite runs the core families (~1 s of compiling per case the first time, cached
 # after); TILEFUSE_CONFORMANCE=all runs the other families too, as `make conformance` does
 CASES = [
     n for n in ALL_CASES
@@ -318,7 +318,7 @@ def test_onnx_node_case(name):
     assert outcome.status == "pass", outcome.detail
 
 
-def test_the_issue_families_are_all_there():
+def test_the_core_families_are_all_there():
     """The generator still makes the cases the table counts (145 in onnx 1.23)."""
     core = [n for n in ALL_CASES if family_of(n) in CORE_FAMILIES]
     assert len(core) >= 140, len(core)
