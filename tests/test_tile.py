@@ -76,6 +76,19 @@ def test_host_machine_is_sane():
     assert m.lanes("f32") == 2 * m.lanes("f64")
 
 
+def test_an_implausible_l3_is_capped_to_a_cores_share(monkeypatch):
+    """A VM with 2 vCPUs on a 480 MiB Xeon is told the whole L3; the tile pass must not plan
+    B panels for half of it."""
+    monkeypatch.setattr(machines, "read_caches", lambda: {"l1d": 48 * KIB, "l2": 2 * MIB,
+                                                          "l3": 480 * MIB})  # fmt: skip
+    monkeypatch.setattr(machines, "core_count", lambda: 2)
+    m = machines.host_machine()
+    assert m.l3 == 2 * machines.L3_PER_CORE_MAX
+    assert "reports a 480 MiB L3 for 2 cores" in m.source and "planned for 32 MiB" in m.source
+    monkeypatch.setattr(machines, "read_caches", lambda: {"l3": 32 * MIB})
+    assert machines.host_machine().l3 == 32 * MIB  # plausible: kept
+
+
 def test_read_caches_from_a_fake_sysfs(tmp_path):
     for index, (level, kind, size) in enumerate(
         [

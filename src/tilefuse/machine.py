@@ -129,21 +129,37 @@ def core_count() -> int:
         return os.cpu_count() or 1
 
 
+# No x86 CPU gives one core more than 12 MiB of L3 (a V-cache CCD: 96 MiB for 8 cores; Xeons
+# 1.5-5 MiB). A larger share is the L3 of a whole host seen from a few of its CPUs (a VM on a
+# 480 MiB Xeon reports all of it to 2 vCPUs), which this process shares with the others: the
+# tile pass plans for at most this much a core.
+L3_PER_CORE_MAX = 16 * MIB
+
+
 def host_machine() -> Machine:
-    """This host as the OS describes it, the generic preset filling the gaps."""
+    """This host as the OS describes it, the generic preset filling the gaps, and an L3 larger
+    than L3_PER_CORE_MAX a core capped to that share."""
     caches = read_caches()
     model, flags = read_cpuinfo()
     base = PRESETS["generic"]
+    cores = core_count()
+    source = "host" if caches and flags else "host, partly generic defaults"
+    l3 = caches.get("l3", base.l3)
+    if l3 > cores * L3_PER_CORE_MAX:
+        planned = format_bytes(cores * L3_PER_CORE_MAX)
+        source += (f"; the OS reports a {format_bytes(l3)} L3 for {cores} cores, more than any "
+                   f"CPU gives a core: planned for {planned}")  # fmt: skip
+        l3 = cores * L3_PER_CORE_MAX
     return replace(
         base,
         cpu=model or base.cpu,
-        cores=core_count(),
+        cores=cores,
         l1d=caches.get("l1d", base.l1d),
         l2=caches.get("l2", base.l2),
-        l3=caches.get("l3", base.l3),
+        l3=l3,
         vector_bits=vector_bits(flags) if flags else base.vector_bits,
         fma="fma" in flags if flags else base.fma,
-        source="host" if caches and flags else "host, partly generic defaults",
+        source=source,
     )
 
 
