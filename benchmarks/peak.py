@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import statistics
 import threading
 import time
@@ -47,29 +48,13 @@ def fma_loop_ir(lanes: int, chains: int = CHAINS) -> ir.Module:
     fma = ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f32")
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i64, f32.as_pointer()]), "fma_loop")
     n, out = fn.args
-    entry, loop, exit_ = (fn.append_basic_block(s) for s in ("entry", "loop", "exit"))
-    b = ir.IRBuilder(entry)
-    b.branch(loop)
-
-    b.position_at_end(loop)
-    i = b.phi(i64, "i")
-    accs = [b.phi(vec, f"c{j}") for j in range(chains)]
     half, quarter = (ir.Constant(vec, [ir.Constant(f32, v)] * lanes) for v in (0.5, 0.25))
-    nexts = [b.call(fma, [acc, half, quarter]) for acc in accs]
-    i_next = b.add(i, ir.Constant(i64, 1))
-    b.cbranch(b.icmp_signed("<", i_next, n), loop, exit_)
-    i.add_incoming(ir.Constant(i64, 0), entry)
-    i.add_incoming(i_next, loop)
-    for acc, nxt in zip(accs, nexts, strict=True):
-        acc.add_incoming(ir.Constant(vec, [ir.Constant(f32, 1.0)] * lanes), entry)
-        acc.add_incoming(nxt, loop)
+    ones = ir.Constant(vec, [ir.Constant(f32, 1.0)] * lanes)
 
-    b.position_at_end(exit_)
-    total = nexts[0]
-    for nxt in nexts[1:]:
-        total = b.fadd(total, nxt)
-    b.store(total, b.bitcast(out, vec.as_pointer()), align=4)
-    b.ret_void()
+    def step(b: ir.IRBuilder, i: ir.Value, accs: list) -> list:
+        return [b.call(fma, [acc, half, quarter]) for acc in accs]
+
+    _vector_loop(fn, n, 1, [ones] * chains, out, step)
     return module
 
 
@@ -83,29 +68,15 @@ def read_loop_ir(accumulators: int = 4) -> ir.Module:
     fnty = ir.FunctionType(ir.VoidType(), [f32.as_pointer(), i64, f32.as_pointer()])
     fn = ir.Function(module, fnty, "read_sum")
     data, n, out = fn.args
-    entry, loop, exit_ = (fn.append_basic_block(s) for s in ("entry", "loop", "exit"))
-    b = ir.IRBuilder(entry)
-    vectors = b.bitcast(data, vec.as_pointer())
-    b.branch(loop)
-    b.position_at_end(loop)
-    i = b.phi(i64, "i")
-    accs = [b.phi(vec, f"s{j}") for j in range(accumulators)]
-    loads = [b.load(b.gep(vectors, [b.add(i, ir.Constant(i64, j))]), align=32)
-             for j in range(accumulators)]  # fmt: skip
-    nexts = [b.fadd(acc, v) for acc, v in zip(accs, loads, strict=True)]
-    i_next = b.add(i, ir.Constant(i64, accumulators))
-    b.cbranch(b.icmp_signed("<", i_next, n), loop, exit_)
-    i.add_incoming(ir.Constant(i64, 0), entry)
-    i.add_incoming(i_next, loop)
-    for acc, nxt in zip(accs, nexts, strict=True):
-        acc.add_incoming(ir.Constant(vec, [ir.Constant(f32, 0.0)] * 8), entry)
-        acc.add_incoming(nxt, loop)
-    b.position_at_end(exit_)
-    total = nexts[0]
-    for nxt in nexts[1:]:
-        total = b.fadd(total, nxt)
-    b.store(total, b.bitcast(out, vec.as_pointer()), align=4)
-    b.ret_void()
+    zeros = ir.Constant(vec, [ir.Constant(f32, 0.0)] * 8)
+
+    def step(b: ir.IRBuilder, i: ir.Value, accs: list) -> list:
+        vectors = b.bitcast(data, vec.as_pointer())
+        loads = [b.load(b.gep(vectors, [b.add(i, ir.Constant(i64, j))]), align=32)
+                 for j in range(accumulators)]  # fmt: skip
+        return [b.fadd(acc, v) for acc, v in zip(accs, loads, strict=True)]
+
+    _vector_loop(fn, n, accumulators, [zeros] * accumulators, out, step)
     return module
 
 
@@ -129,20 +100,10 @@ def measure_bandwidth(threads: int, megabytes: int = 256, repeats: int = 5) -> d
     outs = [np.zeros(8, np.float32) for _ in range(threads)]
 
     def once() -> float:
-        barrier = threading.Barrier(threads + 1)
-
-        def worker(t: int) -> None:
-            barrier.wait()
-            loop(base + 4 * t * per_thread, per_thread // 8, outs[t].ctypes.data)
-
-        workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-        for w in workers:
-            w.start()
-        barrier.wait()
-        start = time.perf_counter()
-        for w in workers:
-            w.join()
-        return time.perf_counter() - start
+        return time_together([
+            functools.partial(loop, base + 4 * t * per_thread, per_thread // 8, outs[t].ctypes.data)
+            for t in range(threads)
+        ])  # fmt: skip
 
     once()  # pages touched, code warm
     runs = [4 * per_thread * threads / once() / 1e9 for _ in range(repeats)]
@@ -167,6 +128,33 @@ def _compile(module: ir.Module) -> Any:
     engine.finalize_object()
     _engines.append((engine, machine, parsed))
     return engine
+
+
+def _vector_loop(fn: ir.Function, n: ir.Value, stride: int, inits: list, out: ir.Value,
+                 step) -> None:  # fmt: skip
+    """`fn`'s body: `for i in range(0, n, stride): accs = step(b, i, accs)` (at least once),
+    then the sum of the accumulators stored at `out` as one vector."""
+    i64 = ir.IntType(64)
+    entry, loop, exit_ = (fn.append_basic_block(s) for s in ("entry", "loop", "exit"))
+    b = ir.IRBuilder(entry)
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(i64, "i")
+    accs = [b.phi(init.type, f"a{j}") for j, init in enumerate(inits)]
+    nexts = step(b, i, accs)
+    i_next = b.add(i, ir.Constant(i64, stride))
+    b.cbranch(b.icmp_signed("<", i_next, n), loop, exit_)
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    i.add_incoming(i_next, b.block)
+    for acc, init, nxt in zip(accs, inits, nexts, strict=True):
+        acc.add_incoming(init, entry)
+        acc.add_incoming(nxt, b.block)
+    b.position_at_end(exit_)
+    total = nexts[0]
+    for nxt in nexts[1:]:
+        total = b.fadd(total, nxt)
+    b.store(total, b.bitcast(out, inits[0].type.as_pointer()), align=4)
+    b.ret_void()
 
 
 def host_lanes() -> list[int]:
@@ -196,13 +184,19 @@ def time_threads(lanes: int, iterations: int, threads: int) -> float:
     """Seconds for `threads` threads to each run the loop once, started together."""
     loop = compiled_fma_loop(lanes)
     outs = [(ctypes.c_float * lanes)() for _ in range(threads)]
-    barrier = threading.Barrier(threads + 1)
+    return time_together([functools.partial(loop, iterations, out) for out in outs])
 
-    def worker(out: Any) -> None:
+
+def time_together(calls: list[Any]) -> float:
+    """Seconds for one thread per call to run its call, all released together (ctypes
+    releases the GIL, so they run in parallel)."""
+    barrier = threading.Barrier(len(calls) + 1)
+
+    def worker(call: Any) -> None:
         barrier.wait()
-        loop(iterations, out)
+        call()
 
-    workers = [threading.Thread(target=worker, args=(o,)) for o in outs]
+    workers = [threading.Thread(target=worker, args=(c,)) for c in calls]
     for w in workers:
         w.start()
     barrier.wait()

@@ -2,9 +2,10 @@
 `tilefuse profile FILE`.
 
 The cpu backend runs a variant of `forward` that reads the CPU's cycle counter before the
-first op and after each one (backends/render.py, `profile=True`); the medians over repeated
-calls, converted to seconds, are put against each op's work and traffic (roofline.op_cost)
-and the machine's roof:
+first op and after each one (backends/render.py, `profile=True`); the times of each op, in
+the call of median wall time among the repeats (its ops add up to it; medians taken op by op
+would not on a busy machine, where each call is interrupted in a different op), are put
+against each op's work and traffic (roofline.op_cost) and the machine's roof:
 
     kernel                                   time      share  GFLOP/s  GB/s   % of roof  bound
     %0 = dense[act=relu, ...](%x, %w0, %b0)  1.21 ms   46 %   85.0     3.1    61 %       compute
@@ -46,7 +47,7 @@ class Profile:
     graph: str
     batch: int
     repeats: int
-    call_seconds: float  # median wall time of the profiled calls, each timed whole
+    call_seconds: float  # wall time of the profiled call of median time
     peak: str
     kernels: list[KernelTime] = field(default_factory=list)
     plain_call_seconds: float = 0.0  # median of plain calls, interleaved with the profiled
@@ -89,7 +90,8 @@ class Profile:
         ]  # fmt: skip
         widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
         lines = [
-            f"profile of {self.graph} at batch {self.batch} (medians of {self.repeats} calls)",
+            f"profile of {self.graph} at batch {self.batch} (the call of median time among "
+            f"{self.repeats})",
             f"roof: {self.peak}",
             "",
         ]

@@ -178,9 +178,10 @@ class CpuModel(CompiledModel):
         self.threads = threads
 
     def profile(self, *args: Any, repeats: int = 20, **kwargs: Any) -> Profile:
-        """Per kernel: time, share of the call, GFLOP/s, GB/s and % of the roofline, from
-        `repeats` calls of a `forward` that reads the cycle counter around every op (compiled
-        once, beside the plain one), against the median of as many plain calls."""
+        """Per kernel: time, share of the call, GFLOP/s, GB/s and % of the roofline, in the
+        call of median wall time among `repeats` calls of a `forward` that reads the cycle
+        counter around every op (compiled once, beside the plain one); the median of as many
+        plain calls beside it."""
         from ..profile import Profile
         from ..roofline import machine_peak
 
@@ -208,9 +209,12 @@ class CpuModel(CompiledModel):
                 samples.append(np.diff(clock) / hz)
                 calls.append(middle - start)
                 plain.append(time.perf_counter() - middle)
-        per_op = [float(s) for s in np.median(np.array(samples), axis=0)]
-        return Profile.of(self.final, rendered.profiled_ops, per_op, float(np.median(calls)),
-                          batch, repeats, machine_peak(), float(np.median(plain)))  # fmt: skip
+        # the call of median wall time, op by op: its ops add up to it (medians taken op by
+        # op would not, on a busy machine: each call is interrupted in a different op)
+        median = int(np.argsort(calls)[len(calls) // 2])
+        per_op = [float(s) for s in samples[median]]
+        return Profile.of(self.final, rendered.profiled_ops, per_op, calls[median], batch,
+                          repeats, machine_peak(), float(np.median(plain)))  # fmt: skip
 
     def _profiled_forward(self) -> tuple[Rendered, Any]:
         if self._profiled is None:

@@ -162,17 +162,12 @@ class Emitter:
         return self.b.gep(base, [index])
 
 
-def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
-    existing = module.globals.get(name)
-    return existing if existing is not None else ir.Function(module, fnty, name)
-
-
 def _malloc(e: Emitter, size: ir.Value) -> ir.Value:
-    return e.b.call(_declare(e.fn.module, "malloc", ir.FunctionType(VOID_PTR, [I64])), [size])
+    return e.b.call(P.declare(e.fn.module, "malloc", ir.FunctionType(VOID_PTR, [I64])), [size])
 
 
 def _free(e: Emitter, pointer: ir.Value) -> None:
-    e.b.call(_declare(e.fn.module, "free", ir.FunctionType(ir.VoidType(), [VOID_PTR])), [pointer])
+    e.b.call(P.declare(e.fn.module, "free", ir.FunctionType(ir.VoidType(), [VOID_PTR])), [pointer])
 
 
 def _internal(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
@@ -434,7 +429,7 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
     e.loop(0, npad, lambda j: b.store(ir.Constant(fmt.scalar, 0.0), e.at(biasp, j)))
     e.loop(0, nbias, lambda j: b.store(b.load(e.at(bias, j)), e.at(biasp, j)))
 
-    get_threads = _declare(module, "get_num_threads", ir.FunctionType(I64, []))
+    get_threads = P.declare(module, "get_num_threads", ir.FunctionType(I64, []))
     threads = e.var(1)
     pooled = b.and_(b.icmp_signed(">", nctl, I64(0)), ne(parallel, I64(PARALLEL_NONE)))
     flops = b.mul(b.mul(b.mul(m, n), k_total), I64(2))

@@ -84,7 +84,8 @@ def available() -> bool:
 
 
 # -- atomics and system calls, as LLVM -------------------------------------------------------
-def _function(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+def declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    """The function `name` of `module`, declared with `fnty` unless it already is."""
     existing = module.globals.get(name)
     return existing if existing is not None else ir.Function(module, fnty, name)
 
@@ -125,11 +126,11 @@ class PoolIR:
     def pause(self) -> None:
         """The spin-wait hint: the core's sibling thread gets the pipeline meanwhile."""
         fnty = ir.FunctionType(ir.VoidType(), [])
-        self.b.call(_function(self.b.module, "llvm.x86.sse2.pause", fnty), [])
+        self.b.call(declare(self.b.module, "llvm.x86.sse2.pause", fnty), [])
 
     def syscall(self, *args: ir.Value) -> ir.Value:
         fnty = ir.FunctionType(I64, [I64], var_arg=True)
-        return self.b.call(_function(self.b.module, "syscall", fnty), list(args))
+        return self.b.call(declare(self.b.module, "syscall", fnty), list(args))
 
     def futex_wait(self, expected: ir.Value) -> None:
         """Sleep while the futex word (the low half of ctl[SEQ]) is `expected`."""
@@ -322,7 +323,6 @@ class Pool:
         buffer = np.zeros(CTL_SIZE + 8, np.int64)
         offset = (-buffer.ctypes.data % 64) // 8  # SEQ on a cache line of its own
         self.ctl = buffer[offset : offset + CTL_SIZE]
-        self._buffer = buffer
         worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(worker_address)
         self._worker = worker  # ctypes releases the GIL for the whole call
         self.threads = [
