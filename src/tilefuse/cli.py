@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import phases
 from ._version import __version__
 from .backends import BACKENDS
 from .check import random_inputs
@@ -262,10 +263,35 @@ def command_show(args: argparse.Namespace) -> int:
         print(stage_diffs(stages, None if args.emit == "graph" else args.emit))
         return 0
     if args.emit in BACKEND_STAGES:
-        print(backend_text(g, args.emit, args.pipeline, args.cc))
+        with saying_phases():
+            text = backend_text(g, args.emit, args.pipeline, args.cc)
+        print(text)
     else:
         print(stage_text(stages, args.emit, args.pipeline))
     return 0
+
+
+@contextlib.contextmanager
+def saying_phases(stream: Any = None) -> Iterator[None]:
+    """On a terminal, say on one stderr line which phase is running (compiling a kernel,
+    assembling it...), with its elapsed time, and clear the line at the end; silent when
+    stderr is not a terminal."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        yield
+        return
+    start = time.perf_counter()
+
+    def say(name: str) -> None:
+        stream.write(f"\r\x1b[K{time.perf_counter() - start:5.1f} s  {name} ...")
+        stream.flush()
+
+    try:
+        with phases.announcing(say):
+            yield
+    finally:
+        stream.write("\r\x1b[K")
+        stream.flush()
 
 
 # -- run -----------------------------------------------------------------------------------

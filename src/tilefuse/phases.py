@@ -10,14 +10,16 @@ Layer 0 (the standard library only), so that every module can time its part:
 A phase's time is exclusive: a phase inside another is charged to itself only (the kernel
 library, loaded while the generated module is imported, is not also "forward"). Phases
 outside any recording cost two clock reads and are dropped. `TILEFUSE_DEBUG=1` prints each
-compile's phases (`describe`); `model.explain()` shows them too.
+compile's phases (`describe`); `model.explain()` shows them too. Inside `announcing(say)`,
+every phase that starts (recorded or not) is announced with `say(name)`: the command line
+says what a slow stage is doing.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 _local = threading.local()
@@ -36,7 +38,21 @@ def recording() -> Iterator[dict[str, float]]:
 
 
 @contextmanager
+def announcing(say: Callable[[str], None]) -> Iterator[None]:
+    """Call `say(name)` as each phase of this thread starts, until the block ends."""
+    outer = getattr(_local, "say", None)
+    _local.say = say
+    try:
+        yield
+    finally:
+        _local.say = outer
+
+
+@contextmanager
 def phase(name: str) -> Iterator[None]:
+    say = getattr(_local, "say", None)
+    if say is not None:
+        say(name)
     state = getattr(_local, "state", None)
     if state is None:
         yield

@@ -237,12 +237,26 @@ class CpuModel(CompiledModel):
         return self._inspect("asm")
 
     def _inspect(self, kind: str) -> str:
-        """`forward` followed by the kernel library of each dtype it calls. Numba cannot show
-        code it loaded from its cache, so this compiles afresh in a subprocess with caching
-        off."""
+        """`forward` compiled afresh with Numba's line table (Numba cannot show code it loaded
+        from its cache), each op's code under its IR line, then the kernel library of each
+        dtype it calls (`cpu_listing`)."""
+        from . import cpu_library, cpu_listing
+        from .cpu_entry import DTYPES
+
         if not self.forward.signatures:
             self.run(random_batch(self.final))
-        return inspect_in_subprocess(self.module.__file__, self.forward.signatures[0], kind)
+        signature = self.forward.signatures[0]
+        with phases.phase(f"{kind}: compile forward with a line table"):
+            fresh = numba.njit(debug=True, _dbg_extend_lifetimes=False, boundscheck=False,
+                               fastmath=False, error_model="numpy")(self.forward.py_func)  # fmt: skip
+            fresh.compile(signature)
+            code = fresh.inspect_asm(signature) if kind == "asm" else fresh.inspect_llvm(signature)
+        smap = cpu_listing.SourceMap.of(self.rendered.source)
+        library = {}
+        for dtype in smap.driver_ops:
+            with phases.phase(f"{kind}: kernel library {dtype}"):
+                library[dtype] = cpu_library.listing(DTYPES[dtype], kind)
+        return cpu_listing.listing(kind, code, self.rendered.source, library, self.final.name)
 
 
 @dataclass
@@ -361,43 +375,6 @@ def _check_out(out: Any, shape: tuple, t: TensorType) -> np.ndarray:
 def random_batch(g: Graph, batch: int = 2) -> list[np.ndarray]:
     shapes = [[d if isinstance(d, int) else batch for d in t.shape] for t in g.input_types()]
     return [np.zeros(s, t.np_dtype) for s, t in zip(shapes, g.input_types())]
-
-
-_INSPECT_SCRIPT = """
-import importlib.util, json, sys
-import numpy as np
-from numba import from_dtype, types
-path, kind, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-module_spec = importlib.util.spec_from_file_location("tilefuse_inspect", path)
-module = importlib.util.module_from_spec(module_spec)
-module_spec.loader.exec_module(module)
-sig = tuple(types.Array(from_dtype(np.dtype(d)), n, "C", readonly=r) for d, n, r in spec)
-module.forward.compile(sig)
-sys.stdout.write(getattr(module.forward, "inspect_" + kind)(sig))
-from tilefuse.backends import cpu_entry, cpu_library
-for dtype in sorted(cpu_entry._entries):
-    sys.stdout.write(f"\\n; ---- kernel library for {dtype} (cpu_library) ----\\n")
-    sys.stdout.write(cpu_library.listing(cpu_entry.DTYPES[dtype], kind))
-"""
-
-
-def inspect_in_subprocess(path: str, signature: tuple, kind: str) -> str:
-    """LLVM IR or assembly of a cached module, from a fresh compile with caching off."""
-    import json
-    import os
-    import subprocess
-    import tempfile
-
-    spec = json.dumps([(str(t.dtype), t.ndim, not t.mutable) for t in signature])
-    with tempfile.TemporaryDirectory() as scratch:
-        env = {**os.environ, "NUMBA_CACHE_DIR": scratch}
-        result = subprocess.run(
-            [sys.executable, "-c", _INSPECT_SCRIPT, path, kind, spec],
-            capture_output=True, text=True, env=env, check=False,
-        )  # fmt: skip
-    if result.returncode:
-        raise TilefuseError(f"could not compile {path} for inspection:\n{result.stderr[-2000:]}")
-    return result.stdout
 
 
 def compile_cpu(graph: Graph, stages: dict[str, Graph], options: dict[str, Any]) -> CpuModel:

@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import phases
 from ..errors import TilefuseError
 from ..ir import Graph
 
@@ -60,7 +61,8 @@ def kernel_ptx(g: Graph, cc: tuple[int, int] = DEFAULT_CC) -> dict[str, str]:
     for name, args in renderer.signatures.items():
         sig = types.void(*array_types(args, "C"))
         try:
-            ptx[name], _ = cuda.compile_ptx(getattr(module, name).py_func, sig, cc=cc)
+            with phases.phase(f"ptx: compile kernel {name} for sm_{cc[0]}{cc[1]} (NVVM)"):
+                ptx[name], _ = cuda.compile_ptx(getattr(module, name).py_func, sig, cc=cc)
         except Exception as err:  # NVVM missing: numba-cuda raises several types for it
             if "nvvm" in str(err).lower() or "nvrtc" in str(err).lower():
                 raise TilefuseError(f"{NEEDS_NVVM} ({type(err).__name__}: {err})") from None
@@ -117,7 +119,7 @@ class Resources:
 def assemble(ptx: str, cc: tuple[int, int] = DEFAULT_CC) -> Resources:
     """Assemble one kernel's PTX with ptxas for sm_<cc>: its resources and its cubin."""
     arch = f"sm_{cc[0]}{cc[1]}"
-    with tempfile.TemporaryDirectory(prefix="tilefuse-ptxas-") as tmp:
+    with phases.phase(f"ptxas -arch={arch}"), tempfile.TemporaryDirectory(prefix="tilefuse-ptxas-") as tmp:
         src, out = Path(tmp, "kernel.ptx"), Path(tmp, "kernel.cubin")
         src.write_text(ptx)
         done = subprocess.run(
@@ -147,7 +149,7 @@ def assemble(ptx: str, cc: tuple[int, int] = DEFAULT_CC) -> Resources:
 
 def disassemble(cubin: bytes) -> str:
     """The SASS (machine code) of a cubin, from nvdisasm."""
-    with tempfile.TemporaryDirectory(prefix="tilefuse-nvdisasm-") as tmp:
+    with phases.phase("nvdisasm"), tempfile.TemporaryDirectory(prefix="tilefuse-nvdisasm-") as tmp:
         path = Path(tmp, "kernel.cubin")
         path.write_bytes(cubin)
         done = subprocess.run(
