@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -277,3 +279,31 @@ def test_constants_keep_the_python_names_the_code_uses():
     assert text.count("%b_global = const") == 1  # one array, one constant
     x = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(f(x), np.maximum(x @ W_GLOBAL + b_global, 0) * scale + b_global)
+
+
+def test_sequential_takes_its_name_from_its_variable_function_or_file(tmp_path):
+    encoder = tfu.Sequential([tfu.Dense(4)], input_dim=3)
+    net = tfu.Sequential(
+        [tfu.Dense(4)],
+        input_dim=3,
+    )  # a generic variable name: the file's name says more
+
+    def classifier():
+        return tfu.Sequential([tfu.Dense(2)], input_dim=3)
+
+    assert (encoder.name, net.name, classifier().name) == ("encoder", "test_dsl", "classifier")
+    assert tfu.Sequential([tfu.Dense(4)], input_dim=3, name="head").graph().name == "head"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import tilefuse as tfu\n"
+        "model = tfu.Sequential([tfu.Dense(4)], input_dim=3)\n"
+        "print(model.name, tfu.Sequential([tfu.Dense(4)], input_dim=3).name)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["script", "script"]
+    interactive = subprocess.run(
+        [sys.executable, "-c", "import tilefuse as tfu\n"
+         "net = tfu.Sequential([tfu.Dense(4)], input_dim=3); print(net.name)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert interactive.stdout.strip() == "sequential"  # no source to read the name from

@@ -39,12 +39,12 @@ def seed_layer() -> tfu.Graph:
 
 def mlp() -> tfu.Graph:
     layers = [tfu.Dense(32, activation="relu"), tfu.Dense(4, activation="softmax")]
-    return tfu.Sequential(layers, input_dim=8, seed=0).graph()
+    return tfu.Sequential(layers, input_dim=8, seed=0, name="mlp").graph()
 
 
 def columns() -> tfu.Graph:
     layers = [tfu.Dense(3, activation="tanh"), tfu.Dense(1, activation="sigmoid")]
-    return tfu.Sequential(layers, input_dim=2, seed=1, layout="columns", dtype="f64").graph()
+    return tfu.Sequential(layers, input_dim=2, seed=1, layout="columns", dtype="f64", name="mlp").graph()
 
 
 def fused() -> tfu.Graph:

@@ -14,8 +14,10 @@ Errors raised while tracing carry the user's file:line.
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
+import linecache
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -40,16 +42,86 @@ from .ops import GraphBuilder
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def user_location() -> str | None:
-    """file:line of the innermost frame outside tilefuse (where the user wrote the op)."""
+def user_frame() -> Any:
+    """The innermost frame outside tilefuse (where the user wrote the op), or None."""
     frame = sys._getframe(1)
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
         if not path.startswith(_PACKAGE_DIR) and "functools" not in path:
-            rel = os.path.relpath(path)
-            return f"{rel if not rel.startswith('..') else os.path.basename(path)}:{frame.f_lineno}"
+            return frame
         frame = frame.f_back
     return None
+
+
+def user_location(frame: Any = None) -> str | None:
+    """file:line of the innermost frame outside tilefuse (where the user wrote the op)."""
+    frame = frame or user_frame()
+    if frame is None:
+        return None
+    path = os.path.abspath(frame.f_code.co_filename)
+    rel = os.path.relpath(path)
+    return f"{rel if not rel.startswith('..') else os.path.basename(path)}:{frame.f_lineno}"
+
+
+GENERIC_NAMES = frozenset({"net", "model", "network", "m", "seq", "layers"})
+
+
+def default_name(frame: Any, fallback: str) -> str:
+    """A network's name when the user gave none: the variable the statement at `frame`
+    assigns it to (`encoder = tfu.Sequential(...)` -> encoder) or the function that returns
+    it (`def encoder(): return ...`), unless that is a generic
+    word (net, model...) and the file's name says more (examples/mlp.py -> mlp); else
+    `fallback`."""
+    variable = assigned_name(frame) if frame is not None else None
+    stem = None
+    if frame is not None and frame.f_code.co_filename.endswith(".py"):
+        stem = os.path.splitext(os.path.basename(frame.f_code.co_filename))[0]
+    for candidate in (
+        variable if variable not in GENERIC_NAMES else None,
+        stem if stem and stem != "__main__" else None,
+        variable,
+    ):
+        if is_identifier(candidate) and candidate not in _KEYWORDS:
+            return candidate
+    return fallback
+
+
+def assigned_name(frame: Any) -> str | None:
+    """The target of the assignment statement running at `frame`, when it is one name or
+    attribute (`net = ...`, `self.encoder = ...`), or the function a `return` statement
+    returns from; None otherwise or without source."""
+    tree = _parsed(frame.f_code.co_filename)
+    if tree is None:
+        return None
+    line, best = frame.f_lineno, None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.Return)) and node.lineno <= line <= (
+            node.end_lineno or node.lineno
+        ):
+            if best is None or node.lineno >= best.lineno:  # the innermost statement
+                best = node
+    if best is None:
+        return None
+    if isinstance(best, ast.Return):  # def encoder(): return tfu.Sequential(...)
+        return frame.f_code.co_name if frame.f_code.co_name != "<module>" else None
+    targets = best.targets if isinstance(best, ast.Assign) else [best.target]
+    if len(targets) != 1:
+        return None
+    target = targets[0]
+    return target.id if isinstance(target, ast.Name) else getattr(target, "attr", None)
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed_source(path: str, source: str) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _parsed(path: str) -> ast.Module | None:
+    lines = linecache.getlines(path)
+    return _parsed_source(path, "".join(lines)) if lines else None
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -493,6 +565,9 @@ class Sequential:
 
     layout="rows": examples are rows, x is (N, input_dim), Z = X @ W + b.
     layout="columns": examples are columns, x is (input_dim, N), Z = W @ X + b, b of shape (k, 1).
+    name: the graph's name; by default the variable it is assigned to (`encoder = ...`), or
+    the file's name when that variable is a generic word such as `net` or `model`
+    (`net = ...` in mlp.py: mlp), else "sequential".
     """
 
     def __init__(
@@ -503,9 +578,11 @@ class Sequential:
         seed: int = 0,
         dtype: str = "f32",
         layout: str = "rows",
-        name: str = "mlp",
+        name: str | None = None,
     ) -> None:
-        loc = user_location()
+        frame = user_frame()
+        loc = user_location(frame)
+        name = default_name(frame, "sequential") if name is None else name
         if layout not in ("rows", "columns"):
             raise AttrError(f"{loc}: layout {layout!r} is not one of rows, columns")
         if not layers:
