@@ -36,6 +36,7 @@ def mlp():
         [tfu.Dense(64, activation="relu"), tfu.Dense(48, activation="tanh"), tfu.Dense(10)],
         input_dim=37,
         seed=1,
+        name="mlp",
     )
     return net, tfu.compile(net, target="cpu")
 
@@ -177,7 +178,7 @@ def test_warm_cache_in_a_new_process(mlp, tmp_path):
     script = (
         "import time, numpy as np, tilefuse as tfu\n"
         "net = tfu.Sequential([tfu.Dense(64, activation='relu'), tfu.Dense(48, activation='tanh'),"
-        " tfu.Dense(10)], input_dim=37, seed=1)\n"
+        " tfu.Dense(10)], input_dim=37, seed=1, name='mlp')\n"
         "m = tfu.compile(net, target='cpu')\n"
         "print(m.forward.stats.cache_hits.total() if hasattr(m.forward.stats.cache_hits, 'total')"
         " else sum(m.forward.stats.cache_hits.values()))\n"

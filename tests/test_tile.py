@@ -6,7 +6,9 @@ tiling the pass (or a user, or hypothesis) chooses is checked against the plain 
 
 from __future__ import annotations
 
+import pathlib
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,12 +23,20 @@ from tilefuse.loops import loop_nest
 from tilefuse.machine import KIB, MIB, Machine, parse_machine, parse_size
 from tilefuse.ops import GraphBuilder
 from tilefuse.passes import parse_pipeline, run_pipeline
-from tilefuse.passes.tile import PARALLEL_MIN_SECONDS, Tile, choose_tiling
+from tilefuse.passes.tile import (
+    PARALLEL_MIN_SECONDS,
+    Tile,
+    TilingWarning,
+    choose_tiling,
+    problem_of,
+    tiling_costs,
+)
 from tilefuse.text import parse_graph
 from tilefuse.tiling import PARALLEL_CHOICES, TYPICAL_BATCH, Tiling
 from tilefuse.verify import verify
 
 GENERIC = machines.PRESETS["generic"]
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
 def dense_graph(m: int | str, k: int, n: int, dtype: str = "f32", seed: int = 0, **attrs) -> Graph:
@@ -48,6 +58,12 @@ def mlp(dims: list[int], dtype: str = "f32", seed: int = 0) -> Graph:
         bias = b.const(rng.standard_normal(n), f"b{i}", dtype=dtype)
         h = b.op("dense", [h, w, bias], act="relu" if i < len(dims) - 2 else "identity")
     return b.build([h])
+
+
+def problem_of_graph(g: Graph):
+    (node,) = [n for n in g if n.op == "dense"]
+    x, w = (g[i].type.shape for i in node.inputs[:2])
+    return problem_of(node, x, w, TYPICAL_BATCH)
 
 
 def tilings(g: Graph) -> list[Tiling]:
@@ -449,3 +465,54 @@ def test_loop_nest_indexes_epilogue_operands_as_they_broadcast():
     expected = "tanh((relu(acc[i, j] + %b[0, jc+jr+j]) + %r[ic+ir+i, jc+jr+j]) * %s[ic+ir+i, 0])"
     assert f"%0[ic+ir+i, jc+jr+j] = {expected}" in text
     assert "pack B" in text and "compile time" not in text  # w is a runtime value
+
+
+# -- the warning for a given tiling far slower than the model's ------------------------------
+def test_a_far_slower_given_tiling_warns_naming_the_op_and_the_cost():
+    g = dense_graph("N", 784, 512, act="relu")
+    with pytest.warns(TilingWarning) as caught:
+        tiled = run_pipeline(g, "tile{k=1,machine=generic}")
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith("tile: %0 = dense[act=relu](%x, %w, %b) : f32[N,512]: ")
+    ratio = int(re.search(r"estimated (\d+)x slower", message).group(1))
+    assert ratio >= 10 and "mostly micro-kernel calls" in message
+    assert any("warning: the given tiling" in r for d in tile_decisions(tiled) for r in d.reasons)
+
+
+@pytest.mark.parametrize("spec", ["tile{machine=generic}", "tile{k=128,machine=generic}",
+                                  "tile{m=12,machine=generic}", "tile{parallel=n,machine=generic}"])  # fmt: skip
+def test_the_models_choice_and_near_ones_do_not_warn(spec, recwarn):
+    run_pipeline(dense_graph("N", 784, 512, act="relu"), spec)
+    assert not [w for w in recwarn if issubclass(w.category, TilingWarning)]
+
+
+def test_a_slow_tiling_written_on_the_node_warns_too():
+    tiling = Tiling(mc=6, nc=16, kc=8, mr=6, nr=16, parallel="m", pack=True)
+    with pytest.warns(TilingWarning, match="slower than the model's"):
+        run_pipeline(dense_graph("N", 784, 512, tile=tiling), "tile{machine=generic}")
+
+
+def test_the_cost_model_ranks_the_kernel_overheads():
+    p = problem_of_graph(dense_graph(256, 784, 512))
+    model, _ = Tile(machine="generic").choose(p, GENERIC)
+
+    def cycles(**fields) -> float:
+        return sum(tiling_costs(replace(model, **fields), p, GENERIC).values())
+
+    base = cycles()
+    assert cycles(kc=1) > cycles(kc=8) > cycles(kc=64) > base  # calls and C traffic grow
+    assert cycles(parallel="none") > 1.5 * base  # one core instead of eight
+    assert cycles(nc=16) > base and cycles(mc=6) > base  # x repacked, weights re-read
+
+
+def test_the_command_line_prints_a_tiling_warning_as_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tilefuse", "show", str(EXAMPLES / "mlp.py"), "--emit", "tiled",
+         "--pipeline", "canonicalize,fuse,tile{k=1,machine=generic}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert len(lines) == 3 and all(line.startswith("tilefuse: warning: tile: %") for line in lines)

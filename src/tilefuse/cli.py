@@ -26,6 +26,7 @@ import json
 import pathlib
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -878,8 +879,15 @@ class UsageError(TilefuseError):
     """The command line itself is wrong (exit status 2, as argparse's own usage errors)."""
 
 
+def warning_line(message: Any, category: type, filename: str, lineno: int, line: Any = None) -> str:
+    """A warning as one line, `tilefuse: warning: ...`, not Python's file:line of the
+    library code that issued it (the message names the user's op)."""
+    return f"tilefuse: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = warning_line
     try:
         return args.handler(args)
     except UsageError as err:

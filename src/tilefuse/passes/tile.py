@@ -13,6 +13,7 @@ L3. Each choice is recorded as a `Decision` whose text names the sizes that just
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -181,6 +182,66 @@ PACKED = (
     "pack=true: the CPU kernels read B from micro-panels packed once, at compile time, and "
     "A from panels packed per k block (from 5 rows on; fewer rows are read in place)"
 )
+
+
+# -- the cost of a tiling: how much slower a given tiling is than the model's choice --------
+# Cycles of the CPU kernels' loop nest (`tilefuse.loops`), summed over the call, for the
+# warning a tiling override gets when it is far slower than the model's own choice. Fitted on
+# 256 x 784 x 512 f32 on a Zen 3 core pair (measured ms / estimated): model choice 1.4 / 1.3,
+# kc=1 29 / 35, kc=8 4.6 / 5.5, mc=6 2.8 / 2.6, nc=16 2.5 / 2.5, parallel=none 3.2 / 3.0,
+# mc=6 nc=16 kc=8 25 / 13.
+# Only ratios between tilings of one op are used, never the absolute time.
+FMAS_PER_CYCLE = 2  # vector FMAs a core retires each cycle
+MICRO_CALL_CYCLES = 140  # one micro-kernel call: C tile loads and stores, loop and call setup
+PACK_CYCLES_PER_ELEMENT = 1.0  # packing x: a transpose in registers, one element a cycle
+PACK_CALL_CYCLES = 200  # one packing call (a task's x rows for one k block)
+TASK_CYCLES = 2000  # one task: claiming it, its packing buffer
+L2_BYTES_PER_CYCLE = 32
+L3_BYTES_PER_CYCLE = 10
+SLOW_TILING_FACTOR = 3.0  # a given tiling estimated this many times slower gets a warning
+
+
+class TilingWarning(UserWarning):
+    """A tiling given by the user (tile{...} options or a tile= on the node) that the cost
+    model rates far slower than its own choice."""
+
+
+def tiling_costs(t: Tiling, p: Problem, mach: Machine) -> dict[str, float]:
+    """Estimated cycles of each part of one call with tiling `t`, per core."""
+    lanes, s = mach.lanes(p.dtype), p.itemsize
+    row_tiles, col_tiles = -(-p.m // t.mr), -(-p.n // t.nr)
+    k_blocks, m_blocks, n_blocks = -(-p.k // t.kc), -(-p.m // t.mc), -(-p.n // t.nc)
+    calls = row_tiles * col_tiles * k_blocks
+    vectors = t.mr * -(-t.nr // lanes)
+    a_level = L2_BYTES_PER_CYCLE if t.mc * t.kc * s <= mach.l2 // 2 else L3_BYTES_PER_CYCLE
+    c_level = L2_BYTES_PER_CYCLE if t.mc * t.nc * s <= mach.l2 else L3_BYTES_PER_CYCLE
+    b_reads = m_blocks if t.kc * t.nr * s <= mach.l1d // 2 else row_tiles  # micro-panel in L1?
+    costs = {
+        "FMAs": row_tiles * col_tiles * vectors * p.k / FMAS_PER_CYCLE,
+        "micro-kernel calls": calls * (MICRO_CALL_CYCLES + 2 * vectors),
+        "packing x": p.m * p.k * n_blocks * PACK_CYCLES_PER_ELEMENT
+        + m_blocks * n_blocks * (k_blocks * PACK_CALL_CYCLES + TASK_CYCLES),
+        "reading x blocks": p.m * p.k * s * col_tiles / a_level,
+        "reading weights": p.k * p.n * s * b_reads / L3_BYTES_PER_CYCLE,
+        "re-reading the output per k block": p.m * p.n * s * 2 * (k_blocks - 1) / c_level,
+    }
+    threads = mach.cores if t.parallel != "none" and p.flops >= 400_000 else 1
+    return {part: cycles / threads for part, cycles in costs.items()}
+
+
+def slow_tiling_note(given: Tiling, model: Tiling, p: Problem, mach: Machine) -> str | None:
+    """A warning's text when `given` is estimated SLOW_TILING_FACTOR times slower than the
+    model's `model` tiling, naming the part that grew most; None otherwise."""
+    mine, theirs = tiling_costs(given, p, mach), tiling_costs(model, p, mach)
+    ratio = sum(mine.values()) / sum(theirs.values())
+    if ratio < SLOW_TILING_FACTOR:
+        return None
+    part = max(mine, key=lambda k: mine[k] - theirs[k])
+    return (
+        f"the given tiling is estimated {ratio:.0f}x slower than the model's "
+        f"{_format_tiling(model)}: mostly {part} ({mine[part] / 1e6:.2g} M cycles a core "
+        f"against {theirs[part] / 1e6:.2g} M)"
+    )
 
 
 # -- what the CPU kernels run ----------------------------------------------------------------
@@ -387,14 +448,27 @@ class Tile(Pass):
         if given is not None:
             check_cpu_tiling(given, problem, mach, line)
             reasons = [f"given by the user: {_format_tiling(given)}; kept as it is"]
+            reasons += self.warn_if_slow(given, problem, mach, line)
             return node, Decision.of("tile", line, "kept", "user_node", reasons, node)
         tiling, reasons = self.choose(problem, mach)
         check_cpu_tiling(tiling, problem, mach, line)
         code = "user_spec" if self.given_options() else "model"
         if code == "model":  # a measured choice in the tuning log (tfu.tune) wins over the model
             tiling, code, reasons = apply_tuning_log(node, problem, mach, tiling, reasons)
+        else:
+            reasons += self.warn_if_slow(tiling, problem, mach, line)
         decision = Decision.of("tile", line, "chosen", code, reasons, node)
         return node.with_attrs(tile=tiling), decision
+
+    def warn_if_slow(self, given: Tiling, p: Problem, mach: Machine, line: str) -> list[str]:
+        """A TilingWarning (and a reason for explain) when the user's tiling is estimated far
+        slower than the one the model would choose."""
+        model, _ = Tile(batch=self.batch, machine=self.machine).choose(p, mach)
+        note = slow_tiling_note(given, model, p, mach)
+        if note is None:
+            return []
+        warnings.warn(f"tile: {line}: {note}", TilingWarning, stacklevel=2)
+        return [f"warning: {note}"]
 
     def choose(self, p: Problem, mach: Machine) -> tuple[Tiling, list[str]]:
         """The Tiling for problem `p` on `mach`: the spec's options where given, else the
