@@ -79,7 +79,7 @@ def test_images_are_inline_svg(seed_report) -> None:
     image = r'<img class="picture" alt="([^"]+)" src="data:image/svg\+xml;base64,([^"]+)"'
     uris = re.findall(image, seed_report)
     alts = [alt for alt, _ in uris]
-    assert alts == ["graph graph", "canonical graph", "fused graph", "tiled graph", "roofline plot"]
+    assert alts == ["roofline plot", "graph graph", "canonical graph", "fused graph", "tiled graph"]
     for _, data in uris:
         assert ET.fromstring(base64.b64decode(data)).tag.endswith("svg")
 
@@ -118,6 +118,25 @@ def test_timing_table_has_a_row_per_target(seed_report) -> None:
     rows = re.findall(r"<tr><td>(\w+)</td>", body)
     assert rows == ["reference", "numpy"]
     assert body.count('<span class="ok">ok</span>') == 2
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="no cpu backend")
+def test_with_the_cpu_target_the_timing_has_a_profile_and_the_roofline_measured_points():
+    g = cli.to_graph(cli.load_network(str(ROOT / "examples/mlp.py")))
+    steps = []
+    page = report.build_report(g, batch=64, targets=("cpu",), repeat=2, on_step=steps.append)
+    assert len(steps) == report.report_steps(("cpu",))
+    assert list(re.findall(r'<section id="(\w+)">', page))[:3] == ["overview", "timing", "roofline"]
+    timing = section(page, "timing")
+    assert "kernel by kernel (tilefuse profile)" in timing
+    kernels = re.findall(r"<td><code>(%\d+ = dense[^<]*)</code></td>", timing)
+    assert len(kernels) == 3  # one row per dense op of the MLP, with its measured rate
+    assert re.search(r"Kernels [\d.]+ \S+ of a call's [\d.]+", timing)
+    plot = section(page, "roofline")
+    assert "Hollow points joined to them" in plot
+    uri = re.search(r'src="data:image/svg\+xml;base64,([^"]+)"', plot).group(1)
+    svg = base64.b64decode(uri).decode()
+    assert "measured (profile)" in svg and "% of roof" in svg
 
 
 def test_without_dot_the_graphs_are_dot_text(monkeypatch) -> None:

@@ -128,9 +128,10 @@ def draw_graph(g: Graph, fmt: str = "svg", title: str | None = None) -> bytes:
 
 
 # -- the roofline -----------------------------------------------------------------------------
-def roofline_figure(explanation):
-    """A matplotlib Figure: the roof (memory slope, compute ceiling) and a point per kernel at
-    (arithmetic intensity, attainable GFLOP/s)."""
+def roofline_figure(explanation, measured=None):
+    """A matplotlib Figure: the roof (memory slope, compute ceiling), a filled point per kernel
+    at (arithmetic intensity, the roof's bound there), and, given a `profile.Profile`, a hollow
+    point per kernel at the GFLOP/s it was measured at, joined to its bound."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,39 +139,52 @@ def roofline_figure(explanation):
 
     peak = explanation.peak
     kernels = [k for k in explanation.kernels if math.isfinite(k.intensity) and k.intensity > 0]
-    lo = min([k.intensity for k in kernels] + [peak.ridge]) / 4
-    hi = max([k.intensity for k in kernels] + [peak.ridge]) * 4
+    timed = [k for k in (measured.kernels if measured else []) if k.gflops > 0 and k.intensity > 0]
+    intensities = [k.intensity for k in kernels + timed] + [peak.ridge]
+    lo, hi = min(intensities) / 4, max(intensities) * 4
     fig = Figure(figsize=(7, 4.2), dpi=100)
     ax = fig.add_subplot()
     xs = [lo, peak.ridge, hi]
     ax.plot(xs, [peak.attainable(x) for x in xs], color="#333333", linewidth=2, label="roof")
     ax.axvline(peak.ridge, color="#999999", linestyle=":", linewidth=1)
-    for k in kernels:
+    for i, k in enumerate(kernels):  # labels staggered: kernels of one intensity stay legible
         color = "#d95f02" if k.bound == "memory" else "#1b9e77"
         ax.scatter([k.intensity], [k.attainable_gflops], color=color, zorder=3)
         ax.annotate(
             f"{k.name} {k.label}",
             (k.intensity, k.attainable_gflops),
             fontsize=8,
-            xytext=(4, -10),
+            xytext=(4, -10 - 10 * (i % 3)),
             textcoords="offset points",
         )
+    for i, k in enumerate(timed):
+        color = "#d95f02" if k.bound == "memory" else "#1b9e77"
+        roof = peak.attainable(k.intensity)
+        ax.plot([k.intensity, k.intensity], [k.gflops, roof], color=color, linestyle="--",
+                linewidth=1, zorder=2)  # fmt: skip
+        ax.scatter([k.intensity], [k.gflops], facecolors="white", edgecolors=color, zorder=4,
+                   label="measured (profile)" if i == 0 else None)  # fmt: skip
+        name = k.line.split(" =")[0]
+        ax.annotate(f"{name}: {k.pct_of_roof:.0f} % of roof", (k.intensity, k.gflops),
+                    fontsize=8, xytext=(5, -3 + 10 * (i % 3)), textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (flops/byte)")
-    ax.set_ylabel("attainable GFLOP/s")
+    ax.set_ylabel("GFLOP/s")
     ax.set_title(
         f"{explanation.graph}: peak {peak.gflops:.4g} GFLOP/s, {peak.gbps:.4g} GB/s, "
         f"batch {explanation.batch}",
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
+    if timed:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
 
-def roofline_image(explanation, fmt: str = "svg") -> bytes:
-    """The roofline plot as SVG or PNG bytes."""
+def roofline_image(explanation, fmt: str = "svg", measured=None) -> bytes:
+    """The roofline plot as SVG or PNG bytes (with measured points given a Profile)."""
     buffer = io.BytesIO()
-    roofline_figure(explanation).savefig(buffer, format=fmt)
+    roofline_figure(explanation, measured).savefig(buffer, format=fmt)
     return buffer.getvalue()

@@ -84,7 +84,7 @@ class Profile:
     def __str__(self) -> str:
         head = ["kernel", "time", "share", "GFLOP/s", "GB/s", "% of roof", "bound"]
         rows = [
-            [_short(k.line), _time(k.seconds), f"{100 * k.share:.0f} %", f"{k.gflops:.1f}",
+            [short_line(k.line), format_time(k.seconds), f"{100 * k.share:.0f} %", f"{k.gflops:.1f}",
              f"{k.gbps:.1f}", f"{k.pct_of_roof:.0f} %", k.bound]
             for k in sorted(self.kernels, key=lambda k: -k.seconds)
         ]  # fmt: skip
@@ -100,10 +100,10 @@ class Profile:
         rest = self.call_seconds - self.kernel_seconds
         lines += [
             "",
-            f"kernels {_time(self.kernel_seconds)} of a call's {_time(self.call_seconds)}; "
-            f"the rest ({_time(max(rest, 0.0))}) is the crossing into native code and "
+            f"kernels {format_time(self.kernel_seconds)} of a call's {format_time(self.call_seconds)}; "
+            f"the rest ({format_time(max(rest, 0.0))}) is the crossing into native code and "
             f"binding the arguments (a plain call, checks included: "
-            f"{_time(self.plain_call_seconds)})",
+            f"{format_time(self.plain_call_seconds)})",
         ]
         return "\n".join(lines) + "\n"
 
@@ -116,14 +116,14 @@ class Profile:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def _short(line: str, width: int = 72) -> str:
+def short_line(line: str, width: int = 72) -> str:
     """The IR line without its tiling and memory plan (explain and --emit show those)."""
     line = re.sub(r"tile=\([^)]*\)(, )?|, tile=\([^)]*\)", "", line).replace("[]", "")
     line = re.sub(r" in ws\d+$", "", line)
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
-def _time(seconds: float) -> str:
+def format_time(seconds: float) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"

@@ -21,17 +21,18 @@ from . import pictures
 from .bench import Timing, benchmark
 from .explain import COLUMNS, Explanation, explain_stages, kernel_lines, summary_rows
 from .ir import Graph
+from .profile import Profile, format_time, short_line
 
-SECTIONS = {
+SECTIONS = {  # timing first: where the time goes is what a reader opens the report for
     "overview": "Overview",
+    "timing": "Timing",
+    "roofline": "Roofline plot",
+    "kernels": "Kernels on the roofline",
+    "decisions": "Fusion and tiling decisions",
+    "source": "Generated kernel source",
     "stages": "Pipeline stages",
     "diffs": "What each pass changed",
     "graphs": "Graph pictures",
-    "decisions": "Fusion and tiling decisions",
-    "kernels": "Kernels on the roofline",
-    "source": "Generated kernel source",
-    "roofline": "Roofline plot",
-    "timing": "Timing",
 }
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -94,28 +95,45 @@ def build_report(
     timings = (
         benchmark(g, batch, targets=targets, repeat=repeat, on_step=on_step) if targets else []
     )
+    profiled: Profile | str | None = None
+    if "cpu" in targets:
+        step("profiling the cpu kernels")
+        profiled = profile_cpu(g, spec, batch, max(repeat, 5))
     step("generating kernel source")
     source = kernel_source(g, spec, stages)
     step("drawing the graphs")
     graphs = graph_pictures(stages)
     step("plotting the roofline")
+    measured = profiled if isinstance(profiled, Profile) else None
     bodies = {
         "overview": overview(g, source_file, explanation),
+        "timing": timing_section(timings, explanation, profiled),
+        "roofline": roofline_section(explanation, measured),
+        "kernels": kernels_section(explanation),
+        "decisions": decisions_table(stages),
+        "source": source,
         "stages": stages_side_by_side(stages),
         "diffs": stage_diffs(stages),
         "graphs": graphs,
-        "decisions": decisions_table(stages),
-        "kernels": kernels_section(explanation),
-        "source": source,
-        "roofline": roofline_section(explanation),
-        "timing": timing_section(timings, explanation),
     }
     return page(f"tilefuse report: {g.name}", bodies)
 
 
 def report_steps(targets: tuple[str, ...]) -> int:
     """How many times build_report calls on_step."""
-    return 4 + 2 * len(targets)
+    return 4 + 2 * len(targets) + ("cpu" in targets)
+
+
+def profile_cpu(g: Graph, spec: str, batch: int, repeats: int) -> Profile | str:
+    """The cpu backend's profile of `g` at `batch` (`model.profile`), or why there is none."""
+    from .check import random_inputs
+    from .compiler import compile
+
+    try:
+        model = compile(g, target="cpu", pipeline=spec, check=False)
+        return model.profile(*random_inputs(model.final, batch), repeats=repeats)
+    except Exception as err:  # the report still shows everything else
+        return f"the cpu backend could not profile this network: {err}"
 
 
 def page(title: str, bodies: dict[str, str]) -> str:
@@ -292,22 +310,51 @@ def kernel_source(g: Graph, spec: str, stages: dict[str, Graph]) -> str:
     return f"<h3>cpu backend: Python source (Numba)</h3>{pre(source)}" + "".join(parts)
 
 
-def roofline_section(e: Explanation) -> str:
+def roofline_section(e: Explanation, measured: Profile | None = None) -> str:
     try:
-        image = pictures.roofline_image(e, "svg")
+        image = pictures.roofline_image(e, "svg", measured)
     except ImportError:
         return "<p>The roofline plot needs matplotlib (pip install tilefuse[report]).</p>"
     uri = data_uri(image, "image/svg+xml")
-    return f'<img class="picture" alt="roofline plot" src="{uri}">'
+    note = (
+        "<p>Filled points: the roof's bound for each kernel at its intensity (the model). "
+        "Hollow points joined to them: the kernel as measured by the profiler (the call of "
+        "median time) at the same intensity.</p>"
+        if measured
+        else "<p>Each point is the roof's bound for the kernel at its intensity (not timed: "
+        "the report was written without the cpu target).</p>"
+    )
+    return f'{note}<img class="picture" alt="roofline plot" src="{uri}">'
 
 
-def timing_section(timings: list[Timing], e: Explanation) -> str:
+def timing_section(timings: list[Timing], e: Explanation, profiled: Profile | str | None = None) -> str:
     if not timings:
         return "<p>Not timed (the report was written with --no-bench).</p>"
     columns = ("target", "what", "compile s", "time ms", "GFLOP/s", "max |diff|", "check")
     rows = [timing_row(t) for t in timings]
     flops = e.cost_before.flops
-    return f"<p>{flops:,} flops per call at batch {e.batch}.</p>" + table(columns, rows, 2)
+    parts = [f"<p>{flops:,} flops per call at batch {e.batch}.</p>", table(columns, rows, 2)]
+    if isinstance(profiled, Profile):
+        parts += [f"<h3>cpu, kernel by kernel (tilefuse profile)</h3>", profile_table(profiled)]
+    elif profiled:
+        parts.append(f"<p>{html.escape(profiled)}</p>")
+    return "".join(parts)
+
+
+def profile_table(p: Profile) -> str:
+    columns = ("kernel", "time", "share", "GFLOP/s", "GB/s", "% of roof", "bound")
+    rows = [
+        (f"<code>{html.escape(short_line(k.line))}</code>", html.escape(format_time(k.seconds)),
+         f"{100 * k.share:.0f} %", f"{k.gflops:.1f}", f"{k.gbps:.1f}", f"{k.pct_of_roof:.0f} %",
+         f'<span class="{k.bound}">{k.bound}</span>')
+        for k in sorted(p.kernels, key=lambda k: -k.seconds)
+    ]  # fmt: skip
+    total = (
+        f"<p>Kernels {html.escape(format_time(p.kernel_seconds))} of a call's "
+        f"{html.escape(format_time(p.call_seconds))} (the call of median time among "
+        f"{p.repeats}); roof: {html.escape(p.peak)}.</p>"
+    )
+    return table(columns, rows, numeric_from=1) + total
 
 
 def timing_row(t: Timing) -> tuple[Any, ...]:
