@@ -36,7 +36,9 @@ def compile(
     """Compile a network (Sequential, @tfu.function, Graph) for `target`.
 
     target: "reference" | "cpu" | "cuda"; dtype: cast the network to f32 or f64 first;
-    pipeline: a pass pipeline spec (default: the target's own).
+    pipeline: a pass pipeline spec (default: the target's own; the reference target's is
+    empty: it runs the graph as defined, op by op, with the NumPy interpreter, unless a
+    pipeline is given, as in `target="reference", pipeline="canonicalize,fuse"`).
     check: "first" (default) runs the compiled model on small random batches against the
     float64 reference before returning it, unless this very model passed when it was first
     compiled (its code came from the cache); "always" also compares every call; False skips
