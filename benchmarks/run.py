@@ -445,6 +445,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--name", help="file stem of the results (default: the host, e.g. amd-epyc-2c-avx2)"
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="keep the register tiles as they are (default: tilefuse calibrate "
+                        "first, a few seconds)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -488,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(str(err)) from None
     systems = choose_systems(args.systems, not args.no_torch_compile, print)
     threads = choose_threads(args.threads, print)
-    report = benchmark(cases, systems, threads, budget, args.quick)
+    report = benchmark(cases, systems, threads, budget, args.quick, not args.no_calibrate)
     if not args.no_conditions:
         report["conditions"] = measure_conditions(systems, max(threads), budget)
     if not args.no_compile_times:
@@ -533,12 +536,23 @@ def measure_conditions(systems: list[wl.System], threads: int, budget: Budget) -
 
 
 def benchmark(
-    cases: list[wl.Case], systems: list[wl.System], threads: list[int], budget: Budget, quick: bool
+    cases: list[wl.Case],
+    systems: list[wl.System],
+    threads: list[int],
+    budget: Budget,
+    quick: bool,
+    calibrate: bool = True,
 ) -> dict[str, Any]:
     """The whole report: the peak measured before and after timing every case."""
     if not wl.set_blas_threads(max(threads, default=1)):
         print("threadpoolctl is not installed: NumPy's BLAS threads are not pinned")
     peak_runs = measure_peaks(threads, quick)
+    calibration = None
+    if calibrate:
+        from tilefuse.calibrate import calibrate as run_calibration
+
+        calibration = run_calibration(rounds=3 if quick else 21)
+        print(calibration)
     results, build_seconds = run_all(cases, systems, threads, budget)
     peak_runs = {k: [*runs, *measure_peaks([k], quick)[k]] for k, runs in peak_runs.items()}
     peaks = {k: peak_mod.best_of(runs) for k, runs in peak_runs.items()}
@@ -552,6 +566,7 @@ def benchmark(
         "machine": describe_machine() | {"numba_threading_layer": numba_threading_layer()},
         "peak": {str(k): p for k, p in peaks.items()},
         "bandwidth": {str(k): b for k, b in bandwidth.items()},
+        "calibration": calibration.to_dict() if calibration else None,
         "peak_runs": {str(k): runs for k, runs in peak_runs.items()},
         "settings": {
             "argv": [],
@@ -680,6 +695,17 @@ def markdown_header(report: dict[str, Any]) -> list[str]:
         "- read bandwidth (a vector sum over a buffer far past the caches, fastest run): "
         + "; ".join(
             f"{k} thr {b['gbps']:.1f} GB/s" for k, b in report.get("bandwidth", {}).items()
+        ),
+        "- register tiles (`tilefuse calibrate`, before the cases): "
+        + (
+            "; ".join(
+                f"{d} {c['chosen']} ("
+                + ", ".join(f"{t} {g:.1f}" for t, g in c["gflops"].items())
+                + " GFLOP/s, 1 thread)"
+                for d, c in report["calibration"]["dtypes"].items()
+            )
+            if report.get("calibration")
+            else "not calibrated (--no-calibrate): the defaults"
         ),
         "",
         "Times are medians over samples taken in interleaved rounds (p10–p90 in the detail). "

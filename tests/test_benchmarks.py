@@ -223,7 +223,7 @@ def test_wrong_or_broken_systems_get_an_error_and_no_time():
 def test_a_tiny_run_end_to_end_writes_json_markdown_and_plot(tmp_path):
     names = ["tilefuse", "numpy", "blas", "onnxruntime"]
     systems = [wl.SYSTEMS[n] for n in names if wl.SYSTEMS[n].available()]
-    report = bench.benchmark([TINY], systems, [1], NO_WAIT, quick=True)
+    report = bench.benchmark([TINY], systems, [1], NO_WAIT, quick=True, calibrate=False)
     bench.write_report(report, tmp_path, "smoke", no_plot=False)
 
     saved = json.loads((tmp_path / "smoke.json").read_text())

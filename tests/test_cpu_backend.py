@@ -292,3 +292,18 @@ def test_a_0d_value_is_placed_in_its_buffer_too():
 
     buffer = np.zeros(4, np.float64)
     assert place_scalar(buffer).shape == () and buffer[0] == 3.0
+
+
+def test_every_register_tile_of_the_family_compiles_and_matches_the_reference():
+    from tilefuse.backends import cpu_kernels as ck
+
+    net = tfu.Sequential([tfu.Dense(40, activation="gelu"), tfu.Dense(7)], input_dim=23, seed=3,
+                         name="family")  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((19, 23)).astype(np.float32)
+    for mr, nr in ck.micro_tiles(np.float32):
+        spec = f"canonicalize,fuse,tile{{mr={mr},nr={nr}}},plan_memory"
+        model = tfu.compile(net, target="cpu", pipeline=spec)
+        tiles = {(n.attr["tile"].mr, n.attr["tile"].nr) for n in model.final if n.op == "dense"}
+        assert tiles == {(mr, nr)}
+        assert f"dense_f32_{mr}x{nr} = E.require('f32', {mr}, {nr})" in model.source()
+        assert_matches_reference(model, net.graph(), x)

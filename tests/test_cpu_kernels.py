@@ -280,7 +280,7 @@ def test_the_tile_pass_plans_the_register_tile_the_kernels_run(dtype):
 def test_asm_uses_fmas_of_the_kernel_width():
     mr, nr = ck.micro_tile(np.float32)
     asm = cpu_library.listing("float32", "asm")
-    tile = asm[asm.index(f"tilefuse_tile_{lu.FORMATS['float32'].tag}_{mr}x{nr}:") :]
+    tile = asm[asm.index(f"tilefuse_tile_{lu.FORMATS['float32'].tag}:") :]
     tile = tile[: tile.index("\t.cfi_endproc")]
     fmas = [line for line in tile.splitlines() if "vfmadd" in line and "ps" in line]
     register = "zmm" if lu.VECTOR_BITS == 512 else "ymm"
@@ -310,3 +310,28 @@ def test_avx2_kernels_pass_this_file_too():
            __file__, "-k", "not avx2_kernels_pass"]  # fmt: skip
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+# -- the family of register tiles -----------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m", [1, 3, 5, 37, 130])
+def test_every_register_tile_of_the_family_computes_the_layer(dtype, m):
+    rng = np.random.default_rng(m)
+    k, n = 70, 61
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    want = np.tanh(x.astype(np.float64) @ w + bias)
+    family = ck.micro_tiles(dtype)
+    assert len(family) >= 2 and family[0] == ck.micro_tile(dtype)
+    for mr, nr in family:
+        for parallel in ("m", "none"):
+            tiling = Tiling(mc=2 * mr, nc=2 * nr, kc=24, mr=mr, nr=nr, parallel=parallel)
+            got = ck.dense(x, w, bias, "tanh", tiling)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{mr}x{nr}")
+
+
+def test_a_register_tile_outside_the_family_is_refused():
+    mr, nr = ck.micro_tiles(np.float32)[1]
+    with pytest.raises(ValueError, match=r"have the register tiles .*, tiling asks for"):
+        ck.pack_weights(np.ones((4, 4), np.float32), Tiling(mr=mr + 1, nr=nr))

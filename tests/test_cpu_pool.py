@@ -12,6 +12,7 @@ import pytest
 
 import tilefuse as tfu
 from tilefuse.backends import cpu_kernels as ck
+from tilefuse.backends import cpu_library as L
 from tilefuse.backends import cpu_pool as P
 
 pytestmark = pytest.mark.skipif(
@@ -94,8 +95,9 @@ def test_calls_from_many_threads_at_once_are_all_right():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_workers_runner_runs_the_published_job(dtype):
-    """Workers run a job through the C function registered for its dtype (P.RUNNERS): called
-    on a job the caller published, it claims and runs every task that is left."""
+    """Workers run a job through the C function the driver published with it (P.RUNNER, its
+    own library's job function): called on a job the caller published, it claims and runs
+    every task that is left."""
     import ctypes
 
     rng = np.random.default_rng(4)
@@ -120,12 +122,11 @@ def test_a_workers_runner_runs_the_published_job(dtype):
     lonely[P.BIAS] = padded.ctypes.data  # the call's own padded bias is gone
     lonely[P.NEXT] = lonely[P.DONE] = 0
     out[...] = 0
-    runner = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(ck.job_runner(dtype))
+    assert lonely[P.RUNNER] == L.job_address(np.dtype(dtype).name)
+    runner = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(int(lonely[P.RUNNER]))
     runner(lonely.ctypes.data, lonely.size)
     assert lonely[P.DONE] == lonely[P.TASKS] and lonely[P.ERROR] == 0
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
-    pool = ck.pool_control()
-    assert pool[P.RUNNERS + (0 if dtype == np.float32 else 1)] == ck.job_runner(dtype)
 
 
 def test_a_woken_worker_is_steered_off_the_callers_cpu_then_set_free():

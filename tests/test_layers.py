@@ -15,10 +15,12 @@ LAYERS = {
     0: ["_version", "errors", "tiling", "ir", "ops", "text", "verify", "interpret", "cache",
         "source", "phases"],
     1: ["dsl", "frontends", "frontends.onnx", "frontends.torch"],
-    2: ["passes", "passes.*", "machine", "tuning_log", "loops", "roofline", "explain", "profile"],
+    2: ["passes", "passes.*", "machine", "tuning_log", "calibration", "loops", "roofline",
+        "explain", "profile"],
     3: ["backends", "backends.*"],
     4: ["compiler", "check"],
-    5: ["cli", "__main__", "report", "pictures", "tune", "bench", "dask", "testing"],
+    5: ["cli", "__main__", "report", "pictures", "tune", "calibrate", "bench", "dask",
+        "testing"],
     6: [""],  # the package itself: the public API, above everything
 }  # fmt: skip
 

@@ -20,7 +20,7 @@ def forward(x_x, pool, out0):
     d_N = x_x.shape[0]
 
     # %0 = dense[act=relu](%x, %w, %b) : f32[N,8] in ws0
-    status = dense_f32(E.data(x_x), d_N)
+    status = dense_f32_6x16(E.data(x_x), d_N)
 
     # %1 = softmax(%0) : f32[N,8]
     for i0 in range(d_N):
@@ -62,7 +62,7 @@ def test_source_map_names_the_op_of_every_line_and_the_driver_calls():
     assert smap.op(3) == L.ENTRY
     assert smap.op(6) == "%0 = dense[act=relu](%x, %w, %b) : f32[N,8] in ws0"
     assert smap.op(9).startswith("%1 = softmax")
-    assert smap.driver_ops == {"f32": ["%0 = dense[act=relu](%x, %w, %b) : f32[N,8] in ws0"]}
+    assert smap.driver_ops == {"f32 6x16": ["%0 = dense[act=relu](%x, %w, %b) : f32[N,8] in ws0"]}
 
 
 def test_annotated_asm_keeps_forward_only_under_its_ir_lines():
@@ -114,7 +114,7 @@ def test_listing_puts_every_op_of_the_network_above_its_code(residual, kind):
     assert "_ZN" not in head and "cpython" not in head  # forward only, demangled
     assert "!dbg" not in text and ".loc\t" not in text and ".cfi_" not in text
     dense_ops = [line for line in source_ops if "= dense" in line]
-    library = text.split("==== kernel library, f32")[1]
+    library = text.split("==== kernel library, f32 ")[1]
     assert all(line in library.split("----")[0] for line in dense_ops)
     assert "tilefuse_tile_float32" in library and "micro-kernel" in library
     if kind == "llvm":
@@ -130,9 +130,9 @@ def test_slow_stages_say_what_they_do_on_a_terminal_only():
 
     stream = Terminal()
     with saying_phases(stream):
-        with phases.phase("asm: kernel library f32"):
+        with phases.phase("asm: kernel library f32 6x16"):
             pass
-    assert "asm: kernel library f32 ..." in stream.getvalue()
+    assert "asm: kernel library f32 6x16 ..." in stream.getvalue()
     assert stream.getvalue().endswith("\r\x1b[K")  # the line is cleared at the end
     quiet = io.StringIO()
     with saying_phases(quiet), phases.phase("ptxas -arch=sm_90"):

@@ -44,7 +44,9 @@ def mlp() -> tfu.Graph:
 
 def columns() -> tfu.Graph:
     layers = [tfu.Dense(3, activation="tanh"), tfu.Dense(1, activation="sigmoid")]
-    return tfu.Sequential(layers, input_dim=2, seed=1, layout="columns", dtype="f64", name="mlp").graph()
+    return tfu.Sequential(
+        layers, input_dim=2, seed=1, layout="columns", dtype="f64", name="mlp"
+    ).graph()
 
 
 def fused() -> tfu.Graph:

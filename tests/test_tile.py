@@ -30,6 +30,7 @@ from tilefuse.passes.tile import (
     choose_tiling,
     problem_of,
     tiling_costs,
+    total_cycles,
 )
 from tilefuse.text import parse_graph
 from tilefuse.tiling import PARALLEL_CHOICES, TYPICAL_BATCH, Tiling
@@ -242,8 +243,8 @@ def test_spec_options_for_micro_tile_parallel_and_pack():
 
 @pytest.mark.parametrize(
     "options, message",
-    [("mr=4,nr=12", "mr x nr = 4x12, but the CPU kernels' f32 register tile on 256-bit "
-      "vectors is 6x16"),
+    [("mr=4,nr=12", "mr x nr = 4x12, but the CPU kernels' f32 register tiles on 256-bit "
+      "vectors are 6x16, 4x24"),
      ("pack=false", "pack=false, but the CPU kernels read B from micro-panels")],
 )  # fmt: skip
 def test_the_tile_pass_refuses_what_the_cpu_kernels_cannot_run(options, message):
@@ -479,8 +480,11 @@ def test_a_far_slower_given_tiling_warns_naming_the_op_and_the_cost():
     assert any("warning: the given tiling" in r for d in tile_decisions(tiled) for r in d.reasons)
 
 
-@pytest.mark.parametrize("spec", ["tile{machine=generic}", "tile{k=128,machine=generic}",
-                                  "tile{m=12,machine=generic}", "tile{parallel=n,machine=generic}"])  # fmt: skip
+NEAR_CHOICES = ["tile{machine=generic}", "tile{k=128,machine=generic}",
+                "tile{m=12,machine=generic}", "tile{parallel=n,machine=generic}"]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", NEAR_CHOICES)
 def test_the_models_choice_and_near_ones_do_not_warn(spec, recwarn):
     run_pipeline(dense_graph("N", 784, 512, act="relu"), spec)
     assert not [w for w in recwarn if issubclass(w.category, TilingWarning)]
@@ -497,7 +501,7 @@ def test_the_cost_model_ranks_the_kernel_overheads():
     model, _ = Tile(machine="generic").choose(p, GENERIC)
 
     def cycles(**fields) -> float:
-        return sum(tiling_costs(replace(model, **fields), p, GENERIC).values())
+        return total_cycles(tiling_costs(replace(model, **fields), p, GENERIC))
 
     base = cycles()
     assert cycles(kc=1) > cycles(kc=8) > cycles(kc=64) > base  # calls and C traffic grow
@@ -516,3 +520,20 @@ def test_the_command_line_prints_a_tiling_warning_as_one_line(tmp_path):
     )  # fmt: skip
     lines = done.stderr.splitlines()
     assert len(lines) == 3 and all(line.startswith("tilefuse: warning: tile: %") for line in lines)
+
+
+# -- choosing among the kernels' register tiles ----------------------------------------------
+def test_the_tile_pass_picks_the_register_tile_that_pads_least():
+    (t,) = tilings(Tile(machine="generic")(dense_graph("N", 300, 24)))
+    assert (t.mr, t.nr) == (4, 24)  # 6x16 would compute 32 columns for 24
+    decision = tile_decisions(Tile(machine="generic")(dense_graph("N", 300, 24)))[0]
+    assert re.search(r"estimated 1\.\d+x faster than 6x16 here", decision.reasons[0])
+    (t,) = tilings(Tile(machine="generic")(dense_graph("N", 300, 512)))
+    assert (t.mr, t.nr) == (6, 16)  # no padding either way: the default
+
+
+@pytest.mark.parametrize("spec, shape", [("mr=4", (4, 24)), ("nr=24", (4, 24)),
+                                         ("mr=6,nr=16", (6, 16))])  # fmt: skip
+def test_the_spec_picks_a_register_tile_of_the_family(spec, shape):
+    (t,) = tilings(run_pipeline(dense_graph("N", 300, 512), f"tile{{{spec},machine=generic}}"))
+    assert (t.mr, t.nr) == shape

@@ -9,6 +9,7 @@ y = model(x)
 
 from ._version import __version__  # noqa: F401 - tfu.__version__
 from .backends import reference
+from .calibrate import calibrate  # likewise
 from .compiler import compile
 from .dsl import (
     Dense,
@@ -75,6 +76,7 @@ __all__ = [
     "TilefuseError",
     "VerifyError",
     "assert_fused",
+    "calibrate",
     "compile",
     "from_onnx",
     "from_torch",

@@ -35,6 +35,7 @@ import numpy as np
 from . import phases
 from ._version import __version__
 from .backends import BACKENDS
+from .calibrate import ROUNDS
 from .check import random_inputs
 from .compiler import compile
 from .dsl import Function, Sequential, to_graph
@@ -686,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(commands)
     add_cache_parser(commands)
     add_tune_parser(commands)
+    add_calibrate_parser(commands)
     return parser
 
 
@@ -827,6 +829,30 @@ def command_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_calibrate_parser(commands: Any) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="measure which register tile of the CPU kernels runs fastest on this host",
+        description="Time every register tile of the CPU kernels (f32 and f64) on one "
+        "layer, in interleaved rounds, and keep the fastest per dtype in the cache folder: "
+        "the tile pass starts from it when it plans for this host. A few seconds.",
+    )
+    calibrate.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds ({ROUNDS})")
+    calibrate.add_argument("--json", action="store_true", help="print the record as JSON")
+    calibrate.set_defaults(handler=command_calibrate)
+
+
+def command_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+
+    if args.rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {args.rounds}")
+    with progress_steps(args.rounds * 8 + 8) as step:
+        record = calibrate(args.rounds, on_step=step)
+    print(json.dumps(record.to_dict(), indent=2) if args.json else record)
+    return 0
+
+
 def add_cache_parser(commands: Any) -> None:
     cache = commands.add_parser(
         "cache", help="the compile cache: what it holds (info), or empty it (clear)"
@@ -844,6 +870,11 @@ def command_cache(args: argparse.Namespace) -> int:
     from . import cache
 
     result = cache.info() if args.action == "info" else cache.clear(everything=args.all)
+    if args.action == "info":
+        from .calibration import recorded
+
+        record = recorded()
+        result["calibration"] = {d: c.summary() for d, c in record.dtypes.items()} if record else {}
     print(json.dumps(result, indent=2) if args.json else "\n".join(cache_lines(result)))
     return 0
 
@@ -863,6 +894,12 @@ def cache_lines(r: dict[str, Any]) -> list[str]:
     for name, usage, note in rows:
         size = format_size(usage["bytes"])
         lines.append(f"{name:<12} {usage['files']:>6} files {size:>10}  {note}".rstrip())
+    calibration = r.get("calibration")
+    lines.append(
+        "calibration " + ", ".join(f"{d} {c}" for d, c in calibration.items())
+        if calibration
+        else "calibration none for this host (tilefuse calibrate): the default register tiles"
+    )
     env = ", ".join(f"{k} {v}" for k, v in r["environment"].items() if k != "cpu_features")
     return [*lines, f"key      {env} (and the CPU's features)"]
 

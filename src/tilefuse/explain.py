@@ -168,8 +168,11 @@ def symbols_of(g: Graph) -> list[str]:
 
 
 def machine_line(decisions: list) -> str:
-    assumed = [d.subject for d in decisions if d.pass_name == "tile" and d.code == "machine"]
-    return assumed[0] if assumed else "(no tile pass: no machine was assumed)"
+    assumed = [d for d in decisions if d.pass_name == "tile" and d.code == "machine"]
+    if not assumed:
+        return "(no tile pass: no machine was assumed)"
+    note = assumed[0].detail.partition("; ")[2]  # the register tiles, when planned for the host
+    return f"{assumed[0].subject}; {note}" if note else assumed[0].subject
 
 
 def pipeline_notes(stages: dict[str, Graph]) -> list[str]:

@@ -165,8 +165,10 @@ def roofline_figure(explanation, measured=None):
         ax.scatter([k.intensity], [k.gflops], facecolors="white", edgecolors=color, zorder=4,
                    label="measured (profile)" if i == 0 else None)  # fmt: skip
         name = k.line.split(" =")[0]
-        ax.annotate(f"{name}: {k.pct_of_roof:.0f} % of roof", (k.intensity, k.gflops),
-                    fontsize=8, xytext=(5, -3 + 10 * (i % 3)), textcoords="offset points")  # fmt: skip
+        label = f"{name}: {k.pct_of_roof:.0f} % of roof"
+        offset = (5, -3 + 10 * (i % 3))
+        ax.annotate(label, (k.intensity, k.gflops), fontsize=8, xytext=offset,
+                    textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (flops/byte)")

@@ -84,8 +84,8 @@ class Profile:
     def __str__(self) -> str:
         head = ["kernel", "time", "share", "GFLOP/s", "GB/s", "% of roof", "bound"]
         rows = [
-            [short_line(k.line), format_time(k.seconds), f"{100 * k.share:.0f} %", f"{k.gflops:.1f}",
-             f"{k.gbps:.1f}", f"{k.pct_of_roof:.0f} %", k.bound]
+            [short_line(k.line), format_time(k.seconds), f"{100 * k.share:.0f} %",
+             f"{k.gflops:.1f}", f"{k.gbps:.1f}", f"{k.pct_of_roof:.0f} %", k.bound]
             for k in sorted(self.kernels, key=lambda k: -k.seconds)
         ]  # fmt: skip
         widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
@@ -100,7 +100,8 @@ class Profile:
         rest = self.call_seconds - self.kernel_seconds
         lines += [
             "",
-            f"kernels {format_time(self.kernel_seconds)} of a call's {format_time(self.call_seconds)}; "
+            f"kernels {format_time(self.kernel_seconds)} of a call's "
+            f"{format_time(self.call_seconds)}; "
             f"the rest ({format_time(max(rest, 0.0))}) is the crossing into native code and "
             f"binding the arguments (a plain call, checks included: "
             f"{format_time(self.plain_call_seconds)})",

@@ -327,7 +327,9 @@ def roofline_section(e: Explanation, measured: Profile | None = None) -> str:
     return f'{note}<img class="picture" alt="roofline plot" src="{uri}">'
 
 
-def timing_section(timings: list[Timing], e: Explanation, profiled: Profile | str | None = None) -> str:
+def timing_section(
+    timings: list[Timing], e: Explanation, profiled: Profile | str | None = None
+) -> str:
     if not timings:
         return "<p>Not timed (the report was written with --no-bench).</p>"
     columns = ("target", "what", "compile s", "time ms", "GFLOP/s", "max |diff|", "check")
@@ -335,7 +337,7 @@ def timing_section(timings: list[Timing], e: Explanation, profiled: Profile | st
     flops = e.cost_before.flops
     parts = [f"<p>{flops:,} flops per call at batch {e.batch}.</p>", table(columns, rows, 2)]
     if isinstance(profiled, Profile):
-        parts += [f"<h3>cpu, kernel by kernel (tilefuse profile)</h3>", profile_table(profiled)]
+        parts += ["<h3>cpu, kernel by kernel (tilefuse profile)</h3>", profile_table(profiled)]
     elif profiled:
         parts.append(f"<p>{html.escape(profiled)}</p>")
     return "".join(parts)

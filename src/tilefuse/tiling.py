@@ -143,19 +143,27 @@ def tiling_from_fields(values: dict) -> Tiling | GpuTiling:
     return Tiling(**values)
 
 
-# The CPU kernels' register tile (mr, nr) per dtype and vector width: the tile pass prints it
-# and the kernels (backends/llvm_ukernel.py) are built to it. nr is two vectors; mr rows of
-# two accumulators and the two B vectors fit the registers: 6 x 2 + 2 of AVX2's 16 (BLIS's
-# Haswell shape), 8 x 2 + 2 of AVX-512's 32. On Zen 5, 1 thread, f32, 8 rows matched 12 rows
-# at 2048^3 and 256x784x512 (190-240 GFLOP/s, near the 2-FMA/cycle peak either way), beat 6
-# rows by 5-8 % at 2048^3 and 14 rows by 2x, and wastes no rows on batches of 16 (12: 1.5x
-# slower at 16x784x512).
+# The CPU kernels' register tiles (mr, nr) per dtype and vector width: the family of
+# micro-kernels the library builds (backends/llvm_ukernel.py, one library per shape, built on
+# first use), the first the default. The tile pass prints the one it chose, the host's
+# calibration (`tilefuse calibrate`) may prefer another, and the backend runs exactly the one
+# printed. Every shape keeps mr x nr/lanes accumulators, nr/lanes B vectors and a broadcast in
+# the registers (16 on AVX2, 32 on AVX-512): 6x16 is BLIS's Haswell shape, 4x24 the same 12
+# accumulators with fewer broadcasts per FMA; 8x32 on Zen 5, 1 thread, f32, matched 12 rows
+# at 2048^3 and 256x784x512 (190-240 GFLOP/s), beat 6 rows by 5-8 % at 2048^3 and wastes no
+# rows on batches of 16; 12x32 and 14x32 load fewer B vectors per FMA (Intel's two FMA ports);
+# the wide shapes (6x64, 6x32) read x once for four vectors of columns.
 KERNEL_MICRO_TILES = {
-    ("f32", 256): (6, 16),
-    ("f64", 256): (6, 8),
-    ("f32", 512): (8, 32),
-    ("f64", 512): (8, 16),
+    ("f32", 256): ((6, 16), (4, 24)),
+    ("f64", 256): ((6, 8), (4, 12)),
+    ("f32", 512): ((8, 32), (12, 32), (14, 32), (6, 64)),
+    ("f64", 512): ((8, 16), (12, 16), (14, 16), (6, 32)),
 }
+
+
+# Batches up to this many rows run the CPU kernels' rows kernel: x and the packed weights read
+# in place, all of K in registers, no rows padded to mr (backends/cpu_library.py says why).
+ROW_KERNEL_MAX_M = 4
 
 
 # The activations the CPU kernels apply in registers, in their epilogue (gelu in both of its
@@ -164,15 +172,21 @@ KERNEL_MICRO_TILES = {
 CPU_KERNEL_ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu")
 
 
-def kernel_micro_tile(dtype: str, vector_bits: int) -> tuple[int, int]:
-    """(mr, nr) of the CPU kernels for `dtype` ("f32"/"float32", "f64"/"float64") on vectors
-    of `vector_bits`; narrower than 256 bits runs the 256-bit kernels, wider the 512-bit ones."""
+def kernel_micro_tiles(dtype: str, vector_bits: int) -> tuple[tuple[int, int], ...]:
+    """The (mr, nr) shapes the CPU kernels have for `dtype` ("f32"/"float32", "f64"/
+    "float64") on vectors of `vector_bits`, the default first; narrower than 256 bits runs the
+    256-bit kernels, wider the 512-bit ones."""
     short = {"float32": "f32", "float64": "f64"}.get(str(dtype), str(dtype))
     width = 512 if vector_bits >= 512 else 256
     try:
         return KERNEL_MICRO_TILES[short, width]
     except KeyError:
         raise ValueError(f"the CPU kernels support f32 and f64, not {dtype}") from None
+
+
+def kernel_micro_tile(dtype: str, vector_bits: int) -> tuple[int, int]:
+    """The default (mr, nr) of the CPU kernels for `dtype` on vectors of `vector_bits`."""
+    return kernel_micro_tiles(dtype, vector_bits)[0]
 
 
 # A symbolic batch dim is planned as if it were this large: big enough that blocking over m

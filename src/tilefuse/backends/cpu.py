@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -247,15 +246,17 @@ class CpuModel(CompiledModel):
             self.run(random_batch(self.final))
         signature = self.forward.signatures[0]
         with phases.phase(f"{kind}: compile forward with a line table"):
-            fresh = numba.njit(debug=True, _dbg_extend_lifetimes=False, boundscheck=False,
-                               fastmath=False, error_model="numpy")(self.forward.py_func)  # fmt: skip
+            options = dict(debug=True, _dbg_extend_lifetimes=False, boundscheck=False)
+            fresh = numba.njit(fastmath=False, error_model="numpy", **options)(self.forward.py_func)
             fresh.compile(signature)
             code = fresh.inspect_asm(signature) if kind == "asm" else fresh.inspect_llvm(signature)
         smap = cpu_listing.SourceMap.of(self.rendered.source)
         library = {}
-        for dtype in smap.driver_ops:
-            with phases.phase(f"{kind}: kernel library {dtype}"):
-                library[dtype] = cpu_library.listing(DTYPES[dtype], kind)
+        for name in smap.driver_ops:  # "f32 6x16"
+            dtype, micro = name.split()
+            mr, nr = (int(v) for v in micro.split("x"))
+            with phases.phase(f"{kind}: kernel library {name}"):
+                library[name] = cpu_library.listing(DTYPES[dtype], kind, (mr, nr))
         return cpu_listing.listing(kind, code, self.rendered.source, library, self.final.name)
 
 

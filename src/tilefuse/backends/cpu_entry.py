@@ -8,14 +8,16 @@ per host), its address is registered with LLVM under a versioned symbol name, an
 code calls it as a `types.ExternalFunction`. `forward` then compiles in well under a second
 and is cached on disk, because it refers to the kernel by name, not by address.
 
-    dense_f32 = E.require("f32")     # at import of the generated module
+    dense_f32_6x16 = E.require("f32", 6, 16)   # at import of the module: dtype, mr x nr
     ...
-    status = dense_f32(E.data(x), m, k, E.data(wp), wp.size, E.data(b), b.size, E.data(out),
-                       n, act, alpha, kc, mc, nc, parallel, E.data(pool), pool.size)
+    status = dense_f32_6x16(E.data(x), m, k, E.data(wp), wp.size, E.data(b), b.size,
+                            E.data(out), n, act, alpha, kc, mc, nc, parallel, E.data(pool),
+                            pool.size)
     if status != 0:
         raise E.KernelFailure("<the IR line>", status)
 
-`act` is `cpu_kernels.ACTIVATION_CODE[name]`: one entry point per dtype serves them all.
+`act` is `cpu_kernels.ACTIVATION_CODE[name]`: one entry point per dtype and register tile (the
+tiling's mr x nr, one of `tiling.kernel_micro_tiles`) serves them all.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from numba.extending import intrinsic
 
 from .._version import kernel_fingerprint
 from . import cpu_library
-from .cpu_kernels import job_runner
+from .llvm_ukernel import format_of
 
 SIGNATURE = types.int64(  # the status: 0, or an index into cpu_library.OPERAND_PROBLEMS
     types.voidptr, types.int64, types.int64,  # x, m, k
@@ -145,17 +147,20 @@ def keep(typingctx, array):
 
 
 _FINGERPRINT = kernel_fingerprint()[:12]
-_entries: dict[str, Any] = {}
+_entries: dict[tuple[str, int, int], Any] = {}
 
 
-def symbol(dtype: str) -> str:
-    return f"tilefuse_dense_{dtype}_{_FINGERPRINT}"
+def symbol(dtype: str, mr: int, nr: int) -> str:
+    return f"tilefuse_dense_{dtype}_{mr}x{nr}_{_FINGERPRINT}"
 
 
-def require(dtype: str) -> types.ExternalFunction:
-    """The dense driver for `dtype` as an external function; builds or loads it once."""
-    if dtype not in _entries:
-        llvm.add_symbol(symbol(dtype), cpu_library.dense_address(DTYPES[dtype]))
-        job_runner(DTYPES[dtype])  # the pool's workers run this dtype's tasks through it
-        _entries[dtype] = types.ExternalFunction(symbol(dtype), SIGNATURE)
-    return _entries[dtype]
+def require(dtype: str, mr: int | None = None, nr: int | None = None) -> types.ExternalFunction:
+    """The dense driver for `dtype` ("f32") and register tile mr x nr (None: the default) as
+    an external function; builds or loads its library once."""
+    fmt = format_of(DTYPES[dtype], None if mr is None else (mr, nr))
+    key = (dtype, fmt.mr, fmt.nr)
+    if key not in _entries:
+        name = symbol(*key)
+        llvm.add_symbol(name, cpu_library.dense_address(DTYPES[dtype], (fmt.mr, fmt.nr)))
+        _entries[key] = types.ExternalFunction(name, SIGNATURE)
+    return _entries[key]

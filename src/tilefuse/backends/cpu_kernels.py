@@ -21,11 +21,13 @@ of the driver:
       ctl    pool_control(): the thread pool's control block (empty: serial)
 
 returns 0 or the index of the problem in OPERAND_PROBLEMS. One compiled library per dtype
-serves every activation, batch size and tiling. The register tile is the one `llvm_ukernel`
-was built for: AVX-512 8x32 f32 / 8x16 f64, or AVX2 6x16 / 6x8 (`micro_tile`, from
-`tiling.kernel_micro_tile`). `dense(x, w, bias, act, tiling)` is the plain-Python form, for
-tests; `plan(...)` is the task plan the driver makes for a call (cpu_library's docstring says
-how a call runs; the loop nest is `tilefuse.loops`').
+serves every activation, batch size and tiling of its register tile; the tiles are a family
+per dtype and vector width (`micro_tiles`, from `tiling.kernel_micro_tiles`: AVX2 f32 6x16
+and 4x24, AVX-512 f32 8x32, 12x32, 14x32 and 6x64, ...), one library each, built on first
+use; `dense_kernel(..., micro=(mr, nr))` runs the one the weights were packed for.
+`dense(x, w, bias, act, tiling)` is the plain-Python form, for tests; `plan(...)` is the task
+plan the driver makes for a call (cpu_library's docstring says how a call runs; the loop nest
+is `tilefuse.loops`').
 """
 
 from __future__ import annotations
@@ -48,20 +50,26 @@ from tilefuse.backends.cpu_library import (  # noqa: F401 - part of this module'
     ROW_KERNEL_MAX_M,
     ROW_PLAN,
 )
-from tilefuse.backends.llvm_ukernel import ACTIVATIONS, FORMATS
-from tilefuse.tiling import Tiling
+from tilefuse.backends.llvm_ukernel import ACTIVATIONS, FORMATS, VECTOR_BITS
+from tilefuse.tiling import Tiling, kernel_micro_tiles
 
 ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
 
 
 # ------------------------------------------------------------------ compile-time packing
 def micro_tile(dtype) -> tuple[int, int]:
-    """(mr, nr) of the register tile compiled for this dtype (tiling.kernel_micro_tile at
-    the vector width the kernels were built for, llvm_ukernel.VECTOR_BITS)."""
+    """(mr, nr) of the default register tile for this dtype (tiling.kernel_micro_tile at the
+    vector width the kernels are built for, llvm_ukernel.VECTOR_BITS)."""
     fmt = FORMATS.get(np.dtype(dtype).name)
     if fmt is None:
         raise TypeError(f"cpu kernels support {', '.join(FORMATS)}, got {np.dtype(dtype)}")
     return fmt.mr, fmt.nr
+
+
+def micro_tiles(dtype) -> tuple[tuple[int, int], ...]:
+    """Every register tile (mr, nr) the kernels have for this dtype, the default first."""
+    micro_tile(dtype)  # the dtype check
+    return kernel_micro_tiles(np.dtype(dtype).name, VECTOR_BITS)
 
 
 def default_tiling(dtype) -> Tiling:
@@ -70,10 +78,11 @@ def default_tiling(dtype) -> Tiling:
 
 
 def check_tiling(tiling: Tiling, dtype) -> None:
-    mr, nr = micro_tile(dtype)
-    if (tiling.mr, tiling.nr) != (mr, nr):
+    family = micro_tiles(dtype)
+    if (tiling.mr, tiling.nr) not in family:
+        shapes = ", ".join(f"{mr}x{nr}" for mr, nr in family)
         raise ValueError(
-            f"the {np.dtype(dtype)} kernel has a {mr}x{nr} register tile, "
+            f"the {np.dtype(dtype)} kernels have the register tiles {shapes}, "
             f"tiling asks for {tiling.mr}x{tiling.nr}"
         )
 
@@ -120,13 +129,13 @@ _DENSE = ctypes.CFUNCTYPE(_I, _P, _I, _I, _P, _I, _P, _I, _P, _I, _I, ctypes.c_d
                           _I, _P, _I)  # fmt: skip
 _PLAN = ctypes.CFUNCTYPE(None, _I, _I, _I, _I, _I, _P)
 _PACK_X = ctypes.CFUNCTYPE(None, _P, _I, _I, _I, _I, _I, _P)
-_functions: dict[tuple[str, str], object] = {}
+_functions: dict[tuple[str, str, tuple | None], object] = {}
 
 
-def _function(dtype, which: str, prototype):
-    key = (np.dtype(dtype).name, which)
+def _function(dtype, which: str, prototype, micro: tuple[int, int] | None = None):
+    key = (np.dtype(dtype).name, which, None if micro is None else tuple(micro))
     if key not in _functions:
-        _functions[key] = prototype(L.function(key[0], which))
+        _functions[key] = prototype(L.function(key[0], which, key[2]))
     return _functions[key]
 
 
@@ -139,10 +148,11 @@ def _kernel_array(name: str, a, dtype, ndim: int) -> np.ndarray:
     return a
 
 
-def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl) -> int:
+def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, micro=None) -> int:
     """out = ACTIVATIONS[act](x @ w + bias) with wp = pack_weights(w, tiling); see the module
-    doc. Returns 0, or the index of a problem in OPERAND_PROBLEMS (out untouched). The GIL is
-    released while it runs."""
+    doc. `micro` is the tiling's register tile (mr, nr) (None: the default), the one wp was
+    packed for. Returns 0, or the index of a problem in OPERAND_PROBLEMS (out untouched). The
+    GIL is released while it runs."""
     dtype = getattr(x, "dtype", None)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dense_kernel: x must be float32 or float64, got {dtype}")
@@ -154,53 +164,40 @@ def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl) -> int
         return 2
     if not out.flags.writeable:
         raise TypeError("dense_kernel: out is read-only")
-    run = _function(dtype, "dense", _DENSE)
-    job_runner(dtype)  # so that the pool's workers can take part
+    run = _function(dtype, "dense", _DENSE, micro)
     return run(x.ctypes.data, x.shape[0], x.shape[1], wp.ctypes.data, wp.size, bias.ctypes.data,
                bias.size, out.ctypes.data, out.shape[1], int(act), float(alpha), int(kc), int(mc),
                int(nc), int(parallel), ctl.ctypes.data, ctl.size)  # fmt: skip
 
 
-def plan(dtype, m: int, n: int, mc: int, nc: int, threads: int) -> tuple[int, ...]:
+def plan(dtype, m: int, n: int, mc: int, nc: int, threads: int, micro=None) -> tuple[int, ...]:
     """(kind, column tasks, rows per task, panels per task, task count): how the driver splits
     a call of M rows and N columns over `threads` (ROW_PLAN or PACKED_PLAN)."""
-    _, nr = micro_tile(dtype)
+    _, nr = micro or micro_tile(dtype)
     result = np.zeros(5, np.int64)
-    _function(dtype, "plan", _PLAN)(m, -(-n // nr), mc, nc, threads, result.ctypes.data)
+    _function(dtype, "plan", _PLAN, micro)(m, -(-n // nr), mc, nc, threads, result.ctypes.data)
     return tuple(int(v) for v in result)
 
 
-def pack_x_block(x: np.ndarray, i0: int, rows: int, pc: int, kce: int, ap: np.ndarray) -> None:
+def pack_x_block(x: np.ndarray, i0: int, rows: int, pc: int, kce: int, ap: np.ndarray,
+                 micro=None) -> None:  # fmt: skip
     """ap[it, p, r] = x[i0 + it*mr + r, pc + p] (micro-panel order, rows past `rows` zero), as
     each task packs its rows of x; `ap` needs `lanes` elements of slack past the last sliver."""
     x = _kernel_array("x", x, x.dtype, 2)
-    mr, _ = micro_tile(x.dtype)
+    mr, _ = micro or micro_tile(x.dtype)
     slivers = -(-rows // mr)
     need = slivers * kce * mr + FORMATS[x.dtype.name].lanes
     if ap.dtype != x.dtype or ap.size < need or not ap.flags.c_contiguous:
         raise ValueError(f"pack_x_block: ap must be a contiguous {x.dtype} array of >= {need}")
     if not (0 <= i0 and i0 + rows <= x.shape[0] and 0 <= pc and pc + kce <= x.shape[1]):
         raise ValueError("pack_x_block: the block is outside x")
-    run = _function(x.dtype, "pack_x", _PACK_X)
+    run = _function(x.dtype, "pack_x", _PACK_X, micro)
     run(x.ctypes.data, x.shape[1], i0, rows, pc, kce, ap.ctypes.data)
 
 
 # ------------------------------------------------------------------ the thread pool
 _POOL: list[P.Pool] = []
 _NO_POOL = np.zeros(0, np.int64)
-_runners: dict[int, int] = {}  # dtype code -> the address of its job function
-
-
-def job_runner(dtype) -> int:
-    """Load the library of `dtype` and register its job function in the pool, so that the
-    workers can run that dtype's tasks; returns the function's address."""
-    name = np.dtype(dtype).name
-    code = L.DTYPE_CODE[name]
-    if code not in _runners:
-        _runners[code] = L.job_address(name)
-        if _POOL:
-            _POOL[0].ctl[P.RUNNERS + code] = _runners[code]
-    return _runners[code]
 
 
 def pool_control() -> np.ndarray:
@@ -211,8 +208,6 @@ def pool_control() -> np.ndarray:
             return _NO_POOL
         pool = P.Pool(numba.config.NUMBA_NUM_THREADS - 1, L.worker_address())
         pool.ctl[P.POOL_WORKERS] = len(pool.threads)  # the workers a call may use
-        for code, address in _runners.items():
-            pool.ctl[P.RUNNERS + code] = address
         _POOL.append(pool)
     return _POOL[0].ctl
 
@@ -245,7 +240,8 @@ def dense(
         out = np.empty((x.shape[0], n), x.dtype)
     bias = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     problem = dense_kernel(x, w, bias, out, ACTIVATION_CODE[act], float(alpha), tiling.kc,
-                           tiling.mc, tiling.nc, parallel_code(tiling), pool_control())  # fmt: skip
+                           tiling.mc, tiling.nc, parallel_code(tiling), pool_control(),
+                           (tiling.mr, tiling.nr))  # fmt: skip
     if problem:
         raise ValueError(f"dense: {OPERAND_PROBLEMS[problem]}")
     return out

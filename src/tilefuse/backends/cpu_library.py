@@ -53,16 +53,17 @@ from llvmlite import ir
 from .. import phases
 from .._version import kernel_fingerprint
 from ..cache import atomic_write, cache_dir, explain, use_private_cache
+from ..tiling import ROW_KERNEL_MAX_M
 from . import cpu_pool as P
 from .llvm_ukernel import (
     ACTIVATIONS,
-    FORMATS,
     ROWS_TASK_PANELS,
     FloatFormat,
     build_pack_rows,
     build_packed_tile,
     build_rows_dispatch,
     counted_loop,
+    format_of,
 )
 
 # Batches up to this size run the rows kernel: x and the packed weights read in place, all
@@ -73,7 +74,6 @@ from .llvm_ukernel import (
 #                   M=5-8 (8-row rows tile) 285-363/308-338
 # The packed path computes whole 8-row tiles, so it costs the same for M = 1..8; the rows
 # kernel wins while its tiles are small (1, 2, 4 rows).
-ROW_KERNEL_MAX_M = 4
 
 # Below this many flops (2*M*N*K) a call runs serially: waking the pool costs a few us.
 # Measured serial vs 2 threads (us): 65 kflop 1.3 vs 3.0, 131 kflop 2.5 vs 4.7 (row)
@@ -104,7 +104,6 @@ DENSE_TYPE = ir.FunctionType(
     [VOID_PTR, I64, I64, VOID_PTR, I64, VOID_PTR, I64, VOID_PTR, I64, I64, F64, I64, I64, I64,
      I64, VOID_PTR, I64],
 )  # fmt: skip
-DTYPE_CODE = {"float32": 0, "float64": 1}
 WORKER = "tilefuse_worker"
 
 
@@ -453,7 +452,7 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
         with pooled_call:
             p.publish(b.sub(threads, I64(1)))
             job_fields = {
-                P.DTYPE: I64(DTYPE_CODE[fmt.name]), P.ACT: act, P.KC: kc, P.TASKS: tasks,
+                P.RUNNER: b.ptrtoint(job, I64), P.ACT: act, P.KC: kc, P.TASKS: tasks,
                 P.KIND: kind, P.COL_TASKS: col_tasks, P.ROWS_PER_TASK: rows_per_task,
                 P.PANELS_PER_TASK: panels_per_task, P.X: b.ptrtoint(x, I64), P.M: m,
                 P.K: k_total, P.WP: b.ptrtoint(wp, I64), P.WP_SIZE: wp_size,
@@ -610,38 +609,49 @@ def _load(name: str, build, exports: list[str]) -> Library:
         return _libraries[name]
 
 
-def dtype_library(dtype_name: str) -> Library:
-    """The library of `dtype_name` ("float32" or "float64"), loaded or built once."""
-    fmt = FORMATS[dtype_name]
+Micro = tuple[int, int] | None  # a register tile (mr, nr) of the family; None: the default
+
+
+def library(dtype_name: str, micro: Micro = None) -> Library:
+    """The library of `dtype_name` ("float32" or "float64") and register tile `micro`, loaded
+    or built once."""
+    fmt = format_of(dtype_name, micro)
     return _load(f"tilefuse_kernels_{fmt.tag}", lambda: build_module(fmt),
                  [dense_name(fmt), job_name(fmt), plan_name(fmt), pack_x_name(fmt)])  # fmt: skip
 
 
-def dense_address(dtype_name: str) -> int:
-    return dtype_library(dtype_name).addresses[dense_name(FORMATS[dtype_name])]
+def dense_address(dtype_name: str, micro: Micro = None) -> int:
+    return function(dtype_name, "dense", micro)
 
 
-def job_address(dtype_name: str) -> int:
-    return dtype_library(dtype_name).addresses[job_name(FORMATS[dtype_name])]
+def job_address(dtype_name: str, micro: Micro = None) -> int:
+    return function(dtype_name, "job", micro)
 
 
-def function(dtype_name: str, which: str) -> int:
+def function(dtype_name: str, which: str, micro: Micro = None) -> int:
     """The address of one of the library's exported functions: "dense", "job", "plan",
     "pack_x"."""
     names = {"dense": dense_name, "job": job_name, "plan": plan_name, "pack_x": pack_x_name}
-    return dtype_library(dtype_name).addresses[names[which](FORMATS[dtype_name])]
+    return library(dtype_name, micro).addresses[names[which](format_of(dtype_name, micro))]
 
 
 def worker_address() -> int:
     return _load("tilefuse_pool", build_pool_module, [WORKER]).addresses[WORKER]
 
 
-def listing(dtype_name: str, kind: str) -> str:
-    """The library of a dtype as optimised LLVM IR (kind "llvm") or assembly ("asm"), built
-    afresh (the cache keeps object code only)."""
+def listing(dtype_name: str, kind: str, micro: Micro = None) -> str:
+    """The library of a dtype and register tile as optimised LLVM IR (kind "llvm") or assembly
+    ("asm"), built afresh (the cache keeps object code only)."""
     tm = target_machine()
-    module = optimized(build_module(FORMATS[dtype_name]), tm)
+    module = optimized(build_module(format_of(dtype_name, micro)), tm)
     return tm.emit_assembly(module) if kind == "asm" else str(module)
 
 
-__all__ = ["OPERAND_PROBLEMS", "dense_address", "job_address", "listing", "worker_address"]
+__all__ = [
+    "OPERAND_PROBLEMS",
+    "dense_address",
+    "job_address",
+    "library",
+    "listing",
+    "worker_address",
+]

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 OP_COMMENT = re.compile(r"^\s*# (%\S+ = .*)$")
-DRIVER_CALL = re.compile(r"\b(dense_(f32|f64))\(")
+DRIVER_CALL = re.compile(r"\bdense_(f32|f64)_(\d+x\d+)\(")
 DEBUG_ATTACHMENT = re.compile(r",? !dbg !\d+")
 LOCATION = re.compile(r"^!(\d+) = !DILocation\(line: (\d+)")
 LOC_DIRECTIVE = re.compile(r"^\s*\.loc\s+\d+\s+(\d+)")
@@ -42,7 +42,7 @@ LIBRARY_ROLES = (
      "columns in registers over all of K (batches up to 4)"),
     (r"tilefuse_rows_\w+_any$", "rows kernel dispatch: picks the 1-, 2- or 4-row kernel"),
     (r"tilefuse_pack_x_", "packs a block of x rows for one k block (mr-row slivers)"),
-    (r"tilefuse_pack_rows_\w+_(\d+)$", "packs {0} rows of x: a transpose in registers"),
+    (r"tilefuse_pack_rows_\w+_(\d+)x\d+$", "packs {0} rows of x: a transpose in registers"),
     (r"tilefuse_tile_\w+_(\d+)x(\d+)$", "the {0}x{1} micro-kernel (tile mr={0}, nr={1}): "
      "a {0}x{1} block of the output in registers, epilogue fused in the last k block"),
     (r"tilefuse_activate_", "the epilogue's activation over a tile"),
@@ -54,7 +54,7 @@ class SourceMap:
     """The generated source's line numbers mapped to the IR line whose block holds them."""
 
     op_of_line: dict[int, str]
-    driver_ops: dict[str, list[str]]  # dtype ("f32") -> the ops that call its dense driver
+    driver_ops: dict[str, list[str]]  # library ("f32 6x16") -> the ops that call its driver
 
     @staticmethod
     def of(source: str) -> SourceMap:
@@ -65,7 +65,7 @@ class SourceMap:
                 current = match.group(1)
             op_of_line[number] = current
             for call in DRIVER_CALL.finditer(line):
-                ops = driver_ops.setdefault(call.group(2), [])
+                ops = driver_ops.setdefault(f"{call.group(1)} {call.group(2)}", [])
                 if current not in ops:
                     ops.append(current)
         return SourceMap(op_of_line, driver_ops)
@@ -108,7 +108,9 @@ def is_forward(name: str) -> bool:
 
 def annotated_llvm(llvm_text: str, smap: SourceMap) -> str:
     """`forward`'s LLVM IR with each op's IR line above its code and the debug records gone."""
-    locations = {m.group(1): int(m.group(2)) for m in map(LOCATION.match, llvm_text.splitlines()) if m}
+    locations = {
+        m.group(1): int(m.group(2)) for m in map(LOCATION.match, llvm_text.splitlines()) if m
+    }
     name, body = next((n, b) for n, b in functions(llvm_text).items() if is_forward(n))
     out, current = [], None
     for line in body.replace(name, "forward").splitlines():
@@ -149,12 +151,12 @@ def role(name: str) -> str:
     return "a helper of the kernel library"
 
 
-def library_listing(text: str, kind: str, dtype: str, ops: list[str]) -> str:
-    """The kernel library of `dtype` ("f32"), each function under what it is; the header names
-    the ops of this network that call it."""
+def library_listing(text: str, kind: str, library: str, ops: list[str]) -> str:
+    """The kernel library `library` ("f32 6x16": dtype and register tile), each function
+    under what it is; the header names the ops of this network that call it."""
     split = asm_functions(text) if kind == "asm" else functions(text)
     comment = "#" if kind == "asm" else ";"
-    parts = [f"{comment} ==== kernel library, {dtype} (cpu_library): the dense ops of this "
+    parts = [f"{comment} ==== kernel library, {library} (cpu_library): the dense ops of this "
              f"network call its driver", *(f"{comment}   {op}" for op in ops)]  # fmt: skip
     for name, body in split.items():
         if kind == "asm":
@@ -165,7 +167,7 @@ def library_listing(text: str, kind: str, dtype: str, ops: list[str]) -> str:
 
 def listing(kind: str, forward_code: str, source: str, library: dict[str, str], graph: str) -> str:
     """The whole listing: `forward` annotated, then the library of each dtype it calls.
-    `library` maps a dtype ("f32") to its optimised LLVM IR or assembly."""
+    `library` maps a library ("f32 6x16") to its optimised LLVM IR or assembly."""
     smap = SourceMap.of(source)
     comment = "#" if kind == "asm" else ";"
     what = "assembly" if kind == "asm" else "optimised LLVM IR"
@@ -177,8 +179,8 @@ def listing(kind: str, forward_code: str, source: str, library: dict[str, str], 
         "",
         annotate(forward_code, smap),
     ]
-    for dtype, text in library.items():
-        parts += ["", library_listing(text, kind, dtype, smap.driver_ops.get(dtype, []))]
+    for name, text in library.items():
+        parts += ["", library_listing(text, kind, name, smap.driver_ops.get(name, []))]
     return "\n".join(parts) + "\n"
 
 

@@ -25,9 +25,9 @@ Everything here that runs inside a call is LLVM IR, emitted into the kernel libr
 (`cpu_library`) by `PoolIR`: the atomics, the futex and the job's protocol (`acquire`,
 `publish`, `start`, `claim`, `finish`) for the drivers, and `build_worker_loop` for the
 workers, which are Python threads calling that C function through ctypes (the GIL is
-released for the whole of it). A worker runs a job through the C function registered in
-ctl[RUNNERS + dtype code] (the job function of that dtype's library), so the worker loop
-holds no kernel code.
+released for the whole of it). A worker runs a job through the C function whose address the
+driver published with it, ctl[RUNNER] (the job function of the driver's own library: one per
+dtype and register tile), so the worker loop holds no kernel code.
 """
 
 from __future__ import annotations
@@ -57,11 +57,10 @@ WORKERS = 43  # how many workers may join this job (the call's threads - 1)
 POOL_WORKERS = 44  # how many workers the pool has (set once)
 # the job: what a task needs (written while SEQ is odd, read by workers while it is even)
 JOB = 48
-DTYPE, ACT, KIND, COL_TASKS, ROWS_PER_TASK, PANELS_PER_TASK, TASKS, KC = range(JOB, JOB + 8)
+RUNNER, ACT, KIND, COL_TASKS, ROWS_PER_TASK, PANELS_PER_TASK, TASKS, KC = range(JOB, JOB + 8)
 X, M, K, WP, WP_SIZE, BIAS, NPAD, OUT, N, ALPHA = range(JOB + 8, JOB + 18)
-# per dtype code, the address of the C function that runs a worker's part of a job (0: none
-# registered yet, the worker leaves the tasks to the caller); set once per process
-RUNNERS = JOB + 18
+# (RUNNER: the address of the C function that runs a worker's part of the job, published by
+# the driver with the job; JOB + 18 .. JOB + 21 are free)
 # Steering a sleeping worker off the caller's CPU (see `PoolIR.steer`): the CPUs the process
 # may use as a bit mask (0: no steering), then the workers' thread ids
 ALLOWED = JOB + 22
@@ -294,7 +293,7 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
 
     b.position_at_end(join)
     p.atomic_add(ACTIVE, 1)
-    runner = p.load(b.add(I64(RUNNERS), p.load(DTYPE)))
+    runner = p.load(RUNNER)
     allowed = b.and_(
         b.icmp_signed("==", p.atomic_load(SEQ), seq),
         b.icmp_signed("<", wid, p.atomic_load(WORKERS)),

@@ -119,7 +119,10 @@ class Resources:
 def assemble(ptx: str, cc: tuple[int, int] = DEFAULT_CC) -> Resources:
     """Assemble one kernel's PTX with ptxas for sm_<cc>: its resources and its cubin."""
     arch = f"sm_{cc[0]}{cc[1]}"
-    with phases.phase(f"ptxas -arch={arch}"), tempfile.TemporaryDirectory(prefix="tilefuse-ptxas-") as tmp:
+    with (
+        phases.phase(f"ptxas -arch={arch}"),
+        tempfile.TemporaryDirectory(prefix="tilefuse-ptxas-") as tmp,
+    ):
         src, out = Path(tmp, "kernel.ptx"), Path(tmp, "kernel.cubin")
         src.write_text(ptx)
         done = subprocess.run(

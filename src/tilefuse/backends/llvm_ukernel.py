@@ -15,10 +15,12 @@ involved.
 
 Vector width. The kernels follow the features Numba compiles for (`target_vector_bits`):
 AVX-512F gives `<16 x float>` / `<8 x double>` register tiles for 32 zmm registers, else
-AVX2's `<8 x float>` / `<4 x double>` for 16 ymm. The register tile of each (dtype, width) is
-`tiling.kernel_micro_tile`, which the tile pass reads too. The library's cache is keyed on the
-same CPU name and features, so a cache never hands one width's code to the other; to run the
-AVX2 kernels on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="".
+AVX2's `<8 x float>` / `<4 x double>` for 16 ymm. The register tiles of each (dtype, width)
+are `tiling.kernel_micro_tiles` (a family: 6x16 and 4x24 for AVX2 f32, ...), which the tile
+pass reads too; a library is built per dtype and shape (`format_of`), on first use. The
+library's cache is keyed on the same CPU name and features, so a cache never hands one
+width's code to the other; to run the AVX2 kernels on an AVX-512 host:
+NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="".
 
 Epilogue. On the last k block a tile stores acc (+ C) + bias, then, for any activation but
 identity, one out-of-line function (`activate`, a switch over ACTIVATIONS) rewrites the tile
@@ -64,7 +66,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from tilefuse.tiling import kernel_micro_tile
+from tilefuse.tiling import kernel_micro_tiles
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
 
@@ -131,7 +133,7 @@ class FloatFormat:
 
     @property
     def tag(self) -> str:
-        return f"{self.name}_v{self.lanes}"
+        return f"{self.name}_v{self.lanes}_{self.mr}x{self.nr}"
 
     def row_panels(self, rows: int) -> int:
         """NR panels a rows_tile of `rows` rows covers: its accumulators and one row of B
@@ -167,16 +169,28 @@ _NUMERICS = {
 }
 
 
-def float_format(name: str, vector_bits: int) -> FloatFormat:
-    """The format of dtype `name` ("float32"/"float64") at `vector_bits` (256 or 512)."""
-    mr, nr = kernel_micro_tile(name, vector_bits)
+def float_format(name: str, vector_bits: int, micro: tuple[int, int] | None = None) -> FloatFormat:
+    """The format of dtype `name` ("float32"/"float64") at `vector_bits` (256 or 512), for
+    the register tile `micro` (mr, nr) of the family (default: the family's first)."""
+    family = kernel_micro_tiles(name, vector_bits)
+    mr, nr = micro or family[0]
+    if (mr, nr) not in family:
+        shapes = ", ".join(f"{a}x{b}" for a, b in family)
+        raise ValueError(f"the {name} kernels on {vector_bits}-bit vectors have register tiles "
+                         f"{shapes}, not {mr}x{nr}")  # fmt: skip
     lanes = vector_bits // (32 if name == "float32" else 64)
     registers = 32 if vector_bits >= 512 else 16
     return FloatFormat(name, lanes, registers, mr, nr, **_NUMERICS[name])
 
 
 VECTOR_BITS = target_vector_bits()
-FORMATS = {name: float_format(name, VECTOR_BITS) for name in _NUMERICS}
+FORMATS = {name: float_format(name, VECTOR_BITS) for name in _NUMERICS}  # the defaults
+
+
+def format_of(name: str, micro: tuple[int, int] | None = None) -> FloatFormat:
+    """The format of dtype `name` on this host's vectors for register tile `micro` (a shape
+    of `tiling.kernel_micro_tiles`; None: the default); ValueError naming the legal ones."""
+    return float_format(name, VECTOR_BITS, None if micro is None else tuple(micro))
 
 
 class VectorEmitter:
@@ -539,7 +553,7 @@ def build_packed_tile(module: ir.Module, fmt: FloatFormat) -> ir.Function:
     block, add the bias and apply the activation. The panels are zero-padded, so the tile is
     always computed whole; ragged edges are masked at the store.
     """
-    name = f"tilefuse_tile_{fmt.tag}_{fmt.mr}x{fmt.nr}"
+    name = f"tilefuse_tile_{fmt.tag}"
     if name in module.globals:
         return module.globals[name]
     ptr = fmt.scalar.as_pointer()
@@ -710,7 +724,7 @@ def build_pack_rows(module: ir.Module, fmt: FloatFormat) -> ir.Function:
     lanes - 1 more past them, which the next store (or the caller's tail loop) overwrites:
     `ap` needs `lanes` elements of slack after the last sliver.
     """
-    name = f"tilefuse_pack_rows_{fmt.tag}_{fmt.mr}"
+    name = f"tilefuse_pack_rows_{fmt.tag}"
     if name in module.globals:
         return module.globals[name]
     ptr = fmt.scalar.as_pointer()

@@ -23,7 +23,13 @@ from ..passes.memory import memory_plan_of
 from ..source import comment, float_literal, identifier
 from ..text import format_node, node_names
 from ..tiling import CPU_KERNEL_ACTIVATIONS, Tiling
-from .cpu_kernels import ACTIVATION_CODE, default_tiling, pack_weights, parallel_code
+from .cpu_kernels import (
+    ACTIVATION_CODE,
+    default_tiling,
+    micro_tiles,
+    pack_weights,
+    parallel_code,
+)
 
 _ROWWISE = ("softmax", "log_softmax")
 
@@ -72,7 +78,7 @@ class Renderer:
         self._param_keys: dict[tuple[int, str, Any], str] = {}
         self.dims: dict[str, str] = {}
         self.var: dict[int, str] = {}
-        self.entries: dict[str, str] = {}  # kernel entry points used: name -> dtype
+        self.entries: dict[str, tuple] = {}  # kernel entry points used: name -> (dtype, mr, nr)
         self.plan = memory_plan_of(g)
 
     # names and shapes ----------------------------------------------------------------------
@@ -152,7 +158,8 @@ class Renderer:
         args = [self.var[n.id] for n in inputs] + self.param_names + workspace + ["pool"]
         args += clock + outs
         header = module_header("CPU code", g) + _MODULE_IMPORTS
-        header += "".join(f"{name} = E.require({d!r})\n" for name, d in self.entries.items())
+        header += "".join(f"{name} = E.require({d!r}, {mr}, {nr})\n"
+                          for name, (d, mr, nr) in self.entries.items())  # fmt: skip
         header += "\n\n" if self.entries else ""
         # error_model="numpy": x / 0 is inf or nan as in the reference, not ZeroDivisionError
         decorator = '@njit(cache=True, fastmath=False, error_model="numpy")'
@@ -444,8 +451,8 @@ class Renderer:
                 self.emit(f"{name}_{self.names[node.id]} = {expr}")
         wp = wp if wp.isidentifier() else f"wp_{self.names[node.id]}"
         bias_arg = bias_arg if bias_arg.isidentifier() else f"bias_{self.names[node.id]}"
-        entry = f"dense_{node.type.dtype}"
-        self.entries[entry] = node.type.dtype
+        entry = f"dense_{node.type.dtype}_{tiling.mr}x{tiling.nr}"
+        self.entries[entry] = (node.type.dtype, tiling.mr, tiling.nr)
         act_code = ACTIVATION_CODE[act_key]
         x_var, out = self.value(x), self.var[node.id]
         alpha = float(attrs.get("alpha", 0.01))
@@ -504,11 +511,13 @@ class Renderer:
         kernel = default_tiling(node.type.np_dtype)
         if given is None:
             return kernel
-        if not isinstance(given, Tiling) or (given.mr, given.nr) != (kernel.mr, kernel.nr):
+        family = micro_tiles(node.type.np_dtype)
+        if not isinstance(given, Tiling) or (given.mr, given.nr) not in family:
             shown = format_node(self.g, node.id, self.names)
+            shapes = ", ".join(f"{mr}x{nr}" for mr, nr in family)
             raise TilefuseError(
-                f"cpu backend: {shown}: the kernels on this host have a {kernel.mr}x{kernel.nr} "
-                f"register tile for {node.type.dtype}; the tiling asks for "
+                f"cpu backend: {shown}: the kernels on this host have the register tiles "
+                f"{shapes} for {node.type.dtype}; the tiling asks for "
                 + (f"{given.mr}x{given.nr}" if isinstance(given, Tiling) else "a GPU schedule")
                 + " (was it planned for another machine? TILEFUSE_MACHINE, tile{machine=...})"
             )

@@ -25,10 +25,11 @@ from ..ops import ACTIVATIONS, BINARY_REFS, attrs_of
 from ..tiling import (
     CPU_KERNEL_ACTIVATIONS,
     PARALLEL_CHOICES,
+    ROW_KERNEL_MAX_M,
     TYPICAL_BATCH,
     GpuTiling,
     Tiling,
-    kernel_micro_tile,
+    kernel_micro_tiles,
 )
 from ..tuning_log import apply_tuning_log
 from .base import Decision, Pass, with_decisions
@@ -95,15 +96,53 @@ def round_down(value: int, multiple: int) -> int:
     return max(multiple, value // multiple * multiple)
 
 
+MICRO_TILE_MARGIN = 0.05  # another register tile is chosen over the default when this much faster
+
+
 def choose_micro_tile(p: Problem, mach: Machine) -> tuple[int, int, str]:
-    """The CPU kernels' register tile for this dtype and vector width (one table for both)."""
-    mr, nr = kernel_micro_tile(p.dtype, mach.vector_bits)
+    """The CPU kernels' register tile for this dtype and vector width: of the family
+    (`kernel_micro_tiles`), the default (on this host: the calibrated one, `tilefuse
+    calibrate`, when there is a record) unless the cost model rates another MICRO_TILE_MARGIN
+    faster for this problem (fewer padded rows or columns: 4x24 for 24 columns), its FMAs at
+    the speed calibration measured for each tile."""
+    family = kernel_micro_tiles(p.dtype, mach.vector_bits)
     kernel_bits = 512 if mach.vector_bits >= 512 else 256
     lanes = kernel_bits // (8 * p.itemsize)
+    calibrated = None
+    if mach.source.startswith("host"):  # a preset plans the same everywhere
+        from ..calibration import preferred
+
+        calibrated = preferred(p.dtype, mach.vector_bits)
+        if calibrated:  # the host's fastest tile is the one to beat
+            family = (calibrated[0], *(s for s in family if s != calibrated[0]))
+
+    rates = calibrated[2] if calibrated else {}
+
+    def cycles(mr: int, nr: int) -> float:
+        model = Tiling(mr=mr, nr=nr, kc=choose_kc(p, mach, mr, nr)[0], mc=p.m or 1, nc=p.n)
+        costs = tiling_costs(model, p, mach)
+        if rates.get((mr, nr)):  # the FMAs at the speed calibration measured for this tile
+            costs["FMAs"] *= max(rates.values()) / rates[mr, nr]
+        return total_cycles(costs)
+
+    (mr, nr), best = family[0], cycles(*family[0])
+    default = best
+    for shape in family[1:]:
+        estimate = cycles(*shape)
+        if estimate < best and estimate < default * (1 - MICRO_TILE_MARGIN):
+            (mr, nr), best = shape, estimate
     why = (
         f"mr x nr = {mr}x{nr}: {mr * nr // lanes} accumulators of {lanes} {p.dtype} "
         f"lanes ({kernel_bits}-bit vectors) stay in registers"
     )
+    if calibrated and (mr, nr) == family[0]:
+        why += f"; {calibrated[1]}"
+    if (mr, nr) != family[0]:
+        why += (
+            f"; of the kernels' {', '.join(f'{a}x{b}' for a, b in family)}, estimated "
+            f"{default / best:.2f}x faster than {family[0][0]}x{family[0][1]} here (fewer "
+            "padded rows and columns)"
+        )
     return mr, nr, why
 
 
@@ -188,8 +227,8 @@ PACKED = (
 # Cycles of the CPU kernels' loop nest (`tilefuse.loops`), summed over the call, for the
 # warning a tiling override gets when it is far slower than the model's own choice. Fitted on
 # 256 x 784 x 512 f32 on a Zen 3 core pair (measured ms / estimated): model choice 1.4 / 1.3,
-# kc=1 29 / 35, kc=8 4.6 / 5.5, mc=6 2.8 / 2.6, nc=16 2.5 / 2.5, parallel=none 3.2 / 3.0,
-# mc=6 nc=16 kc=8 25 / 13.
+# kc=1 29 / 35, kc=8 4.6 / 5.4, mc=6 2.8 / 2.5, nc=16 2.5 / 2.4, parallel=none 3.2 / 2.7,
+# mc=6 nc=16 1.9 / 4.1, mc=6 nc=16 kc=8 25 / 12.5.
 # Only ratios between tilings of one op are used, never the absolute time.
 FMAS_PER_CYCLE = 2  # vector FMAs a core retires each cycle
 MICRO_CALL_CYCLES = 140  # one micro-kernel call: C tile loads and stores, loop and call setup
@@ -198,7 +237,7 @@ PACK_CALL_CYCLES = 200  # one packing call (a task's x rows for one k block)
 TASK_CYCLES = 2000  # one task: claiming it, its packing buffer
 L2_BYTES_PER_CYCLE = 32
 L3_BYTES_PER_CYCLE = 10
-SLOW_TILING_FACTOR = 3.0  # a given tiling estimated this many times slower gets a warning
+SLOW_TILING_FACTOR = 3.5  # a given tiling estimated this many times slower gets a warning
 
 
 class TilingWarning(UserWarning):
@@ -210,6 +249,7 @@ def tiling_costs(t: Tiling, p: Problem, mach: Machine) -> dict[str, float]:
     """Estimated cycles of each part of one call with tiling `t`, per core."""
     lanes, s = mach.lanes(p.dtype), p.itemsize
     row_tiles, col_tiles = -(-p.m // t.mr), -(-p.n // t.nr)
+    rows = p.m if p.m <= ROW_KERNEL_MAX_M else row_tiles * t.mr  # the rows kernel pads none
     k_blocks, m_blocks, n_blocks = -(-p.k // t.kc), -(-p.m // t.mc), -(-p.n // t.nc)
     calls = row_tiles * col_tiles * k_blocks
     vectors = t.mr * -(-t.nr // lanes)
@@ -217,7 +257,7 @@ def tiling_costs(t: Tiling, p: Problem, mach: Machine) -> dict[str, float]:
     c_level = L2_BYTES_PER_CYCLE if t.mc * t.nc * s <= mach.l2 else L3_BYTES_PER_CYCLE
     b_reads = m_blocks if t.kc * t.nr * s <= mach.l1d // 2 else row_tiles  # micro-panel in L1?
     costs = {
-        "FMAs": row_tiles * col_tiles * vectors * p.k / FMAS_PER_CYCLE,
+        "FMAs": rows * col_tiles * -(-t.nr // lanes) * p.k / FMAS_PER_CYCLE,
         "micro-kernel calls": calls * (MICRO_CALL_CYCLES + 2 * vectors),
         "packing x": p.m * p.k * n_blocks * PACK_CYCLES_PER_ELEMENT
         + m_blocks * n_blocks * (k_blocks * PACK_CALL_CYCLES + TASK_CYCLES),
@@ -229,11 +269,19 @@ def tiling_costs(t: Tiling, p: Problem, mach: Machine) -> dict[str, float]:
     return {part: cycles / threads for part, cycles in costs.items()}
 
 
+def total_cycles(costs: dict[str, float]) -> float:
+    """One call's estimated cycles a core from `tiling_costs`' parts: reading the x blocks
+    from L2 overlaps the FMAs (what the BLIS loop order is for); the rest adds up."""
+    hidden = ("FMAs", "reading x blocks")
+    rest = sum(cycles for part, cycles in costs.items() if part not in hidden)
+    return max(costs["FMAs"], costs["reading x blocks"]) + rest
+
+
 def slow_tiling_note(given: Tiling, model: Tiling, p: Problem, mach: Machine) -> str | None:
     """A warning's text when `given` is estimated SLOW_TILING_FACTOR times slower than the
     model's `model` tiling, naming the part that grew most; None otherwise."""
     mine, theirs = tiling_costs(given, p, mach), tiling_costs(model, p, mach)
-    ratio = sum(mine.values()) / sum(theirs.values())
+    ratio = total_cycles(mine) / total_cycles(theirs)
     if ratio < SLOW_TILING_FACTOR:
         return None
     part = max(mine, key=lambda k: mine[k] - theirs[k])
@@ -246,13 +294,14 @@ def slow_tiling_note(given: Tiling, model: Tiling, p: Problem, mach: Machine) ->
 
 # -- what the CPU kernels run ----------------------------------------------------------------
 def check_cpu_tiling(t: Tiling, p: Problem, mach: Machine, line: str) -> None:
-    """Refuse a tiling the CPU kernels cannot run as printed: their register tile is fixed
-    per dtype and vector width, and they always pack."""
-    mr, nr = kernel_micro_tile(p.dtype, mach.vector_bits)
-    if (t.mr, t.nr) != (mr, nr):
+    """Refuse a tiling the CPU kernels cannot run as printed: their register tiles are a
+    fixed family per dtype and vector width, and they always pack."""
+    family = kernel_micro_tiles(p.dtype, mach.vector_bits)
+    if (t.mr, t.nr) not in family:
+        shapes = ", ".join(f"{mr}x{nr}" for mr, nr in family)
         raise AttrError(
             f"tile: {line}: mr x nr = {t.mr}x{t.nr}, but the CPU kernels' {p.dtype} register "
-            f"tile on {mach.vector_bits}-bit vectors is {mr}x{nr} (the one the IR can ask for)"
+            f"tiles on {mach.vector_bits}-bit vectors are {shapes} (the ones the IR can ask for)"
         )
     if not t.pack:
         raise AttrError(f"tile: {line}: pack=false, but {PACKED.removeprefix('pack=true: ')}")
@@ -435,6 +484,8 @@ class Tile(Pass):
             decisions.append(decision)
         if decisions:
             note = "tilings are planned for it (TILEFUSE_MACHINE or tile{machine=...} change it)"
+            if mach.source.startswith("host"):
+                note += "; " + calibration_note()
             decisions.insert(0, Decision("tile", str(mach), "assumed", "machine", note))
         out = Graph(g.name, nodes, g.inputs, g.outputs, g.constants, g.meta)
         return with_decisions(out, decisions)
@@ -474,8 +525,10 @@ class Tile(Pass):
         """The Tiling for problem `p` on `mach`: the spec's options where given, else the
         model's choice, with one reason per choice."""
         mr, nr, why_micro = choose_micro_tile(p, mach)
-        mr, nr = self.mr or mr, self.nr or nr
-        if self.mr or self.nr:
+        if self.mr or self.nr:  # the kernels' tile that has what the spec gives
+            family = kernel_micro_tiles(p.dtype, mach.vector_bits)
+            fits = [(a, b) for a, b in family if self.mr in (0, a) and self.nr in (0, b)]
+            mr, nr = fits[0] if fits else (self.mr or mr, self.nr or nr)  # else refused below
             why_micro = f"mr x nr = {mr}x{nr} (given by the spec)"
         kc, why_kc = self._given("k", "kc") or choose_kc(p, mach, mr, nr)
         parallel, why_parallel = (
@@ -503,6 +556,17 @@ def _format_tiling(tiling: Tiling) -> str:
     from ..text import format_value
 
     return format_value(tiling)
+
+
+def calibration_note() -> str:
+    """What the host's calibration (`tilefuse calibrate`) chose, for the machine decision."""
+    from ..calibration import recorded
+
+    record = recorded()
+    if record is None:
+        return "register tiles: the defaults, this host is not calibrated (tilefuse calibrate)"
+    chosen = ", ".join(f"{d} {c.chosen}" for d, c in record.dtypes.items())
+    return f"register tiles calibrated on this host {record.measured_on}: {chosen}"
 
 
 def choose_tiling(

@@ -1,0 +1,104 @@
+"""Host calibration, the measurement: `tilefuse calibrate` / `tfu.calibrate()` times every
+register tile of the CPU kernels per dtype and keeps the fastest (`calibration` holds the
+record and reads it for the tile pass).
+
+The measurement: each register tile of the family (`tiling.kernel_micro_tiles`) runs one
+packed layer of 168 x 512 -> 384 (a multiple of every tile's mr and nr, so no tile computes
+padding the others do not) on one thread, in interleaved rounds (each round in a rotated
+order, so drift in the machine's speed hits every tile alike); a tile's time is the median of
+its rounds' best calls. Another tile than the default is chosen only when it is
+CALIBRATION_MARGIN faster: on a busy machine a few percent is noise.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .calibration import Calibration, DtypeCalibration, host_key, save
+from .tiling import Tiling
+
+PROBLEM = (168, 512, 384)  # m, k, n: multiples of every family's mr (4, 6, 8, 12, 14) and nr
+CALIBRATION_MARGIN = 0.04
+ROUNDS = 21  # of ~1 ms calls: 0.3 s of timing; on a busy 2-core VM single rounds vary 10 %
+DTYPES = ("f32", "f64")
+
+
+def calibrate(rounds: int = ROUNDS, on_step: Callable[[str], None] | None = None) -> Calibration:
+    """Measure every register tile of the family for f32 and f64 on this host, keep the record
+    in the cache folder and return it (the kernels of each tile are built on first use, about
+    a second each)."""
+    from .backends import cpu_kernels as ck
+
+    step = on_step or (lambda _: None)
+    m, k, n = PROBLEM
+    result = Calibration(
+        host=host_key(),
+        measured_on=datetime.date.today().isoformat(),
+        problem=f"{m}x{k} @ {k}x{n}, one thread, median of {rounds} rounds",
+    )
+    rng = np.random.default_rng(0)
+    for dtype in DTYPES:
+        np_dtype = np.float32 if dtype == "f32" else np.float64
+        family = ck.micro_tiles(np_dtype)
+        x = rng.standard_normal((m, k)).astype(np_dtype)
+        w = rng.standard_normal((k, n)).astype(np_dtype)
+        calls = {}
+        for mr, nr in family:
+            step(f"calibrate: building the {dtype} {mr}x{nr} kernels")
+            calls[f"{mr}x{nr}"] = _layer_call(ck, x, w, mr, nr)
+            calls[f"{mr}x{nr}"]()  # built and warm
+        seconds = _interleaved(calls, rounds, functools.partial(_say_timing, step, dtype))
+        rates = {tile: 2 * m * n * k / s / 1e9 for tile, s in seconds.items()}
+        default = f"{family[0][0]}x{family[0][1]}"
+        best = min(seconds, key=seconds.get)
+        chosen = best if seconds[default] > seconds[best] * (1 + CALIBRATION_MARGIN) else default
+        result.dtypes[dtype] = DtypeCalibration(chosen, rates, default)
+    save(result)
+    return result
+
+
+def _say_timing(step: Callable[[str], None], dtype: str, tile: str) -> None:
+    step(f"calibrate: timing {dtype} {tile}")
+
+
+def _layer_call(ck: Any, x: np.ndarray, w: np.ndarray, mr: int, nr: int) -> Callable[[], None]:
+    """One serial call of the packed layer with register tile mr x nr, ready to time."""
+    m, k = x.shape
+    n = w.shape[1]
+    tiling = Tiling(mc=m, nc=n, kc=min(k, 256), mr=mr, nr=nr, parallel="none")
+    wp = ck.pack_weights(w, tiling)
+    bias, out = np.zeros(n, x.dtype), np.empty((m, n), x.dtype)
+    serial = np.zeros(0, np.int64)
+
+    def call() -> None:
+        status = ck.dense_kernel(x, wp, bias, out, 0, 0.0, tiling.kc, tiling.mc, tiling.nc,
+                                 ck.PARALLEL_NONE, serial, (mr, nr))  # fmt: skip
+        if status:
+            raise RuntimeError(f"calibrate: {mr}x{nr}: {ck.OPERAND_PROBLEMS[status]}")
+
+    return call
+
+
+def _interleaved(calls: dict[str, Callable[[], None]], rounds: int, say: Callable) -> dict:
+    """Median over `rounds` of each call's best of three, the order rotated every round."""
+    names = list(calls)
+    best: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            say(name)
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                calls[name]()
+                times.append(time.perf_counter() - start)
+            best[name].append(min(times))
+    return {name: float(np.median(samples)) for name, samples in best.items()}
+
+
+__all__ = ["calibrate"]

@@ -1,0 +1,125 @@
+"""Host calibration records: which of the CPU kernels' register tiles ran fastest on this CPU
+(measured by `calibrate`), kept per CPU model, vector width and kernel sources.
+
+    tilefuse calibrate            # or tfu.calibrate(): a few seconds
+    <cache dir>/calibration.json  # {"<host key>": {"f32": {"chosen": "4x24", ...}, ...}}
+
+Place in the pipeline: the tile pass (passes/tile.py, `choose_micro_tile`) starts from the
+register tile calibrated for the op's dtype when it plans for this host (not for a preset:
+`TILEFUSE_MACHINE` keeps tilings and goldens host-independent), and explain and
+`tilefuse cache info` show the record. Without a record the family's first tile is the
+default, as before.
+
+The measurement: each register tile of the family (`tiling.kernel_micro_tiles`) runs one
+packed layer of 168 x 512 -> 384 (a multiple of every tile's mr and nr, so no tile computes
+padding the others do not) on one thread, in interleaved rounds (each round in a rotated
+order, so drift in the machine's speed hits every tile alike); a tile's time is the median of
+its rounds' best calls. Another tile than the default is chosen only when it is
+CALIBRATION_MARGIN faster: on a busy machine a few percent is noise.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ._version import kernel_fingerprint
+from .cache import atomic_write, cache_dir
+from .machine import host_machine
+from .tiling import kernel_micro_tiles
+
+CALIBRATION_FILE = "calibration.json"
+
+
+@dataclass
+class DtypeCalibration:
+    chosen: str  # "4x24"
+    gflops: dict[str, float]  # per register tile, "6x16" -> GFLOP/s on one thread
+    default: str  # the family's first
+
+    @property
+    def micro(self) -> tuple[int, int]:
+        mr, nr = self.chosen.split("x")
+        return int(mr), int(nr)
+
+    def summary(self) -> str:
+        rates = ", ".join(f"{tile} {rate:.1f}" for tile, rate in self.gflops.items())
+        return f"{self.chosen} ({rates} GFLOP/s on one thread)"
+
+
+@dataclass
+class Calibration:
+    host: str
+    measured_on: str
+    problem: str
+    dtypes: dict[str, DtypeCalibration] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"calibration of {self.host} ({self.measured_on}, {self.problem}):"]
+        lines += [f"  {dtype}: {c.summary()}" for dtype, c in self.dtypes.items()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@functools.cache
+def host_key() -> str:
+    """What a calibration depends on: the CPU model, its vector width and the kernel sources."""
+    mach = host_machine()
+    return f"{mach.cpu} / {mach.vector_bits}-bit / kernels {kernel_fingerprint()[:12]}"
+
+
+def _read_all() -> dict[str, Any]:
+    try:
+        data = json.loads((cache_dir() / CALIBRATION_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def recorded() -> Calibration | None:
+    """This host's calibration from the cache folder, or None (none, or unreadable)."""
+    entry = _read_all().get(host_key())
+    try:
+        dtypes = {d: DtypeCalibration(**c) for d, c in entry.pop("dtypes").items()}
+        return Calibration(**entry, dtypes=dtypes)
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return None
+
+
+def preferred(
+    dtype: str, vector_bits: int
+) -> tuple[tuple[int, int], str, dict[tuple[int, int], float]] | None:
+    """The register tile calibrated for `dtype` ("f32") on this host, a line saying so and
+    each tile's measured GFLOP/s, when a record exists and names a tile of the family for
+    `vector_bits`."""
+    record = recorded()
+    entry = record.dtypes.get(dtype) if record else None
+    if entry is None:
+        return None
+    try:
+        micro = entry.micro
+    except ValueError:
+        return None
+    family = kernel_micro_tiles(dtype, vector_bits)
+    if micro not in family:
+        return None
+    rates = {}
+    for tile, rate in entry.gflops.items():
+        mr, _, nr = tile.partition("x")
+        if mr.isdigit() and nr.isdigit() and (int(mr), int(nr)) in family and rate > 0:
+            rates[int(mr), int(nr)] = float(rate)
+    return micro, f"calibrated on this host {record.measured_on}: {entry.summary()}", rates
+
+
+def save(record: Calibration) -> None:
+    """Keep `record` in the cache folder beside the other hosts' records."""
+    data = _read_all()
+    data[record.host] = record.to_dict()
+    atomic_write(cache_dir() / CALIBRATION_FILE, json.dumps(data, indent=2) + "\n")
+
+
+__all__ = ["Calibration", "DtypeCalibration", "host_key", "preferred", "recorded", "save"]

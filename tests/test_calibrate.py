@@ -1,0 +1,102 @@
+"""Host calibration: the register tile measured fastest per dtype, kept in the cache folder
+and used by the tile pass when it plans for this host (never for a preset)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+import tilefuse as tfu
+from tilefuse import calibration as C
+from tilefuse import cli
+from tilefuse.backends import cpu_kernels as ck
+from tilefuse.machine import machine
+from tilefuse.passes.tile import Problem, choose_micro_tile
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TILEFUSE_MACHINE", raising=False)
+    return tmp_path
+
+
+def write_record(folder, chosen: dict[str, str], slower: float = 0.8) -> None:
+    """A record choosing `chosen[dtype]`, the family's other tiles `slower` times as fast."""
+    dtypes = {}
+    for dtype, tile in chosen.items():
+        family = ck.micro_tiles(np.float32 if dtype == "f32" else np.float64)
+        rates = {f"{a}x{b}": 1.0 if f"{a}x{b}" == tile else slower for a, b in family}
+        dtypes[dtype] = {"chosen": tile, "gflops": rates, "default": tile}
+    entry = {"host": C.host_key(), "measured_on": "2026-12-07", "problem": "test", "dtypes": dtypes}
+    (folder / C.CALIBRATION_FILE).write_text(json.dumps({C.host_key(): entry}))
+
+
+def test_calibrate_measures_every_register_tile_and_keeps_the_record(private_cache):
+    steps = []
+    measure = importlib.import_module("tilefuse.calibrate")  # tfu.calibrate is the function
+    record = measure.calibrate(rounds=1, on_step=steps.append)
+    for dtype, np_dtype in (("f32", np.float32), ("f64", np.float64)):
+        tiles = [f"{mr}x{nr}" for mr, nr in ck.micro_tiles(np_dtype)]
+        entry = record.dtypes[dtype]
+        assert list(entry.gflops) == tiles and all(rate > 0 for rate in entry.gflops.values())
+        assert entry.chosen in tiles and entry.default == tiles[0]
+    assert any("building the f32" in s for s in steps) and any("timing" in s for s in steps)
+    again = C.recorded()
+    assert again is not None and again.dtypes["f32"].chosen == record.dtypes["f32"].chosen
+    assert "calibration of" in str(record)
+
+
+def test_the_tile_pass_starts_from_the_calibrated_tile_on_this_host_only(private_cache):
+    other = ck.micro_tiles(np.float32)[1]
+    write_record(private_cache, {"f32": f"{other[0]}x{other[1]}"})
+    host = machine("host")
+    problem = Problem(m=256, n=512, k=784, dtype="f32", itemsize=4, symbolic={})
+    mr, nr, why = choose_micro_tile(problem, host)
+    assert (mr, nr) == other and "calibrated on this host 2026-12-07" in why
+    mr, nr, _ = choose_micro_tile(problem, machine("generic"))  # a preset: host-independent
+    assert (mr, nr) == (6, 16)
+    f64 = Problem(m=256, n=512, k=784, dtype="f64", itemsize=8, symbolic={})
+    assert choose_micro_tile(f64, host)[:2] == ck.micro_tiles(np.float64)[0]  # no f64 record
+
+
+def test_a_record_naming_a_tile_outside_the_family_is_ignored(private_cache):
+    write_record(private_cache, {"f32": "5x40"})
+    assert C.preferred("f32", machine("host").vector_bits) is None
+    (private_cache / C.CALIBRATION_FILE).write_text("{not json")
+    assert C.recorded() is None
+
+
+def test_cache_info_and_the_command_line_show_the_calibration(private_cache, capsys):
+    assert cli.main(["cache", "info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"] == {}
+    write_record(private_cache, {"f32": "6x16"})
+    assert cli.main(["cache", "info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"]["f32"].startswith("6x16 (6x16 1.0")
+    assert cli.main(["cache", "info"]) == 0
+    assert "calibration f32 6x16" in capsys.readouterr().out
+    assert cli.main(["calibrate", "--rounds", "0"]) == 2
+
+
+def test_a_network_compiles_with_the_calibrated_tile(private_cache):
+    other = ck.micro_tiles(np.float32)[1]
+    write_record(private_cache, {"f32": f"{other[0]}x{other[1]}"})
+    net = tfu.Sequential([tfu.Dense(96, activation="relu"), tfu.Dense(48)], input_dim=30,
+                         name="calibrated")  # fmt: skip
+    model = tfu.compile(net, target="cpu")
+    tiles = {(n.attr["tile"].mr, n.attr["tile"].nr) for n in model.final if n.op == "dense"}
+    assert tiles == {other}
+    x = np.random.default_rng(0).standard_normal((9, 30)).astype(np.float32)
+    np.testing.assert_allclose(model(x), tfu.reference.run(net.graph(), x), rtol=1e-5, atol=1e-5)
+
+
+def test_explain_says_whether_the_host_is_calibrated(private_cache):
+    net = tfu.Sequential([tfu.Dense(16)], input_dim=8, name="explained")
+    text = str(tfu.compile(net, target="reference", pipeline="canonicalize,fuse,tile").explain())
+    assert "this host is not calibrated (tilefuse calibrate)" in text
+    write_record(private_cache, {"f32": "6x16", "f64": "6x8"})
+    text = str(tfu.compile(net, target="reference", pipeline="canonicalize,fuse,tile").explain())
+    assert "register tiles calibrated on this host 2026-12-07: f32 6x16, f64 6x8" in text
