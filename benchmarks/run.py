@@ -549,7 +549,7 @@ def benchmark(
     peak_runs = measure_peaks(threads, quick)
     calibration = None
     if calibrate:
-        from tilefuse.calibrate import calibrate as run_calibration
+        from tilefuse.host_calibration import calibrate as run_calibration
 
         calibration = run_calibration(rounds=3 if quick else 21)
         print(calibration)

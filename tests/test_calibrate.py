@@ -37,7 +37,7 @@ def write_record(folder, chosen: dict[str, str], slower: float = 0.8) -> None:
 
 def test_calibrate_measures_every_register_tile_and_keeps_the_record(private_cache):
     steps = []
-    measure = importlib.import_module("tilefuse.calibrate")  # tfu.calibrate is the function
+    measure = importlib.import_module("tilefuse.host_calibration")
     record = measure.calibrate(rounds=1, on_step=steps.append)
     for dtype, np_dtype in (("f32", np.float32), ("f64", np.float64)):
         tiles = [f"{mr}x{nr}" for mr, nr in ck.micro_tiles(np_dtype)]

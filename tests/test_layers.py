@@ -19,7 +19,7 @@ LAYERS = {
         "explain", "profile"],
     3: ["backends", "backends.*"],
     4: ["compiler", "check"],
-    5: ["cli", "__main__", "report", "pictures", "tune", "calibrate", "bench", "dask",
+    5: ["cli", "__main__", "report", "pictures", "tune", "host_calibration", "bench", "dask",
         "testing"],
     6: [""],  # the package itself: the public API, above everything
 }  # fmt: skip

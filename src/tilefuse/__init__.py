@@ -9,7 +9,6 @@ y = model(x)
 
 from ._version import __version__  # noqa: F401 - tfu.__version__
 from .backends import reference
-from .calibrate import calibrate  # likewise
 from .compiler import compile
 from .dsl import (
     Dense,
@@ -46,6 +45,14 @@ from .text import load_graph, parse_graph, print_graph
 from .tiling import Tiling
 from .tune import tune  # tilefuse.tune the module: importlib.import_module
 from .verify import verify
+
+
+def calibrate(rounds: int | None = None) -> object:
+    """Measure which register tile of the CPU kernels runs fastest on this host, per dtype,
+    and keep the record for the tile pass (`tilefuse calibrate`; host_calibration.py)."""
+    from .host_calibration import calibrate as measure
+
+    return measure(rounds) if rounds else measure()
 
 
 def __getattr__(name: str) -> object:

@@ -1,5 +1,5 @@
 """Host calibration records: which of the CPU kernels' register tiles ran fastest on this CPU
-(measured by `calibrate`), kept per CPU model, vector width and kernel sources.
+(measured by `host_calibration.calibrate`), kept per CPU model, vector width and kernel sources.
 
     tilefuse calibrate            # or tfu.calibrate(): a few seconds
     <cache dir>/calibration.json  # {"<host key>": {"f32": {"chosen": "4x24", ...}, ...}}
@@ -31,6 +31,7 @@ from .machine import host_machine
 from .tiling import kernel_micro_tiles
 
 CALIBRATION_FILE = "calibration.json"
+ROUNDS = 21  # of ~1 ms calls: 0.3 s of timing; on a busy 2-core VM single rounds vary 10 %
 
 
 @dataclass

@@ -35,7 +35,7 @@ import numpy as np
 from . import phases
 from ._version import __version__
 from .backends import BACKENDS
-from .calibrate import ROUNDS
+from .calibration import ROUNDS
 from .check import random_inputs
 from .compiler import compile
 from .dsl import Function, Sequential, to_graph
@@ -843,7 +843,7 @@ def add_calibrate_parser(commands: Any) -> None:
 
 
 def command_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
+    from .host_calibration import calibrate
 
     if args.rounds < 1:
         raise UsageError(f"--rounds must be at least 1, got {args.rounds}")

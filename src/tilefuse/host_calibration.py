@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import Calibration, DtypeCalibration, host_key, save
+from .calibration import ROUNDS, Calibration, DtypeCalibration, host_key, save
 from .tiling import Tiling
 
 PROBLEM = (168, 512, 384)  # m, k, n: multiples of every family's mr (4, 6, 8, 12, 14) and nr
 CALIBRATION_MARGIN = 0.04
-ROUNDS = 21  # of ~1 ms calls: 0.3 s of timing; on a busy 2-core VM single rounds vary 10 %
 DTYPES = ("f32", "f64")
 
 
