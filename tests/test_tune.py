@@ -9,11 +9,13 @@ import importlib
 import json
 import time
 
+import numpy as np
 import pytest
 
 import tilefuse as tfu
 from tilefuse import machine as machines
 from tilefuse import tuning_log
+from tilefuse.backends import cpu_kernels as ck
 from tilefuse.cli import budget_seconds, main
 from tilefuse.explain import explain_graph
 from tilefuse.passes import run_pipeline
@@ -268,7 +270,12 @@ def test_candidates_start_with_the_heuristic_and_run_differently():
         assert tilings[0] == heuristic
         assert len(tilings) <= tune_module.MAX_CANDIDATES
         assert len({bench.behaviour(t) for t in tilings}) == len(tilings)
-        assert all(bench.error(t) <= 1.0 for t in tilings)
+        assert all(bench.error(t) <= 1.0 for t in tilings)  # each on its own register tile
+        family = ck.micro_tiles(np.float32)
+        assert {(t.mr, t.nr) for t in tilings} == set(family)  # every register tile is tried
+        assert {(t.mr, t.nr) for t in tilings[1 : len(family)]} == set(family) - {
+            (heuristic.mr, heuristic.nr)
+        }
 
 
 def test_tune_takes_a_compiled_model_and_shows_progress():

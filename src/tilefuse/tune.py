@@ -47,7 +47,7 @@ from .ir import Graph, Node, TensorType
 from .machine import Machine
 from .ops import GraphBuilder, attrs_of
 from .text import format_node, node_names
-from .tiling import TYPICAL_BATCH, Tiling
+from .tiling import TYPICAL_BATCH, Tiling, kernel_micro_tiles
 
 MIN_GAIN = 0.02  # a winner must be at least this much faster, however quiet the machine
 # one sample of the heuristic straying more than this (half its interquartile range over the
@@ -408,8 +408,13 @@ def make_entry(op: OpTuning, key: dict[str, Any]) -> tuning_log.Entry:
 
 # -- candidates, from the cost model ---------------------------------------------------------
 def candidate_tilings(p: Any, mach: Machine, h: Tiling, bench: Bench) -> list[Tiling]:
-    """The heuristic `h` first, then variations of its mc, nc, kc and parallel loop ordered by
-    the cost model's distance from it; tilings the kernel runs identically are merged."""
+    """The heuristic `h` first, then the model's tiling for each other register tile of the
+    kernels' family, then variations of h's mc, nc, kc and parallel loop ordered by the cost
+    model's distance from it; tilings the kernel runs identically are merged."""
+    from .passes.tile import Tile
+
+    family = [Tile(mr=mr, nr=nr).choose(p, mach)[0] for mr, nr in kernel_micro_tiles(
+        p.dtype, mach.vector_bits) if (mr, nr) != (h.mr, h.nr)]  # fmt: skip
     options = [
         h.replace(kc=kc, mc=mc, nc=nc, parallel=parallel)
         for kc in kc_options(p, h)
@@ -419,7 +424,7 @@ def candidate_tilings(p: Any, mach: Machine, h: Tiling, bench: Bench) -> list[Ti
     ]
     options.sort(key=lambda t: model_distance(t, h, p, mach))
     chosen, seen = [h], {bench.behaviour(h)}
-    for t in options:
+    for t in family + options:
         behaviour = bench.behaviour(t)
         if behaviour not in seen and len(chosen) < MAX_CANDIDATES:
             seen.add(behaviour)
@@ -488,22 +493,18 @@ class Bench:
         self.out = np.empty((m, n), dtype)
         self.act = cpu_kernels.ACTIVATION_CODE[tuning_log.activation_key(attrs)]
         self.alpha = float(attrs.get("alpha", 0.01))
-        self.mr, self.nr = cpu_kernels.micro_tile(dtype)
-        self.packed: dict[int, np.ndarray] = {}
-
-    def kernel_tiling(self, t: Tiling) -> Tiling:
-        return t.replace(mr=self.mr, nr=self.nr)
+        self.packed: dict[tuple[int, int, int], np.ndarray] = {}  # (kc, mr, nr) -> weights
 
     def call(self, t: Tiling) -> Callable[[], None]:
-        t = self.kernel_tiling(t)
-        if t.kc not in self.packed:
-            self.packed[t.kc] = self.kernels.pack_weights(self.w, t)
+        """One call of the kernel of t's own register tile (the one the IR will state)."""
+        key = (t.kc, t.mr, t.nr)
+        if key not in self.packed:
+            self.packed[key] = self.kernels.pack_weights(self.w, t)  # checks the tile
         parallel = self.kernels.parallel_code(t)
-        operands = (self.x, self.packed[t.kc], self.bias, self.out, self.act, self.alpha)
+        operands = (self.x, self.packed[key], self.bias, self.out, self.act, self.alpha)
         pool = self.kernels.pool_control()
-        return functools.partial(
-            self.kernels.dense_kernel, *operands, t.kc, t.mc, t.nc, parallel, pool
-        )
+        return functools.partial(self.kernels.dense_kernel, *operands, t.kc, t.mc, t.nc,
+                                 parallel, pool, (t.mr, t.nr))  # fmt: skip
 
     def warm_up(self, t: Tiling) -> float:
         """Seconds per call of `t` after its first call (which may load the kernel)."""
@@ -530,12 +531,11 @@ class Bench:
         import numba
 
         k = self.kernels
-        t = self.kernel_tiling(t)
         threads = numba.get_num_threads() if k.parallel_code(t) else 1
         if 2 * self.m * self.n * self.k < k.PARALLEL_MIN_FLOP:
             threads = 1
-        plan = k.plan(self.out.dtype, self.m, self.n, t.mc, t.nc, threads)
-        return t.kc, threads, plan
+        plan = k.plan(self.out.dtype, self.m, self.n, t.mc, t.nc, threads, (t.mr, t.nr))
+        return t.mr, t.nr, t.kc, threads, plan
 
     def error(self, t: Tiling) -> float:
         """|kernel - float64 reference| as a fraction of the tolerance (<= 1 passes)."""
