@@ -131,11 +131,11 @@ def run_case(m, k, n, act, rng, rounds, batches) -> dict:
     tiling = planned_tiling(m, k, n)
     wp = ck.pack_weights(w, tiling)
     code, par = ck.ACTIVATION_CODE[act], ck.parallel_code(tiling)
-    kc, mc, nc = tiling.kc, tiling.mc, tiling.nc
+    kc, mc, nc, micro = tiling.kc, tiling.mc, tiling.nc, (tiling.mr, tiling.nr)
     pool = ck.pool_control()
 
     def ours():
-        ck.dense_kernel(x, wp, b, out, code, 0.0, kc, mc, nc, par, pool)
+        ck.dense_kernel(x, wp, b, out, code, 0.0, kc, mc, nc, par, pool, micro=micro)
 
     def sgemm():
         np.matmul(x, w, out=out)

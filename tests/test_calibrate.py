@@ -100,3 +100,28 @@ def test_explain_says_whether_the_host_is_calibrated(private_cache):
     write_record(private_cache, {"f32": "6x16", "f64": "6x8"})
     text = str(tfu.compile(net, target="reference", pipeline="canonicalize,fuse,tile").explain())
     assert "register tiles calibrated on this host 2026-12-07: f32 6x16, f64 6x8" in text
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"gflops": {"6x16": "fast"}},
+        {"gflops": ["6x16"]},
+        {"chosen": 616},
+        {"extra": 1},
+    ],
+)
+def test_a_damaged_record_is_ignored_and_compiling_still_works(private_cache, damage):
+    write_record(private_cache, {"f32": "6x16"})
+    path = private_cache / C.CALIBRATION_FILE
+    data = json.loads(path.read_text())
+    data[C.host_key()]["dtypes"]["f32"].update(damage)
+    path.write_text(json.dumps(data))
+    assert C.recorded() is None and C.preferred("f32", 256) is None
+    net = tfu.Sequential([tfu.Dense(8)], input_dim=4, name="damaged")
+    tfu.compile(net, target="reference", pipeline="canonicalize,fuse,tile")
+
+
+def test_calibrate_refuses_rounds_below_one(private_cache):
+    with pytest.raises(ValueError, match="rounds must be an int >= 1"):
+        tfu.calibrate(0)

@@ -256,6 +256,7 @@ def test_every_activation_shares_one_compilation():
             tiling.nc,
             1,
             ck.pool_control(),
+            micro=(tiling.mr, tiling.nr),
         )
         assert status == 0
         np.testing.assert_allclose(out, reference(act, x, w, None), rtol=1e-12, atol=1e-12)

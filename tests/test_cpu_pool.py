@@ -29,7 +29,8 @@ def big_call(pool: np.ndarray, m: int = 96):
     out = np.empty((m, 200), np.float32)
     code = ck.ACTIVATION_CODE["relu"]
     status = ck.dense_kernel(x, ck.pack_weights(w, tiling), np.zeros(200, np.float32), out,
-                             code, 0.0, tiling.kc, tiling.mc, tiling.nc, 1, pool)  # fmt: skip
+                             code, 0.0, tiling.kc, tiling.mc, tiling.nc, 1, pool,
+                             micro=(tiling.mr, tiling.nr))  # fmt: skip
     return status, out, np.maximum(x @ w, 0)
 
 
@@ -111,7 +112,8 @@ def test_a_workers_runner_runs_the_published_job(dtype):
     numba.set_num_threads(2)
     wp = ck.pack_weights(w, tiling)  # kept: the job refers to it by address
     status = ck.dense_kernel(x, wp, bias, out, ck.ACTIVATION_CODE["relu"], 0.0, tiling.kc,
-                             tiling.mc, tiling.nc, 1, lonely)  # fmt: skip
+                             tiling.mc, tiling.nc, 1, lonely,
+                             micro=(tiling.mr, tiling.nr))  # fmt: skip
     want = np.maximum(x @ w + bias, 0)
     assert status == 0 and lonely[P.TASKS] > 1
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)

@@ -307,3 +307,11 @@ def test_sequential_takes_its_name_from_its_variable_function_or_file(tmp_path):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert interactive.stdout.strip() == "sequential"  # no source to read the name from
+
+
+def test_a_default_name_comes_only_from_an_assignment_of_the_call_itself():
+    enc = tfu.Sequential([tfu.Dense(4)], input_dim=3); other = 1  # noqa: E702  # fmt: skip
+    held = {"a": tfu.Sequential([tfu.Dense(4)], input_dim=3)}
+    listed = [tfu.Sequential([tfu.Dense(4)], input_dim=3)]
+    assert enc.name == "enc" and other == 1
+    assert held["a"].name == listed[0].name == "test_dsl"  # part of a larger expression

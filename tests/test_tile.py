@@ -537,3 +537,15 @@ def test_the_tile_pass_picks_the_register_tile_that_pads_least():
 def test_the_spec_picks_a_register_tile_of_the_family(spec, shape):
     (t,) = tilings(run_pipeline(dense_graph("N", 300, 512), f"tile{{{spec},machine=generic}}"))
     assert (t.mr, t.nr) == shape
+
+
+def test_the_command_lines_warning_format_is_restored_after_it(capsys):
+    import warnings
+
+    from tilefuse import cli
+
+    before = warnings.showwarning
+    spec = "canonicalize,fuse,tile{k=1,machine=generic}"
+    assert cli.main(["show", str(EXAMPLES / "mlp.py"), "--emit", "tiled", "--pipeline", spec]) == 0
+    assert "tilefuse: warning: tile: %0" in capsys.readouterr().err
+    assert warnings.showwarning is before

@@ -52,7 +52,7 @@ def calibrate(rounds: int | None = None) -> object:
     and keep the record for the tile pass (`tilefuse calibrate`; host_calibration.py)."""
     from .host_calibration import calibrate as measure
 
-    return measure(rounds) if rounds else measure()
+    return measure() if rounds is None else measure(rounds)
 
 
 def __getattr__(name: str) -> object:

@@ -92,7 +92,16 @@ def cache_dir() -> pathlib.Path:
 
 # what tilefuse writes at the top of its cache folder (a folder holding nothing else is its)
 OWN_NAMES = frozenset(
-    {MARKER, "kernels", "checks", "reproducers", "locks", "tuning", "roofline.json"}
+    {
+        MARKER,
+        "kernels",
+        "checks",
+        "reproducers",
+        "locks",
+        "tuning",
+        "roofline.json",
+        "calibration.json",
+    }
 )
 
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._version import kernel_fingerprint
-from .cache import atomic_write, cache_dir
+from .cache import atomic_write, cache_dir, locked, use_private_cache
 from .machine import host_machine
 from .tiling import kernel_micro_tiles
 
@@ -82,13 +82,29 @@ def _read_all() -> dict[str, Any]:
 
 
 def recorded() -> Calibration | None:
-    """This host's calibration from the cache folder, or None (none, or unreadable)."""
+    """This host's calibration from the cache folder, or None (none, unreadable, or a record
+    whose fields are not what `calibrate` writes: a damaged record never breaks a compile)."""
     entry = _read_all().get(host_key())
-    try:
-        dtypes = {d: DtypeCalibration(**c) for d, c in entry.pop("dtypes").items()}
-        return Calibration(**entry, dtypes=dtypes)
-    except (AttributeError, TypeError, ValueError, KeyError):
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtypes"), dict):
         return None
+    dtypes = {}
+    for dtype, c in entry["dtypes"].items():
+        if not (isinstance(c, dict) and set(c) == {"chosen", "gflops", "default"}):
+            return None
+        chosen, default, rates = c["chosen"], c["default"], c["gflops"]
+        if not (isinstance(chosen, str) and isinstance(default, str) and isinstance(rates, dict)):
+            return None
+        if not all(isinstance(t, str) and _is_rate(r) for t, r in rates.items()):
+            return None
+        dtypes[dtype] = DtypeCalibration(chosen, {t: float(r) for t, r in rates.items()}, default)
+    fields = [entry.get(k) for k in ("host", "measured_on", "problem")]
+    if not all(isinstance(f, str) for f in fields):
+        return None
+    return Calibration(*fields, dtypes=dtypes)
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 def preferred(
@@ -117,10 +133,18 @@ def preferred(
 
 
 def save(record: Calibration) -> None:
-    """Keep `record` in the cache folder beside the other hosts' records."""
-    data = _read_all()
-    data[record.host] = record.to_dict()
-    atomic_write(cache_dir() / CALIBRATION_FILE, json.dumps(data, indent=2) + "\n")
+    """Keep `record` in the cache folder beside the other hosts' records (under a lock, so
+    that two calibrations sharing the folder both stay; a read-only cache folder falls back
+    to a private one, as compiling does)."""
+    with locked("calibration"):
+        data = _read_all()
+        data[record.host] = record.to_dict()
+        text = json.dumps(data, indent=2) + "\n"
+        try:
+            atomic_write(cache_dir() / CALIBRATION_FILE, text)
+        except OSError as err:
+            private = use_private_cache(f"cannot write to the cache folder ({err.strerror})")
+            atomic_write(private / CALIBRATION_FILE, text)
 
 
 __all__ = ["Calibration", "DtypeCalibration", "host_key", "preferred", "recorded", "save"]

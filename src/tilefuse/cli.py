@@ -847,7 +847,10 @@ def command_calibrate(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise UsageError(f"--rounds must be at least 1, got {args.rounds}")
-    with progress_steps(args.rounds * 8 + 8) as step:
+    from .backends.cpu_kernels import micro_tiles
+
+    tiles = sum(len(micro_tiles(d)) for d in ("float32", "float64"))
+    with progress_steps(tiles * (args.rounds + 1)) as step:
         record = calibrate(args.rounds, on_step=step)
     print(json.dumps(record.to_dict(), indent=2) if args.json else record)
     return 0
@@ -916,15 +919,24 @@ class UsageError(TilefuseError):
     """The command line itself is wrong (exit status 2, as argparse's own usage errors)."""
 
 
-def warning_line(message: Any, category: type, filename: str, lineno: int, line: Any = None) -> str:
+def show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                 line: Any = None) -> None:  # fmt: skip
     """A warning as one line, `tilefuse: warning: ...`, not Python's file:line of the
-    library code that issued it (the message names the user's op)."""
-    return f"tilefuse: warning: {message}\n"
+    library code that issued it (the message names the user's op); on a terminal, after
+    clearing a progress line (`saying_phases`)."""
+    stream = file or sys.stderr
+    clear = "\r\x1b[K" if stream.isatty() else ""
+    stream.write(f"{clear}tilefuse: warning: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = warning_line
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning  # for this command only: restored on return
+        return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except UsageError as err:

@@ -87,28 +87,43 @@ def default_name(frame: Any, fallback: str) -> str:
 
 
 def assigned_name(frame: Any) -> str | None:
-    """The target of the assignment statement running at `frame`, when it is one name or
-    attribute (`net = ...`, `self.encoder = ...`), or the function a `return` statement
-    returns from; None otherwise or without source."""
+    """The name the statement running at `frame` gives the call it is making: the one target
+    of an assignment whose value is that very call (`net = ...`, `self.encoder = ...`), or the
+    function a `return` of that call returns from; None otherwise (the call is part of a
+    larger expression, a list, a comprehension) or without source."""
     tree = _parsed(frame.f_code.co_filename)
-    if tree is None:
+    position = _call_position(frame)
+    if tree is None or position is None:
         return None
-    line, best = frame.f_lineno, None
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.Return)) and node.lineno <= line <= (
-            node.end_lineno or node.lineno
-        ):
-            if best is None or node.lineno >= best.lineno:  # the innermost statement
-                best = node
-    if best is None:
+        if not isinstance(node, (ast.Assign, ast.AnnAssign, ast.Return)):
+            continue
+        value = node.value
+        if not isinstance(value, ast.Call) or _position(value) != position:
+            continue
+        if isinstance(node, ast.Return):  # def encoder(): return tfu.Sequential(...)
+            name = frame.f_code.co_name
+            return name if name.isidentifier() else None
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        if len(targets) != 1:
+            return None
+        target = targets[0]
+        return target.id if isinstance(target, ast.Name) else getattr(target, "attr", None)
+    return None
+
+
+def _call_position(frame: Any) -> tuple | None:
+    """(line, column, end line, end column) of the call the frame is making."""
+    try:
+        positions = list(frame.f_code.co_positions())
+        line, end_line, column, end_column = positions[frame.f_lasti // 2]
+    except (AttributeError, IndexError, ValueError):
         return None
-    if isinstance(best, ast.Return):  # def encoder(): return tfu.Sequential(...)
-        return frame.f_code.co_name if frame.f_code.co_name != "<module>" else None
-    targets = best.targets if isinstance(best, ast.Assign) else [best.target]
-    if len(targets) != 1:
-        return None
-    target = targets[0]
-    return target.id if isinstance(target, ast.Name) else getattr(target, "attr", None)
+    return None if line is None or column is None else (line, column, end_line, end_column)
+
+
+def _position(node: ast.AST) -> tuple:
+    return (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)
 
 
 @functools.lru_cache(maxsize=32)
@@ -565,9 +580,10 @@ class Sequential:
 
     layout="rows": examples are rows, x is (N, input_dim), Z = X @ W + b.
     layout="columns": examples are columns, x is (input_dim, N), Z = W @ X + b, b of shape (k, 1).
-    name: the graph's name; by default the variable it is assigned to (`encoder = ...`), or
-    the file's name when that variable is a generic word such as `net` or `model`
-    (`net = ...` in mlp.py: mlp), else "sequential".
+    name: the graph's name; by default the variable it is assigned to (`encoder = ...`) or
+    the function that returns it, unless that is a generic word such as `net` or `model`;
+    then, or when it is neither assigned nor returned, the file's name (`net = ...` in
+    mlp.py: mlp); "sequential" where there is no source file (an interactive session).
     """
 
     def __init__(

@@ -34,6 +34,8 @@ def calibrate(rounds: int = ROUNDS, on_step: Callable[[str], None] | None = None
     a second each)."""
     from .backends import cpu_kernels as ck
 
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise ValueError(f"calibrate: rounds must be an int >= 1, got {rounds!r}")
     step = on_step or (lambda _: None)
     m, k, n = PROBLEM
     result = Calibration(
@@ -77,7 +79,7 @@ def _layer_call(ck: Any, x: np.ndarray, w: np.ndarray, mr: int, nr: int) -> Call
 
     def call() -> None:
         status = ck.dense_kernel(x, wp, bias, out, 0, 0.0, tiling.kc, tiling.mc, tiling.nc,
-                                 ck.PARALLEL_NONE, serial, (mr, nr))  # fmt: skip
+                                 ck.PARALLEL_NONE, serial, micro=(mr, nr))  # fmt: skip
         if status:
             raise RuntimeError(f"calibrate: {mr}x{nr}: {ck.OPERAND_PROBLEMS[status]}")
 

@@ -108,7 +108,7 @@ def build_report(
     bodies = {
         "overview": overview(g, source_file, explanation),
         "timing": timing_section(timings, explanation, profiled),
-        "roofline": roofline_section(explanation, measured),
+        "roofline": roofline_section(explanation, measured, "cpu" in targets),
         "kernels": kernels_section(explanation),
         "decisions": decisions_table(stages),
         "source": source,
@@ -310,7 +310,7 @@ def kernel_source(g: Graph, spec: str, stages: dict[str, Graph]) -> str:
     return f"<h3>cpu backend: Python source (Numba)</h3>{pre(source)}" + "".join(parts)
 
 
-def roofline_section(e: Explanation, measured: Profile | None = None) -> str:
+def roofline_section(e: Explanation, measured: Profile | None = None, timed: bool = False) -> str:
     try:
         image = pictures.roofline_image(e, "svg", measured)
     except ImportError:
@@ -321,8 +321,13 @@ def roofline_section(e: Explanation, measured: Profile | None = None) -> str:
         "Hollow points joined to them: the kernel as measured by the profiler (the call of "
         "median time) at the same intensity.</p>"
         if measured
-        else "<p>Each point is the roof's bound for the kernel at its intensity (not timed: "
-        "the report was written without the cpu target).</p>"
+        else "<p>Each point is the roof's bound for the kernel at its intensity ("
+        + (
+            "the cpu target could not be profiled: see Timing"
+            if timed
+            else "not timed: the report was written without the cpu target"
+        )
+        + ").</p>"
     )
     return f'{note}<img class="picture" alt="roofline plot" src="{uri}">'
 

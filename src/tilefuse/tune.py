@@ -504,7 +504,7 @@ class Bench:
         operands = (self.x, self.packed[key], self.bias, self.out, self.act, self.alpha)
         pool = self.kernels.pool_control()
         return functools.partial(self.kernels.dense_kernel, *operands, t.kc, t.mc, t.nc,
-                                 parallel, pool, (t.mr, t.nr))  # fmt: skip
+                                 parallel, pool, micro=(t.mr, t.nr))  # fmt: skip
 
     def warm_up(self, t: Tiling) -> float:
         """Seconds per call of `t` after its first call (which may load the kernel)."""

@@ -8,7 +8,7 @@ and the LLVM-IR micro-kernels are built with llvmlite and cached as object code 
 (`cpu_library`); this module does the packing, the thread pool's start, and the Python forms
 of the driver:
 
-    dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl) -> status
+    dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, micro=(mr, nr))
       x      [M, K] float32 or float64, C-contiguous; M is free at run time (0 and 1 included)
       wp     pack_weights(w, tiling) for w [K, N] of the same dtype (1-D, micro-panel order)
       bias   [N], or an empty array for no bias
@@ -148,11 +148,12 @@ def _kernel_array(name: str, a, dtype, ndim: int) -> np.ndarray:
     return a
 
 
-def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, micro=None) -> int:
+def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, *, micro) -> int:
     """out = ACTIVATIONS[act](x @ w + bias) with wp = pack_weights(w, tiling); see the module
-    doc. `micro` is the tiling's register tile (mr, nr) (None: the default), the one wp was
-    packed for. Returns 0, or the index of a problem in OPERAND_PROBLEMS (out untouched). The
-    GIL is released while it runs."""
+    doc. `micro` is the tiling's register tile (mr, nr), the one wp was packed for: required,
+    since the driver cannot tell two tiles' packings of the same padded width apart. Returns
+    0, or the index of a problem in OPERAND_PROBLEMS (out untouched). The GIL is released
+    while it runs."""
     dtype = getattr(x, "dtype", None)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dense_kernel: x must be float32 or float64, got {dtype}")
@@ -241,7 +242,7 @@ def dense(
     bias = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     problem = dense_kernel(x, w, bias, out, ACTIVATION_CODE[act], float(alpha), tiling.kc,
                            tiling.mc, tiling.nc, parallel_code(tiling), pool_control(),
-                           (tiling.mr, tiling.nr))  # fmt: skip
+                           micro=(tiling.mr, tiling.nr))  # fmt: skip
     if problem:
         raise ValueError(f"dense: {OPERAND_PROBLEMS[problem]}")
     return out

@@ -1,16 +1,17 @@
 """The CPU kernel library: the dense drivers, the pool's worker loop and the micro-kernels,
 built as LLVM IR with llvmlite and kept as object code per host.
 
-Place in the pipeline: `cpu_entry.require(dtype)` loads the library of a dtype and registers
-its driver under a symbol name that generated `forward` functions call; `cpu_kernels` wraps
-the same driver for Python (`dense_kernel`, `dense`). Nothing here goes through Numba's typing
-pipeline: building the IR takes a fraction of a second, LLVM's -O3 and code generation about
-a second per dtype, and the object code is cached in the cache folder's `kernels/library/`,
+Place in the pipeline: `cpu_entry.require(dtype, mr, nr)` loads the library of a dtype and
+register tile and registers its driver under a symbol name that generated `forward`
+functions call; `cpu_kernels` wraps the same driver for Python (`dense_kernel`, `dense`).
+Nothing here goes through Numba's typing pipeline: building the IR takes a fraction of a
+second, LLVM's -O3 and code generation about a second per library, and the object code is cached in the cache folder's `kernels/library/`,
 keyed by the kernel sources' fingerprint, the CPU name and features and the LLVM version, so a
 later process loads it in milliseconds. (Through Numba, the same drivers took 10-20 s to
 compile cold, most of it typing and re-optimising each helper's module.)
 
-One library per dtype exports two C functions (`tag` is e.g. float32_v8):
+One library per dtype and register tile exports two C functions (`tag` is e.g.
+float32_v8_6x16):
 
     int64_t tilefuse_dense_<tag>(x, m, k, wp, wp_size, bias, nbias, out, n, act, alpha,
                                  kc, mc, nc, parallel, ctl, nctl)       # cpu_entry.SIGNATURE

@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import TilefuseError
+
 OP_COMMENT = re.compile(r"^\s*# (%\S+ = .*)$")
 DRIVER_CALL = re.compile(r"\bdense_(f32|f64)_(\d+x\d+)\(")
 DEBUG_ATTACHMENT = re.compile(r",? !dbg !\d+")
@@ -102,6 +104,18 @@ def asm_functions(asm: str) -> dict[str, str]:
     return found
 
 
+def forward_of(found: dict[str, str], what: str) -> tuple[str, str]:
+    """(name, text) of `forward` among a listing's functions; an error naming what was found
+    when the listing is not laid out as expected (an object format other than ELF)."""
+    for name, text in found.items():
+        if is_forward(name):
+            return name, text
+    raise TilefuseError(
+        f"cannot find forward in Numba's {what} (functions found: "
+        f"{', '.join(found) or 'none'}); the listing expects ELF-style assembly on x86-64"
+    )
+
+
 def is_forward(name: str) -> bool:
     return "7forward" in name and not name.startswith(("_ZN7cpython", "cfunc.", '"cfunc.'))
 
@@ -111,7 +125,7 @@ def annotated_llvm(llvm_text: str, smap: SourceMap) -> str:
     locations = {
         m.group(1): int(m.group(2)) for m in map(LOCATION.match, llvm_text.splitlines()) if m
     }
-    name, body = next((n, b) for n, b in functions(llvm_text).items() if is_forward(n))
+    name, body = forward_of(functions(llvm_text), "LLVM IR")
     out, current = [], None
     for line in body.replace(name, "forward").splitlines():
         stripped = line.strip()
@@ -128,7 +142,7 @@ def annotated_llvm(llvm_text: str, smap: SourceMap) -> str:
 
 def annotated_asm(asm: str, smap: SourceMap) -> str:
     """`forward`'s assembly with each op's IR line above its code and the directives gone."""
-    name, body = next((n, b) for n, b in asm_functions(asm).items() if is_forward(n))
+    name, body = forward_of(asm_functions(asm), "assembly")
     out, current = [], None
     for line in body.replace(name, "forward").splitlines():
         loc = LOC_DIRECTIVE.match(line)

@@ -24,9 +24,9 @@ NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="".
 
 Epilogue. On the last k block a tile stores acc (+ C) + bias, then, for any activation but
 identity, one out-of-line function (`activate`, a switch over ACTIVATIONS) rewrites the tile
-while it is still in L1. One copy of each activation per dtype, not one per tile shape and
-activation, keeps the IR small: a dtype's whole library (drivers included) compiles in about
-a second cold. The extra L1 pass is cheap: at 512x64x4096 f32 (K small, the worst case) relu
+while it is still in L1. One copy of each activation per library (dtype and register tile),
+not one per activation and kernel, keeps the IR small: a library (drivers included)
+compiles in about a second cold. The extra L1 pass is cheap: at 512x64x4096 f32 (K small, the worst case) relu
 adds 12 % to identity's time, sigmoid 52 %, gelu 113 %; at 64x1024x4096 each adds <= 6 %.
 leaky_relu's alpha is a run-time argument. Ragged tiles use masked loads and stores.
 

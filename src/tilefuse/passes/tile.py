@@ -528,7 +528,8 @@ class Tile(Pass):
         if self.mr or self.nr:  # the kernels' tile that has what the spec gives
             family = kernel_micro_tiles(p.dtype, mach.vector_bits)
             fits = [(a, b) for a, b in family if self.mr in (0, a) and self.nr in (0, b)]
-            mr, nr = fits[0] if fits else (self.mr or mr, self.nr or nr)  # else refused below
+            if (mr, nr) not in fits:  # the model's (or calibrated) tile when it has those sides
+                mr, nr = fits[0] if fits else (self.mr or mr, self.nr or nr)  # else refused below
             why_micro = f"mr x nr = {mr}x{nr} (given by the spec)"
         kc, why_kc = self._given("k", "kc") or choose_kc(p, mach, mr, nr)
         parallel, why_parallel = (
