@@ -2,20 +2,15 @@
 (measured by `host_calibration.calibrate`), kept per CPU model, vector width and kernel sources.
 
     tilefuse calibrate            # or tfu.calibrate(): a few seconds
-    <cache dir>/calibration.json  # {"<host key>": {"f32": {"chosen": "4x24", ...}, ...}}
+    <cache dir>/calibration.json  # {"<host key>": {"dtypes": {"f32": {"chosen": "4x24", ...}}, ...}}
 
 Place in the pipeline: the tile pass (passes/tile.py, `choose_micro_tile`) starts from the
 register tile calibrated for the op's dtype when it plans for this host (not for a preset:
 `TILEFUSE_MACHINE` keeps tilings and goldens host-independent), and explain and
 `tilefuse cache info` show the record. Without a record the family's first tile is the
-default, as before.
+default.
 
-The measurement: each register tile of the family (`tiling.kernel_micro_tiles`) runs one
-packed layer of 168 x 512 -> 384 (a multiple of every tile's mr and nr, so no tile computes
-padding the others do not) on one thread, in interleaved rounds (each round in a rotated
-order, so drift in the machine's speed hits every tile alike); a tile's time is the median of
-its rounds' best calls. Another tile than the default is chosen only when it is
-CALIBRATION_MARGIN faster: on a busy machine a few percent is noise.
+How the record is measured: host_calibration.py.
 """
 
 from __future__ import annotations
