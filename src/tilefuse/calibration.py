@@ -2,7 +2,7 @@
 (measured by `host_calibration.calibrate`), kept per CPU model, vector width and kernel sources.
 
     tilefuse calibrate            # or tfu.calibrate(): a few seconds
-    <cache dir>/calibration.json  # {"<host key>": {"dtypes": {"f32": {"chosen": "4x24", ...}}, ...}}
+    <cache dir>/calibration.json  # {"<host key>": {"dtypes": {"f32": {"chosen": "4x24"}}}}
 
 Place in the pipeline: the tile pass (passes/tile.py, `choose_micro_tile`) starts from the
 register tile calibrated for the op's dtype when it plans for this host (not for a preset:

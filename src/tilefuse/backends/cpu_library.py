@@ -5,9 +5,10 @@ Place in the pipeline: `cpu_entry.require(dtype, mr, nr)` loads the library of a
 register tile and registers its driver under a symbol name that generated `forward`
 functions call; `cpu_kernels` wraps the same driver for Python (`dense_kernel`, `dense`).
 Nothing here goes through Numba's typing pipeline: building the IR takes a fraction of a
-second, LLVM's -O3 and code generation about a second per library, and the object code is cached in the cache folder's `kernels/library/`,
-keyed by the kernel sources' fingerprint, the CPU name and features and the LLVM version, so a
-later process loads it in milliseconds. (Through Numba, the same drivers took 10-20 s to
+second, LLVM's -O3 and code generation about a second per library, and the object code is
+cached in the cache folder's `kernels/library/`, keyed by the kernel sources' fingerprint,
+the CPU name and features and the LLVM version, so a later process loads it in
+milliseconds. (Through Numba, the same drivers took 10-20 s to
 compile cold, most of it typing and re-optimising each helper's module.)
 
 One library per dtype and register tile exports two C functions (`tag` is e.g.

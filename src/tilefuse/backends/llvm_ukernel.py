@@ -26,8 +26,9 @@ Epilogue. On the last k block a tile stores acc (+ C) + bias, then, for any acti
 identity, one out-of-line function (`activate`, a switch over ACTIVATIONS) rewrites the tile
 while it is still in L1. One copy of each activation per library (dtype and register tile),
 not one per activation and kernel, keeps the IR small: a library (drivers included)
-compiles in about a second cold. The extra L1 pass is cheap: at 512x64x4096 f32 (K small, the worst case) relu
-adds 12 % to identity's time, sigmoid 52 %, gelu 113 %; at 64x1024x4096 each adds <= 6 %.
+compiles in about a second cold. The extra L1 pass is cheap: at 512x64x4096 f32 (K small,
+the worst case) relu adds 12 % to identity's time, sigmoid 52 %, gelu 113 %; at
+64x1024x4096 each adds <= 6 %.
 leaky_relu's alpha is a run-time argument. Ragged tiles use masked loads and stores.
 
 Vector math (no libm, except f64 gelu): `exp`/`expm1` of t <= 0 share one Cody-Waite reduction
