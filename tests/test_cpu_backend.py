@@ -119,8 +119,13 @@ def test_runtime_weights():
     nc=st.integers(1, 64),
     kc=st.integers(1, 100),
     parallel=st.sampled_from(["m", "n", "none"]),
+    tile=st.integers(0, 3),
 )
-def test_random_shapes_and_tilings(m, k, n, mc, nc, kc, parallel):
+def test_random_shapes_and_tilings(m, k, n, mc, nc, kc, parallel, tile):
+    from tilefuse.backends import cpu_kernels as ck
+
+    family = ck.micro_tiles(np.float32)
+    mr, nr = family[tile % len(family)]  # every register tile of this host's kernels
     w = np.random.default_rng(k * n).standard_normal((k, n)).astype(np.float32)
     b = np.random.default_rng(n).standard_normal(n).astype(np.float32)
 
@@ -128,7 +133,8 @@ def test_random_shapes_and_tilings(m, k, n, mc, nc, kc, parallel):
     def layer(x: tfu.Input["N", k]):
         return tfu.sigmoid(x @ w + b)
 
-    spec = f"canonicalize,fuse,tile{{m={mc},n={nc},k={kc},parallel={parallel}}},plan_memory"
+    spec = f"canonicalize,fuse,tile{{m={mc},n={nc},k={kc},mr={mr},nr={nr},parallel={parallel}}},"
+    spec += "plan_memory"
     model = tfu.compile(layer, target="cpu", pipeline=spec)
     x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
     assert_matches_reference(model, layer.graph(), x)

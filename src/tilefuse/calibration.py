@@ -29,11 +29,16 @@ CALIBRATION_FILE = "calibration.json"
 ROUNDS = 21  # of ~1 ms calls: 0.3 s of timing; on a busy 2-core VM single rounds vary 10 %
 
 
+KC_SHARES = (0.5, 1.0, 2.0)  # of the L1d a kc x nr B micro-panel may fill; the first: the model's
+
+
 @dataclass
 class DtypeCalibration:
     chosen: str  # "4x24"
     gflops: dict[str, float]  # per register tile, "6x16" -> GFLOP/s on one thread
     default: str  # the family's first
+    kc_share: float = KC_SHARES[0]  # of the L1d the chosen tile's B micro-panel may fill
+    kc_gflops: dict[str, float] = field(default_factory=dict)  # per share, "1.0" -> GFLOP/s
 
     @property
     def micro(self) -> tuple[int, int]:
@@ -42,7 +47,11 @@ class DtypeCalibration:
 
     def summary(self) -> str:
         rates = ", ".join(f"{tile} {rate:.1f}" for tile, rate in self.gflops.items())
-        return f"{self.chosen} ({rates} GFLOP/s on one thread)"
+        text = f"{self.chosen} ({rates} GFLOP/s on one thread)"
+        if self.kc_gflops:
+            shares = ", ".join(f"{s} {rate:.1f}" for s, rate in self.kc_gflops.items())
+            text += f", kc x nr up to {self.kc_share:g} L1d ({shares})"
+        return text
 
 
 @dataclass
@@ -84,14 +93,22 @@ def recorded() -> Calibration | None:
         return None
     dtypes = {}
     for dtype, c in entry["dtypes"].items():
-        if not (isinstance(c, dict) and set(c) == {"chosen", "gflops", "default"}):
+        required, optional = {"chosen", "gflops", "default"}, {"kc_share", "kc_gflops"}
+        if not (isinstance(c, dict) and required <= set(c) <= required | optional):
             return None
         chosen, default, rates = c["chosen"], c["default"], c["gflops"]
+        share, share_rates = c.get("kc_share", KC_SHARES[0]), c.get("kc_gflops", {})
         if not (isinstance(chosen, str) and isinstance(default, str) and isinstance(rates, dict)):
             return None
-        if not all(isinstance(t, str) and _is_rate(r) for t, r in rates.items()):
+        if share not in KC_SHARES or not isinstance(share_rates, dict):
             return None
-        dtypes[dtype] = DtypeCalibration(chosen, {t: float(r) for t, r in rates.items()}, default)
+        pairs = [*rates.items(), *share_rates.items()]
+        if not all(isinstance(t, str) and _is_rate(r) for t, r in pairs):
+            return None
+        dtypes[dtype] = DtypeCalibration(
+            chosen, {t: float(r) for t, r in rates.items()}, default, float(share),
+            {t: float(r) for t, r in share_rates.items()},
+        )  # fmt: skip
     fields = [entry.get(k) for k in ("host", "measured_on", "problem")]
     if not all(isinstance(f, str) for f in fields):
         return None
@@ -127,6 +144,17 @@ def preferred(
     return micro, f"calibrated on this host {record.measured_on}: {entry.summary()}", rates
 
 
+def kc_share(dtype: str) -> tuple[float, str] | None:
+    """The share of the L1d a kc x nr B micro-panel may fill, as calibrated for `dtype` on this
+    host, and a line saying so; None without a record (the model's half)."""
+    record = recorded()
+    entry = record.dtypes.get(dtype) if record else None
+    if entry is None or not entry.kc_gflops:
+        return None
+    rates = ", ".join(f"{s} of L1d {r:.1f}" for s, r in entry.kc_gflops.items())
+    return entry.kc_share, f"calibrated on this host {record.measured_on}: {rates} GFLOP/s"
+
+
 def save(record: Calibration) -> None:
     """Keep `record` in the cache folder beside the other hosts' records (under a lock, so
     that two calibrations sharing the folder both stay; a read-only cache folder falls back
@@ -142,4 +170,12 @@ def save(record: Calibration) -> None:
             atomic_write(private / CALIBRATION_FILE, text)
 
 
-__all__ = ["Calibration", "DtypeCalibration", "host_key", "preferred", "recorded", "save"]
+__all__ = [
+    "Calibration",
+    "DtypeCalibration",
+    "host_key",
+    "kc_share",
+    "preferred",
+    "recorded",
+    "save",
+]

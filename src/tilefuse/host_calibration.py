@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import ROUNDS, Calibration, DtypeCalibration, host_key, save
+from .calibration import KC_SHARES, ROUNDS, Calibration, DtypeCalibration, host_key, save
 from .tiling import Tiling
 
 PROBLEM = (168, 512, 384)  # m, k, n: multiples of every family's mr (4, 6, 8, 12, 14) and nr
+K_PROBLEM = (336, 2048, 768)  # deep enough that every kc of KC_SHARES splits k; 2 row blocks
 CALIBRATION_MARGIN = 0.04
 DTYPES = ("f32", "f64")
 
@@ -59,27 +60,58 @@ def calibrate(rounds: int = ROUNDS, on_step: Callable[[str], None] | None = None
         default = f"{family[0][0]}x{family[0][1]}"
         best = min(seconds, key=seconds.get)
         chosen = best if seconds[default] > seconds[best] * (1 + CALIBRATION_MARGIN) else default
-        result.dtypes[dtype] = DtypeCalibration(chosen, rates, default)
+        share, share_rates = _kc_share(ck, dtype, np_dtype, chosen, rounds, step)
+        result.dtypes[dtype] = DtypeCalibration(chosen, rates, default, share, share_rates)
     save(result)
     return result
+
+
+def _kc_share(ck: Any, dtype: str, np_dtype: Any, tile: str, rounds: int, step: Callable):
+    """How much of the L1d the kc x nr B micro-panel of `tile` may fill: each of KC_SHARES
+    timed on a layer deep enough that every kc splits it (K_PROBLEM), on the thread pool as
+    compiled layers run (the cores share the L2-L3 traffic a kc saves), interleaved; a larger
+    share than the model's half only when CALIBRATION_MARGIN faster."""
+    from .machine import host_machine
+
+    mr, nr = (int(v) for v in tile.split("x"))
+    m, k, n = K_PROBLEM
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((m, k)).astype(np_dtype)
+    w = rng.standard_normal((k, n)).astype(np_dtype)
+    l1d, itemsize = host_machine().l1d, np.dtype(np_dtype).itemsize
+    calls = {}
+    for share in KC_SHARES:
+        kc = max(8, int(l1d * share) // (nr * itemsize) // 8 * 8)
+        calls[f"{share:g}"] = _layer_call(ck, x, w, mr, nr, kc=min(kc, k), threads=True)
+        calls[f"{share:g}"]()
+    say = functools.partial(_say_timing, step, f"{dtype} {tile} kc")
+    seconds = _interleaved(calls, rounds, say)
+    rates = {share: 2 * m * n * k / s / 1e9 for share, s in seconds.items()}
+    base = f"{KC_SHARES[0]:g}"
+    best = min(seconds, key=seconds.get)
+    chosen = best if seconds[base] > seconds[best] * (1 + CALIBRATION_MARGIN) else base
+    return float(chosen), rates
 
 
 def _say_timing(step: Callable[[str], None], dtype: str, tile: str) -> None:
     step(f"calibrate: timing {dtype} {tile}")
 
 
-def _layer_call(ck: Any, x: np.ndarray, w: np.ndarray, mr: int, nr: int) -> Callable[[], None]:
-    """One serial call of the packed layer with register tile mr x nr, ready to time."""
+def _layer_call(ck: Any, x: np.ndarray, w: np.ndarray, mr: int, nr: int, kc: int = 256,
+                threads: bool = False) -> Callable[[], None]:  # fmt: skip
+    """One call of the packed layer with register tile mr x nr, ready to time: serial, or
+    with `threads` on the thread pool, as compiled layers run."""
     m, k = x.shape
     n = w.shape[1]
-    tiling = Tiling(mc=m, nc=n, kc=min(k, 256), mr=mr, nr=nr, parallel="none")
+    tiling = Tiling(mc=m, nc=n, kc=min(k, kc), mr=mr, nr=nr, parallel="m" if threads else "none")
     wp = ck.pack_weights(w, tiling)
     bias, out = np.zeros(n, x.dtype), np.empty((m, n), x.dtype)
-    serial = np.zeros(0, np.int64)
+    pool = ck.pool_control() if threads else np.zeros(0, np.int64)
+    parallel = ck.parallel_code(tiling)
 
     def call() -> None:
         status = ck.dense_kernel(x, wp, bias, out, 0, 0.0, tiling.kc, tiling.mc, tiling.nc,
-                                 ck.PARALLEL_NONE, serial, micro=(mr, nr))  # fmt: skip
+                                 parallel, pool, micro=(mr, nr))  # fmt: skip
         if status:
             raise RuntimeError(f"calibrate: {mr}x{nr}: {ck.OPERAND_PROBLEMS[status]}")
 

@@ -147,8 +147,17 @@ def choose_micro_tile(p: Problem, mach: Machine) -> tuple[int, int, str]:
 
 
 def choose_kc(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[int, str]:
+    """kc: the kc x nr B micro-panel fills at most half the L1d (the A sliver streams through
+    the rest), or on this host the share calibration measured fastest (`tilefuse calibrate`:
+    a panel streamed from L2 by the prefetcher can beat fewer, shorter k blocks)."""
     s = p.itemsize
-    most = round_down(mach.l1d // 2 // (nr * s), KC_MULTIPLE)
+    share, calibrated = 0.5, None
+    if mach.source.startswith("host"):  # a preset plans the same everywhere
+        from ..calibration import kc_share
+
+        calibrated = kc_share(p.dtype)
+        share = calibrated[0] if calibrated else share
+    most = round_down(int(mach.l1d * share) // (nr * s), KC_MULTIPLE)
     blocks = -(-p.k // most)
     kc = p.k if blocks <= 1 else min(most, round_up(-(-p.k // blocks), KC_MULTIPLE))
     kc = max(kc, 1)
@@ -156,6 +165,11 @@ def choose_kc(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[int, str]:
         f"kc={kc}: a {kc}x{nr} B micro-panel ({format_bytes(kc * nr * s)}) and a {mr}x{kc} "
         f"A sliver ({format_bytes(mr * kc * s)}) fit the {format_bytes(mach.l1d)} L1d"
     )
+    if share != 0.5:
+        why = (
+            f"kc={kc}: a {kc}x{nr} B micro-panel ({format_bytes(kc * nr * s)}) up to "
+            f"{share:g} of the {format_bytes(mach.l1d)} L1d ({calibrated[1]})"
+        )
     if blocks <= 1:
         return kc, f"{why} (all of k={p.k}: one k block)"
     return kc, f"{why} (k={p.k} in {-(-p.k // kc)} balanced k blocks of at most {most})"
