@@ -834,8 +834,9 @@ def add_calibrate_parser(commands: Any) -> None:
         "calibrate",
         help="measure which register tile of the CPU kernels runs fastest on this host",
         description="Time every register tile of the CPU kernels (f32 and f64) on one "
-        "layer, in interleaved rounds, and keep the fastest per dtype in the cache folder: "
-        "the tile pass starts from it when it plans for this host. A few seconds.",
+        "layer, in interleaved rounds, then how much of the L1d the chosen tile's kc x nr "
+        "panel may fill, and keep both per dtype in the cache folder: the tile pass starts "
+        "from them when it plans for this host. A few seconds.",
     )
     calibrate.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds ({ROUNDS})")
     calibrate.add_argument("--json", action="store_true", help="print the record as JSON")
