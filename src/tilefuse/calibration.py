@@ -15,6 +15,7 @@ How the record is measured: host_calibration.py.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from dataclasses import asdict, dataclass, field
@@ -77,12 +78,22 @@ def host_key() -> str:
     return f"{mach.cpu} / {mach.vector_bits}-bit / kernels {kernel_fingerprint()[:12]}"
 
 
+_last_read: list[tuple[tuple, dict[str, Any]]] = []  # (the file's identity, its records)
+
+
 def _read_all() -> dict[str, Any]:
+    """Every host's record in the cache folder (a copy); the file is parsed again only when
+    its path, size or modification time changed (the tile pass looks it up per dense op)."""
+    path = cache_dir() / CALIBRATION_FILE
     try:
-        data = json.loads((cache_dir() / CALIBRATION_FILE).read_text())
+        stat = path.stat()
+        identity = (str(path), stat.st_size, stat.st_mtime_ns)
+        if not (_last_read and _last_read[0][0] == identity):
+            data = json.loads(path.read_text())
+            _last_read[:] = [(identity, data if isinstance(data, dict) else {})]
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    return copy.deepcopy(_last_read[0][1])
 
 
 def recorded() -> Calibration | None:

@@ -58,8 +58,7 @@ def calibrate(rounds: int = ROUNDS, on_step: Callable[[str], None] | None = None
         seconds = _interleaved(calls, rounds, functools.partial(_say_timing, step, dtype))
         rates = {tile: 2 * m * n * k / s / 1e9 for tile, s in seconds.items()}
         default = f"{family[0][0]}x{family[0][1]}"
-        best = min(seconds, key=seconds.get)
-        chosen = best if seconds[default] > seconds[best] * (1 + CALIBRATION_MARGIN) else default
+        chosen = _fastest(seconds, default)
         share, share_rates = _kc_share(ck, dtype, np_dtype, chosen, rounds, step)
         result.dtypes[dtype] = DtypeCalibration(chosen, rates, default, share, share_rates)
     save(result)
@@ -88,9 +87,14 @@ def _kc_share(ck: Any, dtype: str, np_dtype: Any, tile: str, rounds: int, step: 
     seconds = _interleaved(calls, rounds, say)
     rates = {share: 2 * m * n * k / s / 1e9 for share, s in seconds.items()}
     base = f"{KC_SHARES[0]:g}"
-    best = min(seconds, key=seconds.get)
-    chosen = best if seconds[base] > seconds[best] * (1 + CALIBRATION_MARGIN) else base
+    chosen = _fastest(seconds, base)
     return float(chosen), rates
+
+
+def _fastest(seconds: dict[str, float], default: str) -> str:
+    """The key of the lowest time, when it beats `default`'s by CALIBRATION_MARGIN."""
+    best = min(seconds, key=seconds.get)
+    return best if seconds[default] > seconds[best] * (1 + CALIBRATION_MARGIN) else default
 
 
 def _say_timing(step: Callable[[str], None], dtype: str, tile: str) -> None:

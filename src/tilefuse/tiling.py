@@ -165,6 +165,11 @@ KERNEL_MICRO_TILES = {
 # in place, all of K in registers, no rows padded to mr (backends/cpu_library.py says why).
 ROW_KERNEL_MAX_M = 4
 
+# Below this many flops (2*M*N*K) a CPU kernel call runs serially: waking the pool costs a
+# few us. Measured serial vs 2 threads (us): 65 kflop 1.3 vs 3.0, 131 kflop 2.5 vs 4.7 (row)
+# and 2.7 vs 3.2 (packed); 524 kflop 6.8 vs 5.8; 1 Mflop 12.8 vs 9.6. Crossover ~300 kflop.
+PARALLEL_MIN_FLOP = 400_000
+
 
 # The activations the CPU kernels apply in registers, in their epilogue (gelu in both of its
 # forms). A dense op's other epilogue steps run as ops of their own on the CPU: the tile pass

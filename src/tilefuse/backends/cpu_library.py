@@ -55,7 +55,7 @@ from llvmlite import ir
 from .. import phases
 from .._version import kernel_fingerprint
 from ..cache import atomic_write, cache_dir, explain, use_private_cache
-from ..tiling import ROW_KERNEL_MAX_M
+from ..tiling import PARALLEL_MIN_FLOP, ROW_KERNEL_MAX_M
 from . import cpu_pool as P
 from .llvm_ukernel import (
     ACTIVATIONS,
@@ -77,10 +77,6 @@ from .llvm_ukernel import (
 # The packed path computes whole 8-row tiles, so it costs the same for M = 1..8; the rows
 # kernel wins while its tiles are small (1, 2, 4 rows).
 
-# Below this many flops (2*M*N*K) a call runs serially: waking the pool costs a few us.
-# Measured serial vs 2 threads (us): 65 kflop 1.3 vs 3.0, 131 kflop 2.5 vs 4.7 (row)
-# and 2.7 vs 3.2 (packed); 524 kflop 6.8 vs 5.8; 1 Mflop 12.8 vs 9.6. Crossover ~300 kflop.
-PARALLEL_MIN_FLOP = 400_000
 
 PARALLEL_NONE, PARALLEL_AUTO = 0, 1
 ROW_PLAN, PACKED_PLAN = 0, 1

@@ -25,6 +25,7 @@ from ..ops import ACTIVATIONS, BINARY_REFS, attrs_of
 from ..tiling import (
     CPU_KERNEL_ACTIVATIONS,
     PARALLEL_CHOICES,
+    PARALLEL_MIN_FLOP,
     ROW_KERNEL_MAX_M,
     TYPICAL_BATCH,
     GpuTiling,
@@ -96,6 +97,12 @@ def round_down(value: int, multiple: int) -> int:
     return max(multiple, value // multiple * multiple)
 
 
+def for_this_host(mach: Machine) -> bool:
+    """Whether tilings are planned for the host itself, so that its calibration applies (a
+    preset, TILEFUSE_MACHINE or tile{machine=...}, plans the same everywhere)."""
+    return mach.source.startswith("host")
+
+
 MICRO_TILE_MARGIN = 0.05  # another register tile is chosen over the default when this much faster
 
 
@@ -109,7 +116,7 @@ def choose_micro_tile(p: Problem, mach: Machine) -> tuple[int, int, str]:
     kernel_bits = 512 if mach.vector_bits >= 512 else 256
     lanes = kernel_bits // (8 * p.itemsize)
     calibrated = None
-    if mach.source.startswith("host"):  # a preset plans the same everywhere
+    if for_this_host(mach):
         from ..calibration import preferred
 
         calibrated = preferred(p.dtype, mach.vector_bits)
@@ -152,7 +159,7 @@ def choose_kc(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[int, str]:
     a panel streamed from L2 by the prefetcher can beat fewer, shorter k blocks)."""
     s = p.itemsize
     share, calibrated = 0.5, None
-    if mach.source.startswith("host"):  # a preset plans the same everywhere
+    if for_this_host(mach):
         from ..calibration import kc_share
 
         calibrated = kc_share(p.dtype)
@@ -279,7 +286,7 @@ def tiling_costs(t: Tiling, p: Problem, mach: Machine) -> dict[str, float]:
         "reading weights": p.k * p.n * s * b_reads / L3_BYTES_PER_CYCLE,
         "re-reading the output per k block": p.m * p.n * s * 2 * (k_blocks - 1) / c_level,
     }
-    threads = mach.cores if t.parallel != "none" and p.flops >= 400_000 else 1
+    threads = mach.cores if t.parallel != "none" and p.flops >= PARALLEL_MIN_FLOP else 1
     return {part: cycles / threads for part, cycles in costs.items()}
 
 
@@ -498,7 +505,7 @@ class Tile(Pass):
             decisions.append(decision)
         if decisions:
             note = "tilings are planned for it (TILEFUSE_MACHINE or tile{machine=...} change it)"
-            if mach.source.startswith("host"):
+            if for_this_host(mach):
                 note += "; " + calibration_note()
             decisions.insert(0, Decision("tile", str(mach), "assumed", "machine", note))
         out = Graph(g.name, nodes, g.inputs, g.outputs, g.constants, g.meta)
