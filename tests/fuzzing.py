@@ -464,6 +464,20 @@ def _grow_permute(gb: _Builder) -> None:
         gb.add("permute", [x], perm=tuple(perm))
 
 
+def _grow_slice(gb: _Builder) -> None:
+    """Every step-th element of a run of a static axis, forwards or backwards."""
+    x = gb.pick(lambda t: any(isinstance(d, int) and d > 0 for d in t.shape))
+    if x is None:
+        return
+    t = gb.type(x)
+    axis = gb.draw(st.sampled_from([a for a, d in enumerate(t.shape) if isinstance(d, int) and d]))
+    n = t.shape[axis]
+    step = gb.draw(st.sampled_from((1, 1, 2, 3, -1, -2)))
+    a, b = sorted((gb.draw(st.integers(0, n)), gb.draw(st.integers(0, n))))
+    start, stop = (a, b) if step > 0 else (min(b, n - 1), a - 1)
+    gb.add("slice", [x], axis=axis, start=start, stop=stop, step=step)
+
+
 def _batch_dims(gb: _Builder, batch: Sequence[int | str], room: int) -> tuple[int, ...]:
     """A constant's batch axes that broadcast with `batch`: some of its trailing axes, each
     its extent or 1, and with `room` left, sometimes a new leading axis (the result grows)."""
@@ -544,6 +558,7 @@ GROWERS = {
     "reduce": _grow_reduce,
     "reshape": _grow_reshape,
     "permute": _grow_permute,
+    "slice": _grow_slice,
     "batch_matmul": _grow_batch_matmul,
     "layer_norm": _grow_layer_norm,
     "cast": _grow_cast,

@@ -150,6 +150,20 @@ CASES += [
     ),
     ("permute", "permute", {"perm": (2, 0, 1)}, [(2, 5, 3)], lambda a: np.einsum("ijk->kij", a)),
     (
+        "slice",
+        "slice",
+        {"axis": 1, "start": 1, "stop": 5, "step": 2},
+        [(2, 5, 3)],
+        lambda a: np.stack([a[:, 1], a[:, 3]], axis=1),
+    ),
+    (
+        "slice-backwards",
+        "slice",
+        {"axis": 0, "start": 4, "stop": -1, "step": -3},
+        [(5, 3)],
+        lambda a: np.stack([a[4], a[1]]),
+    ),
+    (
         "batch-matmul",
         "batch_matmul",
         {},
@@ -301,7 +315,9 @@ def op_table_rows() -> list[str]:
 def format_default(value) -> str:
     if value is REQUIRED:
         return "required"
-    return {(): "()", None: "none", True: "true", False: "false"}.get(value, str(value))
+    if isinstance(value, bool) or value is None or value == ():
+        return {(): "()", None: "none", True: "true", False: "false"}[value]
+    return str(value)
 
 
 def test_docs_ir_md_has_the_op_table():

@@ -353,6 +353,31 @@ def _infer_permute(types: list[TensorType], attrs: dict[str, Any]) -> TensorType
     return a.with_shape(a.shape[p] for p in perm)
 
 
+def _infer_slice(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (a,) = types
+    axis, start, stop, step = (attrs[k] for k in ("axis", "start", "stop", "step"))
+    if not -a.rank <= axis < a.rank:
+        raise ShapeError(f"slice {a}: axis {axis} is not an axis of a rank-{a.rank} tensor")
+    extent = a.shape[axis]
+    if not isinstance(extent, int):
+        raise ShapeError(f"slice {a}: axis {axis} has the symbolic extent {extent}")
+    forward = step > 0 and 0 <= start <= stop <= extent
+    backward = step < 0 and -1 <= stop <= start < extent
+    if not (forward or backward or (step < 0 and start == stop == -1)):
+        raise ShapeError(
+            f"slice {a}: {start}:{stop}:{step} of axis {axis} needs 0 <= start <= stop <= "
+            f"{extent} (step > 0) or -1 <= stop <= start < {extent} (step < 0)"
+        )
+    shape = list(a.shape)
+    shape[axis] = len(range(start, stop, step))
+    return a.with_shape(shape)
+
+
+def _ref_slice(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    picked = np.arange(attrs["start"], attrs["stop"], attrs["step"])  # stop -1: through 0
+    return np.take(args[0], picked, axis=attrs["axis"])
+
+
 def _infer_batch_matmul(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     a, b = types
     dtype = _same_dtype("batch_matmul", types)
@@ -480,6 +505,21 @@ OPS: dict[str, OpDef] = {
         lambda a, attrs: np.transpose(a[0], attrs["perm"]),
         attrs={"perm": Attr("ints")},
         doc="N-D transpose: output axis i is input axis perm[i]",
+    ),
+    "slice": OpDef(
+        "slice",
+        (1, 1),
+        "layout",
+        _infer_slice,
+        _ref_slice,
+        attrs={
+            "axis": Attr("int", REQUIRED),
+            "start": Attr("int", REQUIRED),
+            "stop": Attr("int", REQUIRED),
+            "step": Attr("int", 1),
+        },
+        doc="elements start, start+step, .. up to stop (excluded; -1 with a negative step: "
+        "through 0) of one static axis, the other axes whole",
     ),
     "batch_matmul": OpDef(
         "batch_matmul",

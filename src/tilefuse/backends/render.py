@@ -311,6 +311,14 @@ class Renderer:
         src = self.value(node.inputs[0])
         self.loop_nest(node.type, [f"{self.element(node)} = {src}[{', '.join(source_index)}]"])
 
+    def render_slice(self, node: Node) -> None:
+        attrs = attrs_of(node)
+        axis = attrs["axis"] % node.type.rank
+        index = [f"i{a}" for a in range(node.type.rank)]
+        index[axis] = f"{attrs['start']} + {attrs['step']} * i{axis}"
+        src = self.value(node.inputs[0])
+        self.loop_nest(node.type, [f"{self.element(node)} = {src}[{', '.join(index)}]"])
+
     def render_reduce(self, node: Node) -> None:
         """One output element per iteration; the reduced axes are loops `r0, r1, ..` inside."""
         source = self.g[node.inputs[0]].type
@@ -560,6 +568,7 @@ RULES = {
     "log_softmax": "softmax",
     "reshape": "reshape",
     "permute": "permute",
+    "slice": "slice",
     "batch_matmul": "batch_matmul",
     "layer_norm": "layer_norm",
 }

@@ -30,8 +30,32 @@ from ..errors import TilefuseError
 from ..ir import MAX_NAME_CHARS, Graph, TensorType, check_name, dtype_name
 from ..ops import OPS, GraphBuilder, attrs_of, broadcast_shapes, normalized_axes
 from . import UnsupportedError, require
+from .onnx_shapes import (
+    Sym,
+    SymbolicError,
+    atom_of,
+    evaluate,
+    extent,
+    has_symbols,
+    product,
+    regroup,
+    settled,
+    shape_array,
+)
 
-Value = int | np.ndarray  # a node id in the graph being built, or an array known at import time
+
+@dataclass(frozen=True)
+class Grouped:
+    """An ONNX tensor whose extents are no IR extents (`[16, 4*N, 64]`): IR node `node`
+    (`[16, N, 4, 64]`) read with `groups[i]` of its axes as ONNX axis i (see `regroup`)."""
+
+    node: int
+    groups: tuple[int, ...]
+
+
+# a node id in the graph being built, an array known at import time (an object array where
+# it holds symbolic dims: shape arithmetic), or a node read with grouped axes
+Value = int | np.ndarray | Grouped
 EXPORT_OPSET = 20  # Gelu needs 20; LayerNormalization 17; ReduceMean with axes as input 18
 EXPORT_IR_VERSION = 10  # what ONNX Runtime releases of opset 20 read
 
@@ -109,6 +133,7 @@ class _Importer:
         self.consts: dict[int, tuple[np.ndarray, int]] = {}
         self.node: Any = None
         self.index = 0
+        self.plained: dict[tuple[int, tuple[int, ...]], int] = {}
 
     # errors --------------------------------------------------------------------------------
     def where(self) -> str:
@@ -122,25 +147,105 @@ class _Importer:
 
     @property
     def loc(self) -> str:
+        if self.node is None:
+            return f"{self.source}:outputs"
         return f"{self.source}:{self.node.name or self.node.op_type}"
 
     # values --------------------------------------------------------------------------------
-    def value(self, name: str) -> Value:
+    def raw(self, name: str) -> Value:
+        """The value `name` as it is held (a Grouped tensor stays grouped)."""
         if name not in self.values:
             raise self.fail(f"reads {name!r}, which no earlier node or input defines")
         return self.values[name]
 
-    def inputs(self) -> list[Value | None]:
-        """The current node's operands; None for an optional operand left out."""
-        return [self.value(n) if n else None for n in self.node.input]
+    def value(self, name: str) -> int | np.ndarray:
+        """The value `name` as a node or an array: a Grouped tensor is reshaped to its ONNX
+        extents, which must be IR extents."""
+        value = self.raw(name)
+        return self.plain(value) if isinstance(value, Grouped) else value
+
+    def inputs(self, start: int = 0) -> list[Value | None]:
+        """The current node's operands from `start` on; None for an optional one left out."""
+        return [self.value(n) if n else None for n in self.node.input[start:]]
 
     def known(self, k: int) -> np.ndarray | None:
         """Operand k as an array when it is known at import time, else None."""
         names = self.node.input
         if k >= len(names) or not names[k]:
             return None
-        value = self.value(names[k])
+        value = self.raw(names[k])
         return value if isinstance(value, np.ndarray) else None
+
+    # grouped axes --------------------------------------------------------------------------
+    def atoms(self, value: Value) -> tuple[int, tuple[int, ...]]:
+        """(node, groups) of a value: a Grouped one's, or one IR axis per axis."""
+        if isinstance(value, Grouped):
+            return value.node, value.groups
+        node = self.node_id(value, f"{self.node.op_type.lower() if self.node else 'out'}_c")
+        return node, (1,) * self.b.types[node].rank
+
+    def grouped(self, node: int, groups: Sequence[int]) -> Value:
+        return node if all(g == 1 for g in groups) else Grouped(node, tuple(groups))
+
+    def extents(self, value: Value) -> list[int | Sym]:
+        """A value's ONNX extents, `Sym`s where they hold symbolic dims."""
+        node, groups = self.atoms(value)
+        shape, out, k = self.b.types[node].shape, [], 0
+        for g in groups:
+            out.append(product([extent(d) for d in shape[k : k + g]]))
+            k += g
+        return out
+
+    def plain(self, value: Value) -> int | np.ndarray:
+        """A Grouped tensor as a node with its ONNX extents (a reshape), when they are IR
+        extents; others as they are."""
+        if not isinstance(value, Grouped):
+            return value
+        key = (value.node, value.groups)
+        if key not in self.plained:
+            dims = [atom_of(d) for d in self.extents(value)]
+            if None in dims or len({d for d in dims if isinstance(d, str)}) > 1:
+                user = self.node.op_type if self.node is not None else "a graph output"
+                raise self.fail(
+                    f"{user} needs its operand as a tensor of extents "
+                    f"{tuple(self.extents(value))}, which merge the batch with other axes; "
+                    "tilefuse keeps the batch an axis of its own"
+                )
+            self.plained[key] = self.emit("reshape", [value.node], shape=tuple(dims))
+        return self.plained[key]
+
+    def reshaped(self, value: Value, target: Sequence[int | Sym]) -> Value:
+        """`value` with ONNX extents `target` (same element count, row-major)."""
+        node, _ = self.atoms(value)
+        source = self.b.types[node].shape
+        found = regroup(source, target)
+        if found is not None:
+            atoms, groups = found
+            if atoms != source:
+                node = self.emit("reshape", [node], shape=atoms)
+            return self.grouped(node, groups)
+        dims = [atom_of(d) for d in target]
+        if None in dims:
+            raise self.fail(
+                f"reshape of {tuple(self.extents(value))} to {tuple(target)} moves the batch "
+                "across other axes; tilefuse keeps the batch an axis of its own"
+            )
+        x = self.plain(value)
+        if tuple(dims) == self.type_of(x).shape:
+            return x
+        return self.emit("reshape", [x], shape=tuple(dims))
+
+    def whole_axes(self, value: Value, axes: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+        """(node, groups) with each ONNX axis in `axes` one IR axis (reshaping a grouped one
+        where that keeps the batch an axis of its own, else an error)."""
+        node, groups = self.atoms(value)
+        if all(groups[a] == 1 for a in axes):
+            return node, groups
+        return self.atoms(self.plain(value))
+
+    def atom_axis(self, groups: Sequence[int], axis: int) -> int:
+        """The IR axis of ONNX axis `axis` (its group's first)."""
+        return sum(groups[: axis % len(groups)])
 
     def require_known(self, k: int, what: str) -> np.ndarray:
         array = self.known(k)
@@ -151,9 +256,16 @@ class _Importer:
     def type_of(self, value: Value) -> TensorType:
         if isinstance(value, np.ndarray):
             return TensorType(self.float_dtype(value.dtype), value.shape)
+        if isinstance(value, Grouped):
+            return self.b.types[value.node]
         return self.b.types[value]
 
     def float_dtype(self, dtype: np.dtype) -> str:
+        if np.dtype(dtype) == np.dtype(object):
+            raise self.fail(
+                "the batch size would be a value computed at run time; tilefuse uses shapes "
+                "in reshapes and slices only"
+            )
         try:
             return dtype_name(dtype)
         except TilefuseError:
@@ -260,7 +372,7 @@ class _Importer:
         if node.domain not in ("", "ai.onnx"):
             raise self.fail(f"ops of domain {node.domain!r} are not supported")
         operands = [n for n in node.input if n]
-        if all(isinstance(self.value(n), np.ndarray) for n in operands) and foldable(node):
+        if all(isinstance(self.raw(n), np.ndarray) for n in operands) and foldable(node):
             results: list[Value | None] = list(self.fold())
         else:
             results = self.convert()
@@ -294,12 +406,31 @@ class _Importer:
         if node.op_type == "Constant":
             return self.within_limits([np.asarray(r) for r in constant(self, node)])
         feeds = {n: self.values[n] for n in node.input if n}
+        if any(has_symbols(v) for v in feeds.values()):
+            return self.fold_symbolic()
         self.check_fold_cost([self.values[n] if n else None for n in node.input])
         try:
             results = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
         except Exception as err:  # the reference rejects what it cannot evaluate
             raise self.fail(f"cannot evaluate it at import time: {err}") from None
         return self.within_limits([np.asarray(r) for r in results])
+
+    def fold_symbolic(self) -> list[np.ndarray]:
+        """Shape arithmetic on values that hold the batch (see `onnx_shapes`)."""
+        import onnx
+
+        operands = [self.values[n] if n else None for n in self.node.input]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in self.node.attribute}
+        try:
+            results = evaluate(self.node.op_type, operands, attrs)
+        except SymbolicError as err:
+            raise self.fail(f"shape arithmetic on the symbolic batch: {err}") from None
+        arrays = []
+        for r in results:
+            array = np.empty((), dtype=object)
+            array[()] = r
+            arrays.append(settled(r if isinstance(r, np.ndarray) else array))
+        return self.within_limits(arrays)
 
     def check_fold_cost(self, operands: list[Any]) -> None:
         """Before evaluating the node: what its result would hold, for the ops whose result
@@ -433,22 +564,15 @@ def same_dtype_cast(imp: _Importer, x: Value, target: str | None) -> Value:
 
 @converter("Shape", attrs=("start", "end"))
 def shape(imp: _Importer, node: Any) -> list[Value | None]:
-    dims = imp.type_of(imp.value(node.input[0])).shape
-    dims = dims[slice(imp.attr("start", 0), imp.attr("end", None))]
-    if any(isinstance(d, str) for d in dims):
-        raise imp.fail(
-            f"Shape of a value with the symbolic batch dim ({dims}); shape arithmetic must be "
-            "static (export with a fixed batch, or use Flatten / Reshape with 0 and -1)"
-        )
-    return [np.array(dims, dtype=np.int64)]
+    """Known at import: ints, and `Sym`s for extents that hold the batch."""
+    dims = imp.extents(imp.raw(node.input[0]))
+    return [shape_array(dims[slice(imp.attr("start", 0), imp.attr("end", None))])]
 
 
 @converter("Size")
 def size(imp: _Importer, node: Any) -> list[Value | None]:
-    dims = imp.type_of(imp.value(node.input[0])).shape
-    if any(isinstance(d, str) for d in dims):
-        raise imp.fail(f"Size of a value with the symbolic batch dim ({dims})")
-    return [np.array(math.prod(dims), dtype=np.int64)]
+    total = product(imp.extents(imp.raw(node.input[0])))
+    return [np.array(total, dtype=object if isinstance(total, Sym) else np.int64)]
 
 
 BINARY_OPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
@@ -465,8 +589,45 @@ UNARY_OPS = {
 
 @converter(*BINARY_OPS)
 def binary(imp: _Importer, node: Any) -> list[Value | None]:
-    a, b = imp.inputs()
-    return [imp.emit(BINARY_OPS[node.op_type], [a, b])]
+    a, b = (imp.raw(n) for n in node.input)
+    return [elementwise(imp, BINARY_OPS[node.op_type], a, b)]
+
+
+def elementwise(imp: _Importer, op: str, a: Value, b: Value) -> Value:
+    """`op(a, b)` with broadcasting; on a grouped operand, the other is spread to its IR axes
+    (an operand's extent of 1, or the group's whole extent where the group is one IR axis)."""
+    if not isinstance(a, Grouped) and not isinstance(b, Grouped):
+        return imp.emit(op, [a, b])
+    ea, eb = imp.extents(a), imp.extents(b)
+    big, small = (a, b) if len(ea) >= len(eb) else (b, a)
+    node, groups = imp.atoms(big)
+    atoms = imp.b.types[node].shape
+    extents_big, extents_small = imp.extents(big), imp.extents(small)
+    if isinstance(small, Grouped):
+        s_node, s_groups = imp.atoms(small)
+        tail = groups[len(groups) - len(s_groups) :]
+        if tail == s_groups:
+            operands = [node, s_node] if big is a else [s_node, node]
+            return imp.grouped(imp.emit(op, operands), groups)
+        small = imp.plain(small)
+    offset = len(extents_big) - len(extents_small)
+    spread: list[Any] = []
+    for i, d in enumerate(extents_small):
+        g, k = groups[offset + i], sum(groups[: offset + i])
+        same = not isinstance(d, Sym) and not isinstance(extents_big[offset + i], Sym)
+        if not isinstance(d, Sym) and int(d) == 1:
+            spread += [1] * g
+        elif g == 1:
+            spread.append(atoms[k])
+        elif same and d == extents_big[offset + i]:
+            spread += list(atoms[k : k + g])
+        else:
+            raise imp.fail(f"{op} of {tuple(extents_big)} and {tuple(extents_small)}")
+    small_node = imp.node_id(small) if not isinstance(small, int) else small
+    if tuple(spread) != imp.b.types[small_node].shape:
+        small_node = imp.emit("reshape", [small_node], shape=tuple(spread))
+    operands = [node, small_node] if big is a else [small_node, node]
+    return imp.grouped(imp.emit(op, operands), groups)
 
 
 @converter("Sum")
@@ -479,7 +640,8 @@ def sum_(imp: _Importer, node: Any) -> list[Value | None]:
 
 @converter(*UNARY_OPS)
 def unary(imp: _Importer, node: Any) -> list[Value | None]:
-    return [imp.emit(UNARY_OPS[node.op_type], imp.inputs())]
+    x, groups = imp.atoms(imp.raw(node.input[0]))
+    return [imp.grouped(imp.emit(UNARY_OPS[node.op_type], [x]), groups)]
 
 
 @converter("Max")
@@ -528,24 +690,29 @@ def power(imp: _Importer, node: Any) -> list[Value | None]:
 
 @converter("LeakyRelu", attrs=("alpha",))
 def leaky_relu(imp: _Importer, node: Any) -> list[Value | None]:
-    return [imp.emit("leaky_relu", imp.inputs(), alpha=float(imp.attr("alpha", 0.01)))]
+    x, groups = imp.atoms(imp.raw(node.input[0]))
+    return [imp.grouped(imp.emit("leaky_relu", [x], alpha=float(imp.attr("alpha", 0.01))), groups)]
 
 
 @converter("Gelu", attrs=("approximate",))
 def gelu(imp: _Importer, node: Any) -> list[Value | None]:
     approximate = imp.attr("approximate", b"none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
-    return [imp.emit("gelu", imp.inputs(), approximate=approximate)]
+    x, groups = imp.atoms(imp.raw(node.input[0]))
+    return [imp.grouped(imp.emit("gelu", [x], approximate=approximate), groups)]
 
 
 @converter("Softmax", "LogSoftmax", attrs=("axis",))
 def softmax(imp: _Importer, node: Any) -> list[Value | None]:
     """Opset 13 on: along `axis`. Before: over all axes from `axis` on, as a 2-D matrix."""
-    (x,) = imp.inputs()
     op = "softmax" if node.op_type == "Softmax" else "log_softmax"
-    t = imp.type_of(x)
     if imp.opset >= 13:
-        return [imp.emit(op, [x], axis=imp.attr("axis", -1))]
+        raw = imp.raw(node.input[0])
+        axis = imp.attr("axis", -1)
+        x, groups = imp.whole_axes(raw, [axis])
+        return [imp.grouped(imp.emit(op, [x], axis=imp.atom_axis(groups, axis)), groups)]
+    (x,) = imp.inputs()
+    t = imp.type_of(x)
     axis = imp.attr("axis", 1) % max(t.rank, 1)
     if axis == t.rank - 1:
         return [imp.emit(op, [x], axis=-1)]
@@ -556,8 +723,19 @@ def softmax(imp: _Importer, node: Any) -> list[Value | None]:
 @converter("Gemm", attrs=("alpha", "beta", "transA", "transB"))
 def gemm(imp: _Importer, node: Any) -> list[Value | None]:
     """alpha * A' @ B' + beta * C; a constant B is transposed and scaled here, once."""
-    a, b, c = (imp.inputs() + [None])[:3]
+    a = imp.raw(node.input[0])
+    b, c = (imp.inputs(1) + [None])[:2]
     alpha, beta = float(imp.attr("alpha", 1.0)), float(imp.attr("beta", 1.0))
+    if isinstance(a, Grouped) and not imp.attr("transA", 0):
+        result = grouped_matmul(imp, a, b.T if imp.attr("transB", 0) else b)
+        if alpha != 1.0:
+            result = elementwise(imp, "mul", result, imp.scalar(b, alpha))
+        if c is None or beta == 0.0:
+            return [result]
+        if beta != 1.0:
+            c = elementwise(imp, "mul", c, imp.scalar(c, beta))
+        return [elementwise(imp, "add", result, c)]
+    a = imp.value(node.input[0])
     if imp.attr("transA", 0):
         a = a.T if isinstance(a, np.ndarray) else imp.emit("transpose", [a])
     if imp.attr("transB", 0):
@@ -582,6 +760,9 @@ def gemm(imp: _Importer, node: Any) -> list[Value | None]:
 def matmul(imp: _Importer, node: Any) -> list[Value | None]:
     """NumPy matmul: 2-D is `matmul` (it fuses), higher ranks `batch_matmul`; a 1-D operand
     is made a matrix and its axis dropped from the result."""
+    a, b = (imp.raw(n) for n in node.input)
+    if isinstance(a, Grouped) or isinstance(b, Grouped):
+        return [grouped_matmul(imp, a, b)]
     a, b = imp.inputs()
     a_vector, b_vector = imp.type_of(a).rank == 1, imp.type_of(b).rank == 1
     if imp.type_of(a).rank == 0 or imp.type_of(b).rank == 0:
@@ -602,16 +783,41 @@ def matmul(imp: _Importer, node: Any) -> list[Value | None]:
     return [result]
 
 
+def grouped_matmul(imp: _Importer, a: Value, b: Value) -> Value:
+    """A matmul with a grouped operand: `[16, N, 256] @ W` for the ONNX `[16*N, 256] @ W`,
+    or batch axes read grouped on both sides alike."""
+    if len(imp.extents(a)) < 2 or len(imp.extents(b)) < 2:
+        raise imp.fail("MatMul of a grouped vector is not supported")
+    a_node, a_groups = imp.whole_axes(a, [-1])
+    b_node, b_groups = imp.whole_axes(b, [-2, -1])
+    if len(b_groups) == 2:  # weights: the rows of a, however grouped, times one matrix
+        op = "matmul" if sum(a_groups) == 2 else "batch_matmul"
+        result = imp.emit(op, [a_node, b_node])
+        return imp.grouped(result, (*a_groups[:-1], 1))
+    a_node, a_groups = imp.whole_axes(a, [-2, -1])
+    k = min(len(a_groups), len(b_groups)) - 2
+    if a_groups[len(a_groups) - 2 - k : -2] != b_groups[len(b_groups) - 2 - k : -2]:
+        a_node, a_groups = imp.atoms(imp.plain(a))
+        b_node, b_groups = imp.atoms(imp.plain(b))
+    rank = max(len(a_groups), len(b_groups))
+    batch = a_groups[:-2] if len(a_groups) == rank else b_groups[:-2]
+    result = imp.emit("batch_matmul", [a_node, b_node])
+    return imp.grouped(result, (*batch, 1, 1))
+
+
 @converter("Transpose", attrs=("perm",))
 def transpose(imp: _Importer, node: Any) -> list[Value | None]:
-    (x,) = imp.inputs()
-    rank = imp.type_of(x).rank
+    node_id, groups = imp.atoms(imp.raw(node.input[0]))
+    rank = len(groups)
     perm = tuple(imp.attr("perm", range(rank - 1, -1, -1)))
     if perm == tuple(range(rank)):
-        return [x]
-    if perm == (1, 0):
-        return [imp.emit("transpose", [x])]
-    return [imp.emit("permute", [x], perm=perm)]
+        return [imp.raw(node.input[0])]
+    starts = [sum(groups[:a]) for a in range(rank)]
+    atom_perm = tuple(starts[p] + j for p in perm for j in range(groups[p]))
+    new_groups = tuple(groups[p] for p in perm)
+    if atom_perm == (1, 0):
+        return [imp.emit("transpose", [node_id])]
+    return [imp.grouped(imp.emit("permute", [node_id], perm=atom_perm), new_groups)]
 
 
 # reshapes ---------------------------------------------------------------------------------
@@ -633,72 +839,169 @@ def dims_product(imp: _Importer, dims: Sequence[int | str]) -> int | str:
     )
 
 
-def resolve_shape(imp: _Importer, source: tuple, target: Sequence[int], allowzero: bool) -> tuple:
+def resolve_shape(
+    imp: _Importer, source: Sequence[int | Sym], target: Sequence[Any], allowzero: bool
+) -> list[int | Sym]:
     """ONNX Reshape's target (0: copy the input's extent, -1: the rest) as extents."""
-    if any(int(d) < -1 for d in target):
+    if any(not isinstance(d, Sym) and int(d) < -1 for d in target):
         raise imp.fail(f"shape {tuple(target)} has an extent below -1")
-    dims: list[int | str] = [
-        source[i] if d == 0 and not allowzero and i < len(source) else int(d)
+    dims: list[Any] = [
+        source[i] if not isinstance(d, Sym) and d == 0 and not allowzero and i < len(source)
+        else d if isinstance(d, Sym) else int(d)
         for i, d in enumerate(target)
-    ]
-    if dims.count(-1) > 1:
+    ]  # fmt: skip
+    free = [i for i, d in enumerate(dims) if not isinstance(d, Sym) and d == -1]
+    if len(free) > 1:
         raise imp.fail(f"shape {tuple(target)} has more than one -1")
-    if -1 not in dims:
-        return tuple(dims)
-    known = [d for d in dims if d != -1]
-    source_symbols = sorted(d for d in source if isinstance(d, str))
-    target_symbols = sorted(d for d in known if isinstance(d, str))
-    static_in = math.prod(d for d in source if isinstance(d, int))
-    static_out = math.prod(d for d in known if isinstance(d, int))
-    left = [s for s in source_symbols if s not in target_symbols]
-    if static_out == 0 or static_in % static_out:
-        raise imp.fail(f"cannot reshape {source} to {tuple(target)}")
-    rest = static_in // static_out
-    if len(left) > 1 or (left and rest != 1):
-        raise imp.fail(f"reshape {source} to {tuple(target)} merges the batch with other axes")
-    dims[dims.index(-1)] = left[0] if left else rest
-    return tuple(dims)
+    if free:
+        known = product([d for i, d in enumerate(dims) if i != free[0]])
+        total = product(source)
+        try:
+            if not isinstance(known, Sym) and not isinstance(total, Sym):
+                if known == 0 or total % known:
+                    raise SymbolicError("the element counts do not divide")
+            dims[free[0]] = total // known
+        except SymbolicError:
+            raise imp.fail(f"cannot reshape {tuple(source)} to {tuple(target)}") from None
+    return dims
+
+
+def reshape_to(imp: _Importer, x: Value, target: Sequence[Any], allowzero: bool = False) -> Value:
+    source = imp.extents(x)
+    dims = resolve_shape(imp, source, target, allowzero)
+    if product(dims) != product(source):
+        raise imp.fail(f"cannot reshape {tuple(source)} to {tuple(dims)}: the sizes differ")
+    return imp.reshaped(x, dims)
 
 
 @converter("Reshape", attrs=("allowzero", "shape"))
 def reshape(imp: _Importer, node: Any) -> list[Value | None]:
-    x = imp.value(node.input[0])
+    x = imp.raw(node.input[0])
     if imp.opset < 5:
         target = imp.attr("shape")
     else:
-        target = imp.require_known(1, "the shape operand of Reshape").tolist()
-    source = imp.type_of(x).shape
-    dims = resolve_shape(imp, source, target, bool(imp.attr("allowzero", 0)))
-    return [x if dims == source else imp.emit("reshape", [x], shape=dims)]
+        target = imp.require_known(1, "the shape operand of Reshape").reshape(-1).tolist()
+    return [reshape_to(imp, x, target, bool(imp.attr("allowzero", 0)))]
 
 
 @converter("Flatten", attrs=("axis",))
 def flatten(imp: _Importer, node: Any) -> list[Value | None]:
-    x = imp.value(node.input[0])
-    source = imp.type_of(x).shape
+    x = imp.raw(node.input[0])
+    source = imp.extents(x)
     axis = imp.attr("axis", 1)
-    dims = flattened(imp, source, axis % len(source) if axis < 0 else axis)
-    return [x if dims == source else imp.emit("reshape", [x], shape=dims)]
+    axis = axis % len(source) if axis < 0 else axis
+    return [reshape_to(imp, x, [product(source[:axis]), product(source[axis:])])]
 
 
 @converter("Squeeze", "Unsqueeze", attrs=("axes",))
 def squeeze(imp: _Importer, node: Any) -> list[Value | None]:
     """Both are reshapes: drop (or insert) axes of extent 1."""
-    x = imp.value(node.input[0])
-    source = imp.type_of(x).shape
+    x = imp.raw(node.input[0])
+    source = imp.extents(x)
     axes = imp.attr("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
-        axes = imp.require_known(1, f"the axes of {node.op_type}").tolist()
+        axes = imp.require_known(1, f"the axes of {node.op_type}").reshape(-1).tolist()
     if node.op_type == "Unsqueeze":
         rank = len(source) + len(axes)
         ones, rest = {a % rank for a in axes}, iter(source)
-        dims = tuple(1 if i in ones else next(rest) for i in range(rank))
+        dims = [1 if i in ones else next(rest) for i in range(rank)]
     elif axes:
         dropped = {a % len(source) for a in axes}
-        dims = tuple(d for i, d in enumerate(source) if i not in dropped)
+        bad = [a for a in dropped if isinstance(source[a], Sym) or source[a] != 1]
+        if bad:
+            raise imp.fail(f"axis {bad[0]} of {tuple(source)} has extent {source[bad[0]]}, not 1")
+        dims = [d for i, d in enumerate(source) if i not in dropped]
     else:
-        dims = tuple(d for d in source if d != 1)
-    return [x if dims == source else imp.emit("reshape", [x], shape=dims)]
+        dims = [d for d in source if isinstance(d, Sym) or d != 1]
+    return [imp.reshaped(x, dims)]
+
+
+# slices ------------------------------------------------------------------------------------
+def sliced(imp: _Importer, x: Value, axis: int, start: int, stop: int, step: int = 1) -> Value:
+    """Elements start:stop:step of ONNX axis `axis` (Python's clamping) of a run-time value."""
+    extents = imp.extents(x)
+    axis %= len(extents)
+    extent = extents[axis]
+    if isinstance(extent, Sym):
+        raise imp.fail(f"slices axis {axis}, whose extent {extent} is the symbolic batch")
+    if step == 0:
+        raise imp.fail("a step of 0")
+    start, stop, step = slice(start, stop, step).indices(extent)
+    stop = max(start, stop) if step > 0 else min(start, stop)
+    if (start, stop, step) == (0, extent, 1):
+        return x
+    node, groups = imp.whole_axes(x, [axis])
+    result = imp.emit(
+        "slice", [node], axis=imp.atom_axis(groups, axis), start=start, stop=stop, step=step
+    )
+    return imp.grouped(result, groups)
+
+
+@converter("Slice", attrs=("starts", "ends", "axes"))
+def slice_(imp: _Importer, node: Any) -> list[Value | None]:
+    x = imp.raw(node.input[0])
+    if imp.opset < 10:
+        starts, ends = imp.attr("starts"), imp.attr("ends")
+        axes, steps = imp.attr("axes"), None
+    else:
+        starts = imp.require_known(1, "the starts of Slice").tolist()
+        ends = imp.require_known(2, "the ends of Slice").tolist()
+        axes = imp.known(3).tolist() if imp.known(3) is not None else None
+        steps = imp.known(4).tolist() if imp.known(4) is not None else None
+        if any(imp.known(k) is None for k in (3, 4) if k < len(node.input) and node.input[k]):
+            raise imp.fail("the axes and steps of Slice must be constants")
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    for axis, start, stop, step in zip(axes, starts, ends, steps):
+        x = sliced(imp, x, int(axis), int(start), int(stop), int(step))
+    return [x]
+
+
+@converter("Split", attrs=("axis", "split", "num_outputs"))
+def split(imp: _Importer, node: Any) -> list[Value | None]:
+    """Slices of one axis: the sizes given (attribute or operand), or equal parts."""
+    x = imp.raw(node.input[0])
+    axis = imp.attr("axis", 0)
+    extent = imp.extents(x)[axis]
+    if isinstance(extent, Sym):
+        raise imp.fail(f"splits axis {axis}, whose extent {extent} is the symbolic batch")
+    sizes = imp.attr("split")
+    if sizes is None and len(node.input) > 1 and node.input[1]:
+        sizes = imp.require_known(1, "the split sizes of Split").tolist()
+    if sizes is None:
+        parts = len(node.output)
+        size = -(-extent // parts)
+        sizes = [min(size, extent - k * size) for k in range(parts)]
+    if sum(sizes) != extent or len(sizes) != len(node.output):
+        raise imp.fail(
+            f"split sizes {list(sizes)} for {len(node.output)} outputs of extent {extent}"
+        )
+    starts = np.cumsum([0, *sizes])
+    return [sliced(imp, x, axis, int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+
+
+@converter("Gather", attrs=("axis",))
+def gather(imp: _Importer, node: Any) -> list[Value | None]:
+    """Constant indices into a value computed at run time: one index (a slice, its axis
+    dropped) or a run of them (a slice)."""
+    x = imp.raw(node.input[0])
+    indices = imp.require_known(1, "the indices of Gather on a value computed at run time")
+    axis = imp.attr("axis", 0)
+    extents = imp.extents(x)
+    axis %= len(extents)
+    extent = extents[axis]
+    if isinstance(extent, Sym):
+        raise imp.fail(f"gathers along axis {axis}, whose extent {extent} is the symbolic batch")
+    flat = [int(i) % extent if -extent <= int(i) < extent else None for i in indices.flat]
+    if None in flat:
+        raise imp.fail(f"index out of range for axis {axis} of extent {extent}")
+    steps = {b - a for a, b in zip(flat, flat[1:])}
+    if len(steps) > 1 or steps == {0} or (steps and min(steps) < 1) or not flat:
+        raise imp.fail("Gather on a value computed at run time takes an index or a range")
+    step = steps.pop() if steps else 1
+    part = sliced(imp, x, axis, flat[0], flat[-1] + 1, step)
+    shape = extents[:axis] + list(indices.shape) + extents[axis + 1 :]
+    return [reshape_to(imp, part, shape)]
 
 
 # reductions and normalization --------------------------------------------------------------
@@ -727,12 +1030,18 @@ def reduce_sum_square(imp: _Importer, node: Any) -> list[Value | None]:
 @converter("LayerNormalization", attrs=("axis", "epsilon", "stash_type"))
 def layer_normalization(imp: _Importer, node: Any) -> list[Value | None]:
     """Y, and the optional Mean and InvStdDev outputs (reduced axes kept as 1)."""
-    x, scale, bias = (imp.inputs() + [None])[:3]
+    scale, bias = (imp.inputs(1) + [None])[:2]
     axis, epsilon = imp.attr("axis", -1), float(imp.attr("epsilon", 1e-5))
+    raw = imp.raw(node.input[0])
+    rank = len(imp.extents(raw))
+    if len([o for o in node.output if o]) == 1:
+        x, groups = imp.whole_axes(raw, range(axis % rank, rank))
+        operands = [x, scale] + ([bias] if bias is not None else [])
+        y = imp.emit("layer_norm", operands, axis=imp.atom_axis(groups, axis), epsilon=epsilon)
+        return [imp.grouped(y, groups)]
+    x = imp.value(node.input[0])
     operands = [x, scale] + ([bias] if bias is not None else [])
     outputs: list[Value | None] = [imp.emit("layer_norm", operands, axis=axis, epsilon=epsilon)]
-    if len([o for o in node.output if o]) == 1:
-        return outputs
     axes = normalized_axes(imp.type_of(x).rank, axis)
     mean = imp.emit("reduce_mean", [x], axes=axes)
     centered = imp.emit("sub", [x, mean])
@@ -925,6 +1234,14 @@ class _Exporter:
             self.add("Transpose", args, out, perm=[1, 0])
         elif node.op == "permute":
             self.add("Transpose", args, out, perm=list(attrs["perm"]))
+        elif node.op == "slice":
+            stop = attrs["stop"] if attrs["stop"] >= 0 else -(2**63)  # through 0, backwards
+            bounds = [
+                self.constant(np.array([value], np.int64), k)
+                for k, value in zip(("start", "stop", "axis", "step"),
+                                    (attrs["start"], stop, attrs["axis"], attrs["step"]))
+            ]  # fmt: skip
+            self.add("Slice", [args[0], *bounds], out)
         else:
             shape = [-1 if isinstance(d, str) else d for d in attrs["shape"]]
             self.add("Reshape", [args[0], self.constant(np.array(shape, np.int64), "shape")], out)

@@ -1,0 +1,68 @@
+"""Writes the transformer exports tests/test_onnx_transformers.py imports: PyTorch's own
+`nn.TransformerEncoder` and a hand-written pre-norm block, exported the usual way
+(`torch.onnx.export`, TorchScript exporter, opset 17, the batch dynamic), small enough to keep
+in the repository (d_model 32, 4 heads). Needs torch (`pip install torch==2.13.0`):
+
+    python tests/models/make_torch_exports.py
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import torch
+from torch import nn
+
+HERE = pathlib.Path(__file__).parent
+D, HEADS, FFN, T = 32, 4, 64, 8
+
+
+class Encoder(nn.Module):
+    """Two nn.TransformerEncoderLayer(d, heads, ffn, activation="gelu", batch_first=True)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(D, HEADS, FFN, activation="gelu", batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.enc(x)
+
+
+class PreNormBlock(nn.Module):
+    """LayerNorm, one QKV Linear, split, heads by reshape/transpose, softmax(q kᵀ/√d) v,
+    a GELU FFN, residuals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.qkv, self.o = nn.Linear(D, 3 * D), nn.Linear(D, D)
+        self.f1, self.f2 = nn.Linear(D, FFN), nn.Linear(FFN, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.reshape(b, t, HEADS, d // HEADS).transpose(1, 2) for z in (q, k, v))
+        a = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // HEADS), dim=-1) @ v
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.f2(nn.functional.gelu(self.f1(self.ln2(x))))
+
+
+def export(module: nn.Module, name: str, example: torch.Tensor) -> None:
+    with torch.no_grad():  # no parameter left at its init (LayerNorm's ones and zeros)
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    module.eval()
+    torch.onnx.export(
+        module, (example,), HERE / f"{name}.onnx", opset_version=17, input_names=["x"],
+        output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    x = torch.randn(2, T, D)
+    export(Encoder(), "torch_encoder", x)
+    torch.manual_seed(1)
+    export(PreNormBlock(), "torch_prenorm_block", x)

@@ -1,0 +1,129 @@
+"""Transformers as PyTorch exports them (tests/models/, made by make_torch_exports.py): the
+shape arithmetic on the symbolic batch evaluated at import, heads folded into the batch
+(`[T, N*H, D]`) kept as IR axes of their own, Split, Gather, Slice; compiled, against ONNX
+Runtime at several batch sizes from one compile."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+import tilefuse as tfu
+from tilefuse.frontends import UnsupportedError
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+MODELS = pathlib.Path(__file__).parent / "models"
+EXPORTS = ["torch_encoder", "torch_prenorm_block"]
+
+
+def ort_answer(name: str, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(MODELS / f"{name}.onnx"))
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("name", EXPORTS)
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_torch_transformer_exports_import_with_a_dynamic_batch(name: str, target: str) -> None:
+    g = tfu.from_onnx(MODELS / f"{name}.onnx")
+    assert g[g.inputs[0]].type.shape == ("N", 8, 32)
+    model = tfu.compile(g, target=target)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 8, 32)).astype(np.float32)
+        np.testing.assert_allclose(model(x), ort_answer(name, x), rtol=1e-4, atol=1e-4)
+
+
+def test_heads_folded_into_the_batch_stay_axes_of_their_own() -> None:
+    """nn.MultiheadAttention reshapes [T, N, d] to [T, N*H, d/H]: the IR has [T, N, H, d/H]
+    and no extent that multiplies the batch."""
+    g = tfu.from_onnx(MODELS / "torch_encoder.onnx")
+    text = str(g)
+    assert "N*" not in text and "*N" not in text
+    assert "f32[N,4,8,8]" in text  # scores: batch, heads, queries, keys
+
+
+def shape_model(nodes, inits, x_shape=("batch", 6)):
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "shapes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shape_arithmetic_on_the_batch_folds_to_a_static_reshape() -> None:
+    """y = x.reshape(N * 2, 3): Shape -> Gather -> Mul -> Unsqueeze -> Concat -> Reshape,
+    then back to (N, 6) the same way; the IR keeps N an axis of its own."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Mul", ["n", "two"], ["n2"]),
+        helper.make_node("Unsqueeze", ["n2", "axes0"], ["n2v"]),
+        helper.make_node("Concat", ["n2v", "three"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Relu", ["r"], ["a"]),
+        helper.make_node("Shape", ["a"], ["s2"]),
+        helper.make_node("Gather", ["s2", "zero"], ["m"], axis=0),
+        helper.make_node("Div", ["m", "two"], ["n_again"]),
+        helper.make_node("Unsqueeze", ["n_again", "axes0"], ["nv"]),
+        helper.make_node("Concat", ["nv", "six"], ["shape2"], axis=0),
+        helper.make_node("Reshape", ["a", "shape2"], ["y"]),
+    ]
+    inits = {
+        "zero": np.array(0, np.int64), "two": np.array(2, np.int64),
+        "axes0": np.array([0], np.int64), "three": np.array([3], np.int64),
+        "six": np.array([6], np.int64),
+    }  # fmt: skip
+    g = tfu.from_onnx(shape_model(nodes, inits))
+    assert "reshape[shape=(N, 2, 3)]" in str(g)
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    np.testing.assert_allclose(tfu.compile(g, target="cpu")(x), np.maximum(x, 0))
+
+
+@pytest.mark.parametrize(
+    "op, operand, match",
+    [
+        ("Mod", 4, "depends on the value of N"),  # N mod 4
+        ("Equal", 3, "depends on the value"),  # N == 3
+    ],
+)
+def test_shape_arithmetic_that_depends_on_the_batch_value_names_the_node(op, operand, match):
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node(op, ["n", "k"], ["bad"], name="the_bad_one"),
+        helper.make_node("Relu", ["x"], ["y"]),
+    ]
+    inits = {"zero": np.array(0, np.int64), "k": np.array(operand, np.int64)}
+    with pytest.raises(UnsupportedError, match=rf"the_bad_one.*{op}.*{match}"):
+        tfu.from_onnx(shape_model(nodes, inits))
+
+
+def test_a_reshape_that_moves_the_batch_across_axes_is_refused_by_name() -> None:
+    """(N, 6) -> (3, 2*N): the batch would be split across axes; no IR form keeps it whole."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Mul", ["n", "two"], ["n2"]),
+        helper.make_node("Unsqueeze", ["n2", "axes0"], ["n2v"]),
+        helper.make_node("Concat", ["three", "n2v"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"], name="the_reshape"),
+    ]
+    inits = {
+        "zero": np.array(0, np.int64), "two": np.array(2, np.int64),
+        "axes0": np.array([0], np.int64), "three": np.array([3], np.int64),
+    }  # fmt: skip
+    with pytest.raises(UnsupportedError, match="the_reshape.*batch"):
+        tfu.from_onnx(shape_model(nodes, inits))
