@@ -313,23 +313,25 @@ def _broadcast_shape(gb: _Builder, shape: Sequence[int | str]) -> tuple[int, ...
 
 
 def _grow_matmul(gb: _Builder) -> None:
-    """x @ W (x's last dim static) or W @ x (x's first dim static: column-major networks)."""
-    x = gb.pick(lambda t: t.rank == 2)
+    """x @ W (x's last dim static; its other axes the rows, any rank >= 2) or W @ x (a 2-D x's
+    first dim static: column-major networks)."""
+    x = gb.pick(lambda t: t.rank >= 2)
     if x is None:
         return
     t = gb.type(x)
-    if _static(t, 1) and (not _static(t, 0) or gb.draw(st.booleans())):
-        gb.add("matmul", [x, gb.const((t.shape[1], gb.dim()), name="w")])
-    elif _static(t, 0):
+    last_static = isinstance(t.shape[-1], int)
+    if last_static and (t.rank > 2 or not _static(t, 0) or gb.draw(st.booleans())):
+        gb.add("matmul", [x, gb.const((t.shape[-1], gb.dim()), name="w")])
+    elif t.rank == 2 and _static(t, 0):
         gb.add("matmul", [gb.const((gb.dim(), t.shape[0]), name="w"), x])
 
 
 def _grow_dense(gb: _Builder) -> None:
     """The fused op as a network may already contain it (an imported model, a golden test)."""
-    x = gb.pick(lambda t: _static(t, 1))
+    x = gb.pick(lambda t: t.rank >= 2 and isinstance(t.shape[-1], int))
     if x is None:
         return
-    k, n = gb.type(x).shape[1], gb.dim()
+    k, n = gb.type(x).shape[-1], gb.dim()
     act = gb.draw(st.sampled_from(gb.dense_activations))
     bias = gb.draw(st.booleans())
     post = gb.draw(st.lists(st.sampled_from(("add", "mul", "relu", "tanh")), max_size=2))
@@ -465,7 +467,8 @@ def _grow_permute(gb: _Builder) -> None:
 
 
 def _grow_slice(gb: _Builder) -> None:
-    """Every step-th element of a run of a static axis, forwards or backwards."""
+    """Every step-th element of a run (not empty: other growers need extents >= 1) of a
+    static axis, forwards or backwards."""
     x = gb.pick(lambda t: any(isinstance(d, int) and d > 0 for d in t.shape))
     if x is None:
         return
@@ -473,8 +476,9 @@ def _grow_slice(gb: _Builder) -> None:
     axis = gb.draw(st.sampled_from([a for a, d in enumerate(t.shape) if isinstance(d, int) and d]))
     n = t.shape[axis]
     step = gb.draw(st.sampled_from((1, 1, 2, 3, -1, -2)))
-    a, b = sorted((gb.draw(st.integers(0, n)), gb.draw(st.integers(0, n))))
-    start, stop = (a, b) if step > 0 else (min(b, n - 1), a - 1)
+    a = gb.draw(st.integers(0, n - 1))
+    b = gb.draw(st.integers(a + 1, n))
+    start, stop = (a, b) if step > 0 else (b - 1, a - 1)
     gb.add("slice", [x], axis=axis, start=start, stop=stop, step=step)
 
 

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 
 from .ir import Dim, Graph, Node
 from .ops import ACTIVATIONS, BINARY_REFS, attrs_of, elementwise_activation
@@ -52,6 +54,15 @@ def _operand_names(node: Node, graph: Graph | None) -> dict[int, str]:
     return {i: f"%{name}" for i, name in node_names(graph).items()}
 
 
+def rows_extent(rows: Sequence[Dim]) -> Dim:
+    """The rows of a matmul whose x has several leading axes, as one extent (`N*8`)."""
+    static = math.prod(d for d in rows if isinstance(d, int))
+    symbols = [d for d in rows if isinstance(d, str)]
+    if not symbols:
+        return static
+    return "*".join(symbols + ([str(static)] if static != 1 else []))
+
+
 def _span(var: str, block: int, extent: Dim) -> str:
     """The upper bound of the loop inside a block of `block` starting at `var`."""
     if isinstance(extent, int) and block >= extent:
@@ -83,8 +94,9 @@ class _NestPrinter:
         self.node, self.attrs, self.t, self.names, self.graph = node, attrs, tiling, names, graph
         x, w = node.inputs[:2]
         self.a, self.b, self.c = names[x], names[w], names[node.id]
-        self.m, self.n = node.type.shape
-        self.k = graph[x].type.shape[1] if graph is not None else "K"
+        *rows, self.n = node.type.shape
+        self.m = rows_extent(rows)
+        self.k = graph[x].type.shape[-1] if graph is not None else "K"
         self.out: list[str] = []
 
     def emit(self, depth: int, text: str) -> None:

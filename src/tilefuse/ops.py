@@ -206,13 +206,14 @@ def _same_dtype(op: str, types: Sequence[TensorType]) -> str:
 def _infer_matmul(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     a, b = types
     dtype = _same_dtype("matmul", types)
-    if a.rank != 2 or b.rank != 2:
+    if a.rank < 2 or b.rank != 2:
         raise ShapeError(
-            f"matmul {a} @ {b}: both operands must be 2-D (got ranks {a.rank}, {b.rank})"
+            f"matmul {a} @ {b}: a must have rank >= 2 (its rows: every axis but the last) and "
+            f"b must be 2-D (got ranks {a.rank}, {b.rank})"
         )
-    if a.shape[1] != b.shape[0]:
-        raise ShapeError(f"matmul {a} @ {b}: inner dims {a.shape[1]} != {b.shape[0]}")
-    return TensorType(dtype, (a.shape[0], b.shape[1]))
+    if a.shape[-1] != b.shape[0]:
+        raise ShapeError(f"matmul {a} @ {b}: inner dims {a.shape[-1]} != {b.shape[0]}")
+    return TensorType(dtype, (*a.shape[:-1], b.shape[1]))
 
 
 def _infer_transpose(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:

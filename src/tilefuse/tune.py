@@ -238,8 +238,9 @@ def tuning_tasks(g: Graph, batches: Sequence[int] | int | None) -> list[tuple[No
     for node in g:
         if node.op != "dense" or attrs_of(node)["tile"] is not None:
             continue
-        m = g[node.inputs[0]].type.shape[0]
-        for batch in batches if isinstance(m, str) else (m,):
+        rows = g[node.inputs[0]].type.shape[:-1]
+        symbolic = any(isinstance(d, str) for d in rows)
+        for batch in batches if symbolic else (math.prod(rows),):
             signature = (_signature(g, node), batch)
             if signature not in seen:
                 seen.add(signature)

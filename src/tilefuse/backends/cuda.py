@@ -20,6 +20,7 @@ Rendering needs neither: `--emit cuda-source` works anywhere.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Sequence
@@ -316,7 +317,8 @@ class CudaRenderer(Renderer):
             self.render_softmax(node, src=self.var[node.id])
             post = self.post_code(node, attrs)
             if post:
-                dst = self.var[node.id] + "[i0, i1]"
+                index = ", ".join(f"i{a}" for a in range(node.type.rank))
+                dst = f"{self.var[node.id]}[{index}]"
                 body = [f"v = {dst}", *post, f"{dst} = v"]
                 params = [self.var[node.id], *self.operands(node)[2:]]
                 self.elementwise_kernel(node, self.kernel_name(node, "post"), params, body)
@@ -341,6 +343,14 @@ class CudaRenderer(Renderer):
     def gemm(self, node: Node, x: int, w: int, epilogue: list[str]) -> None:
         t = self.gpu_tiling(node)
         a, b, out = self.value(x), self.value(w), self.var[node.id]
+        rows = node.type.shape[:-1]
+        epilogue = [*row_index(rows), *epilogue]
+        if len(rows) > 1:  # x's leading axes are the GEMM's rows: 2-D views of x and the result
+            m = " * ".join(self.dim(d) for d in rows)
+            k, n = self.dim(self.g[x].type.shape[-1]), self.dim(node.type.shape[-1])
+            dtype = node.type.np_dtype.name
+            a = self.device_view(f"{a}_rows", f"{a}.reshape(({m}, {k}))", 2, dtype)
+            out = self.device_view(f"{out}_rows", f"{out}.reshape(({m}, {n}))", 2, dtype)
         extra = self.operands(node)[2:] if node.op == "dense" else []
         params = list(dict.fromkeys([a, b, *extra, out]))
         large = self.large_batch_tiling(node)
@@ -475,15 +485,28 @@ def gemm_body(t: GpuTiling, a: str, b: str, out: str, T: str, epilogue: list[str
         *indent(k_steps(t), 1),
         "    cuda.syncthreads()",
         f"for i in range({t.tm}):",
-        f"    i0 = row0 + ty * {t.tm} + i",
-        "    if i0 < m:",
+        f"    row = row0 + ty * {t.tm} + i",
+        "    if row < m:",
         f"        for j in range({t.tn}):",
-        f"            i1 = col0 + tx * {t.tn} + j",
-        "            if i1 < n:",
+        f"            col = col0 + tx * {t.tn} + j",
+        "            if col < n:",
         f"                v = acc[i * {t.tn} + j]",
         *indent(epilogue, 4),
-        f"                {out}[i0, i1] = v",
+        f"                {out}[row, col] = v",
     ]
+
+
+def row_index(rows: tuple) -> list[str]:
+    """The result's index i0, i1, .. (what the epilogue reads operands by) from the GEMM's
+    row and col: the rows are every axis but the last, the symbolic one the quotient."""
+    if len(rows) == 1:
+        return ["i0 = row", "i1 = col"]
+    static = math.prod(d for d in rows if isinstance(d, int))
+    lines = [f"i{len(rows)} = col", "rest = row"]
+    for a in range(len(rows) - 1, 0, -1):
+        extent = rows[a] if isinstance(rows[a], int) else f"(m // {static})"
+        lines += [f"i{a} = rest % {extent}", f"rest = rest // {extent}"]
+    return [*lines, "i0 = rest"]
 
 
 _SOFTMAX = ("softmax", "log_softmax")

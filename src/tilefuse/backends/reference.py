@@ -53,8 +53,11 @@ def dense_tiled(args: list[np.ndarray], attrs: dict[str, Any], t: Tiling) -> np.
     blocks and each micro-tile gets its epilogue on the last one. A row-wise activation
     (softmax) needs whole rows, so it and the steps after it run once the loops are done."""
     x, w, *rest = args
+    shape = (*x.shape[:-1], w.shape[1])  # the rows are every axis of x but the last
+    x = x.reshape(-1, x.shape[-1])
     m, k, n = x.shape[0], x.shape[1], w.shape[1]
     c = np.zeros((m, n), dtype=np.result_type(x, w))
+    rest = [np.broadcast_to(o, shape).reshape(m, n) for o in rest]
     edge = Epilogue(attrs, rest, (m, n))
     k_blocks = range(0, max(k, 1), t.kc)  # k == 0 still needs one block for the epilogue
     for jc in range(0, n, t.nc):
@@ -77,7 +80,7 @@ def dense_tiled(args: list[np.ndarray], attrs: dict[str, Any], t: Tiling) -> np.
                         c[rows, cols] = acc if pc == 0 else c[rows, cols] + acc
                         if pc == k_blocks[-1]:
                             c[rows, cols] = edge.tile(c[rows, cols], rows, cols)
-    return edge.whole(c)
+    return edge.whole(c).reshape(shape)
 
 
 def pack_panels(block: np.ndarray, width: int, axis: int) -> np.ndarray:

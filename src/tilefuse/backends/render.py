@@ -433,7 +433,7 @@ class Renderer:
         runs; an untiled one (a pipeline without tile) runs with the kernels' default blocks,
         and what its kernel cannot take (a bias that is no row, an activation the kernel lacks,
         post steps) follows as loops over the result."""
-        n = node.type.shape[1]
+        n = node.type.shape[-1]
         tiling = self.tiling(node)
         bias_arg = self.kernel_bias(bias, n) if bias is not None else None
         rowwise = act in _ROWWISE  # softmax: whole rows, after the kernel has written them
@@ -465,11 +465,18 @@ class Renderer:
         x_var, out = self.value(x), self.var[node.id]
         alpha = float(attrs.get("alpha", 0.01))
         parallel = {0: "serial", 1: "parallel"}.get(parallel_code(tiling), "")
+        x_type = self.g[x].type
+        rows = " * ".join(self.dim(d) for d in x_type.shape[:-1])
+        if x_type.rank > 2:
+            rows = f"{rows}, {self.dim(x_type.shape[-1])},"
+            rows_note = f"x: M x K, M = {' * '.join(str(d) for d in x_type.shape[:-1])}"
+        else:
+            rows, rows_note = f"{x_var}.shape[0], {x_var}.shape[1],", "x: M x K"
         call = [
-            (f"E.data({x_var}), {x_var}.shape[0], {x_var}.shape[1],", "x: M x K"),
+            (f"E.data({x_var}), {rows}", rows_note),
             (f"E.data({wp}), {wp}.size,", f"w: K x N packed in {tiling.kc}-deep panels"),
             (f"E.data({bias_arg}), {bias_arg}.size,", "bias (size 0: none)"),
-            (f"E.data({out}), {out}.shape[1],", "out: M x N"),
+            (f"E.data({out}), {out}.shape[{node.type.rank - 1}],", "out: M x N"),
             (f"{act_code}, {float_literal(alpha)},", f"activation {act_key}, alpha"),
             (f"{tiling.kc}, {tiling.mc}, {tiling.nc}, {parallel_code(tiling)},",
              f"kc, mc, nc, {parallel}"),
@@ -493,7 +500,7 @@ class Renderer:
     def elementwise_in_place(self, node: Node, steps: list[str]) -> None:
         """One loop nest applying `steps` (statements on `v`) to every element of the result."""
         if steps:
-            dst = self.var[node.id] + "[i0, i1]"
+            dst = self.var[node.id] + "[" + ", ".join(f"i{a}" for a in range(node.type.rank)) + "]"
             self.loop_nest(node.type, [f"v = {dst}", *steps, f"{dst} = v"])
 
     def post_code(self, node: Node, attrs: dict[str, Any]) -> list[str]:

@@ -758,8 +758,8 @@ def gemm(imp: _Importer, node: Any) -> list[Value | None]:
 
 @converter("MatMul")
 def matmul(imp: _Importer, node: Any) -> list[Value | None]:
-    """NumPy matmul: 2-D is `matmul` (it fuses), higher ranks `batch_matmul`; a 1-D operand
-    is made a matrix and its axis dropped from the result."""
+    """NumPy matmul: times a matrix it is `matmul` (it fuses; a's leading axes are rows),
+    else `batch_matmul`; a 1-D operand is made a matrix and its axis dropped from the result."""
     a, b = (imp.raw(n) for n in node.input)
     if isinstance(a, Grouped) or isinstance(b, Grouped):
         return [grouped_matmul(imp, a, b)]
@@ -771,8 +771,8 @@ def matmul(imp: _Importer, node: Any) -> list[Value | None]:
         a = imp.emit("reshape", [a], shape=(1, *imp.type_of(a).shape))
     if b_vector:
         b = imp.emit("reshape", [b], shape=(*imp.type_of(b).shape, 1))
-    both_matrices = imp.type_of(a).rank == 2 and imp.type_of(b).rank == 2
-    result = imp.emit("matmul" if both_matrices else "batch_matmul", [a, b])
+    rows_times_matrix = imp.type_of(b).rank == 2  # a's leading axes are all rows
+    result = imp.emit("matmul" if rows_times_matrix else "batch_matmul", [a, b])
     shape = list(imp.type_of(result).shape)
     if b_vector:
         del shape[-1]
@@ -791,8 +791,7 @@ def grouped_matmul(imp: _Importer, a: Value, b: Value) -> Value:
     a_node, a_groups = imp.whole_axes(a, [-1])
     b_node, b_groups = imp.whole_axes(b, [-2, -1])
     if len(b_groups) == 2:  # weights: the rows of a, however grouped, times one matrix
-        op = "matmul" if sum(a_groups) == 2 else "batch_matmul"
-        result = imp.emit(op, [a_node, b_node])
+        result = imp.emit("matmul", [a_node, b_node])
         return imp.grouped(result, (*a_groups[:-1], 1))
     a_node, a_groups = imp.whole_axes(a, [-2, -1])
     k = min(len(a_groups), len(b_groups)) - 2

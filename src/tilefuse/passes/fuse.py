@@ -47,7 +47,7 @@ def is_bare(dense: Node) -> bool:
 
 def is_row_vector(operand: Node, dense: Node) -> bool:
     """Shape [n] or [1,n]: one bias value per output column."""
-    n = dense.type.shape[1]
+    n = dense.type.shape[-1]
     return operand.type.shape in ((n,), (1, n))
 
 

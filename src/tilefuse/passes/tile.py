@@ -13,6 +13,7 @@ L3. Each choice is recorded as a `Decision` whose text names the sizes that just
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -74,9 +75,15 @@ class Problem:
 
 
 def problem_of(node: Node, x_shape: tuple, w_shape: tuple, batch: int) -> Problem:
-    dims = {"m": x_shape[0], "k": x_shape[1], "n": w_shape[1]}
+    """The GEMM of a dense: m its rows (every axis of x but the last), k, n."""
+    rows = x_shape[:-1]
+    symbols = [d for d in rows if isinstance(d, str)]
+    static = math.prod(d for d in rows if isinstance(d, int))
+    m = (f"{symbols[0]}*{static}" if static != 1 else symbols[0]) if symbols else static
+    dims = {"m": m, "k": x_shape[-1], "n": w_shape[1]}
     symbolic = {axis: d for axis, d in dims.items() if isinstance(d, str)}
     sizes = {axis: batch if isinstance(d, str) else d for axis, d in dims.items()}
+    sizes["m"] = batch * static if symbols else static
     return Problem(
         **sizes, dtype=node.type.dtype, itemsize=node.type.np_dtype.itemsize, symbolic=symbolic
     )
@@ -332,7 +339,7 @@ def kernel_keeps_cpu(g: Graph, dense: Node) -> tuple[bool, bool, int]:
     """(bias, act, post steps) of `dense` that the CPU kernel runs in registers: a row bias
     ([n] or [1,n]), an activation of CPU_KERNEL_ACTIVATIONS, no post steps."""
     attrs = attrs_of(dense)
-    n = dense.type.shape[1]
+    n = dense.type.shape[-1]
     bias = not attrs["bias"] or g[dense.inputs[2]].type.shape in ((n,), (1, n))
     return bias, bias and attrs["act"] in CPU_KERNEL_ACTIVATIONS, 0
 
@@ -694,7 +701,7 @@ class TileCuda(Pass):
             if node.op == "dense":
                 node, decision = self.tile_node(g, node, format_node(g, node.id, names))
                 decisions.append(decision)
-                symbolic = isinstance(g[node.inputs[0]].type.shape[0], str)
+                symbolic = any(isinstance(d, str) for d in g[node.inputs[0]].type.shape[:-1])
                 if decision.code == "model" and symbolic and not self.batch:
                     node, large = self.with_large_batch_tiling(g, node)
                     decisions += large
