@@ -482,6 +482,30 @@ def _grow_slice(gb: _Builder) -> None:
     gb.add("slice", [x], axis=axis, start=start, stop=stop, step=step)
 
 
+def _grow_attention(gb: _Builder) -> None:
+    """q a value of rank 2..4 (its depth static), k and v constants with q's leading axes,
+    sometimes an additive mask of 0 and -30 (whole rows masked included) that broadcasts
+    (finite: a row of -inf is NaN, which later ops may turn into numbers differently)."""
+    q = gb.pick(lambda t: 2 <= t.rank <= 4 and isinstance(t.shape[-1], int))
+    if q is None:
+        return
+    t = gb.type(q)
+    keys, depth = gb.dim(), gb.dim()
+    lead = t.shape[:-2]
+    if any(isinstance(d, str) for d in lead):
+        return  # k and v are constants here: static leading axes only
+    k = gb.const((*lead, keys, t.shape[-1]), name="k")
+    v = gb.const((*lead, keys, depth), name="v")
+    operands = [q, k, v]
+    if gb.draw(st.booleans()):
+        shape = _broadcast_shape(gb, (*t.shape[:-1], keys))
+        mask = gb.rng.choice([0.0, 0.0, 0.0, -30.0], size=shape)
+        c = gb.b.const(mask, "mask", dtype=gb.dtype)
+        gb.sample[c] = gb.b.constants[c]
+        operands.append(c)
+    gb.add("attention", operands, scale=gb.draw(st.sampled_from((1.0, 0.5, 0.125))))
+
+
 def _batch_dims(gb: _Builder, batch: Sequence[int | str], room: int) -> tuple[int, ...]:
     """A constant's batch axes that broadcast with `batch`: some of its trailing axes, each
     its extent or 1, and with `room` left, sometimes a new leading axis (the result grows)."""
@@ -563,6 +587,7 @@ GROWERS = {
     "reshape": _grow_reshape,
     "permute": _grow_permute,
     "slice": _grow_slice,
+    "attention": _grow_attention,
     "batch_matmul": _grow_batch_matmul,
     "layer_norm": _grow_layer_norm,
     "cast": _grow_cast,

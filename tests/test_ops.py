@@ -115,7 +115,30 @@ def layer_norm(x, scale, bias, axes):
     return (x - mean) / std * scale + bias
 
 
+def attention(q, k, v, mask=0.0, scale=0.5):
+    """Per (batch, head, query): weights exp(score) / their sum over the keys, times v."""
+    out = np.zeros(q.shape[:-1] + v.shape[-1:])
+    for index in np.ndindex(*q.shape[:-1]):
+        lead = index[:-1]
+        scores = [
+            scale * sum(q[index][t] * k[lead][j][t] for t in range(q.shape[-1]))
+            + np.broadcast_to(mask, q.shape[:-1] + k.shape[-2:-1])[index][j]
+            for j in range(k.shape[-2])
+        ]
+        weights = [math.exp(s - max(scores)) for s in scores]
+        out[index] = sum(w * v[lead][j] for j, w in enumerate(weights)) / sum(weights)
+    return out
+
+
 CASES += [
+    ("attention", "attention", {"scale": 0.5}, [(2, 4, 3), (2, 5, 3), (2, 5, 2)], attention),
+    (
+        "attention-mask",
+        "attention",
+        {"scale": 0.5},
+        [(2, 3, 4, 3), (2, 3, 5, 3), (2, 3, 5, 2), (2, 1, 1, 5)],
+        attention,
+    ),
     ("exp", "exp", {}, [(5, 3)], lambda a: math.e**a),
     ("log", "log", {}, [(5, 3)], lambda a: np.log2(a) / np.log2(math.e)),
     ("sqrt", "sqrt", {}, [(5, 3)], lambda a: a**0.5),

@@ -37,6 +37,7 @@ class OpDef:
     name: str
     arity: tuple[int, int]  # (min, max) operands
     kind: str  # source|matmul|layout|binary|activation|fused|unary|reduce|normalization|cast
+    # |attention
     infer: Callable[[list[TensorType], dict[str, Any]], TensorType] | None
     ref: Callable[[list[np.ndarray], dict[str, Any]], np.ndarray] | None
     attrs: dict[str, Attr] = field(default_factory=dict)
@@ -379,6 +380,30 @@ def _ref_slice(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     return np.take(args[0], picked, axis=attrs["axis"])
 
 
+def _infer_attention(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    q, k, v, *mask = types
+    dtype = _same_dtype("attention", types)
+    where = f"attention q {q}, k {k}, v {v}"
+    if q.rank < 2 or k.rank != q.rank or v.rank != q.rank:
+        raise ShapeError(f"{where}: q, k and v need one rank >= 2")
+    if q.shape[:-2] != k.shape[:-2] or q.shape[:-2] != v.shape[:-2]:
+        raise ShapeError(f"{where}: the leading (batch, head) axes differ")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ShapeError(f"{where}: q and k need one depth, k and v one length")
+    scores = (*q.shape[:-1], k.shape[-2])
+    if mask and broadcast_shapes(scores, mask[0].shape) != scores:
+        raise ShapeError(f"{where}: the mask {mask[0]} does not broadcast to the scores {scores}")
+    return TensorType(dtype, (*q.shape[:-1], v.shape[-1]))
+
+
+def _ref_attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    q, k, v, *mask = args
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(attrs["scale"], q.dtype)
+    if mask:
+        scores = scores + mask[0]
+    return np.matmul(_softmax(scores, axis=-1), v)
+
+
 def _infer_batch_matmul(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     a, b = types
     dtype = _same_dtype("batch_matmul", types)
@@ -521,6 +546,16 @@ OPS: dict[str, OpDef] = {
         },
         doc="elements start, start+step, .. up to stop (excluded; -1 with a negative step: "
         "through 0) of one static axis, the other axes whole",
+    ),
+    "attention": OpDef(
+        "attention",
+        (3, 4),
+        "attention",
+        _infer_attention,
+        _ref_attention,
+        attrs={"scale": Attr("float", 1.0)},
+        doc="softmax(q @ kᵀ * scale + mask, along the keys) @ v; operands q, k, v (the same "
+        "leading axes), then an additive mask that broadcasts to the scores",
     ),
     "batch_matmul": OpDef(
         "batch_matmul",

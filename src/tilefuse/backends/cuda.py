@@ -250,6 +250,62 @@ class CudaRenderer(Renderer):
         note = "one thread per element, in C order"
         self.grid_kernel(node, self.kernel_name(node), [src, dst], f"{dst}.size", body, note)
 
+    def render_attention(self, node: Node) -> None:
+        """One thread per query: the scores' max over the keys, then the softmax weights and
+        their sum of v, in registers (dv of them); no T x T matrix."""
+        q, k, v, *mask = (self.value(i) for i in node.inputs)
+        t, T = node.type, scalar_type(node.type)
+        rank, dv = t.rank, t.shape[-1]
+        if not isinstance(dv, int):
+            raise TilefuseError(f"cuda backend: attention with a symbolic depth {dv} of v")
+        lead = [f"i{a}" for a in range(rank - 2)]
+        query = f"i{rank - 2}"
+
+        def at(var: str, *last: str) -> str:
+            return f"{var}[{', '.join([*lead, *last])}]"
+
+        scores = [
+            f"s = {T}(0)",
+            f"for t in range({q}.shape[{rank - 1}]):",
+            f"    s += {at(q, query, 't')} * {at(k, 'j', 't')}",
+            f"s = s * {T}({float_literal(float(attrs_of(node)['scale']))})",
+        ]
+        if mask:
+            m = self.g[node.inputs[3]].type
+            scores_shape = (*t.shape[:-1], self.g[node.inputs[1]].type.shape[-2])
+            names = [*lead, query, "j"]
+            offset = rank - m.rank
+            index = [
+                "0" if d == 1 and scores_shape[offset + a] != 1 else names[offset + a]
+                for a, d in enumerate(m.shape)
+            ]
+            scores.append(f"s += {mask[0]}[{', '.join(index) or '0'}]")
+        keys = f"{k}.shape[{rank - 2}]"
+        body = [
+            *self.unflatten(t, self.var[node.id], skip=rank - 1),
+            f"m = {T}(-math.inf)",
+            f"for j in range({keys}):",
+            *indent(scores, 1),
+            "    if s > m or s != s:",
+            "        m = s",
+            f"acc = cuda.local.array({dv}, {T})",
+            f"for c in range({dv}):",
+            f"    acc[c] = {T}(0)",
+            f"total = {T}(0)",
+            f"for j in range({keys}):",
+            *indent(scores, 1),
+            f"    p = {T}(math.exp(s - m))",
+            "    total += p",
+            f"    for c in range({dv}):",
+            f"        acc[c] += p * {at(v, 'j', 'c')}",
+            f"for c in range({dv}):",
+            f"    {at(self.var[node.id], query, 'c')} = acc[c] / total",
+        ]
+        out = self.var[node.id]
+        rows = f"({out}.size // max({out}.shape[{rank - 1}], 1))"
+        self.grid_kernel(node, self.kernel_name(node), [q, k, v, *mask, out], rows, body,
+                         "one thread per query (online over the keys)")  # fmt: skip
+
     def render_layer_norm(self, node: Node) -> None:
         """One thread per row of the normalized axes: mean, variance, scale and shift."""
         t, name = node.type, self.names[node.id]

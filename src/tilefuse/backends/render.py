@@ -370,6 +370,58 @@ class Renderer:
             f"{dst} = acc",
         ])  # fmt: skip
 
+    def render_attention(self, node: Node) -> None:
+        """One call of the runtime's attention kernel (online softmax, no T x T scores) on
+        4-D views [A, B, T, depth]: A and B the leading axes (A all but the last of them)."""
+        q, k, v, *mask = node.inputs
+        t = node.type
+        lead = t.shape[:-2]
+        groups = [lead[:-1], lead[-1:]]  # A, B
+
+        def extent(dims: tuple) -> str:
+            return " * ".join(self.dim(d) for d in dims) or "1"
+
+        def view(var: str, shape: tuple) -> str:
+            dims = [extent(g) for g in groups] + [self.dim(d) for d in shape[-2:]]
+            return f"{var}.reshape(({', '.join(dims)}))"
+
+        name = self.names[node.id]
+        args = [view(self.value(i), self.g[i].type.shape) for i in (q, k, v)]
+        if mask:
+            args.append(self.mask_view(node, mask[0], groups))
+        else:
+            args.append(f"np.empty((0, 0, 0, 0), np.{t.np_dtype.name})")
+        args.append(view(self.var[node.id], t.shape))
+        scale = float(attrs_of(node)["scale"])
+        self.emit(f"R.attention({', '.join(args)}, {float_literal(scale)})  # {name}")
+
+    def mask_view(self, node: Node, mask: int, groups: list[tuple]) -> str:
+        """The mask as 4-D [A, B, Tq, Tk], each extent 1 or the scores' (broadcast first
+        where its leading axes are partly 1)."""
+        q, k = (self.g[i].type for i in node.inputs[:2])
+        scores = (*q.shape[:-1], k.shape[-2])
+        m = self.g[mask].type.shape
+        m = (1,) * (len(scores) - len(m)) + m
+        src = self.value(mask)
+        parts, k0 = [], 0
+        for g in [*groups, scores[-2:-1], scores[-1:]]:
+            own = m[k0 : k0 + len(g)]
+            if all(d == 1 for d in own):
+                parts.append("1")
+            elif tuple(own) == tuple(g):
+                parts.append(" * ".join(self.dim(d) for d in g) or "1")
+            else:  # partly broadcast within a group: spread it
+                full = self.shape(TensorType(q.dtype, scores))
+                src = f"np.ascontiguousarray(np.broadcast_to({src}, {full}))"
+                return self.mask_view_full(src, groups, scores)
+            k0 += len(g)
+        return f"{src}.reshape(({', '.join(parts)}))"
+
+    def mask_view_full(self, src: str, groups: list[tuple], scores: tuple) -> str:
+        dims = [" * ".join(self.dim(d) for d in g) or "1" for g in groups]
+        dims += [self.dim(scores[-2]), self.dim(scores[-1])]
+        return f"{src}.reshape(({', '.join(dims)}))"
+
     def render_layer_norm(self, node: Node) -> None:
         """Rows of the normalized axes, each: mean, variance, then scale and shift."""
         t = node.type
@@ -578,6 +630,7 @@ RULES = {
     "slice": "slice",
     "batch_matmul": "batch_matmul",
     "layer_norm": "layer_norm",
+    "attention": "attention",
 }
 RULES_BY_KIND = {"binary": "elementwise", "unary": "unary", "cast": "unary", "reduce": "reduce"}
 

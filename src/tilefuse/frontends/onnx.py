@@ -1199,6 +1199,20 @@ class _Exporter:
             raise TilefuseError(f"to_onnx: op {node.op} has no ONNX form")
         exporter(node, args, out)
 
+    def export_attention(self, node: Any, args: list[str], out: str) -> None:
+        """MatMul(q, kᵀ) * scale (+ mask), Softmax along the keys, MatMul with v."""
+        q, k, v, *mask = args
+        rank = node.type.rank
+        perm = [*range(rank - 2), rank - 1, rank - 2]
+        kt = self.add("Transpose", [k], perm=perm)
+        scores = self.add("MatMul", [q, kt])
+        scale = np.array(attrs_of(node)["scale"], node.type.np_dtype)
+        scores = self.add("Mul", [scores, self.constant(scale, "scale")])
+        if mask:
+            scores = self.add("Add", [scores, mask[0]])
+        probs = self.add("Softmax", [scores], axis=-1)
+        self.add("MatMul", [probs, v], out)
+
     def export_matmul(self, node: Any, args: list[str], out: str) -> None:
         self.add("MatMul", args, out)
 

@@ -7,7 +7,8 @@
 - Constant folding: an op whose operands are all constants is evaluated now.
 - Identities: `identity(x)`, `x + 0`, `x - 0`, `x * 1`, `x / 1` become `x`.
 - Patterns exporters emit: `x * 0.5 * (1 + erf(x / sqrt(2)))`, in any order of the factors,
-  becomes `gelu(x)` (so fuse can make it a dense epilogue).
+  becomes `gelu(x)` (so fuse can make it a dense epilogue); `softmax(q @ kᵀ * c + mask) @ v`
+  (the scale as Mul or Div, on the scores or on q and kᵀ) becomes `attention(q, k, v, mask)`.
 - Dead code elimination and common subexpression elimination (equal constants included).
 
 Every change is recorded as a `Decision` in `graph.meta["decisions"]`.
@@ -22,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..ir import DTYPES, Graph, Node, array_digest
-from ..ops import BINARY_OPS, elementwise_activation, evaluate
+from ..ops import BINARY_OPS, attrs_of, elementwise_activation, evaluate
 from .base import Decision, Pass, with_decisions
 from .rewrite import (
     Applied,
@@ -132,6 +133,80 @@ def erf_gelu(edit: Edit, m: Match) -> int | None:
     return None
 
 
+def scalar_value(g: Graph, node_id: int) -> float | None:
+    node = g[node_id]
+    if node.op != "const" or g.constants[node_id].size != 1:
+        return None
+    return float(g.constants[node_id].item())
+
+
+def scaled(g: Graph, node_id: int) -> tuple[int, float]:
+    """(x, c) where the node is `x * c`, `c * x` or `x / c` for a one-element constant c used
+    by this op alone (the op's value read nowhere else); else (node, 1)."""
+    node = g[node_id]
+    if node.op not in ("mul", "div") or g.use_count(node_id) != 1:
+        return node_id, 1.0
+    a, b = node.inputs
+    if node.op == "div":
+        c = scalar_value(g, b)
+        return (a, 1.0 / c) if c not in (None, 0.0) else (node_id, 1.0)
+    for x, c in ((a, scalar_value(g, b)), (b, scalar_value(g, a))):
+        if c is not None and g[x].type == node.type:
+            return x, c
+    return node_id, 1.0
+
+
+def keys_of(edit: Edit, kt: int) -> int:
+    """k [.., Tk, d] from kᵀ [.., d, Tk]: the operand of the permute or transpose that made
+    kᵀ (its last two axes swapped back), else a new permute."""
+    g = edit.g
+    node = g[kt]
+    rank = node.type.rank
+    if node.op == "transpose":
+        return node.inputs[0]
+    if node.op == "permute":
+        perm = attrs_of(node)["perm"]
+        perm = (*perm[:-2], perm[-1], perm[-2])
+        if perm == tuple(range(rank)):
+            return node.inputs[0]
+        return edit.op("permute", [node.inputs[0]], loc=node.loc, perm=perm)
+    if rank == 2:
+        return edit.op("transpose", [kt], loc=node.loc)
+    return edit.op("permute", [kt], loc=node.loc, perm=(*range(rank - 2), rank - 1, rank - 2))
+
+
+def scaled_dot_product_attention(edit: Edit, m: Match) -> int | None:
+    """softmax(q @ kᵀ * c [+ mask], keys) @ v  ->  attention[scale=c](q, k, v[, mask]), the
+    scale as Div or Mul, on the product or on q and kᵀ each (PyTorch scales both by √c)."""
+    g, root = edit.g, m["root"]
+    probs, v = root.inputs
+    p = g[probs]
+    if p.op != "softmax" or g.use_count(probs) != 1:
+        return None
+    if attrs_of(p)["axis"] % p.type.rank != p.type.rank - 1:
+        return None
+    z, mask = p.inputs[0], None
+    if g[z].op == "add" and g.use_count(z) == 1:
+        for scores, other in (g[z].inputs, g[z].inputs[::-1]):
+            if g[scaled(g, scores)[0]].op == "batch_matmul" and g[scores].type == g[z].type:
+                z, mask = scores, other
+                break
+    s, scale = scaled(g, z)
+    if g[s].op != "batch_matmul" or g.use_count(s) != 1:
+        return None
+    (q, q_scale), (kt, k_scale) = (scaled(g, i) for i in g[s].inputs)
+    q_t, kt_t, v_t = g[q].type, g[kt].type, g[v].type
+    if not (q_t.rank == kt_t.rank == v_t.rank >= 2) or q_t.rank > 4:
+        return None
+    if not (q_t.shape[:-2] == kt_t.shape[:-2] == v_t.shape[:-2]):
+        return None
+    if g[s].type.shape != (*q_t.shape[:-1], kt_t.shape[-1]) or root.type.rank != q_t.rank:
+        return None
+    k = keys_of(edit, kt)
+    operands = [q, k, v] + ([mask] if mask is not None else [])
+    return edit.op("attention", operands, loc=root.loc, scale=scale * q_scale * k_scale)
+
+
 # -- orientation: column-major to row-major ------------------------------------------------
 def as_matrix(array: np.ndarray) -> np.ndarray:
     """A constant of rank <= 2 as a rank-2 array, broadcasting the way NumPy would."""
@@ -227,6 +302,7 @@ CANONICAL_RULES = [
     ),
     Rule("remove_div_one", pat("div", any_node("x"), const(where=[filled_with(1)])), keep_operand),
     Rule("erf_gelu", pat("mul"), erf_gelu),
+    Rule("attention", pat("batch_matmul"), scaled_dot_product_attention),
     *ORIENTATION_RULES,
 ]
 
@@ -241,6 +317,9 @@ DETAILS = {
     "remove_mul_one": "multiplying by ones returns the other operand",
     "remove_div_one": "dividing by ones returns the other operand",
     "erf_gelu": "x * 0.5 * (1 + erf(x / sqrt(2))) is the exact gelu, written out",
+    "attention": "softmax(q @ kᵀ * scale + mask) @ v is scaled dot-product attention: one "
+    "op, whose kernels keep one block of scores per query (online softmax), never the T x T "
+    "matrix",
     "cancel_transposes": "two transposes in a row cancel",
     "row_major_matmul": "column-major W @ X becomes (X^T @ W^T)^T with W^T transposed at "
     "compile time, so the matmul runs row-major and can fuse into a dense op",
