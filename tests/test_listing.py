@@ -112,6 +112,7 @@ def test_listing_puts_every_op_of_the_network_above_its_code(residual, kind):
     assert set(source_ops) <= set(marked)  # each op's code is under its own IR line
     head = text.split("==== kernel library")[0]
     assert "_ZN" not in head and "cpython" not in head  # forward only, demangled
+    assert "tilefuse.backends.cpu_runtime.softmax" in head  # the runtime kernel it calls
     assert "!dbg" not in text and ".loc\t" not in text and ".cfi_" not in text
     dense_ops = [line for line in source_ops if "= dense" in line]
     library = text.split("==== kernel library, f32 ")[1]

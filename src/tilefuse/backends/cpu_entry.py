@@ -136,6 +136,73 @@ def place(typingctx, buffer, shape):
 
 
 @intrinsic
+def shaped(typingctx, array, shape):
+    """A C-contiguous array with another shape of the same size (sharing its memory): a
+    reshape whose code is a few stores (Numba's `.reshape` lowers checks and error messages
+    for every call, seconds of LLVM time in a transformer's `forward`)."""
+    if not (isinstance(array, types.Array) and array.layout == "C"):
+        return None
+    if not isinstance(shape, types.BaseTuple) or not all(
+        isinstance(d, types.Integer) for d in shape
+    ):
+        return None
+    result = types.Array(array.dtype, len(shape), "C")
+
+    def codegen(context, builder, signature, args):
+        from numba.core.imputils import impl_ret_borrowed
+        from numba.np.arrayobj import populate_array
+
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        dims = [builder.sext(d, cgutils.intp_t) if d.type.width < 64 else d
+                for d in cgutils.unpack_tuple(builder, args[1])]  # fmt: skip
+        size, available = cgutils.intp_t(1), cgutils.intp_t(1)
+        for d in dims:
+            size = builder.mul(size, d)
+        for d in cgutils.unpack_tuple(builder, src.shape):
+            available = builder.mul(available, d)
+        with cgutils.if_unlikely(builder, builder.icmp_signed("!=", size, available)):
+            context.call_conv.return_user_exc(
+                builder, ValueError, ("a reshape changes the number of elements",)
+            )
+        itemsize = context.get_abi_sizeof(context.get_data_type(array.dtype))
+        strides, stride = [], cgutils.intp_t(itemsize)
+        for d in reversed(dims):
+            strides.insert(0, stride)
+            stride = builder.mul(stride, d)
+        out = context.make_array(result)(context, builder)
+        populate_array(out, data=src.data, shape=dims, strides=strides,
+                       itemsize=cgutils.intp_t(itemsize), meminfo=src.meminfo)  # fmt: skip
+        return impl_ret_borrowed(context, builder, result, out._getvalue())
+
+    return result(array, shape), codegen
+
+
+@intrinsic
+def flat(typingctx, array):
+    """A C-contiguous array as a 1-D array of its elements (sharing its memory): a reshape
+    with no checks to compile (Numba's `dst[...] = src` compiles ~10 s of error formatting)."""
+    if not (isinstance(array, types.Array) and array.layout == "C"):
+        return None
+    result = types.Array(array.dtype, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        from numba.core.imputils import impl_ret_borrowed
+        from numba.np.arrayobj import populate_array
+
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        size = cgutils.intp_t(1)
+        for d in cgutils.unpack_tuple(builder, src.shape):
+            size = builder.mul(size, d)
+        itemsize = context.get_abi_sizeof(context.get_data_type(array.dtype))
+        out = context.make_array(result)(context, builder)
+        populate_array(out, data=src.data, shape=[size], strides=[cgutils.intp_t(itemsize)],
+                       itemsize=cgutils.intp_t(itemsize), meminfo=src.meminfo)  # fmt: skip
+        return impl_ret_borrowed(context, builder, result, out._getvalue())
+
+    return result(array), codegen
+
+
+@intrinsic
 def keep(typingctx, array):
     """A use of `array` after a call that received only its address: Numba frees an array
     after its last use, which without this would be before the kernel reads it."""

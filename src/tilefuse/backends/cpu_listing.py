@@ -116,6 +116,25 @@ def forward_of(found: dict[str, str], what: str) -> tuple[str, str]:
     )
 
 
+MANGLED_TILEFUSE = re.compile(r"_ZN8tilefuse[0-9A-Za-z_$]*")
+
+
+def readable_name(match: re.Match) -> str:
+    """`tilefuse.backends.cpu_runtime.softmax` for Numba's mangled name of that function (its
+    argument types dropped): the runtime kernels `forward` calls, named as in the source."""
+    symbol, k, parts = match.group(0), 3, []
+    while k < len(symbol) and symbol[k].isdigit():
+        digits = re.match(r"\d+", symbol[k:]).group(0)
+        size = int(digits)
+        parts.append(symbol[k + len(digits) : k + len(digits) + size])
+        k += len(digits) + size
+    return ".".join(parts) if parts else symbol
+
+
+def readable_calls(text: str) -> str:
+    return MANGLED_TILEFUSE.sub(readable_name, text)
+
+
 def is_forward(name: str) -> bool:
     return "7forward" in name and not name.startswith(("_ZN7cpython", "cfunc.", '"cfunc.'))
 
@@ -127,7 +146,7 @@ def annotated_llvm(llvm_text: str, smap: SourceMap) -> str:
     }
     name, body = forward_of(functions(llvm_text), "LLVM IR")
     out, current = [], None
-    for line in body.replace(name, "forward").splitlines():
+    for line in readable_calls(body.replace(name, "forward")).splitlines():
         stripped = line.strip()
         if stripped.startswith(("#dbg_", "call void @llvm.dbg.")):
             continue
@@ -144,7 +163,7 @@ def annotated_asm(asm: str, smap: SourceMap) -> str:
     """`forward`'s assembly with each op's IR line above its code and the directives gone."""
     name, body = forward_of(asm_functions(asm), "assembly")
     out, current = [], None
-    for line in body.replace(name, "forward").splitlines():
+    for line in readable_calls(body.replace(name, "forward")).splitlines():
         loc = LOC_DIRECTIVE.match(line)
         if loc:
             op = smap.op(int(loc.group(1)))

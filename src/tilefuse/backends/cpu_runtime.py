@@ -87,3 +87,102 @@ def attention(q, k, v, mask, out, scale):
                     running_max = new_max
                 for c in range(dv):
                     out[a, b, i, c] = acc[c] / total
+
+
+# Layout and row ops of imported networks. Each is compiled once per dtype and rank and cached
+# on disk, so a network's `forward` holds a call, not a loop nest of its own for Numba and
+# LLVM to compile again (a transformer has dozens of these ops).
+@njit(cache=True)
+def copy(src, dst):
+    """dst[:] = src for 1-D arrays of one size (a reshape into another buffer)."""
+    for i in range(src.size):
+        dst[i] = src[i]
+
+
+@njit(cache=True)
+def permute(src, dst, perm):
+    """dst = src transposed: dst axis a is src axis perm[a] (both C-contiguous)."""
+    rank = len(perm)
+    flat_src, flat_dst = src.reshape(src.size), dst.reshape(dst.size)
+    src_stride = np.empty(rank, np.int64)
+    acc = 1
+    for a in range(rank - 1, -1, -1):
+        src_stride[a] = acc
+        acc *= src.shape[a]
+    stride = np.empty(rank, np.int64)
+    extent = np.empty(rank, np.int64)
+    for a in range(rank):
+        stride[a] = src_stride[perm[a]]
+        extent[a] = dst.shape[a]
+    if dst.size == 0:
+        return
+    inner, inner_stride = extent[rank - 1], stride[rank - 1]
+    index = np.zeros(rank, np.int64)
+    offset = 0
+    for row in range(dst.size // inner):
+        base = row * inner
+        for j in range(inner):
+            flat_dst[base + j] = flat_src[offset + j * inner_stride]
+        a = rank - 2
+        while a >= 0:
+            index[a] += 1
+            offset += stride[a]
+            if index[a] < extent[a]:
+                break
+            offset -= stride[a] * extent[a]
+            index[a] = 0
+            a -= 1
+
+
+@njit(cache=True)
+def take(src, dst, start, step):
+    """dst[o, i, r] = src[o, start + step * i, r]: a slice of the middle axis of 3-D views."""
+    for o in range(dst.shape[0]):
+        for i in range(dst.shape[1]):
+            for r in range(dst.shape[2]):
+                dst[o, i, r] = src[o, start + step * i, r]
+
+
+@njit(cache=True, error_model="numpy")
+def layer_norm(xs, ys, scale, shift, eps):
+    """Each row of the 2-D view: (x - mean) / sqrt(var + eps) * scale (+ shift, when given)."""
+    width = xs.shape[1]
+    for i in range(xs.shape[0]):
+        mean = 0.0
+        for j in range(width):
+            mean += xs[i, j]
+        mean = mean / width
+        var = 0.0
+        for j in range(width):
+            d = xs[i, j] - mean
+            var += d * d
+        inv = 1.0 / np.sqrt(var / width + eps)
+        if shift.size:
+            for j in range(width):
+                ys[i, j] = (xs[i, j] - mean) * inv * scale[j] + shift[j]
+        else:
+            for j in range(width):
+                ys[i, j] = (xs[i, j] - mean) * inv * scale[j]
+
+
+@njit(cache=True, error_model="numpy")
+def softmax(src, dst, log):
+    """softmax (log softmax when `log`) along the middle axis of 3-D views; dst may be src."""
+    for o in range(src.shape[0]):
+        for r in range(src.shape[2]):
+            m = -np.inf
+            for t in range(src.shape[1]):
+                a = src[o, t, r]
+                if a > m or a != a:
+                    m = a
+            s = 0.0
+            for t in range(src.shape[1]):
+                e = np.exp(src[o, t, r] - m)
+                if not log:
+                    dst[o, t, r] = e
+                s += e
+            for t in range(src.shape[1]):
+                if log:
+                    dst[o, t, r] = src[o, t, r] - m - np.log(s)
+                else:
+                    dst[o, t, r] = dst[o, t, r] / s

@@ -250,6 +250,12 @@ class CudaRenderer(Renderer):
         note = "one thread per element, in C order"
         self.grid_kernel(node, self.kernel_name(node), [src, dst], f"{dst}.size", body, note)
 
+    def render_permute(self, node: Node) -> None:
+        self.permute_loops(node)  # a loop nest: one thread per element
+
+    def render_slice(self, node: Node) -> None:
+        self.slice_loops(node)
+
     def render_attention(self, node: Node) -> None:
         """One thread per query: the scores' max over the keys, then the softmax weights and
         their sum of v, in registers (dv of them); no T x T matrix."""

@@ -240,9 +240,21 @@ class Renderer:
         src = self.value(node.inputs[0])
         self.loop_nest(node.type, [f"{self.var[node.id]}[i0, i1] = {src}[i1, i0]"])
 
+    def three_d(self, var: str, t: TensorType, axis: int) -> str:
+        """`var` viewed as [axes before `axis`, axis, axes after] (row-major, no copy)."""
+        before = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
+        after = " * ".join(self.dim(d) for d in t.shape[axis + 1 :]) or "1"
+        return f"E.shaped({var}, ({before}, {self.dim(t.shape[axis])}, {after}))"
+
     def render_softmax(self, node: Node) -> None:
         src, dst = self.value(node.inputs[0]), self.var[node.id]
-        self.softmax_loops(node.type, src, dst, node.op, attrs_of(node)["axis"])
+        t = node.type
+        if t.rank == 0:
+            self.softmax_loops(t, src, dst, node.op, attrs_of(node)["axis"])
+            return
+        axis = attrs_of(node)["axis"] % t.rank
+        log = "True" if node.op == "log_softmax" else "False"
+        self.emit(f"R.softmax({self.three_d(src, t, axis)}, {self.three_d(dst, t, axis)}, {log})")
 
     def softmax_loops(self, t: TensorType, src: str, dst: str, op: str, axis: int) -> None:
         """softmax or log_softmax of `src` along `axis` into `dst` (which may be `src`)."""
@@ -296,9 +308,20 @@ class Renderer:
 
     def render_reshape(self, node: Node) -> None:
         src = self.value(node.inputs[0])
-        self.emit(f"{self.var[node.id]}[...] = {src}.reshape({self.shape(node.type)})")
+        if self.g[node.inputs[0]].op == "const":  # parameters may be 1-element stand-ins
+            self.emit(f"{self.var[node.id]}[...] = {src}.reshape({self.shape(node.type)})")
+            return
+        self.emit(f"R.copy(E.flat({src}), E.flat({self.var[node.id]}))")
 
     def render_permute(self, node: Node) -> None:
+        perm = attrs_of(node)["perm"]
+        if len(perm) < 2:
+            self.permute_loops(node)
+            return
+        src = self.value(node.inputs[0])
+        self.emit(f"R.permute({src}, {self.var[node.id]}, {tuple(perm)!r})")
+
+    def permute_loops(self, node: Node) -> None:
         perm = attrs_of(node)["perm"]
         if not perm:  # a scalar: read as `read` does (a 0-d array, or a 1-element constant)
             self.loop_nest(
@@ -312,6 +335,16 @@ class Renderer:
         self.loop_nest(node.type, [f"{self.element(node)} = {src}[{', '.join(source_index)}]"])
 
     def render_slice(self, node: Node) -> None:
+        attrs = attrs_of(node)
+        axis = attrs["axis"] % node.type.rank
+        source = self.g[node.inputs[0]].type
+        src, dst = self.value(node.inputs[0]), self.var[node.id]
+        self.emit(
+            f"R.take({self.three_d(src, source, axis)}, {self.three_d(dst, node.type, axis)}, "
+            f"{attrs['start']}, {attrs['step']})"
+        )
+
+    def slice_loops(self, node: Node) -> None:
         attrs = attrs_of(node)
         axis = attrs["axis"] % node.type.rank
         index = [f"i{a}" for a in range(node.type.rank)]
@@ -383,7 +416,7 @@ class Renderer:
 
         def view(var: str, shape: tuple) -> str:
             dims = [extent(g) for g in groups] + [self.dim(d) for d in shape[-2:]]
-            return f"{var}.reshape(({', '.join(dims)}))"
+            return f"E.shaped({var}, ({', '.join(dims)}))"
 
         name = self.names[node.id]
         args = [view(self.value(i), self.g[i].type.shape) for i in (q, k, v)]
@@ -415,43 +448,29 @@ class Renderer:
                 src = f"np.ascontiguousarray(np.broadcast_to({src}, {full}))"
                 return self.mask_view_full(src, groups, scores)
             k0 += len(g)
-        return f"{src}.reshape(({', '.join(parts)}))"
+        return f"E.shaped({src}, ({', '.join(parts)}))"
 
     def mask_view_full(self, src: str, groups: list[tuple], scores: tuple) -> str:
         dims = [" * ".join(self.dim(d) for d in g) or "1" for g in groups]
         dims += [self.dim(scores[-2]), self.dim(scores[-1])]
-        return f"{src}.reshape(({', '.join(dims)}))"
+        return f"E.shaped({src}, ({', '.join(dims)}))"
 
     def render_layer_norm(self, node: Node) -> None:
-        """Rows of the normalized axes, each: mean, variance, then scale and shift."""
+        """Rows of the normalized axes, each: mean, variance, then scale and shift (the
+        runtime's kernel on 2-D views)."""
         t = node.type
         axis = attrs_of(node)["axis"] % t.rank
         eps = float(attrs_of(node)["epsilon"])
         rows = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
         width = " * ".join(self.dim(d) for d in t.shape[axis:]) or "1"
-        name = self.names[node.id]
         src, dst = self.value(node.inputs[0]), self.var[node.id]
         params = [self.flat_parameter(i, t.shape[axis:], role) for i, role in
                   zip(node.inputs[1:], ("scale", "shift"))]  # fmt: skip
-        shift = f" + {params[1]}[j]" if len(params) > 1 else ""
-        self.emit(f"xs_{name} = {src}.reshape(({rows}, {width}))")
-        self.emit(f"ys_{name} = {dst}.reshape(({rows}, {width}))")
-        self.emit(f"for i0 in range({rows}):")
-        row = [
-            "mean = 0.0",
-            f"for j in range({width}):",
-            f"    mean += xs_{name}[i0, j]",
-            f"mean = mean / ({width})",
-            "var = 0.0",
-            f"for j in range({width}):",
-            f"    d = xs_{name}[i0, j] - mean",
-            "    var += d * d",
-            f"inv = 1.0 / math.sqrt(var / ({width}) + {float_literal(eps)})",
-            f"for j in range({width}):",
-            f"    ys_{name}[i0, j] = (xs_{name}[i0, j] - mean) * inv * {params[0]}[j]{shift}",
-        ]
-        for line in row:
-            self.emit(line, 2)
+        shift_arg = params[1] if len(params) > 1 else f"np.empty(0, np.{t.np_dtype.name})"
+        self.emit(
+            f"R.layer_norm(E.shaped({src}, ({rows}, {width})), E.shaped({dst}, ({rows}, {width})), "
+            f"{params[0]}, {shift_arg}, {float_literal(eps)})"
+        )
 
     def flat_parameter(self, node_id: int, shape: tuple, role: str) -> str:
         """A layer norm's scale or shift broadcast to the normalized axes, as one flat row."""

@@ -5,7 +5,8 @@
   with the transposes, and `transpose(transpose(x))` cancels, so a whole column-major MLP
   ends with one transpose at its input, row-major layers, and one transpose at its output.
 - Constant folding: an op whose operands are all constants is evaluated now.
-- Identities: `identity(x)`, `x + 0`, `x - 0`, `x * 1`, `x / 1` become `x`.
+- Identities: `identity(x)`, `x + 0`, `x - 0`, `x * 1`, `x / 1`, a reshape to x's own shape
+  become `x`; two reshapes in a row become one.
 - Patterns exporters emit: `x * 0.5 * (1 + erf(x / sqrt(2)))`, in any order of the factors,
   becomes `gelu(x)` (so fuse can make it a dense epilogue); `softmax(q @ kᵀ * c + mask) @ v`
   (the scale as Mul or Div, on the scores or on q and kᵀ) becomes `attention(q, k, v, mask)`.
@@ -71,6 +72,16 @@ def filled_with(value: float) -> Predicate:
         return node.op == "const" and bool(np.all(g.constants[node.id] == value))
 
     return predicate
+
+
+def reshape_of_reshape(edit: Edit, m: Match) -> int:
+    """reshape(reshape(x)) -> reshape(x) (the inner one dies unless something else reads it)."""
+    root = m["root"]
+    return edit.op("reshape", [m["x"].id], loc=root.loc, **root.attr)
+
+
+def same_shape(g: Graph, node: Node) -> bool:
+    return node.type == g[node.inputs[0]].type
 
 
 def keep_operand(edit: Edit, m: Match) -> int | None:
@@ -301,6 +312,10 @@ CANONICAL_RULES = [
         keep_operand,
     ),
     Rule("remove_div_one", pat("div", any_node("x"), const(where=[filled_with(1)])), keep_operand),
+    Rule(
+        "remove_reshape", pat("reshape", any_node("x"), where=[same_shape]), lambda e, m: m["x"].id
+    ),
+    Rule("reshape_of_reshape", pat("reshape", pat("reshape", any_node("x"))), reshape_of_reshape),
     Rule("erf_gelu", pat("mul"), erf_gelu),
     Rule("attention", pat("batch_matmul"), scaled_dot_product_attention),
     *ORIENTATION_RULES,
@@ -316,6 +331,8 @@ DETAILS = {
     "remove_sub_zero": "subtracting zeros returns the other operand",
     "remove_mul_one": "multiplying by ones returns the other operand",
     "remove_div_one": "dividing by ones returns the other operand",
+    "remove_reshape": "a reshape to the shape its operand has already is the operand",
+    "reshape_of_reshape": "two reshapes in a row are one (row-major order is kept)",
     "erf_gelu": "x * 0.5 * (1 + erf(x / sqrt(2))) is the exact gelu, written out",
     "attention": "softmax(q @ kᵀ * scale + mask) @ v is scaled dot-product attention: one "
     "op, whose kernels keep one block of scores per query (online softmax), never the T x T "
