@@ -191,7 +191,7 @@ class Renderer:
             if destinations.get(o) != f"out{k}":
                 self.emit("")
                 if self.g[o].type.rank:
-                    self.emit(f"out{k}[...] = {self.value(o)}")
+                    self.emit(f"R.copy(E.flat({self.value(o)}), E.flat(out{k}))")
                 else:  # a scalar constant is passed as a 1-element array: read its element
                     self.emit(f"out{k}[()] = {self.read(o, self.g[o].type)}")
 
