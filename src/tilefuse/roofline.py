@@ -93,6 +93,15 @@ def op_flops(g: Graph, node: Node, batch: int) -> int:
     if node.op in ("matmul", "dense"):
         k = g[node.inputs[0]].type.shape[-1]
         return 2 * out * (batch if isinstance(k, str) else k) + out * epilogue_flops(node)
+    if node.op == "attention":  # q @ kᵀ and p @ v, 2 flops a multiply-add; softmax ~5 a score
+        q, k = (g[i].type.shape for i in node.inputs[:2])
+        depth, keys = (batch if isinstance(d, str) else d for d in (q[-1], k[-2]))
+        queries = elements(q[:-1], batch)
+        return (
+            queries * keys * (2 * depth + 2 * node.type.shape[-1] + 5)
+            if isinstance(node.type.shape[-1], int)
+            else queries * keys * (4 * depth + 5)
+        )
     if node.op in BINARY_REFS:
         return out
     if node.op in ACTIVATIONS:

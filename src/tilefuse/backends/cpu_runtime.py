@@ -25,68 +25,61 @@ def pack_weights(w, kc, nr):
     return packed
 
 
-KEY_BLOCK = 128  # keys per step of attention's online softmax
-
-
 @njit(cache=True, error_model="numpy")
 def attention(q, k, v, mask, out, scale):
     """out = softmax(q @ kᵀ * scale + mask) @ v, for 4-D q [A, B, Tq, d], k [A, B, Tk, d],
     v [A, B, Tk, dv] and out [A, B, Tq, dv]; `mask` is 4-D with each extent 1 or the scores'
-    (size 0: no mask). Per (a, b) the keys are transposed once; per query the scores of one
-    block of KEY_BLOCK keys at a time, with the online softmax (a running max and sum, the
-    output rescaled when the max grows), so no T x T matrix is ever held."""
-    n_a, n_b, tq, d = q.shape
-    tk, dv = k.shape[2], v.shape[3]
-    has_mask = mask.size > 0
-    kt = np.empty((d, tk), q.dtype)
-    s = np.empty(min(tk, KEY_BLOCK), q.dtype)
+    (size 0: no mask). One row of Tk scores per query at a time, never the T x T matrix;
+    arithmetic in the operands' dtype."""
+    for a in range(q.shape[0]):
+        for b in range(q.shape[1]):
+            attention_head(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale)
+
+
+# Reassociation lets LLVM vectorize the dot products over the depth; no flag that assumes
+# away NaN or infinities (masked keys are -inf, and a NaN score must make the row NaN).
+ATTENTION_FASTMATH = {"reassoc", "contract"}
+
+
+@njit(cache=True, error_model="numpy", fastmath=ATTENTION_FASTMATH)
+def attention_head(q, k, v, mask, a, b, out, scale):
+    """One (batch, head) of `attention`: q [Tq, d], k [Tk, d], v [Tk, dv], out [Tq, dv].
+    Per query: its Tk scores (dot products over the depth), their max, the exponentials and
+    their sum, then the weighted sum of v's rows; one row of scores at a time."""
+    tq, d = q.shape
+    tk, dv = k.shape[0], v.shape[1]
+    s = np.empty(tk, q.dtype)
     acc = np.empty(dv, q.dtype)
-    row = np.empty(d, q.dtype)
-    for a in range(n_a):
-        for b in range(n_b):
+    consts = np.empty(2, q.dtype)  # scalars of q's dtype: the scale, -inf
+    consts[0], consts[1] = scale, -np.inf
+    zero = consts[0] * 0
+    has_mask = mask.size > 0
+    ma = a if mask.shape[0] > 1 else 0
+    mb = b if mask.shape[1] > 1 else 0
+    for i in range(tq):
+        for j in range(tk):
+            x = zero
+            for t in range(d):
+                x += q[i, t] * k[j, t]
+            s[j] = x * consts[0]
+        if has_mask:
+            mi = i if mask.shape[2] > 1 else 0
             for j in range(tk):
-                for t in range(d):
-                    kt[t, j] = k[a, b, j, t]
-            ma = a if mask.shape[0] > 1 else 0
-            mb = b if mask.shape[1] > 1 else 0
-            for i in range(tq):
-                mi = i if mask.shape[2] > 1 else 0
-                for t in range(d):
-                    row[t] = q[a, b, i, t] * scale
-                for c in range(dv):
-                    acc[c] = 0.0
-                running_max = -np.inf
-                total = 0.0
-                for j0 in range(0, tk, KEY_BLOCK):
-                    width = min(KEY_BLOCK, tk - j0)
-                    for j in range(width):
-                        s[j] = 0.0
-                    for t in range(d):
-                        qt = row[t]
-                        for j in range(width):
-                            s[j] += qt * kt[t, j0 + j]
-                    if has_mask:
-                        for j in range(width):
-                            s[j] += mask[ma, mb, mi, j0 + j if mask.shape[3] > 1 else 0]
-                    block_max = -np.inf
-                    for j in range(width):
-                        if s[j] > block_max or s[j] != s[j]:
-                            block_max = s[j]
-                    new_max = max(running_max, block_max) if block_max == block_max else block_max
-                    if new_max == -np.inf:  # every key so far masked out: nothing to add
-                        continue
-                    rescale = np.exp(running_max - new_max) if running_max != -np.inf else 0.0
-                    total *= rescale
-                    for c in range(dv):
-                        acc[c] *= rescale
-                    for j in range(width):
-                        p = np.exp(s[j] - new_max)
-                        total += p
-                        for c in range(dv):
-                            acc[c] += p * v[a, b, j0 + j, c]
-                    running_max = new_max
-                for c in range(dv):
-                    out[a, b, i, c] = acc[c] / total
+                s[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
+        top = consts[1]
+        for j in range(tk):
+            if s[j] > top:  # a NaN score never wins, and makes the sum and the row NaN
+                top = s[j]
+        total = zero
+        for c in range(dv):
+            acc[c] = zero
+        for j in range(tk):
+            p = np.exp(s[j] - top)
+            total += p
+            for c in range(dv):
+                acc[c] += p * v[j, c]
+        for c in range(dv):
+            out[i, c] = acc[c] / total
 
 
 # Layout and row ops of imported networks. Each is compiled once per dtype and rank and cached
