@@ -315,3 +315,35 @@ def test_a_default_name_comes_only_from_an_assignment_of_the_call_itself():
     listed = [tfu.Sequential([tfu.Dense(4)], input_dim=3)]
     assert enc.name == "enc" and other == 1
     assert held["a"].name == listed[0].name == "test_dsl"  # part of a larger expression
+
+
+def test_transformer_ops_trace_and_match_numpy():
+    """tfu.exp, log, sqrt, sum, mean, reshape (with -1 and N), transpose, layer_norm,
+    attention (scale 1/√d by default, an additive mask) against NumPy written here."""
+    rng = np.random.default_rng(0)
+    g, b = rng.standard_normal(6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    mask = np.where(rng.random((4, 4)) < 0.3, -1e9, 0).astype(np.float32)
+
+    @tfu.function
+    def f(x: tfu.Input["N", 4, 6]):
+        h = tfu.layer_norm(x, g, b)
+        heads = tfu.transpose(tfu.reshape(h, ("N", 4, 2, -1)), (0, 2, 1, 3))  # [N, 2, 4, 3]
+        a = tfu.attention(heads, heads, heads, mask=mask)
+        y = tfu.reshape(tfu.transpose(a, (0, 2, 1, 3)), ("N", 4, 6))
+        return tfu.sum(tfu.exp(y), axis=-1) + tfu.mean(tfu.sqrt(tfu.log(2 + y * y)), axis=2)
+
+    x = rng.standard_normal((3, 4, 6)).astype(np.float32)
+    h = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * g + b
+    heads = h.reshape(3, 4, 2, 3).transpose(0, 2, 1, 3)
+    scores = heads @ heads.transpose(0, 1, 3, 2) / np.sqrt(3) + mask
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    a = (p / p.sum(-1, keepdims=True)) @ heads
+    y = a.transpose(0, 2, 1, 3).reshape(3, 4, 6)
+    want = np.exp(y).sum(-1) + np.sqrt(np.log(2 + y * y)).mean(axis=2)
+    for target in ("reference", "cpu"):
+        np.testing.assert_allclose(tfu.compile(f, target=target)(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_transformer_ops_need_traced_tensors():
+    with pytest.raises(TypeError, match="tfu.attention takes a traced Tensor"):
+        tfu.attention(np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 2)))

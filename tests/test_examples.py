@@ -99,3 +99,17 @@ def test_readme_example_prints_what_the_readme_shows(capsys):
     shown = section.split("```text\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out == shown
+
+
+def test_encoder_example_matches_numpy_and_fuses():
+    """The DSL encoder: against the example's own NumPy network; each projection a dense over
+    all tokens (x [N, 16, 64] @ W), the residual in the output projection's epilogue, and
+    attention one op per layer."""
+    example = load_example("encoder")
+    model = tfu.compile(example.encoder, target="cpu")
+    x = np.random.default_rng(2).standard_normal((2, example.T, example.D)).astype(np.float32)
+    np.testing.assert_allclose(model(x), example.numpy_encoder(x), rtol=1e-4, atol=1e-4)
+    fused = model.ir("fused")
+    assert fused.count("= attention[") == example.LAYERS
+    assert fused.count("dense[post=(add)]") == 2 * example.LAYERS
+    assert "batch_matmul" not in fused and "softmax" not in fused

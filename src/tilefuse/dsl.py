@@ -18,6 +18,7 @@ import ast
 import functools
 import inspect
 import linecache
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -347,6 +348,97 @@ def log_softmax(x: Any, axis: int = -1) -> Any:
 
 def identity(x: Any) -> Any:
     return _activation("identity", x)
+
+
+# -- the ops of transformers, for traced functions ----------------------------------------------
+def _tensor(x: Any, what: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{user_location()}: tfu.{what} takes a traced Tensor (inside @tfu.function), "
+            f"not {type(x).__name__}"
+        )
+    return x
+
+
+def exp(x: Tensor) -> Tensor:
+    return _tensor(x, "exp").tracer.op("exp", [x])
+
+
+def log(x: Tensor) -> Tensor:
+    return _tensor(x, "log").tracer.op("log", [x])
+
+
+def sqrt(x: Tensor) -> Tensor:
+    return _tensor(x, "sqrt").tracer.op("sqrt", [x])
+
+
+def _axes(axis: int | Sequence[int] | None) -> tuple[int, ...]:
+    return () if axis is None else (axis,) if isinstance(axis, int) else tuple(axis)
+
+
+def sum(  # noqa: A001 (tfu.sum, as np.sum)
+    x: Tensor, axis: int | Sequence[int] | None = None, keepdims: bool = False
+) -> Tensor:
+    """The sum over `axis` (an int, several, or None: all), as NumPy's."""
+    return _tensor(x, "sum").tracer.op("reduce_sum", [x], axes=_axes(axis), keepdims=keepdims)
+
+
+def mean(x: Tensor, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+    return _tensor(x, "mean").tracer.op("reduce_mean", [x], axes=_axes(axis), keepdims=keepdims)
+
+
+def reshape(x: Tensor, shape: Sequence[int | str]) -> Tensor:
+    """The same elements in row-major order with extents `shape`: ints, the symbolic dim by
+    its name ("N"), and one -1 for what is left (of the static extents)."""
+    x = _tensor(x, "reshape")
+    shape = list(shape)
+    if shape.count(-1) > 1:
+        raise ShapeError(f"{user_location()}: reshape {x.type} to {tuple(shape)}: one -1 at most")
+    if -1 in shape:
+        static = math.prod(d for d in x.shape if isinstance(d, int))
+        known = math.prod(d for d in shape if isinstance(d, int) and d != -1)
+        if known == 0 or static % known:
+            raise ShapeError(f"{user_location()}: cannot reshape {x.type} to {tuple(shape)}")
+        shape[shape.index(-1)] = static // known
+    return x.tracer.op("reshape", [x], shape=tuple(shape))
+
+
+def transpose(x: Tensor, perm: Sequence[int] | None = None) -> Tensor:
+    """Axes in the order `perm` (default: reversed), as np.transpose."""
+    x = _tensor(x, "transpose")
+    perm = tuple(perm) if perm is not None else tuple(range(x.type.rank - 1, -1, -1))
+    if perm == (1, 0):
+        return x.tracer.op("transpose", [x])
+    return x.tracer.op("permute", [x], perm=perm)
+
+
+def layer_norm(
+    x: Tensor, scale: Any, shift: Any = None, axis: int = -1, epsilon: float = 1e-5
+) -> Tensor:
+    """(x - mean) / sqrt(var + epsilon) * scale + shift over the axes from `axis` on."""
+    x = _tensor(x, "layer_norm")
+    operands = [x, x._lift(scale, "scale")] + (
+        [x._lift(shift, "shift")] if shift is not None else []
+    )
+    return x.tracer.op("layer_norm", operands, axis=axis, epsilon=epsilon)
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Any = None, scale: float | None = None
+) -> Tensor:
+    """softmax(q @ kᵀ * scale + mask) @ v along the keys; q [.., Tq, d], k [.., Tk, d],
+    v [.., Tk, dv] with the same leading (batch, head) axes; scale 1/√d unless given; an
+    additive mask (an array or a Tensor) that broadcasts to the scores [.., Tq, Tk]."""
+    q = _tensor(q, "attention")
+    depth = q.shape[-1]
+    if scale is None:
+        if not isinstance(depth, int):
+            raise ShapeError(f"{user_location()}: attention: give scale= for a symbolic depth")
+        scale = 1 / math.sqrt(depth)
+    operands = [q, q._lift(k, "k"), q._lift(v, "v")]
+    if mask is not None:
+        operands.append(q._lift(mask, "mask"))
+    return q.tracer.op("attention", operands, scale=float(scale))
 
 
 ACTIVATION_FUNCTIONS: dict[str, Callable[..., Any]] = {
