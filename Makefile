@@ -56,6 +56,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # conditions; results in benchmarks/results/<host>.{md,json,png}
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/transformers.py
 
 # ONNX's own backend node tests for the ops tilefuse imports: a pass/fail/unsupported table
 conformance: venv

@@ -1,10 +1,10 @@
 """Transformer cases of `make bench`: PyTorch's own encoders exported to ONNX and run by every
 system in one interleaved run (float32, 2 threads unless --threads).
 
-| case | model | batches |
-|---|---|---|
-| bert-mini | `nn.TransformerEncoder` of 4 `nn.TransformerEncoderLayer(256, 4, 1024, activation="gelu", batch_first=True)`, sequence 128 | 1, 16 |
-| bert-base-layer | one `nn.TransformerEncoderLayer(768, 12, 3072, ...)`, sequence 128 | 1 |
+- bert-mini: `nn.TransformerEncoder` of 4 `nn.TransformerEncoderLayer(256, 4, 1024,
+  activation="gelu", batch_first=True)`, sequence 128, batch 1 and 16;
+- bert-base-layer: one `nn.TransformerEncoderLayer(768, 12, 3072, ...)`, sequence 128,
+  batch 1.
 
 Systems: tilefuse (`from_onnx` of the export, `target="cpu"`), ONNX Runtime (default graph
 optimizations, and with its transformer fusions where they apply: the session's
@@ -75,8 +75,9 @@ def systems(module: Any, path: pathlib.Path, threads: int) -> dict[str, Any]:
     model.set_threads(threads)
     print(f"  tilefuse compiled in {time.perf_counter() - start:.1f} s", flush=True)
     made["tilefuse"] = ("tilefuse", model)
-    for name, level in (("onnxruntime", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
-                        ("onnxruntime-all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):  # fmt: skip
+    levels = ort.GraphOptimizationLevel
+    for name, level in (("onnxruntime", levels.ORT_ENABLE_EXTENDED),
+                        ("onnxruntime-all", levels.ORT_ENABLE_ALL)):  # fmt: skip
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = level
@@ -187,8 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 case = run_case(name, batch, spec, args.threads, budget, pathlib.Path(folder))
                 report["cases"].append(case)
                 ours = next(r for r in case["rows"] if r["system"] == "tilefuse")
-                print(f"  tilefuse {bench.format_time(ours.get('median_s', float('nan')))}, "
-                      f"ratio to the best peer {case['ratio'] or float('nan'):.2f}", flush=True)  # fmt: skip
+                median = bench.format_time(ours.get("median_s", float("nan")))
+                ratio = case["ratio"] or float("nan")
+                print(f"  tilefuse {median}, ratio to the best peer {ratio:.2f}", flush=True)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = bench.host_stem(report["machine"]) + "-transformers"

@@ -191,6 +191,15 @@ class _NestPrinter:
         if self.graph is None:
             return "[ic+ir+i, jc+jr+j]"
         shape = self.graph[operand].type.shape
+        if len(shape) > 2 or self.node.type.rank > 2:  # rows over several axes: one row index
+            out = self.node.type.shape
+            row = (
+                "0"
+                if all(d == 1 for d in shape[:-1]) and any(o != 1 for o in out[:-1])
+                else ("ic+ir+i")
+            )
+            col = "0" if shape and shape[-1] == 1 != out[-1] else "jc+jr+j"
+            return f"[{', '.join(([row] if len(shape) > 1 else []) + ([col] if shape else []))}]"
         axes = ["ic+ir+i", "jc+jr+j"][2 - len(shape) :]
         out_shape = self.node.type.shape[2 - len(shape) :]
         picked = ["0" if d == 1 != o else a for d, o, a in zip(shape, out_shape, axes, strict=True)]

@@ -11,6 +11,7 @@ the tiling logic is tested against the plain formula before any kernel exists.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,7 +55,7 @@ def dense_tiled(args: list[np.ndarray], attrs: dict[str, Any], t: Tiling) -> np.
     (softmax) needs whole rows, so it and the steps after it run once the loops are done."""
     x, w, *rest = args
     shape = (*x.shape[:-1], w.shape[1])  # the rows are every axis of x but the last
-    x = x.reshape(-1, x.shape[-1])
+    x = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
     m, k, n = x.shape[0], x.shape[1], w.shape[1]
     c = np.zeros((m, n), dtype=np.result_type(x, w))
     rest = [np.broadcast_to(o, shape).reshape(m, n) for o in rest]
