@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from tilefuse.check import reference_f64, tolerance
+from tilefuse.check import index_bound, reference_f64, tolerance
 from tilefuse.errors import MiscompileError, TilefuseError
 from tilefuse.ir import Graph, TensorType
 from tilefuse.ops import GraphBuilder, broadcast_shapes, evaluate
@@ -67,10 +67,18 @@ class Case:
     seed: int
 
     def inputs(self) -> list[np.ndarray]:
+        """Standard normal floats; integer inputs (gather's indices) in range of the tables."""
         rng = np.random.default_rng(self.seed)
-        types = self.graph.input_types()
-        shapes = [[d if isinstance(d, int) else self.batch for d in t.shape] for t in types]
-        return [rng.standard_normal(s).astype(t.np_dtype) for s, t in zip(shapes, types)]
+        arrays = []
+        for node_id in self.graph.inputs:
+            t = self.graph[node_id].type
+            shape = [d if isinstance(d, int) else self.batch for d in t.shape]
+            if t.dtype == "i64":
+                bound = index_bound(self.graph, node_id)
+                arrays.append(rng.integers(-bound, bound, shape).astype(np.int64))
+            else:
+                arrays.append(rng.standard_normal(shape).astype(t.np_dtype))
+        return arrays
 
     def __str__(self) -> str:
         return f"pipeline={self.pipeline!r} batch={self.batch} seed={self.seed}\n{self.graph}"
@@ -466,6 +474,17 @@ def _grow_permute(gb: _Builder) -> None:
         gb.add("permute", [x], perm=tuple(perm))
 
 
+def _grow_gather(gb: _Builder) -> None:
+    """An embedding lookup: a constant table [V, d] indexed by a new i64 input of token ids
+    ([N, k] or [k]), negative ids included; the looked-up rows join the pool."""
+    vocab, width, k = gb.dim(), gb.dim(), gb.dim()
+    shape = gb.draw(st.sampled_from((("N", k), (k,))))
+    ids = gb.b.input(f"ids{len(gb.b.inputs)}", TensorType("i64", shape))
+    concrete = [d if isinstance(d, int) else gb.SAMPLE_BATCH for d in shape]
+    gb.sample[ids] = gb.sample_rng.integers(-vocab, vocab, concrete).astype(np.int64)
+    gb.add("gather", [gb.const((vocab, width), name="table"), ids])
+
+
 def _grow_slice(gb: _Builder) -> None:
     """Every step-th element of a run (not empty: other growers need extents >= 1) of a
     static axis, forwards or backwards."""
@@ -587,6 +606,7 @@ GROWERS = {
     "reshape": _grow_reshape,
     "permute": _grow_permute,
     "slice": _grow_slice,
+    "gather": _grow_gather,
     "attention": _grow_attention,
     "batch_matmul": _grow_batch_matmul,
     "layer_norm": _grow_layer_norm,

@@ -127,3 +127,45 @@ def test_a_reshape_that_moves_the_batch_across_axes_is_refused_by_name() -> None
     }  # fmt: skip
     with pytest.raises(UnsupportedError, match="the_reshape.*batch"):
         tfu.from_onnx(shape_model(nodes, inits))
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_a_bert_style_model_takes_int64_token_ids(target: str) -> None:
+    """Token and position embeddings (Gather of an int64 input into a table; the positions'
+    Range folds at import), LayerNorm, two encoder layers: the ids input stays i64 and the
+    lookup is one `gather`."""
+    path = MODELS / "torch_token_encoder.onnx"
+    g = tfu.from_onnx(path)
+    assert str(g[g.inputs[0]].type) == "i64[N,8]"
+    assert "gather(" in str(g)
+    model = tfu.compile(g, target=target)
+    session = ort.InferenceSession(str(path))
+    for batch in (1, 3):
+        ids = np.random.default_rng(batch).integers(0, 50, (batch, 8)).astype(np.int64)
+        want = session.run(None, {"x": ids})[0]
+        np.testing.assert_allclose(model(ids), want, rtol=1e-4, atol=1e-4)
+
+
+def test_token_ids_out_of_range_raise_instead_of_reading_past_the_table() -> None:
+    model = tfu.compile(tfu.from_onnx(MODELS / "torch_token_encoder.onnx"), target="cpu")
+    ids = np.full((1, 8), 50, np.int64)  # the vocabulary is 0..49
+    with pytest.raises(IndexError, match="out of range"):
+        model(ids)
+    with pytest.raises(tfu.DTypeError, match="int64"):
+        model(ids.astype(np.float32))
+
+
+def test_gather_exports_back_to_onnx() -> None:
+    """to_onnx writes gather as Gather with an INT64 input; ONNX Runtime agrees."""
+    from tilefuse.ir import TensorType
+    from tilefuse.ops import GraphBuilder
+
+    b = GraphBuilder("lookup")
+    ids = b.input("ids", TensorType("i64", ("N", 3)))
+    table = b.const(np.arange(20, dtype=np.float32).reshape(5, 4), "table")
+    g = b.build([b.op("relu", [b.op("gather", [table, ids])])])
+    session = ort.InferenceSession(tfu.to_onnx(g).SerializeToString())
+    ids_value = np.array([[0, 4, -1], [2, 2, 3]], np.int64)
+    np.testing.assert_allclose(
+        session.run(None, {"ids": ids_value})[0], tfu.compile(g, target="cpu")(ids_value)
+    )

@@ -130,7 +130,14 @@ def attention(q, k, v, mask=0.0, scale=0.5):
     return out
 
 
+def gather_rows(table, indices):
+    """Row i of the table for each index i (negative: counted from the end), by a loop."""
+    rows = [table[int(i) if i >= 0 else len(table) + int(i)] for i in indices.reshape(-1)]
+    return np.array(rows).reshape(indices.shape + table.shape[1:])
+
+
 CASES += [
+    ("gather", "gather", {}, [(5, 3), (2, 4)], gather_rows),
     ("attention", "attention", {"scale": 0.5}, [(2, 4, 3), (2, 5, 3), (2, 5, 2)], attention),
     (
         "attention-mask",
@@ -221,13 +228,20 @@ def operands(op: str, shapes: list[tuple], dtype: str) -> list[np.ndarray]:
         arrays[0] = np.abs(arrays[0]) + 0.1
     if op == "div":  # keep the divisor away from zero
         arrays[1] = rng.uniform(0.5, 2.0, shapes[1]) * rng.choice([-1, 1], shapes[1])
-    return [a.astype(tfu.ir.DTYPES[dtype]) for a in arrays]
+    arrays = [a.astype(tfu.ir.DTYPES[dtype]) for a in arrays]
+    if op == "gather":  # i64 indices, negative ones included, in range of the table's axis 0
+        extent = shapes[0][0]
+        arrays[1] = rng.integers(-extent, extent, shapes[1]).astype(np.int64)
+    return arrays
 
 
 def one_op_graph(op: str, attrs: dict, arrays: list[np.ndarray]) -> tfu.Graph:
     b = GraphBuilder(op)
     ids = [
-        b.input(f"a{k}", TensorType(tfu.ir.dtype_name(a.dtype), a.shape))
+        b.input(
+            f"a{k}",
+            TensorType("i64" if a.dtype == np.int64 else tfu.ir.dtype_name(a.dtype), a.shape),
+        )
         for k, a in enumerate(arrays)
     ]
     return b.build([b.op(op, ids, **attrs)])

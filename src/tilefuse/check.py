@@ -35,7 +35,7 @@ import numpy as np
 from . import cache
 from .backends import CompiledModel, reference
 from .errors import AttrError, InputError, MiscompileError
-from .ir import Graph, Node
+from .ir import INDEX_DTYPES, Graph, Node
 from .ops import attrs_of, cast_graph
 from .source import comment
 
@@ -85,16 +85,37 @@ def tolerance(dtype: str, scale: float) -> tuple[float, float]:
 
 
 def random_inputs(g: Graph, batch: int = CHECK_BATCHES[-1], seed: int = 0) -> list[np.ndarray]:
+    """Standard normal floats; for integer inputs (indices) ints in range of every table that
+    gathers with them."""
     rng = np.random.default_rng(seed)
-    shapes = [[d if isinstance(d, int) else batch for d in t.shape] for t in g.input_types()]
-    return [rng.standard_normal(s).astype(t.np_dtype) for s, t in zip(shapes, g.input_types())]
+    inputs = []
+    for node_id, t in zip(g.inputs, g.input_types()):
+        shape = [d if isinstance(d, int) else batch for d in t.shape]
+        if t.dtype in INDEX_DTYPES:
+            inputs.append(rng.integers(0, index_bound(g, node_id), shape).astype(t.np_dtype))
+        else:
+            inputs.append(rng.standard_normal(shape).astype(t.np_dtype))
+    return inputs
+
+
+def index_bound(g: Graph, node_id: int) -> int:
+    """The smallest extent of a table axis that `node_id` indexes (1 when none does)."""
+    extents = [
+        g[user.inputs[0]].type.shape[attrs_of(user)["axis"]]
+        for user in g.users(node_id)
+        if user.op == "gather" and user.inputs[1] == node_id
+    ]
+    return max(1, min((e for e in extents if isinstance(e, int)), default=1))
 
 
 # -- comparing -------------------------------------------------------------------------------
 def reference_f64(g: Graph, inputs: Sequence[np.ndarray], hook: Any = None) -> list[np.ndarray]:
     """The float64 reference: `g` cast to f64, on the inputs cast to f64."""
     exact = cast_graph(g, "f64")
-    return reference.run_graph(exact, [np.asarray(a, np.float64) for a in inputs], hook)
+    wide = [
+        a if a.dtype.kind in "iu" else np.asarray(a, np.float64) for a in map(np.asarray, inputs)
+    ]
+    return reference.run_graph(exact, wide, hook)
 
 
 def error_ratio(got: np.ndarray, want: np.ndarray, dtype: str) -> float:
@@ -372,7 +393,8 @@ def informative_inputs(
     best: tuple[list[np.ndarray], float, list[tuple[Node, str]]] | None = None
     for scale in INPUT_SCALES:
         for draw in range(INPUT_DRAWS):
-            inputs = [(a * scale).astype(a.dtype) for a in random_inputs(g, batch, seed + draw)]
+            inputs = [a if a.dtype.kind in "iu" else (a * scale).astype(a.dtype)
+                      for a in random_inputs(g, batch, seed + draw)]  # fmt: skip
             stuck = saturated_ops(g, inputs)
             if not stuck:
                 return inputs, scale, []

@@ -64,6 +64,10 @@ def check_dim(d: object, where: str = "") -> Dim:
 
 
 DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64)}
+# integer tensors are indices (token ids), graph inputs that `gather` reads; nothing computes
+# in them
+INDEX_DTYPES: dict[str, np.dtype] = {"i64": np.dtype(np.int64)}
+ALL_DTYPES: dict[str, np.dtype] = {**DTYPES, **INDEX_DTYPES}
 NUMPY_TO_DTYPE = {v: k for k, v in DTYPES.items()}
 
 
@@ -86,8 +90,10 @@ class TensorType:
     shape: tuple[Dim, ...]
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise DTypeError(f"dtype {self.dtype!r} is not supported; supported: f32, f64")
+        if self.dtype not in ALL_DTYPES:
+            raise DTypeError(
+                f"dtype {self.dtype!r} is not supported; supported: f32, f64 (and i64 for indices)"
+            )
         for d in self.shape:
             if not (type(d) is int and d >= 0):  # the common case costs one test
                 check_dim(d)
@@ -98,7 +104,7 @@ class TensorType:
 
     @property
     def np_dtype(self) -> np.dtype:
-        return DTYPES[self.dtype]
+        return ALL_DTYPES[self.dtype]
 
     def with_shape(self, shape: Iterable[Dim]) -> TensorType:
         return TensorType(self.dtype, tuple(shape))

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AttrError, DTypeError, ShapeError
-from .ir import DTYPES, Dim, Graph, Node, TensorType, check_name, dtype_name
+from .errors import AttrError, DTypeError, InputError, ShapeError
+from .ir import DTYPES, INDEX_DTYPES, Dim, Graph, Node, TensorType, check_name, dtype_name
 from .source import float_literal
 from .tiling import GpuTiling, Tiling, tiling_from_fields
 
@@ -404,6 +404,34 @@ def _ref_attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     return np.matmul(_softmax(scores, axis=-1), v)
 
 
+def _infer_gather(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    table, indices = types
+    axis = attrs["axis"]
+    if table.dtype not in DTYPES or indices.dtype not in INDEX_DTYPES:
+        raise DTypeError(f"gather {table}, {indices}: a float table and i64 indices")
+    if not -table.rank <= axis < table.rank:
+        raise ShapeError(f"gather {table}: axis {axis} is not an axis of it")
+    axis %= table.rank
+    if not isinstance(table.shape[axis], int):
+        raise ShapeError(f"gather {table}: axis {axis} has the symbolic extent {table.shape[axis]}")
+    shape = (*table.shape[:axis], *indices.shape, *table.shape[axis + 1 :])
+    if len({d for d in shape if isinstance(d, str)}) > 1:
+        raise ShapeError(f"gather {table}, {indices}: at most one symbolic dim")
+    return table.with_shape(shape)
+
+
+def _ref_gather(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    table, indices = args
+    extent = table.shape[attrs["axis"]]
+    bad = (indices < -extent) | (indices >= extent)
+    if np.any(bad):
+        raise InputError(
+            f"gather: index {int(indices[bad].flat[0])} is out of range for axis "
+            f"{attrs['axis']} of extent {extent} (indices are -{extent} to {extent - 1})"
+        )
+    return np.take(table, indices, axis=attrs["axis"])
+
+
 def _infer_batch_matmul(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     a, b = types
     dtype = _same_dtype("batch_matmul", types)
@@ -557,6 +585,16 @@ OPS: dict[str, OpDef] = {
         doc="softmax(q @ kᵀ * scale + mask, along the keys) @ v; operands q, k, v (the same "
         "leading axes), then an additive mask that broadcasts to the scores",
     ),
+    "gather": OpDef(
+        "gather",
+        (2, 2),
+        "gather",
+        _infer_gather,
+        _ref_gather,
+        attrs={"axis": Attr("int", 0)},
+        doc="rows of a table picked by i64 indices (an embedding lookup): table[.., idx, ..] "
+        "for each index, -extent to extent-1",
+    ),
     "batch_matmul": OpDef(
         "batch_matmul",
         (2, 2),
@@ -680,6 +718,12 @@ def infer_node_type(
         raise ShapeError(f"{_where(loc)}{op}: expects {want} operands, got {len(types)}")
     if opdef.infer is None:
         raise AttrError(f"{_where(loc)}{op} nodes are made by Graph inputs and constants only")
+    integer = [t for t in types if t.dtype in INDEX_DTYPES]
+    if integer and op != "gather":
+        raise DTypeError(
+            f"{_where(loc)}{op}: operand {integer[0]} is an integer tensor; integer tensors are "
+            "indices, which only gather reads (tilefuse computes in f32 and f64)"
+        )
     try:
         return opdef.infer(types, full_attrs(op, attrs))
     except (ShapeError, DTypeError) as err:
@@ -768,13 +812,15 @@ def cast_graph(g: Graph, dtype: str) -> Graph:
     converted from the data they hold (an f64 constant that a `cast` narrowed to f32 is exact
     in an f64 network). A constant wider than `dtype` keeps its data and gets a `cast`, so
     the narrowing shows in the IR (canonicalize folds it, and says so)."""
-    if all(n.type.dtype == dtype for n in g.nodes.values()):
+    if all(n.type.dtype in (dtype, *INDEX_DTYPES) for n in g.nodes.values()):
         return g
     b = GraphBuilder(g.name)
     new: dict[int, int] = {}
     for node in g:
         if node.op == "cast":
             new[node.id] = new[node.inputs[0]]
+        elif node.op == "input" and node.type.dtype in INDEX_DTYPES:  # indices stay integers
+            new[node.id] = b.input(node.name or "x", node.type, node.loc)
         elif node.op == "input":
             new[node.id] = b.input(node.name or "x", TensorType(dtype, node.type.shape), node.loc)
         elif node.op == "const" and node.type.np_dtype.itemsize > DTYPES[dtype].itemsize:

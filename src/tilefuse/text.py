@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import ParseError, TilefuseError
 from .ir import (  # noqa: F401 - print_graph and friends live in ir.py: re-exported
+    ALL_DTYPES,
     DTYPES,
     INLINE_LIMIT,
     Graph,
@@ -120,8 +121,8 @@ class _Parser:
     # grammar ------------------------------------------------------------------------------
     def type_(self) -> TensorType:
         token = self.expect_kind("ident", "a dtype (f32 or f64)")
-        if token[1] not in DTYPES:
-            self.fail(f"unknown dtype {token[1]!r}; supported: {', '.join(DTYPES)}", token)
+        if token[1] not in ALL_DTYPES:
+            self.fail(f"unknown dtype {token[1]!r}; supported: {', '.join(ALL_DTYPES)}", token)
         self.expect("[")
         dims: list[int | str] = []
         while not self.accept("]"):

@@ -49,6 +49,21 @@ class PreNormBlock(nn.Module):
         return x + self.f2(nn.functional.gelu(self.f1(self.ln2(x))))
 
 
+class TokenEncoder(nn.Module):
+    """BERT-style: int64 token ids -> token and position embeddings, LayerNorm, then two
+    encoder layers."""
+
+    def __init__(self, vocab: int = 50) -> None:
+        super().__init__()
+        self.tok, self.pos, self.ln = nn.Embedding(vocab, D), nn.Embedding(T, D), nn.LayerNorm(D)
+        layer = nn.TransformerEncoderLayer(D, HEADS, FFN, activation="gelu", batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.enc(self.ln(self.tok(ids) + self.pos(positions)[None]))
+
+
 def export(module: nn.Module, name: str, example: torch.Tensor) -> None:
     with torch.no_grad():  # no parameter left at its init (LayerNorm's ones and zeros)
         for p in module.parameters():
@@ -66,3 +81,5 @@ if __name__ == "__main__":
     export(Encoder(), "torch_encoder", x)
     torch.manual_seed(1)
     export(PreNormBlock(), "torch_prenorm_block", x)
+    torch.manual_seed(2)
+    export(TokenEncoder(), "torch_token_encoder", torch.randint(0, 50, (2, T)))

@@ -179,3 +179,19 @@ def softmax(src, dst, log):
                     dst[o, t, r] = src[o, t, r] - m - np.log(s)
                 else:
                     dst[o, t, r] = dst[o, t, r] / s
+
+
+@njit(cache=True)
+def gather(table, indices, out):
+    """out[o, i, r] = table[o, indices[i], r] (3-D views; indices flat, -extent .. extent-1);
+    an index out of range raises instead of reading past the table."""
+    extent = table.shape[1]
+    for i in range(indices.size):
+        index = indices[i]
+        if index < -extent or index >= extent:
+            raise IndexError("gather: an index is out of range for the table's axis")
+        if index < 0:
+            index += extent
+        for o in range(table.shape[0]):
+            for r in range(table.shape[2]):
+                out[o, i, r] = table[o, index, r]

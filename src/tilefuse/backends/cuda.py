@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, TilefuseError
-from ..ir import Graph, Node, TensorType
+from ..ir import INDEX_DTYPES, Graph, Node, TensorType
 from ..ops import activation_statements, attrs_of
 from ..source import comment, float_literal
 from ..text import format_node
@@ -255,6 +255,23 @@ class CudaRenderer(Renderer):
 
     def render_slice(self, node: Node) -> None:
         self.slice_loops(node)
+
+    def render_gather(self, node: Node) -> None:
+        """One thread per element of the result: its index from the indices tensor (checked
+        on the host before the launch: CudaModel.check_indices), then the table's element."""
+        table, indices = (self.value(i) for i in node.inputs)
+        t, it = (self.g[i].type for i in node.inputs)
+        axis = attrs_of(node)["axis"] % t.rank
+        idx = [f"i{a}" for a in range(axis, axis + it.rank)]
+        rest = [f"i{a + it.rank - 1}" for a in range(axis + 1, t.rank)]
+        source = ", ".join([*(f"i{a}" for a in range(axis)), "k", *rest])
+        body = [
+            f"k = {indices}[{', '.join(idx) or '0'}]",
+            "if k < 0:",
+            f"    k += {table}.shape[{axis}]",
+            f"{self.element(node)} = {table}[{source}]",
+        ]
+        self.elementwise_kernel(node, self.kernel_name(node), [table, indices], body)
 
     def render_attention(self, node: Node) -> None:
         """One thread per query: the scores' max over the keys, then the softmax weights and
@@ -675,6 +692,7 @@ class CudaModel(CompiledModel):
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
         inputs, on_device = self.bind(args, kwargs)
+        self.check_indices(inputs)
         if on_device:
             outputs = self.launch(inputs, keep=True, out=self.device_out(out, inputs))
         else:
@@ -688,6 +706,25 @@ class CudaModel(CompiledModel):
         if not self.sealed:
             self.seal()
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def check_indices(self, inputs: list[Any]) -> None:
+        """Integer inputs (gather's indices) in range of every table they index, checked on the
+        host: a kernel cannot raise, and must not read past a table."""
+        from ..check import index_bound
+
+        g = self.final
+        for node_id, value in zip(g.inputs, inputs, strict=True):
+            if g[node_id].type.dtype not in INDEX_DTYPES:
+                continue
+            array = self.runtime.as_device_array(value)
+            host = np.asarray(value) if array is None else array.copy_to_host()
+            bound = index_bound(g, node_id)
+            bad = (host < -bound) | (host >= bound)
+            if np.any(bad):
+                raise InputError(
+                    f"{g.name}: input %{g[node_id].name}: index {int(host[bad].flat[0])} is out "
+                    f"of range for the tables it indexes (-{bound} to {bound - 1})"
+                )
 
     def check_on_host(self, inputs: list[Any], outputs: list[Any]) -> None:
         """check="always": this call's outputs against the float64 reference, on the host

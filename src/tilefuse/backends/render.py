@@ -352,6 +352,19 @@ class Renderer:
         src = self.value(node.inputs[0])
         self.loop_nest(node.type, [f"{self.element(node)} = {src}[{', '.join(index)}]"])
 
+    def render_gather(self, node: Node) -> None:
+        """The runtime's gather on 3-D views: [axes before, the table's axis, axes after]."""
+        table, indices = node.inputs
+        t = self.g[table].type
+        axis = attrs_of(node)["axis"] % t.rank
+        n = " * ".join(self.dim(d) for d in self.g[indices].type.shape) or "1"
+        before = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
+        after = " * ".join(self.dim(d) for d in t.shape[axis + 1 :]) or "1"
+        self.emit(
+            f"R.gather({self.three_d(self.value(table), t, axis)}, E.flat({self.value(indices)}), "
+            f"E.shaped({self.var[node.id]}, ({before}, {n}, {after})))"
+        )
+
     def render_reduce(self, node: Node) -> None:
         """One output element per iteration; the reduced axes are loops `r0, r1, ..` inside."""
         source = self.g[node.inputs[0]].type
@@ -650,6 +663,7 @@ RULES = {
     "batch_matmul": "batch_matmul",
     "layer_norm": "layer_norm",
     "attention": "attention",
+    "gather": "gather",
 }
 RULES_BY_KIND = {"binary": "elementwise", "unary": "unary", "cast": "unary", "reduce": "reduce"}
 

@@ -60,6 +60,7 @@ EXPORT_OPSET = 20  # Gelu needs 20; LayerNormalization 17; ReduceMean with axes 
 EXPORT_IR_VERSION = 10  # what ONNX Runtime releases of opset 20 read
 
 _FLOAT_TYPES = {1: "f32", 11: "f64"}  # TensorProto.FLOAT, TensorProto.DOUBLE
+_INPUT_TYPES = {**_FLOAT_TYPES, 7: "i64"}  # and INT64: indices (token ids) that Gather reads
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,17 @@ class _Importer:
     def require_known(self, k: int, what: str) -> np.ndarray:
         array = self.known(k)
         if array is None:
-            raise self.fail(f"{what} must be a constant (an initializer or computed from them)")
+            name = self.node.input[k] if k < len(self.node.input) else ""
+            inputs = {v.name for v in self.model.graph.input}
+            hint = (
+                f"; {name!r} is a graph input: bind it with from_onnx(..., "
+                f"constants={{{name!r}: array}})"
+                if name in inputs
+                else ""
+            )
+            raise self.fail(
+                f"{what} must be a constant (an initializer or computed from them){hint}"
+            )
         return array
 
     def type_of(self, value: Value) -> TensorType:
@@ -337,18 +348,18 @@ class _Importer:
         if kind != "tensor_type":
             raise self.fail(f"input {value_info.name!r} is a {kind}, not a tensor")
         tensor = value_info.type.tensor_type
-        if tensor.elem_type not in _FLOAT_TYPES:
+        if tensor.elem_type not in _INPUT_TYPES:
             elem = onnx.TensorProto.DataType.Name(tensor.elem_type)
             raise self.fail(
                 f"input {value_info.name!r} has element type {elem}; tilefuse computes in "
-                "FLOAT (f32) and DOUBLE (f64) only"
+                "FLOAT (f32) and DOUBLE (f64) only (INT64 inputs: indices that Gather reads)"
             )
         if not tensor.HasField("shape"):
             raise self.fail(f"input {value_info.name!r} has no shape; give it one")
         shape = [
             self.input_dim(value_info.name, axis, d) for axis, d in enumerate(tensor.shape.dim)
         ]
-        type_ = TensorType(_FLOAT_TYPES[tensor.elem_type], tuple(shape))
+        type_ = TensorType(_INPUT_TYPES[tensor.elem_type], tuple(shape))
         self.values[value_info.name] = self.b.input(identifier(value_info.name, "x"), type_)
 
     def input_dim(self, name: str, axis: int, dim: Any) -> int | str:
@@ -981,10 +992,14 @@ def split(imp: _Importer, node: Any) -> list[Value | None]:
 
 @converter("Gather", attrs=("axis",))
 def gather(imp: _Importer, node: Any) -> list[Value | None]:
-    """Constant indices into a value computed at run time: one index (a slice, its axis
-    dropped) or a run of them (a slice)."""
+    """Indices computed at run time (int64 token ids into an embedding table): `gather`.
+    Constant indices into a value computed at run time: one index (a slice, its axis dropped)
+    or a run of them (a slice)."""
     x = imp.raw(node.input[0])
-    indices = imp.require_known(1, "the indices of Gather on a value computed at run time")
+    indices = imp.known(1)
+    if indices is None:
+        table = imp.value(node.input[0])
+        return [imp.emit("gather", [table, imp.value(node.input[1])], axis=imp.attr("axis", 0))]
     axis = imp.attr("axis", 0)
     extents = imp.extents(x)
     axis %= len(extents)
@@ -1213,6 +1228,9 @@ class _Exporter:
         probs = self.add("Softmax", [scores], axis=-1)
         self.add("MatMul", [probs, v], out)
 
+    def export_gather(self, node: Any, args: list[str], out: str) -> None:
+        self.add("Gather", args, out, axis=attrs_of(node)["axis"])
+
     def export_matmul(self, node: Any, args: list[str], out: str) -> None:
         self.add("MatMul", args, out)
 
@@ -1291,7 +1309,7 @@ class _Exporter:
 def value_info(name: str, t: TensorType) -> Any:
     from onnx import TensorProto, helper
 
-    elem = TensorProto.FLOAT if t.dtype == "f32" else TensorProto.DOUBLE
+    elem = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "i64": TensorProto.INT64}[t.dtype]
     return helper.make_tensor_value_info(name, elem, list(t.shape))
 
 
