@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from tilefuse.check import index_bound, reference_f64, tolerance
+from tilefuse.check import reference_f64, tolerance
 from tilefuse.errors import MiscompileError, TilefuseError
 from tilefuse.ir import Graph, TensorType
-from tilefuse.ops import GraphBuilder, broadcast_shapes, evaluate
+from tilefuse.ops import GraphBuilder, broadcast_shapes, evaluate, index_bound
 from tilefuse.source import comment
 from tilefuse.text import node_names, parse_graph
 

@@ -36,7 +36,7 @@ from . import cache
 from .backends import CompiledModel, reference
 from .errors import AttrError, InputError, MiscompileError
 from .ir import INDEX_DTYPES, Graph, Node
-from .ops import attrs_of, cast_graph
+from .ops import attrs_of, cast_graph, index_bound
 from .source import comment
 
 # rows for a symbolic batch: one (the small-batch kernels) and a small odd number past the
@@ -96,16 +96,6 @@ def random_inputs(g: Graph, batch: int = CHECK_BATCHES[-1], seed: int = 0) -> li
         else:
             inputs.append(rng.standard_normal(shape).astype(t.np_dtype))
     return inputs
-
-
-def index_bound(g: Graph, node_id: int) -> int:
-    """The smallest extent of a table axis that `node_id` indexes (1 when none does)."""
-    extents = [
-        g[user.inputs[0]].type.shape[attrs_of(user)["axis"]]
-        for user in g.users(node_id)
-        if user.op == "gather" and user.inputs[1] == node_id
-    ]
-    return max(1, min((e for e in extents if isinstance(e, int)), default=1))
 
 
 # -- comparing -------------------------------------------------------------------------------

@@ -807,6 +807,16 @@ class GraphBuilder:
         return Graph(self.name, self.nodes, self.inputs, list(outputs), self.constants, meta)
 
 
+def index_bound(g: Graph, node_id: int) -> int:
+    """The smallest extent of a table axis that `node_id` indexes (1 when none does)."""
+    extents = [
+        g[user.inputs[0]].type.shape[attrs_of(user)["axis"]]
+        for user in g.users(node_id)
+        if user.op == "gather" and user.inputs[1] == node_id
+    ]
+    return max(1, min((e for e in extents if isinstance(e, int)), default=1))
+
+
 def cast_graph(g: Graph, dtype: str) -> Graph:
     """The same network computing in `dtype`: inputs retyped, `cast` ops dropped, constants
     converted from the data they hold (an f64 constant that a `cast` narrowed to f32 is exact

@@ -710,7 +710,7 @@ class CudaModel(CompiledModel):
     def check_indices(self, inputs: list[Any]) -> None:
         """Integer inputs (gather's indices) in range of every table they index, checked on the
         host: a kernel cannot raise, and must not read past a table."""
-        from ..check import index_bound
+        from ..ops import index_bound
 
         g = self.final
         for node_id, value in zip(g.inputs, inputs, strict=True):
