@@ -92,6 +92,39 @@ def read_cycles() -> int:
     return cycles()
 
 
+def _dims(builder, shape) -> list:
+    """A UniTuple of ints as intp values."""
+    return [builder.sext(d, cgutils.intp_t) if d.type.width < 64 else d
+            for d in cgutils.unpack_tuple(builder, shape)]  # fmt: skip
+
+
+def _product(builder, values) -> Any:
+    total = cgutils.intp_t(1)
+    for v in values:
+        total = builder.mul(total, v)
+    return total
+
+
+def _c_view(context, builder, result, src, dims, dtype):
+    """A C-contiguous array of type `result` and extents `dims` on `src`'s memory."""
+    from numba.core.imputils import impl_ret_borrowed
+    from numba.np.arrayobj import populate_array
+
+    itemsize = context.get_abi_sizeof(context.get_data_type(dtype))
+    strides, stride = [], cgutils.intp_t(itemsize)
+    for d in reversed(dims):
+        strides.insert(0, stride)
+        stride = builder.mul(stride, d)
+    out = context.make_array(result)(context, builder)
+    populate_array(out, data=src.data, shape=dims, strides=strides,
+                   itemsize=cgutils.intp_t(itemsize), meminfo=src.meminfo)  # fmt: skip
+    return impl_ret_borrowed(context, builder, result, out._getvalue())
+
+
+def _int_tuple(shape) -> bool:
+    return isinstance(shape, types.BaseTuple) and all(isinstance(d, types.Integer) for d in shape)
+
+
 @intrinsic
 def place(typingctx, buffer, shape):
     """buffer's first prod(shape) elements as a C-contiguous array of `shape` (sharing its
@@ -101,36 +134,21 @@ def place(typingctx, buffer, shape):
     a buffer smaller than the shape raises ValueError instead of reading past it."""
     if not (isinstance(buffer, types.Array) and buffer.layout == "C" and buffer.ndim == 1):
         return None
-    if not isinstance(shape, types.BaseTuple) or not all(
-        isinstance(d, types.Integer) for d in shape
-    ):  # () included: a 0-d value
+    if not _int_tuple(shape):  # () included: a 0-d value
         return None
     result = types.Array(buffer.dtype, len(shape), "C")
 
     def codegen(context, builder, signature, args):
-        from numba.core.imputils import impl_ret_borrowed
-        from numba.np.arrayobj import populate_array
-
         src = context.make_array(signature.args[0])(context, builder, args[0])
-        dims = [builder.sext(d, cgutils.intp_t) if d.type.width < 64 else d
-                for d in cgutils.unpack_tuple(builder, args[1])]  # fmt: skip
-        size = cgutils.intp_t(1)
-        for d in dims:
-            size = builder.mul(size, d)
+        dims = _dims(builder, args[1])
         available = builder.extract_value(src.shape, 0)
-        with cgutils.if_unlikely(builder, builder.icmp_signed(">", size, available)):
+        with cgutils.if_unlikely(
+            builder, builder.icmp_signed(">", _product(builder, dims), available)
+        ):
             context.call_conv.return_user_exc(
                 builder, ValueError, ("a workspace buffer is smaller than the value placed in it",)
             )
-        itemsize = context.get_abi_sizeof(context.get_data_type(buffer.dtype))
-        strides, stride = [], cgutils.intp_t(itemsize)
-        for d in reversed(dims):
-            strides.insert(0, stride)
-            stride = builder.mul(stride, d)
-        out = context.make_array(result)(context, builder)
-        populate_array(out, data=src.data, shape=dims, strides=strides,
-                       itemsize=cgutils.intp_t(itemsize), meminfo=src.meminfo)  # fmt: skip
-        return impl_ret_borrowed(context, builder, result, out._getvalue())
+        return _c_view(context, builder, result, src, dims, buffer.dtype)
 
     return result(buffer, shape), codegen
 
@@ -140,39 +158,20 @@ def shaped(typingctx, array, shape):
     """A C-contiguous array with another shape of the same size (sharing its memory): a
     reshape whose code is a few stores (Numba's `.reshape` lowers checks and error messages
     for every call, seconds of LLVM time in a transformer's `forward`)."""
-    if not (isinstance(array, types.Array) and array.layout == "C"):
-        return None
-    if not isinstance(shape, types.BaseTuple) or not all(
-        isinstance(d, types.Integer) for d in shape
-    ):
+    if not (isinstance(array, types.Array) and array.layout == "C" and _int_tuple(shape)):
         return None
     result = types.Array(array.dtype, len(shape), "C")
 
     def codegen(context, builder, signature, args):
-        from numba.core.imputils import impl_ret_borrowed
-        from numba.np.arrayobj import populate_array
-
         src = context.make_array(signature.args[0])(context, builder, args[0])
-        dims = [builder.sext(d, cgutils.intp_t) if d.type.width < 64 else d
-                for d in cgutils.unpack_tuple(builder, args[1])]  # fmt: skip
-        size, available = cgutils.intp_t(1), cgutils.intp_t(1)
-        for d in dims:
-            size = builder.mul(size, d)
-        for d in cgutils.unpack_tuple(builder, src.shape):
-            available = builder.mul(available, d)
+        dims = _dims(builder, args[1])
+        size = _product(builder, dims)
+        available = _product(builder, cgutils.unpack_tuple(builder, src.shape))
         with cgutils.if_unlikely(builder, builder.icmp_signed("!=", size, available)):
             context.call_conv.return_user_exc(
                 builder, ValueError, ("a reshape changes the number of elements",)
             )
-        itemsize = context.get_abi_sizeof(context.get_data_type(array.dtype))
-        strides, stride = [], cgutils.intp_t(itemsize)
-        for d in reversed(dims):
-            strides.insert(0, stride)
-            stride = builder.mul(stride, d)
-        out = context.make_array(result)(context, builder)
-        populate_array(out, data=src.data, shape=dims, strides=strides,
-                       itemsize=cgutils.intp_t(itemsize), meminfo=src.meminfo)  # fmt: skip
-        return impl_ret_borrowed(context, builder, result, out._getvalue())
+        return _c_view(context, builder, result, src, dims, array.dtype)
 
     return result(array, shape), codegen
 
@@ -186,18 +185,9 @@ def flat(typingctx, array):
     result = types.Array(array.dtype, 1, "C")
 
     def codegen(context, builder, signature, args):
-        from numba.core.imputils import impl_ret_borrowed
-        from numba.np.arrayobj import populate_array
-
         src = context.make_array(signature.args[0])(context, builder, args[0])
-        size = cgutils.intp_t(1)
-        for d in cgutils.unpack_tuple(builder, src.shape):
-            size = builder.mul(size, d)
-        itemsize = context.get_abi_sizeof(context.get_data_type(array.dtype))
-        out = context.make_array(result)(context, builder)
-        populate_array(out, data=src.data, shape=[size], strides=[cgutils.intp_t(itemsize)],
-                       itemsize=cgutils.intp_t(itemsize), meminfo=src.meminfo)  # fmt: skip
-        return impl_ret_borrowed(context, builder, result, out._getvalue())
+        size = _product(builder, cgutils.unpack_tuple(builder, src.shape))
+        return _c_view(context, builder, result, src, [size], array.dtype)
 
     return result(array), codegen
 
