@@ -190,6 +190,8 @@ class _Importer:
 
     def extents(self, value: Value) -> list[int | Sym]:
         """A value's ONNX extents, `Sym`s where they hold symbolic dims."""
+        if isinstance(value, np.ndarray):  # known: its own shape (no constant node made)
+            return list(value.shape)
         node, groups = self.atoms(value)
         shape, out, k = self.b.types[node].shape, [], 0
         for g in groups:
