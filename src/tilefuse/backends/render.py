@@ -85,6 +85,10 @@ class Renderer:
     def dim(self, d: int | str) -> str:
         return str(d) if isinstance(d, int) else self.dims[d]
 
+    def extent(self, dims: tuple) -> str:
+        """The element count of `dims` as an expression (`d_N * 8`; `1` for none)."""
+        return " * ".join(self.dim(d) for d in dims) or "1"
+
     def shape(self, t: TensorType) -> str:
         dims = [self.dim(d) for d in t.shape]
         return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
@@ -242,8 +246,8 @@ class Renderer:
 
     def three_d(self, var: str, t: TensorType, axis: int) -> str:
         """`var` viewed as [axes before `axis`, axis, axes after] (row-major, no copy)."""
-        before = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
-        after = " * ".join(self.dim(d) for d in t.shape[axis + 1 :]) or "1"
+        before = self.extent(t.shape[:axis])
+        after = self.extent(t.shape[axis + 1 :])
         return f"E.shaped({var}, ({before}, {self.dim(t.shape[axis])}, {after}))"
 
     def render_softmax(self, node: Node) -> None:
@@ -357,9 +361,9 @@ class Renderer:
         table, indices = node.inputs
         t = self.g[table].type
         axis = attrs_of(node)["axis"] % t.rank
-        n = " * ".join(self.dim(d) for d in self.g[indices].type.shape) or "1"
-        before = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
-        after = " * ".join(self.dim(d) for d in t.shape[axis + 1 :]) or "1"
+        n = self.extent(self.g[indices].type.shape)
+        before = self.extent(t.shape[:axis])
+        after = self.extent(t.shape[axis + 1 :])
         self.emit(
             f"R.gather({self.three_d(self.value(table), t, axis)}, E.flat({self.value(indices)}), "
             f"E.shaped({self.var[node.id]}, ({before}, {n}, {after})))"
@@ -417,18 +421,15 @@ class Renderer:
         ])  # fmt: skip
 
     def render_attention(self, node: Node) -> None:
-        """One call of the runtime's attention kernel (online softmax, no T x T scores) on
+        """One call of the runtime's attention kernel (a row of scores per query, never T x T) on
         4-D views [A, B, T, depth]: A and B the leading axes (A all but the last of them)."""
         q, k, v, *mask = node.inputs
         t = node.type
         lead = t.shape[:-2]
         groups = [lead[:-1], lead[-1:]]  # A, B
 
-        def extent(dims: tuple) -> str:
-            return " * ".join(self.dim(d) for d in dims) or "1"
-
         def view(var: str, shape: tuple) -> str:
-            dims = [extent(g) for g in groups] + [self.dim(d) for d in shape[-2:]]
+            dims = [self.extent(g) for g in groups] + [self.dim(d) for d in shape[-2:]]
             return f"E.shaped({var}, ({', '.join(dims)}))"
 
         name = self.names[node.id]
@@ -442,31 +443,22 @@ class Renderer:
         self.emit(f"R.attention({', '.join(args)}, {float_literal(scale)})  # {name}")
 
     def mask_view(self, node: Node, mask: int, groups: list[tuple]) -> str:
-        """The mask as 4-D [A, B, Tq, Tk], each extent 1 or the scores' (broadcast first
-        where its leading axes are partly 1)."""
+        """The mask as 4-D [A, B, Tq, Tk], each extent 1 or the scores' (spread to the
+        scores' shape first where a group of its axes is partly 1)."""
         q, k = (self.g[i].type for i in node.inputs[:2])
         scores = (*q.shape[:-1], k.shape[-2])
         m = self.g[mask].type.shape
         m = (1,) * (len(scores) - len(m)) + m
-        src = self.value(mask)
-        parts, k0 = [], 0
-        for g in [*groups, scores[-2:-1], scores[-1:]]:
-            own = m[k0 : k0 + len(g)]
-            if all(d == 1 for d in own):
-                parts.append("1")
-            elif tuple(own) == tuple(g):
-                parts.append(" * ".join(self.dim(d) for d in g) or "1")
-            else:  # partly broadcast within a group: spread it
-                full = self.shape(TensorType(q.dtype, scores))
-                src = f"np.ascontiguousarray(np.broadcast_to({src}, {full}))"
-                return self.mask_view_full(src, groups, scores)
-            k0 += len(g)
+        src, parts, k0 = self.value(mask), [], 0
+        full = [self.extent(g) for g in [*groups, scores[-2:-1], scores[-1:]]]
+        for g, extent in zip([*groups, scores[-2:-1], scores[-1:]], full):
+            own, k0 = m[k0 : k0 + len(g)], k0 + len(g)
+            parts.append("1" if all(d == 1 for d in own) else extent if own == g else None)
+        if None in parts:  # partly broadcast within a group: spread it to the scores
+            spread = self.shape(TensorType(q.dtype, scores))
+            src = f"np.ascontiguousarray(np.broadcast_to({src}, {spread}))"
+            parts = full
         return f"E.shaped({src}, ({', '.join(parts)}))"
-
-    def mask_view_full(self, src: str, groups: list[tuple], scores: tuple) -> str:
-        dims = [" * ".join(self.dim(d) for d in g) or "1" for g in groups]
-        dims += [self.dim(scores[-2]), self.dim(scores[-1])]
-        return f"E.shaped({src}, ({', '.join(dims)}))"
 
     def render_layer_norm(self, node: Node) -> None:
         """Rows of the normalized axes, each: mean, variance, then scale and shift (the
@@ -474,8 +466,8 @@ class Renderer:
         t = node.type
         axis = attrs_of(node)["axis"] % t.rank
         eps = float(attrs_of(node)["epsilon"])
-        rows = " * ".join(self.dim(d) for d in t.shape[:axis]) or "1"
-        width = " * ".join(self.dim(d) for d in t.shape[axis:]) or "1"
+        rows = self.extent(t.shape[:axis])
+        width = self.extent(t.shape[axis:])
         src, dst = self.value(node.inputs[0]), self.var[node.id]
         params = [self.flat_parameter(i, t.shape[axis:], role) for i, role in
                   zip(node.inputs[1:], ("scale", "shift"))]  # fmt: skip
