@@ -31,7 +31,7 @@ from ..cache import load_generated
 from ..errors import InputError, TilefuseError
 from ..ir import Graph, TensorType
 from ..passes.memory import memory_plan_of
-from . import reference
+from . import cpu_runtime, reference
 from .cpu_entry import KernelFailure, failure_message
 from .cpu_kernels import pool_control
 from .model import CompiledModel
@@ -60,6 +60,9 @@ class CpuModel(CompiledModel):
         self._local = threading.local()  # workspace per calling thread
         self._memory: tuple[tuple, int] = ((), 0)  # (dims, bytes a call needs) of the last call
         self.pool = pool_control()  # the kernels' thread pool (see cpu_pool)
+        if any(node.op == "attention" for node in self.final):
+            with phases.phase("run-time kernels: attention tasks"):
+                cpu_runtime.install_tasks(self.pool)  # else attention runs serially
         self._fast = _FastPath.of(self)
         self._profiled: tuple[Rendered, Any] | None = None  # (source, forward) with clocks
 

@@ -209,6 +209,7 @@ def pool_control() -> np.ndarray:
             return _NO_POOL
         pool = P.Pool(numba.config.NUMBA_NUM_THREADS - 1, L.worker_address())
         pool.ctl[P.POOL_WORKERS] = len(pool.threads)  # the workers a call may use
+        pool.ctl[P.PARALLEL_FOR] = L.parallel_for_address()
         _POOL.append(pool)
     return _POOL[0].ctl
 

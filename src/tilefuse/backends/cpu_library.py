@@ -103,6 +103,7 @@ DENSE_TYPE = ir.FunctionType(
      I64, VOID_PTR, I64],
 )  # fmt: skip
 WORKER = "tilefuse_worker"
+PARALLEL_FOR = "tilefuse_parallel_for"
 
 
 def dense_name(fmt: FloatFormat) -> str:
@@ -487,6 +488,7 @@ def build_module(fmt: FloatFormat) -> ir.Module:
 def build_pool_module() -> ir.Module:
     module = ir.Module(name="tilefuse_pool")
     P.build_worker_loop(module, WORKER)
+    P.build_parallel_for(module, PARALLEL_FOR)
     return module
 
 
@@ -633,8 +635,17 @@ def function(dtype_name: str, which: str, micro: Micro = None) -> int:
     return library(dtype_name, micro).addresses[names[which](format_of(dtype_name, micro))]
 
 
+def _pool_library() -> Library:
+    return _load("tilefuse_pool", build_pool_module, [WORKER, PARALLEL_FOR])
+
+
 def worker_address() -> int:
-    return _load("tilefuse_pool", build_pool_module, [WORKER]).addresses[WORKER]
+    return _pool_library().addresses[WORKER]
+
+
+def parallel_for_address() -> int:
+    """`cpu_pool.build_parallel_for`'s function: what the run-time kernels run tasks through."""
+    return _pool_library().addresses[PARALLEL_FOR]
 
 
 def listing(dtype_name: str, kind: str, micro: Micro = None) -> str:

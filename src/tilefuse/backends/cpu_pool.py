@@ -60,11 +60,18 @@ JOB = 48
 RUNNER, ACT, KIND, COL_TASKS, ROWS_PER_TASK, PANELS_PER_TASK, TASKS, KC = range(JOB, JOB + 8)
 X, M, K, WP, WP_SIZE, BIAS, NPAD, OUT, N, ALPHA = range(JOB + 8, JOB + 18)
 # (RUNNER: the address of the C function that runs a worker's part of the job, published by
-# the driver with the job; JOB + 18 .. JOB + 21 are free)
+# the driver with the job; a parallel-for job (`build_parallel_for`) uses X for its task
+# function and WP for the task's context; JOB + 18 .. JOB + 21 are free)
 # Steering a sleeping worker off the caller's CPU (see `PoolIR.steer`): the CPUs the process
-# may use as a bit mask (0: no steering), then the workers' thread ids
+# may use as a bit mask (0: no steering)
 ALLOWED = JOB + 22
-TIDS = JOB + 24
+# Written once by Python (0 until then): the address of the library's parallel-for, and of the
+# run-time kernels' task functions it runs (cpu_runtime.install_tasks), for generated code
+PARALLEL_FOR = JOB + 23
+TASK_FUNCTIONS = JOB + 24  # four slots
+ATTENTION_F32, ATTENTION_F64 = TASK_FUNCTIONS, TASK_FUNCTIONS + 1
+# the workers' thread ids (steering)
+TIDS = JOB + 28
 CTL_SIZE = 128
 MAX_STEERED = CTL_SIZE - TIDS  # workers beyond this many are not steered
 
@@ -75,6 +82,9 @@ FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 CTL_PTR = I64.as_pointer()
 RUNNER_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64])  # void job(int64_t *ctl, size)
+TASK_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64])  # void task(int64_t *context, t)
+# void parallel_for(int64_t *ctl, int64_t nctl, task, int64_t *context, int64_t count)
+PARALLEL_FOR_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64, I64, CTL_PTR, I64])
 WORKER_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64])  # void worker(int64_t *ctl, wid)
 
 
@@ -311,6 +321,72 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     b.position_at_end(out)
     b.ret_void()
     return fn
+
+
+def build_parallel_for(module: ir.Module, name: str) -> ir.Function:
+    """`void parallel_for(ctl, nctl, task, context, count)`: task(context, t) for every t in
+    0 .. count-1, on the pool's threads when it has any free (the caller works too), else
+    serially. For the run-time kernels (attention: a task per head and block of queries) that
+    are not the kernel library's dense job; `task` is a C function's address."""
+    fn = ir.Function(module, PARALLEL_FOR_TYPE, name)
+    runner = ir.Function(module, RUNNER_TYPE, name + "_runner")
+    runner.linkage = "internal"
+    _build_for_runner(runner)
+    ctl, nctl, task, context, count = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    p = PoolIR(b, ctl)
+    threads = b.alloca(I64)
+    b.store(I64(1), threads)
+    with b.if_then(b.icmp_signed(">", nctl, I64(0))):
+        get_threads = declare(module, "get_num_threads", ir.FunctionType(I64, []))
+        wanted, workers = b.call(get_threads, []), b.add(p.load(POOL_WORKERS), I64(1))
+        b.store(b.select(b.icmp_signed("<", wanted, workers), wanted, workers), threads)
+    threads = b.load(threads)
+    pooled = b.alloca(I1)
+    b.store(I1(0), pooled)
+    shared = b.and_(b.icmp_signed(">", threads, I64(1)), b.icmp_signed(">", count, I64(1)))
+    with b.if_then(shared):
+        b.store(p.acquire(), pooled)  # else the pool runs another call's job
+    with b.if_else(b.load(pooled)) as (on_pool, serially):
+        with on_pool:
+            p.publish(b.sub(threads, I64(1)))
+            p.store(RUNNER, b.ptrtoint(runner, I64))
+            p.store(X, task)
+            p.store(WP, b.ptrtoint(context, I64))
+            p.store(TASKS, count)
+            p.start()
+            b.call(runner, [ctl, nctl])
+            p.finish(count)
+        with serially:
+            call = b.inttoptr(task, TASK_TYPE.as_pointer())
+
+            def one(b: ir.IRBuilder, t: ir.Value, _: list) -> list:
+                b.call(call, [context, t])
+                return []
+
+            counted_loop(b, count, [], one)
+    b.ret_void()
+    return fn
+
+
+def _build_for_runner(fn: ir.Function) -> None:
+    """A parallel-for job's runner: claim tasks and call the task function until none is left."""
+    ctl = fn.args[0]
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    p = PoolIR(b, ctl)
+    task = b.inttoptr(p.load(X), TASK_TYPE.as_pointer())
+    context, count = b.inttoptr(p.load(WP), CTL_PTR), p.load(TASKS)
+    loop, run, done = (fn.append_basic_block(n) for n in ("claim", "run", "done"))
+    b.branch(loop)
+    b.position_at_end(loop)
+    t = p.claim()
+    b.cbranch(b.icmp_signed("<", t, count), run, done)
+    b.position_at_end(run)
+    b.call(task, [context, t])
+    p.task_done(I1(0))
+    b.branch(loop)
+    b.position_at_end(done)
+    b.ret_void()
 
 
 class Pool:

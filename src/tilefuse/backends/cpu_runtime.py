@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 @njit(cache=True)
@@ -25,43 +30,171 @@ def pack_weights(w, kc, nr):
     return packed
 
 
-@njit(cache=True, error_model="numpy")
-def attention(q, k, v, mask, out, scale):
+# -- attention: tasks of a head and a block of queries, on the kernels' thread pool ---------
+QUERY_BLOCK = 32  # queries per task: 4 tasks per head at sequence 128
+CONTEXT = 18  # int64s in a task's context (`attention`'s layout below)
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """An int64 address as a void* (for `carray`)."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+@intrinsic
+def _parallel_for(typingctx, function, ctl, nctl, task, context, count):
+    """Call the pool library's `parallel_for` (cpu_pool.build_parallel_for) at `function`."""
+    if not all(isinstance(a, types.Integer) for a in (function, nctl, task, ctl, context, count)):
+        return None
+
+    def codegen(ctx, builder, signature, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [i64.as_pointer(), i64, i64, i64.as_pointer(), i64])
+        fn, ctl, nctl, task, context, count = args
+        callee = builder.inttoptr(fn, fnty.as_pointer())
+        pointer = i64.as_pointer()
+        builder.call(callee, [builder.inttoptr(ctl, pointer), nctl, task,
+                              builder.inttoptr(context, pointer), count])  # fmt: skip
+        return ctx.get_dummy_value()
+
+    return types.none(function, ctl, nctl, task, context, count), codegen
+
+
+@njit(cache=True)
+def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot):
     """out = softmax(q @ kᵀ * scale + mask) @ v, for 4-D q [A, B, Tq, d], k [A, B, Tk, d],
     v [A, B, Tk, dv] and out [A, B, Tq, dv]; `mask` is 4-D with each extent 1 or the scores'
-    (size 0: no mask). One row of Tk scores per query at a time, never the T x T matrix;
-    arithmetic in the operands' dtype."""
-    for a in range(q.shape[0]):
-        for b in range(q.shape[1]):
-            attention_head(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale)
+    (size 0: no mask). A task per (a, b) and block of QUERY_BLOCK queries; they run on the
+    kernels' thread pool (`pool`, its parallel-for and this dtype's task function in the
+    slots `for_slot` and `task_slot`, see cpu_pool) when it has them, else here, serially."""
+    blocks = -(-q.shape[2] // QUERY_BLOCK)
+    tasks = q.shape[0] * q.shape[1] * blocks
+    parallel_for = pool[for_slot] if pool.size else 0
+    task = pool[task_slot] if pool.size else 0
+    if parallel_for == 0 or task == 0 or tasks < 2:
+        for t in range(tasks):
+            attention_task(q, k, v, mask, out, scale, t)
+        return
+    scalars = np.empty(1, np.float64)
+    scalars[0] = scale
+    c = np.empty(CONTEXT, np.int64)
+    c[0], c[1], c[2] = q.ctypes.data, k.ctypes.data, v.ctypes.data
+    c[3], c[4], c[5] = mask.ctypes.data, out.ctypes.data, scalars.ctypes.data
+    for axis in range(4):
+        c[6 + axis] = q.shape[axis]
+        c[10 + axis] = mask.shape[axis]
+    c[14], c[15] = k.shape[2], v.shape[3]
+    _parallel_for(parallel_for, pool.ctypes.data, pool.size, task, c.ctypes.data, tasks)
 
 
-# Reassociation lets LLVM vectorize the dot products over the depth; no flag that assumes
-# away NaN or infinities (masked keys are -inf, and a NaN score must make the row NaN).
+@njit(cache=True)
+def attention_task(q, k, v, mask, out, scale, t):
+    """Task t of `attention`: head t // blocks, queries of block t % blocks."""
+    blocks = -(-q.shape[2] // QUERY_BLOCK)
+    head, block = t // blocks, t % blocks
+    a, b = head // q.shape[1], head % q.shape[1]
+    i0 = block * QUERY_BLOCK
+    i1 = min(i0 + QUERY_BLOCK, q.shape[2])
+    attention_rows(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1)
+
+
+@njit(cache=True)
+def _task_from_context(c, t, dtype):
+    """`attention_task` on the operands a context of `attention` describes."""
+    shape = (c[6], c[7], c[8], c[9])
+    tk, dv = c[14], c[15]
+    q = carray(_pointer(c[0]), shape, dtype)
+    k = carray(_pointer(c[1]), (shape[0], shape[1], tk, shape[3]), dtype)
+    v = carray(_pointer(c[2]), (shape[0], shape[1], tk, dv), dtype)
+    mask = carray(_pointer(c[3]), (c[10], c[11], c[12], c[13]), dtype)
+    out = carray(_pointer(c[4]), (shape[0], shape[1], shape[2], dv), dtype)
+    scale = carray(_pointer(c[5]), 1, np.float64)[0]
+    attention_task(q, k, v, mask, out, scale, t)
+
+
+def _attention_task_f32(context, t):
+    _task_from_context(carray(context, CONTEXT), t, np.float32)
+
+
+def _attention_task_f64(context, t):
+    _task_from_context(carray(context, CONTEXT), t, np.float64)
+
+
+TASK_SIGNATURE = types.void(types.CPointer(types.int64), types.int64)
+
+
+def install_tasks(pool: np.ndarray) -> None:
+    """Write the addresses of the task functions into the pool's control block (compiled, or
+    loaded from Numba's cache, on first use), so that `attention` runs on the pool."""
+    from . import cpu_pool as P
+
+    if pool.size == 0 or pool[P.ATTENTION_F32]:
+        return
+    tasks = {P.ATTENTION_F32: _attention_task_f32, P.ATTENTION_F64: _attention_task_f64}
+    for slot, fn in tasks.items():
+        pool[slot] = cfunc(TASK_SIGNATURE, cache=True)(fn).address
+
+
+# Reassociation lets LLVM vectorize the sums; no flag that assumes away NaN or infinities
+# (masked keys are -inf, and a NaN score must make the row NaN).
 ATTENTION_FASTMATH = {"reassoc", "contract"}
+UNROLL = 8  # depth steps per pass over a row of scores, keys per pass over the output row
+# exp(x) for x <= 0 as p(r) * 2^n, x = n ln2 + r, |r| <= ln2/2: Taylor coefficients of degree
+# 13 (relative error below 1e-16), ln2 in two parts (Cody-Waite), 2^n from a table
+EXP_TAYLOR = np.array([1.0 / math.factorial(i) for i in range(13, -1, -1)])
+POWERS_OF_HALF = 2.0 ** -np.arange(1076.0)  # 2^-i down to 2^-1075 (0 in float64)
+LOG2E, LN2_HI, LN2_LO = 1.4426950408889634, 0.6931471803691238, 1.9082149292705877e-10
 
 
 @njit(cache=True, error_model="numpy", fastmath=ATTENTION_FASTMATH)
-def attention_head(q, k, v, mask, a, b, out, scale):
-    """One (batch, head) of `attention`: q [Tq, d], k [Tk, d], v [Tk, dv], out [Tq, dv].
-    Per query: its Tk scores (dot products over the depth), their max, the exponentials and
-    their sum, then the weighted sum of v's rows; one row of scores at a time."""
-    tq, d = q.shape
-    tk, dv = k.shape[0], v.shape[1]
+def attention_rows(q, k, v, mask, a, b, out, scale, i0, i1):
+    """Queries i0 .. i1-1 of one (batch, head) of `attention`: q [Tq, d], k [Tk, d],
+    v [Tk, dv], out [Tq, dv]. kᵀ is copied once, so that a query's Tk scores are sums of
+    rows of kᵀ (vectorized across keys, UNROLL depth steps per pass); then their max, the
+    exponentials (`exp_row`) and their sum, and the weighted sum of v's rows (UNROLL keys per
+    pass). One row of scores at a time, never Tq x Tk; arithmetic in the operands' dtype."""
+    tk, d = k.shape
+    dv = v.shape[1]
+    kt = np.empty((d, tk), q.dtype)
+    for j in range(tk):
+        for t in range(d):
+            kt[t, j] = k[j, t]
     s = np.empty(tk, q.dtype)
     acc = np.empty(dv, q.dtype)
+    powers = np.empty(151 if q.itemsize == 4 else POWERS_OF_HALF.size, q.dtype)
+    for i in range(powers.size):
+        powers[i] = POWERS_OF_HALF[i]
+    exponent = np.empty(tk, np.int64)
     consts = np.empty(2, q.dtype)  # scalars of q's dtype: the scale, -inf
     consts[0], consts[1] = scale, -np.inf
     zero = consts[0] * 0
     has_mask = mask.size > 0
     ma = a if mask.shape[0] > 1 else 0
     mb = b if mask.shape[1] > 1 else 0
-    for i in range(tq):
+    for i in range(i0, i1):
         for j in range(tk):
-            x = zero
-            for t in range(d):
-                x += q[i, t] * k[j, t]
-            s[j] = x * consts[0]
+            s[j] = zero
+        t = 0
+        while t + UNROLL <= d:
+            x0, x1, x2, x3 = q[i, t], q[i, t + 1], q[i, t + 2], q[i, t + 3]
+            x4, x5, x6, x7 = q[i, t + 4], q[i, t + 5], q[i, t + 6], q[i, t + 7]
+            for j in range(tk):
+                s[j] += (x0 * kt[t, j] + x1 * kt[t + 1, j] + x2 * kt[t + 2, j]
+                         + x3 * kt[t + 3, j] + x4 * kt[t + 4, j] + x5 * kt[t + 5, j]
+                         + x6 * kt[t + 6, j] + x7 * kt[t + 7, j])  # fmt: skip
+            t += UNROLL
+        for tr in range(t, d):
+            x = q[i, tr]
+            for j in range(tk):
+                s[j] += x * kt[tr, j]
+        for j in range(tk):
+            s[j] *= consts[0]
         if has_mask:
             mi = i if mask.shape[2] > 1 else 0
             for j in range(tk):
@@ -70,16 +203,56 @@ def attention_head(q, k, v, mask, a, b, out, scale):
         for j in range(tk):
             if s[j] > top:  # a NaN score never wins, and makes the sum and the row NaN
                 top = s[j]
-        total = zero
+        total = exp_row(s, top, powers, exponent)
         for c in range(dv):
             acc[c] = zero
-        for j in range(tk):
-            p = np.exp(s[j] - top)
-            total += p
+        j = 0
+        while j + UNROLL <= tk:
+            p0, p1, p2, p3 = s[j], s[j + 1], s[j + 2], s[j + 3]
+            p4, p5, p6, p7 = s[j + 4], s[j + 5], s[j + 6], s[j + 7]
             for c in range(dv):
-                acc[c] += p * v[j, c]
+                acc[c] += (p0 * v[j, c] + p1 * v[j + 1, c] + p2 * v[j + 2, c]
+                           + p3 * v[j + 3, c] + p4 * v[j + 4, c] + p5 * v[j + 5, c]
+                           + p6 * v[j + 6, c] + p7 * v[j + 7, c])  # fmt: skip
+            j += UNROLL
+        for jr in range(j, tk):
+            p = s[jr]
+            for c in range(dv):
+                acc[c] += p * v[jr, c]
         for c in range(dv):
             out[i, c] = acc[c] / total
+
+
+@njit(cache=True, error_model="numpy", fastmath=ATTENTION_FASTMATH)
+def exp_row(s, top, powers, exponent):
+    """s[j] = exp(s[j] - top) for a row whose max is `top`; returns their sum. A polynomial
+    and a table of 2^-n in s's dtype (`powers`), where np.exp is a libm call per element: this
+    loop vectorizes. Below the dtype's smallest exponential the result is 0 (-inf included);
+    NaN stays NaN."""
+    c = np.empty(EXP_TAYLOR.size + 4, s.dtype)  # the constants, in s's dtype
+    for i in range(EXP_TAYLOR.size):
+        c[i] = EXP_TAYLOR[i]
+    n_c = EXP_TAYLOR.size
+    c[n_c], c[n_c + 1], c[n_c + 2] = LOG2E, LN2_HI, LN2_LO
+    c[n_c + 3] = -745.0 if s.itemsize == 8 else -104.0  # exp is 0 below (the table's end)
+    log2e, ln2_hi, ln2_lo, low, half = c[n_c], c[n_c + 1], c[n_c + 2], c[n_c + 3], c[n_c - 2] / 2
+    last = powers.size - 1
+    for j in range(s.size):
+        x = s[j] - top
+        x = low if x < low else x  # NaN < low is false: NaN stays
+        n = math.floor(x * log2e + half)
+        r = (x - n * ln2_hi) - n * ln2_lo
+        p = c[0]
+        for i in range(1, n_c):
+            p = p * r + c[i]
+        s[j] = p
+        exponent[j] = min(max(-np.int64(n), 0), last)  # NaN converts to anything: clamped
+    total = top * 0
+    for j in range(s.size):
+        e = s[j] * powers[exponent[j]]
+        s[j] = e
+        total += e
+    return total
 
 
 # Layout and row ops of imported networks. Each is compiled once per dtype and rank and cached

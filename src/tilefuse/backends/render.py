@@ -23,6 +23,7 @@ from ..passes.memory import memory_plan_of
 from ..source import comment, float_literal, identifier
 from ..text import format_node, node_names
 from ..tiling import CPU_KERNEL_ACTIVATIONS, Tiling
+from . import cpu_pool as P
 from .cpu_kernels import (
     ACTIVATION_CODE,
     default_tiling,
@@ -440,7 +441,10 @@ class Renderer:
             args.append(f"np.empty((0, 0, 0, 0), np.{t.np_dtype.name})")
         args.append(view(self.var[node.id], t.shape))
         scale = float(attrs_of(node)["scale"])
-        self.emit(f"R.attention({', '.join(args)}, {float_literal(scale)})  # {name}")
+        # the pool's slots of its parallel-for and of this dtype's attention task (cpu_pool)
+        task = P.ATTENTION_F32 if t.dtype == "f32" else P.ATTENTION_F64
+        args += [float_literal(scale), "pool", str(P.PARALLEL_FOR), str(task)]
+        self.emit(f"R.attention({', '.join(args)})  # {name}")
 
     def mask_view(self, node: Node, mask: int, groups: list[tuple]) -> str:
         """The mask as 4-D [A, B, Tq, Tk], each extent 1 or the scores' (spread to the
