@@ -144,7 +144,8 @@ def install_tasks(pool: np.ndarray) -> None:
 # Reassociation lets LLVM vectorize the sums; no flag that assumes away NaN or infinities
 # (masked keys are -inf, and a NaN score must make the row NaN).
 REASSOCIATE = {"reassoc", "contract"}
-UNROLL = 8  # depth steps per pass over a row of scores, keys per pass over the output row
+ROWS = 4  # queries computed together: each load of kᵀ or v feeds four of them
+STEPS = 4  # depth steps per pass over the scores, keys per pass over the output rows
 # exp(x) for x <= 0 as p(r) * 2^n, x = n ln2 + r, |r| <= ln2/2: Taylor coefficients of degree
 # 13 (relative error below 1e-16), ln2 in two parts (Cody-Waite), 2^n from a table
 EXP_TAYLOR = np.array([1.0 / math.factorial(i) for i in range(13, -1, -1)])
@@ -155,101 +156,146 @@ LOG2E, LN2_HI, LN2_LO = 1.4426950408889634, 0.6931471803691238, 1.90821492927058
 @njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
 def attention_rows(q, k, v, mask, a, b, out, scale, i0, i1):
     """Queries i0 .. i1-1 of one (batch, head) of `attention`: q [Tq, d], k [Tk, d],
-    v [Tk, dv], out [Tq, dv]. kᵀ is copied once, so that a query's Tk scores are sums of
-    rows of kᵀ (vectorized across keys, UNROLL depth steps per pass); then their max, the
-    exponentials (`exp_row`) and their sum, and the weighted sum of v's rows (UNROLL keys per
-    pass). One row of scores at a time, never Tq x Tk; arithmetic in the operands' dtype."""
+    v [Tk, dv], out [Tq, dv], four queries at a time (ROWS). kᵀ is copied once, so that the
+    scores of four queries are sums of rows of kᵀ, vectorized across keys: each load of kᵀ
+    feeds four rows, four depth steps per pass. Then per query the max, the exponentials
+    (`exp_row`) and their sum, and the weighted sum of v's rows, four queries and four keys
+    per pass. Never more than ROWS rows of scores, not Tq x Tk; in the operands' dtype."""
     tk, d = k.shape
     dv = v.shape[1]
     kt = np.empty((d, tk), q.dtype)
     for j in range(tk):
         for t in range(d):
             kt[t, j] = k[j, t]
-    s = np.empty(tk, q.dtype)
-    acc = np.empty(dv, q.dtype)
-    powers = np.empty(151 if q.itemsize == 4 else POWERS_OF_HALF.size, q.dtype)
-    for i in range(powers.size):
-        powers[i] = POWERS_OF_HALF[i]
-    exponent = np.empty(tk, np.int64)
+    s = np.empty((ROWS, tk), q.dtype)
+    acc = np.empty((ROWS, dv), q.dtype)
+    total = np.empty(ROWS, q.dtype)
+    table = exp_table(q.dtype)
+    exponent = np.empty(tk, np.int32)
     consts = np.empty(2, q.dtype)  # scalars of q's dtype: the scale, -inf
     consts[0], consts[1] = scale, -np.inf
     zero = consts[0] * 0
-    has_mask = mask.size > 0
     ma = a if mask.shape[0] > 1 else 0
     mb = b if mask.shape[1] > 1 else 0
-    for i in range(i0, i1):
-        for j in range(tk):
-            s[j] = zero
+    for i in range(i0, i1, ROWS):
+        r0, r1, r2, r3 = i, min(i + 1, i1 - 1), min(i + 2, i1 - 1), min(i + 3, i1 - 1)
+        s[:, :] = zero
         t = 0
-        while t + UNROLL <= d:
-            x0, x1, x2, x3 = q[i, t], q[i, t + 1], q[i, t + 2], q[i, t + 3]
-            x4, x5, x6, x7 = q[i, t + 4], q[i, t + 5], q[i, t + 6], q[i, t + 7]
+        while t + STEPS <= d:
+            a0, a1, a2, a3 = q[r0, t], q[r0, t + 1], q[r0, t + 2], q[r0, t + 3]
+            b0, b1, b2, b3 = q[r1, t], q[r1, t + 1], q[r1, t + 2], q[r1, t + 3]
+            c0, c1, c2, c3 = q[r2, t], q[r2, t + 1], q[r2, t + 2], q[r2, t + 3]
+            d0, d1, d2, d3 = q[r3, t], q[r3, t + 1], q[r3, t + 2], q[r3, t + 3]
             for j in range(tk):
-                s[j] += (x0 * kt[t, j] + x1 * kt[t + 1, j] + x2 * kt[t + 2, j]
-                         + x3 * kt[t + 3, j] + x4 * kt[t + 4, j] + x5 * kt[t + 5, j]
-                         + x6 * kt[t + 6, j] + x7 * kt[t + 7, j])  # fmt: skip
-            t += UNROLL
+                k0, k1, k2, k3 = kt[t, j], kt[t + 1, j], kt[t + 2, j], kt[t + 3, j]
+                s[0, j] += a0 * k0 + a1 * k1 + a2 * k2 + a3 * k3
+                s[1, j] += b0 * k0 + b1 * k1 + b2 * k2 + b3 * k3
+                s[2, j] += c0 * k0 + c1 * k1 + c2 * k2 + c3 * k3
+                s[3, j] += d0 * k0 + d1 * k1 + d2 * k2 + d3 * k3
+            t += STEPS
         for tr in range(t, d):
-            x = q[i, tr]
+            x0, x1, x2, x3 = q[r0, tr], q[r1, tr], q[r2, tr], q[r3, tr]
             for j in range(tk):
-                s[j] += x * kt[tr, j]
-        for j in range(tk):
-            s[j] *= consts[0]
-        if has_mask:
-            mi = i if mask.shape[2] > 1 else 0
+                kk = kt[tr, j]
+                s[0, j] += x0 * kk
+                s[1, j] += x1 * kk
+                s[2, j] += x2 * kk
+                s[3, j] += x3 * kk
+        for r in range(ROWS):
+            row = s[r]
             for j in range(tk):
-                s[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
-        top = consts[1]
-        for j in range(tk):
-            if s[j] > top:  # a NaN score never wins, and makes the sum and the row NaN
-                top = s[j]
-        total = exp_row(s, top, powers, exponent)
-        for c in range(dv):
-            acc[c] = zero
+                row[j] *= consts[0]
+            if mask.size:
+                mi = min(i + r, i1 - 1) if mask.shape[2] > 1 else 0
+                for j in range(tk):
+                    row[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
+            top = consts[1]
+            for j in range(tk):
+                if row[j] > top:  # a NaN score never wins, and makes the sum and row NaN
+                    top = row[j]
+            total[r] = exp_row(row, top, table, exponent)
+        acc[:, :] = zero
         j = 0
-        while j + UNROLL <= tk:
-            p0, p1, p2, p3 = s[j], s[j + 1], s[j + 2], s[j + 3]
-            p4, p5, p6, p7 = s[j + 4], s[j + 5], s[j + 6], s[j + 7]
+        while j + STEPS <= tk:
+            a0, a1, a2, a3 = s[0, j], s[0, j + 1], s[0, j + 2], s[0, j + 3]
+            b0, b1, b2, b3 = s[1, j], s[1, j + 1], s[1, j + 2], s[1, j + 3]
+            c0, c1, c2, c3 = s[2, j], s[2, j + 1], s[2, j + 2], s[2, j + 3]
+            d0, d1, d2, d3 = s[3, j], s[3, j + 1], s[3, j + 2], s[3, j + 3]
             for c in range(dv):
-                acc[c] += (p0 * v[j, c] + p1 * v[j + 1, c] + p2 * v[j + 2, c]
-                           + p3 * v[j + 3, c] + p4 * v[j + 4, c] + p5 * v[j + 5, c]
-                           + p6 * v[j + 6, c] + p7 * v[j + 7, c])  # fmt: skip
-            j += UNROLL
+                v0, v1, v2, v3 = v[j, c], v[j + 1, c], v[j + 2, c], v[j + 3, c]
+                acc[0, c] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
+                acc[1, c] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
+                acc[2, c] += c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
+                acc[3, c] += d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3
+            j += STEPS
         for jr in range(j, tk):
-            p = s[jr]
+            p0, p1, p2, p3 = s[0, jr], s[1, jr], s[2, jr], s[3, jr]
             for c in range(dv):
-                acc[c] += p * v[jr, c]
-        for c in range(dv):
-            out[i, c] = acc[c] / total
+                vv = v[jr, c]
+                acc[0, c] += p0 * vv
+                acc[1, c] += p1 * vv
+                acc[2, c] += p2 * vv
+                acc[3, c] += p3 * vv
+        for r in range(min(ROWS, i1 - i)):
+            for c in range(dv):
+                out[i + r, c] = acc[r, c] / total[r]
+
+
+@njit(cache=True)
+def exp_table(dtype):
+    """The constants of `exp_row` in `dtype`: the Taylor coefficients, log2(e), ln(2) in two
+    parts, the argument below which exp is 0, 0, the rounding constant 1.5 * 2^mantissa bits,
+    then 2^-n for n = 0, 1, ... to that point."""
+    single = np.empty(0, dtype).itemsize == 4
+    powers = 151 if single else POWERS_OF_HALF.size
+    table = np.empty(EXP_FIRST_POWER + powers, dtype)
+    for i in range(EXP_TAYLOR.size):
+        table[i] = EXP_TAYLOR[i]
+    i = EXP_TAYLOR.size
+    table[i], table[i + 1], table[i + 2] = LOG2E, LN2_HI, LN2_LO
+    table[i + 3] = -104.0 if single else -745.0  # exp is 0 below (the table's end)
+    table[i + 4] = 0.0
+    table[i + 5] = 1.5 * 2.0**23 if single else 1.5 * 2.0**52
+    for n in range(powers):
+        table[EXP_FIRST_POWER + n] = POWERS_OF_HALF[n]
+    return table
+
+
+EXP_FIRST_POWER = EXP_TAYLOR.size + 6  # where exp_table's powers of 1/2 begin
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def exp_parts(s, top, table, exponent):
+    """s[j] = p(r) and exponent[j] = n, for s[j] - top = n ln2 + r (|r| <= ln2/2, n <= 0):
+    the vectorized half of `exp_row`, in s's dtype (every constant comes from `table`, since
+    a float literal would make the arithmetic float64). Not reassociated: n is rounded to the
+    nearest integer by adding and subtracting 1.5 * 2^mantissa bits."""
+    i = EXP_TAYLOR.size
+    log2e, ln2_hi, ln2_lo, low, zero, magic = table[i : i + 6]
+    c0, c1, c2, c3, c4, c5, c6 = table[0:7]
+    c7, c8, c9, c10, c11, c12, c13 = table[7:14]
+    for j in range(s.size):
+        x = s[j] - top
+        xc = x if x > low else low  # NaN too: the index below stays in the table
+        xc = xc if xc < zero else zero
+        n = (xc * log2e + magic) - magic
+        r = (xc - n * ln2_hi) - n * ln2_lo
+        p = ((((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5) * r + c6) * r + c7
+        p = (((((p * r + c8) * r + c9) * r + c10) * r + c11) * r + c12) * r + c13
+        s[j] = p if x == x else x
+        exponent[j] = np.int32(n)
 
 
 @njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
-def exp_row(s, top, powers, exponent):
+def exp_row(s, top, table, exponent):
     """s[j] = exp(s[j] - top) for a row whose max is `top`; returns their sum. A polynomial
-    and a table of 2^-n in s's dtype (`powers`), where np.exp is a libm call per element: this
-    loop vectorizes. Below the dtype's smallest exponential the result is 0 (-inf included);
-    NaN stays NaN."""
-    c = np.empty(EXP_TAYLOR.size + 4, s.dtype)  # the constants, in s's dtype
-    for i in range(EXP_TAYLOR.size):
-        c[i] = EXP_TAYLOR[i]
-    n_c = EXP_TAYLOR.size
-    c[n_c], c[n_c + 1], c[n_c + 2] = LOG2E, LN2_HI, LN2_LO
-    c[n_c + 3] = -745.0 if s.itemsize == 8 else -104.0  # exp is 0 below (the table's end)
-    log2e, ln2_hi, ln2_lo, low, half = c[n_c], c[n_c + 1], c[n_c + 2], c[n_c + 3], c[n_c - 2] / 2
-    last = powers.size - 1
+    times 2^n from a table, in s's dtype (`exp_table`), where np.exp is a libm call per
+    element: these loops vectorize. Below the dtype's smallest exponential the result is 0
+    (-inf included); NaN stays NaN. `exponent` is scratch, an int32 per element."""
+    exp_parts(s, top, table, exponent)
+    total = table[EXP_TAYLOR.size + 4]  # 0
     for j in range(s.size):
-        x = s[j] - top
-        x = low if x < low else x  # NaN < low is false: NaN stays
-        n = math.floor(x * log2e + half)
-        r = (x - n * ln2_hi) - n * ln2_lo
-        p = c[0]
-        for i in range(1, n_c):
-            p = p * r + c[i]
-        s[j] = p
-        exponent[j] = min(max(-np.int64(n), 0), last)  # NaN converts to anything: clamped
-    total = top * 0
-    for j in range(s.size):
-        e = s[j] * powers[exponent[j]]
+        e = s[j] * table[EXP_FIRST_POWER - exponent[j]]
         s[j] = e
         total += e
     return total
