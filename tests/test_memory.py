@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tilefuse.backends import reference
-from tilefuse.errors import AttrError
+from tilefuse.errors import AttrError, VerifyError
 from tilefuse.ir import Graph, TensorType
 from tilefuse.ops import GraphBuilder, evaluate
 from tilefuse.passes import parse_pipeline, run_pipeline
@@ -28,6 +28,7 @@ from tilefuse.passes.memory import (
     size_of,
 )
 from tilefuse.text import parse_graph
+from tilefuse.verify import verify
 
 
 def mlp(dims: list[int], fused: bool = True, seed: int = 0) -> Graph:
@@ -60,8 +61,19 @@ def run_in_buffers(g: Graph, plan: MemoryPlan, inputs: list[np.ndarray], batch: 
                 view = buffers[plan.buffer_of[node.id]][: value.size].reshape(value.shape)
                 view[...] = value
                 value = view
+            else:  # an output: its own array (NumPy's reshape would be a view of a buffer)
+                value = np.array(value, copy=True)
             env[node.id] = value
     return [env[o] for o in g.outputs]
+
+
+def storage(g: Graph, plan: MemoryPlan, v: int) -> int:
+    """The value whose buffer `v` is: itself, or for a reshape planned as a view (in its
+    operand's buffer), its operand's storage."""
+    node = g[v]
+    if node.op == "reshape" and plan.buffer_of.get(node.inputs[0]) == plan.buffer_of[v]:
+        return storage(g, plan, node.inputs[0])
+    return v
 
 
 def assert_plan_is_safe(g: Graph, plan: MemoryPlan) -> None:
@@ -75,6 +87,8 @@ def assert_plan_is_safe(g: Graph, plan: MemoryPlan) -> None:
     for values in by_buffer.values():
         for i, a in enumerate(values):
             for b in values[i + 1 :]:
+                if storage(g, plan, a) == storage(g, plan, b):
+                    continue  # a reshape reads its operand's buffer: one value, two shapes
                 (a0, a1), (b0, b1) = plan.live[a], plan.live[b]
                 if a1 < b0 or b1 < a0:
                     continue
@@ -229,7 +243,8 @@ WIDTHS = (2, 3, 5)
 
 @st.composite
 def random_dags(draw) -> Graph:
-    """Graphs of elementwise ops, matmuls and dense ops over [N, w] and [w] values."""
+    """Graphs of elementwise ops, matmuls, dense ops and reshapes over [N, w] and [w]
+    values."""
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     dtype = draw(st.sampled_from(["f32", "f64"]))
     b = GraphBuilder("dag")
@@ -237,8 +252,11 @@ def random_dags(draw) -> Graph:
     for _ in range(draw(st.integers(1, 14))):
         a = draw(st.sampled_from(values))
         width = b.types[a].shape[-1]
-        kind = draw(st.sampled_from(["unary", "binary", "matmul", "dense", "fixed"]))
-        if kind == "unary":
+        kind = draw(st.sampled_from(["unary", "binary", "matmul", "dense", "fixed", "reshape"]))
+        if kind == "reshape":  # two views of `a`'s buffer (the planner makes reshapes views)
+            wide = b.op("reshape", [a], shape=("N", 1, width))
+            values.append(b.op("reshape", [wide], shape=("N", width)))
+        elif kind == "unary":
             values.append(b.op(draw(st.sampled_from(["relu", "tanh", "sigmoid"])), [a]))
         elif kind == "binary":
             same = [v for v in values if b.types[v].shape == b.types[a].shape]
@@ -279,9 +297,55 @@ def test_random_dags_never_share_a_buffer_between_live_values(g, inplace, batch)
 @given(g=random_dags())
 def test_buffer_count_is_the_most_values_live_at_one_step(g):
     plan = plan_memory(g)
+    live: dict[int, tuple[int, int]] = {}  # per storage (a value and its reshape views)
+    for v in plan.buffer_of:
+        first, last = plan.live[v]
+        root = storage(g, plan, v)
+        live[root] = (min(first, live.get(root, (first,))[0]), max(last, live.get(root, (0, 0))[1]))
     steps = range(len(g))
     most_live = max(
-        (sum(1 for v in plan.buffer_of if plan.live[v][0] <= s <= plan.live[v][1]) for s in steps),
-        default=0,
+        (sum(1 for first, last in live.values() if first <= s <= last) for s in steps), default=0
     )
     assert len(plan.buffers) == most_live  # greedy in start order is optimal for intervals
+
+
+def test_a_reshape_is_a_view_of_its_operands_buffer():
+    """The reshape gets %0's buffer, which stays busy until the reshape's last reader: %2 may
+    not take it, and the verifier accepts the sharing (and refuses it for any other op)."""
+    g = parse_graph(
+        """graph views(%x: f32[N,6]) -> (f32[N,6]) {
+  %0 = relu(%x) : f32[N,6]
+  %1 = reshape[shape=(N, 2, 3)](%0) : f32[N,2,3]
+  %2 = tanh(%x) : f32[N,6]
+  %3 = reshape[shape=(N, 6)](%1) : f32[N,6]
+  %4 = add(%3, %2) : f32[N,6]
+  return %4
+}"""
+    )
+    plan = plan_memory(g)
+    assert plan.buffer_of[1] == plan.buffer_of[2] == plan.buffer_of[4]
+    assert plan.buffer_of[3] != plan.buffer_of[1]
+    assert len(plan.buffers) == 2
+    planned = PlanMemory().run(g)
+    assert " : f32[N,2,3] in ws0" in str(planned)
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    got = run_in_buffers(g, plan, [x], 3)
+    np.testing.assert_array_equal(got[0], np.maximum(x, 0) + np.tanh(x))
+    import tilefuse as tfu
+
+    compiled = parse_graph(
+        """graph views(%x: f32[N,6]) -> (f32[N,2,3]) {
+  %0 = relu(%x) : f32[N,6]
+  %1 = reshape[shape=(N, 2, 3)](%0) : f32[N,2,3]
+  %2 = tanh(%1) : f32[N,2,3]
+  return %2
+}"""
+    )
+    model = tfu.compile(compiled, target="cpu")
+    np.testing.assert_allclose(model(x), np.tanh(np.maximum(x, 0)).reshape(3, 2, 3), rtol=1e-6)
+    assert "v1 = E.shaped(v0, (d_N, 2, 3))" in model.rendered.source
+    line = "%2 = tanh(%x) : f32[N,6]"
+    clash = str(planned).replace(f"{line} in ws1", f"{line} in ws0")
+    assert clash != str(planned)
+    with pytest.raises(VerifyError, match="still holds"):
+        verify(parse_graph(clash))

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import TilefuseError, VerifyError
 from .ir import Graph, Node, TensorType, check_name
-from .ops import OPS, infer_node_type, is_elementwise, normalize_attrs
+from .ops import OPS, infer_node_type, is_elementwise, is_view, normalize_attrs
 
 
 def _line(g: Graph, node: Node) -> str:
@@ -52,16 +52,23 @@ def verify(g: Graph) -> Graph:
 
 def _verify_buffers(g: Graph) -> None:
     """Values in one workspace buffer (`in wsK`) share a dtype and are never live at once,
-    except an elementwise op writing over an operand of its type that dies at it."""
+    except an elementwise op writing over an operand of its type that dies at it, and a
+    reshape that is a view of its operand (`ops.is_view`)."""
     step = {node.id: k for k, node in enumerate(g)}
     held: dict[int, list[Node]] = {}
+    storage: dict[int, int] = {}  # value -> the value whose buffer it is a view of (or itself)
     for node in g:
         if node.buffer is None:
             continue
         where = f"graph {g.name}: {_line(g, node)}"
         if node.op in ("input", "const") or node.id in g.outputs:
             raise VerifyError(f"{where}: inputs, constants and outputs live in arrays of their own")
+        source = node.inputs[0] if node.inputs else None
+        view = is_view(node.op) and source is not None and g[source].buffer == node.buffer
+        storage[node.id] = storage[source] if view else node.id
         for other in held.setdefault(node.buffer, []):
+            if storage[other.id] == storage[node.id]:
+                continue  # a view of the same value
             last = max((step[u.id] for u in g.users(other.id)), default=step[other.id])
             in_place = (last == step[node.id] and other.id in node.inputs
                         and other.type == node.type and is_elementwise(node.op))  # fmt: skip

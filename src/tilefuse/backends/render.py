@@ -18,7 +18,14 @@ from .._version import kernel_fingerprint
 from ..cache import Loaded, load_generated
 from ..errors import TilefuseError
 from ..ir import DTYPES, Graph, Node, TensorType
-from ..ops import BINARY_OPS, OPS, activation_statements, attrs_of, elementwise_activation
+from ..ops import (
+    BINARY_OPS,
+    OPS,
+    activation_statements,
+    attrs_of,
+    elementwise_activation,
+    is_view,
+)
 from ..passes.memory import memory_plan_of
 from ..source import comment, float_literal, identifier
 from ..text import format_node, node_names
@@ -177,7 +184,10 @@ class Renderer:
                         [self.names[n.id] for n in inputs], buffers, symbol, profiled)  # fmt: skip
 
     def allocation(self, node: Node) -> str:
-        """A view of the value's planned workspace buffer, or a fresh array when unplanned."""
+        """A view of the value's planned workspace buffer, or a fresh array when unplanned; a
+        view of its operand where the plan makes it one (a reshape: `ops.is_view`)."""
+        if self.is_view(node):
+            return f"E.shaped({self.value(node.inputs[0])}, {self.shape(node.type)})"
         if self.plan and node.id in self.plan.buffer_of:
             buffer = f"ws{self.plan.buffer_of[node.id]}"
             return f"E.place({buffer}, {self.shape(node.type)})"
@@ -311,7 +321,16 @@ class Renderer:
         value = self.unary_code(node.op).format(self.read(node.inputs[0], node.type))
         self.loop_nest(node.type, [f"{dst} = {self.cast(value, node.type)}"])
 
+    def is_view(self, node: Node) -> bool:
+        """The plan put the value in its operand's buffer: read that with the value's shape."""
+        buffer_of = self.plan.buffer_of if self.plan else {}
+        source = node.inputs[0] if node.inputs else None
+        return (is_view(node.op) and node.id in buffer_of
+                and buffer_of[node.id] == buffer_of.get(source))  # fmt: skip
+
     def render_reshape(self, node: Node) -> None:
+        if self.is_view(node):
+            return  # `allocation` made it a view
         src = self.value(node.inputs[0])
         if self.g[node.inputs[0]].op == "const":  # parameters may be 1-element stand-ins
             self.emit(f"{self.var[node.id]}[...] = {src}.reshape({self.shape(node.type)})")

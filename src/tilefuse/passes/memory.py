@@ -11,7 +11,10 @@ The graph comes back with each planned value's buffer in its IR line (`: f32[N,5
       ...
 
 Intermediates are the values that are neither graph inputs, constants nor outputs (outputs
-go back to the caller, so they get arrays of their own and never share). A value is live from
+go back to the caller, so they get arrays of their own and never share). A reshape of an
+intermediate is a view: it gets its operand's buffer, which then stays busy until the last
+read of either (`ops.is_view`), and the backends read the buffer with the new shape instead of
+copying it. A value is live from
 the step that computes it to the step of its last user, steps being positions in the graph's
 topological order. An op's operands stay live while it runs, so no op writes into a buffer
 one of its operands lives in. `inplace=true` relaxes this for elementwise ops: one may write
@@ -31,6 +34,7 @@ from typing import ClassVar
 
 from ..ir import Graph, Node
 from ..ops import is_elementwise as elementwise_op
+from ..ops import is_view
 from ..tiling import TYPICAL_BATCH
 from .base import Decision, Pass, with_decisions
 
@@ -167,6 +171,13 @@ class _Assigner:
         self.busy_until[buffer.index] = last
         self.buffer_of[node.id] = buffer.index
 
+    def alias(self, node: Node, source: int) -> None:
+        """`node` is a view of `source`'s buffer: the buffer stays busy while either is read."""
+        index = self.buffer_of[source]
+        self.buffers[index].values.append(node.id)
+        self.busy_until[index] = max(self.busy_until[index], self.live[node.id][1])
+        self.buffer_of[node.id] = index
+
     def free_at(self, step: int) -> list[Buffer]:
         """Buffers whose value was last read before `step`."""
         return [b for b in self.buffers if self.busy_until[b.index] < step]
@@ -247,6 +258,9 @@ def plan_memory(g: Graph, inplace: bool = False) -> MemoryPlan:
         size = size_of(node.type.shape, symbol)
         if size is None:
             unplanned.append(node.id)
+            continue
+        if is_view(node.op) and node.inputs[0] in assigner.buffer_of:
+            assigner.alias(node, node.inputs[0])
             continue
         assigner.assign(node, size)
     names = {i: f"%{name}" for i, name in node_names(g).items()}
