@@ -13,7 +13,7 @@ SRC = pathlib.Path(__file__).parent.parent / "src" / "tilefuse"
 
 LAYERS = {
     0: ["_version", "errors", "tiling", "ir", "ops", "text", "verify", "interpret", "cache",
-        "source", "phases"],
+        "source", "phases", "views"],
     1: ["dsl", "frontends", "frontends.onnx", "frontends.onnx_shapes", "frontends.torch"],
     2: ["passes", "passes.*", "machine", "tuning_log", "calibration", "loops", "roofline",
         "explain", "profile"],

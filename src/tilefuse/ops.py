@@ -170,13 +170,6 @@ def is_elementwise(op: str) -> bool:
     return op in BINARY_OPS or elementwise_activation(op)
 
 
-def is_view(op: str) -> bool:
-    """An op whose result is its operand's memory read with another shape: a reshape (values
-    are C-contiguous, so it never moves an element). The memory plan gives it its operand's
-    buffer (passes.memory), and backends read that buffer instead of copying."""
-    return op == "reshape"
-
-
 def apply_activation(name: str, x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
     act = ACTIVATIONS[name]
     params = {k: attrs.get(k, a.default) for k, a in act.attrs.items()}

@@ -9,7 +9,8 @@ import numpy as np
 
 from .errors import TilefuseError, VerifyError
 from .ir import Graph, Node, TensorType, check_name
-from .ops import OPS, infer_node_type, is_elementwise, is_view, normalize_attrs
+from .ops import OPS, infer_node_type, is_elementwise, normalize_attrs
+from .views import STRIDED_READERS, layout, regrouped, shares_buffer
 
 
 def _line(g: Graph, node: Node) -> str:
@@ -53,7 +54,7 @@ def verify(g: Graph) -> Graph:
 def _verify_buffers(g: Graph) -> None:
     """Values in one workspace buffer (`in wsK`) share a dtype and are never live at once,
     except an elementwise op writing over an operand of its type that dies at it, and a
-    reshape that is a view of its operand (`ops.is_view`)."""
+    view op that reads its operand's buffer (`tilefuse.views`)."""
     step = {node.id: k for k, node in enumerate(g)}
     held: dict[int, list[Node]] = {}
     storage: dict[int, int] = {}  # value -> the value whose buffer it is a view of (or itself)
@@ -63,9 +64,10 @@ def _verify_buffers(g: Graph) -> None:
         where = f"graph {g.name}: {_line(g, node)}"
         if node.op in ("input", "const") or node.id in g.outputs:
             raise VerifyError(f"{where}: inputs, constants and outputs live in arrays of their own")
-        source = node.inputs[0] if node.inputs else None
-        view = is_view(node.op) and source is not None and g[source].buffer == node.buffer
-        storage[node.id] = storage[source] if view else node.id
+        view = shares_buffer(g, node)
+        if view:
+            _verify_view(g, node, where)
+        storage[node.id] = storage[node.inputs[0]] if view else node.id
         for other in held.setdefault(node.buffer, []):
             if storage[other.id] == storage[node.id]:
                 continue  # a view of the same value
@@ -79,6 +81,28 @@ def _verify_buffers(g: Graph) -> None:
                     f"{where}: ws{node.buffer} still holds {_line(g, other)}, which is read later"
                 )
         held[node.buffer].append(node)
+
+
+def _verify_view(g: Graph, node: Node, where: str) -> None:
+    """A view reads its operand's buffer with strides that exist, and a strided one is read
+    only by ops that take strides (attention's q, k, v) or by views."""
+    try:
+        found = layout(g, node.id)
+    except ValueError as err:
+        raise VerifyError(f"{where}: {err}") from None
+    if found.is_contiguous(node.type.shape):
+        return
+    for user in g.users(node.id):
+        positions = [i for i, x in enumerate(user.inputs) if x == node.id]
+        reads = STRIDED_READERS.get(user.op, 0)
+        if reads and all(i < reads for i in positions):
+            if regrouped(node.type.shape, found) is None:
+                raise VerifyError(f"{where}: {user.op} cannot read this strided view")
+        elif not shares_buffer(g, user):
+            raise VerifyError(
+                f"{where}: a strided view (in its operand's buffer) is read by "
+                f"{_line(g, user)}, which needs its operand contiguous"
+            )
 
 
 def _verify_node(g: Graph, node: Node) -> None:

@@ -193,6 +193,52 @@ def flat(typingctx, array):
 
 
 @intrinsic
+def strided(typingctx, array, offset, shape, strides):
+    """A view of a C-contiguous array's memory: element [i, j, ..] at offset + i * strides[0]
+    + j * strides[1] + .. (in elements; tilefuse.views says which). A view that would reach
+    outside the array raises ValueError instead."""
+    if not (isinstance(array, types.Array) and array.layout == "C"):
+        return None
+    if not (isinstance(offset, types.Integer) and _int_tuple(shape) and _int_tuple(strides)):
+        return None
+    if len(shape) != len(strides):
+        return None
+    result = types.Array(array.dtype, len(shape), "A")
+
+    def codegen(context, builder, signature, args):
+        from numba.core.imputils import impl_ret_borrowed
+        from numba.np.arrayobj import populate_array
+
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        start = args[1] if args[1].type.width == 64 else builder.sext(args[1], cgutils.intp_t)
+        dims, steps = _dims(builder, args[2]), _dims(builder, args[3])
+        zero, one = cgutils.intp_t(0), cgutils.intp_t(1)
+        low, high, empty = start, start, cgutils.false_bit
+        for d, step in zip(dims, steps, strict=True):
+            reach = builder.mul(builder.sub(d, one), step)
+            negative = builder.icmp_signed("<", reach, zero)
+            low = builder.add(low, builder.select(negative, reach, zero))
+            high = builder.add(high, builder.select(negative, zero, reach))
+            empty = builder.or_(empty, builder.icmp_signed("<=", d, zero))
+        size = _product(builder, cgutils.unpack_tuple(builder, src.shape))
+        outside = builder.or_(builder.icmp_signed("<", low, zero),
+                              builder.icmp_signed(">=", high, size))  # fmt: skip
+        with cgutils.if_unlikely(builder, builder.and_(builder.not_(empty), outside)):
+            context.call_conv.return_user_exc(
+                builder, ValueError, ("a strided view reaches outside its buffer",)
+            )
+        itemsize = context.get_abi_sizeof(context.get_data_type(array.dtype))
+        data = builder.gep(src.data, [builder.select(empty, zero, start)])
+        out = context.make_array(result)(context, builder)
+        populate_array(out, data=data, shape=dims,
+                       strides=[builder.mul(st, cgutils.intp_t(itemsize)) for st in steps],
+                       itemsize=cgutils.intp_t(itemsize), meminfo=src.meminfo)  # fmt: skip
+        return impl_ret_borrowed(context, builder, result, out._getvalue())
+
+    return result(array, offset, shape, strides), codegen
+
+
+@intrinsic
 def keep(typingctx, array):
     """A use of `array` after a call that received only its address: Numba frees an array
     after its last use, which without this would be before the kernel reads it."""

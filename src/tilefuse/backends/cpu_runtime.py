@@ -31,8 +31,8 @@ def pack_weights(w, kc, nr):
 
 
 # -- attention: tasks of a head and a block of queries, on the kernels' thread pool ---------
-QUERY_BLOCK = 32  # queries per task: 4 tasks per head at sequence 128
-CONTEXT = 18  # int64s in a task's context (`attention`'s layout below)
+QUERY_BLOCK = 64  # queries per task: 2 tasks per head at sequence 128
+CONTEXT = 28  # int64s in a task's context (`attention`'s layout below)
 
 
 @intrinsic
@@ -45,6 +45,17 @@ def _pointer(typingctx, address):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
 
     return types.voidptr(address), codegen
+
+
+@intrinsic
+def _keep(typingctx, context, scalars):
+    """A use of two arrays after a call that received only their addresses: Numba frees an
+    array after its last use, which without this is before the call."""
+
+    def codegen(ctx, builder, signature, args):
+        return ctx.get_dummy_value()
+
+    return types.none(context, scalars), codegen
 
 
 @intrinsic
@@ -66,13 +77,42 @@ def _parallel_for(typingctx, function, ctl, nctl, task, context, count):
     return types.none(function, ctl, nctl, task, context, count), codegen
 
 
+@intrinsic
+def _array_at(typingctx, address, shape, strides, dtype):
+    """The array of `dtype` at an int64 address with these extents and strides (elements):
+    how a task function rebuilds its operands from a context."""
+    ok = isinstance(address, types.Integer) and isinstance(shape, types.UniTuple)
+    if not (ok and isinstance(strides, types.UniTuple) and len(shape) == len(strides)):
+        return None
+    element = getattr(dtype, "dtype", None) or getattr(dtype, "instance_type", None)
+    if not isinstance(element, types.Float):
+        return None
+    result = types.Array(element, len(shape), "A")
+
+    def codegen(context, builder, signature, args):
+        from numba.np.arrayobj import populate_array
+
+        itemsize = context.get_abi_sizeof(context.get_data_type(element))
+        dims = cgutils.unpack_tuple(builder, args[1])
+        steps = [builder.mul(s, cgutils.intp_t(itemsize))
+                 for s in cgutils.unpack_tuple(builder, args[2])]  # fmt: skip
+        out = context.make_array(result)(context, builder)
+        data = builder.inttoptr(args[0], context.get_data_type(element).as_pointer())
+        populate_array(out, data=data, shape=dims, strides=steps,
+                       itemsize=cgutils.intp_t(itemsize), meminfo=None)  # fmt: skip
+        return out._getvalue()
+
+    return result(address, shape, strides, dtype), codegen
+
+
 @njit(cache=True)
 def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot):
     """out = softmax(q @ kᵀ * scale + mask) @ v, for 4-D q [A, B, Tq, d], k [A, B, Tk, d],
-    v [A, B, Tk, dv] and out [A, B, Tq, dv]; `mask` is 4-D with each extent 1 or the scores'
-    (size 0: no mask). A task per (a, b) and block of QUERY_BLOCK queries; they run on the
-    kernels' thread pool (`pool`, its parallel-for and this dtype's task function in the
-    slots `for_slot` and `task_slot`, see cpu_pool) when it has them, else here, serially."""
+    v [A, B, Tk, dv] (any strides: views of the buffers of the projections that made them)
+    and out [A, B, Tq, dv]; `mask` is 4-D with each extent 1 or the scores' (size 0: no
+    mask). A task per (a, b) and block of QUERY_BLOCK queries; they run on the kernels'
+    thread pool (`pool`, its parallel-for and this dtype's task function in the slots
+    `for_slot` and `task_slot`, see cpu_pool) when it has them, else here, serially."""
     blocks = -(-q.shape[2] // QUERY_BLOCK)
     tasks = q.shape[0] * q.shape[1] * blocks
     parallel_for = pool[for_slot] if pool.size else 0
@@ -89,8 +129,12 @@ def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot):
     for axis in range(4):
         c[6 + axis] = q.shape[axis]
         c[10 + axis] = mask.shape[axis]
+        c[16 + axis] = q.strides[axis] // q.itemsize
+        c[20 + axis] = k.strides[axis] // k.itemsize
+        c[24 + axis] = v.strides[axis] // v.itemsize
     c[14], c[15] = k.shape[2], v.shape[3]
     _parallel_for(parallel_for, pool.ctypes.data, pool.size, task, c.ctypes.data, tasks)
+    _keep(c, scalars)  # the tasks read them by address: not freed before the call returns
 
 
 @njit(cache=True)
@@ -109,9 +153,9 @@ def _task_from_context(c, t, dtype):
     """`attention_task` on the operands a context of `attention` describes."""
     shape = (c[6], c[7], c[8], c[9])
     tk, dv = c[14], c[15]
-    q = carray(_pointer(c[0]), shape, dtype)
-    k = carray(_pointer(c[1]), (shape[0], shape[1], tk, shape[3]), dtype)
-    v = carray(_pointer(c[2]), (shape[0], shape[1], tk, dv), dtype)
+    q = _array_at(c[0], shape, (c[16], c[17], c[18], c[19]), dtype)
+    k = _array_at(c[1], (shape[0], shape[1], tk, shape[3]), (c[20], c[21], c[22], c[23]), dtype)
+    v = _array_at(c[2], (shape[0], shape[1], tk, dv), (c[24], c[25], c[26], c[27]), dtype)
     mask = carray(_pointer(c[3]), (c[10], c[11], c[12], c[13]), dtype)
     out = carray(_pointer(c[4]), (shape[0], shape[1], shape[2], dv), dtype)
     scale = carray(_pointer(c[5]), 1, np.float64)[0]
@@ -156,9 +200,10 @@ LOG2E, LN2_HI, LN2_LO = 1.4426950408889634, 0.6931471803691238, 1.90821492927058
 @njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
 def attention_rows(q, k, v, mask, a, b, out, scale, i0, i1):
     """Queries i0 .. i1-1 of one (batch, head) of `attention`: q [Tq, d], k [Tk, d],
-    v [Tk, dv], out [Tq, dv], four queries at a time (ROWS). kᵀ is copied once, so that the
-    scores of four queries are sums of rows of kᵀ, vectorized across keys: each load of kᵀ
-    feeds four rows, four depth steps per pass. Then per query the max, the exponentials
+    v [Tk, dv], out [Tq, dv] (any strides), four queries at a time (ROWS). kᵀ and v are
+    copied once, contiguous whatever the operands' strides, so that the scores of four
+    queries are sums of rows of kᵀ, vectorized across keys: each load of kᵀ feeds four rows,
+    four depth steps per pass. Then per query the max, the exponentials
     (`exp_row`) and their sum, and the weighted sum of v's rows, four queries and four keys
     per pass. Never more than ROWS rows of scores, not Tq x Tk; in the operands' dtype."""
     tk, d = k.shape
@@ -167,6 +212,10 @@ def attention_rows(q, k, v, mask, a, b, out, scale, i0, i1):
     for j in range(tk):
         for t in range(d):
             kt[t, j] = k[j, t]
+    vc = np.empty((tk, dv), q.dtype)  # v's rows contiguous (v may be a strided view)
+    for j in range(tk):
+        for c in range(dv):
+            vc[j, c] = v[j, c]
     s = np.empty((ROWS, tk), q.dtype)
     acc = np.empty((ROWS, dv), q.dtype)
     total = np.empty(ROWS, q.dtype)
@@ -222,7 +271,7 @@ def attention_rows(q, k, v, mask, a, b, out, scale, i0, i1):
             c0, c1, c2, c3 = s[2, j], s[2, j + 1], s[2, j + 2], s[2, j + 3]
             d0, d1, d2, d3 = s[3, j], s[3, j + 1], s[3, j + 2], s[3, j + 3]
             for c in range(dv):
-                v0, v1, v2, v3 = v[j, c], v[j + 1, c], v[j + 2, c], v[j + 3, c]
+                v0, v1, v2, v3 = vc[j, c], vc[j + 1, c], vc[j + 2, c], vc[j + 3, c]
                 acc[0, c] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
                 acc[1, c] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
                 acc[2, c] += c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
@@ -231,7 +280,7 @@ def attention_rows(q, k, v, mask, a, b, out, scale, i0, i1):
         for jr in range(j, tk):
             p0, p1, p2, p3 = s[0, jr], s[1, jr], s[2, jr], s[3, jr]
             for c in range(dv):
-                vv = v[jr, c]
+                vv = vc[jr, c]
                 acc[0, c] += p0 * vv
                 acc[1, c] += p1 * vv
                 acc[2, c] += p2 * vv

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import views as V
 from .._version import kernel_fingerprint
 from ..cache import Loaded, load_generated
 from ..errors import TilefuseError
@@ -24,7 +25,6 @@ from ..ops import (
     activation_statements,
     attrs_of,
     elementwise_activation,
-    is_view,
 )
 from ..passes.memory import memory_plan_of
 from ..source import comment, float_literal, identifier
@@ -185,9 +185,9 @@ class Renderer:
 
     def allocation(self, node: Node) -> str:
         """A view of the value's planned workspace buffer, or a fresh array when unplanned; a
-        view of its operand where the plan makes it one (a reshape: `ops.is_view`)."""
-        if self.is_view(node):
-            return f"E.shaped({self.value(node.inputs[0])}, {self.shape(node.type)})"
+        view of another value's buffer where the plan makes it one (`tilefuse.views`)."""
+        if V.shares_buffer(self.g, node):
+            return self.view_of(node.id, [self.dim(d) for d in node.type.shape])
         if self.plan and node.id in self.plan.buffer_of:
             buffer = f"ws{self.plan.buffer_of[node.id]}"
             return f"E.place({buffer}, {self.shape(node.type)})"
@@ -321,15 +321,27 @@ class Renderer:
         value = self.unary_code(node.op).format(self.read(node.inputs[0], node.type))
         self.loop_nest(node.type, [f"{dst} = {self.cast(value, node.type)}"])
 
-    def is_view(self, node: Node) -> bool:
-        """The plan put the value in its operand's buffer: read that with the value's shape."""
-        buffer_of = self.plan.buffer_of if self.plan else {}
-        source = node.inputs[0] if node.inputs else None
-        return (is_view(node.op) and node.id in buffer_of
-                and buffer_of[node.id] == buffer_of.get(source))  # fmt: skip
+    def view_of(self, value: int, extents: list[str], strides: list | None = None) -> str:
+        """The value read from its root's buffer (`views.layout`) with these extents: E.shaped
+        where that is C-contiguous, else E.strided with the layout's offset and strides (or
+        `strides`, for another grouping of the same elements into the extents)."""
+        found = V.layout(self.g, value)
+        root = self.value(found.root)
+        dims = f"({', '.join(extents)}{',' if len(extents) == 1 else ''})"
+        if strides is None and found.is_contiguous(self.g[value].type.shape):
+            return f"E.shaped({root}, {dims})"
+        steps = [self.stride(s) for s in (strides or found.strides)]
+        offset = " + ".join(self.stride(s) for s in found.offset) or "0"
+        listed = f"({', '.join(steps)}{',' if len(steps) == 1 else ''})"
+        return f"E.strided({root}, {offset}, {dims}, {listed})"
+
+    def stride(self, stride: V.Stride) -> str:
+        coef, dims = stride
+        factors = [self.dim(d) for d in dims]
+        return "*".join(([str(coef)] if coef != 1 or not factors else []) + factors)
 
     def render_reshape(self, node: Node) -> None:
-        if self.is_view(node):
+        if V.shares_buffer(self.g, node):
             return  # `allocation` made it a view
         src = self.value(node.inputs[0])
         if self.g[node.inputs[0]].op == "const":  # parameters may be 1-element stand-ins
@@ -338,6 +350,8 @@ class Renderer:
         self.emit(f"R.copy(E.flat({src}), E.flat({self.var[node.id]}))")
 
     def render_permute(self, node: Node) -> None:
+        if V.shares_buffer(self.g, node):
+            return  # `allocation` made it a view
         perm = attrs_of(node)["perm"]
         if len(perm) < 2:
             self.permute_loops(node)
@@ -359,6 +373,8 @@ class Renderer:
         self.loop_nest(node.type, [f"{self.element(node)} = {src}[{', '.join(source_index)}]"])
 
     def render_slice(self, node: Node) -> None:
+        if V.shares_buffer(self.g, node):
+            return  # `allocation` made it a view
         attrs = attrs_of(node)
         axis = attrs["axis"] % node.type.rank
         source = self.g[node.inputs[0]].type
@@ -452,8 +468,14 @@ class Renderer:
             dims = [self.extent(g) for g in groups] + [self.dim(d) for d in shape[-2:]]
             return f"E.shaped({var}, ({', '.join(dims)}))"
 
+        def operand(i: int) -> str:  # any strides: a view of a projection's buffer
+            shape = self.g[i].type.shape
+            strides = V.regrouped(shape, V.layout(self.g, i))
+            four = [self.extent(g) for g in groups] + [self.dim(d) for d in shape[-2:]]
+            return self.view_of(i, four, strides)
+
         name = self.names[node.id]
-        args = [view(self.value(i), self.g[i].type.shape) for i in (q, k, v)]
+        args = [operand(i) for i in (q, k, v)]
         if mask:
             args.append(self.mask_view(node, mask[0], groups))
         else:

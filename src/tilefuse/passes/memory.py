@@ -13,8 +13,9 @@ The graph comes back with each planned value's buffer in its IR line (`: f32[N,5
 Intermediates are the values that are neither graph inputs, constants nor outputs (outputs
 go back to the caller, so they get arrays of their own and never share). A reshape of an
 intermediate is a view: it gets its operand's buffer, which then stays busy until the last
-read of either (`ops.is_view`), and the backends read the buffer with the new shape instead of
-copying it. A value is live from
+read of either, and the backends read the buffer with the new shape instead of copying it.
+So are permutes and slices whose readers all take strides (attention's q, k and v): see
+`tilefuse.views`. A value is live from
 the step that computes it to the step of its last user, steps being positions in the graph's
 topological order. An op's operands stay live while it runs, so no op writes into a buffer
 one of its operands lives in. `inplace=true` relaxes this for elementwise ops: one may write
@@ -34,8 +35,8 @@ from typing import ClassVar
 
 from ..ir import Graph, Node
 from ..ops import is_elementwise as elementwise_op
-from ..ops import is_view
 from ..tiling import TYPICAL_BATCH
+from ..views import plan_views
 from .base import Decision, Pass, with_decisions
 
 
@@ -252,6 +253,9 @@ def plan_memory(g: Graph, inplace: bool = False) -> MemoryPlan:
     assigner = _Assigner(g, inplace)
     unplanned = []
     outputs = set(g.outputs)
+    plannable = {n.id for n in g.ops() if n.id not in outputs
+                 and size_of(n.type.shape, symbol) is not None}  # fmt: skip
+    views = plan_views(g, plannable)
     for node in g.ops():
         if node.id in outputs:
             continue
@@ -259,7 +263,7 @@ def plan_memory(g: Graph, inplace: bool = False) -> MemoryPlan:
         if size is None:
             unplanned.append(node.id)
             continue
-        if is_view(node.op) and node.inputs[0] in assigner.buffer_of:
+        if node.id in views:
             assigner.alias(node, node.inputs[0])
             continue
         assigner.assign(node, size)
