@@ -31,7 +31,8 @@ def run(q, k, v, mask, scale, pool):
 
 def pooled() -> np.ndarray:
     pool = pool_control()
-    R.install_tasks(pool)
+    R.install_tasks(pool, "f32")
+    R.install_tasks(pool, "f64")
     return pool
 
 

@@ -60,9 +60,9 @@ class CpuModel(CompiledModel):
         self._local = threading.local()  # workspace per calling thread
         self._memory: tuple[tuple, int] = ((), 0)  # (dims, bytes a call needs) of the last call
         self.pool = pool_control()  # the kernels' thread pool (see cpu_pool)
-        if any(node.op == "attention" for node in self.final):
+        for dtype in sorted({n.type.dtype for n in self.final if n.op == "attention"}):
             with phases.phase("run-time kernels: attention tasks"):
-                cpu_runtime.install_tasks(self.pool)  # else attention runs serially
+                cpu_runtime.install_tasks(self.pool, dtype)  # else attention runs serially
         self._fast = _FastPath.of(self)
         self._profiled: tuple[Rendered, Any] | None = None  # (source, forward) with clocks
 

@@ -173,15 +173,15 @@ def _attention_task_f64(context, t):
 TASK_SIGNATURE = types.void(types.CPointer(types.int64), types.int64)
 
 
-def install_tasks(pool: np.ndarray) -> None:
-    """Write the addresses of the task functions into the pool's control block (compiled, or
-    loaded from Numba's cache, on first use), so that `attention` runs on the pool."""
+def install_tasks(pool: np.ndarray, dtype: str) -> None:
+    """Write the address of `dtype`'s ("f32", "f64") attention task function into the pool's
+    control block (compiled, or loaded from Numba's cache, on first use), so that `attention`
+    runs on the pool; without it, attention runs serially."""
     from . import cpu_pool as P
 
-    if pool.size == 0 or pool[P.ATTENTION_F32]:
-        return
-    tasks = {P.ATTENTION_F32: _attention_task_f32, P.ATTENTION_F64: _attention_task_f64}
-    for slot, fn in tasks.items():
+    slot, fn = {"f32": (P.ATTENTION_F32, _attention_task_f32),
+                "f64": (P.ATTENTION_F64, _attention_task_f64)}[dtype]  # fmt: skip
+    if pool.size and not pool[slot]:
         pool[slot] = cfunc(TASK_SIGNATURE, cache=True)(fn).address
 
 

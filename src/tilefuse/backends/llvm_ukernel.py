@@ -584,10 +584,44 @@ def build_packed_tile(module: ir.Module, fmt: FloatFormat) -> ir.Function:
     last = b.icmp_unsigned("!=", b.and_(mode, I64(2)), I64(0))
     accumulate = b.icmp_unsigned("!=", b.and_(mode, I64(1)), I64(0))
     values = _add_bias(e, accs, bias, last, fmt.mr, fmt.nr)
+    # the only k block (K <= kc): the activation in registers, before the one store; else
+    # it needs the sum in C, so it runs over the stored tile after the last block
+    only = b.and_(last, b.not_(accumulate))
+    values = _activate_in_registers(e, only, act, values, alpha)
     store_rows(e, values, c, ldc, rows, cols, fmt.mr, fmt.nr, accumulate)
-    _activate_if(b, fmt, last, act, c, ldc, rows, cols, alpha)
+    _activate_if(b, fmt, b.and_(last, accumulate), act, c, ldc, rows, cols, alpha)
     b.ret_void()
     return fn
+
+
+def _activate_in_registers(e: VectorEmitter, when: ir.Value, act: ir.Value, values: list,
+                           alpha: ir.Value) -> list:  # fmt: skip
+    """act(values) when `when` (a switch over ACTIVATIONS; identity and unknown codes leave
+    them), else values: the epilogue with no pass over the stored tile."""
+    b = e.b
+    fn = b.function
+    start = b.block
+    merge = fn.append_basic_block("activated")
+    dispatch = fn.append_basic_block("activate_in_registers")
+    b.cbranch(b.and_(when, b.icmp_signed("!=", act, I64(0))), dispatch, merge)
+    b.position_at_end(dispatch)
+    switch = b.switch(act, merge)
+    results = [(start, values), (dispatch, values)]
+    for code, name in enumerate(ACTIVATIONS[1:], start=1):
+        block = fn.append_basic_block(f"in_registers_{name}")
+        switch.add_case(I64(code), block)
+        b.position_at_end(block)
+        activated = [e.activation(name, v, alpha) for v in values]
+        results.append((b.block, activated))
+        b.branch(merge)
+    b.position_at_end(merge)
+    merged = []
+    for i, v in enumerate(values):
+        phi = b.phi(v.type)
+        for block, vals in results:
+            phi.add_incoming(vals[i], block)
+        merged.append(phi)
+    return merged
 
 
 def _activate_if(b: ir.IRBuilder, fmt, last, act, c, ldc, rows, cols, alpha) -> None:
