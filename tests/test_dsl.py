@@ -347,3 +347,82 @@ def test_transformer_ops_trace_and_match_numpy():
 def test_transformer_ops_need_traced_tensors():
     with pytest.raises(TypeError, match="tfu.attention takes a traced Tensor"):
         tfu.attention(np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 2)))
+
+
+# -- transformer layers ---------------------------------------------------------------------
+def numpy_layer_norm(x, scale, shift, eps=1e-5):
+    x = x.astype(np.float64)
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(x.var(-1, keepdims=True) + eps) * scale + shift
+
+
+def numpy_mha(x, heads, in_weight, in_bias, out_weight, out_bias, mask=None):
+    """Self-attention written out: one projection to q, k, v; heads; softmax; output."""
+    n, t, d = x.shape
+    dh = d // heads
+    qkv = x.astype(np.float64) @ in_weight + in_bias
+    q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(n, t, heads, dh).transpose(0, 2, 1, 3)
+               for i in range(3))  # fmt: skip
+    s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dh)
+    if mask is not None:
+        s = s + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    a = (p / p.sum(-1, keepdims=True)) @ v
+    return a.transpose(0, 2, 1, 3).reshape(n, t, d) @ out_weight + out_bias
+
+
+def test_layer_norm_and_multi_head_attention_layers_match_numpy():
+    net = tfu.Sequential(
+        [tfu.LayerNorm(scale=np.linspace(0.5, 1.5, 32)), tfu.MultiHeadAttention(32, 4),
+         tfu.Dense(16)],
+        input_dim=(10, 32),
+        seed=3,
+    )  # fmt: skip
+    (scale, shift), mha, (w, b) = net.params
+    assert mha[0].shape == (32, 96) and shift.tolist() == [0.0] * 32
+    x = np.random.default_rng(0).standard_normal((3, 10, 32)).astype(np.float32)
+    want = numpy_mha(numpy_layer_norm(x, scale, shift), 4, *mha) @ w + b
+    np.testing.assert_allclose(net(x), want, rtol=1e-4, atol=1e-5)
+    model = tfu.compile(net, target="cpu")
+    np.testing.assert_allclose(model(x), want, rtol=1e-4, atol=1e-5)
+    fused = model.ir("fused")
+    assert fused.count("= dense(") == 3 and fused.count("= attention[") == 1  # one QKV dense
+    assert model.rendered.source.count("R.permute(") == 1  # q, k, v: views of the projection
+
+
+def test_layers_called_in_a_traced_function_with_a_mask():
+    mask = np.triu(np.full((6, 6), -np.inf), 1).astype(np.float32)  # causal
+    attend = tfu.MultiHeadAttention(16, 2, mask=mask, seed=7)
+    norm = tfu.LayerNorm(16, epsilon=1e-3)
+
+    @tfu.function
+    def block(x: tfu.Input["N", 6, 16]):
+        return x + attend(norm(x))
+
+    x = np.random.default_rng(1).standard_normal((2, 6, 16)).astype(np.float32)
+    params = attend.init_params(16, None, "f32", "rows")
+    ones, zeros = np.ones(16), np.zeros(16)
+    want = x + numpy_mha(numpy_layer_norm(x, ones, zeros, 1e-3), 2, *params, mask=mask)
+    got = tfu.compile(block, target="cpu")(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert np.abs(got[:, 0] - x[:, 0]).max() > 0  # the first token attends to itself only
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: tfu.MultiHeadAttention(30, 4), "dim 30 is not a multiple of heads 4"),
+        (lambda: tfu.MultiHeadAttention(32, 0), "heads must be a positive int"),
+        (lambda: tfu.Sequential([tfu.LayerNorm(8)], input_dim=(4, 16)), "of dim 8 gets 16"),
+        (lambda: tfu.Sequential([tfu.LayerNorm()], input_dim=8, layout="columns"),
+         "layout='rows'"),
+        (lambda: tfu.Sequential([tfu.MultiHeadAttention(8, 2, out_bias=np.zeros(3))],
+                                input_dim=(4, 8)), r"out_bias has shape \(3,\), expected \(8,\)"),
+        (lambda: tfu.Sequential([tfu.MultiHeadAttention(8, 2)], input_dim=8).graph(),
+         r"takes x \[N, T, dim\]"),
+    ],
+)  # fmt: skip
+def test_transformer_layer_errors_name_the_problem_and_the_line(make, message):
+    with pytest.raises(tfu.TilefuseError, match=message) as info:
+        make()
+    assert "test_dsl.py:" in str(info.value)

@@ -659,6 +659,134 @@ class Dense:
         return self.activation(z, **attrs)
 
 
+class LayerNorm:
+    """Normalizes each example's last axis: (x - mean) / sqrt(var + epsilon) * scale + shift,
+    scale 1 and shift 0 unless given. In a Sequential (rows layout) or called on a Tensor in
+    a traced function: `tfu.LayerNorm(256)(x)`."""
+
+    def __init__(
+        self,
+        dim: int | None = None,
+        *,
+        epsilon: float = 1e-5,
+        scale: np.ndarray | None = None,
+        shift: np.ndarray | None = None,
+    ) -> None:
+        self.loc = user_location()
+        self.dim, self.epsilon, self.scale, self.shift = dim, float(epsilon), scale, shift
+        self.units = dim
+
+    def init_params(self, fan_in: int, rng: Any, dtype: str, layout: str):
+        """(scale, shift): the given arrays (size-checked) or ones and zeros."""
+        if layout != "rows":
+            raise AttrError(f"{self.loc}: LayerNorm normalizes the last axis: use layout='rows'")
+        _check_dim(self, "LayerNorm", fan_in)
+        self.units = fan_in
+        params = []
+        for given, fill, what in ((self.scale, 1.0, "scale"), (self.shift, 0.0, "shift")):
+            array = np.full(fan_in, fill) if given is None else np.asarray(given)
+            if array.size != fan_in:
+                raise ShapeError(
+                    f"{self.loc}: LayerNorm {what} has {array.size} values, expected {fan_in}"
+                )
+            params.append(_given_or_drawn(array.reshape(fan_in), given is None, dtype))
+        return tuple(params)
+
+    def __call__(self, x: Tensor, scale: Any = None, shift: Any = None, layout: str = "rows"):
+        x = _tensor(x, "LayerNorm")
+        if scale is None:
+            scale, shift = self.init_params(_last_axis(x, self), None, x.dtype, layout)
+        return layer_norm(x, scale, shift, axis=-1, epsilon=self.epsilon)
+
+
+class MultiHeadAttention:
+    """Self-attention among the tokens of each example: x [N, T, dim] -> [N, T, dim].
+
+    One QKV projection (a single dense of 3*dim outputs over every token), `heads` heads of
+    dim // heads, scaled dot-product attention (an additive `mask` broadcasting to the
+    scores [N, heads, T, T], optional), then the output projection. Weights are drawn from
+    the Sequential's seed (or `seed` when called on a Tensor: uniform within ±1/sqrt(dim))
+    unless given, in the x @ W convention: in_weight [dim, 3*dim] (q, k, v columns in that
+    order; PyTorch's in_proj_weight transposed), in_bias [3*dim], out_weight [dim, dim],
+    out_bias [dim]. The compiled code reads q, k and v from the projection's buffer with
+    strides: the head split is never copied."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        mask: Any = None,
+        in_weight: np.ndarray | None = None,
+        in_bias: np.ndarray | None = None,
+        out_weight: np.ndarray | None = None,
+        out_bias: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.loc = user_location()
+        for value, what in ((dim, "dim"), (heads, "heads")):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ShapeError(
+                    f"{self.loc}: MultiHeadAttention {what} must be a positive int, got {value!r}"
+                )
+        if dim % heads:
+            raise ShapeError(f"{self.loc}: MultiHeadAttention dim {dim} is not a multiple of "
+                             f"heads {heads}")  # fmt: skip
+        self.dim, self.heads, self.units, self.mask, self.seed = dim, heads, dim, mask, seed
+        self.given = {"in_weight": in_weight, "in_bias": in_bias, "out_weight": out_weight,
+                      "out_bias": out_bias}  # fmt: skip
+
+    def init_params(self, fan_in: int, rng: Any, dtype: str, layout: str):
+        """(in_weight, in_bias, out_weight, out_bias): given (shape-checked) or drawn."""
+        if layout != "rows":
+            raise AttrError(f"{self.loc}: MultiHeadAttention takes tokens as rows: layout='rows'")
+        _check_dim(self, "MultiHeadAttention", fan_in)
+        rng = np.random.default_rng(self.seed) if rng is None else rng
+        bound, d = 1.0 / np.sqrt(fan_in), fan_in
+        shapes = {"in_weight": (d, 3 * d), "in_bias": (3 * d,), "out_weight": (d, d),
+                  "out_bias": (d,)}  # fmt: skip
+        params = []
+        for name, shape in shapes.items():
+            given = self.given[name]
+            array = rng.uniform(-bound, bound, shape) if given is None else np.asarray(given)
+            if array.shape != shape:
+                raise ShapeError(f"{self.loc}: MultiHeadAttention {name} has shape "
+                                 f"{array.shape}, expected {shape}")  # fmt: skip
+            params.append(_given_or_drawn(array, given is None, dtype))
+        return tuple(params)
+
+    def __call__(self, x: Tensor, *params: Any, layout: str = "rows") -> Tensor:
+        x = _tensor(x, "MultiHeadAttention")
+        if x.type.rank != 3:
+            raise ShapeError(f"{self.loc}: MultiHeadAttention takes x [N, T, dim], got {x.type}")
+        if not params:
+            params = self.init_params(_last_axis(x, self), None, x.dtype, layout)
+        in_weight, in_bias, out_weight, out_bias = params
+        n, t, d = x.shape
+        h, dh = self.heads, d // self.heads
+        qkv = reshape(x @ in_weight + in_bias, (n, t, 3, h, dh))
+
+        def head(i: int) -> Tensor:  # [N, T, 1, H, dh] -> [N, H, T, dh]
+            part = x.tracer.op("slice", [qkv], axis=2, start=i, stop=i + 1)
+            return transpose(reshape(part, (n, t, h, dh)), (0, 2, 1, 3))
+
+        a = attention(head(0), head(1), head(2), mask=self.mask)
+        a = reshape(transpose(a, (0, 2, 1, 3)), (n, t, d))
+        return a @ out_weight + out_bias
+
+
+def _check_dim(layer: Any, what: str, fan_in: int) -> None:
+    if layer.__dict__.get("dim") not in (None, fan_in):
+        raise ShapeError(f"{layer.loc}: {what} of dim {layer.dim} gets {fan_in} features")
+
+
+def _last_axis(x: Tensor, layer: Any) -> int:
+    d = x.shape[-1]
+    if not isinstance(d, int):
+        raise ShapeError(f"{layer.loc}: the last axis of {x.type} is symbolic: give the dim")
+    return d
+
+
 def _given_or_drawn(array: np.ndarray, drawn: bool, dtype: str) -> np.ndarray:
     """Drawn weights are made in the network's dtype; given float arrays keep theirs (the trace
     narrows a wider one with a `cast`, stated in the IR)."""
@@ -668,9 +796,11 @@ def _given_or_drawn(array: np.ndarray, drawn: bool, dtype: str) -> np.ndarray:
 
 
 class Sequential:
-    """Layers applied in order to one input of `input_dim` features.
+    """Layers applied in order to one input of `input_dim` features (Dense, LayerNorm,
+    MultiHeadAttention).
 
-    layout="rows": examples are rows, x is (N, input_dim), Z = X @ W + b.
+    layout="rows": examples are rows, x is (N, input_dim), Z = X @ W + b; input_dim may be a
+    tuple, (T, dim) for sequences of T tokens: x is (N, T, dim) and Dense maps each token.
     layout="columns": examples are columns, x is (input_dim, N), Z = W @ X + b, b of shape (k, 1).
     name: the graph's name; by default the variable it is assigned to (`encoder = ...`) or
     the function that returns it, unless that is a generic word such as `net` or `model`;
@@ -680,8 +810,8 @@ class Sequential:
 
     def __init__(
         self,
-        layers: Sequence[Dense],
-        input_dim: int,
+        layers: Sequence[Any],
+        input_dim: int | tuple[int, ...],
         *,
         seed: int = 0,
         dtype: str = "f32",
@@ -696,11 +826,14 @@ class Sequential:
         if not layers:
             raise TilefuseError(f"{loc}: Sequential needs at least one layer")
         check_name(name, "Sequential name", loc or "")
+        if isinstance(input_dim, tuple) and layout != "rows":
+            raise AttrError(f"{loc}: an input of shape (N, {', '.join(map(str, input_dim))}) "
+                            "takes layout='rows'")  # fmt: skip
         self.layers, self.input_dim, self.layout, self.name = list(layers), input_dim, layout, name
         self.dtype = dtype_name(dtype)
         rng = np.random.default_rng(seed)
-        self.params: list[tuple[np.ndarray, np.ndarray | None]] = []
-        fan_in = input_dim
+        self.params: list[tuple] = []
+        fan_in = input_dim[-1] if isinstance(input_dim, tuple) else input_dim
         for layer in self.layers:
             self.params.append(layer.init_params(fan_in, rng, self.dtype, layout))
             fan_in = layer.units
@@ -713,11 +846,12 @@ class Sequential:
 
     def _trace(self) -> Graph:
         tracer = Tracer(self.name)
-        shape = ("N", self.input_dim) if self.layout == "rows" else (self.input_dim, "N")
+        dims = self.input_dim if isinstance(self.input_dim, tuple) else (self.input_dim,)
+        shape = ("N", *dims) if self.layout == "rows" else (self.input_dim, "N")
         x = Tensor(tracer, tracer.builder.input("x", TensorType(self.dtype, shape)))
-        for layer, (w, b) in zip(self.layers, self.params, strict=True):
+        for layer, params in zip(self.layers, self.params, strict=True):
             tracer.layer_loc = layer.loc
-            x = layer(x, w, b, self.layout)
+            x = layer(x, *params, layout=self.layout)
         tracer.layer_loc = None
         return tracer.builder.build([x.node])
 
