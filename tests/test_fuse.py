@@ -223,3 +223,46 @@ def test_canonicalize_fuse_keep_the_reference_result(case, batch):
     dense_ops = [n for n in fused.ops() if n.op == "dense"]
     assert len([d for d in decisions(fused) if "= dense" in d.subject]) == len(dense_ops)
     assert run_pipeline(fused, "canonicalize,fuse") == fused
+
+
+# -- q, k, v projections -------------------------------------------------------------------
+def projections_graph(extra_reader: bool = False) -> Graph:
+    """x [N, 6, 8] projected three times, split to 2 heads, attention; optionally one
+    projection is also read by a relu (so it must stay a value of its own)."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("qkv")
+    x = b.input("x", TensorType("f32", ("N", 6, 8)))
+    heads = []
+    for name in "qkv":
+        w = b.const(rng.standard_normal((8, 8)).astype(np.float32), f"w{name}")
+        bias = b.const(rng.standard_normal(8).astype(np.float32), f"b{name}")
+        z = b.op("add", [b.op("matmul", [x, w]), bias])
+        heads.append(z)
+        split = b.op("reshape", [z], shape=("N", 6, 2, 4))
+        heads[-1] = (z, b.op("permute", [split], perm=(0, 2, 1, 3)))
+    out = b.op("attention", [h for _, h in heads], scale=0.5)
+    outputs = [out, b.op("relu", [heads[0][0]])] if extra_reader else [out]
+    return b.build(outputs)
+
+
+def test_q_k_v_projections_of_one_x_become_one_dense_read_through_views():
+    g = projections_graph()
+    fused = run_pipeline(g, "canonicalize,fuse")
+    text = str(fused)
+    assert text.count("= dense(") == 1 and ": f32[N,6,24]" in text
+    assert text.count("= slice[axis=2") == 3
+    (merged,) = decisions(fused, "merged_projections")
+    assert "one dense of 24 outputs" in merged.detail
+    model = tfu.compile(g, target="cpu")
+    assert "R.take(" not in model.rendered.source  # the slices are views
+    x = np.random.default_rng(1).standard_normal((3, 6, 8)).astype(np.float32)
+    np.testing.assert_allclose(model(x), tfu.reference.run(g, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_projection_read_elsewhere_is_not_merged():
+    fused = run_pipeline(projections_graph(extra_reader=True), "canonicalize,fuse")
+    text = str(fused)
+    assert text.count("= dense(") == 2  # k and v merge; q, read by relu too, stays alone
+    assert ": f32[N,6,16]" in text and "= relu(" in text
+    (merged,) = decisions(fused, "merged_projections")
+    assert "one dense of 16 outputs" in merged.detail

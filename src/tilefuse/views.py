@@ -212,3 +212,21 @@ def _strided_ok(g: Graph, node: Node, found: Layout, users: dict[int, list[int]]
             continue
         return False
     return True
+
+
+def feeds_strided_readers(g: Graph, node_id: int) -> bool:
+    """Every read of the value ends, through view ops, in an operand that takes strides
+    (attention's q, k, v): a value the plan can leave in a larger buffer it shares (whether
+    each view's strides exist is the plan's to check)."""
+    users = g.users(node_id)
+    if not users or node_id in g.outputs:
+        return False
+    for user in users:
+        positions = [i for i, x in enumerate(user.inputs) if x == node_id]
+        reads = STRIDED_READERS.get(user.op, 0)
+        if reads and all(i < reads for i in positions):
+            continue
+        if user.op in VIEW_OPS and feeds_strided_readers(g, user.id):
+            continue
+        return False
+    return True

@@ -1,5 +1,7 @@
 """fuse: the second pass. Every matmul becomes a `dense` op that also computes the bias add,
-the activation and the elementwise ops after them, so a layer is one kernel.
+the activation and the elementwise ops after them, so a layer is one kernel. Dense ops of
+one x that attention reads as q, k and v (through views) become one dense over their
+concatenated weights (`merge_projections`).
 
 The dense op, as fuse writes it (backends rely on this):
 
@@ -18,8 +20,10 @@ dense result's one use. Each dense and each elementwise op left alone gets a `De
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
+
+import numpy as np
 
 from ..ir import Graph, Node
 from ..ops import (
@@ -30,9 +34,21 @@ from ..ops import (
     broadcast_shapes,
     elementwise_activation,
 )
+from ..views import feeds_strided_readers
 from .base import Decision, Pass, with_decisions
 from .canonicalize import ORIENTATION_RULES, applied_decisions
-from .rewrite import Edit, Match, Rule, any_node, fresh_copy, line, pat, rewrite, single_use
+from .rewrite import (
+    Edit,
+    Match,
+    Rule,
+    any_node,
+    fresh_copy,
+    line,
+    pat,
+    rewrite,
+    single_use,
+    without_dead_code,
+)
 
 MAX_DENSE_OPERANDS = OPS["dense"].arity[1]
 Problem = tuple[str, str]  # (reason code, a sentence saying what the user could change)
@@ -234,6 +250,64 @@ def fusion_decisions(g: Graph) -> list[Decision]:
     return decisions
 
 
+# -- sibling projections (q, k, v) ---------------------------------------------------------
+def _projection_key(g: Graph, dense: Node) -> tuple | None:
+    """What dense ops must share to run as one: x, the weights' depth and dtype, the bias
+    (all or none), the activation. None where this one cannot join: a runtime or non-2-D
+    weight, an epilogue, or a result read other than through views into attention."""
+    attrs = attrs_of(dense)
+    w = g[dense.inputs[1]]
+    if attrs["post"] or w.op != "const" or w.type.rank != 2 or dense.id in g.outputs:
+        return None
+    if attrs["bias"] and g[dense.inputs[2]].op != "const":
+        return None
+    if not feeds_strided_readers(g, dense.id):
+        return None
+    act = tuple((k, v) for k, v in dense.attrs if k not in ("bias", "post", "tile"))
+    return dense.inputs[0], w.type.shape[0], w.type.dtype, attrs["bias"], act
+
+
+def merge_projections(g: Graph) -> tuple[Graph, list[Decision]]:
+    """Dense ops of one x whose results attention reads through views (an attention's q, k
+    and v projections) become one dense over the concatenated weights, each former result
+    a `slice` of its columns: one GEMM of 3d outputs instead of three of d, and the slices
+    are views of its buffer (plan_memory), never copies."""
+    groups: dict[tuple, list[Node]] = {}
+    for node in g:
+        key = _projection_key(g, node) if node.op == "dense" else None
+        if key is not None:
+            groups.setdefault(key, []).append(node)
+    edit, redirect, decisions = Edit(g), {}, []
+    for members in (m for m in groups.values() if len(m) > 1):
+        first = members[0]
+        weights = [g.const(m.inputs[1]) for m in members]
+        operands = [first.inputs[0], edit.const(np.concatenate(weights, axis=1), "w_merged")]
+        if attrs_of(first)["bias"]:
+            biases = [g.const(m.inputs[2]).reshape(-1) for m in members]
+            operands.append(edit.const(np.concatenate(biases), "b_merged"))
+        merged = edit.op("dense", operands, loc=first.loc, **dict(first.attrs))
+        start, axis = 0, first.type.rank - 1
+        for m, w in zip(members, weights, strict=True):
+            stop = start + w.shape[1]
+            redirect[m.id] = edit.op("slice", [merged], loc=m.loc, axis=axis, start=start,
+                                     stop=stop)  # fmt: skip
+            start = stop
+        names = ", ".join(line(g, m).split(" = ")[0] for m in members)
+        decisions.append(Decision(
+            "fuse", line(g, first), "fused", "merged_projections",
+            f"{names} project the same x and attention reads each through views: one dense "
+            f"of {start} outputs, each result a slice of its columns (a view, not a copy)",
+        ))  # fmt: skip
+    if not redirect:
+        return g, []
+    nodes = [replace(n, inputs=tuple(redirect.get(i, i) for i in n.inputs))
+             for n in g.nodes.values() if n.id not in redirect]  # fmt: skip
+    nodes += edit.nodes.values()
+    outputs = [redirect.get(o, o) for o in g.outputs]
+    merged = Graph(g.name, nodes, g.inputs, outputs, {**g.constants, **edit.constants}, g.meta)
+    return without_dead_code(merged), decisions
+
+
 @dataclass(frozen=True)
 class Fuse(Pass):
     """matmul -> bias add -> activation -> elementwise steps become one `dense` op.
@@ -255,5 +329,6 @@ class Fuse(Pass):
     def run(self, g: Graph) -> Graph:
         oriented, turned = rewrite(g, ORIENTATION_RULES)
         fused, _ = rewrite(oriented, FUSION_RULES)
-        decisions = applied_decisions(turned, "fuse") + fusion_decisions(fused)
+        fused, merged = merge_projections(fused)
+        decisions = applied_decisions(turned, "fuse") + merged + fusion_decisions(fused)
         return with_decisions(fresh_copy(fused), decisions)
