@@ -387,7 +387,7 @@ def test_layer_norm_and_multi_head_attention_layers_match_numpy():
     np.testing.assert_allclose(model(x), want, rtol=1e-4, atol=1e-5)
     fused = model.ir("fused")
     assert fused.count("= dense(") == 3 and fused.count("= attention[") == 1  # one QKV dense
-    assert model.rendered.source.count("R.permute(") == 1  # q, k, v: views of the projection
+    assert "R.permute(" not in model.rendered.source  # q, k, v and the result: views
 
 
 def test_layers_called_in_a_traced_function_with_a_mask():

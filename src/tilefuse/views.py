@@ -18,7 +18,10 @@ each other); `layout` returns None otherwise.
     %4 = permute[perm=(1, 2, 3, 0, 4)](%3)     [N, 1, 4, T, 64]: (768, 256, 64, 768N, 1)
 
 `attention` reads q, k and v as such views (its kernel takes strides), so an exported
-transformer's head split is not copied three times before every attention.
+transformer's head split is not copied three times before every attention. It also writes
+its result with any strides: where a permute is its only reader, the permute's buffer is
+where attention writes, in the permuted order (`written_through`), and the permute copies
+nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .ops import attrs_of
 Stride = tuple[int, tuple[str, ...]]  # coefficient, symbolic dims (sorted)
 VIEW_OPS = ("reshape", "permute", "slice")
 STRIDED_READERS = {"attention": 3}  # op -> how many leading operands it reads strided
+STRIDED_WRITERS = ("attention",)  # ops that can write their result with any strides
 
 
 def times(stride: Stride, extent: Dim) -> Stride:
@@ -136,13 +140,38 @@ def shares_buffer(g: Graph, node: Node) -> bool:
     return g[node.inputs[0]].buffer == node.buffer
 
 
+def written_through(g: Graph, node: Node) -> Node | None:
+    """The permute whose buffer `node` writes its result into, in the permuted order (so
+    the permute copies nothing): `node` is an op that writes strided, the permute its only
+    reader, and the plan put both in one buffer. The permute's value is then the layout's
+    root, and `node` a strided view of it."""
+    if node.op not in STRIDED_WRITERS or node.buffer is None:
+        return None
+    users = g.users(node.id)
+    if len(users) != 1 or users[0].op != "permute" or users[0].buffer != node.buffer:
+        return None
+    return users[0]
+
+
+def _written_layout(node: Node, permute: Node) -> Layout:
+    """`node`'s strides inside the buffer of `permute` (its result, C-contiguous)."""
+    perm = attrs_of(permute)["perm"]
+    strides = contiguous(permute.type.shape)
+    return Layout(permute.id, (), tuple(strides[perm.index(a)] for a in range(len(perm))))
+
+
 def layout(g: Graph, node_id: int) -> Layout:
     """Where the value lives: its own buffer, or (a planned view) its root's, read with
     these strides. Raises ValueError for a planned view no strides can express."""
     node = g[node_id]
+    permute = written_through(g, node)
+    if permute is not None:
+        return _written_layout(node, permute)
     if not shares_buffer(g, node):
         return Layout(node_id, (), tuple(contiguous(node.type.shape)))
     source = g[node.inputs[0]]
+    if written_through(g, source) is node:
+        return Layout(node_id, (), tuple(contiguous(node.type.shape)))  # the root itself
     found = step(node, source.type.shape, layout(g, source.id))
     if found is None:
         raise ValueError(f"{node.op} %{node_id} cannot read its operand's buffer with strides")
@@ -165,9 +194,10 @@ def regrouped(shape: tuple[Dim, ...], layout: Layout) -> list[Stride] | None:
 
 
 def plan_views(g: Graph, plannable: set[int]) -> set[int]:
-    """The view ops the memory plan may make views: reshapes of any value it plans, and
+    """The view ops the memory plan may make views: reshapes of any value it plans,
     permutes, slices and reshapes whose result is strided when every reader takes strides
-    (attention's q, k, v, or another such view) and attention can regroup them."""
+    (attention's q, k, v, or another such view) and attention can regroup them, and a
+    permute that is an attention's only reader (attention writes into its buffer)."""
     users = g.successors()
     chosen: set[int] = set()
     layouts: dict[int, Layout] = {}
@@ -177,6 +207,12 @@ def plan_views(g: Graph, plannable: set[int]) -> set[int]:
             continue
         source = node.inputs[0]
         if source not in plannable:
+            continue
+        readers = users.get(source, [])
+        if node.op == "permute" and g[source].op in STRIDED_WRITERS and readers == [node.id]:
+            written = _written_layout(g[source], node)
+            if regrouped(g[source].type.shape, written) is not None:
+                chosen.add(node.id)  # the writer puts its result in this permute's order
             continue
         found = step(node, g[source].type.shape, layouts[source])
         if found is None:

@@ -32,7 +32,7 @@ def pack_weights(w, kc, nr):
 
 # -- attention: tasks of a head and a block of queries, on the kernels' thread pool ---------
 QUERY_BLOCK = 64  # queries per task: 2 tasks per head at sequence 128
-CONTEXT = 28  # int64s in a task's context (`attention`'s layout below)
+CONTEXT = 32  # int64s in a task's context (`attention`'s layout below)
 
 
 @intrinsic
@@ -108,10 +108,11 @@ def _array_at(typingctx, address, shape, strides, dtype):
 @njit(cache=True)
 def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot):
     """out = softmax(q @ kᵀ * scale + mask) @ v, for 4-D q [A, B, Tq, d], k [A, B, Tk, d],
-    v [A, B, Tk, dv] (any strides: views of the buffers of the projections that made them)
-    and out [A, B, Tq, dv]; `mask` is 4-D with each extent 1 or the scores' (size 0: no
-    mask). A task per (a, b) and block of QUERY_BLOCK queries; they run on the kernels'
-    thread pool (`pool`, its parallel-for and this dtype's task function in the slots
+    v [A, B, Tk, dv] and out [A, B, Tq, dv] (any strides: q, k and v are views of the
+    buffer of the projection that made them, out may be a permute's buffer); `mask` is 4-D
+    with each extent 1 or the scores' (size 0: no mask). A task per (a, b) and block of
+    QUERY_BLOCK queries; they run on the kernels' thread pool (`pool`, its parallel-for and
+    this dtype's task function in the slots
     `for_slot` and `task_slot`, see cpu_pool) when it has them, else here, serially."""
     blocks = -(-q.shape[2] // QUERY_BLOCK)
     tasks = q.shape[0] * q.shape[1] * blocks
@@ -132,6 +133,7 @@ def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot):
         c[16 + axis] = q.strides[axis] // q.itemsize
         c[20 + axis] = k.strides[axis] // k.itemsize
         c[24 + axis] = v.strides[axis] // v.itemsize
+        c[28 + axis] = out.strides[axis] // out.itemsize
     c[14], c[15] = k.shape[2], v.shape[3]
     _parallel_for(parallel_for, pool.ctypes.data, pool.size, task, c.ctypes.data, tasks)
     _keep(c, scalars)  # the tasks read them by address: not freed before the call returns
@@ -157,7 +159,7 @@ def _task_from_context(c, t, dtype):
     k = _array_at(c[1], (shape[0], shape[1], tk, shape[3]), (c[20], c[21], c[22], c[23]), dtype)
     v = _array_at(c[2], (shape[0], shape[1], tk, dv), (c[24], c[25], c[26], c[27]), dtype)
     mask = carray(_pointer(c[3]), (c[10], c[11], c[12], c[13]), dtype)
-    out = carray(_pointer(c[4]), (shape[0], shape[1], shape[2], dv), dtype)
+    out = _array_at(c[4], (shape[0], shape[1], shape[2], dv), (c[28], c[29], c[30], c[31]), dtype)
     scale = carray(_pointer(c[5]), 1, np.float64)[0]
     attention_task(q, k, v, mask, out, scale, t)
 

@@ -186,8 +186,18 @@ class Renderer:
     def allocation(self, node: Node) -> str:
         """A view of the value's planned workspace buffer, or a fresh array when unplanned; a
         view of another value's buffer where the plan makes it one (`tilefuse.views`)."""
+        permute = V.written_through(self.g, node)
+        if permute is not None:  # the permute's buffer, placed now, written in its order
+            self.var[permute.id] = f"v{self.names[permute.id]}"
+            self.emit(f"{self.var[permute.id]} = {self.placed(permute)}")
+            return self.view_of(node.id, [self.dim(d) for d in node.type.shape],
+                                list(V.layout(self.g, node.id).strides))  # fmt: skip
         if V.shares_buffer(self.g, node):
             return self.view_of(node.id, [self.dim(d) for d in node.type.shape])
+        return self.placed(node)
+
+    def placed(self, node: Node) -> str:
+        """The value's planned workspace buffer, or a fresh array when unplanned."""
         if self.plan and node.id in self.plan.buffer_of:
             buffer = f"ws{self.plan.buffer_of[node.id]}"
             return f"E.place({buffer}, {self.shape(node.type)})"
@@ -480,7 +490,7 @@ class Renderer:
             args.append(self.mask_view(node, mask[0], groups))
         else:
             args.append(f"np.empty((0, 0, 0, 0), np.{t.np_dtype.name})")
-        args.append(view(self.var[node.id], t.shape))
+        args.append(operand(node.id))  # any strides: the buffer of a permute it writes for
         scale = float(attrs_of(node)["scale"])
         # the pool's slots of its parallel-for and of this dtype's attention task (cpu_pool)
         task = P.ATTENTION_F32 if t.dtype == "f32" else P.ATTENTION_F64
