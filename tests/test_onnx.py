@@ -232,7 +232,7 @@ def test_an_unsupported_attribute_names_the_legal_ones():
         tfu.from_onnx(proto)
 
 
-def test_integer_inputs_and_extra_dynamic_dims_are_refused():
+def test_integer_inputs_are_refused_and_extra_dynamic_dims_are_symbols_of_their_own():
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.INT8, (2,))],
@@ -243,8 +243,13 @@ def test_integer_inputs_and_extra_dynamic_dims_are_refused():
     proto = model(
         [helper.make_node("Relu", ["x"], ["y"])], [("x", ("N", "S"))], [("y", ("N", "S"))]
     )
-    with pytest.raises(UnsupportedError, match="axis 1"):
-        tfu.from_onnx(proto)
+    g = tfu.from_onnx(proto)
+    assert g[g.inputs[0]].type.shape == ("N", "S")
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(tfu.compile(g, target="reference")(x), np.maximum(x, 0))
+    unnamed = model([helper.make_node("Relu", ["x"], ["y"])], [("x", ("N", "N"))], [("y", None)])
+    named = tfu.from_onnx(unnamed)
+    assert named[named.inputs[0]].type.shape == ("N", "T1")  # the batch took the name N
     assert issubclass(UnsupportedError, TilefuseError)
 
 

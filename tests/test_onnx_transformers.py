@@ -169,3 +169,24 @@ def test_gather_exports_back_to_onnx() -> None:
     np.testing.assert_allclose(
         session.run(None, {"ids": ids_value})[0], tfu.compile(g, target="cpu")(ids_value)
     )
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_a_dynamic_sequence_length_is_a_symbolic_dim_of_its_own(target: str) -> None:
+    """The pre-norm block exported with the batch and the sequence dynamic: one compile
+    serves every (batch, sequence), as ONNX Runtime's session does."""
+    name = "torch_prenorm_block_dynamic_seq"
+    g = tfu.from_onnx(MODELS / f"{name}.onnx")
+    assert g[g.inputs[0]].type.shape == ("N", "seq", 32)
+    model = tfu.compile(g, target=target)
+    for batch, seq in ((1, 8), (3, 5), (2, 13)):
+        x = np.random.default_rng(seq).standard_normal((batch, seq, 32)).astype(np.float32)
+        np.testing.assert_allclose(model(x), ort_answer(name, x), rtol=1e-4, atol=1e-4)
+
+
+def test_an_export_that_fixed_the_sequence_length_says_so() -> None:
+    """PyTorch's TorchScript exporter writes nn.MultiheadAttention's sequence length as a
+    constant even when the axis is declared dynamic (ONNX Runtime then fails at any other
+    length): the import stops at that reshape and says why."""
+    with pytest.raises(UnsupportedError, match=r"Reshape.*fixed extent.*dynamic seq"):
+        tfu.from_onnx(MODELS / "torch_encoder_dynamic_seq.onnx")

@@ -8,13 +8,14 @@ backend, which adds tiled execution).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from .errors import DTypeError, InputError, ShapeError
 from .ir import Graph, Node
-from .ops import evaluate
+from .ops import attrs_of, evaluate
 
 Hook = Callable[[Node, np.ndarray], None]
 
@@ -86,15 +87,39 @@ def run_graph(
     `evaluate_node` (default: the op table's `evaluate`) computes each op."""
     env: dict[int, np.ndarray] = dict(zip(g.inputs, inputs, strict=True))
     run_node = evaluate_node or evaluate
+    dims = bound_dims(g, inputs)
     for node in g:
         if node.op == "const":
             env[node.id] = g.constants[node.id]
         elif node.op != "input":
             with np.errstate(all="ignore"):  # NaN and inf propagate as NumPy's would
-                env[node.id] = run_node(node, [env[i] for i in node.inputs])
+                env[node.id] = run_node(with_dims(node, dims), [env[i] for i in node.inputs])
         if hook is not None:
             hook(node, env[node.id])
     return [env[o] for o in g.outputs]
+
+
+def bound_dims(g: Graph, inputs: Sequence[np.ndarray]) -> dict[str, int]:
+    """The value of every symbolic dim of the inputs' types in this call."""
+    dims: dict[str, int] = {}
+    for i, value in zip(g.inputs, inputs, strict=True):
+        for d, extent in zip(g[i].type.shape, np.shape(value), strict=False):
+            if isinstance(d, str):
+                dims.setdefault(d, int(extent))
+    return dims
+
+
+def with_dims(node: Node, dims: dict[str, int]) -> Node:
+    """A reshape with two or more symbolic dims in its target, with their values in this call
+    (NumPy infers one -1 at most); any other node as it is."""
+    if node.op != "reshape":
+        return node
+    shape = attrs_of(node)["shape"]
+    if sum(isinstance(d, str) for d in shape) < 2:
+        return node
+    concrete = tuple(dims.get(d, d) if isinstance(d, str) else d for d in shape)
+    attrs = tuple((k, concrete if k == "shape" else v) for k, v in node.attrs)
+    return replace(node, attrs=attrs)
 
 
 def run(g: Graph, *args: Any, hook: Hook | None = None, **kwargs: Any) -> Any:

@@ -338,8 +338,6 @@ def _infer_reshape(types: list[TensorType], attrs: dict[str, Any]) -> TensorType
         raise ShapeError(f"reshape {a} to {out}: extents must be >= 0 or a symbolic dim")
     if _dims_product(a.shape) != _dims_product(shape):
         raise ShapeError(f"reshape {a} to {out}: the element counts differ")
-    if len(_dims_product(shape)[1]) > 1:
-        raise ShapeError(f"reshape {a} to {out}: at most one symbolic dim")
     return out
 
 

@@ -75,6 +75,19 @@ def export(module: nn.Module, name: str, example: torch.Tensor) -> None:
     )  # fmt: skip
 
 
+def export_dynamic_sequence(module: nn.Module, name: str, example: torch.Tensor) -> None:
+    """The batch and the sequence length both dynamic."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    module.eval()
+    dynamic = {0: "batch", 1: "seq"}
+    torch.onnx.export(
+        module, (example,), HERE / f"{name}.onnx", opset_version=17, input_names=["x"],
+        output_names=["y"], dynamic_axes={"x": dynamic, "y": dynamic}, dynamo=False,
+    )  # fmt: skip
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     x = torch.randn(2, T, D)
@@ -83,3 +96,7 @@ if __name__ == "__main__":
     export(PreNormBlock(), "torch_prenorm_block", x)
     torch.manual_seed(2)
     export(TokenEncoder(), "torch_token_encoder", torch.randint(0, 50, (2, T)))
+    torch.manual_seed(3)
+    export_dynamic_sequence(PreNormBlock(), "torch_prenorm_block_dynamic_seq", x)
+    torch.manual_seed(4)
+    export_dynamic_sequence(Encoder(), "torch_encoder_dynamic_seq", x)

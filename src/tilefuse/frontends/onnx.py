@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TilefuseError
-from ..ir import MAX_NAME_CHARS, Graph, TensorType, check_name, dtype_name
+from ..ir import MAX_NAME_CHARS, Graph, TensorType, check_name, dtype_name, is_identifier
 from ..ops import OPS, GraphBuilder, attrs_of, broadcast_shapes, normalized_axes
 from . import UnsupportedError, require
 from .onnx_shapes import (
@@ -123,6 +123,7 @@ class _Importer:
         limits: ImportLimits | None = None,
     ) -> None:
         self.model, self.source, self.batch = model, source, batch
+        self.dynamic: dict[str, str] = {}  # dynamic extents past the batch -> symbolic dims
         self.limits = limits or ImportLimits()
         self.folded_elements = 0
         self.given = {name: np.asarray(value) for name, value in (constants or {}).items()}
@@ -374,11 +375,12 @@ class _Importer:
             return dim.dim_value
         if axis == 0:
             return self.batch
-        label = dim.dim_param or "?"
-        raise self.fail(
-            f"input {name!r} has a dynamic extent {label!r} on axis {axis}; only the first "
-            f"axis may be dynamic (it becomes the batch {self.batch})"
-        )
+        # another dynamic axis (a sequence length): a symbolic dim of its own, named as the
+        # model names it when that is an identifier (`seq`), else T1, T2, .. by its axis
+        label = dim.dim_param
+        symbol = label if is_identifier(label) and label != self.batch else f"T{axis}"
+        self.dynamic[label or f"{name}:{axis}"] = symbol
+        return symbol
 
     def convert_node(self) -> None:
         node = self.node
@@ -882,7 +884,14 @@ def reshape_to(imp: _Importer, x: Value, target: Sequence[Any], allowzero: bool 
     source = imp.extents(x)
     dims = resolve_shape(imp, source, target, allowzero)
     if product(dims) != product(source):
-        raise imp.fail(f"cannot reshape {tuple(source)} to {tuple(dims)}: the sizes differ")
+        hint = ""
+        if len(imp.dynamic) and any(isinstance(d, Sym) for d in source):
+            hint = (
+                f"; the model computes this shape with a fixed extent where the input has the "
+                f"dynamic {', '.join(imp.dynamic.values())} (PyTorch's TorchScript exporter "
+                "fixes nn.MultiheadAttention's sequence length): export that axis static"
+            )
+        raise imp.fail(f"cannot reshape {tuple(source)} to {tuple(dims)}: the sizes differ{hint}")
     return imp.reshaped(x, dims)
 
 
