@@ -24,8 +24,9 @@ def numpy_attention(q, k, v, mask, scale):
 
 def run(q, k, v, mask, scale, pool):
     out = np.full((*q.shape[:3], v.shape[3]), np.nan, q.dtype)
-    slot = P.ATTENTION_F32 if q.dtype == np.float32 else P.ATTENTION_F64
-    R.attention(q, k, v, mask, out, scale, pool, P.PARALLEL_FOR, slot)
+    slots = ((P.ATTENTION_F32, P.DENSE_F32, P.NR_F32) if q.dtype == np.float32
+             else (P.ATTENTION_F64, P.DENSE_F64, P.NR_F64))  # fmt: skip
+    R.attention(q, k, v, mask, out, scale, pool, P.PARALLEL_FOR, *slots)
     return out
 
 

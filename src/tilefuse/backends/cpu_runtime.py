@@ -31,8 +31,11 @@ def pack_weights(w, kc, nr):
 
 
 # -- attention: tasks of a head and a block of queries, on the kernels' thread pool ---------
-QUERY_BLOCK = 64  # queries per task: 2 tasks per head at sequence 128
-CONTEXT = 32  # int64s in a task's context (`attention`'s layout below)
+# Reassociation lets LLVM vectorize the sums; no flag that assumes away NaN or infinities
+# (masked keys are -inf, and a NaN score must make the row NaN).
+REASSOCIATE = {"reassoc", "contract"}
+QUERY_BLOCK = 128  # queries per task: a task per head at sequence 128
+CONTEXT = 34  # int64s in a task's context (`attention`'s layout below)
 
 
 @intrinsic
@@ -106,7 +109,7 @@ def _array_at(typingctx, address, shape, strides, dtype):
 
 
 @njit(cache=True)
-def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot):
+def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot, dense_slot, nr_slot):
     """out = softmax(q @ kᵀ * scale + mask) @ v, for 4-D q [A, B, Tq, d], k [A, B, Tk, d],
     v [A, B, Tk, dv] and out [A, B, Tq, dv] (any strides: q, k and v are views of the
     buffer of the projection that made them, out may be a permute's buffer); `mask` is 4-D
@@ -118,9 +121,11 @@ def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot):
     tasks = q.shape[0] * q.shape[1] * blocks
     parallel_for = pool[for_slot] if pool.size else 0
     task = pool[task_slot] if pool.size else 0
+    dense = pool[dense_slot] if pool.size else 0
+    nr = pool[nr_slot] if pool.size else 0
     if parallel_for == 0 or task == 0 or tasks < 2:
         for t in range(tasks):
-            attention_task(q, k, v, mask, out, scale, t)
+            attention_task(q, k, v, mask, out, scale, t, dense, nr)
         return
     scalars = np.empty(1, np.float64)
     scalars[0] = scale
@@ -135,19 +140,128 @@ def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot):
         c[24 + axis] = v.strides[axis] // v.itemsize
         c[28 + axis] = out.strides[axis] // out.itemsize
     c[14], c[15] = k.shape[2], v.shape[3]
+    c[32], c[33] = dense, nr
     _parallel_for(parallel_for, pool.ctypes.data, pool.size, task, c.ctypes.data, tasks)
     _keep(c, scalars)  # the tasks read them by address: not freed before the call returns
 
 
 @njit(cache=True)
-def attention_task(q, k, v, mask, out, scale, t):
-    """Task t of `attention`: head t // blocks, queries of block t % blocks."""
+def attention_task(q, k, v, mask, out, scale, t, dense, nr):
+    """Task t of `attention`: head t // blocks, queries of block t % blocks; through the
+    dense driver at `dense` (register tile nr wide) when there is one, else its own loops."""
     blocks = -(-q.shape[2] // QUERY_BLOCK)
     head, block = t // blocks, t % blocks
     a, b = head // q.shape[1], head % q.shape[1]
     i0 = block * QUERY_BLOCK
     i1 = min(i0 + QUERY_BLOCK, q.shape[2])
-    attention_rows(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1)
+    if dense:
+        attention_gemm(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1,
+                       dense, nr)  # fmt: skip
+    else:
+        attention_rows(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1)
+
+
+@intrinsic
+def _call_dense(typingctx, address, x, m, k, wp, out, n, kc, mc, nc):
+    """The dense driver at `address` (cpu_entry.SIGNATURE), serially, no bias, identity:
+    out[m, n] = x[m, k] @ the packed weights wp (one k block of kc >= k); its status."""
+    ok = isinstance(address, types.Integer) and all(
+        isinstance(a, types.Array) and a.layout == "C" for a in (x, wp, out)
+    )
+    if not ok:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64, f64 = ir.IntType(64), ir.DoubleType()
+        vp = cgutils.voidptr_t
+        fnty = ir.FunctionType(i64, [vp, i64, i64, vp, i64, vp, i64, vp, i64, i64, f64,
+                                     i64, i64, i64, i64, vp, i64])  # fmt: skip
+        address, x, m, k, wp, out, n, kc, mc, nc = args
+        typed = zip(signature.args[1:], args[1:], strict=True)
+        arrays = [context.make_array(t)(context, builder, a)
+                  for t, a in typed if isinstance(t, types.Array)]  # fmt: skip
+        wpa = arrays[1]
+        data = [builder.bitcast(a.data, vp) for a in arrays]
+        wp_size = builder.extract_value(wpa.shape, 0)
+        null = ir.Constant(vp, None)
+        zero = i64(0)
+        callee = builder.inttoptr(address, fnty.as_pointer())
+        return builder.call(callee, [data[0], m, k, data[1], wp_size, null, zero, data[2], n,
+                                     zero, f64(0.0), kc, mc, nc, zero, null, zero])  # fmt: skip
+
+    sig = types.int64(address, x, m, k, wp, out, n, kc, mc, nc)
+    return sig, codegen
+
+
+@njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
+def pack_panels(w, kt_order, nr, packed):
+    """w [K, N] (or, with kt_order, w given as its transpose [N, K]) into the dense driver's
+    weight layout for one k block: per panel of nr columns, K x nr row-major, columns past N
+    zero (cpu_kernels.pack_weights with kc >= K)."""
+    if kt_order:
+        n, k_total = w.shape
+    else:
+        k_total, n = w.shape
+    panels = -(-n // nr)
+    for jt in range(panels):
+        base = jt * k_total * nr
+        cols = min(nr, n - jt * nr)
+        if cols < nr:
+            for i in range(base, base + k_total * nr):
+                packed[i] = 0
+        if kt_order:  # read w's rows (k's keys) whole, write the panel's columns
+            for c in range(cols):
+                for p in range(k_total):
+                    packed[base + p * nr + c] = w[jt * nr + c, p]
+        else:
+            for p in range(k_total):
+                for c in range(cols):
+                    packed[base + p * nr + c] = w[p, jt * nr + c]
+
+
+@njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
+def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
+    """`attention_rows` with the dense driver's micro-kernels for the two products: the
+    scores s = (q * scale) kᵀ for the block's queries (kᵀ packed as the weights), then per
+    query the mask, max and exponentials (`exp_row`), then p v (v packed) divided by each
+    row's sum. q, k, v and out may have any strides; memory is the block's rows of scores."""
+    tk, d = k.shape
+    dv = v.shape[1]
+    m = i1 - i0
+    qs = np.empty((m, d), q.dtype)
+    for r in range(m):
+        for t in range(d):
+            qs[r, t] = q[i0 + r, t] * scale
+    wk = np.empty(d * (-(-tk // nr) * nr), q.dtype)
+    pack_panels(k, True, nr, wk)
+    wv = np.empty(tk * (-(-dv // nr) * nr), q.dtype)
+    pack_panels(v, False, nr, wv)
+    s = np.empty((m, tk), q.dtype)
+    mc = 1024
+    _call_dense(dense, qs, m, d, wk, s, tk, max(d, 1), mc, max(-(-tk // nr) * nr, nr))
+    table = exp_table(q.dtype)
+    exponent = np.empty(tk, np.int32)
+    total = np.empty(m, q.dtype)
+    consts = np.empty(1, q.dtype)  # -inf in q's dtype
+    consts[0] = -np.inf
+    ma = a if mask.shape[0] > 1 else 0
+    mb = b if mask.shape[1] > 1 else 0
+    for r in range(m):
+        row = s[r]
+        if mask.size:
+            mi = i0 + r if mask.shape[2] > 1 else 0
+            for j in range(tk):
+                row[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
+        top = consts[0]
+        for j in range(tk):
+            if row[j] > top:  # a NaN score never wins, and makes the sum and row NaN
+                top = row[j]
+        total[r] = exp_row(row, top, table, exponent)
+    o = np.empty((m, dv), q.dtype)
+    _call_dense(dense, s, m, tk, wv, o, dv, max(tk, 1), mc, max(-(-dv // nr) * nr, nr))
+    for r in range(m):
+        for c in range(dv):
+            out[i0 + r, c] = o[r, c] / total[r]
 
 
 @njit(cache=True)
@@ -161,7 +275,7 @@ def _task_from_context(c, t, dtype):
     mask = carray(_pointer(c[3]), (c[10], c[11], c[12], c[13]), dtype)
     out = _array_at(c[4], (shape[0], shape[1], shape[2], dv), (c[28], c[29], c[30], c[31]), dtype)
     scale = carray(_pointer(c[5]), 1, np.float64)[0]
-    attention_task(q, k, v, mask, out, scale, t)
+    attention_task(q, k, v, mask, out, scale, t, c[32], c[33])
 
 
 def _attention_task_f32(context, t):
@@ -178,18 +292,24 @@ TASK_SIGNATURE = types.void(types.CPointer(types.int64), types.int64)
 def install_tasks(pool: np.ndarray, dtype: str) -> None:
     """Write the address of `dtype`'s ("f32", "f64") attention task function into the pool's
     control block (compiled, or loaded from Numba's cache, on first use), so that `attention`
-    runs on the pool; without it, attention runs serially."""
+    runs on the pool, and of the dense driver its tasks compute q kᵀ and p v with; without
+    them, attention runs serially, with its own loops (`attention_rows`)."""
+    from . import cpu_library
     from . import cpu_pool as P
+    from .llvm_ukernel import format_of
 
-    slot, fn = {"f32": (P.ATTENTION_F32, _attention_task_f32),
-                "f64": (P.ATTENTION_F64, _attention_task_f64)}[dtype]  # fmt: skip
+    slot, fn, dense, nr = {
+        "f32": (P.ATTENTION_F32, _attention_task_f32, P.DENSE_F32, P.NR_F32),
+        "f64": (P.ATTENTION_F64, _attention_task_f64, P.DENSE_F64, P.NR_F64),
+    }[dtype]
     if pool.size and not pool[slot]:
+        name = {"f32": "float32", "f64": "float64"}[dtype]
+        fmt = format_of(name)
+        pool[nr] = fmt.nr  # before the driver: a task reads the driver, then its nr
+        pool[dense] = cpu_library.dense_address(name, (fmt.mr, fmt.nr))
         pool[slot] = cfunc(TASK_SIGNATURE, cache=True)(fn).address
 
 
-# Reassociation lets LLVM vectorize the sums; no flag that assumes away NaN or infinities
-# (masked keys are -inf, and a NaN score must make the row NaN).
-REASSOCIATE = {"reassoc", "contract"}
 ROWS = 4  # queries computed together: each load of kᵀ or v feeds four of them
 STEPS = 4  # depth steps per pass over the scores, keys per pass over the output rows
 # exp(x) for x <= 0 as p(r) * 2^n, x = n ln2 + r, |r| <= ln2/2: Taylor coefficients of degree
