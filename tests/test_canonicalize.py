@@ -142,3 +142,63 @@ def test_canonicalize_records_a_decision_per_change():
     codes = [d.code for d in out.meta["decisions"]]
     assert codes.count("row_major_matmul") == 2 and "cancel_transposes" in codes
     assert all(d.pass_name == "canonicalize" and d.detail for d in out.meta["decisions"])
+
+
+# -- permutes around attention's projections --------------------------------------------------
+def exported_attention_block(rng: np.random.Generator) -> Graph:
+    """What nn.MultiheadAttention exports with batch_first: x [N, 6, 8] transposed to
+    [6, N, 8], one QKV projection, heads, attention, heads back, the output projection,
+    transposed back to [N, 6, 8], the residual add."""
+    b = GraphBuilder("mha")
+    x = b.input("x", TensorType("f32", ("N", 6, 8)))
+    t = b.op("permute", [x], perm=(1, 0, 2))
+    w = b.const(rng.standard_normal((8, 24)).astype(np.float32), "w_in")
+    bias = b.const(rng.standard_normal(24).astype(np.float32), "b_in")
+    qkv = b.op("reshape", [b.op("add", [bias, b.op("matmul", [t, w])])], shape=(6, "N", 3, 2, 4))
+    heads = []
+    for i in range(3):
+        part = b.op("slice", [qkv], axis=2, start=i, stop=i + 1)
+        heads.append(b.op("permute", [b.op("reshape", [part], shape=(6, "N", 2, 4))],
+                          perm=(1, 2, 0, 3)))  # fmt: skip
+    a = b.op("attention", heads, scale=0.5)
+    a = b.op("reshape", [b.op("permute", [a], perm=(2, 0, 1, 3))], shape=(6, "N", 8))
+    wo = b.const(rng.standard_normal((8, 8)).astype(np.float32), "w_out")
+    bo = b.const(rng.standard_normal(8).astype(np.float32), "b_out")
+    y = b.op("permute", [b.op("add", [b.op("matmul", [a, wo]), bo])], perm=(1, 0, 2))
+    return b.build([b.op("add", [x, y])])
+
+
+def test_the_row_permutes_of_exported_attention_move_into_views():
+    g = exported_attention_block(np.random.default_rng(0))
+    fused = run_pipeline(g, "canonicalize,fuse")
+    text = str(fused)
+    assert "permute[perm=(1, 0, 2)](%x)" not in text  # the projection reads x itself
+    assert text.count("dense[post=(add)]") == 1  # the residual joined the output projection
+    assert "permute[perm=(0, 2, 1, 3)]" in text  # attention's two permutes composed
+    codes = {d.code for d in fused.meta["decisions"]}
+    assert {"permute_after_projection", "permute_before_projection", "permute_of_permute",
+            "permute_of_reshape"} <= codes  # fmt: skip
+    x = np.random.default_rng(1).standard_normal((3, 6, 8)).astype(np.float32)
+    want = tfu.reference.run(g, x)
+    np.testing.assert_allclose(tfu.reference.run(fused, x), want, rtol=1e-5, atol=1e-6)
+    model = tfu.compile(g, target="cpu")
+    for op in ("R.permute(", "R.take(", "R.copy("):
+        assert op not in model.rendered.source  # every layout change is a view
+    np.testing.assert_allclose(model(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_permute_rules_keep_the_values():
+    """permute(permute) composes (and cancels); permute(reshape) swaps where the reshape keeps
+    the moved axes; a projection whose result is read elsewhere keeps its permute."""
+    b = GraphBuilder("p")
+    x = b.input("x", TensorType("f32", (2, 3, 4, 5)))
+    back = b.op("permute", [b.op("permute", [x], perm=(1, 0, 2, 3))], perm=(1, 0, 2, 3))
+    merged = b.op("permute", [b.op("reshape", [x], shape=(2, 3, 20))], perm=(1, 0, 2))
+    g = b.build([back, merged])
+    out = run_pipeline(g, "canonicalize")
+    assert "permute(%x)" not in str(out).split("return")[1]  # the cancelled pair is x
+    x_value = np.arange(120, dtype=np.float32).reshape(2, 3, 4, 5)
+    got = tfu.reference.run(out, x_value)
+    np.testing.assert_array_equal(got[0], x_value)
+    np.testing.assert_array_equal(got[1], x_value.reshape(2, 3, 20).transpose(1, 0, 2))
+    assert "reshape[shape=(3, 2, 20)](" in str(out)

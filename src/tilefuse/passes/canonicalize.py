@@ -10,6 +10,10 @@
 - Patterns exporters emit: `x * 0.5 * (1 + erf(x / sqrt(2)))`, in any order of the factors,
   becomes `gelu(x)` (so fuse can make it a dense epilogue); `softmax(q @ kᵀ * c + mask) @ v`
   (the scale as Mul or Div, on the scores or on q and kᵀ) becomes `attention(q, k, v, mask)`.
+- Permutes of a projection's rows (the batch-first/sequence-first transposes of exported
+  attention) move to where the memory plan can read them as views: into the views of q, k
+  and v before attention, into attention's written-through result after it; two permutes in
+  a row compose.
 - Dead code elimination and common subexpression elimination (equal constants included).
 
 Every change is recorded as a `Decision` in `graph.meta["decisions"]`.
@@ -19,12 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..ir import DTYPES, Graph, Node, array_digest
 from ..ops import BINARY_OPS, attrs_of, elementwise_activation, evaluate
+from ..views import feeds_strided_readers
 from .base import Decision, Pass, with_decisions
 from .rewrite import (
     Applied,
@@ -41,6 +46,7 @@ from .rewrite import (
     operands_const,
     pat,
     rewrite,
+    single_use,
     without_dead_code,
 )
 
@@ -296,6 +302,122 @@ ORIENTATION_RULES = [
     ),
 ]
 
+
+# -- permutes of the rows of a projection ---------------------------------------------------
+def permute_of_permute(edit: Edit, m: Match) -> int:
+    """permute(permute(x, p1), p2) -> permute(x, p1 after p2), or x when that is no move."""
+    inner, outer = attrs_of(m["inner"])["perm"], attrs_of(m["root"])["perm"]
+    perm = tuple(inner[i] for i in outer)
+    if perm == tuple(range(len(perm))):
+        return m["x"].id
+    return edit.op("permute", [m["x"].id], loc=m["root"].loc, perm=perm)
+
+
+def _keeps_last_axis(node: Node) -> bool:
+    perm = attrs_of(node)["perm"]
+    return bool(perm) and perm[-1] == len(perm) - 1
+
+
+def _row_vector(g: Graph, node_id: int, n: Any) -> bool:
+    return g[node_id].type.shape in ((n,), (1, n), ())
+
+
+def _projection(g: Graph, node: Node) -> tuple[Node, int | None] | None:
+    """(matmul, bias operand or None) when `node` is matmul(x, W) or matmul(x, W) + b with b
+    a row vector and the matmul read once; None otherwise."""
+    if node.op == "matmul" and g[node.inputs[1]].type.rank == 2:
+        return node, None
+    if node.op != "add":
+        return None
+    for mm, b in (node.inputs, node.inputs[::-1]):
+        matmul = g[mm]
+        if (matmul.op == "matmul" and g.use_count(mm) == 1 and g[matmul.inputs[1]].type.rank == 2
+                and _row_vector(g, b, node.type.shape[-1])):  # fmt: skip
+            return matmul, b
+    return None
+
+
+def _rebuilt(edit: Edit, node: Node, matmul: Node, bias: int | None, x: int) -> int:
+    """The projection `node` (matmul [+ bias]) of another x."""
+    z = edit.op("matmul", [x, matmul.inputs[1]], loc=matmul.loc)
+    if bias is None:
+        return z
+    operands = [z, bias] if node.inputs[0] == matmul.id else [bias, z]
+    return edit.op("add", operands, loc=node.loc)
+
+
+def _written_by_attention(g: Graph, node_id: int) -> bool:
+    """The value is an attention's result through reshapes and permutes only."""
+    node = g[node_id]
+    while node.op in ("reshape", "permute"):
+        node = g[node.inputs[0]]
+    return node.op == "attention"
+
+
+def permute_after_projection(edit: Edit, m: Match) -> int | None:
+    """A projection of permuted rows, read through views into attention (an exported
+    attention's `x.transpose(0, 1) @ W_qkv + b`): the projection of x, then the permute,
+    which the memory plan then folds into the views of q, k and v."""
+    g, node = edit.g, m["root"]
+    found = _projection(g, node)
+    if found is None:
+        return None
+    matmul, bias = found
+    p = g[matmul.inputs[0]]
+    if p.op != "permute" or not _keeps_last_axis(p) or g.use_count(p.id) != 1:
+        return None
+    if not feeds_strided_readers(g, node.id):
+        return None
+    z = _rebuilt(edit, node, matmul, bias, p.inputs[0])
+    return edit.op("permute", [z], loc=p.loc, **p.attr)
+
+
+def permute_before_projection(edit: Edit, m: Match) -> int | None:
+    """permute(projection(r)) of an attention's result r (the rows permuted, the features
+    kept): the projection of the permuted r, so the permute meets attention's own layout
+    permutes, where they compose into one that attention writes through."""
+    g, root = edit.g, m["root"]
+    if not _keeps_last_axis(root):
+        return None
+    node = g[root.inputs[0]]
+    found = _projection(g, node)
+    if found is None or g.use_count(node.id) != 1:
+        return None
+    matmul, bias = found
+    if not _written_by_attention(g, matmul.inputs[0]):
+        return None
+    x = edit.op("permute", [matmul.inputs[0]], loc=root.loc, **root.attr)
+    return _rebuilt(edit, node, matmul, bias, x)
+
+
+def permute_of_reshape(edit: Edit, m: Match) -> int | None:
+    """permute(reshape(y), p) -> reshape(permute(y, p'), ..) where the reshape only merges or
+    splits axes past the ones p moves (y [T, N, 4, 8] -> [T, N, 32], then p = (1, 0, 2))."""
+    root, reshape, y = m["root"], m["inner"], m["x"]
+    perm = attrs_of(root)["perm"]
+    moved = max((i + 1 for i, a in enumerate(perm) if a != i), default=0)
+    if y.type.shape[:moved] != reshape.type.shape[:moved]:
+        return None
+    inner = (*perm[:moved], *range(moved, y.type.rank))
+    permuted = edit.op("permute", [y.id], loc=root.loc, perm=inner)
+    return edit.op("reshape", [permuted], loc=reshape.loc, shape=root.type.shape)
+
+
+PERMUTE_RULES = [
+    Rule(
+        "permute_of_permute",
+        pat("permute", pat("permute", any_node("x"), name="inner")),
+        permute_of_permute,
+    ),  # fmt: skip
+    Rule(
+        "permute_of_reshape",
+        pat("permute", pat("reshape", any_node("x"), name="inner", where=[single_use])),
+        permute_of_reshape,
+    ),  # fmt: skip
+    Rule("permute_after_projection", pat(("add", "matmul")), permute_after_projection),
+    Rule("permute_before_projection", pat("permute"), permute_before_projection),
+]
+
 CANONICAL_RULES = [
     Rule("narrow_constant", pat("cast", const(), where=[narrowing]), fold_constant),
     Rule("fold_constant", any_node(where=[operands_const]), fold_constant),
@@ -318,6 +440,7 @@ CANONICAL_RULES = [
     Rule("reshape_of_reshape", pat("reshape", pat("reshape", any_node("x"))), reshape_of_reshape),
     Rule("erf_gelu", pat("mul"), erf_gelu),
     Rule("attention", pat("batch_matmul"), scaled_dot_product_attention),
+    *PERMUTE_RULES,
     *ORIENTATION_RULES,
 ]
 
@@ -348,6 +471,14 @@ DETAILS = {
     "transpose moves toward the output, where transposes cancel",
     "softmax_across_transpose": "softmax along one axis of X^T is softmax along the other axis "
     "of X, transposed",
+    "permute_of_permute": "two permutes in a row are one (none when they undo each other)",
+    "permute_of_reshape": "the permute moves axes the reshape keeps: it runs first, so it can "
+    "meet the permute that made its operand",
+    "permute_after_projection": "a projection of permuted rows is the projection, permuted: "
+    "the permute joins the views through which attention reads q, k and v",
+    "permute_before_projection": "the rows of an attention result are permuted before the "
+    "projection instead of after it: the permute meets attention's own and they compose into "
+    "one that attention writes through, and the residual add can join the projection",
     "common_subexpression": "it computes the same value as an earlier node, whose result is "
     "used instead",
     "dead_code": "no output depends on it",
