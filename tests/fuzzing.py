@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 
 from tilefuse.check import reference_f64, tolerance
 from tilefuse.errors import MiscompileError, TilefuseError
-from tilefuse.ir import Graph, TensorType
+from tilefuse.ir import INDEX_DTYPES, Graph, TensorType
 from tilefuse.ops import GraphBuilder, broadcast_shapes, evaluate, index_bound
 from tilefuse.source import comment
 from tilefuse.text import node_names, parse_graph
@@ -73,9 +73,9 @@ class Case:
         for node_id in self.graph.inputs:
             t = self.graph[node_id].type
             shape = [d if isinstance(d, int) else self.batch for d in t.shape]
-            if t.dtype == "i64":
+            if t.dtype in INDEX_DTYPES:
                 bound = index_bound(self.graph, node_id)
-                arrays.append(rng.integers(-bound, bound, shape).astype(np.int64))
+                arrays.append(rng.integers(-bound, bound, shape).astype(t.np_dtype))
             else:
                 arrays.append(rng.standard_normal(shape).astype(t.np_dtype))
         return arrays

@@ -190,3 +190,34 @@ def test_an_export_that_fixed_the_sequence_length_says_so() -> None:
     length): the import stops at that reshape and says why."""
     with pytest.raises(UnsupportedError, match=r"Reshape.*fixed extent.*dynamic seq"):
         tfu.from_onnx(MODELS / "torch_encoder_dynamic_seq.onnx")
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu", "cuda"])
+def test_int32_token_ids(target: str) -> None:
+    """Ids may be INT32 (an i32 input): an embedding lookup imported from ONNX, against ONNX
+    Runtime and NumPy's indexing written here; an id out of range is an error, not a read."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)], "lookup32",
+        [helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(table, "table")],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    g = tfu.from_onnx(proto)
+    assert str(g[g.inputs[0]].type) == "i32[N,3]"
+    if target == "cuda":
+        pytest.importorskip("numba.cuda")
+    model = tfu.compile(g, target=target)
+    ids = np.array([[0, 6, -1], [3, 3, -7]], np.int32)
+    np.testing.assert_array_equal(model(ids), table[ids])
+    session = ort.InferenceSession(proto.SerializeToString())
+    np.testing.assert_array_equal(session.run(None, {"ids": ids})[0], table[ids])
+    with pytest.raises((IndexError, tfu.InputError)):
+        model(np.array([[0, 7, 1]], np.int32))
+    np.testing.assert_array_equal(
+        ort.InferenceSession(tfu.to_onnx(g).SerializeToString()).run(None, {"ids": ids})[0],
+        table[ids],
+    )

@@ -66,7 +66,7 @@ def check_dim(d: object, where: str = "") -> Dim:
 DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64)}
 # integer tensors are indices (token ids), graph inputs that `gather` reads; nothing computes
 # in them
-INDEX_DTYPES: dict[str, np.dtype] = {"i64": np.dtype(np.int64)}
+INDEX_DTYPES: dict[str, np.dtype] = {"i64": np.dtype(np.int64), "i32": np.dtype(np.int32)}
 ALL_DTYPES: dict[str, np.dtype] = {**DTYPES, **INDEX_DTYPES}
 NUMPY_TO_DTYPE = {v: k for k, v in DTYPES.items()}
 
@@ -92,7 +92,8 @@ class TensorType:
     def __post_init__(self) -> None:
         if self.dtype not in ALL_DTYPES:
             raise DTypeError(
-                f"dtype {self.dtype!r} is not supported; supported: f32, f64 (and i64 for indices)"
+                f"dtype {self.dtype!r} is not supported; supported: f32, f64 (and i64, i32 for "
+                "indices)"
             )
         for d in self.shape:
             if not (type(d) is int and d >= 0):  # the common case costs one test

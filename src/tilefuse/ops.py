@@ -406,7 +406,7 @@ def _infer_gather(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     table, indices = types
     axis = attrs["axis"]
     if table.dtype not in DTYPES or indices.dtype not in INDEX_DTYPES:
-        raise DTypeError(f"gather {table}, {indices}: a float table and i64 indices")
+        raise DTypeError(f"gather {table}, {indices}: a float table and i64 or i32 indices")
     if not -table.rank <= axis < table.rank:
         raise ShapeError(f"gather {table}: axis {axis} is not an axis of it")
     axis %= table.rank
@@ -590,8 +590,8 @@ OPS: dict[str, OpDef] = {
         _infer_gather,
         _ref_gather,
         attrs={"axis": Attr("int", 0)},
-        doc="rows of a table picked by i64 indices (an embedding lookup): table[.., idx, ..] "
-        "for each index, -extent to extent-1",
+        doc="rows of a table picked by i64 or i32 indices (an embedding lookup): "
+        "table[.., idx, ..] for each index, -extent to extent-1",
     ),
     "batch_matmul": OpDef(
         "batch_matmul",

@@ -60,7 +60,7 @@ EXPORT_OPSET = 20  # Gelu needs 20; LayerNormalization 17; ReduceMean with axes 
 EXPORT_IR_VERSION = 10  # what ONNX Runtime releases of opset 20 read
 
 _FLOAT_TYPES = {1: "f32", 11: "f64"}  # TensorProto.FLOAT, TensorProto.DOUBLE
-_INPUT_TYPES = {**_FLOAT_TYPES, 7: "i64"}  # and INT64: indices (token ids) that Gather reads
+_INPUT_TYPES = {**_FLOAT_TYPES, 7: "i64", 6: "i32"}  # INT64, INT32: indices Gather reads
 
 
 @dataclass(frozen=True)
@@ -355,7 +355,8 @@ class _Importer:
             elem = onnx.TensorProto.DataType.Name(tensor.elem_type)
             raise self.fail(
                 f"input {value_info.name!r} has element type {elem}; tilefuse computes in "
-                "FLOAT (f32) and DOUBLE (f64) only (INT64 inputs: indices that Gather reads)"
+                "FLOAT (f32) and DOUBLE (f64) only (INT64 and INT32 inputs: indices that Gather "
+                "reads)"
             )
         if not tensor.HasField("shape"):
             raise self.fail(f"input {value_info.name!r} has no shape; give it one")
@@ -1320,7 +1321,8 @@ class _Exporter:
 def value_info(name: str, t: TensorType) -> Any:
     from onnx import TensorProto, helper
 
-    elem = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "i64": TensorProto.INT64}[t.dtype]
+    elem = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "i64": TensorProto.INT64,
+            "i32": TensorProto.INT32}[t.dtype]  # fmt: skip
     return helper.make_tensor_value_info(name, elem, list(t.shape))
 
 
