@@ -460,12 +460,23 @@ def exp_parts(s, top, table, exponent):
 @njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
 def exp_row(s, top, table, exponent):
     """s[j] = exp(s[j] - top) for a row whose max is `top`; returns their sum. A polynomial
-    times 2^n from a table, in s's dtype (`exp_table`), where np.exp is a libm call per
-    element: these loops vectorize. Below the dtype's smallest exponential the result is 0
-    (-inf included); NaN stays NaN. `exponent` is scratch, an int32 per element."""
+    times 2^n, in s's dtype (`exp_table`; 2^n from its bits in float32, from the table in
+    float64), where np.exp is a libm call per element: these loops vectorize. Below the
+    dtype's smallest normal exponential the result is 0 (-inf included); NaN stays NaN.
+    `exponent` is scratch, an int32 per element."""
     exp_parts(s, top, table, exponent)
     total = table[EXP_TAYLOR.size + 4]  # 0
-    for j in range(s.size):
+    if s.itemsize == 4:  # float32: 2^n from its bits, (n + 127) << 23, where it is normal
+        for j in range(s.size):
+            n = exponent[j]
+            exponent[j] = (n + 127) << 23 if n >= -126 else 0  # below: 0 (exp < 1.2e-38)
+        powers = exponent.view(np.float32)
+        for j in range(s.size):
+            e = s[j] * powers[j]
+            s[j] = e
+            total += e
+        return total
+    for j in range(s.size):  # float64: 2^n from the table (an int64 shift does not vectorize)
         e = s[j] * table[EXP_FIRST_POWER - exponent[j]]
         s[j] = e
         total += e
