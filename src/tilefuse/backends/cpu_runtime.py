@@ -247,16 +247,8 @@ def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
     ma = a if mask.shape[0] > 1 else 0
     mb = b if mask.shape[1] > 1 else 0
     for r in range(m):
-        row = s[r]
-        if mask.size:
-            mi = i0 + r if mask.shape[2] > 1 else 0
-            for j in range(tk):
-                row[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
-        top = consts[0]
-        for j in range(tk):
-            if row[j] > top:  # a NaN score never wins, and makes the sum and row NaN
-                top = row[j]
-        total[r] = exp_row(row, top, table, exponent)
+        mi = i0 + r if mask.shape[2] > 1 else 0
+        total[r] = masked_exp_row(s[r], mask, ma, mb, mi, consts[0], table, exponent)
     o = np.empty((m, dv), q.dtype)
     _call_dense(dense, s, m, tk, wv, o, dv, max(tk, 1), mc, max(-(-dv // nr) * nr, nr))
     for r in range(m):
@@ -311,7 +303,7 @@ def install_tasks(pool: np.ndarray, dtype: str) -> None:
 
 
 ROWS = 4  # queries computed together: each load of kᵀ or v feeds four of them
-STEPS = 4  # depth steps per pass over the scores, keys per pass over the output rows
+STEPS = 4  # rows of the right operand per pass of four_rows_times
 # exp(x) for x <= 0 as p(r) * 2^n, x = n ln2 + r, |r| <= ln2/2: Taylor coefficients of degree
 # 13 (relative error below 1e-16), ln2 in two parts (Cody-Waite), 2^n from a table
 EXP_TAYLOR = np.array([1.0 / math.factorial(i) for i in range(13, -1, -1)])
@@ -322,12 +314,11 @@ LOG2E, LN2_HI, LN2_LO = 1.4426950408889634, 0.6931471803691238, 1.90821492927058
 @njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
 def attention_rows(q, k, v, mask, a, b, out, scale, i0, i1):
     """Queries i0 .. i1-1 of one (batch, head) of `attention`: q [Tq, d], k [Tk, d],
-    v [Tk, dv], out [Tq, dv] (any strides), four queries at a time (ROWS). kᵀ and v are
-    copied once, contiguous whatever the operands' strides, so that the scores of four
-    queries are sums of rows of kᵀ, vectorized across keys: each load of kᵀ feeds four rows,
-    four depth steps per pass. Then per query the max, the exponentials
-    (`exp_row`) and their sum, and the weighted sum of v's rows, four queries and four keys
-    per pass. Never more than ROWS rows of scores, not Tq x Tk; in the operands' dtype."""
+    v [Tk, dv], out [Tq, dv] (any strides), four queries at a time (ROWS), without the dense
+    driver (the poolless path). kᵀ and v are copied once, contiguous; the scores of four
+    queries are `four_rows_times` q and kᵀ, then per query the mask, max and exponentials
+    (`masked_exp_row`), then `four_rows_times` the probabilities and v, divided by each sum.
+    Never more than ROWS rows of scores; in the operands' dtype."""
     tk, d = k.shape
     dv = v.shape[1]
     kt = np.empty((d, tk), q.dtype)
@@ -351,65 +342,61 @@ def attention_rows(q, k, v, mask, a, b, out, scale, i0, i1):
     for i in range(i0, i1, ROWS):
         r0, r1, r2, r3 = i, min(i + 1, i1 - 1), min(i + 2, i1 - 1), min(i + 3, i1 - 1)
         s[:, :] = zero
-        t = 0
-        while t + STEPS <= d:
-            a0, a1, a2, a3 = q[r0, t], q[r0, t + 1], q[r0, t + 2], q[r0, t + 3]
-            b0, b1, b2, b3 = q[r1, t], q[r1, t + 1], q[r1, t + 2], q[r1, t + 3]
-            c0, c1, c2, c3 = q[r2, t], q[r2, t + 1], q[r2, t + 2], q[r2, t + 3]
-            d0, d1, d2, d3 = q[r3, t], q[r3, t + 1], q[r3, t + 2], q[r3, t + 3]
-            for j in range(tk):
-                k0, k1, k2, k3 = kt[t, j], kt[t + 1, j], kt[t + 2, j], kt[t + 3, j]
-                s[0, j] += a0 * k0 + a1 * k1 + a2 * k2 + a3 * k3
-                s[1, j] += b0 * k0 + b1 * k1 + b2 * k2 + b3 * k3
-                s[2, j] += c0 * k0 + c1 * k1 + c2 * k2 + c3 * k3
-                s[3, j] += d0 * k0 + d1 * k1 + d2 * k2 + d3 * k3
-            t += STEPS
-        for tr in range(t, d):
-            x0, x1, x2, x3 = q[r0, tr], q[r1, tr], q[r2, tr], q[r3, tr]
-            for j in range(tk):
-                kk = kt[tr, j]
-                s[0, j] += x0 * kk
-                s[1, j] += x1 * kk
-                s[2, j] += x2 * kk
-                s[3, j] += x3 * kk
+        four_rows_times(q, r0, r1, r2, r3, kt, s)
         for r in range(ROWS):
             row = s[r]
             for j in range(tk):
                 row[j] *= consts[0]
-            if mask.size:
-                mi = min(i + r, i1 - 1) if mask.shape[2] > 1 else 0
-                for j in range(tk):
-                    row[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
-            top = consts[1]
-            for j in range(tk):
-                if row[j] > top:  # a NaN score never wins, and makes the sum and row NaN
-                    top = row[j]
-            total[r] = exp_row(row, top, table, exponent)
+            mi = min(i + r, i1 - 1) if mask.shape[2] > 1 else 0
+            total[r] = masked_exp_row(row, mask, ma, mb, mi, consts[1], table, exponent)
         acc[:, :] = zero
-        j = 0
-        while j + STEPS <= tk:
-            a0, a1, a2, a3 = s[0, j], s[0, j + 1], s[0, j + 2], s[0, j + 3]
-            b0, b1, b2, b3 = s[1, j], s[1, j + 1], s[1, j + 2], s[1, j + 3]
-            c0, c1, c2, c3 = s[2, j], s[2, j + 1], s[2, j + 2], s[2, j + 3]
-            d0, d1, d2, d3 = s[3, j], s[3, j + 1], s[3, j + 2], s[3, j + 3]
-            for c in range(dv):
-                v0, v1, v2, v3 = vc[j, c], vc[j + 1, c], vc[j + 2, c], vc[j + 3, c]
-                acc[0, c] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
-                acc[1, c] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
-                acc[2, c] += c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
-                acc[3, c] += d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3
-            j += STEPS
-        for jr in range(j, tk):
-            p0, p1, p2, p3 = s[0, jr], s[1, jr], s[2, jr], s[3, jr]
-            for c in range(dv):
-                vv = vc[jr, c]
-                acc[0, c] += p0 * vv
-                acc[1, c] += p1 * vv
-                acc[2, c] += p2 * vv
-                acc[3, c] += p3 * vv
+        four_rows_times(s, 0, 1, 2, 3, vc, acc)
         for r in range(min(ROWS, i1 - i)):
             for c in range(dv):
                 out[i + r, c] = acc[r, c] / total[r]
+
+
+@njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
+def four_rows_times(a, r0, r1, r2, r3, b, acc):
+    """acc[i] += a[r_i] @ b for the four rows r0..r3 of a (acc [4, n], b [k, n]): each load
+    of b feeds four rows, STEPS rows of b per pass, vectorized across n."""
+    k_total, n = b.shape
+    t = 0
+    while t + STEPS <= k_total:
+        a0, a1, a2, a3 = a[r0, t], a[r0, t + 1], a[r0, t + 2], a[r0, t + 3]
+        b0, b1, b2, b3 = a[r1, t], a[r1, t + 1], a[r1, t + 2], a[r1, t + 3]
+        c0, c1, c2, c3 = a[r2, t], a[r2, t + 1], a[r2, t + 2], a[r2, t + 3]
+        d0, d1, d2, d3 = a[r3, t], a[r3, t + 1], a[r3, t + 2], a[r3, t + 3]
+        for j in range(n):
+            k0, k1, k2, k3 = b[t, j], b[t + 1, j], b[t + 2, j], b[t + 3, j]
+            acc[0, j] += a0 * k0 + a1 * k1 + a2 * k2 + a3 * k3
+            acc[1, j] += b0 * k0 + b1 * k1 + b2 * k2 + b3 * k3
+            acc[2, j] += c0 * k0 + c1 * k1 + c2 * k2 + c3 * k3
+            acc[3, j] += d0 * k0 + d1 * k1 + d2 * k2 + d3 * k3
+        t += STEPS
+    for tr in range(t, k_total):
+        x0, x1, x2, x3 = a[r0, tr], a[r1, tr], a[r2, tr], a[r3, tr]
+        for j in range(n):
+            kk = b[tr, j]
+            acc[0, j] += x0 * kk
+            acc[1, j] += x1 * kk
+            acc[2, j] += x2 * kk
+            acc[3, j] += x3 * kk
+
+
+@njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
+def masked_exp_row(row, mask, ma, mb, mi, minus_inf, table, exponent):
+    """A row of scores plus its mask row (mask[ma, mb, mi], when there is a mask), then
+    exp(row - its max) in place (`exp_row`); returns the sum. `minus_inf` is -inf in the
+    row's dtype."""
+    if mask.size:
+        for j in range(row.size):
+            row[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
+    top = minus_inf
+    for j in range(row.size):
+        if row[j] > top:  # a NaN score never wins, and makes the sum and the row NaN
+            top = row[j]
+    return exp_row(row, top, table, exponent)
 
 
 @njit(cache=True)
