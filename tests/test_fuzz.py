@@ -1,7 +1,7 @@
 """The graph fuzzer (tests/fuzzing.py) and the parser fuzzer, as a derandomized, time-bounded
 slice of about a minute; `make fuzz` runs them longer and randomized:
 
-    TILEFUSE_FUZZ_SECONDS=600 HYPOTHESIS_PROFILE=fuzz pytest -s tests/test_fuzz.py
+    TILEFUSE_FUZZ_SECONDS=600 pytest -s tests/test_fuzz.py -k fuzz_     (= make fuzz)
 
 A failing case shrinks to a minimal network and is written as a ready-to-run pytest file to
 TILEFUSE_FUZZ_OUT (default .cache/fuzz-failures/). Below the fuzzers: the regression tests
