@@ -10,7 +10,7 @@ import numpy as np
 from .errors import TilefuseError, VerifyError
 from .ir import Graph, Node, TensorType, check_name
 from .ops import OPS, infer_node_type, is_elementwise, normalize_attrs
-from .views import STRIDED_READERS, layout, regrouped, shares_buffer
+from .views import layout, reads_strided, regrouped, shares_buffer
 
 
 def _line(g: Graph, node: Node) -> str:
@@ -93,9 +93,7 @@ def _verify_view(g: Graph, node: Node, where: str) -> None:
     if found.is_contiguous(node.type.shape):
         return
     for user in g.users(node.id):
-        positions = [i for i, x in enumerate(user.inputs) if x == node.id]
-        reads = STRIDED_READERS.get(user.op, 0)
-        if reads and all(i < reads for i in positions):
+        if reads_strided(user, node.id):
             if regrouped(node.type.shape, found) is None:
                 raise VerifyError(f"{where}: {user.op} cannot read this strided view")
         elif not shares_buffer(g, user):

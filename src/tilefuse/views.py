@@ -10,7 +10,7 @@ which ops may read a strided one.
 Strides are in elements and symbolic: a `Stride` is a coefficient times a product of
 symbolic dims (`(768, ("N",))` is 768*N), so one layout holds for every batch. A reshape of a
 strided value is a view only where NumPy's would be (the merged axes are contiguous with
-each other); `layout` returns None otherwise.
+each other; `reshaped` returns None otherwise, and the plan copies).
 
     %1 = dense(...) : f32[T,N,768]             C-contiguous: strides (768N, 768, 1)
     %2 = reshape[shape=(T, N, 3, 4, 64)](%1)   (768N, 768, 256, 64, 1)
@@ -133,6 +133,13 @@ def step(node: Node, shape: tuple[Dim, ...], layout: Layout) -> Layout | None:
     return None if new is None else Layout(layout.root, layout.offset, tuple(new))
 
 
+def reads_strided(user: Node, value: int) -> bool:
+    """`user` reads `value` only as operands it takes with any strides (attention's q, k,
+    v)."""
+    reads = STRIDED_READERS.get(user.op, 0)
+    return bool(reads) and all(i < reads for i, x in enumerate(user.inputs) if x == value)
+
+
 def shares_buffer(g: Graph, node: Node) -> bool:
     """The plan made `node` a view: a view op in its operand's buffer."""
     if node.op not in VIEW_OPS or node.buffer is None:
@@ -153,8 +160,9 @@ def written_through(g: Graph, node: Node) -> Node | None:
     return users[0]
 
 
-def _written_layout(node: Node, permute: Node) -> Layout:
-    """`node`'s strides inside the buffer of `permute` (its result, C-contiguous)."""
+def _written_layout(permute: Node) -> Layout:
+    """The strides of the permute's operand inside the permute's buffer (its result,
+    C-contiguous)."""
     perm = attrs_of(permute)["perm"]
     strides = contiguous(permute.type.shape)
     return Layout(permute.id, (), tuple(strides[perm.index(a)] for a in range(len(perm))))
@@ -166,7 +174,7 @@ def layout(g: Graph, node_id: int) -> Layout:
     node = g[node_id]
     permute = written_through(g, node)
     if permute is not None:
-        return _written_layout(node, permute)
+        return _written_layout(permute)
     if not shares_buffer(g, node):
         return Layout(node_id, (), tuple(contiguous(node.type.shape)))
     source = g[node.inputs[0]]
@@ -210,7 +218,7 @@ def plan_views(g: Graph, plannable: set[int]) -> set[int]:
             continue
         readers = users.get(source, [])
         if node.op == "permute" and g[source].op in STRIDED_WRITERS and readers == [node.id]:
-            written = _written_layout(g[source], node)
+            written = _written_layout(node)
             if regrouped(g[source].type.shape, written) is not None:
                 chosen.add(node.id)  # the writer puts its result in this permute's order
             continue
@@ -232,9 +240,7 @@ def _strided_ok(g: Graph, node: Node, found: Layout, users: dict[int, list[int]]
     would read a strided operand, which the copying kernels do not)."""
     for u in users.get(node.id, []):
         user = g[u]
-        positions = [i for i, x in enumerate(user.inputs) if x == node.id]
-        reads = STRIDED_READERS.get(user.op, 0)
-        if reads and all(i < reads for i in positions):
+        if reads_strided(user, node.id):
             if regrouped(node.type.shape, found) is None:
                 return False
             continue
@@ -258,9 +264,7 @@ def feeds_strided_readers(g: Graph, node_id: int) -> bool:
     if not users or node_id in g.outputs:
         return False
     for user in users:
-        positions = [i for i, x in enumerate(user.inputs) if x == node_id]
-        reads = STRIDED_READERS.get(user.op, 0)
-        if reads and all(i < reads for i in positions):
+        if reads_strided(user, node_id):
             continue
         if user.op in VIEW_OPS and feeds_strided_readers(g, user.id):
             continue

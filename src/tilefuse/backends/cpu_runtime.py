@@ -194,32 +194,6 @@ def _call_dense(typingctx, address, x, m, k, wp, out, n, kc, mc, nc):
 
 
 @njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
-def pack_panels(w, kt_order, nr, packed):
-    """w [K, N] (or, with kt_order, w given as its transpose [N, K]) into the dense driver's
-    weight layout for one k block: per panel of nr columns, K x nr row-major, columns past N
-    zero (cpu_kernels.pack_weights with kc >= K)."""
-    if kt_order:
-        n, k_total = w.shape
-    else:
-        k_total, n = w.shape
-    panels = -(-n // nr)
-    for jt in range(panels):
-        base = jt * k_total * nr
-        cols = min(nr, n - jt * nr)
-        if cols < nr:
-            for i in range(base, base + k_total * nr):
-                packed[i] = 0
-        if kt_order:  # read w's rows (k's keys) whole, write the panel's columns
-            for c in range(cols):
-                for p in range(k_total):
-                    packed[base + p * nr + c] = w[jt * nr + c, p]
-        else:
-            for p in range(k_total):
-                for c in range(cols):
-                    packed[base + p * nr + c] = w[p, jt * nr + c]
-
-
-@njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
 def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
     """`attention_rows` with the dense driver's micro-kernels for the two products: the
     scores s = (q * scale) kᵀ for the block's queries (kᵀ packed as the weights), then per
@@ -232,10 +206,8 @@ def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
     for r in range(m):
         for t in range(d):
             qs[r, t] = q[i0 + r, t] * scale
-    wk = np.empty(d * (-(-tk // nr) * nr), q.dtype)
-    pack_panels(k, True, nr, wk)
-    wv = np.empty(tk * (-(-dv // nr) * nr), q.dtype)
-    pack_panels(v, False, nr, wv)
+    wk = pack_weights(k.T, max(d, 1), nr)  # kᵀ and v as weights of one k block each
+    wv = pack_weights(v, max(tk, 1), nr)
     s = np.empty((m, tk), q.dtype)
     mc = 1024
     _call_dense(dense, qs, m, d, wk, s, tk, max(d, 1), mc, max(-(-tk // nr) * nr, nr))
