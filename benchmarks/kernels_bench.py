@@ -1,9 +1,9 @@
 """Benchmark of the CPU kernel library (`tilefuse.backends.cpu_kernels.dense_kernel`) against
 NumPy/OpenBLAS on the same arrays: `x @ w` alone (sgemm) and unfused `x @ w + b` + activation.
 
-Each thread count runs in its own child process (OPENBLAS_NUM_THREADS and
-numba.set_num_threads agree), one after the other. Each case runs the tiling the tile pass
-chooses for its shape on this host. The three systems are timed in alternating rounds (the
+Each thread count runs in its own child process (OPENBLAS_NUM_THREADS, numba.set_num_threads
+for the peak loop and the kernels' thread limit agree), one after the other. Each case runs
+the tiling the tile pass chooses for its shape on this host. The three systems are timed in alternating rounds (the
 order rotates; a pause before each lets the other library's worker threads stop spinning),
 each round a few batches of calls; the table gives the median over all batches and, in
 brackets, the range of the per-round medians. "others" is the CPU that other processes used
@@ -170,7 +170,10 @@ def run_cases(threads: int, rounds: int, batches: int, only: list[str]) -> dict:
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from peak import measure_peak
 
-    numba.set_num_threads(threads)
+    numba.set_num_threads(threads)  # the peak loop's
+    from tilefuse.backends import cpu_kernels
+
+    cpu_kernels.set_threads(threads)  # the kernels'
     peak_before = measure_peak(threads)["gflops"]  # before and after: the better one counts
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()[0]

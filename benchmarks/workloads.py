@@ -196,9 +196,6 @@ class Tilefuse(Runner):
         return self.model(x)
 
     def set_threads(self, threads: int) -> None:
-        import numba
-
-        numba.set_num_threads(threads)
         self.model.set_threads(threads)
 
 

@@ -34,19 +34,25 @@ import sys, time, numpy as np, tilefuse as tfu
 start = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
 while time.time() < start:  # processes started together begin together
     pass
-m = tfu.compile({net})
+m = tfu.compile({net}, native={native})
 y = m(np.linspace(-1, 1, 30, dtype=np.float32).reshape(5, 6))
 print(m.loaded.name, m.loaded.hit, repr(float(y.sum())))
 """
 
 
 def compile_in_subprocess(
-    seed: int, explain: bool = False, start: float = 0.0, cache_dir: str | None = None
+    seed: int,
+    explain: bool = False,
+    start: float = 0.0,
+    cache_dir: str | None = None,
+    native: bool = False,
 ) -> tuple:
+    """Compile in a new process; by default with the Numba forward (native=False), whose
+    cache files these tests damage."""
     env = {**os.environ, "TILEFUSE_EXPLAIN_CACHE": "1" if explain else "0"}
     if cache_dir:
         env["TILEFUSE_CACHE_DIR"] = cache_dir
-    script = _COMPILE.format(net=net_code(seed))
+    script = _COMPILE.format(net=net_code(seed), native=native)
     result = subprocess.run(
         [sys.executable, "-c", script, str(start)], capture_output=True, text=True, env=env
     )
@@ -77,10 +83,11 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path, m
 
 
 # -- the lock --------------------------------------------------------------------------------
-def test_processes_compiling_one_model_at_once_all_succeed():
+@pytest.mark.parametrize("native", [False, True])
+def test_processes_compiling_one_model_at_once_all_succeed(native):
     start = time.time() + 3.0  # after the interpreters and imports are up
     env = {**os.environ, "TILEFUSE_EXPLAIN_CACHE": "0"}
-    script = _COMPILE.format(net=net_code(2001))
+    script = _COMPILE.format(net=net_code(2001 + 40 * native), native=native)
     children = [
         subprocess.Popen([sys.executable, "-c", script, str(start)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
@@ -133,7 +140,7 @@ def test_explain_says_why_a_lookup_missed(monkeypatch, capsys):
     monkeypatch.setenv("TILEFUSE_EXPLAIN_CACHE", "1")
     real = cache.environment()
     monkeypatch.setattr(cache, "environment", lambda: {**real, "cpu_features": "+other"})
-    tfu.compile(eval(net_code(2002)), check=False)
+    tfu.compile(eval(net_code(2002)), check=False, native=False)
     err = capsys.readouterr().err
     assert "key changed since the last compile of this graph: cpu_features '" in err
 
@@ -211,7 +218,7 @@ def test_a_corrupt_kernel_library_is_rebuilt(tmp_path, damage):
 def test_cache_info_and_clear(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path))
     net = eval(net_code(2007))
-    model = tfu.compile(net)
+    model = tfu.compile(net, native=False)
     (tmp_path / "tuning").mkdir()
     (tmp_path / "tuning" / "log.json").write_text("{}")
     assert main(["cache", "info", "--json"]) == 0
@@ -311,9 +318,11 @@ def test_a_read_only_cache_still_serves_and_compiles(tmp_path):
     env["NUMBA_CACHE_DIR"] = str(numba_dir)
     again = subprocess.run(as_nobody + [script], env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
-    hit, total, warned = again.stdout.strip().split(" ", 2)
-    assert float(total) == float(first.stdout.split()[1])
-    other = subprocess.run(as_nobody + [_READ_ONLY.format(net=net_code(2021))], env=env,
+    hit, total, *_ = again.stdout.strip().split(" ", 2)  # then any warnings
+    assert hit == "True" and float(total) == float(first.stdout.split()[1])
+    # a network of another shape: new code (weights alone share the native forward's code)
+    other_net = "tfu.Sequential([tfu.Dense(5)], input_dim=6, seed=2021, name='other')"
+    other = subprocess.run(as_nobody + [_READ_ONLY.format(net=other_net)], env=env,
                            capture_output=True, text=True)  # fmt: skip
     assert other.returncode == 0, other.stderr[-3000:]
     assert "private temporary cache" in other.stdout
@@ -322,7 +331,7 @@ def test_a_read_only_cache_still_serves_and_compiles(tmp_path):
 
 _NO_CALL = """
 import numpy as np, tilefuse as tfu
-m = tfu.compile({net}, check=False)
+m = tfu.compile({net}, check=False, native=False)
 print(m.loaded.name)
 """
 

@@ -65,7 +65,9 @@ def test_a_new_process_trusts_the_checked_cache_entry():
             [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ
         )
         runs.append(result.stdout.split())
-    assert runs == [["False", "False"], ["True", "True"]]
+    # the first process checks (its code may come from the cache: networks of one shape
+    # share a native forward; the check is per model, weights included); the second trusts it
+    assert runs[0][1] == "False" and runs[1] == ["True", "True"]
 
 
 def test_check_false_and_bad_values():

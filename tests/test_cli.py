@@ -306,7 +306,7 @@ def test_stage_not_in_the_pipeline(capsys):
 def test_show_source_prints_the_generated_code(capsys):
     code, out, err = tilefuse(capsys, "show", ROOT / "examples/seed_layer.py", "--emit", "source")
     assert code == 0, err
-    assert "def forward(" in out and "dense[act=sigmoid" in out
+    assert 'define i64 @"tilefuse_forward"(' in out and "dense[act=sigmoid" in out  # native
 
 
 def test_show_source_without_the_cpu_backend_is_a_clear_error(capsys, monkeypatch):

@@ -164,11 +164,31 @@ def test_non_contiguous_inputs(mlp):
 
 
 def test_source_names_the_ir_lines(mlp):
-    _, model = mlp
-    source = model.source()
+    net, model = mlp
+    source = model.source()  # driver calls only: the native forward's LLVM IR
+    assert model.native is not None and 'define i64 @"tilefuse_forward"(' in source
+    lines = [call.line for call in model.native.plan.calls]
+    assert len(lines) == len(list(model.final.ops()))
+    for line in lines:
+        assert f"; {line}" in source  # each driver call under its IR line
+    numba_model = tfu.compile(net, target="cpu", native=False, check=False)
+    source = numba_model.source()
+    assert numba_model.native is None
     assert "@njit(cache=True" in source and "def forward(" in source
-    for node in model.final.ops():
+    for node in numba_model.final.ops():
         assert f"= {node.op}" in source  # each block carries its IR line as a comment
+
+
+def test_native_and_numba_forwards_agree_bit_for_bit(mlp):
+    """The same driver calls on the same buffers, through either forward."""
+    net, model = mlp
+    numba_model = tfu.compile(net, target="cpu", native=False, check=False)
+    for batch in (1, 5, 300):
+        x = np.random.default_rng(batch).standard_normal((batch, 37)).astype(np.float32)
+        np.testing.assert_array_equal(model(x), numba_model(x))
+        out = np.empty((batch, 10), np.float32)
+        model(x, out=out)  # the generic path, binding the frame from Python
+        np.testing.assert_array_equal(out, numba_model(x))
 
 
 def test_asm_has_packed_fma(mlp):
@@ -185,7 +205,7 @@ def test_warm_cache_in_a_new_process(mlp, tmp_path):
         "import time, numpy as np, tilefuse as tfu\n"
         "net = tfu.Sequential([tfu.Dense(64, activation='relu'), tfu.Dense(48, activation='tanh'),"
         " tfu.Dense(10)], input_dim=37, seed=1, name='mlp')\n"
-        "m = tfu.compile(net, target='cpu')\n"
+        "m = tfu.compile(net, target='cpu', native=False)\n"
         "print(m.forward.stats.cache_hits.total() if hasattr(m.forward.stats.cache_hits, 'total')"
         " else sum(m.forward.stats.cache_hits.values()))\n"
     )
@@ -193,6 +213,23 @@ def test_warm_cache_in_a_new_process(mlp, tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, check=True
     )
     assert int(result.stdout.strip().splitlines()[-1]) >= 1
+
+
+NATIVE_WARM = """
+import sys, numpy as np, tilefuse as tfu
+net = tfu.Sequential([tfu.Dense(64, activation='relu'), tfu.Dense(10)], input_dim=37, seed=1,
+                     name='native_warm')
+m = tfu.compile(net, target='cpu')
+y = m(np.ones((3, 37), np.float32))
+print(m.loaded.hit, 'numba' in sys.modules, m.check_report.skipped is not None)
+"""
+
+
+def test_a_warm_native_start_loads_object_code_without_numba():
+    run = [sys.executable, "-c", NATIVE_WARM]
+    first = subprocess.run(run, capture_output=True, text=True, env=os.environ, check=True)
+    again = subprocess.run(run, capture_output=True, text=True, env=os.environ, check=True)
+    assert again.stdout.split() == ["True", "False", "True"], (first.stdout, again.stderr[-2000:])
 
 
 # -- the IR is what runs ---------------------------------------------------------------------
@@ -311,5 +348,6 @@ def test_every_register_tile_of_the_family_compiles_and_matches_the_reference():
         model = tfu.compile(net, target="cpu", pipeline=spec)
         tiles = {(n.attr["tile"].mr, n.attr["tile"].nr) for n in model.final if n.op == "dense"}
         assert tiles == {(mr, nr)}
-        assert f"dense_f32_{mr}x{nr} = E.require('f32', {mr}, {nr})" in model.source()
+        assert model.native.plan.entries == [("f32", mr, nr)]  # the driver it calls
+        assert f"dense_f32_{mr}x{nr} = E.require('f32', {mr}, {nr})" in model.rendered.source
         assert_matches_reference(model, net.graph(), x)

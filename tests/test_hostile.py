@@ -162,8 +162,14 @@ def test_onnx_names_become_identifiers_and_nothing_runs():
     g = tfu.from_onnx(proto.SerializeToString())
     x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
     model = run_ok(g, x)
-    assert not imports_anything(model.source())
+    assert model.native is not None and native_runs_no_names(model.source(), evil)
+    assert not imports_anything(model.rendered.source)  # the Python rendering too
     del onnx
+
+
+def native_runs_no_names(source: str, name: str) -> bool:
+    """A native forward's LLVM IR holds user names only in comment lines."""
+    return all(line.lstrip().startswith(";") for line in source.splitlines() if name in line)
 
 
 def imports_anything(source: str) -> bool:
@@ -199,14 +205,23 @@ def test_a_parameter_shared_by_ops_of_two_widths_is_right_for_both():
 def test_a_kernel_that_rejects_its_operands_fails_the_call_with_a_clear_error():
     """Before: Numba printed "Exception ignored" inside the C entry point and the call
     returned uninitialized memory."""
-    model = tfu.compile(tfu.Sequential([tfu.Dense(8, "relu")], input_dim=3), check=False)
-    bias = model.rendered.param_names.index("b_b0")
-    model.rendered.params[bias] = model.rendered.params[bias][:5].copy()
-    for x in (np.ones((2, 3), np.float32), np.ones((40, 3), np.float32)):
-        with pytest.raises(TilefuseError, match=r"dense kernel of %0 = dense.*bias must have N"):
-            model(x)
-        with pytest.raises(TilefuseError, match="bias must have N"):
-            model(x=x)  # the generic path
+    import dataclasses
+
+    net = tfu.Sequential([tfu.Dense(8, "relu")], input_dim=3)
+    for native in (False, True):
+        model = tfu.compile(net, check=False, native=native)
+        if native:  # the size is a constant of the native code: build one that says 5
+            plan = model.native.plan
+            plan.calls[0] = dataclasses.replace(plan.calls[0], bias_size=5)
+            model.native = type(model.native)(plan, model.rendered, model.pool)
+        else:
+            bias = model.rendered.param_names.index("b_b0")
+            model.rendered.params[bias] = model.rendered.params[bias][:5].copy()
+        for x in (np.ones((2, 3), np.float32), np.ones((40, 3), np.float32)):
+            with pytest.raises(TilefuseError, match=r"dense kernel of %0 = dense.*bias must have"):
+                model(x)
+            with pytest.raises(TilefuseError, match="bias must have N"):
+                model(x=x)  # the generic path
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])

@@ -35,7 +35,7 @@ def test_a_compile_keeps_its_phases_and_debug_prints_them(monkeypatch, capsys):
     net = tfu.Sequential([tfu.Dense(8, "relu"), tfu.Dense(3)], input_dim=5, seed=11)
     model = tfu.compile(net)
     record = model.compile_phases
-    assert {"trace", "passes", "render", "forward: import", "self-check"} <= set(record)
+    assert {"trace", "passes", "render", "forward: native", "self-check"} <= set(record)
     assert all(seconds >= 0 for seconds in record.values())
     err = capsys.readouterr().err
     assert f"tilefuse: compiled {model.final.name} for cpu in " in err
@@ -51,7 +51,7 @@ def test_tilefuse_dump_writes_every_stage_and_what_explains_it(monkeypatch, tmp_
     names = {p.name for p in folder.iterdir()}
     stages = [f"{k:02d}-{s}" for k, s in enumerate(model.stages)]
     assert {f"{s}.tf" for s in stages} | {f"{s}.npz" for s in stages} <= names
-    assert {"source.py", "explain.txt", "loops.txt", "phases.txt", "check.txt"} <= names
+    assert {"source.ll", "explain.txt", "loops.txt", "phases.txt", "check.txt"} <= names
     assert tfu.load_graph(folder / f"{stages[-1]}.tf") == model.final
-    assert (folder / "source.py").read_text() == model.source()
+    assert (folder / "source.ll").read_text() == model.source()  # the native forward
     assert f"tilefuse: wrote {folder}" in capsys.readouterr().err

@@ -110,7 +110,8 @@ def test_decisions_and_kernels(seed_report) -> None:
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="no cpu backend")
 def test_source_section_has_the_generated_code_and_loops(seed_report) -> None:
     body = section(seed_report, "source")
-    assert "def forward(" in body and "produce %0:" in body
+    assert "native forward (LLVM IR" in body and "produce %0:" in body
+    assert "define i64 @&quot;tilefuse_forward&quot;(" in body or 'tilefuse_forward"(' in body
 
 
 def test_timing_table_has_a_row_per_target(seed_report) -> None:

@@ -461,9 +461,9 @@ def check_key(model: CompiledModel) -> str | None:
 
 
 def _max_threads() -> int:
-    import numba
+    from .backends.cpu_pool import default_threads
 
-    return numba.config.NUMBA_NUM_THREADS
+    return default_threads()
 
 
 def check_at_compile(model: CompiledModel, check: str | bool) -> CheckReport:

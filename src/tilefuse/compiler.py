@@ -107,8 +107,9 @@ def dump(model: CompiledModel, root: str | os.PathLike) -> pathlib.Path:
     }
     if "tiled" in model.stages:
         texts["loops.txt"] = lambda: model.ir("loops") + "\n"
-    if hasattr(model, "source"):
-        texts["source.py"] = model.source
+    if hasattr(model, "source"):  # LLVM IR for a native forward (backends/cpu_native.py)
+        native = getattr(model, "native", None) is not None
+        texts["source.ll" if native else "source.py"] = model.source
     if os.environ.get(DUMP_LOW_LEVEL) == "1" and hasattr(model, "llvm"):
         texts["forward.ll"], texts["forward.s"] = model.llvm, model.asm
     for name, make in texts.items():

@@ -303,11 +303,15 @@ def kernel_source(g: Graph, spec: str, stages: dict[str, Graph]) -> str:
         return "".join(parts) + "<p>This build has no cpu backend: no generated source.</p>"
     from .compiler import compile
 
+    kind = "Python source (Numba)"
     try:
-        source = compile(g, target="cpu", pipeline=spec, check=False).source()
+        model = compile(g, target="cpu", pipeline=spec, check=False)
+        source = model.source()
+        if getattr(model, "native", None) is not None:
+            kind = "native forward (LLVM IR, driver calls only)"
     except Exception as err:  # the report still shows everything else
         source = f"// the cpu backend could not compile this network: {err}"
-    return f"<h3>cpu backend: Python source (Numba)</h3>{pre(source)}" + "".join(parts)
+    return f"<h3>cpu backend: {kind}</h3>{pre(source)}" + "".join(parts)
 
 
 def roofline_section(e: Explanation, measured: Profile | None = None, timed: bool = False) -> str:

@@ -529,10 +529,8 @@ class Bench:
     def behaviour(self, t: Tiling) -> tuple:
         """What the kernel does differently for `t`: its k blocks, thread count and task plan.
         Tilings with the same behaviour run the same code on the same blocks."""
-        import numba
-
         k = self.kernels
-        threads = numba.get_num_threads() if k.parallel_code(t) else 1
+        threads = k.threads_in_use() if k.parallel_code(t) else 1
         if 2 * self.m * self.n * self.k < k.PARALLEL_MIN_FLOP:
             threads = 1
         plan = k.plan(self.out.dtype, self.m, self.n, t.mc, t.nc, threads, (t.mr, t.nr))

@@ -19,21 +19,21 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
 
 from .. import phases
 from .._version import kernel_fingerprint
-from ..cache import load_generated
+from ..cache import digest, load_generated
 from ..errors import InputError, TilefuseError
 from ..ir import Graph, TensorType
 from ..passes.memory import memory_plan_of
-from . import cpu_runtime, reference
-from .cpu_entry import KernelFailure, failure_message
+from . import cpu_native, reference
+from . import cpu_pool as P
 from .cpu_kernels import pool_control
+from .cpu_library import KernelFailure, failure_message
 from .model import CompiledModel
 from .render import Rendered, load_module, render
 
@@ -50,19 +50,28 @@ class CpuModel(CompiledModel):
         with phases.phase("render"):
             self.rendered = render(self.final)
         self._input_nodes = [self.final[i] for i in self.final.inputs]
-        with phases.phase("forward: import"):
-            self.loaded = load_generated(
-                self.rendered.source, kernel_fingerprint(), self.final.name, self._compile_forward
-            )
-        self.module = self.loaded.module
-        self.forward = self.module.forward
         self.threads = options.get("threads")
-        self._local = threading.local()  # workspace per calling thread
+        self._local = threading.local()  # workspace (and native frame) per calling thread
         self._memory: tuple[tuple, int] = ((), 0)  # (dims, bytes a call needs) of the last call
         self.pool = pool_control()  # the kernels' thread pool (see cpu_pool)
-        for dtype in sorted({n.type.dtype for n in self.final if n.op == "attention"}):
-            with phases.phase("run-time kernels: attention tasks"):
-                cpu_runtime.install_tasks(self.pool, dtype)  # else attention runs serially
+        plan = self.rendered.native if options.get("native", True) else None
+        self.native = None if plan is None else _Native(plan, self.rendered, self.pool)
+        if self.native is not None:  # driver calls only: no Numba (cpu_native)
+            # networks of one shape share the code; a passed check is this model's (weights)
+            loaded = self.native.loaded
+            self.loaded: Any = replace(loaded, name=f"{loaded.name}-{digest(str(graph))[:12]}")
+            self.module, self.forward = None, None
+        else:
+            with phases.phase("forward: import"):
+                self.loaded = load_generated(self.rendered.source, kernel_fingerprint(),
+                                             self.final.name, self._compile_forward)  # fmt: skip
+            self.module = self.loaded.module
+            self.forward = self.module.forward
+            from . import cpu_runtime
+
+            for dtype in sorted({n.type.dtype for n in self.final if n.op == "attention"}):
+                with phases.phase("run-time kernels: attention tasks"):
+                    cpu_runtime.install_tasks(self.pool, dtype)  # else attention runs serially
         self._fast = _FastPath.of(self)
         self._profiled: tuple[Rendered, Any] | None = None  # (source, forward) with clocks
 
@@ -70,6 +79,8 @@ class CpuModel(CompiledModel):
         """Compile (or load) `forward` for the one signature calls use: C-contiguous, aligned,
         writable inputs (run copies others), so that the self-checked code is the code that
         runs. Returns whether Numba served it from its cache."""
+        import numba
+
         rendered = rendered or self.rendered
         array, dtype = numba.types.Array, numba.from_dtype
         sig = [array(dtype(n.type.np_dtype), n.type.rank, "C") for n in self._input_nodes]
@@ -108,12 +119,16 @@ class CpuModel(CompiledModel):
             self.check_memory({self.rendered.batch_symbol: batch}, [x])
             fast.checked_batch = batch
         out = np.empty(fast.out_shape(batch), fast.out_dtype)
-        if self.threads:
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-        try:
-            self.forward(x, *self.rendered.params, *self.workspace(batch), self.pool, out)
-        except KernelFailure as err:
-            raise TilefuseError(failure_message(self.final.name, err)) from None
+        native = self.native
+        if native is not None and native.fast is not None:
+            buffers = self.workspace(batch)  # noqa: F841 - alive while the kernels use them
+            local = self._local
+            frame = local.frame  # alive, and the frame of these buffers, during the call
+            status = native.fast(x, out, local.frame_address)
+            if status:
+                raise TilefuseError(native.failure(frame, status))
+        else:
+            self._forward([x], self.workspace(batch), [out])
         if not self.sealed:
             self.seal()
         return out
@@ -141,16 +156,28 @@ class CpuModel(CompiledModel):
         targets = [_check_out(o, s, t) for o, s, t in zip(outs, shapes, self.rendered.outputs)]
         targets = [_unaliased(t, inputs) for t in targets]
         workspace = self.workspace(dims.get(self.rendered.batch_symbol, 0))
-        if self.threads:
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-        try:
-            self.forward(*inputs, *self.rendered.params, *workspace, self.pool, *targets)
-        except KernelFailure as err:
-            raise TilefuseError(failure_message(self.final.name, err)) from None
+        self._forward(inputs, workspace, targets)
         for given, target in zip(outs, targets):
             if given is not target:
                 given[...] = target
         return outs
+
+    def _forward(self, inputs: Sequence[np.ndarray], workspace: list[np.ndarray],
+                 targets: Sequence[np.ndarray]) -> None:  # fmt: skip
+        """One call of the compiled forward, native or Numba's, on ready arrays."""
+        if self.native is not None:
+            local = self._local
+            frame = local.frame  # the frame of `workspace` (this thread's, for this batch)
+            self.native.bind(frame, inputs, targets)
+            status = self.native.forward(local.frame_address)
+            if status:
+                raise TilefuseError(self.native.failure(frame, status))
+            return
+        P.set_thread_limit(self.pool, self.threads)
+        try:
+            self.forward(*inputs, *self.rendered.params, *workspace, self.pool, *targets)
+        except KernelFailure as err:
+            raise TilefuseError(failure_message(self.final.name, err)) from None
 
     def check_memory(self, dims: dict[str, int], inputs: Sequence[np.ndarray]) -> None:
         """Raise InputError, before allocating anything, when a call with these dims needs more
@@ -171,13 +198,16 @@ class CpuModel(CompiledModel):
     def workspace(self, batch: int) -> list[np.ndarray]:
         """The memory plan's buffers for `batch`, kept per thread and reused while it fits."""
         local = self._local
-        if getattr(local, "batch", None) != batch:
+        if getattr(local, "batch", None) != batch or local.threads != self.threads:
             local.buffers = [np.empty(size(batch), dt) for dt, size in self.rendered.workspace]
-            local.batch = batch
+            local.batch, local.threads = batch, self.threads
+            if self.native is not None:  # the native forward's frame: these buffers' addresses
+                local.frame = self.native.frame(local.buffers, self.threads)
+                local.frame_address = local.frame.ctypes.data
         return local.buffers
 
     def set_threads(self, threads: int | None) -> None:
-        self.threads = threads
+        self.threads = threads  # each thread's next call makes its frame anew
 
     def profile(self, *args: Any, repeats: int = 20, **kwargs: Any) -> Profile:
         """Per kernel: time, share of the call, GFLOP/s, GB/s and % of the roofline, in the
@@ -199,8 +229,7 @@ class CpuModel(CompiledModel):
         workspace = self.workspace(dims.get(rendered.batch_symbol, 0))
         clock = np.zeros(len(rendered.profiled_ops) + 1, np.int64)
         hz = cycles_per_second()
-        if self.threads:
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        P.set_thread_limit(self.pool, self.threads)
         samples, calls, plain = [], [], []
         for r in range(repeats + 1):  # the first of each is a warm-up
             start = time.perf_counter()
@@ -228,6 +257,10 @@ class CpuModel(CompiledModel):
         return self._profiled
 
     def source(self) -> str:
+        """The generated forward: Python for Numba, or, for a network of driver calls only,
+        the LLVM IR of its native forward (cpu_native)."""
+        if self.native is not None:
+            return cpu_native.source(self.native.plan)
         return self.rendered.source
 
     def llvm(self) -> str:
@@ -243,6 +276,11 @@ class CpuModel(CompiledModel):
         from its cache), each op's code under its IR line, then the kernel library of each
         dtype it calls (`cpu_listing`)."""
         from . import cpu_library, cpu_listing
+
+        if self.native is not None:
+            return self.native.listing(kind)
+        import numba
+
         from .cpu_entry import DTYPES
 
         if not self.forward.signatures:
@@ -261,6 +299,63 @@ class CpuModel(CompiledModel):
             with phases.phase(f"{kind}: kernel library {name}"):
                 library[name] = cpu_library.listing(DTYPES[dtype], kind, (mr, nr))
         return cpu_listing.listing(kind, code, self.rendered.source, library, self.final.name)
+
+
+class _Native:
+    """A native forward (cpu_native) loaded, and the frames of its calls."""
+
+    def __init__(self, plan: cpu_native.NativePlan, rendered: Rendered, pool: np.ndarray) -> None:
+        self.plan, self.layout = plan, plan.frame()
+        with phases.phase("forward: native"):
+            self.loaded = cpu_native.load(plan)
+        self.forward, self.fast = self.loaded.forward, self.loaded.fast
+        self.params = rendered.params  # kept alive: the frames hold their addresses
+        self.pool = pool
+        template = np.zeros(self.layout.size, np.int64)
+        template[cpu_native.POOL], template[cpu_native.POOL_SIZE] = pool.ctypes.data, pool.size
+        base = self.layout.base
+        for j, p in enumerate(self.params):
+            template[base["param"] + j] = p.ctypes.data
+        for j, address in enumerate(cpu_native.driver_addresses(plan)):
+            template[base["entry"] + j] = address
+        self.template = template
+
+    def frame(self, workspace: list[np.ndarray], threads: int | None) -> np.ndarray:
+        frame = self.template.copy()
+        frame[cpu_native.THREADS] = threads or 0
+        for j, buffer in enumerate(workspace):
+            frame[self.layout.base["workspace"] + j] = buffer.ctypes.data
+        return frame
+
+    def bind(self, frame: np.ndarray, inputs: Sequence[np.ndarray],
+             outputs: Sequence[np.ndarray]) -> None:  # fmt: skip
+        base = self.layout.base
+        for j, a in enumerate(inputs):
+            frame[base["input"] + j] = a.ctypes.data
+        for j, a in enumerate(outputs):
+            frame[base["output"] + j] = a.ctypes.data
+        for symbol, j, axis in self.plan.dims:
+            frame[self.layout.dim(symbol)] = inputs[j].shape[axis]
+
+    def failure(self, frame: np.ndarray, status: int) -> str:
+        line = self.plan.calls[int(frame[cpu_native.FAILED_OP])].line
+        return failure_message(self.plan.graph, KernelFailure(line, int(status)))
+
+    def listing(self, kind: str) -> str:
+        """The forward's optimised LLVM IR or assembly, then the drivers' libraries."""
+        from . import cpu_library as L
+
+        tm = L.target_machine()
+        module = L.optimized(cpu_native.build_module(self.plan), tm)
+        code = tm.emit_assembly(module) if kind == "asm" else str(module)
+        library = {}
+        for d, mr, nr in self.plan.entries:
+            with phases.phase(f"{kind}: kernel library {d} {mr}x{nr}"):
+                library[f"{d} {mr}x{nr}"] = L.listing(L.DTYPE_NAMES[d], kind, (mr, nr))
+        from .cpu_listing import native_listing
+
+        lines = [call.line for call in self.plan.calls]
+        return native_listing(kind, code, library, lines, self.plan.graph)
 
 
 @dataclass

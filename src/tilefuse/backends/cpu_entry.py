@@ -32,6 +32,7 @@ from numba.extending import intrinsic
 
 from .._version import kernel_fingerprint
 from . import cpu_library
+from .cpu_library import KernelFailure, failure_message  # noqa: F401 - for generated code
 from .llvm_ukernel import format_of
 
 SIGNATURE = types.int64(  # the status: 0, or an index into cpu_library.OPERAND_PROBLEMS
@@ -45,19 +46,6 @@ SIGNATURE = types.int64(  # the status: 0, or an index into cpu_library.OPERAND_
 )  # fmt: skip
 
 DTYPES = {"f32": "float32", "f64": "float64"}
-
-
-class KernelFailure(Exception):
-    """Raised by generated code when a kernel entry point returns a nonzero status; the model
-    turns it into a TilefuseError (`failure_message`)."""
-
-
-def failure_message(graph: str, err: KernelFailure) -> str:
-    from .cpu_library import OPERAND_PROBLEMS
-
-    line, status = err.args
-    problem = OPERAND_PROBLEMS[status] if 0 < status < len(OPERAND_PROBLEMS) else f"status {status}"
-    return f"{graph}: the dense kernel of {line} failed: {problem}"
 
 
 @intrinsic

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ctypes
 
-import numba
 import numpy as np
 
 from tilefuse.backends import cpu_library as L
@@ -203,15 +202,31 @@ _NO_POOL = np.zeros(0, np.int64)
 
 def pool_control() -> np.ndarray:
     """The thread pool's control block for the kernels (started on first use: one worker
-    fewer than Numba's thread count); an empty array where the pool is unavailable."""
+    fewer than `cpu_pool.default_threads()`); an empty array where the pool is unavailable."""
     if not _POOL:
-        if not P.available() or numba.config.NUMBA_NUM_THREADS < 2:
+        if not P.available() or P.default_threads() < 2:
             return _NO_POOL
-        pool = P.Pool(numba.config.NUMBA_NUM_THREADS - 1, L.worker_address())
+        pool = P.Pool(P.default_threads() - 1, L.worker_address())
         pool.ctl[P.POOL_WORKERS] = len(pool.threads)  # the workers a call may use
         pool.ctl[P.PARALLEL_FOR] = L.parallel_for_address()
         _POOL.append(pool)
     return _POOL[0].ctl
+
+
+def threads_in_use() -> int:
+    """How many threads a parallel call uses now: the pool's workers and the caller, at most
+    the thread limit last set (`cpu_pool.set_thread_limit`)."""
+    ctl = pool_control()
+    if not ctl.size:
+        return 1
+    most, limit = int(ctl[P.POOL_WORKERS]) + 1, int(ctl[P.THREAD_LIMIT])
+    return min(limit, most) if limit > 0 else most
+
+
+def set_threads(threads: int | None) -> None:
+    """The most threads the kernels' next calls may use (None: all): what a model's
+    `threads` sets before each of its calls, for calling the kernels directly."""
+    P.set_thread_limit(pool_control(), threads)
 
 
 # ------------------------------------------------------------------ Python convenience

@@ -42,6 +42,7 @@ itself, in order.
 from __future__ import annotations
 
 import ctypes.util
+import dataclasses
 import functools
 import hashlib
 import threading
@@ -54,7 +55,7 @@ from llvmlite import ir
 
 from .. import phases
 from .._version import kernel_fingerprint
-from ..cache import atomic_write, cache_dir, explain, use_private_cache
+from ..cache import atomic_write, cache_dir, explain, locked, use_private_cache
 from ..tiling import PARALLEL_MIN_FLOP, ROW_KERNEL_MAX_M
 from . import cpu_pool as P
 from .llvm_ukernel import (
@@ -66,6 +67,7 @@ from .llvm_ukernel import (
     build_rows_dispatch,
     counted_loop,
     format_of,
+    host_cpu,
 )
 
 # Batches up to this size run the rows kernel: x and the packed weights read in place, all
@@ -93,6 +95,19 @@ OPERAND_PROBLEMS = (
     "a task could not allocate its packing buffer",
 )
 KERNEL_FAILED = len(OPERAND_PROBLEMS) - 1
+DTYPE_NAMES = {"f32": "float32", "f64": "float64"}  # the IR's dtypes the kernels take
+
+
+class KernelFailure(Exception):
+    """Raised by generated code when a kernel entry point returns a nonzero status; the model
+    turns it into a TilefuseError (`failure_message`)."""
+
+
+def failure_message(graph: str, err: KernelFailure) -> str:
+    line, status = err.args
+    problem = OPERAND_PROBLEMS[status] if 0 < status < len(OPERAND_PROBLEMS) else f"status {status}"
+    return f"{graph}: the dense kernel of {line} failed: {problem}"
+
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 F64 = ir.DoubleType()
@@ -427,13 +442,11 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
     e.loop(0, npad, lambda j: b.store(ir.Constant(fmt.scalar, 0.0), e.at(biasp, j)))
     e.loop(0, nbias, lambda j: b.store(b.load(e.at(bias, j)), e.at(biasp, j)))
 
-    get_threads = P.declare(module, "get_num_threads", ir.FunctionType(I64, []))
     threads = e.var(1)
     pooled = b.and_(b.icmp_signed(">", nctl, I64(0)), ne(parallel, I64(PARALLEL_NONE)))
     flops = b.mul(b.mul(b.mul(m, n), k_total), I64(2))
     with b.if_then(b.and_(pooled, b.icmp_signed(">=", flops, I64(PARALLEL_MIN_FLOP)))):
-        workers = b.load(e.at(ctl, I64(P.POOL_WORKERS)))
-        b.store(e.min(b.call(get_threads, []), b.add(workers, I64(1))), threads)
+        b.store(P.PoolIR(b, ctl).threads(), threads)
     threads = b.load(threads)
     result = b.alloca(I64, size=5)
     b.call(plan_fn, [m, b.sdiv(npad, I64(nr)), mc, nc, threads, result])
@@ -494,18 +507,15 @@ def build_pool_module() -> ir.Module:
 
 # -------------------------------------------------------------------- compile, cache, load
 def target_machine() -> llvm.TargetMachine:
-    """The CPU name and features Numba compiles for (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, else
-    the host's), so that the micro-kernels' vector width (llvm_ukernel.target_vector_bits)
-    and the code generated for them agree, and a preset such as NUMBA_CPU_NAME=haswell
-    NUMBA_CPU_FEATURES="" forces the AVX2 path on an AVX-512 host."""
-    from numba.core import config
-    from numba.core.codegen import get_host_cpu_features
-
+    """A machine for the CPU name and features Numba compiles for (`llvm_ukernel.host_cpu`:
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, else the host's), so that the micro-kernels' vector
+    width (llvm_ukernel.target_vector_bits) and the code generated for them agree, and a
+    preset such as NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="" forces the AVX2 path on an
+    AVX-512 host."""
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     _resolve_c_library()
-    name = config.CPU_NAME or llvm.get_host_cpu_name()
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    name, features = host_cpu()
     target = llvm.Target.from_triple(llvm.get_process_triple())
     return target.create_target_machine(cpu=name, features=features, opt=3, reloc="static",
                                         codemodel="jitdefault", jit=True)  # fmt: skip
@@ -514,12 +524,8 @@ def target_machine() -> llvm.TargetMachine:
 @functools.cache
 def _resolve_c_library() -> None:
     """Let the loader resolve the functions the object code calls: the C library's (malloc,
-    free, syscall, memset, and libm's erfc for float64 gelu) and Numba's `get_num_threads`
-    (the calling thread's `numba.set_num_threads`), which Numba registers when it starts its
-    threading layer. (One unresolved symbol leaves every call of the object at address 0.)"""
-    from numba.np.ufunc.parallel import _launch_threads
-
-    _launch_threads()
+    free, syscall, memset, and libm's erfc for float64 gelu). (One unresolved symbol leaves
+    every call of the object at address 0.)"""
     for name in ("c", "m"):
         found = ctypes.util.find_library(name)
         if found:
@@ -540,72 +546,95 @@ def optimized(module: ir.Module, tm: llvm.TargetMachine) -> llvm.ModuleRef:
 
 def cache_key(name: str, tm: llvm.TargetMachine) -> str:
     """What the object code depends on: the kernel sources, the library, the CPU and LLVM."""
-    from numba.core import config
-    from numba.core.codegen import get_host_cpu_features
-
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
-    cpu = config.CPU_NAME or llvm.get_host_cpu_name()
+    cpu, features = host_cpu()
     llvm_version = ".".join(map(str, llvm.llvm_version_info))
     parts = [kernel_fingerprint(), name, cpu, features, llvmlite.__version__, llvm_version]
     parts.append(tm.triple)
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
-def object_code(name: str, build) -> bytes:
-    """The object code of the module `build()` makes, from the cache folder when it holds a
-    sound copy (its first 32 bytes are the sha256 of the rest), else compiled and stored."""
+def object_code(name: str, build, folder: str = "library", label: str = "kernel library"
+                ) -> tuple[bytes, bool]:  # fmt: skip
+    """The object code of the module `build()` makes, and whether it came from the cache
+    folder (kernels/`folder`), which serves it when it holds a sound copy (its first 32
+    bytes are the sha256 of the rest); else compiled and stored. `label` names the phases."""
     tm = target_machine()
-    path = cache_dir() / "kernels" / "library" / f"{name}-{cache_key(name, tm)}.o"
+    path = cache_dir() / "kernels" / folder / f"{name}-{cache_key(name, tm)}.o"
+    code = _cached_code(path, label, quiet=True)
+    if code is not None:
+        return code, True
+    with locked(path.name):  # processes compiling the same code at once: one builds it
+        code = _cached_code(path, label)
+        if code is not None:
+            return code, True
+        return _build_code(path, build, tm, folder, label), False
+
+
+def _cached_code(path, label: str, quiet: bool = False) -> bytes | None:
+    """The object code stored at `path` when it is sound (checksum), else None."""
     try:
-        with phases.phase("kernel library: cache load"):
+        with phases.phase(f"{label}: cache load"):
             data = path.read_bytes()
     except OSError:
-        explain(f"no kernel library {path.name} in the cache yet: building it")
-    else:
-        if len(data) > 32 and hashlib.sha256(data[32:]).digest() == data[:32]:
-            return data[32:]
-        explain(f"kernel library {path.name} does not match its checksum: removed, rebuilt")
-    with phases.phase("kernel library: build IR"):
+        if not quiet:
+            explain(f"no {label} {path.name} in the cache yet: building it")
+        return None
+    if len(data) > 32 and hashlib.sha256(data[32:]).digest() == data[:32]:
+        return data[32:]
+    if not quiet:
+        explain(f"{label} {path.name} does not match its checksum: removed, rebuilt")
+    return None
+
+
+def _build_code(path, build, tm: llvm.TargetMachine, folder: str, label: str) -> bytes:
+    with phases.phase(f"{label}: build IR"):
         module = build()
-    with phases.phase("kernel library: LLVM -O3"):
+    with phases.phase(f"{label}: LLVM -O3"):
         module = optimized(module, tm)
-    with phases.phase("kernel library: codegen"):
+    with phases.phase(f"{label}: codegen"):
         code = tm.emit_object(module)
     record = hashlib.sha256(code).digest() + code
     try:
         atomic_write(path, record)
     except OSError as err:  # a read-only cache: keep the code in a private one
         private = use_private_cache(f"cannot write to the cache folder ({err.strerror})")
-        atomic_write(private / "kernels" / "library" / path.name, record)
+        atomic_write(private / "kernels" / folder / path.name, record)
     return code
 
 
 @dataclass
 class Library:
-    """Loaded object code and the addresses of its exported functions."""
+    """Loaded object code, the addresses of its exported functions, and whether the code
+    came from the cache."""
 
     engine: Any
     addresses: dict[str, int]
+    hit: bool = True
 
 
 _libraries: dict[str, Library] = {}
 _lock = threading.Lock()
 
 
-def _load(name: str, build, exports: list[str]) -> Library:
+def load_object(name: str, build, exports: list[str], folder: str = "library",
+                label: str = "kernel library") -> Library:  # fmt: skip
+    """The object code of `build()`'s module (`object_code`), linked into this process once;
+    each name of `exports` must be one of its functions."""
     with _lock:
+        if name in _libraries:  # loaded before in this process: a hit
+            return dataclasses.replace(_libraries[name], hit=True)
         if name not in _libraries:
-            code = object_code(name, build)
+            code, hit = object_code(name, build, folder, label)
             tm = target_machine()
-            with phases.phase("kernel library: link"):
+            with phases.phase(f"{label}: link"):
                 engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
                 engine.add_object_file(llvm.ObjectFileRef.from_data(code))
                 engine.finalize_object()
             addresses = {e: engine.get_function_address(e) for e in exports}
             missing = [e for e, a in addresses.items() if not a]
             if missing:
-                raise RuntimeError(f"kernel library {name}: no symbol {', '.join(missing)}")
-            _libraries[name] = Library(engine, addresses)
+                raise RuntimeError(f"{label} {name}: no symbol {', '.join(missing)}")
+            _libraries[name] = Library(engine, addresses, hit)
         return _libraries[name]
 
 
@@ -616,7 +645,7 @@ def library(dtype_name: str, micro: Micro = None) -> Library:
     """The library of `dtype_name` ("float32" or "float64") and register tile `micro`, loaded
     or built once."""
     fmt = format_of(dtype_name, micro)
-    return _load(f"tilefuse_kernels_{fmt.tag}", lambda: build_module(fmt),
+    return load_object(f"tilefuse_kernels_{fmt.tag}", lambda: build_module(fmt),
                  [dense_name(fmt), job_name(fmt), plan_name(fmt), pack_x_name(fmt)])  # fmt: skip
 
 
@@ -636,7 +665,7 @@ def function(dtype_name: str, which: str, micro: Micro = None) -> int:
 
 
 def _pool_library() -> Library:
-    return _load("tilefuse_pool", build_pool_module, [WORKER, PARALLEL_FOR])
+    return load_object("tilefuse_pool", build_pool_module, [WORKER, PARALLEL_FOR])
 
 
 def worker_address() -> int:

@@ -217,4 +217,48 @@ def listing(kind: str, forward_code: str, source: str, library: dict[str, str], 
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["SourceMap", "annotated_asm", "annotated_llvm", "library_listing", "listing"]
+NATIVE_VALUE = re.compile(r'^\s*%"?[a-z]+\.(\d+)"? = ')
+INDIRECT_CALL = re.compile(r"^\s*call[a-z]*\s+\*")
+FUNCTION_START = re.compile(r"^(define |[A-Za-z_][\w.]*:$)")
+
+
+def native_listing(kind: str, code: str, library: dict[str, str], lines: list[str],
+                   graph: str) -> str:  # fmt: skip
+    """The listing of a native forward (cpu_native): its functions with each op's IR line
+    (`lines`, in call order) above the op's code (LLVM IR: the first value named for the op;
+    assembly: the op's indirect call of its driver, counted per function), then the kernel
+    libraries it calls."""
+    comment = "#" if kind == "asm" else ";"
+    what = "assembly" if kind == "asm" else "optimised LLVM IR"
+    out = [
+        f"{comment} tilefuse: {what} of graph {graph}'s compiled code: the native forward "
+        f"(cpu_native), each",
+        f"{comment} op's driver call under its IR line, then the kernel library functions it "
+        "calls.",
+        "",
+    ]
+    seen: set[int] = set()
+    calls = 0
+    for line in code.splitlines():
+        if kind == "asm" and DROPPED_ASM.match(line):
+            continue
+        if FUNCTION_START.match(line):
+            seen, calls = set(), 0
+        op = None
+        if kind == "asm" and INDIRECT_CALL.match(line):
+            op, calls = calls, calls + 1
+        match = NATIVE_VALUE.match(line) if kind != "asm" else None
+        if match and int(match.group(1)) not in seen:
+            op = int(match.group(1))
+        if op is not None and op < len(lines) and op not in seen:
+            seen.add(op)
+            out.append(f"{comment} {lines[op]}")
+        out.append(line)
+    text = "\n".join(out)
+    for name, listing_text in library.items():
+        text += "\n\n" + library_listing(listing_text, kind, name, lines)
+    return text + "\n"
+
+
+__all__ = ["SourceMap", "annotated_asm", "annotated_llvm", "library_listing", "listing",
+           "native_listing"]  # fmt: skip

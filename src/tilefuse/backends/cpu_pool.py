@@ -61,7 +61,10 @@ RUNNER, ACT, KIND, COL_TASKS, ROWS_PER_TASK, PANELS_PER_TASK, TASKS, KC = range(
 X, M, K, WP, WP_SIZE, BIAS, NPAD, OUT, N, ALPHA = range(JOB + 8, JOB + 18)
 # (RUNNER: the address of the C function that runs a worker's part of the job, published by
 # the driver with the job; a parallel-for job (`build_parallel_for`) uses X for its task
-# function and WP for the task's context; JOB + 18 .. JOB + 21 are free)
+# function and WP for the task's context; JOB + 19 .. JOB + 21 are free)
+# The most threads a call may use, caller included (0: all): the model's `threads`, written
+# before each call (`set_thread_limit`)
+THREAD_LIMIT = JOB + 18
 # Steering a sleeping worker off the caller's CPU (see `PoolIR.steer`): the CPUs the process
 # may use as a bit mask (0: no steering)
 ALLOWED = JOB + 22
@@ -94,6 +97,23 @@ def available() -> bool:
     return sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
 
 
+def default_threads() -> int:
+    """The threads the kernels use by default, caller included: NUMBA_NUM_THREADS when set
+    (read as Numba reads it, so one setting governs both), else the CPUs this process may
+    run on."""
+    if os.environ.get("NUMBA_NUM_THREADS"):
+        return max(1, int(os.environ["NUMBA_NUM_THREADS"]))
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def set_thread_limit(ctl: np.ndarray, threads: int | None) -> None:
+    """The most threads the next calls on `ctl` may use (None: all the pool has)."""
+    if ctl.size and ctl[THREAD_LIMIT] != (threads or 0):
+        ctl[THREAD_LIMIT] = threads or 0
+
+
 # -- atomics and system calls, as LLVM -------------------------------------------------------
 def declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
     """The function `name` of `module`, declared with `fnty` unless it already is."""
@@ -116,6 +136,14 @@ class PoolIR:
 
     def store(self, field: int, value: ir.Value) -> None:
         self.b.store(value, self.slot(field))
+
+    def threads(self) -> ir.Value:
+        """How many threads a call may use, caller included: the pool's workers + 1, at most
+        THREAD_LIMIT when that is set."""
+        b = self.b
+        limit, most = self.load(THREAD_LIMIT), b.add(self.load(POOL_WORKERS), I64(1))
+        capped = b.and_(b.icmp_signed(">", limit, I64(0)), b.icmp_signed("<", limit, most))
+        return b.select(capped, limit, most)
 
     def atomic_add(self, field: int, value: int | ir.Value) -> ir.Value:
         """ctl[field] += value, atomically; returns the value before."""
@@ -340,9 +368,7 @@ def build_parallel_for(module: ir.Module, name: str) -> ir.Function:
     threads = b.alloca(I64)
     b.store(I64(1), threads)
     with b.if_then(b.icmp_signed(">", nctl, I64(0))):
-        get_threads = declare(module, "get_num_threads", ir.FunctionType(I64, []))
-        wanted, workers = b.call(get_threads, []), b.add(p.load(POOL_WORKERS), I64(1))
-        b.store(b.select(b.icmp_signed("<", wanted, workers), wanted, workers), threads)
+        b.store(p.threads(), threads)
     threads = b.load(threads)
     pooled = b.alloca(I1)
     b.store(I1(0), pooled)

@@ -62,7 +62,9 @@ form, since 1 + tanh(u) in float64 is itself 0 for u < -19), at both widths:
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -81,17 +83,43 @@ I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 
 
-def target_vector_bits() -> int:
-    """512 when the CPU features Numba compiles for include AVX-512F, else 256 (AVX2).
+@functools.cache
+def host_cpu() -> tuple[str, str]:
+    """The CPU name and features the kernels compile for, read as Numba reads them (so that
+    the code Numba generates and the kernels agree) but without importing Numba, which a
+    warm start never loads: NUMBA_CPU_NAME and NUMBA_CPU_FEATURES when set (a preset such as
+    NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="" forces the AVX2 path on an AVX-512 host),
+    else the host's, with AVX off where NUMBA_ENABLE_AVX=0 or the CPU is one Numba keeps it
+    off for."""
+    import llvmlite.binding as llvm
 
-    Decided from the very features string Numba builds its target machine with (and keys its
-    cache on): NUMBA_CPU_FEATURES when set, else the host's."""
-    from numba.core import config
-    from numba.core.codegen import get_host_cpu_features
-
-    features = config.CPU_FEATURES
+    name = os.environ.get("NUMBA_CPU_NAME") or None
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features is None and str(name).lower() == "generic":
+        features = ""
+    cpu = name or llvm.get_host_cpu_name()
     if features is None:
-        features = get_host_cpu_features()
+        try:
+            found = llvm.get_host_cpu_features()
+        except RuntimeError:
+            return cpu, ""
+        avx = os.environ.get("NUMBA_ENABLE_AVX")
+        if not (int(avx) if avx else cpu not in _AVX_OFF_CPUS):
+            for key in found:
+                if key.startswith("avx"):
+                    found[key] = False
+        features = found.flatten()
+    return cpu, features
+
+
+# CPUs Numba compiles without AVX by default (slow AVX, or virtual machines that misreport it)
+_AVX_OFF_CPUS = frozenset({"corei7-avx", "core-avx-i", "sandybridge", "ivybridge", "nocona"})
+
+
+def target_vector_bits() -> int:
+    """512 when the CPU features the kernels compile for (`host_cpu`) include AVX-512F, else
+    256 (AVX2)."""
+    features = host_cpu()[1]
     enabled = {f[1:]: f[0] == "+" for f in features.split(",") if len(f) > 1 and f[0] in "+-"}
     return 512 if enabled.get("avx512f") else 256
 

@@ -9,7 +9,7 @@ loops). `load_module` imports what it wrote from the cache folder.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ from .cpu_kernels import (
     pack_weights,
     parallel_code,
 )
+from .cpu_native import DenseCall, NativePlan, Operand, readable
 
 _ROWWISE = ("softmax", "log_softmax")
 
@@ -69,6 +70,8 @@ class Rendered:
     # profiled: `forward` takes `clock` (int64[ops + 1]) after the pool and stores the cycle
     # counter before the first op and after each one, in graph order
     profiled_ops: list[int] = field(default_factory=list)
+    # the same forward as driver calls only (cpu_native), where it is nothing else
+    native: NativePlan | None = None
 
 
 class Renderer:
@@ -88,6 +91,12 @@ class Renderer:
         self.var: dict[int, str] = {}
         self.entries: dict[str, tuple] = {}  # kernel entry points used: name -> (dtype, mr, nr)
         self.plan = memory_plan_of(g)
+        # for the native forward: the arrays variables name, each dense op's driver call (None
+        # where it needs more than the call), dims bound, and whether anything else was written
+        self.arrays: dict[str, Operand] = {}
+        self.calls: dict[int, DenseCall | None] = {}
+        self.bound: list[tuple[str, int, int]] = []
+        self.only_calls = True
 
     # names and shapes ----------------------------------------------------------------------
     def dim(self, d: int | str) -> str:
@@ -112,6 +121,7 @@ class Renderer:
             while name in self.param_names:
                 name, k = f"{base}_{k}", k + 1
             self._param_keys[key] = name
+            self.arrays[name] = Operand("param", len(self.param_names))
             self.param_names.append(name)
             self.params.append(np.ascontiguousarray(make()))
         return self._param_keys[key]
@@ -144,6 +154,9 @@ class Renderer:
             self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
             if node.id not in destinations:
                 self.emit(f"{self.var[node.id]} = {self.allocation(node)}")
+                if self.in_own_buffer(node):
+                    buffer = self.plan.buffer_of[node.id]
+                    self.arrays[self.var[node.id]] = Operand("workspace", buffer)
             self.render_op(node)
             if self.profile:
                 self.emit(f"clock[{k + 1}] = E.cycles()")
@@ -152,10 +165,13 @@ class Renderer:
 
     def bind_input(self, node: Node) -> None:
         self.var[node.id] = f"x_{self.names[node.id]}"
+        index = self.g.inputs.index(node.id)
+        self.arrays[self.var[node.id]] = Operand("input", index)
         for axis, d in enumerate(node.type.shape):
             if isinstance(d, str) and d not in self.dims:
                 self.dims[d] = f"d_{identifier(d, 'symbolic dim')}"
                 self.emit(f"d_{d} = {self.var[node.id]}.shape[{axis}]")
+                self.bound.append((d, index, axis))
 
     def render_op(self, node: Node) -> None:
         getattr(self, f"render_{lowering_rule(node.op, self.target)}")(node)
@@ -181,7 +197,21 @@ class Renderer:
         symbol = self.plan.symbol if self.plan else "N"
         profiled = [n.id for n in g.ops()] if self.profile else []
         return Rendered(source, self.param_names, self.params, g.output_types(),
-                        [self.names[n.id] for n in inputs], buffers, symbol, profiled)  # fmt: skip
+                        [self.names[n.id] for n in inputs], buffers, symbol, profiled,
+                        self.native_plan(len(buffers)))  # fmt: skip
+
+    def native_plan(self, buffers: int) -> NativePlan | None:
+        """The forward as driver calls (`cpu_native`), when it is nothing else: every op a
+        dense op whose call is all its code, on inputs, parameters, outputs and buffers."""
+        calls = [self.calls.get(n.id) for n in self.g.ops()]
+        if self.profile or not self.only_calls or not calls or None in calls:
+            return None
+        entries = list(self.entries.values())
+        native = [replace(c, entry=entries.index(c.entry)) for c in calls]  # type: ignore[arg-type]
+        lines = module_header("CPU code (native)", self.g).splitlines()
+        header = "".join(f"; {readable(line.removeprefix('#'))}".rstrip() + "\n" for line in lines)
+        return NativePlan(self.g.name, native, entries, len(self.g.inputs), len(self.g.outputs),
+                          buffers, len(self.params), list(self.bound), header)  # fmt: skip
 
     def allocation(self, node: Node) -> str:
         """A view of the value's planned workspace buffer, or a fresh array when unplanned; a
@@ -196,6 +226,12 @@ class Renderer:
             return self.view_of(node.id, [self.dim(d) for d in node.type.shape])
         return self.placed(node)
 
+    def in_own_buffer(self, node: Node) -> bool:
+        """Whether `allocation` placed the value at the start of its own workspace buffer."""
+        planned = self.plan is not None and node.id in self.plan.buffer_of
+        g = self.g
+        return planned and V.written_through(g, node) is None and not V.shares_buffer(g, node)
+
     def placed(self, node: Node) -> str:
         """The value's planned workspace buffer, or a fresh array when unplanned."""
         if self.plan and node.id in self.plan.buffer_of:
@@ -209,11 +245,13 @@ class Renderer:
         for k, o in enumerate(self.g.outputs):
             if self.g[o].op not in ("input", "const") and o not in dest:
                 dest[o] = f"out{k}"
+                self.arrays[dest[o]] = Operand("output", k)
         return dest
 
     def copy_remaining_outputs(self, destinations: dict[int, str]) -> None:
         for k, o in enumerate(self.g.outputs):
             if destinations.get(o) != f"out{k}":
+                self.only_calls = False
                 self.emit("")
                 if self.g[o].type.rank:
                     self.emit(f"R.copy(E.flat({self.value(o)}), E.flat(out{k}))")
@@ -623,6 +661,8 @@ class Renderer:
         self.emit(f"E.keep({x_var}), E.keep({wp}), E.keep({bias_arg}), E.keep({out})")
         self.emit("if status != 0:")
         self.emit(f"raise E.KernelFailure({format_node(self.g, node.id, self.names)!r}, status)", 2)
+        if not (pre or post or rowwise):
+            self.record_call(node, x, x_var, wp, (bias, bias_arg), out, (act_code, alpha), tiling)
         if rowwise:
             self.elementwise_in_place(node, pre)
             self.softmax_loops(node.type, out, out, act, axis=-1)
@@ -675,6 +715,27 @@ class Renderer:
                 "kernels read packed panels only"
             )
         return given
+
+    def record_call(self, node: Node, x: int, x_var: str, wp: str, bias: tuple[int | None, str],
+                    out: str, act: tuple[int, float], tiling: Tiling) -> None:  # fmt: skip
+        """The driver call just written, for the native forward, when every array it names is
+        one the frame holds (an input, parameter, output or a buffer's start) and its sizes
+        are fixed but for the symbolic dims of its rows."""
+        x_type, n = self.g[x].type, node.type.shape[-1]
+        operands = [self.arrays.get(v) for v in (x_var, wp, out)]
+        bias_operand = None if bias[0] is None else self.arrays.get(bias[1])
+        if None in operands or not isinstance(x_type.shape[-1], int) or not isinstance(n, int):
+            return
+        if bias[0] is not None and bias_operand is None:
+            return
+        params = self.params
+        wp_size = params[operands[1].index].size  # type: ignore[union-attr]
+        bias_size = 0 if bias_operand is None else params[bias_operand.index].size
+        entry = (node.type.dtype, tiling.mr, tiling.nr)
+        self.calls[node.id] = DenseCall(
+            format_node(self.g, node.id, self.names), entry, operands[0], x_type.shape[:-1],
+            x_type.shape[-1], operands[1], wp_size, bias_operand, bias_size, operands[2], n,
+            act[0], act[1], tiling.kc, tiling.mc, tiling.nc, parallel_code(tiling))  # type: ignore[arg-type]  # fmt: skip
 
     def packed_weights(self, w: int, tiling: Tiling) -> str:
         if self.g[w].op == "const":
