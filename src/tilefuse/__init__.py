@@ -47,8 +47,6 @@ from .errors import (
     TilefuseError,
     VerifyError,
 )
-from .frontends.onnx import from_onnx, to_onnx  # onnx itself is imported when they are called
-from .frontends.torch import from_torch  # and torch likewise
 from .ir import Graph, Node, TensorType
 from .ops import OPS
 from .testing import assert_fused
@@ -66,11 +64,21 @@ def calibrate(rounds: int | None = None) -> object:
     return measure() if rounds is None else measure(rounds)
 
 
-def __getattr__(name: str) -> object:
-    if name == "dask":  # tfu.dask.predict: imports Dask only when it is asked for
-        import importlib
+# imported on first use (a compile of a DSL network needs none of them); onnx and torch
+# themselves only when the functions are called
+_LAZY = {"from_onnx": ".frontends.onnx", "to_onnx": ".frontends.onnx",
+         "from_torch": ".frontends.torch"}  # fmt: skip
 
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    if name == "dask":  # tfu.dask.predict: imports Dask only when it is asked for
         return importlib.import_module(".dask", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'tilefuse' has no attribute {name!r}")
 
 

@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import pickletools
 import shutil
 import sys
 import tempfile
@@ -475,6 +474,8 @@ def _structure_problem(files: list[pathlib.Path]) -> str:
 
 def _pickle_length(data: bytes) -> int:
     """Length of the first pickle in `data`; ValueError when it is not a whole pickle."""
+    import pickletools  # only when Numba's files are checked
+
     stop = -1
     for opcode, _, pos in pickletools.genops(data):
         if opcode.name == "STOP":

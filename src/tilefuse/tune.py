@@ -31,7 +31,6 @@ import datetime
 import functools
 import gc
 import math
-import statistics
 import sys
 import time
 import warnings
@@ -63,6 +62,12 @@ MAX_CANDIDATES = 24  # before the budget prunes further
 VERIFY_CALLS = 4
 
 
+def _median(values) -> float:
+    import statistics  # (and fractions): not at `import tilefuse`
+
+    return statistics.median(values)
+
+
 class TuneWarning(UserWarning):
     """A tuned tiling failed its check against the reference and was not stored."""
 
@@ -79,10 +84,10 @@ class Candidate:
     @property
     def median(self) -> float:
         values = self.final or self.samples
-        return statistics.median(values) if values else math.inf
+        return _median(values) if values else math.inf
 
     def speedup(self) -> float:
-        return statistics.median(self.ratios) if self.ratios else 1.0
+        return _median(self.ratios) if self.ratios else 1.0
 
 
 @dataclass
