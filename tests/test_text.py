@@ -396,3 +396,17 @@ def test_parse_error_points_at_the_column():
 def test_comments_and_blank_lines_are_ignored():
     text = "# a comment\n\n" + GOOD.replace("return", "# why\n  return")
     assert parse_graph(text) == parse_graph(GOOD)
+
+
+def test_a_constants_digest_is_remembered_only_while_it_cannot_change():
+    from tilefuse.ir import array_digest
+
+    a = np.arange(6, dtype=np.float32)
+    before = array_digest(a)
+    a[0] = 9  # writable: hashed again at every call
+    assert array_digest(a) != before
+    a.setflags(write=False)  # owned and read-only, as a compiled model's constants
+    frozen = array_digest(a)
+    assert array_digest(a) == frozen == array_digest(a.copy())
+    view = a[1:]  # a view owns no data: never remembered
+    assert array_digest(view) == array_digest(np.array(view))

@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import re
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -142,10 +143,24 @@ class Node:
 
 
 def array_digest(array: np.ndarray) -> str:
-    """Short content hash of a constant: its dtype, shape and bytes."""
+    """Short content hash of a constant: its dtype, shape and bytes. Remembered for arrays
+    that own read-only data (a compiled model's constants: `compiler.owned_constants`), which
+    every printing of the graph and every cache key would otherwise hash again."""
+    frozen = isinstance(array, np.ndarray) and array.flags.owndata and not array.flags.writeable
+    if frozen:
+        known = _digests.get(id(array))
+        if known is not None and known[0]() is array:
+            return known[1]
     h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     h.update(np.ascontiguousarray(array).tobytes())
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    if frozen:
+        key = id(array)
+        _digests[key] = (weakref.ref(array, lambda _, k=key: _digests.pop(k, None)), digest)
+    return digest
+
+
+_digests: dict[int, tuple[weakref.ref, str]] = {}  # id -> (the array, its digest)
 
 
 class Graph:

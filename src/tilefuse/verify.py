@@ -13,6 +13,20 @@ from .ops import OPS, infer_node_type, is_elementwise, normalize_attrs
 from .views import layout, reads_strided, regrouped, shares_buffer
 
 
+class _Where:
+    """ "graph G: <the node's IR line>", formatted only when an error message uses it (the
+    line costs a pass over the graph's names; verify runs between every two passes)."""
+
+    def __init__(self, g: Graph, node: Node) -> None:
+        self.g, self.node = g, node
+
+    def __str__(self) -> str:
+        return f"graph {self.g.name}: {_line(self.g, self.node)}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 def _line(g: Graph, node: Node) -> str:
     from .text import format_node, node_names
 
@@ -61,7 +75,7 @@ def _verify_buffers(g: Graph) -> None:
     for node in g:
         if node.buffer is None:
             continue
-        where = f"graph {g.name}: {_line(g, node)}"
+        where = _Where(g, node)
         if node.op in ("input", "const") or node.id in g.outputs:
             raise VerifyError(f"{where}: inputs, constants and outputs live in arrays of their own")
         view = shares_buffer(g, node)
@@ -83,7 +97,7 @@ def _verify_buffers(g: Graph) -> None:
         held[node.buffer].append(node)
 
 
-def _verify_view(g: Graph, node: Node, where: str) -> None:
+def _verify_view(g: Graph, node: Node, where: _Where) -> None:
     """A view reads its operand's buffer with strides that exist, and a strided one is read
     only by ops that take strides (attention's q, k, v) or by views."""
     try:
@@ -104,7 +118,7 @@ def _verify_view(g: Graph, node: Node, where: str) -> None:
 
 
 def _verify_node(g: Graph, node: Node) -> None:
-    where = f"graph {g.name}: {_line(g, node)}"
+    where = _Where(g, node)
     if node.op == "input":
         if node.id not in g.inputs:
             raise VerifyError(f"{where}: an input node that is not among the graph's inputs")
@@ -123,7 +137,7 @@ def _verify_node(g: Graph, node: Node) -> None:
         raise VerifyError(f"{where}: its type is stale; the operands give {inferred}")
 
 
-def _verify_const(g: Graph, node: Node, where: str) -> None:
+def _verify_const(g: Graph, node: Node, where: _Where) -> None:
     array = g.constants.get(node.id)
     if array is None:
         raise VerifyError(f"{where}: constant without data")
