@@ -193,6 +193,45 @@ def _call_dense(typingctx, address, x, m, k, wp, out, n, kc, mc, nc):
     return sig, codegen
 
 
+@njit(cache=True)
+def pack_transposed(k, nr):
+    """pack_weights(k.T, K, nr) for k [T, K]: kᵀ as the weights of one k block, written a
+    key (a row of k, read in order) at a time; keys past T zero."""
+    t, d = k.shape
+    panels = -(-t // nr)
+    packed = np.empty(d * panels * nr, k.dtype)
+    for jt in range(panels):
+        base = jt * d * nr
+        for q in range(nr):
+            key = jt * nr + q
+            if key < t:
+                for p in range(d):
+                    packed[base + p * nr + q] = k[key, p]
+            else:
+                for p in range(d):
+                    packed[base + p * nr + q] = 0
+    return packed
+
+
+@njit(cache=True)
+def pack_block(w, nr):
+    """pack_weights(w, K, nr) for w [K, N]: the weights of one k block, nr-wide panels of
+    w's rows; columns past N zero."""
+    k_total, n = w.shape
+    panels = -(-n // nr)
+    packed = np.empty(k_total * panels * nr, w.dtype)
+    for jt in range(panels):
+        base, c0 = jt * k_total * nr, jt * nr
+        width = min(nr, n - c0)
+        for p in range(k_total):
+            row = base + p * nr
+            for q in range(width):
+                packed[row + q] = w[p, c0 + q]
+            for q in range(width, nr):
+                packed[row + q] = 0
+    return packed
+
+
 @njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
 def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
     """`attention_rows` with the dense driver's micro-kernels for the two products: the
@@ -206,16 +245,16 @@ def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
     for r in range(m):
         for t in range(d):
             qs[r, t] = q[i0 + r, t] * scale
-    wk = pack_weights(k.T, max(d, 1), nr)  # kᵀ and v as weights of one k block each
-    wv = pack_weights(v, max(tk, 1), nr)
+    wk = pack_transposed(k, nr)  # kᵀ and v as weights of one k block each
+    wv = pack_block(v, nr)
     s = np.empty((m, tk), q.dtype)
     mc = 1024
     _call_dense(dense, qs, m, d, wk, s, tk, max(d, 1), mc, max(-(-tk // nr) * nr, nr))
     table = exp_table(q.dtype)
     exponent = np.empty(tk, np.int32)
     total = np.empty(m, q.dtype)
-    consts = np.empty(1, q.dtype)  # -inf in q's dtype
-    consts[0] = -np.inf
+    consts = np.empty(2, q.dtype)  # -inf and 1 in q's dtype
+    consts[0], consts[1] = -np.inf, 1.0
     ma = a if mask.shape[0] > 1 else 0
     mb = b if mask.shape[1] > 1 else 0
     for r in range(m):
@@ -224,8 +263,9 @@ def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
     o = np.empty((m, dv), q.dtype)
     _call_dense(dense, s, m, tk, wv, o, dv, max(tk, 1), mc, max(-(-dv // nr) * nr, nr))
     for r in range(m):
+        inverse = consts[1] / total[r]  # (0: inf, and 0 * inf is NaN, as 0 / 0)
         for c in range(dv):
-            out[i0 + r, c] = o[r, c] / total[r]
+            out[i0 + r, c] = o[r, c] * inverse
 
 
 @njit(cache=True)
@@ -404,9 +444,20 @@ def exp_parts(s, top, table, exponent):
     log2e, ln2_hi, ln2_lo, low, zero, magic = table[i : i + 6]
     c0, c1, c2, c3, c4, c5, c6 = table[0:7]
     c7, c8, c9, c10, c11, c12, c13 = table[7:14]
-    for j in range(s.size):
+    if s.itemsize == 4:  # float32: degree 7 (its error r^8/8! < 6e-9, far below an ulp)
+        for j in range(s.size):
+            x = s[j] - top
+            xc = x if x > low else low  # NaN too: the index below stays in the table
+            xc = xc if xc < zero else zero
+            n = (xc * log2e + magic) - magic
+            r = (xc - n * ln2_hi) - n * ln2_lo
+            p = ((((((c6 * r + c7) * r + c8) * r + c9) * r + c10) * r + c11) * r + c12) * r + c13
+            s[j] = p if x == x else x
+            exponent[j] = np.int32(n)
+        return
+    for j in range(s.size):  # float64: degree 13
         x = s[j] - top
-        xc = x if x > low else low  # NaN too: the index below stays in the table
+        xc = x if x > low else low
         xc = xc if xc < zero else zero
         n = (xc * log2e + magic) - magic
         r = (xc - n * ln2_hi) - n * ln2_lo
