@@ -351,3 +351,49 @@ def test_every_register_tile_of_the_family_compiles_and_matches_the_reference():
         assert model.native.plan.entries == [("f32", mr, nr)]  # the driver it calls
         assert f"dense_f32_{mr}x{nr} = E.require('f32', {mr}, {nr})" in model.rendered.source
         assert_matches_reference(model, net.graph(), x)
+
+
+def test_native_calls_from_threads_while_the_thread_count_changes():
+    """Each thread's frame holds its own workspace's addresses and lives as long as its
+    call, whatever another thread's set_threads does meanwhile (Dask's threaded scheduler
+    calls set_threads per chunk: test_dask caught calls whose frame and buffers were freed
+    while they ran, answers ~1e34)."""
+    import threading
+
+    net = tfu.Sequential([tfu.Dense(96, activation="relu"), tfu.Dense(7)], input_dim=40, seed=5)
+    model = tfu.compile(net, target="cpu")
+    assert model.native is not None
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((b, 40)).astype(np.float32) for b in (1, 33, 200, 512)]
+    want = [tfu.reference.run(net.graph(), x) for x in xs]
+    failures = []
+
+    def work(seed: int) -> None:
+        for r in range(60):
+            k = (seed + r) % len(xs)
+            model.set_threads(1 + (seed + r) % 2)
+            got = model(xs[k]) if r % 3 else model(x=xs[k])  # the fast and the generic path
+            if not np.allclose(got, want[k], rtol=1e-4, atol=1e-4):
+                failures.append((seed, r))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def test_a_float64_network_runs_native_and_matches_numpy():
+    rng = np.random.default_rng(3)
+    w1, b1 = rng.standard_normal((9, 20)), rng.standard_normal(20)
+    w2 = rng.standard_normal((20, 5))
+
+    @tfu.function
+    def mlp(x: tfu.Input["N", 9], w1=w1, b1=b1, w2=w2):
+        return tfu.tanh(x @ w1 + b1) @ w2
+
+    model = tfu.compile(mlp, target="cpu", dtype="f64")
+    assert model.native is not None and model.native.plan.entries[0][0] == "f64"
+    x = rng.standard_normal((13, 9))
+    np.testing.assert_allclose(model(x), np.tanh(x @ w1 + b1) @ w2, rtol=1e-12, atol=1e-12)
