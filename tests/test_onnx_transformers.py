@@ -221,3 +221,92 @@ def test_int32_token_ids(target: str) -> None:
         ort.InferenceSession(tfu.to_onnx(g).SerializeToString()).run(None, {"ids": ids})[0],
         table[ids],
     )
+
+
+def masked_softmax_model(mask_type: int, between: list | None = None) -> Any:
+    """scores [N, 2, T, T] and the usual extended attention mask of an integer input:
+    softmax(scores + (1 - float(mask[:, None, None, :])) * -10000), as BERT exports write it
+    (Unsqueeze, Unsqueeze, Cast, Sub, Mul, Add); `between`: nodes between the Unsqueezes and
+    the Cast."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+              numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+              numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+              numpy_helper.from_array(np.array(-10000.0, np.float32), "big")]  # fmt: skip
+    nodes = [helper.make_node("Unsqueeze", ["mask", "axis1"], ["m1"], name="unsqueeze1"),
+             helper.make_node("Unsqueeze", ["m1", "axis2"], ["m2"], name="unsqueeze2"),
+             *(between or []),
+             helper.make_node("Cast", ["m3" if between else "m2"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Sub", ["one", "mf"], ["inv"]),
+             helper.make_node("Mul", ["inv", "big"], ["ext"]),
+             helper.make_node("Add", ["scores", "ext"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["y"], axis=-1)]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "masked_softmax",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 2, 5, 5]),
+         helper.make_tensor_value_info("mask", mask_type, ["batch", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=consts,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu", "cuda"])
+def test_an_attention_mask_computed_from_an_integer_input(target: str) -> None:
+    """HF-style exports take attention_mask as INT64 and build the additive mask at run time:
+    the integer input is cast to floats where the layout ops first move it (exact: 0 and 1),
+    checked against NumPy written here and ONNX Runtime, and exported back."""
+    from onnx import TensorProto
+
+    if target == "cuda":
+        pytest.importorskip("numba.cuda")
+    rng = np.random.default_rng(2)
+    scores = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 1, 0, 1]])
+    extended = (1.0 - mask[:, None, None, :].astype(np.float32)) * -10000.0
+    e = np.exp(scores + extended - (scores + extended).max(-1, keepdims=True))
+    want = e / e.sum(-1, keepdims=True)
+    for mask_type, dtype in ((TensorProto.INT64, np.int64), (TensorProto.INT32, np.int32)):
+        proto = masked_softmax_model(mask_type)
+        g = tfu.from_onnx(proto)
+        assert any(n.op == "cast" for n in g.ops())
+        model = tfu.compile(g, target=target)
+        np.testing.assert_allclose(model(scores, mask.astype(dtype)), want, rtol=1e-5, atol=1e-6)
+        feeds = {"scores": scores, "mask": mask.astype(dtype)}
+        ort_y = ort.InferenceSession(proto.SerializeToString()).run(None, feeds)[0]
+        np.testing.assert_allclose(ort_y, want, rtol=1e-5, atol=1e-6)
+        back = ort.InferenceSession(tfu.to_onnx(g).SerializeToString()).run(None, feeds)[0]
+        np.testing.assert_allclose(back, want, rtol=1e-5, atol=1e-6)
+
+
+def test_integer_arithmetic_before_the_cast_is_refused_naming_the_node() -> None:
+    """Only layout ops and exact +, -, * may come between an integer input and its Cast
+    (tilefuse moves the cast up to the input); other integer ops it does not compute."""
+    from onnx import TensorProto, helper
+
+    relu = helper.make_node("Relu", ["m2"], ["m3"], name="clip")
+    proto = masked_softmax_model(TensorProto.INT64, [relu])
+    with pytest.raises(UnsupportedError, match=r"'clip' \(Relu.*relu of integers computed at"):
+        tfu.from_onnx(proto)
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_a_bert_export_with_token_ids_and_an_attention_mask(target: str) -> None:
+    """tests/models/torch_masked_token_encoder.onnx: int64 ids and an int64 attention_mask,
+    the extended mask built at run time (Unsqueeze, Cast, Sub, Mul) and added to the scores;
+    padded rows and all-ones masks against ONNX Runtime."""
+    path = MODELS / "torch_masked_token_encoder.onnx"
+    g = tfu.from_onnx(path)
+    assert [str(g[i].type) for i in g.inputs] == ["i64[N,8]", "i64[N,8]"]
+    model = tfu.compile(g, target=target)
+    if target == "cpu":  # the mask reaches the fused attention as its operand
+        assert any(n.op == "attention" and len(n.inputs) == 4 for n in model.final.ops())
+    session = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(7)
+    for batch in (1, 3):
+        ids = rng.integers(0, 50, (batch, 8)).astype(np.int64)
+        mask = np.ones((batch, 8), np.int64)
+        mask[-1, 5:] = 0  # the last sequence is padded
+        want = session.run(None, {"ids": ids, "mask": mask})[0]
+        np.testing.assert_allclose(model(ids, mask), want, rtol=1e-4, atol=1e-4)

@@ -85,14 +85,16 @@ def tolerance(dtype: str, scale: float) -> tuple[float, float]:
 
 
 def random_inputs(g: Graph, batch: int = CHECK_BATCHES[-1], seed: int = 0) -> list[np.ndarray]:
-    """Standard normal floats; for integer inputs (indices) ints in range of every table that
-    gathers with them."""
+    """Standard normal floats; for integer inputs ints in range of every table that gathers
+    with them, or 0 and 1 for one that is cast to floats (a mask)."""
     rng = np.random.default_rng(seed)
     inputs = []
     for node_id, t in zip(g.inputs, g.input_types()):
         shape = [d if isinstance(d, int) else batch for d in t.shape]
-        if t.dtype in INDEX_DTYPES:
-            inputs.append(rng.integers(0, index_bound(g, node_id), shape).astype(t.np_dtype))
+        if t.dtype in INDEX_DTYPES:  # indices of a gather; else 0 and 1 (a mask, say)
+            gathered = any(user.op == "gather" for user in g.users(node_id))
+            bound = index_bound(g, node_id) if gathered else 2
+            inputs.append(rng.integers(0, bound, shape).astype(t.np_dtype))
         else:
             inputs.append(rng.standard_normal(shape).astype(t.np_dtype))
     return inputs

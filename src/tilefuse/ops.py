@@ -609,7 +609,8 @@ OPS: dict[str, OpDef] = {
         lambda a, attrs: a[0].astype(DTYPES[attrs["to"]]),
         attrs={"to": Attr("str", REQUIRED, tuple(DTYPES))},
         doc="the value in another dtype (rounded to nearest when narrowing); the DSL writes "
-        "one where a constant is narrower in the network than in the array given",
+        "one where a constant is narrower in the network than in the array given, and an "
+        "integer input (an attention mask of 0 and 1) becomes floats through one",
     ),
     "layer_norm": OpDef(
         "layer_norm",
@@ -717,10 +718,10 @@ def infer_node_type(
     if opdef.infer is None:
         raise AttrError(f"{_where(loc)}{op} nodes are made by Graph inputs and constants only")
     integer = [t for t in types if t.dtype in INDEX_DTYPES]
-    if integer and op != "gather":
+    if integer and op not in ("gather", "cast"):
         raise DTypeError(
             f"{_where(loc)}{op}: operand {integer[0]} is an integer tensor; integer tensors are "
-            "indices, which only gather reads (tilefuse computes in f32 and f64)"
+            "indices, which only gather and cast read (tilefuse computes in f32 and f64)"
         )
     try:
         return opdef.infer(types, full_attrs(op, attrs))
@@ -825,7 +826,9 @@ def cast_graph(g: Graph, dtype: str) -> Graph:
     b = GraphBuilder(g.name)
     new: dict[int, int] = {}
     for node in g:
-        if node.op == "cast":
+        if node.op == "cast" and g[node.inputs[0]].type.dtype in INDEX_DTYPES:  # ints: kept
+            new[node.id] = b.op("cast", [new[node.inputs[0]]], loc=node.loc, to=dtype)
+        elif node.op == "cast":
             new[node.id] = new[node.inputs[0]]
         elif node.op == "input" and node.type.dtype in INDEX_DTYPES:  # indices stay integers
             new[node.id] = b.input(node.name or "x", node.type, node.loc)

@@ -64,6 +64,38 @@ class TokenEncoder(nn.Module):
         return self.enc(self.ln(self.tok(ids) + self.pos(positions)[None]))
 
 
+class MaskedBlock(PreNormBlock):
+    """PreNormBlock with an additive attention mask [N, 1, 1, T] on the scores."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.reshape(b, t, HEADS, d // HEADS).transpose(1, 2) for z in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d // HEADS) + mask
+        a = torch.softmax(scores, dim=-1) @ v
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.f2(nn.functional.gelu(self.f1(self.ln2(x))))
+
+
+class MaskedTokenEncoder(nn.Module):
+    """BERT as Hugging Face exports it: int64 token ids and an int64 attention_mask (1: a
+    token, 0: padding), the extended mask (1 - mask[:, None, None, :]) * -10000 built at run
+    time, embeddings, LayerNorm, two masked blocks."""
+
+    def __init__(self, vocab: int = 50) -> None:
+        super().__init__()
+        self.tok, self.pos, self.ln = nn.Embedding(vocab, D), nn.Embedding(T, D), nn.LayerNorm(D)
+        self.blocks = nn.ModuleList([MaskedBlock(), MaskedBlock()])
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        extended = (1.0 - mask[:, None, None, :].to(torch.float32)) * -10000.0
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        h = self.ln(self.tok(ids) + self.pos(positions)[None])
+        for block in self.blocks:
+            h = block(h, extended)
+        return h
+
+
 def export(module: nn.Module, name: str, example: torch.Tensor) -> None:
     with torch.no_grad():  # no parameter left at its init (LayerNorm's ones and zeros)
         for p in module.parameters():
@@ -88,6 +120,21 @@ def export_dynamic_sequence(module: nn.Module, name: str, example: torch.Tensor)
     )  # fmt: skip
 
 
+def export_with_mask(module: nn.Module, name: str) -> None:
+    """Inputs `ids` and `mask` (both int64 [batch, T]), the batch dynamic."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    module.eval()
+    ids, mask = torch.randint(0, 50, (2, T)), torch.ones(2, T, dtype=torch.int64)
+    batch = {0: "batch"}
+    torch.onnx.export(
+        module, (ids, mask), HERE / f"{name}.onnx", opset_version=17,
+        input_names=["ids", "mask"], output_names=["y"],
+        dynamic_axes={"ids": batch, "mask": batch, "y": batch}, dynamo=False,
+    )  # fmt: skip
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     x = torch.randn(2, T, D)
@@ -100,3 +147,5 @@ if __name__ == "__main__":
     export_dynamic_sequence(PreNormBlock(), "torch_prenorm_block_dynamic_seq", x)
     torch.manual_seed(4)
     export_dynamic_sequence(Encoder(), "torch_encoder_dynamic_seq", x)
+    torch.manual_seed(5)
+    export_with_mask(MaskedTokenEncoder(), "torch_masked_token_encoder")

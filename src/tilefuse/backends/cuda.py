@@ -714,7 +714,8 @@ class CudaModel(CompiledModel):
 
         g = self.final
         for node_id, value in zip(g.inputs, inputs, strict=True):
-            if g[node_id].type.dtype not in INDEX_DTYPES:
+            gathered = any(user.op == "gather" for user in g.users(node_id))
+            if g[node_id].type.dtype not in INDEX_DTYPES or not gathered:  # (cast: any value)
                 continue
             array = self.runtime.as_device_array(value)
             host = np.asarray(value) if array is None else array.copy_to_host()

@@ -27,7 +27,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import TilefuseError
-from ..ir import MAX_NAME_CHARS, Graph, TensorType, check_name, dtype_name, is_identifier
+from ..ir import (
+    DTYPES,
+    INDEX_DTYPES,
+    MAX_NAME_CHARS,
+    Graph,
+    TensorType,
+    check_name,
+    dtype_name,
+    is_identifier,
+)
 from ..ops import OPS, GraphBuilder, attrs_of, broadcast_shapes, normalized_axes
 from . import UnsupportedError, require
 from .onnx_shapes import (
@@ -60,7 +69,8 @@ EXPORT_OPSET = 20  # Gelu needs 20; LayerNormalization 17; ReduceMean with axes 
 EXPORT_IR_VERSION = 10  # what ONNX Runtime releases of opset 20 read
 
 _FLOAT_TYPES = {1: "f32", 11: "f64"}  # TensorProto.FLOAT, TensorProto.DOUBLE
-_INPUT_TYPES = {**_FLOAT_TYPES, 7: "i64", 6: "i32"}  # INT64, INT32: indices Gather reads
+_INTEGER_TYPES = {7: "i64", 6: "i32"}  # INT64, INT32: indices Gather reads, masks Cast reads
+_INPUT_TYPES = {**_FLOAT_TYPES, **_INTEGER_TYPES}
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,17 @@ def supported_ops() -> list[str]:
 
 
 # -- the importer --------------------------------------------------------------------------
+class Counted(int):
+    """A node holding integers as floats: an integer input read by layout ops, or by
+    exact arithmetic (+, -, *), before the Cast that makes it floats (the cast is moved up to
+    the input; the integers are exact in f32 below 2^24). The Cast to float unwraps it; any
+    other op on it is an error naming the node."""
+
+
+_LAYOUT_OPS = frozenset({"reshape", "permute", "transpose", "slice"})
+_EXACT_OPS = frozenset({"add", "sub", "mul"})
+
+
 class _Importer:
     def __init__(
         self,
@@ -136,6 +157,7 @@ class _Importer:
         self.node: Any = None
         self.index = 0
         self.plained: dict[tuple[int, tuple[int, ...]], int] = {}
+        self.as_floats: dict[int, Counted] = {}  # integer node -> its cast (integers_as_floats)
 
     # errors --------------------------------------------------------------------------------
     def where(self) -> str:
@@ -305,10 +327,30 @@ class _Importer:
 
     def emit(self, op: str, operands: Sequence[Value], **attrs: Any) -> int:
         ids = [self.node_id(v, f"{self.node.op_type.lower()}_c") for v in operands]
+        if op in _LAYOUT_OPS:  # an integer input moved about before its Cast (a mask)
+            ids = [self.integers_as_floats(i) for i in ids]
+        counted = any(isinstance(i, Counted) for i in ids)
+        if counted and op not in _LAYOUT_OPS | _EXACT_OPS:
+            raise self.fail(
+                f"{op} of integers computed at run time (an integer input before its Cast to "
+                "float); tilefuse computes in f32 and f64: cast the input first"
+            )
         try:
-            return self.b.op(op, ids, loc=self.loc, **attrs)
+            node = self.b.op(op, ids, loc=self.loc, **attrs)
         except TilefuseError as err:
             raise self.fail(str(err)) from None
+        return Counted(node) if counted else node
+
+    def integers_as_floats(self, node: int) -> int:
+        """An integer input (or a layout of one) as the floats that its Cast to float will
+        give (`Counted`: exact for |n| < 2^24); anything else as it is."""
+        if isinstance(node, Counted) or self.b.types[node].dtype not in INDEX_DTYPES:
+            return node
+        if node not in self.as_floats:
+            inputs = [self.b.types[i].dtype for i in self.b.inputs]
+            floats = next((d for d in inputs if d in DTYPES), "f32")  # the network's dtype
+            self.as_floats[node] = Counted(self.b.op("cast", [node], loc=self.loc, to=floats))
+        return self.as_floats[node]
 
     def scalar(self, like: Value, value: float) -> np.ndarray:
         return np.array(value, dtype=self.type_of(like).np_dtype)
@@ -559,7 +601,17 @@ def dropout(imp: _Importer, node: Any) -> list[Value | None]:
 
 @converter("Cast", attrs=("to", "saturate", "round_mode"))
 def cast(imp: _Importer, node: Any) -> list[Value | None]:
-    return [same_dtype_cast(imp, imp.value(node.input[0]), _FLOAT_TYPES.get(imp.attr("to")))]
+    x, target = imp.value(node.input[0]), _FLOAT_TYPES.get(imp.attr("to"))
+    if isinstance(x, np.ndarray):
+        return [same_dtype_cast(imp, x, target)]
+    integer = imp.type_of(x).dtype in INDEX_DTYPES
+    if target is not None and integer:  # an integer input to floats (an attention mask)
+        return [imp.emit("cast", [x], to=target)]
+    if isinstance(x, Counted) and target == imp.type_of(x).dtype:
+        return [int(x)]  # the integers moved as floats are the floats the Cast makes
+    if isinstance(x, Counted) and imp.attr("to") in _INTEGER_TYPES:
+        return [x]  # still integers, held as floats
+    return [same_dtype_cast(imp, x, target)]
 
 
 @converter("CastLike", attrs=("saturate", "round_mode"))
