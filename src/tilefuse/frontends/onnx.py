@@ -398,7 +398,7 @@ class _Importer:
             raise self.fail(
                 f"input {value_info.name!r} has element type {elem}; tilefuse computes in "
                 "FLOAT (f32) and DOUBLE (f64) only (INT64 and INT32 inputs: indices that Gather "
-                "reads)"
+                "reads, or masks that a Cast makes floats)"
             )
         if not tensor.HasField("shape"):
             raise self.fail(f"input {value_info.name!r} has no shape; give it one")
