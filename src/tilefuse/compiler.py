@@ -44,6 +44,8 @@ def compile(
     compiled (its code came from the cache); "always" also compares every call; False skips
     it. A mismatch raises MiscompileError naming the first op that differs (tilefuse.check).
     threads: kernel threads (default: all cores, or TILEFUSE_NUM_THREADS).
+    native (cpu, default True): a network whose every op is a kernel-library call (an MLP)
+    runs an LLVM forward built with llvmlite, loaded without Numba; False: Numba's forward.
     deterministic: promise bit-identical outputs across runs and thread counts, and check it
     at compile time (docs/reliability.md says what it costs).
 
