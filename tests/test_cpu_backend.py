@@ -397,3 +397,51 @@ def test_a_float64_network_runs_native_and_matches_numpy():
     assert model.native is not None and model.native.plan.entries[0][0] == "f64"
     x = rng.standard_normal((13, 9))
     np.testing.assert_allclose(model(x), np.tanh(x @ w1 + b1) @ w2, rtol=1e-12, atol=1e-12)
+
+
+def _worker_ticks() -> int:
+    """CPU ticks the kernels' pool workers have used (Linux: /proc/self/task/<tid>/stat)."""
+    from tilefuse.backends import cpu_pool as P
+    from tilefuse.backends.cpu_kernels import pool_control
+
+    ctl, ticks = pool_control(), 0
+    for w in range(int(ctl[P.POOL_WORKERS])):
+        with open(f"/proc/self/task/{int(ctl[P.TIDS + w])}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
+def test_a_native_models_thread_count_holds_beside_other_models_calls():
+    """threads=1 runs on the caller alone, while another thread calls a model with the
+    default count: the limit travels with each native call (its calls run without the GIL,
+    so a limit in the pool's shared control block was the other model's)."""
+    import threading
+
+    from tilefuse.backends import cpu_pool as P
+    from tilefuse.backends.cpu_kernels import pool_control
+
+    if pool_control().size == 0 or int(pool_control()[P.POOL_WORKERS]) == 0:
+        pytest.skip("no thread pool here")
+    wide = tfu.Sequential([tfu.Dense(512, "relu") for _ in range(4)], input_dim=512, seed=1)
+    one = tfu.compile(wide, target="cpu", threads=1, check=False)
+    tiny = tfu.compile(tfu.Sequential([tfu.Dense(4)], input_dim=4, seed=2), check=False)
+    assert one.native is not None and tiny.native is not None
+    x, small = np.ones((256, 512), np.float32), np.ones((1, 4), np.float32)
+    one(x)
+    stop = threading.Event()
+
+    def others() -> None:
+        while not stop.is_set():
+            tiny(small)  # below the parallel threshold: never on the workers
+
+    thread = threading.Thread(target=others)
+    thread.start()
+    before = _worker_ticks()
+    for _ in range(30):
+        one(x)
+    used = _worker_ticks() - before
+    stop.set()
+    thread.join()
+    assert used == 0

@@ -280,15 +280,40 @@ def test_an_attention_mask_computed_from_an_integer_input(target: str) -> None:
         np.testing.assert_allclose(back, want, rtol=1e-5, atol=1e-6)
 
 
-def test_integer_arithmetic_before_the_cast_is_refused_naming_the_node() -> None:
-    """Only layout ops and exact +, -, * may come between an integer input and its Cast
-    (tilefuse moves the cast up to the input); other integer ops it does not compute."""
+@pytest.mark.parametrize("op", ["Relu", "Mul", "Sub"])
+def test_integer_arithmetic_before_the_cast_is_refused_naming_the_node(op: str) -> None:
+    """Only layout ops may come between an integer input and its Cast (tilefuse moves the
+    cast up to the input): integer arithmetic wraps and truncates where float arithmetic
+    rounds (16777217 - 16777216 is 0 in f32), so it is refused, never computed as floats."""
     from onnx import TensorProto, helper
 
-    relu = helper.make_node("Relu", ["m2"], ["m3"], name="clip")
-    proto = masked_softmax_model(TensorProto.INT64, [relu])
-    with pytest.raises(UnsupportedError, match=r"'clip' \(Relu.*relu of integers computed at"):
+    operands = ["m2"] if op == "Relu" else ["m2", "m2"]
+    node = helper.make_node(op, operands, ["m3"], name="integers")
+    proto = masked_softmax_model(TensorProto.INT64, [node])
+    with pytest.raises(UnsupportedError, match=rf"'integers' \({op}.* of integers computed"):
         tfu.from_onnx(proto)
+
+
+def test_an_integer_output_is_refused_and_a_float64_mask_is_exact() -> None:
+    from onnx import TensorProto, helper
+
+    proto = masked_softmax_model(TensorProto.INT64)
+    proto.graph.output.append(helper.make_tensor_value_info("m2", TensorProto.INT64, None))
+    with pytest.raises(UnsupportedError, match=r"output 'm2' is an integer input"):
+        tfu.from_onnx(proto)
+    # a network of integer inputs only, cast to DOUBLE: exact, in f64
+    graph = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["mask", "axis"], ["m1"]),
+         helper.make_node("Cast", ["m1"], ["y"], to=TensorProto.DOUBLE)], "ints_to_f64",
+        [helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        initializer=[onnx.numpy_helper.from_array(np.array([1], np.int64), "axis")],
+    )  # fmt: skip
+    g = tfu.from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    ids = np.array([[3, -5, 16777217]], np.int64)  # 2^24 + 1: not a float32
+    for target in ("reference", "cpu"):
+        got = tfu.compile(g, target=target)(ids)
+        assert got.dtype == np.float64 and got.tolist() == [[[3.0, -5.0, 16777217.0]]]
 
 
 @pytest.mark.parametrize("target", ["reference", "cpu"])

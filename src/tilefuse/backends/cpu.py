@@ -59,7 +59,8 @@ class CpuModel(CompiledModel):
         if self.native is not None:  # driver calls only: no Numba (cpu_native)
             # networks of one shape share the code; a passed check is this model's (weights)
             loaded = self.native.loaded
-            self.loaded: Any = replace(loaded, name=f"{loaded.name}-{digest(str(graph))[:12]}")
+            check_name = f"{loaded.name}-{digest(str(self.final))[:12]}"
+            self.loaded: Any = replace(loaded, name=check_name)
             self.module, self.forward = None, None
         else:
             with phases.phase("forward: import"):
@@ -197,12 +198,12 @@ class CpuModel(CompiledModel):
 
     def workspace(self, batch: int) -> list[np.ndarray]:
         """The memory plan's buffers for `batch`, kept per thread and reused while it fits."""
-        local = self._local
-        if getattr(local, "batch", None) != batch or local.threads != self.threads:
+        local, threads = self._local, self.threads  # (read once: another thread may set it)
+        if getattr(local, "batch", None) != batch or local.threads != threads:
             local.buffers = [np.empty(size(batch), dt) for dt, size in self.rendered.workspace]
-            local.batch, local.threads = batch, self.threads
+            local.batch, local.threads = batch, threads
             if self.native is not None:  # the native forward's frame: these buffers' addresses
-                local.frame = self.native.frame(local.buffers, self.threads)
+                local.frame = self.native.frame(local.buffers, threads)
                 local.frame_address = local.frame.ctypes.data
         return local.buffers
 

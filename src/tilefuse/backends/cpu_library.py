@@ -22,8 +22,10 @@ and the pool's library one: `void tilefuse_worker(int64_t *ctl, int64_t wid)`.
 
 How a call runs (the loop nest is `tilefuse.loops`'): the operands are checked (a status from
 OPERAND_PROBLEMS, never a crash); the bias is copied into a zero-padded buffer of whole
-panels; the call's threads are min(Numba's thread count, the pool's workers + 1), or 1
-below PARALLEL_MIN_FLOP or with parallel = PARALLEL_NONE; the plan splits the work into tasks:
+panels; the call's threads are the pool's workers + 1, at most `parallel` when that is 2 or
+more (a native forward's per-call limit), else at most the pool's THREAD_LIMIT when set, or
+1 below PARALLEL_MIN_FLOP or with parallel = PARALLEL_NONE; the plan splits the work into
+tasks:
 
   * M <= ROW_KERNEL_MAX_M: tasks are groups of ROWS_TASK_PANELS column panels; each task
     keeps its outputs in registers over all of K (`rows_tile`, 1, 2 or 4 rows), reading x
@@ -446,7 +448,7 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
     pooled = b.and_(b.icmp_signed(">", nctl, I64(0)), ne(parallel, I64(PARALLEL_NONE)))
     flops = b.mul(b.mul(b.mul(m, n), k_total), I64(2))
     with b.if_then(b.and_(pooled, b.icmp_signed(">=", flops, I64(PARALLEL_MIN_FLOP)))):
-        b.store(P.PoolIR(b, ctl).threads(), threads)
+        b.store(P.PoolIR(b, ctl).threads(parallel), threads)
     threads = b.load(threads)
     result = b.alloca(I64, size=5)
     b.call(plan_fn, [m, b.sdiv(npad, I64(nr)), mc, nc, threads, result])

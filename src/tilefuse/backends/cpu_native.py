@@ -46,6 +46,7 @@ I64P = I64.as_pointer()
 # the frame's fixed slots; the plan's operands follow (`Frame`)
 FAILED_OP, THREADS, POOL, POOL_SIZE = range(4)
 HEADER = 4
+ALL_THREADS = 1 << 20  # a `parallel` above any pool's size: every thread it has
 
 # NumPy's PyArrayObject (numpy/ndarraytypes.h, PyArrayObject_fields), after CPython's object
 # header: char *data; int nd; npy_intp *dimensions; ... (byte offsets on 64-bit CPython)
@@ -137,7 +138,6 @@ def build_module(plan: NativePlan) -> ir.Module:
     frame or constant; `tilefuse_forward_fast(x, out, frame)`: the input's and output's data
     and the dims it binds, read from the NumPy arrays, then the same."""
     from .cpu_library import DENSE_TYPE
-    from .cpu_pool import THREAD_LIMIT
 
     layout = plan.frame()
     module = ir.Module(name="tilefuse_forward")
@@ -155,9 +155,11 @@ def build_module(plan: NativePlan) -> ir.Module:
         return b.inttoptr(load(layout.slot(operand.kind, operand.index)), I8P, name=name)
 
     pool, pool_size = b.load(b.gep(frame, [I64(POOL)]), "pool"), load(POOL_SIZE)
-    with b.if_then(b.icmp_signed(">", pool_size, I64(0))):  # the model's thread limit
-        limit = b.gep(b.inttoptr(pool, I64P), [I64(THREAD_LIMIT)])
-        b.store(load(THREADS), limit)
+    # the model's thread limit, passed with each parallel call (the drivers' `parallel` >= 2
+    # caps the threads; 0 runs serially): its calls run without the GIL, beside other models'
+    wanted = load(THREADS)
+    capped = b.select(b.icmp_signed("==", wanted, I64(0)), I64(ALL_THREADS), wanted)
+    parallel_arg = b.select(b.icmp_signed("==", capped, I64(1)), I64(0), capped, "parallel")
     for index, call in enumerate(plan.calls):
         b.comment(readable(call.line))
         rows: ir.Value = I64(1)
@@ -171,7 +173,7 @@ def build_module(plan: NativePlan) -> ir.Module:
             pointer(call.bias, f"bias.{index}"), I64(call.bias_size),
             pointer(call.out, f"out.{index}"), I64(call.n),
             I64(call.act), ir.Constant(F64, call.alpha),
-            I64(call.kc), I64(call.mc), I64(call.nc), I64(call.parallel),
+            I64(call.kc), I64(call.mc), I64(call.nc), parallel_arg if call.parallel else I64(0),
             b.inttoptr(pool, I8P), pool_size,
         ]  # fmt: skip
         status = b.call(driver, args, f"status.{index}")

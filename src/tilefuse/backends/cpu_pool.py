@@ -62,8 +62,9 @@ X, M, K, WP, WP_SIZE, BIAS, NPAD, OUT, N, ALPHA = range(JOB + 8, JOB + 18)
 # (RUNNER: the address of the C function that runs a worker's part of the job, published by
 # the driver with the job; a parallel-for job (`build_parallel_for`) uses X for its task
 # function and WP for the task's context; JOB + 19 .. JOB + 21 are free)
-# The most threads a call may use, caller included (0: all): the model's `threads`, written
-# before each call (`set_thread_limit`)
+# The most threads a call may use, caller included (0: all): a Numba-forward model's
+# `threads`, written before each call (`set_thread_limit`); a native forward passes its own
+# limit with each driver call instead (`parallel` >= 2), since its calls run without the GIL
 THREAD_LIMIT = JOB + 18
 # Steering a sleeping worker off the caller's CPU (see `PoolIR.steer`): the CPUs the process
 # may use as a bit mask (0: no steering)
@@ -137,11 +138,14 @@ class PoolIR:
     def store(self, field: int, value: ir.Value) -> None:
         self.b.store(value, self.slot(field))
 
-    def threads(self) -> ir.Value:
+    def threads(self, parallel: ir.Value | None = None) -> ir.Value:
         """How many threads a call may use, caller included: the pool's workers + 1, at most
-        THREAD_LIMIT when that is set."""
+        the call's own limit (a driver's `parallel` >= 2: the native forward's per-call
+        thread count), else at most THREAD_LIMIT when that is set."""
         b = self.b
         limit, most = self.load(THREAD_LIMIT), b.add(self.load(POOL_WORKERS), I64(1))
+        if parallel is not None:
+            limit = b.select(b.icmp_signed(">", parallel, I64(1)), parallel, limit)
         capped = b.and_(b.icmp_signed(">", limit, I64(0)), b.icmp_signed("<", limit, most))
         return b.select(capped, limit, most)
 

@@ -104,7 +104,7 @@ def host_cpu() -> tuple[str, str]:
         except RuntimeError:
             return cpu, ""
         avx = os.environ.get("NUMBA_ENABLE_AVX")
-        if not (int(avx) if avx else cpu not in _AVX_OFF_CPUS):
+        if not (int(avx) if avx else cpu not in _AVX_OFF_CPUS and _os_supports_avx()):
             for key in found:
                 if key.startswith("avx"):
                     found[key] = False
@@ -114,6 +114,22 @@ def host_cpu() -> tuple[str, str]:
 
 # CPUs Numba compiles without AVX by default (slow AVX, or virtual machines that misreport it)
 _AVX_OFF_CPUS = frozenset({"corei7-avx", "core-avx-i", "sandybridge", "ivybridge", "nocona"})
+
+
+def _os_supports_avx() -> bool:
+    """Whether the kernel lets processes use AVX (a CPU can have it and an old kernel not save
+    its registers): the `avx` flag of /proc/cpuinfo on x86 Linux, as Numba decides it."""
+    import platform
+    import sys
+
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "i686"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(head.strip() == "flags" and "avx" in body.split()
+                       for head, _, body in (line.partition(":") for line in f))  # fmt: skip
+    except OSError:
+        return True
 
 
 def target_vector_bits() -> int:

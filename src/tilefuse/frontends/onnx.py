@@ -124,14 +124,14 @@ def supported_ops() -> list[str]:
 
 # -- the importer --------------------------------------------------------------------------
 class Counted(int):
-    """A node holding integers as floats: an integer input read by layout ops, or by
-    exact arithmetic (+, -, *), before the Cast that makes it floats (the cast is moved up to
-    the input; the integers are exact in f32 below 2^24). The Cast to float unwraps it; any
-    other op on it is an error naming the node."""
+    """A node holding integers as floats: an integer input moved by layout ops before the
+    Cast that makes it floats (a cast to f64 is moved up to the input: integers below 2^53
+    are exact there, and the Cast then rounds once to its dtype). The Cast to float unwraps
+    it; any other op on it, and a graph output of it, is an error naming the node (integer
+    arithmetic wraps and truncates where float arithmetic does not)."""
 
 
 _LAYOUT_OPS = frozenset({"reshape", "permute", "transpose", "slice"})
-_EXACT_OPS = frozenset({"add", "sub", "mul"})
 
 
 class _Importer:
@@ -330,10 +330,11 @@ class _Importer:
         if op in _LAYOUT_OPS:  # an integer input moved about before its Cast (a mask)
             ids = [self.integers_as_floats(i) for i in ids]
         counted = any(isinstance(i, Counted) for i in ids)
-        if counted and op not in _LAYOUT_OPS | _EXACT_OPS:
+        if counted and op not in _LAYOUT_OPS:  # integer arithmetic differs from float's
             raise self.fail(
                 f"{op} of integers computed at run time (an integer input before its Cast to "
-                "float); tilefuse computes in f32 and f64: cast the input first"
+                "float); tilefuse computes in f32 and f64: only layout ops may come between "
+                "an integer input and its Cast"
             )
         try:
             node = self.b.op(op, ids, loc=self.loc, **attrs)
@@ -342,14 +343,12 @@ class _Importer:
         return Counted(node) if counted else node
 
     def integers_as_floats(self, node: int) -> int:
-        """An integer input (or a layout of one) as the floats that its Cast to float will
-        give (`Counted`: exact for |n| < 2^24); anything else as it is."""
+        """An integer input (or a layout of one) as floats (`Counted`: f64, exact for
+        |n| < 2^53; its Cast to float rounds once, as ONNX's does); anything else as it is."""
         if isinstance(node, Counted) or self.b.types[node].dtype not in INDEX_DTYPES:
             return node
-        if node not in self.as_floats:
-            inputs = [self.b.types[i].dtype for i in self.b.inputs]
-            floats = next((d for d in inputs if d in DTYPES), "f32")  # the network's dtype
-            self.as_floats[node] = Counted(self.b.op("cast", [node], loc=self.loc, to=floats))
+        if node not in self.as_floats:  # f64: exact below 2^53, so the Cast rounds once
+            self.as_floats[node] = Counted(self.b.op("cast", [node], loc=self.loc, to="f64"))
         return self.as_floats[node]
 
     def scalar(self, like: Value, value: float) -> np.ndarray:
@@ -384,6 +383,12 @@ class _Importer:
             self.convert_node()
         self.node = None
         outputs = [self.node_id(self.value(o.name), o.name) for o in graph.output]
+        counted = [o.name for o, v in zip(graph.output, outputs) if isinstance(v, Counted)]
+        if counted:
+            raise self.fail(
+                f"output {counted[0]!r} is an integer input moved by layout ops (tilefuse would "
+                "return it as floats); integer outputs are not supported"
+            )
         return self.b.build(outputs)
 
     def add_input(self, value_info: Any) -> None:
@@ -601,23 +606,32 @@ def dropout(imp: _Importer, node: Any) -> list[Value | None]:
 
 @converter("Cast", attrs=("to", "saturate", "round_mode"))
 def cast(imp: _Importer, node: Any) -> list[Value | None]:
-    x, target = imp.value(node.input[0]), _FLOAT_TYPES.get(imp.attr("to"))
-    if isinstance(x, np.ndarray):
-        return [same_dtype_cast(imp, x, target)]
-    integer = imp.type_of(x).dtype in INDEX_DTYPES
-    if target is not None and integer:  # an integer input to floats (an attention mask)
-        return [imp.emit("cast", [x], to=target)]
-    if isinstance(x, Counted) and target == imp.type_of(x).dtype:
-        return [int(x)]  # the integers moved as floats are the floats the Cast makes
-    if isinstance(x, Counted) and imp.attr("to") in _INTEGER_TYPES:
-        return [x]  # still integers, held as floats
-    return [same_dtype_cast(imp, x, target)]
+    to = imp.attr("to")
+    return [cast_to(imp, imp.value(node.input[0]), _FLOAT_TYPES.get(to), to in _INTEGER_TYPES)]
 
 
 @converter("CastLike", attrs=("saturate", "round_mode"))
 def cast_like(imp: _Importer, node: Any) -> list[Value | None]:
     x, like = imp.inputs()[:2]
-    return [same_dtype_cast(imp, x, imp.type_of(like).dtype)]
+    target = imp.type_of(like).dtype
+    return [cast_to(imp, x, target if target in DTYPES else None, target in INDEX_DTYPES)]
+
+
+def cast_to(imp: _Importer, x: Value, target: str | None, to_integer: bool) -> Value:
+    """x cast to the float dtype `target` (None: to another type, an integer one when
+    `to_integer`): an integer input becomes floats (an attention mask); integers moved as
+    floats (`Counted`) are those floats, or stay integers; anything else keeps its dtype."""
+    if isinstance(x, np.ndarray):
+        return same_dtype_cast(imp, x, target)
+    if target is not None and imp.type_of(x).dtype in INDEX_DTYPES:
+        return imp.emit("cast", [x], to=target)
+    if isinstance(x, Counted) and target is not None:  # exact in either float dtype
+        plain = int(x)
+        same = target == imp.type_of(plain).dtype
+        return plain if same else imp.emit("cast", [plain], to=target)
+    if isinstance(x, Counted) and to_integer:
+        return x  # still integers, held as floats
+    return same_dtype_cast(imp, x, target)
 
 
 def same_dtype_cast(imp: _Importer, x: Value, target: str | None) -> Value:
