@@ -127,11 +127,14 @@ def error_ratio(got: np.ndarray, want: np.ndarray, dtype: str) -> float:
     return float(ratio.max())
 
 
-def compare(model: CompiledModel, inputs: list[np.ndarray]) -> float:
-    """Run `model` and the float64 reference on `inputs`; return the worst error ratio, or
-    raise MiscompileError (localized, with a reproducer) when an output differs."""
+def compare(
+    model: CompiledModel, inputs: list[np.ndarray], want: list[np.ndarray] | None = None
+) -> float:
+    """Run `model` and the float64 reference on `inputs` (`want`: the reference's outputs,
+    when already computed); return the worst error ratio, or raise MiscompileError
+    (localized, with a reproducer) when an output differs."""
     got = model.run(inputs)
-    want = reference_f64(model.graph, inputs)
+    want = reference_f64(model.graph, inputs) if want is None else want
     worst = 0.0
     for k, (g_out, w_out) in enumerate(zip(got, want, strict=True)):
         ratio = error_ratio(np.asarray(g_out), w_out, model.graph.output_types()[k].dtype)
@@ -332,8 +335,11 @@ def _safe(name: str) -> str:
 
 
 # -- inputs that prove something -------------------------------------------------------------
-def saturated_ops(g: Graph, inputs: Sequence[np.ndarray]) -> list[tuple[Node, str]]:
-    """Ops whose activation is saturated for every element: nothing before them is checked."""
+def saturated_ops(
+    g: Graph, inputs: Sequence[np.ndarray]
+) -> tuple[list[tuple[Node, str]], list[np.ndarray]]:
+    """Ops whose activation is saturated for every element (nothing before them is checked),
+    and the float64 reference's outputs on these inputs (the run that found them)."""
     found: list[tuple[Node, str]] = []
 
     def hook(node: Node, value: np.ndarray) -> None:
@@ -341,8 +347,7 @@ def saturated_ops(g: Graph, inputs: Sequence[np.ndarray]) -> list[tuple[Node, st
         if why:
             found.append((node, why))
 
-    reference_f64(g, inputs, hook)
-    return found
+    return found, reference_f64(g, inputs, hook)
 
 
 def saturation(node: Node, value: np.ndarray) -> str:
@@ -377,28 +382,30 @@ def _summary(value: np.ndarray) -> str:
 
 def informative_inputs(
     g: Graph, batch: int, seed: int = 0
-) -> tuple[list[np.ndarray], float, list[str]]:
+) -> tuple[list[np.ndarray], float, list[str], list[np.ndarray]]:
     """Random inputs at the first scale of INPUT_SCALES that leaves no activation saturated
-    everywhere; else the scale with the fewest, and a note per op that stayed saturated."""
+    everywhere; else the scale with the fewest, and a note per op that stayed saturated;
+    then the float64 reference's outputs on the inputs chosen."""
     from .text import format_node, node_names
 
-    best: tuple[list[np.ndarray], float, list[tuple[Node, str]]] | None = None
+    best = None
     for scale in INPUT_SCALES:
         for draw in range(INPUT_DRAWS):
             inputs = [a if a.dtype.kind in "iu" else (a * scale).astype(a.dtype)
                       for a in random_inputs(g, batch, seed + draw)]  # fmt: skip
-            stuck = saturated_ops(g, inputs)
+            stuck, want = saturated_ops(g, inputs)
             if not stuck:
-                return inputs, scale, []
+                return inputs, scale, [], want
             if best is None or len(stuck) < len(best[2]):
-                best = (inputs, scale, stuck)
+                best = (inputs, scale, stuck, want)
+    assert best is not None
     names = node_names(g)
     notes = [
         f"{format_node(g, n.id, names).strip()}: {why} at every input scale tried; "
         "the ops before it are unchecked"
         for n, why in best[2]
     ]
-    return best[0], best[1], notes
+    return best[0], best[1], notes, best[3]
 
 
 # -- the check at compile time and per call --------------------------------------------------
@@ -419,8 +426,8 @@ def self_check(model: CompiledModel, batches: tuple[int, ...] = CHECK_BATCHES) -
     report = CheckReport(model.target, batches if symbolic else batches[:1])
     check_budget(model.graph, max(report.batches))
     for batch in report.batches:
-        inputs, scale, notes = informative_inputs(model.graph, batch)
-        report.worst = max(report.worst, compare(model, inputs))
+        inputs, scale, notes, want = informative_inputs(model.graph, batch)
+        report.worst = max(report.worst, compare(model, inputs, want))
         report.input_scale = scale
         report.notes += [n for n in notes if n not in report.notes]
     if all(0 in t.shape for t in model.graph.output_types()):
