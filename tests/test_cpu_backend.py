@@ -445,3 +445,40 @@ def test_a_native_models_thread_count_holds_beside_other_models_calls():
     stop.set()
     thread.join()
     assert used == 0
+
+
+@pytest.mark.parametrize("act", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_a_classifier_runs_native_bit_for_bit_as_numba(act: str, dtype: str):
+    """A softmax over the last axis joins the native forward (cpu_runtime.softmax's own
+    arithmetic, in float64), so a classifier's warm start needs no Numba either."""
+    net = tfu.Sequential([tfu.Dense(32, "relu"), tfu.Dense(10, act)], input_dim=20, seed=3)
+    native = tfu.compile(net, target="cpu", dtype=dtype)
+    numba_model = tfu.compile(net, target="cpu", dtype=dtype, native=False, check=False)
+    reference = tfu.compile(net, target="reference", dtype=dtype)
+    kinds = [type(c).__name__ for c in native.native.plan.calls]
+    assert kinds == ["DenseCall", "DenseCall", "SoftmaxCall"]
+    np_dtype = np.float32 if dtype == "f32" else np.float64
+    for batch in (1, 7, 300):
+        x = np.random.default_rng(batch).standard_normal((batch, 20)).astype(np_dtype)
+        np.testing.assert_array_equal(native(x), numba_model(x))
+        z = native(x)  # rows of probabilities (or their logs) that sum to 1
+        assert np.allclose(np.exp(z).sum(1) if act == "log_softmax" else z.sum(1), 1.0)
+        np.testing.assert_allclose(z, reference(x), rtol=1e-5, atol=1e-6)
+    x = np.random.default_rng(0).standard_normal((3, 20)).astype(np_dtype)
+    x[1, 4] = np.nan  # a NaN makes its row NaN, and only its row
+    got = native(x)
+    assert np.isnan(got[1]).all() and not np.isnan(got[[0, 2]]).any()
+    np.testing.assert_array_equal(got, numba_model(x))
+
+
+def test_a_softmax_over_another_axis_keeps_the_numba_forward():
+    @tfu.function
+    def columns(x: tfu.Input["N", 6, 5]):
+        return tfu.softmax(x, axis=1)
+
+    model = tfu.compile(columns, target="cpu")
+    assert model.native is None
+    x = np.random.default_rng(1).standard_normal((4, 6, 5)).astype(np.float32)
+    e = np.exp(x - x.max(1, keepdims=True))
+    np.testing.assert_allclose(model(x), e / e.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)

@@ -356,7 +356,8 @@ class _Native:
         from .cpu_listing import native_listing
 
         lines = [call.line for call in self.plan.calls]
-        return native_listing(kind, code, library, lines, self.plan.graph)
+        drivers = [k for k, c in enumerate(self.plan.calls) if isinstance(c, cpu_native.DenseCall)]
+        return native_listing(kind, code, library, lines, self.plan.graph, drivers)
 
 
 @dataclass

@@ -223,11 +223,12 @@ FUNCTION_START = re.compile(r"^(define |[A-Za-z_][\w.]*:$)")
 
 
 def native_listing(kind: str, code: str, library: dict[str, str], lines: list[str],
-                   graph: str) -> str:  # fmt: skip
+                   graph: str, driver_ops: list[int] | None = None) -> str:  # fmt: skip
     """The listing of a native forward (cpu_native): its functions with each op's IR line
-    (`lines`, in call order) above the op's code (LLVM IR: the first value named for the op;
-    assembly: the op's indirect call of its driver, counted per function), then the kernel
-    libraries it calls."""
+    (`lines`, in op order) above the op's code (LLVM IR: the first value named for the op;
+    assembly: the op's indirect call of its driver, counted per function: the k-th is op
+    driver_ops[k]), then the kernel libraries it calls."""
+    drivers = list(range(len(lines))) if driver_ops is None else driver_ops
     comment = "#" if kind == "asm" else ";"
     what = "assembly" if kind == "asm" else "optimised LLVM IR"
     out = [
@@ -246,7 +247,7 @@ def native_listing(kind: str, code: str, library: dict[str, str], lines: list[st
             seen, calls = set(), 0
         op = None
         if kind == "asm" and INDIRECT_CALL.match(line):
-            op, calls = calls, calls + 1
+            op, calls = (drivers[calls] if calls < len(drivers) else None), calls + 1
         match = NATIVE_VALUE.match(line) if kind != "asm" else None
         if match and int(match.group(1)) not in seen:
             op = int(match.group(1))

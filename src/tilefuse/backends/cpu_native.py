@@ -2,8 +2,8 @@
 
 Most networks the CPU target compiles are chains of fused dense ops (MLPs): their `forward`
 does nothing but call the kernel library's drivers (`cpu_library`), one per IR line, on
-buffers of the memory plan. For them the renderer also writes that sequence of calls as a
-`NativePlan`, and this module builds it as LLVM IR with llvmlite, optimises it and caches its
+buffers of the memory plan, perhaps ending in a softmax over the last axis (a classifier).
+For them the renderer also writes that sequence of calls as a `NativePlan`, and this module builds it as LLVM IR with llvmlite, optimises it and caches its
 object code beside the kernel library's (keyed by the IR text, the CPU and LLVM). Loading a
 cached network is then a file read and a link: no Numba typing, and no Numba at all, which
 is what makes a warm start (a second process compiling the same network) fast.
@@ -85,12 +85,26 @@ class DenseCall:
     parallel: int
 
 
+@dataclass(frozen=True)
+class SoftmaxCall:
+    """softmax (log_softmax when `log`) along the last axis, rows of `n` elements, with
+    cpu_runtime.softmax's arithmetic (float64 throughout; the max picks a NaN)."""
+
+    line: str
+    src: Operand
+    dst: Operand
+    rows: tuple[int | str, ...]
+    n: int
+    log: bool
+    dtype: str  # "f32" or "f64"
+
+
 @dataclass
 class NativePlan:
     """A network that is only driver calls: what `build_module` needs, and the frame's shape."""
 
     graph: str
-    calls: list[DenseCall]
+    calls: list[DenseCall | SoftmaxCall]
     entries: list[tuple[str, int, int]]  # the drivers: (dtype, mr, nr)
     inputs: int
     outputs: int
@@ -162,6 +176,11 @@ def build_module(plan: NativePlan) -> ir.Module:
     parallel_arg = b.select(b.icmp_signed("==", capped, I64(1)), I64(0), capped, "parallel")
     for index, call in enumerate(plan.calls):
         b.comment(readable(call.line))
+        if isinstance(call, SoftmaxCall):
+            rows_of = [I64(d) if isinstance(d, int) else load(layout.dim(d)) for d in call.rows]
+            _softmax(b, call, index, pointer(call.src, f"x.{index}"),
+                     pointer(call.dst, f"out.{index}"), rows_of)  # fmt: skip
+            continue
         rows: ir.Value = I64(1)
         for d in call.rows:
             rows = b.mul(rows, I64(d) if isinstance(d, int) else load(layout.dim(d)), f"m.{index}")
@@ -185,6 +204,64 @@ def build_module(plan: NativePlan) -> ir.Module:
         _build_fast(module, fn, plan, layout)
     _build_probe(module)
     return module
+
+
+def _softmax(b: ir.IRBuilder, call: SoftmaxCall, index: int, src: ir.Value, dst: ir.Value,
+             rows_of: list[ir.Value]) -> None:  # fmt: skip
+    """The rows of `call`, as cpu_runtime.softmax computes them (in float64 whatever the
+    dtype): m = the row's max (a NaN wins), e = exp(x - m) stored in the row's dtype, s = the
+    sum of the unrounded e, then the stored e / s, or x - m - log(s) for log_softmax."""
+    from .llvm_ukernel import counted_loop
+
+    scalar = ir.FloatType() if call.dtype == "f32" else F64
+    exp = b.module.declare_intrinsic("llvm.exp", [F64])
+    log = b.module.declare_intrinsic("llvm.log", [F64])
+    rows: ir.Value = I64(1)
+    for extent in rows_of:
+        rows = b.mul(rows, extent, f"m.{index}")
+    x = b.bitcast(src, scalar.as_pointer())
+    y = b.bitcast(dst, scalar.as_pointer())
+    n = I64(call.n)
+
+    def wide(value: ir.Value) -> ir.Value:
+        return value if scalar is F64 else b.fpext(value, F64)
+
+    def narrow(value: ir.Value) -> ir.Value:
+        return value if scalar is F64 else b.fptrunc(value, scalar)
+
+    def row(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
+        base = b.mul(r, n)
+
+        def at(array: ir.Value, t: ir.Value) -> ir.Value:
+            return b.gep(array, [b.add(base, t)])
+
+        def biggest(b: ir.IRBuilder, t: ir.Value, top: list) -> list:
+            a = wide(b.load(at(x, t)))
+            bigger = b.or_(b.fcmp_ordered(">", a, top[0]), b.fcmp_unordered("uno", a, a))
+            return [b.select(bigger, a, top[0])]
+
+        (top,) = counted_loop(b, n, [ir.Constant(F64, float("-inf"))], biggest)
+
+        def total(b: ir.IRBuilder, t: ir.Value, acc: list) -> list:
+            e = b.call(exp, [b.fsub(wide(b.load(at(x, t))), top)])
+            if not call.log:
+                b.store(narrow(e), at(y, t))
+            return [b.fadd(acc[0], e)]
+
+        (s,) = counted_loop(b, n, [ir.Constant(F64, 0.0)], total)
+
+        def scale(b: ir.IRBuilder, t: ir.Value, _: list) -> list:
+            if call.log:
+                v = b.fsub(b.fsub(wide(b.load(at(x, t))), top), b.call(log, [s]))
+            else:
+                v = b.fdiv(wide(b.load(at(y, t))), s)
+            b.store(narrow(v), at(y, t))
+            return []
+
+        counted_loop(b, n, [], scale)
+        return []
+
+    counted_loop(b, rows, [], row)
 
 
 def _field(b: ir.IRBuilder, obj: ir.Value, offset: int) -> ir.Value:
@@ -282,4 +359,5 @@ def driver_addresses(plan: NativePlan) -> list[int]:
     return [L.dense_address(DTYPE_NAMES[d], (mr, nr)) for d, mr, nr in plan.entries]
 
 
-__all__ = ["DenseCall", "Frame", "NativeLoaded", "NativePlan", "Operand", "build_module", "load"]
+__all__ = ["DenseCall", "Frame", "NativeLoaded", "NativePlan", "Operand", "SoftmaxCall",
+           "build_module", "load"]  # fmt: skip

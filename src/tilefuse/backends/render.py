@@ -38,7 +38,7 @@ from .cpu_kernels import (
     pack_weights,
     parallel_code,
 )
-from .cpu_native import DenseCall, NativePlan, Operand, readable
+from .cpu_native import DenseCall, NativePlan, Operand, SoftmaxCall, readable
 
 _ROWWISE = ("softmax", "log_softmax")
 
@@ -94,7 +94,7 @@ class Renderer:
         # for the native forward: the arrays variables name, each dense op's driver call (None
         # where it needs more than the call), dims bound, and whether anything else was written
         self.arrays: dict[str, Operand] = {}
-        self.calls: dict[int, DenseCall | None] = {}
+        self.calls: dict[int, DenseCall | SoftmaxCall | None] = {}
         self.bound: list[tuple[str, int, int]] = []
         self.only_calls = True
 
@@ -202,12 +202,14 @@ class Renderer:
 
     def native_plan(self, buffers: int) -> NativePlan | None:
         """The forward as driver calls (`cpu_native`), when it is nothing else: every op a
-        dense op whose call is all its code, on inputs, parameters, outputs and buffers."""
+        dense op whose call is all its code, or a softmax along the last axis, on inputs,
+        parameters, outputs and buffers."""
         calls = [self.calls.get(n.id) for n in self.g.ops()]
         if self.profile or not self.only_calls or not calls or None in calls:
             return None
         entries = list(self.entries.values())
-        native = [replace(c, entry=entries.index(c.entry)) for c in calls]  # type: ignore[arg-type]
+        native = [replace(c, entry=entries.index(c.entry)) if isinstance(c, DenseCall) else c
+                  for c in calls]  # type: ignore[union-attr]  # fmt: skip
         lines = module_header("CPU code (native)", self.g).splitlines()
         header = "".join(f"; {readable(line.removeprefix('#'))}".rstrip() + "\n" for line in lines)
         return NativePlan(self.g.name, native, entries, len(self.g.inputs), len(self.g.outputs),
@@ -318,6 +320,11 @@ class Renderer:
         axis = attrs_of(node)["axis"] % t.rank
         log = "True" if node.op == "log_softmax" else "False"
         self.emit(f"R.softmax({self.three_d(src, t, axis)}, {self.three_d(dst, t, axis)}, {log})")
+        operands = [self.arrays.get(v) for v in (src, dst)]
+        if axis == t.rank - 1 and isinstance(t.shape[-1], int) and None not in operands:
+            line = format_node(self.g, node.id, self.names)  # rows of the last axis: native
+            self.calls[node.id] = SoftmaxCall(line, operands[0], operands[1], t.shape[:-1],  # type: ignore[arg-type]
+                                              t.shape[-1], log == "True", t.dtype)  # fmt: skip
 
     def softmax_loops(self, t: TensorType, src: str, dst: str, op: str, axis: int) -> None:
         """softmax or log_softmax of `src` along `axis` into `dst` (which may be `src`)."""
