@@ -41,7 +41,7 @@ from fuzzing import (
 from tilefuse.errors import ParseError
 from tilefuse.ir import Graph
 from tilefuse.ops import OPS
-from tilefuse.passes import PASSES, Pass
+from tilefuse.passes import PASSES, Pass, run_stages
 from tilefuse.text import parse_graph
 
 LONG = float(os.environ.get("TILEFUSE_FUZZ_SECONDS", "0"))  # 0: the CI slice
@@ -437,3 +437,25 @@ graph g(%x: f32[N,3]) -> (f32[], f32[]) {
 def test_cpu_elementwise_ops_on_a_scalar():
     case = Case(parse_graph(_SCALAR_ELEMENTWISE), pipeline="", batch=3, seed=0)
     check_case(case, ("cpu",))
+
+
+_PLANNED_THEN_SPLIT = """graph fuzz(%x: f32[N,1]) -> f32[N,1] {
+  %w = const[value=[[0.12573022]]] : f32[1,1]
+  %c = const[value=[-0.13210486]] : f32[1]
+  %0 = dense[bias=false, post=(add)](%x, %w, %c) : f32[N,1]
+  %1 = identity(%x) : f32[N,1]
+  %2 = identity(%x) : f32[N,1]
+  return %2
+}"""
+
+
+def test_a_memory_plan_made_before_tile_is_dropped_when_tile_splits_an_epilogue():
+    """plan_memory,tile,plan_memory: the tile pass moved a dense op's post add into an op of
+    its own, but the plan made before still gave its value's buffer to a later op (the
+    verifier: "ws0 still holds %0 ... which is read later")."""
+    g = parse_graph(_PLANNED_THEN_SPLIT)
+    stages = run_stages(g, "plan_memory,tile")
+    tiled = stages["tile"] if "tile" in stages else list(stages.values())[-1]
+    assert all(n.buffer is None for n in tiled)
+    check_case(Case(g, pipeline="plan_memory,tile,plan_memory", batch=3, seed=0),
+               backends=("stages",))  # fmt: skip

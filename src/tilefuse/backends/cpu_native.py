@@ -3,8 +3,9 @@
 Most networks the CPU target compiles are chains of fused dense ops (MLPs): their `forward`
 does nothing but call the kernel library's drivers (`cpu_library`), one per IR line, on
 buffers of the memory plan, perhaps ending in a softmax over the last axis (a classifier).
-For them the renderer also writes that sequence of calls as a `NativePlan`, and this module builds it as LLVM IR with llvmlite, optimises it and caches its
-object code beside the kernel library's (keyed by the IR text, the CPU and LLVM). Loading a
+For them the renderer also writes that sequence of calls as a `NativePlan`, and this module
+builds it as LLVM IR with llvmlite, optimises it and caches its object code beside the
+kernel library's (keyed by the IR text, the CPU and LLVM). Loading a
 cached network is then a file read and a link: no Numba typing, and no Numba at all, which
 is what makes a warm start (a second process compiling the same network) fast.
 

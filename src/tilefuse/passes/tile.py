@@ -390,6 +390,13 @@ def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decisio
     if not moved:
         return g, []
     outputs = [moved.get(o, o) for o in g.outputs]
+    if any(n.buffer is not None for n in nodes):  # planned before: the plan no longer holds
+        nodes = [replace(n, buffer=None) for n in nodes]
+        detail = (
+            "the epilogue split made new values, so the memory plan made before it was "
+            "dropped (every value unplanned); run plan_memory after this pass"
+        )
+        decisions.append(Decision.of(pass_name, g.name, "dropped", "memory_plan_stale", [detail]))
     return Graph(g.name, nodes, g.inputs, outputs, g.constants, g.meta), decisions
 
 
