@@ -311,7 +311,6 @@ class _Native:
             self.loaded = cpu_native.load(plan)
         self.forward, self.fast = self.loaded.forward, self.loaded.fast
         self.params = list(rendered.params)  # kept alive: the frames hold their addresses
-        self.pool = pool
         template = np.zeros(self.layout.size, np.int64)
         template[cpu_native.POOL], template[cpu_native.POOL_SIZE] = pool.ctypes.data, pool.size
         base = self.layout.base
