@@ -201,6 +201,8 @@ def test_asm_has_packed_fma(mlp):
 
 
 def test_warm_cache_in_a_new_process(mlp, tmp_path):
+    net, _ = mlp
+    tfu.compile(net, target="cpu", native=False)  # Numba's files for this forward, in this cache
     script = (
         "import time, numpy as np, tilefuse as tfu\n"
         "net = tfu.Sequential([tfu.Dense(64, activation='relu'), tfu.Dense(48, activation='tanh'),"
