@@ -154,9 +154,6 @@ class Renderer:
             self.var[node.id] = destinations.get(node.id, f"v{self.names[node.id]}")
             if node.id not in destinations:
                 self.emit(f"{self.var[node.id]} = {self.allocation(node)}")
-                if self.in_own_buffer(node):
-                    buffer = self.plan.buffer_of[node.id]
-                    self.arrays[self.var[node.id]] = Operand("workspace", buffer)
             self.render_op(node)
             if self.profile:
                 self.emit(f"clock[{k + 1}] = E.cycles()")
@@ -228,17 +225,13 @@ class Renderer:
             return self.view_of(node.id, [self.dim(d) for d in node.type.shape])
         return self.placed(node)
 
-    def in_own_buffer(self, node: Node) -> bool:
-        """Whether `allocation` placed the value at the start of its own workspace buffer."""
-        planned = self.plan is not None and node.id in self.plan.buffer_of
-        g = self.g
-        return planned and V.written_through(g, node) is None and not V.shares_buffer(g, node)
-
     def placed(self, node: Node) -> str:
-        """The value's planned workspace buffer, or a fresh array when unplanned."""
+        """The value's planned workspace buffer (from its start: for the native forward, a
+        frame slot too), or a fresh array when unplanned."""
         if self.plan and node.id in self.plan.buffer_of:
-            buffer = f"ws{self.plan.buffer_of[node.id]}"
-            return f"E.place({buffer}, {self.shape(node.type)})"
+            index = self.plan.buffer_of[node.id]
+            self.arrays[self.var[node.id]] = Operand("workspace", index)
+            return f"E.place(ws{index}, {self.shape(node.type)})"
         return f"np.empty({self.shape(node.type)}, np.{node.type.np_dtype.name})"
 
     def output_destinations(self) -> dict[int, str]:
