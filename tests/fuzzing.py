@@ -595,6 +595,24 @@ def _grow_cast(gb: _Builder) -> None:
     gb.add("cast", [wide], to=gb.dtype)
 
 
+def _grow_where(gb: _Builder) -> None:
+    """where(c, a, b): c a value that is 0 in places (relu of one) or a constant of zeros and
+    ones, broadcasting to a's shape; b a value of a's shape or a constant that broadcasts."""
+    a = gb.pick()
+    if a is None:
+        return
+    t = gb.type(a)
+    shape = _broadcast_shape(gb, t.shape)
+    if gb.draw(st.booleans()):
+        c = gb.b.const((gb.rng.random(shape) < 0.5).astype(np.float64), "cond", dtype=gb.dtype)
+        gb.sample[c] = gb.b.constants[c]
+    else:
+        c = gb.add("relu", [gb.pick(lambda u: broadcast_shapes(u.shape, t.shape) == t.shape) or a])
+    same = gb.pick(lambda u: u.shape == t.shape)
+    b = same if same is not None and gb.draw(st.booleans()) else gb.const(shape)
+    gb.add("where", [c, a, b] if gb.draw(st.booleans()) else [c, b, a])
+
+
 GROWERS = {
     "matmul": _grow_matmul,
     "dense": _grow_dense,
@@ -611,6 +629,7 @@ GROWERS = {
     "batch_matmul": _grow_batch_matmul,
     "layer_norm": _grow_layer_norm,
     "cast": _grow_cast,
+    "where": _grow_where,
 }
 # the cuda backend has kernels for these only: the ops of imported networks (unary, reduce,
 # reshape, permute, batch_matmul, layer_norm) have none there

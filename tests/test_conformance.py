@@ -46,7 +46,7 @@ CORE_FAMILIES = (
 MORE_FAMILIES = (
     "sub", "mul", "div", "leakyrelu", "logsoftmax", "identity", "erf", "exp", "log", "sqrt",
     "reduce_mean", "reduce_sum", "reduce_max", "squeeze", "unsqueeze", "pow", "neg",
-    "reciprocal", "sum", "dropout", "slice", "split", "gather",
+    "reciprocal", "sum", "dropout", "slice", "split", "gather", "where", "not", "expand",
 )  # fmt: skip
 
 # every case from_onnx refuses, with a piece of the reason it gives
@@ -74,6 +74,11 @@ EXPECTED_UNSUPPORTED: dict[str, str] = {
     },
     "test_reduce_max_bool_inputs": "element type BOOL",
     "test_reduce_max_empty_set_bool": "element type BOOL",
+    "test_where_long_example": "integer or boolean tensor",  # Where selecting int64s
+    **{f"test_not_{r}d": "boolean outputs are not supported" for r in (2, 3, 4)},
+    # Expand to a shape given at run time (a constant shape is supported)
+    "test_expand_dim_changed": "Expand's shape must be a constant",
+    "test_expand_dim_unchanged": "Expand's shape must be a constant",
     # sequences and optionals are not tensors
     "test_identity_opt": "not a tensor",
     "test_identity_sequence": "not a tensor",

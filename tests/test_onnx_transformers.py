@@ -299,7 +299,7 @@ def test_an_integer_output_is_refused_and_a_float64_mask_is_exact() -> None:
 
     proto = masked_softmax_model(TensorProto.INT64)
     proto.graph.output.append(helper.make_tensor_value_info("m2", TensorProto.INT64, None))
-    with pytest.raises(UnsupportedError, match=r"output 'm2' is an integer input"):
+    with pytest.raises(UnsupportedError, match=r"output 'm2' is an integer or boolean input"):
         tfu.from_onnx(proto)
     # a network of integer inputs only, cast to DOUBLE: exact, in f64
     graph = helper.make_graph(
@@ -335,3 +335,116 @@ def test_a_bert_export_with_token_ids_and_an_attention_mask(target: str) -> None
         mask[-1, 5:] = 0  # the last sequence is padded
         want = session.run(None, {"ids": ids, "mask": mask})[0]
         np.testing.assert_allclose(model(ids, mask), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_an_encoder_with_a_boolean_padding_mask(target: str) -> None:
+    """tests/models/torch_padded_encoder.onnx: nn.TransformerEncoder called with a boolean
+    src_key_padding_mask, which PyTorch turns into Where(pad, -inf, 0) (a ConstantOfShape of
+    the input's symbolic shape), expanded over the heads and added to the scores. Padding at
+    either end against ONNX Runtime; a row with every key padded is NaN in both."""
+    path = MODELS / "torch_padded_encoder.onnx"
+    g = tfu.from_onnx(path)
+    assert [str(g[i].type) for i in g.inputs] == ["f32[N,8,32]", "bool[N,8]"]
+    assert any(n.op == "where" for n in g.ops())
+    model = tfu.compile(g, target=target)
+    if target == "cpu":  # the mask reaches the fused attention as its operand
+        assert any(n.op == "attention" and len(n.inputs) == 4 for n in model.final.ops())
+    session = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(11)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 8, 32)).astype(np.float32)
+        pad = np.zeros((batch, 8), bool)
+        pad[-1, 5:] = True  # padded at the end
+        pad[0, :2] = True  # and at the start
+        want = session.run(None, {"x": x, "pad": pad})[0]
+        np.testing.assert_allclose(model(x, pad), want, rtol=1e-4, atol=1e-4)
+    pad = np.ones((1, 8), bool)  # nothing to attend to: softmax of -inf everywhere
+    x = rng.standard_normal((1, 8, 32)).astype(np.float32)
+    want = session.run(None, {"x": x, "pad": pad})[0]
+    assert np.isnan(want).all() and np.isnan(model(x, pad)).all()
+
+
+def masked_fill_model(negate: bool) -> Any:
+    """softmax(scores.masked_fill(pad[:, None, :], -inf)) with a boolean input `pad` (or, with
+    `negate`, `keep` and Not(keep): the other convention), as hand-written models export it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    source = "keep" if negate else "pad"
+    nodes = [helper.make_node("Not", ["keep"], ["pad"], name="negate")] if negate else []
+    nodes += [helper.make_node("Unsqueeze", ["pad", "axis"], ["p1"]),
+              helper.make_node("Where", ["p1", "ninf", "scores"], ["masked"], name="fill"),
+              helper.make_node("Softmax", ["masked"], ["y"], axis=-1)]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "masked_fill",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 4, 4]),
+         helper.make_tensor_value_info(source, TensorProto.BOOL, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array([1], np.int64), "axis"),
+                     numpy_helper.from_array(np.array(-np.inf, np.float32), "ninf")],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu", "cuda"])
+@pytest.mark.parametrize("negate", [False, True])
+def test_a_boolean_mask_selects_minus_infinity_with_where(target: str, negate: bool) -> None:
+    """Where(mask, -inf, scores) on a boolean input: the `where` op, checked against NumPy
+    written here and ONNX Runtime, and exported back."""
+    if target == "cuda":
+        pytest.importorskip("numba.cuda")
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((3, 4, 4)).astype(np.float32)
+    pad = np.array([[0, 0, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]], bool)
+    filled = np.where(pad[:, None, :], -np.inf, scores)
+    e = np.exp(filled - filled.max(-1, keepdims=True))
+    want = e / e.sum(-1, keepdims=True)
+    proto = masked_fill_model(negate)
+    g = tfu.from_onnx(proto)
+    assert str(g[g.inputs[1]].type) == "bool[N,4]"
+    mask = ~pad if negate else pad
+    feeds = {"scores": scores, "keep" if negate else "pad": mask}
+    got = tfu.compile(g, target=target)(scores, mask)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    ort_y = ort.InferenceSession(proto.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_allclose(ort_y, want, rtol=1e-6, atol=1e-7)
+    back = ort.InferenceSession(tfu.to_onnx(g).SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_allclose(back, want, rtol=1e-6, atol=1e-7)
+
+
+def test_boolean_masks_that_cannot_be_selected_by_are_refused_by_name() -> None:
+    """A Cast to BOOL of floats computed at run time (a comparison's stand-in), Where
+    selecting integers, and a ConstantOfShape of the symbolic shape read by an op that would
+    need its extents: each refused, naming the node."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def model(nodes, inputs, init=()):
+        graph = helper.make_graph(
+            nodes, "bad", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=list(init),
+        )  # fmt: skip
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    cast = model(
+        [helper.make_node("Cast", ["x"], ["c"], to=TensorProto.BOOL, name="tobool"),
+         helper.make_node("Where", ["c", "x", "x"], ["y"])],
+        [("x", TensorProto.FLOAT, ["batch", 4])],
+    )  # fmt: skip
+    with pytest.raises(UnsupportedError, match=r"'tobool' \(Cast.*Cast to BOOL of the f32"):
+        tfu.from_onnx(cast)
+    ints = model(
+        [helper.make_node("Where", ["c", "i", "i"], ["w"], name="pick"),
+         helper.make_node("Cast", ["w"], ["y"], to=TensorProto.FLOAT)],
+        [("c", TensorProto.BOOL, ["batch", 4]), ("i", TensorProto.INT64, ["batch", 4])],
+    )  # fmt: skip
+    with pytest.raises(UnsupportedError, match=r"'pick' \(Where.*integer"):
+        tfu.from_onnx(ints)
+    zeros = numpy_helper.from_array(np.zeros((4, 4), np.float32), "w")
+    filled = model(
+        [helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("ConstantOfShape", ["s"], ["z"]),
+         helper.make_node("MatMul", ["z", "w"], ["y"], name="product")],
+        [("x", TensorProto.FLOAT, ["batch", 4])], [zeros],
+    )  # fmt: skip
+    with pytest.raises(UnsupportedError, match=r"'product' \(MatMul.*ConstantOfShape of the sym"):
+        tfu.from_onnx(filled)

@@ -210,6 +210,8 @@ CASES += [
     ("layer-norm", "layer_norm", {}, [(5, 3), (3,), (3,)], lambda x, s, b: layer_norm(x, s, b, 1)),
     ("cast-to-f32", "cast", {"to": "f32"}, [(5, 3)], lambda a: a),  # rounded to nearest
     ("cast-to-f64", "cast", {"to": "f64"}, [(5, 3)], lambda a: a),
+    ("where", "where", {}, [(5, 3), (5, 3), (3,)], lambda c, a, b: np.where(c != 0, a, b)),
+    ("where-float-cond", "where", {}, [(5, 1), (3,), (5, 3)], lambda c, a, b: np.where(c, a, b)),
     (
         "layer-norm-axis0",
         "layer_norm",
@@ -229,6 +231,9 @@ def operands(op: str, shapes: list[tuple], dtype: str) -> list[np.ndarray]:
     if op == "div":  # keep the divisor away from zero
         arrays[1] = rng.uniform(0.5, 2.0, shapes[1]) * rng.choice([-1, 1], shapes[1])
     arrays = [a.astype(tfu.ir.DTYPES[dtype]) for a in arrays]
+    if op == "where":  # a condition with zeros (bools, or floats: nonzero is true)
+        picked = rng.random(shapes[0]) < 0.5
+        arrays[0] = picked if len(shapes[0]) == 2 and shapes[0][1] > 1 else picked * arrays[0]
     if op == "gather":  # i64 indices, negative ones included, in range of the table's axis 0
         extent = shapes[0][0]
         arrays[1] = rng.integers(-extent, extent, shapes[1]).astype(np.int64)
@@ -240,7 +245,10 @@ def one_op_graph(op: str, attrs: dict, arrays: list[np.ndarray]) -> tfu.Graph:
     ids = [
         b.input(
             f"a{k}",
-            TensorType("i64" if a.dtype == np.int64 else tfu.ir.dtype_name(a.dtype), a.shape),
+            TensorType(
+                {"int64": "i64", "bool": "bool"}.get(a.dtype.name) or tfu.ir.dtype_name(a.dtype),
+                a.shape,
+            ),  # fmt: skip
         )
         for k, a in enumerate(arrays)
     ]
@@ -312,6 +320,13 @@ INFER = [
     ("dense", ["f32[N,4]", "f32[4,3]", "f32[3]", "f32[N,3]"], {"post": ("add",)}, "f32[N,3]"),
     ("dense", ["f32[N,4]", "f32[4,3]", "f32[3]"], {"post": ("exp",)}, (AttrError, "'exp'")),
     ("dense", ["f32[N,4]", "f32[4,3]", "f32[3]"], {"act": "swish"}, (AttrError, "act='swish'")),
+    ("where", ["bool[N,4]", "f32[4]", "f32[1]"], {}, "f32[N,4]"),
+    ("where", ["f64[N,1]", "f64[3]", "f64[N,3]"], {}, "f64[N,3]"),
+    ("where", ["bool[N,4]", "f32[4]", "f64[4]"], {}, (DTypeError, "different dtypes")),
+    ("where", ["bool[N,4]", "bool[4]", "bool[4]"], {}, (DTypeError, "integer or boolean")),
+    ("where", ["bool[3,4]", "f32[5]", "f32[4]"], {}, (ShapeError, "do not broadcast")),
+    ("add", ["bool[N,4]", "f32[4]"], {}, (DTypeError, "only gather, cast and where")),
+    ("gather", ["f32[5,4]", "bool[N]"], {}, (DTypeError, "i64 or i32 indices")),
     ("conv", ["f32[N,4]"], {}, (AttrError, "unknown op 'conv'; known ops: input, const")),
 ]
 

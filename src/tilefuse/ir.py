@@ -65,9 +65,14 @@ def check_dim(d: object, where: str = "") -> Dim:
 
 
 DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64)}
-# integer tensors are indices (token ids), graph inputs that `gather` reads; nothing computes
-# in them
-INDEX_DTYPES: dict[str, np.dtype] = {"i64": np.dtype(np.int64), "i32": np.dtype(np.int32)}
+# integer and boolean tensors are graph inputs that nothing computes in: indices (token ids)
+# that `gather` reads, masks that `cast` makes floats or that `where` selects by
+INDEX_DTYPES: dict[str, np.dtype] = {
+    "i64": np.dtype(np.int64),
+    "i32": np.dtype(np.int32),
+    "bool": np.dtype(np.bool_),
+}
+GATHER_INDEX_DTYPES = ("i64", "i32")
 ALL_DTYPES: dict[str, np.dtype] = {**DTYPES, **INDEX_DTYPES}
 NUMPY_TO_DTYPE = {v: k for k, v in DTYPES.items()}
 

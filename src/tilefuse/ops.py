@@ -15,7 +15,17 @@ from typing import Any
 import numpy as np
 
 from .errors import AttrError, DTypeError, InputError, ShapeError
-from .ir import DTYPES, INDEX_DTYPES, Dim, Graph, Node, TensorType, check_name, dtype_name
+from .ir import (
+    DTYPES,
+    GATHER_INDEX_DTYPES,
+    INDEX_DTYPES,
+    Dim,
+    Graph,
+    Node,
+    TensorType,
+    check_name,
+    dtype_name,
+)
 from .source import float_literal
 from .tiling import GpuTiling, Tiling, tiling_from_fields
 
@@ -236,6 +246,23 @@ def _infer_binary(op: str) -> Callable[[list[TensorType], dict[str, Any]], Tenso
     return infer
 
 
+def _infer_where(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    cond, a, b = types
+    dtype = _same_dtype("where", [a, b])
+    if dtype not in DTYPES:
+        raise DTypeError(f"where {a}, {b}: the values selected are f32 or f64")
+    shape = broadcast_shapes(a.shape, b.shape)
+    shape = None if shape is None else broadcast_shapes(cond.shape, shape)
+    if shape is None:
+        raise ShapeError(f"where {cond}, {a}, {b}: shapes do not broadcast")
+    return TensorType(dtype, shape)
+
+
+def _ref_where(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    cond, a, b = args
+    return np.where(cond != 0, a, b)
+
+
 def _infer_unary(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return types[0]
 
@@ -405,7 +432,7 @@ def _ref_attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
 def _infer_gather(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     table, indices = types
     axis = attrs["axis"]
-    if table.dtype not in DTYPES or indices.dtype not in INDEX_DTYPES:
+    if table.dtype not in DTYPES or indices.dtype not in GATHER_INDEX_DTYPES:
         raise DTypeError(f"gather {table}, {indices}: a float table and i64 or i32 indices")
     if not -table.rank <= axis < table.rank:
         raise ShapeError(f"gather {table}: axis {axis} is not an axis of it")
@@ -612,6 +639,15 @@ OPS: dict[str, OpDef] = {
         "one where a constant is narrower in the network than in the array given, and an "
         "integer input (an attention mask of 0 and 1) becomes floats through one",
     ),
+    "where": OpDef(
+        "where",
+        (3, 3),
+        "select",
+        _infer_where,
+        _ref_where,
+        doc="a where the condition (bool, integer or float) is nonzero, else b; the three "
+        "broadcast (ONNX's Where: a boolean attention mask picks 0 or -inf)",
+    ),
     "layer_norm": OpDef(
         "layer_norm",
         (2, 3),
@@ -717,11 +753,13 @@ def infer_node_type(
         raise ShapeError(f"{_where(loc)}{op}: expects {want} operands, got {len(types)}")
     if opdef.infer is None:
         raise AttrError(f"{_where(loc)}{op} nodes are made by Graph inputs and constants only")
-    integer = [t for t in types if t.dtype in INDEX_DTYPES]
+    read = types[1:] if op == "where" else types  # its condition may be bools or integers
+    integer = [t for t in read if t.dtype in INDEX_DTYPES]
     if integer and op not in ("gather", "cast"):
         raise DTypeError(
-            f"{_where(loc)}{op}: operand {integer[0]} is an integer tensor; integer tensors are "
-            "indices, which only gather and cast read (tilefuse computes in f32 and f64)"
+            f"{_where(loc)}{op}: operand {integer[0]} is an integer or boolean tensor; those "
+            "are indices and masks, which only gather, cast and where's condition read "
+            "(tilefuse computes in f32 and f64)"
         )
     try:
         return opdef.infer(types, full_attrs(op, attrs))

@@ -1,7 +1,8 @@
 """Writes the transformer exports tests/test_onnx_transformers.py imports: PyTorch's own
-`nn.TransformerEncoder` and a hand-written pre-norm block, exported the usual way
-(`torch.onnx.export`, TorchScript exporter, opset 17, the batch dynamic), small enough to keep
-in the repository (d_model 32, 4 heads). Needs torch (`pip install torch==2.13.0`):
+`nn.TransformerEncoder` (also with a boolean padding mask) and a hand-written pre-norm block,
+exported the usual way (`torch.onnx.export`, TorchScript exporter, opset 17, the batch
+dynamic), small enough to keep in the repository (d_model 32, 4 heads). Needs torch
+(`pip install torch==2.13.0`):
 
     python tests/models/make_torch_exports.py
 """
@@ -96,6 +97,19 @@ class MaskedTokenEncoder(nn.Module):
         return h
 
 
+class PaddedEncoder(nn.Module):
+    """Encoder with a boolean `src_key_padding_mask` (True: padding): PyTorch builds the
+    additive mask with Where(mask, -inf, 0) at run time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(D, HEADS, FFN, activation="gelu", batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        return self.enc(x, src_key_padding_mask=pad)
+
+
 def export(module: nn.Module, name: str, example: torch.Tensor) -> None:
     with torch.no_grad():  # no parameter left at its init (LayerNorm's ones and zeros)
         for p in module.parameters():
@@ -135,6 +149,21 @@ def export_with_mask(module: nn.Module, name: str) -> None:
     )  # fmt: skip
 
 
+def export_with_padding(module: nn.Module, name: str) -> None:
+    """Inputs `x` (float32 [batch, T, D]) and `pad` (bool [batch, T]), the batch dynamic."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    module.eval()
+    x, pad = torch.randn(2, T, D), torch.zeros(2, T, dtype=torch.bool)
+    pad[1, 5:] = True
+    batch = {0: "batch"}
+    torch.onnx.export(
+        module, (x, pad), HERE / f"{name}.onnx", opset_version=17, input_names=["x", "pad"],
+        output_names=["y"], dynamic_axes={"x": batch, "pad": batch, "y": batch}, dynamo=False,
+    )  # fmt: skip
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     x = torch.randn(2, T, D)
@@ -149,3 +178,5 @@ if __name__ == "__main__":
     export_dynamic_sequence(Encoder(), "torch_encoder_dynamic_seq", x)
     torch.manual_seed(5)
     export_with_mask(MaskedTokenEncoder(), "torch_masked_token_encoder")
+    torch.manual_seed(6)
+    export_with_padding(PaddedEncoder(), "torch_padded_encoder")

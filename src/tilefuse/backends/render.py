@@ -369,6 +369,10 @@ class Renderer:
         value = self.unary_code(node.op).format(self.read(node.inputs[0], node.type))
         self.loop_nest(node.type, [f"{dst} = {self.cast(value, node.type)}"])
 
+    def render_where(self, node: Node) -> None:
+        cond, a, b = (self.read(i, node.type) for i in node.inputs)
+        self.loop_nest(node.type, [f"{self.element(node)} = {a} if {cond} != 0 else {b}"])
+
     def view_of(self, value: int, extents: list[str], strides: list | None = None) -> str:
         """The value read from its root's buffer (`views.layout`) with these extents: E.shaped
         where that is C-contiguous, else E.strided with the layout's offset and strides (or
@@ -774,6 +778,7 @@ RULES = {
     "layer_norm": "layer_norm",
     "attention": "attention",
     "gather": "gather",
+    "where": "where",
 }
 RULES_BY_KIND = {"binary": "elementwise", "unary": "unary", "cast": "unary", "reduce": "reduce"}
 

@@ -70,7 +70,8 @@ EXPORT_IR_VERSION = 10  # what ONNX Runtime releases of opset 20 read
 
 _FLOAT_TYPES = {1: "f32", 11: "f64"}  # TensorProto.FLOAT, TensorProto.DOUBLE
 _INTEGER_TYPES = {7: "i64", 6: "i32"}  # INT64, INT32: indices Gather reads, masks Cast reads
-_INPUT_TYPES = {**_FLOAT_TYPES, **_INTEGER_TYPES}
+_BOOL = 9  # TensorProto.BOOL: masks that Where selects by, or that a Cast makes floats
+_INPUT_TYPES = {**_FLOAT_TYPES, **_INTEGER_TYPES, _BOOL: "bool"}
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,29 @@ class Counted(int):
     it; any other op on it, and a graph output of it, is an error naming the node (integer
     arithmetic wraps and truncates where float arithmetic does not)."""
 
+
+class Boolean(Counted):
+    """A `Counted` node holding the 0s and 1s of a boolean input (moved by layout ops, or
+    negated by Not): Where may select by it, and a Cast to BOOL leaves it as it is."""
+
+
+@dataclass(frozen=True)
+class Filled:
+    """ConstantOfShape of a shape holding symbolic dims: `value` at every element of
+    `extents`. Elementwise ops and Where read it as the value spread along the static axes
+    only (a constant), which gives the same result where another operand spans each of its
+    symbolic axes; Shape and Expand read its extents. Any other reader is refused."""
+
+    value: np.ndarray  # 0-d
+    extents: tuple[int | Sym, ...]
+
+    def spread(self) -> np.ndarray:
+        shape = tuple(1 if isinstance(d, Sym) else int(d) for d in self.extents)
+        return np.full(shape, self.value, dtype=self.value.dtype)
+
+
+# the ONNX ops that read a Filled (ConstantOfShape of a symbolic shape) operand
+_FILLED_READERS = frozenset({"Add", "Sub", "Mul", "Div", "Where", "Shape", "Expand"})
 
 _LAYOUT_OPS = frozenset({"reshape", "permute", "transpose", "slice"})
 
@@ -215,6 +239,8 @@ class _Importer:
         """A value's ONNX extents, `Sym`s where they hold symbolic dims."""
         if isinstance(value, np.ndarray):  # known: its own shape (no constant node made)
             return list(value.shape)
+        if isinstance(value, Filled):
+            return list(value.extents)
         node, groups = self.atoms(value)
         shape, out, k = self.b.types[node].shape, [], 0
         for g in groups:
@@ -329,7 +355,7 @@ class _Importer:
         ids = [self.node_id(v, f"{self.node.op_type.lower()}_c") for v in operands]
         if op in _LAYOUT_OPS:  # an integer input moved about before its Cast (a mask)
             ids = [self.integers_as_floats(i) for i in ids]
-        counted = any(isinstance(i, Counted) for i in ids)
+        counted = [i for i in ids if isinstance(i, Counted)]
         if counted and op not in _LAYOUT_OPS:  # integer arithmetic differs from float's
             raise self.fail(
                 f"{op} of integers computed at run time (an integer input before its Cast to "
@@ -340,7 +366,9 @@ class _Importer:
             node = self.b.op(op, ids, loc=self.loc, **attrs)
         except TilefuseError as err:
             raise self.fail(str(err)) from None
-        return Counted(node) if counted else node
+        if not counted:
+            return node
+        return Boolean(node) if all(isinstance(i, Boolean) for i in counted) else Counted(node)
 
     def integers_as_floats(self, node: int) -> int:
         """An integer input (or a layout of one) as floats (`Counted`: f64, exact for
@@ -348,7 +376,8 @@ class _Importer:
         if isinstance(node, Counted) or self.b.types[node].dtype not in INDEX_DTYPES:
             return node
         if node not in self.as_floats:  # f64: exact below 2^53, so the Cast rounds once
-            self.as_floats[node] = Counted(self.b.op("cast", [node], loc=self.loc, to="f64"))
+            kind = Boolean if self.b.types[node].dtype == "bool" else Counted
+            self.as_floats[node] = kind(self.b.op("cast", [node], loc=self.loc, to="f64"))
         return self.as_floats[node]
 
     def scalar(self, like: Value, value: float) -> np.ndarray:
@@ -386,8 +415,9 @@ class _Importer:
         counted = [o.name for o, v in zip(graph.output, outputs) if isinstance(v, Counted)]
         if counted:
             raise self.fail(
-                f"output {counted[0]!r} is an integer input moved by layout ops (tilefuse would "
-                "return it as floats); integer outputs are not supported"
+                f"output {counted[0]!r} is an integer or boolean input moved by layout ops or "
+                "Not (tilefuse would return it as floats); integer and boolean outputs are not "
+                "supported"
             )
         return self.b.build(outputs)
 
@@ -403,7 +433,8 @@ class _Importer:
             raise self.fail(
                 f"input {value_info.name!r} has element type {elem}; tilefuse computes in "
                 "FLOAT (f32) and DOUBLE (f64) only (INT64 and INT32 inputs: indices that Gather "
-                "reads, or masks that a Cast makes floats)"
+                "reads, or masks that a Cast makes floats; BOOL inputs: masks that Where selects "
+                "by or a Cast makes floats)"
             )
         if not tensor.HasField("shape"):
             raise self.fail(f"input {value_info.name!r} has no shape; give it one")
@@ -435,8 +466,17 @@ class _Importer:
         if node.domain not in ("", "ai.onnx"):
             raise self.fail(f"ops of domain {node.domain!r} are not supported")
         operands = [n for n in node.input if n]
-        if all(isinstance(self.raw(n), np.ndarray) for n in operands) and foldable(node):
-            results: list[Value | None] = list(self.fold())
+        filled = [n for n in operands if isinstance(self.raw(n), Filled)]
+        if filled and node.op_type not in _FILLED_READERS:
+            raise self.fail(
+                f"reads {filled[0]!r}, a ConstantOfShape of the symbolic shape "
+                f"{tuple(str(d) for d in self.raw(filled[0]).extents)}; only "
+                f"{', '.join(sorted(_FILLED_READERS))} can take such a value"
+            )
+        if node.op_type == "ConstantOfShape" and operands and has_symbols(self.raw(operands[0])):
+            results: list[Value | None] = [self.filled()]
+        elif all(isinstance(self.raw(n), np.ndarray) for n in operands) and foldable(node):
+            results = list(self.fold())
         else:
             results = self.convert()
         for name, result in zip(node.output, results):
@@ -477,6 +517,36 @@ class _Importer:
         except Exception as err:  # the reference rejects what it cannot evaluate
             raise self.fail(f"cannot evaluate it at import time: {err}") from None
         return self.within_limits([np.asarray(r) for r in results])
+
+    def filled(self) -> Filled:
+        """ConstantOfShape of a shape that holds symbolic dims."""
+        import onnx
+
+        extents = tuple(self.raw(self.node.input[0]).reshape(-1))
+        value = self.attr("value")
+        array = np.zeros((), np.float32) if value is None else onnx.numpy_helper.to_array(value)
+        static = math.prod(int(d) for d in extents if not isinstance(d, Sym))
+        if static > self.limits.max_elements:
+            raise self.fail(f"ConstantOfShape of {static} elements is over the import limit")
+        return Filled(array.reshape(()), extents)
+
+    def unfill(self, values: Sequence[Value]) -> list[Value]:
+        """`values` with each Filled one spread along its static axes, when the others span
+        its symbolic axes (so the broadcast result keeps its extents)."""
+        others = [self.extents(v) for v in values if not isinstance(v, Filled)]
+        out: list[Value] = []
+        for v in values:
+            if isinstance(v, Filled):
+                for i, d in enumerate(reversed(v.extents)):
+                    spanned = any(i < len(e) and e[-1 - i] == d for e in others)
+                    if isinstance(d, Sym) and not spanned:
+                        raise self.fail(
+                            f"a ConstantOfShape of the symbolic shape {tuple(map(str, v.extents))}"
+                            f" whose axis {len(v.extents) - 1 - i} ({d}) no other operand spans"
+                        )
+                v = v.spread()
+            out.append(v)
+        return out
 
     def fold_symbolic(self) -> list[np.ndarray]:
         """Shape arithmetic on values that hold the batch (see `onnx_shapes`)."""
@@ -607,6 +677,8 @@ def dropout(imp: _Importer, node: Any) -> list[Value | None]:
 @converter("Cast", attrs=("to", "saturate", "round_mode"))
 def cast(imp: _Importer, node: Any) -> list[Value | None]:
     to = imp.attr("to")
+    if to == _BOOL:
+        return [to_bool(imp, imp.raw(node.input[0]))]
     return [cast_to(imp, imp.value(node.input[0]), _FLOAT_TYPES.get(to), to in _INTEGER_TYPES)]
 
 
@@ -615,6 +687,19 @@ def cast_like(imp: _Importer, node: Any) -> list[Value | None]:
     x, like = imp.inputs()[:2]
     target = imp.type_of(like).dtype
     return [cast_to(imp, x, target if target in DTYPES else None, target in INDEX_DTYPES)]
+
+
+def to_bool(imp: _Importer, x: Value) -> Value:
+    """A Cast to BOOL: of a boolean input (or of layout ops on one) it is the value."""
+    node = x.node if isinstance(x, Grouped) else x
+    if isinstance(node, Boolean) or (
+        not isinstance(node, Counted) and imp.b.types[node].dtype == "bool"
+    ):
+        return x
+    raise imp.fail(
+        f"a Cast to BOOL of the {imp.type_of(x)} value computed at run time is not supported "
+        "(Where's condition must come from a boolean input, moved by layout ops or Not)"
+    )
 
 
 def cast_to(imp: _Importer, x: Value, target: str | None, to_integer: bool) -> Value:
@@ -671,7 +756,7 @@ UNARY_OPS = {
 
 @converter(*BINARY_OPS)
 def binary(imp: _Importer, node: Any) -> list[Value | None]:
-    a, b = (imp.raw(n) for n in node.input)
+    a, b = imp.unfill([imp.raw(n) for n in node.input])
     return [elementwise(imp, BINARY_OPS[node.op_type], a, b)]
 
 
@@ -710,6 +795,66 @@ def elementwise(imp: _Importer, op: str, a: Value, b: Value) -> Value:
         small_node = imp.emit("reshape", [small_node], shape=tuple(spread))
     operands = [node, small_node] if big is a else [small_node, node]
     return imp.grouped(imp.emit(op, operands), groups)
+
+
+@converter("Where")
+def where(imp: _Importer, node: Any) -> list[Value | None]:
+    """Where(cond, a, b) with cond from a boolean input (an attention mask): `where`."""
+    cond, a, b = imp.unfill([imp.raw(n) for n in node.input])
+    cond, a, b = (imp.plain(v) for v in (cond, a, b))
+    if isinstance(a, Counted) or isinstance(b, Counted):
+        raise imp.fail("Where selecting integers computed at run time is not supported")
+    computed = [v for v in (a, b) if not isinstance(v, np.ndarray)]
+    dtype = imp.type_of(computed[0]).np_dtype if computed else np.result_type(a, b)
+    a, b = (v.astype(dtype) if isinstance(v, np.ndarray) else v for v in (a, b))
+    if isinstance(cond, np.ndarray):
+        cond = cond.astype(dtype)
+    elif not isinstance(cond, Boolean):
+        to_bool(imp, cond)  # a boolean input, or an error naming what it is
+    return [imp.emit("where", [int(cond) if isinstance(cond, Boolean) else cond, a, b])]
+
+
+@converter("Not")
+def not_(imp: _Importer, node: Any) -> list[Value | None]:
+    """Not of a boolean input: 1 where it is false, as a `Boolean` (f64 0s and 1s)."""
+    x = imp.value(node.input[0])
+    to_bool(imp, x)
+    cond = int(x) if isinstance(x, Boolean) else x
+    zero, one = np.zeros((), np.float64), np.ones((), np.float64)
+    return [Boolean(imp.emit("where", [cond, zero, one]))]
+
+
+@converter("Expand")
+def expand(imp: _Importer, node: Any) -> list[Value | None]:
+    """Expand of a value computed at run time: a product with ones of the added extents."""
+    x = imp.raw(node.input[0])
+    target = list(imp.require_known(1, "Expand's shape").reshape(-1))
+    extents = imp.extents(x)
+    rank = max(len(extents), len(target))
+    padded = [1] * (rank - len(extents)) + list(extents)
+    target = [1] * (rank - len(target)) + target
+    out, ones = [], []
+    for d, t in zip(padded, target):
+        t_one = not isinstance(t, Sym) and int(t) == 1
+        if d == t or t_one:
+            out.append(d)
+            ones.append(1)
+        elif not isinstance(d, Sym) and int(d) == 1 and not isinstance(t, Sym):
+            out.append(int(t))
+            ones.append(int(t))
+        else:
+            raise imp.fail(
+                f"Expand of {tuple(map(str, extents))} to {tuple(map(str, target))} computed at "
+                "run time: only extents of 1 may grow, to static extents"
+            )
+    if isinstance(x, Filled):
+        return [Filled(x.value, tuple(out))]
+    if rank == len(extents) and all(k == 1 for k in ones):
+        return [x]
+    spread = np.ones(ones, imp.type_of(x).np_dtype)  # x * 1 is x, infinities and -0.0 too
+    if isinstance(x, Counted):  # an integer input's mask, held as floats: exact
+        return [type(x)(imp.emit("mul", [int(x), spread]))]
+    return [elementwise(imp, "mul", x, spread)]
 
 
 @converter("Sum")
@@ -1309,6 +1454,12 @@ class _Exporter:
     def export_gather(self, node: Any, args: list[str], out: str) -> None:
         self.add("Gather", args, out, axis=attrs_of(node)["axis"])
 
+    def export_select(self, node: Any, args: list[str], out: str) -> None:
+        cond, a, b = args
+        if self.g[node.inputs[0]].type.dtype != "bool":  # nonzero is true, as where reads it
+            cond = self.add("Cast", [cond], to=_BOOL)
+        self.add("Where", [cond, a, b], out)
+
     def export_matmul(self, node: Any, args: list[str], out: str) -> None:
         self.add("MatMul", args, out)
 
@@ -1388,7 +1539,7 @@ def value_info(name: str, t: TensorType) -> Any:
     from onnx import TensorProto, helper
 
     elem = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "i64": TensorProto.INT64,
-            "i32": TensorProto.INT32}[t.dtype]  # fmt: skip
+            "i32": TensorProto.INT32, "bool": TensorProto.BOOL}[t.dtype]  # fmt: skip
     return helper.make_tensor_value_info(name, elem, list(t.shape))
 
 
