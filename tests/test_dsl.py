@@ -426,3 +426,47 @@ def test_transformer_layer_errors_name_the_problem_and_the_line(make, message):
     with pytest.raises(tfu.TilefuseError, match=message) as info:
         make()
     assert "test_dsl.py:" in str(info.value)
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_a_boolean_padding_mask_through_where(target):
+    """`Input[.., "bool"]` and tfu.where: the additive mask -inf/0 from a boolean input,
+    against NumPy written here (padding at either end of a sequence)."""
+    rng = np.random.default_rng(0)
+    wq = rng.standard_normal((16, 16)).astype(np.float32) / 4
+
+    @tfu.function
+    def masked(x: tfu.Input["N", 6, 16], pad: tfu.Input["N", 6, "bool"]):
+        mask = tfu.reshape(tfu.where(pad, -np.inf, 0.0), ["N", 1, 6])
+        return tfu.attention(x @ wq, x, x, mask=mask)
+
+    g = masked.graph()
+    assert [str(g[i].type) for i in g.inputs] == ["f32[N,6,16]", "bool[N,6]"]
+    x = rng.standard_normal((3, 6, 16)).astype(np.float32)
+    pad = np.zeros((3, 6), bool)
+    pad[1, 4:], pad[2, :2] = True, True
+    scores = (x @ wq) @ x.transpose(0, 2, 1) / 4 + np.where(pad, -np.inf, 0.0)[:, None, :]
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    want = e / e.sum(-1, keepdims=True) @ x
+    got = tfu.compile(masked, target=target)(x, pad)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_where_selects_between_tensors_and_bool_inputs_meet_only_where():
+    @tfu.function
+    def pick(x: tfu.Input["N", 4], keep: tfu.Input["N", 4, "bool"]):
+        return tfu.where(keep, x, 2 * x)
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    keep = np.array([[1, 0, 1, 0], [0, 0, 1, 1]], bool)
+    np.testing.assert_array_equal(tfu.compile(pick)(x, keep), np.where(keep, x, 2 * x))
+
+    @tfu.function
+    def add(x: tfu.Input["N", 4], keep: tfu.Input["N", 4, "bool"]):
+        return x + keep
+
+    with pytest.raises(tfu.DTypeError, match="integer or boolean tensor") as info:
+        add.graph()
+    assert "test_dsl.py:" in str(info.value)
+    with pytest.raises(TypeError, match="tfu.where takes a traced Tensor"):
+        tfu.where(np.ones(3, bool), 1.0, 0.0)

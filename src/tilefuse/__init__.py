@@ -37,6 +37,7 @@ from .dsl import (
     sum,
     tanh,
     transpose,
+    where,
 )
 from .errors import (
     DTypeError,
@@ -133,4 +134,5 @@ __all__ = [
     "sqrt",
     "sum",
     "transpose",
+    "where",
 ]

@@ -30,7 +30,9 @@ from . import interpret
 from .errors import AttrError, ShapeError, TilefuseError, did_you_mean
 from .ir import (
     _KEYWORDS,
+    ALL_DTYPES,
     DTYPES,
+    INDEX_DTYPES,
     Graph,
     TensorType,
     check_dim,
@@ -149,7 +151,8 @@ class InputSpec:
     def __init__(self, *shape: int | str | None, dtype: str | None = None) -> None:
         where = f"{user_location()}: Input"
         self.shape = tuple(check_dim("N" if d is None else d, where) for d in shape)
-        self.dtype = None if dtype is None else dtype_name(dtype)
+        integer = isinstance(dtype, str) and dtype in INDEX_DTYPES  # indices and masks
+        self.dtype = None if dtype is None else dtype if integer else dtype_name(dtype)
 
     def type(self, default: str) -> TensorType:
         return TensorType(self.dtype or default, self.shape)
@@ -161,14 +164,15 @@ class InputSpec:
 class _InputMeta(type):
     def __getitem__(cls, item: Any) -> InputSpec:
         items = item if isinstance(item, tuple) else (item,)
-        if items and isinstance(items[-1], str) and items[-1] in DTYPES:
+        if items and isinstance(items[-1], str) and items[-1] in ALL_DTYPES:
             return InputSpec(*items[:-1], dtype=items[-1])
         return InputSpec(*items)
 
 
 class Input(metaclass=_InputMeta):
     """`Input["N", 784]` or `Input["N", 784, "f64"]` as an annotation of a traced input; with
-    no dtype, the input takes that of the weights it meets (f64 if all are, else f32)."""
+    no dtype, the input takes that of the weights it meets (f64 if all are, else f32). A
+    boolean mask is `Input["N", 128, "bool"]` (for `tfu.where`)."""
 
     def __new__(cls, *shape: int | str | None, dtype: str | None = None) -> InputSpec:  # type: ignore[misc]
         return InputSpec(*shape, dtype=dtype)
@@ -439,6 +443,24 @@ def attention(
     if mask is not None:
         operands.append(q._lift(mask, "mask"))
     return q.tracer.op("attention", operands, scale=float(scale))
+
+
+def where(cond: Tensor, a: Any, b: Any) -> Tensor:
+    """`a` where `cond` is true (nonzero), else `b`, broadcast as np.where: `cond` a traced
+    Tensor (a boolean padding mask, `Input["N", T, "bool"]`, say), `a` and `b` Tensors or
+    numbers and arrays, constants of the Tensors' float dtype (of the network's when neither
+    is a Tensor): `tfu.where(pad, -np.inf, 0.0)` is the additive mask of `tfu.attention`."""
+    cond = _tensor(cond, "where")
+    values = [v for v in (a, b) if isinstance(v, Tensor)]
+    if values:
+        operands = [values[0]._lift(v, role) for v, role in ((a, "a"), (b, "b"))]
+    else:
+        dtype = "f64" if cond.tracer.float_dtypes == {"f64"} else "f32"
+        for v in (a, b):
+            if isinstance(v, bool) or not isinstance(v, int | float | np.ndarray | np.number):
+                raise TypeError(f"{user_location()}: tfu.where cannot select {type(v).__name__}")
+        operands = [cond.tracer.const(v, dtype, role) for v, role in ((a, "a"), (b, "b"))]
+    return cond.tracer.op("where", [cond, *operands])
 
 
 ACTIVATION_FUNCTIONS: dict[str, Callable[..., Any]] = {
