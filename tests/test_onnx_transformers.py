@@ -448,3 +448,24 @@ def test_boolean_masks_that_cannot_be_selected_by_are_refused_by_name() -> None:
     )  # fmt: skip
     with pytest.raises(UnsupportedError, match=r"'product' \(MatMul.*ConstantOfShape of the sym"):
         tfu.from_onnx(filled)
+
+
+@pytest.mark.parametrize("name", ["torch_encoder", "torch_prenorm_block"])
+def test_transformer_exports_run_as_a_native_forward(name: str) -> None:
+    """Dense calls, attention, layer norm and the residual adds are all calls of compiled
+    kernels: the forward is built with llvmlite (cpu_native), not Numba, and answers as the
+    Numba forward does, on the pool and serially (threads=1: attention's tasks in turn)."""
+    g = tfu.from_onnx(MODELS / f"{name}.onnx")
+    native = tfu.compile(g, target="cpu")
+    assert native.native is not None
+    kinds = {type(c).__name__ for c in native.native.plan.calls}
+    assert {"DenseCall", "AttentionCall", "LayerNormCall"} <= kinds
+    assert native.source().lstrip().startswith(";")  # LLVM IR, each call under its IR line
+    numba_forward = tfu.compile(g, target="cpu", native=False)
+    serial = tfu.compile(g, target="cpu", threads=1)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 8, 32)).astype(np.float32)
+        want = numba_forward(x)
+        np.testing.assert_allclose(native(x), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(serial(x), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(native(x), ort_answer(name, x), rtol=1e-4, atol=1e-4)

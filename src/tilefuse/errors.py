@@ -53,5 +53,9 @@ class InputError(TilefuseError, ValueError):
     """Arguments a compiled model or the reference interpreter cannot accept."""
 
 
+class IndexRangeError(InputError, IndexError):
+    """An index a gather reads (a token id) outside its table's axis."""
+
+
 class MiscompileError(TilefuseError, AssertionError):
     """A compiled model disagrees with the reference interpreter."""

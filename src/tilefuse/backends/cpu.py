@@ -27,7 +27,7 @@ import numpy as np
 from .. import phases
 from .._version import kernel_fingerprint
 from ..cache import digest, load_generated
-from ..errors import InputError, TilefuseError
+from ..errors import IndexRangeError, InputError, TilefuseError
 from ..ir import Graph, TensorType
 from ..passes.memory import memory_plan_of
 from . import cpu_native, reference
@@ -127,7 +127,7 @@ class CpuModel(CompiledModel):
             frame = local.frame  # alive, and the frame of these buffers, during the call
             status = native.fast(x, out, local.frame_address)
             if status:
-                raise TilefuseError(native.failure(frame, status))
+                raise native.failure(frame, status)
         else:
             self._forward([x], self.workspace(batch), [out])
         if not self.sealed:
@@ -172,7 +172,7 @@ class CpuModel(CompiledModel):
             self.native.bind(frame, inputs, targets)
             status = self.native.forward(local.frame_address)
             if status:
-                raise TilefuseError(self.native.failure(frame, status))
+                raise self.native.failure(frame, status)
             return
         P.set_thread_limit(self.pool, self.threads)
         try:
@@ -318,6 +318,14 @@ class _Native:
             template[base["param"] + j] = p.ctypes.data
         for j, address in enumerate(cpu_native.driver_addresses(plan)):
             template[base["entry"] + j] = address
+        if plan.tasks:  # attention's task functions (Numba's, compiled once per host)
+            from . import cpu_library, cpu_runtime
+
+            with phases.phase("run-time kernels: attention tasks"):
+                for j, dtype in enumerate(plan.tasks):
+                    at = base["task"] + cpu_native.TASK_SLOTS * j
+                    template[at : at + cpu_native.TASK_SLOTS] = cpu_runtime.task_function(dtype)
+            template[base["parallel_for"]] = cpu_library.parallel_for_limited_address()
         self.template = template
 
     def frame(self, workspace: list[np.ndarray], threads: int | None) -> np.ndarray:
@@ -337,9 +345,14 @@ class _Native:
         for symbol, j, axis in self.plan.dims:
             frame[self.layout.dim(symbol)] = inputs[j].shape[axis]
 
-    def failure(self, frame: np.ndarray, status: int) -> str:
+    def failure(self, frame: np.ndarray, status: int) -> TilefuseError:
+        """The error a failed call raises: a gather's index out of range (an IndexError, as
+        the Numba forward's, and an InputError naming the op), or a driver's status."""
         line = self.plan.calls[int(frame[cpu_native.FAILED_OP])].line
-        return failure_message(self.plan.graph, KernelFailure(line, int(status)))
+        if status == cpu_native.INDEX_OUT_OF_RANGE:
+            return IndexRangeError(f"{self.plan.graph}: {line}: an index is out of range for "
+                                   "the table's axis (-extent .. extent-1)")  # fmt: skip
+        return TilefuseError(failure_message(self.plan.graph, KernelFailure(line, int(status))))
 
     def listing(self, kind: str) -> str:
         """The forward's optimised LLVM IR or assembly, then the drivers' libraries."""

@@ -121,6 +121,7 @@ DENSE_TYPE = ir.FunctionType(
 )  # fmt: skip
 WORKER = "tilefuse_worker"
 PARALLEL_FOR = "tilefuse_parallel_for"
+PARALLEL_FOR_LIMITED = "tilefuse_parallel_for_limited"
 
 
 def dense_name(fmt: FloatFormat) -> str:
@@ -503,7 +504,7 @@ def build_module(fmt: FloatFormat) -> ir.Module:
 def build_pool_module() -> ir.Module:
     module = ir.Module(name="tilefuse_pool")
     P.build_worker_loop(module, WORKER)
-    P.build_parallel_for(module, PARALLEL_FOR)
+    P.build_parallel_for(module, PARALLEL_FOR, PARALLEL_FOR_LIMITED)
     return module
 
 
@@ -667,7 +668,9 @@ def function(dtype_name: str, which: str, micro: Micro = None) -> int:
 
 
 def _pool_library() -> Library:
-    return load_object("tilefuse_pool", build_pool_module, [WORKER, PARALLEL_FOR])
+    return load_object(
+        "tilefuse_pool", build_pool_module, [WORKER, PARALLEL_FOR, PARALLEL_FOR_LIMITED]
+    )
 
 
 def worker_address() -> int:
@@ -677,6 +680,11 @@ def worker_address() -> int:
 def parallel_for_address() -> int:
     """`cpu_pool.build_parallel_for`'s function: what the run-time kernels run tasks through."""
     return _pool_library().addresses[PARALLEL_FOR]
+
+
+def parallel_for_limited_address() -> int:
+    """The parallel-for with a per-call thread limit (the native forward's)."""
+    return _pool_library().addresses[PARALLEL_FOR_LIMITED]
 
 
 def listing(dtype_name: str, kind: str, micro: Micro = None) -> str:

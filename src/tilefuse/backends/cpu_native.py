@@ -27,7 +27,10 @@ A failing driver's status is returned, and the index of its op stored in frame[F
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import functools
 import hashlib
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,20 +50,41 @@ I64P = I64.as_pointer()
 # the frame's fixed slots; the plan's operands follow (`Frame`)
 FAILED_OP, THREADS, POOL, POOL_SIZE = range(4)
 HEADER = 4
+# per attention task function: its address, the dense driver it calls and that driver's nr
+TASK_SLOTS = 3
+ITEMSIZE = {"f32": 4, "f64": 8, "i64": 8, "i32": 4, "bool": 1}
+SCALARS = {"f32": ir.FloatType(), "f64": ir.DoubleType(), "i64": ir.IntType(64),
+           "i32": ir.IntType(32), "bool": ir.IntType(8)}  # fmt: skip
 ALL_THREADS = 1 << 20  # a `parallel` above any pool's size: every thread it has
+INDEX_OUT_OF_RANGE = -1  # a gather's status (the drivers' statuses are positive)
 
 # NumPy's PyArrayObject (numpy/ndarraytypes.h, PyArrayObject_fields), after CPython's object
 # header: char *data; int nd; npy_intp *dimensions; ... (byte offsets on 64-bit CPython)
 ARRAY_DATA, ARRAY_DIMENSIONS = 16, 32
 
 
+Stride = tuple[int, tuple[str, ...]]  # coef * the product of the symbolic dims (views.py)
+Extent = tuple[int | str, ...]  # an extent: the product of these
+
+
 @dataclass(frozen=True)
 class Operand:
-    """An array a call reads or writes: kind "input", "output", "workspace" or "param", and
-    its index among those."""
+    """An array a call reads or writes: kind "input", "output", "workspace" or "param", its
+    index among those, and the offset (in elements, a sum of strides) of a view into it."""
 
     kind: str
     index: int
+    offset: tuple[Stride, ...] = ()
+
+
+@dataclass(frozen=True)
+class View:
+    """A 4-D view [A, B, T, d] of an operand with any strides, as attention reads them: each
+    extent a product of dims, each stride in elements."""
+
+    operand: Operand
+    shape: tuple[Extent, Extent, Extent, Extent]
+    strides: tuple[Stride, Stride, Stride, Stride]
 
 
 @dataclass(frozen=True)
@@ -100,12 +124,79 @@ class SoftmaxCall:
     dtype: str  # "f32" or "f64"
 
 
+@dataclass(frozen=True)
+class AttentionCall:
+    """cpu_runtime.attention's call: a context of CONTEXT int64s (the views' addresses,
+    extents and strides), run as tasks (a head and a block of queries each) by the attention
+    task function of `dtype` through the pool's limited parallel-for."""
+
+    line: str
+    q: View
+    k: View
+    v: View
+    mask: View | None  # C-contiguous, each extent 1 or the scores'
+    out: View
+    scale: float
+    task: int  # index into NativePlan.tasks
+
+
+@dataclass(frozen=True)
+class LayerNormCall:
+    """cpu_runtime.layer_norm on rows of `width` elements (C-contiguous): the mean and the
+    variance in float64 (sums reassociated, as Numba's fastmath there), then scale and shift."""
+
+    line: str
+    src: Operand
+    dst: Operand
+    rows: Extent
+    width: Extent
+    scale: Operand
+    shift: Operand | None
+    eps: float
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ElementwiseCall:
+    """A binary op (`ops.BINARY_OPS`), a `cast` or a `where` over the result's shape
+    (C-contiguous), each operand read with its dtype and its strides per result axis (0 along
+    the axes it broadcasts), in the dtype's own arithmetic, as Numba's loop computes it."""
+
+    line: str
+    op: str
+    dst: Operand
+    shape: tuple[int | str, ...]
+    operands: tuple[tuple[Operand, tuple[Stride, ...], str], ...]  # (array, strides, dtype)
+    dtype: str
+
+
+@dataclass(frozen=True)
+class GatherCall:
+    """cpu_runtime.gather on [before, extent, after] views of the table (C-contiguous):
+    out[o, i, r] = table[o, indices[i], r]; an index outside -extent .. extent-1 stops the
+    forward with status INDEX_OUT_OF_RANGE."""
+
+    line: str
+    table: Operand
+    indices: Operand
+    out: Operand
+    before: Extent
+    extent: int
+    count: Extent  # the indices' element count
+    after: Extent
+    index_dtype: str  # "i64" or "i32"
+    dtype: str
+
+
+Call = DenseCall | SoftmaxCall | AttentionCall | LayerNormCall | ElementwiseCall | GatherCall
+
+
 @dataclass
 class NativePlan:
-    """A network that is only driver calls: what `build_module` needs, and the frame's shape."""
+    """A network that is only kernel calls: what `build_module` needs, and the frame's shape."""
 
     graph: str
-    calls: list[DenseCall | SoftmaxCall]
+    calls: list[Call]
     entries: list[tuple[str, int, int]]  # the drivers: (dtype, mr, nr)
     inputs: int
     outputs: int
@@ -113,6 +204,7 @@ class NativePlan:
     params: int
     dims: list[tuple[str, int, int]]  # (symbol, input, axis) that binds it
     header: str = ""  # the IR of the graph, as a comment block
+    tasks: list[str] = field(default_factory=list)  # the dtypes of attention's task functions
 
     def frame(self) -> Frame:
         return Frame(self)
@@ -131,7 +223,8 @@ class Frame:
         self.base = {}
         for kind, count in (("input", p.inputs), ("output", p.outputs), ("dim", len(p.dims)),
                             ("workspace", p.workspace), ("param", p.params),
-                            ("entry", len(p.entries))):  # fmt: skip
+                            ("entry", len(p.entries)), ("task", TASK_SLOTS * len(p.tasks)),
+                            ("parallel_for", 1 if p.tasks else 0)):  # fmt: skip
             self.base[kind] = at
             at += count
         self.size = at
@@ -164,10 +257,27 @@ def build_module(plan: NativePlan) -> ir.Module:
     def load(slot: int) -> ir.Value:
         return b.load(b.gep(frame, [I64(slot)]))
 
-    def pointer(operand: Operand | None, name: str) -> ir.Value:
+    def extent(dims: Extent) -> ir.Value:
+        value: ir.Value = I64(1)
+        for d in dims:
+            value = b.mul(value, I64(d) if isinstance(d, int) else load(layout.dim(d)))
+        return value
+
+    def stride(s: Stride) -> ir.Value:
+        return b.mul(I64(s[0]), extent(s[1]))
+
+    def pointer(operand: Operand | None, name: str, itemsize: int = 0) -> ir.Value:
         if operand is None:
             return ir.Constant(I8P, None)
-        return b.inttoptr(load(layout.slot(operand.kind, operand.index)), I8P, name=name)
+        start = b.inttoptr(load(layout.slot(operand.kind, operand.index)), I8P, name=name)
+        if not operand.offset:
+            return start
+        elements: ir.Value = I64(0)
+        for s in operand.offset:
+            elements = b.add(elements, stride(s))
+        return b.gep(start, [b.mul(elements, I64(itemsize))], name=name + ".view")
+
+    emit = _Emit(b, layout, load, extent, stride, pointer)
 
     pool, pool_size = b.load(b.gep(frame, [I64(POOL)]), "pool"), load(POOL_SIZE)
     # the model's thread limit, passed with each parallel call (the drivers' `parallel` >= 2
@@ -179,19 +289,33 @@ def build_module(plan: NativePlan) -> ir.Module:
         b.comment(readable(call.line))
         if isinstance(call, SoftmaxCall):
             rows_of = [I64(d) if isinstance(d, int) else load(layout.dim(d)) for d in call.rows]
-            _softmax(b, call, index, pointer(call.src, f"x.{index}"),
-                     pointer(call.dst, f"out.{index}"), rows_of)  # fmt: skip
+            size = ITEMSIZE[call.dtype]
+            _softmax(b, call, index, pointer(call.src, f"x.{index}", size),
+                     pointer(call.dst, f"out.{index}", size), rows_of)  # fmt: skip
             continue
+        if isinstance(call, AttentionCall):
+            emit.attention(call, index, capped)
+            continue
+        if isinstance(call, LayerNormCall):
+            emit.layer_norm(call, index)
+            continue
+        if isinstance(call, ElementwiseCall):
+            emit.elementwise(call, index)
+            continue
+        if isinstance(call, GatherCall):
+            emit.gather(call, index, frame)
+            continue
+        size = ITEMSIZE[plan.entries[call.entry][0]]
         rows: ir.Value = I64(1)
         for d in call.rows:
             rows = b.mul(rows, I64(d) if isinstance(d, int) else load(layout.dim(d)), f"m.{index}")
         driver = b.inttoptr(load(layout.slot("entry", call.entry)), DENSE_TYPE.as_pointer(),
                             f"driver.{index}")  # fmt: skip
         args = [
-            pointer(call.x, f"x.{index}"), rows, I64(call.k),
+            pointer(call.x, f"x.{index}", size), rows, I64(call.k),
             pointer(call.wp, f"w.{index}"), I64(call.wp_size),
             pointer(call.bias, f"bias.{index}"), I64(call.bias_size),
-            pointer(call.out, f"out.{index}"), I64(call.n),
+            pointer(call.out, f"out.{index}", size), I64(call.n),
             I64(call.act), ir.Constant(F64, call.alpha),
             I64(call.kc), I64(call.mc), I64(call.nc), parallel_arg if call.parallel else I64(0),
             b.inttoptr(pool, I8P), pool_size,
@@ -205,6 +329,218 @@ def build_module(plan: NativePlan) -> ir.Module:
         _build_fast(module, fn, plan, layout)
     _build_probe(module)
     return module
+
+
+class _Emit:
+    """The calls of the run-time kernels (attention, layer norm, elementwise ops) in the
+    forward being built; `load`, `extent`, `stride` and `pointer` read the frame."""
+
+    def __init__(self, b: ir.IRBuilder, layout: Frame, load, extent, stride, pointer) -> None:
+        self.b, self.layout = b, layout
+        self.load, self.extent, self.stride, self.pointer = load, extent, stride, pointer
+
+    def attention(self, call: AttentionCall, index: int, threads: ir.Value) -> None:
+        """The context cpu_runtime.attention writes, then its tasks: on the pool (at most the
+        model's threads) or, without one, here."""
+        from .cpu_pool import PARALLEL_FOR_LIMITED_TYPE
+        from .cpu_runtime import CONTEXT, QUERY_BLOCK
+
+        b, layout = self.b, self.layout
+        dtype = self.layout.plan.tasks[call.task]
+        size = ITEMSIZE[dtype]
+        context = b.alloca(ir.ArrayType(I64, CONTEXT), name=f"context.{index}")
+        scalars = b.alloca(F64, name=f"scale.{index}")
+        b.store(ir.Constant(F64, call.scale), scalars)
+
+        def put(slot: int, value: ir.Value) -> None:
+            b.store(value, b.gep(context, [I64(0), I64(slot)]))
+
+        def address(view: View | None, name: str) -> ir.Value:
+            if view is None:
+                return I64(0)
+            return b.ptrtoint(self.pointer(view.operand, f"{name}.{index}", size), I64)
+
+        views = (call.q, call.k, call.v, call.mask, call.out)
+        for slot, (view, name) in enumerate(zip(views, ("q", "k", "v", "mask", "out"))):
+            put(slot, address(view, name))
+        put(5, b.ptrtoint(scalars, I64))
+        q_extents = [self.extent(e) for e in call.q.shape]
+        for axis in range(4):
+            put(6 + axis, q_extents[axis])
+            put(10 + axis, self.extent(call.mask.shape[axis]) if call.mask else I64(0))
+            for base, view in ((16, call.q), (20, call.k), (24, call.v), (28, call.out)):
+                put(base + axis, self.stride(view.strides[axis]))
+        put(14, self.extent(call.k.shape[2]))
+        put(15, self.extent(call.v.shape[3]))
+        slot = layout.slot("task", TASK_SLOTS * call.task)
+        put(32, self.load(slot + 1))
+        put(33, self.load(slot + 2))
+        blocks = b.sdiv(b.add(q_extents[2], I64(QUERY_BLOCK - 1)), I64(QUERY_BLOCK))
+        tasks = b.mul(b.mul(q_extents[0], q_extents[1]), blocks, f"tasks.{index}")
+        parallel_for = b.inttoptr(self.load(layout.slot("parallel_for", 0)),
+                                  PARALLEL_FOR_LIMITED_TYPE.as_pointer())  # fmt: skip
+        pool = b.inttoptr(self.load(POOL), I64P)
+        first = b.gep(context, [I64(0), I64(0)])
+        b.call(parallel_for, [pool, self.load(POOL_SIZE), self.load(slot), first, tasks, threads])
+
+    def layer_norm(self, call: LayerNormCall, index: int) -> None:
+        """cpu_runtime.layer_norm's loops: per row, the mean and the variance in float64
+        (reassociated sums), 1 / sqrt(var / width + eps), then each element."""
+        from .llvm_ukernel import counted_loop
+
+        b = self.b
+        scalar = ir.FloatType() if call.dtype == "f32" else F64
+        size = ITEMSIZE[call.dtype]
+
+        def array(operand: Operand, name: str) -> ir.Value:
+            return b.bitcast(self.pointer(operand, f"{name}.{index}", size), scalar.as_pointer())
+
+        x, y, scale = array(call.src, "x"), array(call.dst, "y"), array(call.scale, "scale")
+        shift = None if call.shift is None else array(call.shift, "shift")
+        sqrt = b.module.declare_intrinsic("llvm.sqrt", [F64])
+        rows, width = self.extent(call.rows), self.extent(call.width)
+        widthf = b.sitofp(width, F64)
+        fast = ("reassoc", "contract")
+
+        def wide(v: ir.Value) -> ir.Value:
+            return v if scalar is F64 else b.fpext(v, F64)
+
+        def row(b: ir.IRBuilder, i: ir.Value, _: list) -> list:
+            base = b.mul(i, width)
+
+            def at(array: ir.Value, j: ir.Value) -> ir.Value:
+                return b.gep(array, [b.add(base, j)])
+
+            def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+                return [b.fadd(acc[0], wide(b.load(at(x, j))), flags=fast)]
+
+            (total,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], add)
+            mean = b.fdiv(total, widthf)
+
+            def square(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+                d = b.fsub(wide(b.load(at(x, j))), mean)
+                return [b.fadd(acc[0], b.fmul(d, d, flags=fast), flags=fast)]
+
+            (var,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], square)
+            root = b.call(sqrt, [b.fadd(b.fdiv(var, widthf), ir.Constant(F64, call.eps))])
+            inv = b.fdiv(ir.Constant(F64, 1.0), root)
+
+            def element(b: ir.IRBuilder, j: ir.Value, _: list) -> list:
+                v = b.fmul(b.fmul(b.fsub(wide(b.load(at(x, j))), mean), inv),
+                           wide(b.load(b.gep(scale, [j]))))  # fmt: skip
+                if shift is not None:
+                    v = b.fadd(v, wide(b.load(b.gep(shift, [j]))))
+                b.store(v if scalar is F64 else b.fptrunc(v, scalar), at(y, j))
+                return []
+
+            counted_loop(b, width, [], element)
+            return []
+
+        counted_loop(b, rows, [], row)
+
+    def gather(self, call: GatherCall, index: int, frame: ir.Value) -> None:
+        """Each index checked (the forward returns INDEX_OUT_OF_RANGE, its op's index in
+        frame[FAILED_OP], at the first outside the table), then its rows copied."""
+        from .llvm_ukernel import counted_loop
+
+        b = self.b
+        scalar = SCALARS[call.dtype]
+        size = ITEMSIZE[call.dtype]
+        table = b.bitcast(self.pointer(call.table, f"table.{index}", size), scalar.as_pointer())
+        out = b.bitcast(self.pointer(call.out, f"out.{index}", size), scalar.as_pointer())
+        width = ITEMSIZE[call.index_dtype]
+        indices = b.bitcast(self.pointer(call.indices, f"indices.{index}", width),
+                            SCALARS[call.index_dtype].as_pointer())  # fmt: skip
+        count, before, after = (self.extent(e) for e in (call.count, call.before, call.after))
+        extent = I64(call.extent)
+
+        def check(b: ir.IRBuilder, i: ir.Value, _: list) -> list:
+            k = b.sext(b.load(b.gep(indices, [i])), I64)
+            low, high = b.icmp_signed("<", k, I64(-call.extent)), b.icmp_signed(">=", k, extent)
+            with b.if_then(b.or_(low, high), likely=False):
+                b.store(I64(index), b.gep(frame, [I64(FAILED_OP)]))
+                b.ret(I64(INDEX_OUT_OF_RANGE))
+            return []
+
+        counted_loop(b, count, [], check)
+
+        def row(b: ir.IRBuilder, i: ir.Value, _: list) -> list:
+            k = b.sext(b.load(b.gep(indices, [i])), I64)
+            k = b.select(b.icmp_signed("<", k, I64(0)), b.add(k, extent), k)
+
+            def outer(b: ir.IRBuilder, o: ir.Value, _: list) -> list:
+                src = b.mul(b.add(b.mul(o, extent), k), after)
+                dst = b.mul(b.add(b.mul(o, count), i), after)
+
+                def element(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
+                    value = b.load(b.gep(table, [b.add(src, r)]))
+                    b.store(value, b.gep(out, [b.add(dst, r)]))
+                    return []
+
+                counted_loop(b, after, [], element)
+                return []
+
+            counted_loop(b, before, [], outer)
+            return []
+
+        counted_loop(b, count, [], row)
+
+    def elementwise(self, call: ElementwiseCall, index: int) -> None:
+        """Nested loops over the result's shape (its last axis innermost)."""
+        from .llvm_ukernel import counted_loop
+
+        b = self.b
+        scalar = SCALARS[call.dtype]
+        dst = b.bitcast(self.pointer(call.dst, f"y.{index}", ITEMSIZE[call.dtype]),
+                        scalar.as_pointer())  # fmt: skip
+        sources = [b.bitcast(self.pointer(o, f"a{k}.{index}", ITEMSIZE[dtype]),
+                             SCALARS[dtype].as_pointer())
+                   for k, (o, _, dtype) in enumerate(call.operands)]  # fmt: skip
+        steps = [[self.stride(s) for s in strides] for _, strides, _ in call.operands]
+        extents = [self.extent((d,)) for d in call.shape]
+        dtypes = [dtype for _, _, dtype in call.operands]
+
+        def combine(*values: ir.Value) -> ir.Value:
+            if call.op == "cast":
+                return _converted(b, values[0], dtypes[0], call.dtype)
+            if call.op == "where":
+                cond, a, c = values
+                if dtypes[0] in ("f32", "f64"):  # nonzero: a NaN too, as `c != 0` in Python
+                    true = b.fcmp_unordered("!=", cond, ir.Constant(cond.type, 0.0))
+                else:
+                    true = b.icmp_unsigned("!=", cond, ir.Constant(cond.type, 0))
+                return b.select(true, a, c)
+            return {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}[call.op](*values)
+
+        def nest(b: ir.IRBuilder, axis: int, flat: ir.Value, at: list[ir.Value]) -> None:
+            """Axes from `axis` on; `flat` the result's index of the axes before, `at` each
+            operand's offset."""
+            if axis == len(extents):
+                values = [b.load(b.gep(src, [a])) for src, a in zip(sources, at, strict=True)]
+                b.store(combine(*values), b.gep(dst, [flat]))
+                return
+
+            def body(b: ir.IRBuilder, i: ir.Value, _: list) -> list:
+                moved = [b.add(a, b.mul(i, s[axis])) for a, s in zip(at, steps, strict=True)]
+                nest(b, axis + 1, b.add(b.mul(flat, extents[axis]), i), moved)
+                return []
+
+            counted_loop(b, extents[axis], [], body)
+
+        nest(b, 0, I64(0), [I64(0)] * len(sources))
+
+
+def _converted(b: ir.IRBuilder, value: ir.Value, source: str, target: str) -> ir.Value:
+    """`value` of dtype `source` as `target` (a float dtype), as NumPy's astype rounds it:
+    integers and booleans to the nearest float, f64 to f32 to the nearest."""
+    to = SCALARS[target]
+    if source == target:
+        return value
+    if source == "bool":
+        return b.uitofp(b.icmp_unsigned("!=", value, ir.Constant(value.type, 0)), to)
+    if source in ("i64", "i32"):
+        return b.sitofp(value, to)
+    return b.fpext(value, to) if target == "f64" else b.fptrunc(value, to)
 
 
 def _softmax(b: ir.IRBuilder, call: SoftmaxCall, index: int, src: ir.Value, dst: ir.Value,
@@ -326,17 +662,33 @@ def load(plan: NativePlan) -> NativeLoaded:
     """The plan's forward, from the cache or built, optimised and stored there first."""
     from . import cpu_library as L
 
-    with phases.phase("forward: build IR"):
-        module = build_module(plan)
-    name = "tilefuse_forward_" + hashlib.sha256(str(module).encode()).hexdigest()[:20]
+    # the plan says all the code does (its header and name do not reach it: networks of one
+    # shape share the code)
+    key = f"{_builder_fingerprint()}\n{dataclasses.replace(plan, graph='', header='')!r}"
+    name = "tilefuse_forward_" + hashlib.sha256(key.encode()).hexdigest()[:20]
     exports = [FORWARD, ARRAY_PROBE] + ([FORWARD_FAST] if plan.inputs == plan.outputs == 1 else [])
-    library = L.load_object(name, lambda: module, exports, "forward", "forward")
+
+    def build() -> ir.Module:
+        with phases.phase("forward: build IR"):
+            return build_module(plan)
+
+    library = L.load_object(name, build, exports, "forward", "forward")
     addresses = library.addresses
     probe = _PROBE(addresses[ARRAY_PROBE])
     fast = _FAST(addresses[FORWARD_FAST]) if FORWARD_FAST in addresses else None
     if fast is not None and not fast_path_sound(probe):
         fast = None
     return NativeLoaded(name, library.hit, library, _FORWARD(addresses[FORWARD]), fast)
+
+
+@functools.cache
+def _builder_fingerprint() -> str:
+    """The kernel library's fingerprint and this module's source: what else a forward's
+    object code depends on (so a changed builder never loads an old forward)."""
+    from .._version import kernel_fingerprint
+
+    source = pathlib.Path(__file__).read_bytes()
+    return hashlib.sha256(kernel_fingerprint().encode() + source).hexdigest()
 
 
 def fast_path_sound(probe: Any) -> bool:
@@ -360,5 +712,6 @@ def driver_addresses(plan: NativePlan) -> list[int]:
     return [L.dense_address(DTYPE_NAMES[d], (mr, nr)) for d, mr, nr in plan.entries]
 
 
-__all__ = ["DenseCall", "Frame", "NativeLoaded", "NativePlan", "Operand", "SoftmaxCall",
-           "build_module", "load"]  # fmt: skip
+__all__ = ["AttentionCall", "DenseCall", "ElementwiseCall", "Frame", "GatherCall", "LayerNormCall",
+           "NativeLoaded", "NativePlan", "Operand", "SoftmaxCall", "View", "build_module",
+           "load"]  # fmt: skip

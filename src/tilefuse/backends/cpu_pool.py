@@ -91,6 +91,9 @@ RUNNER_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64])  # void job(int64_t
 TASK_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64])  # void task(int64_t *context, t)
 # void parallel_for(int64_t *ctl, int64_t nctl, task, int64_t *context, int64_t count)
 PARALLEL_FOR_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64, I64, CTL_PTR, I64])
+# the same with a last argument `parallel`, the call's own thread limit as the drivers take it
+# (>= 2: at most that many threads; else THREAD_LIMIT): the native forward's
+PARALLEL_FOR_LIMITED_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64, I64, CTL_PTR, I64, I64])
 WORKER_TYPE = ir.FunctionType(ir.VoidType(), [CTL_PTR, I64])  # void worker(int64_t *ctl, wid)
 
 
@@ -357,22 +360,34 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     return fn
 
 
-def build_parallel_for(module: ir.Module, name: str) -> ir.Function:
+def build_parallel_for(module: ir.Module, name: str, limited_name: str) -> ir.Function:
     """`void parallel_for(ctl, nctl, task, context, count)`: task(context, t) for every t in
     0 .. count-1, on the pool's threads when it has any free (the caller works too), else
     serially. For the run-time kernels (attention: a task per head and block of queries) that
-    are not the kernel library's dense job; `task` is a C function's address."""
-    fn = ir.Function(module, PARALLEL_FOR_TYPE, name)
+    are not the kernel library's dense job; `task` is a C function's address. Also
+    `limited_name(ctl, nctl, task, context, count, parallel)`, the same at most `parallel`
+    threads when that is 2 or more (1: serially), as the drivers take it."""
+    limited = ir.Function(module, PARALLEL_FOR_LIMITED_TYPE, limited_name)
     runner = ir.Function(module, RUNNER_TYPE, name + "_runner")
     runner.linkage = "internal"
     _build_for_runner(runner)
-    ctl, nctl, task, context, count = fn.args
+    _build_parallel_for(limited, runner)
+    fn = ir.Function(module, PARALLEL_FOR_TYPE, name)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.call(limited, [*fn.args, I64(0)])
+    b.ret_void()
+    return fn
+
+
+def _build_parallel_for(fn: ir.Function, runner: ir.Function) -> None:
+    ctl, nctl, task, context, count, parallel = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     p = PoolIR(b, ctl)
     threads = b.alloca(I64)
     b.store(I64(1), threads)
-    with b.if_then(b.icmp_signed(">", nctl, I64(0))):
-        b.store(p.threads(), threads)
+    usable = b.and_(b.icmp_signed(">", nctl, I64(0)), b.icmp_signed("!=", parallel, I64(1)))
+    with b.if_then(usable):
+        b.store(p.threads(parallel), threads)
     threads = b.load(threads)
     pooled = b.alloca(I1)
     b.store(I1(0), pooled)
@@ -398,7 +413,6 @@ def build_parallel_for(module: ir.Module, name: str) -> ir.Function:
 
             counted_loop(b, count, [], one)
     b.ret_void()
-    return fn
 
 
 def _build_for_runner(fn: ir.Function) -> None:

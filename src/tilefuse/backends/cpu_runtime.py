@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
@@ -298,20 +299,36 @@ def install_tasks(pool: np.ndarray, dtype: str) -> None:
     control block (compiled, or loaded from Numba's cache, on first use), so that `attention`
     runs on the pool, and of the dense driver its tasks compute q kᵀ and p v with; without
     them, attention runs serially, with its own loops (`attention_rows`)."""
-    from . import cpu_library
     from . import cpu_pool as P
-    from .llvm_ukernel import format_of
 
-    slot, fn, dense, nr = {
-        "f32": (P.ATTENTION_F32, _attention_task_f32, P.DENSE_F32, P.NR_F32),
-        "f64": (P.ATTENTION_F64, _attention_task_f64, P.DENSE_F64, P.NR_F64),
+    slot, dense, nr = {
+        "f32": (P.ATTENTION_F32, P.DENSE_F32, P.NR_F32),
+        "f64": (P.ATTENTION_F64, P.DENSE_F64, P.NR_F64),
     }[dtype]
     if pool.size and not pool[slot]:
-        name = {"f32": "float32", "f64": "float64"}[dtype]
-        fmt = format_of(name)
-        pool[nr] = fmt.nr  # before the driver: a task reads the driver, then its nr
-        pool[dense] = cpu_library.dense_address(name, (fmt.mr, fmt.nr))
-        pool[slot] = cfunc(TASK_SIGNATURE, cache=True)(fn).address
+        task, driver, width = task_function(dtype)
+        pool[nr] = width  # before the driver: a task reads the driver, then its nr
+        pool[dense] = driver
+        pool[slot] = task
+
+
+def task_function(dtype: str) -> tuple[int, int, int]:
+    """(the address of `dtype`'s attention task function `void task(int64 *context, t)`,
+    compiled or loaded from Numba's cache; the dense driver its tasks call; that driver's
+    nr): what the pool's slots hold, and what the native forward's frame holds."""
+    from . import cpu_library
+    from .llvm_ukernel import format_of
+
+    if dtype not in _TASKS:  # kept: the function lives as long as its object
+        fn = {"f32": _attention_task_f32, "f64": _attention_task_f64}[dtype]
+        _TASKS[dtype] = cfunc(TASK_SIGNATURE, cache=True)(fn)
+    name = {"f32": "float32", "f64": "float64"}[dtype]
+    fmt = format_of(name)
+    driver = cpu_library.dense_address(name, (fmt.mr, fmt.nr))
+    return _TASKS[dtype].address, driver, fmt.nr
+
+
+_TASKS: dict[str, Any] = {}  # dtype -> its attention task's compiled C function
 
 
 ROWS = 4  # queries computed together: each load of kᵀ or v feeds four of them

@@ -38,7 +38,19 @@ from .cpu_kernels import (
     pack_weights,
     parallel_code,
 )
-from .cpu_native import DenseCall, NativePlan, Operand, SoftmaxCall, readable
+from .cpu_native import (
+    AttentionCall,
+    Call,
+    DenseCall,
+    ElementwiseCall,
+    GatherCall,
+    LayerNormCall,
+    NativePlan,
+    Operand,
+    SoftmaxCall,
+    View,
+    readable,
+)
 
 _ROWWISE = ("softmax", "log_softmax")
 
@@ -94,7 +106,9 @@ class Renderer:
         # for the native forward: the arrays variables name, each dense op's driver call (None
         # where it needs more than the call), dims bound, and whether anything else was written
         self.arrays: dict[str, Operand] = {}
-        self.calls: dict[int, DenseCall | SoftmaxCall | None] = {}
+        self.calls: dict[int, Call] = {}
+        self.views: set[int] = set()  # ops that are views of another value's buffer: no code
+        self.tasks: list[str] = []  # the dtypes of attention calls' task functions
         self.bound: list[tuple[str, int, int]] = []
         self.only_calls = True
 
@@ -201,7 +215,7 @@ class Renderer:
         """The forward as driver calls (`cpu_native`), when it is nothing else: every op a
         dense op whose call is all its code, or a softmax along the last axis, on inputs,
         parameters, outputs and buffers."""
-        calls = [self.calls.get(n.id) for n in self.g.ops()]
+        calls = [self.calls.get(n.id) for n in self.g.ops() if n.id not in self.views]
         if self.profile or not self.only_calls or not calls or None in calls:
             return None
         entries = list(self.entries.values())
@@ -210,7 +224,43 @@ class Renderer:
         lines = module_header("CPU code (native)", self.g).splitlines()
         header = "".join(f"; {readable(line.removeprefix('#'))}".rstrip() + "\n" for line in lines)
         return NativePlan(self.g.name, native, entries, len(self.g.inputs), len(self.g.outputs),
-                          buffers, len(self.params), list(self.bound), header)  # fmt: skip
+                          buffers, len(self.params), list(self.bound), header,
+                          list(self.tasks))  # fmt: skip
+
+    def operand_of(self, node_id: int) -> Operand | None:
+        """The value as a C-contiguous array the native forward's frame reaches: an input,
+        parameter, output or planned buffer, or a contiguous view into one (at an offset);
+        None for anything else (an array made per call, a strided view)."""
+        var = self.value(node_id)
+        if var in self.arrays:
+            return self.arrays[var]
+        try:
+            found = V.layout(self.g, node_id)
+        except ValueError:
+            return None
+        root = self.arrays.get(self.var.get(found.root, ""))
+        shape = self.g[node_id].type.shape
+        if root is None or root.offset or found.root == node_id:
+            return None
+        contiguous = V.contiguous(shape)
+        if any(s != c for s, c, d in zip(found.strides, contiguous, shape, strict=True) if d != 1):
+            return None
+        return Operand(root.kind, root.index, tuple(found.offset))
+
+    def view_operand(self, node_id: int, groups: list[tuple]) -> View | None:
+        """The value read as attention reads it, [A, B, T, d] with any strides, when its
+        buffer is one the frame reaches."""
+        shape = self.g[node_id].type.shape
+        try:
+            found = V.layout(self.g, node_id)
+        except ValueError:
+            return None
+        strides = V.regrouped(shape, found)
+        root = self.arrays.get(self.var.get(found.root, ""))
+        if strides is None or root is None or root.offset:
+            return None
+        extents = (*groups, shape[-2:-1], shape[-1:])
+        return View(Operand(root.kind, root.index, tuple(found.offset)), extents, tuple(strides))  # type: ignore[arg-type]
 
     def allocation(self, node: Node) -> str:
         """A view of the value's planned workspace buffer, or a fresh array when unplanned; a
@@ -293,6 +343,25 @@ class Renderer:
 
     def render_elementwise(self, node: Node) -> None:
         self.loop_nest(node.type, self.elementwise_body(node))
+        if node.op in BINARY_OPS:
+            self.record_elementwise(node)
+
+    def record_elementwise(self, node: Node) -> None:
+        """The loop nest just written, for the native forward, when the result and every
+        operand are arrays the frame reaches (C-contiguous, each in its own shape)."""
+        t = node.type
+        dst = self.operand_of(node.id)
+        operands = []
+        for i in node.inputs:
+            operand, shape = self.operand_of(i), self.g[i].type.shape
+            if operand is None or dst is None:
+                return
+            own = dict(zip(range(t.rank - len(shape), t.rank), V.contiguous(shape)))
+            strides = tuple(own[a] if a in own and shape[a - t.rank + len(shape)] == t.shape[a]
+                            else (0, ()) for a in range(t.rank))  # fmt: skip
+            operands.append((operand, strides, self.g[i].type.dtype))
+        self.calls[node.id] = ElementwiseCall(format_node(self.g, node.id, self.names), node.op,
+                                              dst, t.shape, tuple(operands), t.dtype)  # type: ignore[arg-type]  # fmt: skip
 
     def render_transpose(self, node: Node) -> None:
         src = self.value(node.inputs[0])
@@ -368,10 +437,13 @@ class Renderer:
         dst = self.element(node)
         value = self.unary_code(node.op).format(self.read(node.inputs[0], node.type))
         self.loop_nest(node.type, [f"{dst} = {self.cast(value, node.type)}"])
+        if node.op == "cast":
+            self.record_elementwise(node)
 
     def render_where(self, node: Node) -> None:
         cond, a, b = (self.read(i, node.type) for i in node.inputs)
         self.loop_nest(node.type, [f"{self.element(node)} = {a} if {cond} != 0 else {b}"])
+        self.record_elementwise(node)
 
     def view_of(self, value: int, extents: list[str], strides: list | None = None) -> str:
         """The value read from its root's buffer (`views.layout`) with these extents: E.shaped
@@ -394,6 +466,7 @@ class Renderer:
 
     def render_reshape(self, node: Node) -> None:
         if V.shares_buffer(self.g, node):
+            self.views.add(node.id)
             return  # `allocation` made it a view
         src = self.value(node.inputs[0])
         if self.g[node.inputs[0]].op == "const":  # parameters may be 1-element stand-ins
@@ -403,6 +476,7 @@ class Renderer:
 
     def render_permute(self, node: Node) -> None:
         if V.shares_buffer(self.g, node):
+            self.views.add(node.id)
             return  # `allocation` made it a view
         perm = attrs_of(node)["perm"]
         if len(perm) < 2:
@@ -426,6 +500,7 @@ class Renderer:
 
     def render_slice(self, node: Node) -> None:
         if V.shares_buffer(self.g, node):
+            self.views.add(node.id)
             return  # `allocation` made it a view
         attrs = attrs_of(node)
         axis = attrs["axis"] % node.type.rank
@@ -456,6 +531,12 @@ class Renderer:
             f"R.gather({self.three_d(self.value(table), t, axis)}, E.flat({self.value(indices)}), "
             f"E.shaped({self.var[node.id]}, ({before}, {n}, {after})))"
         )
+        arrays = [self.operand_of(i) for i in (table, indices, node.id)]
+        if None not in arrays and isinstance(t.shape[axis], int):
+            self.calls[node.id] = GatherCall(
+                format_node(self.g, node.id, self.names), *arrays, t.shape[:axis],  # type: ignore[arg-type]
+                t.shape[axis], self.g[indices].type.shape, t.shape[axis + 1 :],
+                self.g[indices].type.dtype, t.dtype)  # fmt: skip
 
     def render_reduce(self, node: Node) -> None:
         """One output element per iteration; the reduced axes are loops `r0, r1, ..` inside."""
@@ -540,6 +621,47 @@ class Renderer:
             P.ATTENTION_F64, P.DENSE_F64, P.NR_F64)  # fmt: skip
         args += [float_literal(scale), "pool", str(P.PARALLEL_FOR), *map(str, slots)]
         self.emit(f"R.attention({', '.join(args)})  # {name}")
+        self.record_attention(node, groups, scale)
+
+    def record_attention(self, node: Node, groups: list[tuple], scale: float) -> None:
+        """The attention call just written, for the native forward, when its views are of
+        arrays the frame reaches and its mask (if any) needs no spreading."""
+        q, k, v, *mask = node.inputs
+        views = [self.view_operand(i, groups) for i in (q, k, v, node.id)]
+        mask_view = None
+        if mask:
+            parts = self.mask_parts(node, mask[0], groups)
+            operand = self.operand_of(mask[0])
+            if parts is None or operand is None:
+                return
+            unused = ((0, ()),) * 4  # the task reads the mask C-contiguous in these extents
+            mask_view = View(operand, tuple(parts), unused)  # type: ignore[arg-type]
+        if None in views:
+            return
+        dtype = node.type.dtype
+        if dtype not in self.tasks:
+            self.tasks.append(dtype)
+        self.calls[node.id] = AttentionCall(
+            format_node(self.g, node.id, self.names), views[0], views[1], views[2], mask_view,  # type: ignore[arg-type]
+            views[3], scale, self.tasks.index(dtype))  # type: ignore[arg-type]  # fmt: skip
+
+    def mask_parts(self, node: Node, mask: int, groups: list[tuple]) -> list[tuple] | None:
+        """The mask's 4-D extents as `mask_view` reads it, each (1,) or the scores' group of
+        dims; None where a group is partly broadcast (then it is spread per call)."""
+        q, k = (self.g[i].type for i in node.inputs[:2])
+        scores = (*q.shape[:-1], k.shape[-2])
+        m = self.g[mask].type.shape
+        m = (1,) * (len(scores) - len(m)) + m
+        parts, k0 = [], 0
+        for g in [*groups, scores[-2:-1], scores[-1:]]:
+            own, k0 = m[k0 : k0 + len(g)], k0 + len(g)
+            if all(d == 1 for d in own):
+                parts.append((1,))
+            elif own == tuple(g):
+                parts.append(tuple(g))
+            else:
+                return None
+        return parts
 
     def mask_view(self, node: Node, mask: int, groups: list[tuple]) -> str:
         """The mask as 4-D [A, B, Tq, Tk], each extent 1 or the scores' (spread to the
@@ -575,6 +697,13 @@ class Renderer:
             f"R.layer_norm(E.shaped({src}, ({rows}, {width})), E.shaped({dst}, ({rows}, {width})), "
             f"{params[0]}, {shift_arg}, {float_literal(eps)})"
         )
+        operands = [self.operand_of(node.inputs[0]), self.operand_of(node.id)]
+        scale, *shift = [self.arrays.get(name) for name in params]
+        if None not in operands and scale is not None and None not in shift:
+            line = format_node(self.g, node.id, self.names)
+            self.calls[node.id] = LayerNormCall(
+                line, operands[0], operands[1], t.shape[:axis], t.shape[axis:],  # type: ignore[arg-type]
+                scale, shift[0] if shift else None, eps, t.dtype)  # fmt: skip
 
     def flat_parameter(self, node_id: int, shape: tuple, role: str) -> str:
         """A layer norm's scale or shift broadcast to the normalized axes, as one flat row."""
@@ -726,7 +855,7 @@ class Renderer:
         one the frame holds (an input, parameter, output or a buffer's start) and its sizes
         are fixed but for the symbolic dims of its rows."""
         x_type, n = self.g[x].type, node.type.shape[-1]
-        operands = [self.arrays.get(v) for v in (x_var, wp, out)]
+        operands = [self.operand_of(x), self.arrays.get(wp), self.operand_of(node.id)]
         bias_operand = None if bias[0] is None else self.arrays.get(bias[1])
         if None in operands or not isinstance(x_type.shape[-1], int) or not isinstance(n, int):
             return
