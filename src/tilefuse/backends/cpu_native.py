@@ -158,9 +158,10 @@ class LayerNormCall:
 
 @dataclass(frozen=True)
 class ElementwiseCall:
-    """A binary op (`ops.BINARY_OPS`), a `cast` or a `where` over the result's shape
-    (C-contiguous), each operand read with its dtype and its strides per result axis (0 along
-    the axes it broadcasts), in the dtype's own arithmetic, as Numba's loop computes it."""
+    """A binary op (`op` its symbol in `ops.BINARY_OPS`), a `cast` or a `where` over the
+    result's shape (C-contiguous), each operand read with its dtype and its strides per result
+    axis (0 along the axes it broadcasts), in the dtype's own arithmetic, as Numba's loop
+    computes it."""
 
     line: str
     op: str
@@ -510,7 +511,7 @@ class _Emit:
                 else:
                     true = b.icmp_unsigned("!=", cond, ir.Constant(cond.type, 0))
                 return b.select(true, a, c)
-            return {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}[call.op](*values)
+            return {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv}[call.op](*values)
 
         def nest(b: ir.IRBuilder, axis: int, flat: ir.Value, at: list[ir.Value]) -> None:
             """Axes from `axis` on; `flat` the result's index of the axes before, `at` each

@@ -360,7 +360,9 @@ class Renderer:
             strides = tuple(own[a] if a in own and shape[a - t.rank + len(shape)] == t.shape[a]
                             else (0, ()) for a in range(t.rank))  # fmt: skip
             operands.append((operand, strides, self.g[i].type.dtype))
-        self.calls[node.id] = ElementwiseCall(format_node(self.g, node.id, self.names), node.op,
+        # a binary op by its symbol in the op table, as the Numba loop writes it
+        op = BINARY_OPS[node.op].symbol if node.op in BINARY_OPS else node.op
+        self.calls[node.id] = ElementwiseCall(format_node(self.g, node.id, self.names), op,
                                               dst, t.shape, tuple(operands), t.dtype)  # type: ignore[arg-type]  # fmt: skip
 
     def render_transpose(self, node: Node) -> None:
