@@ -271,7 +271,9 @@ def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
 
 @njit(cache=True)
 def _task_from_context(c, t, dtype):
-    """`attention_task` on the operands a context of `attention` describes."""
+    """`attention_task` on the operands a context of `attention` describes, through the
+    dense driver at c[32] (whoever writes a context gives one: the rows path is not compiled
+    into the task function)."""
     shape = (c[6], c[7], c[8], c[9])
     tk, dv = c[14], c[15]
     q = _array_at(c[0], shape, (c[16], c[17], c[18], c[19]), dtype)
@@ -280,7 +282,12 @@ def _task_from_context(c, t, dtype):
     mask = carray(_pointer(c[3]), (c[10], c[11], c[12], c[13]), dtype)
     out = _array_at(c[4], (shape[0], shape[1], shape[2], dv), (c[28], c[29], c[30], c[31]), dtype)
     scale = carray(_pointer(c[5]), 1, np.float64)[0]
-    attention_task(q, k, v, mask, out, scale, t, c[32], c[33])
+    blocks = -(-shape[2] // QUERY_BLOCK)  # `attention_task`, the dense driver always given
+    head, block = t // blocks, t % blocks
+    a, b = head // shape[1], head % shape[1]
+    i0 = block * QUERY_BLOCK
+    i1 = min(i0 + QUERY_BLOCK, shape[2])
+    attention_gemm(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1, c[32], c[33])
 
 
 def _attention_task_f32(context, t):
