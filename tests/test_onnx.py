@@ -368,3 +368,18 @@ def test_the_ops_of_imported_networks_compile_for_the_cpu():
     proto.graph.initializer.append(axes)
     for batch in (1, 5):
         check_against_onnx(proto, weights(batch, 3, 4), target="cpu")
+
+
+def test_names_that_are_not_utf8_become_identifiers():
+    """protobuf hands a string field that is not UTF-8 over as bytes (the ONNX fuzzer's
+    find): the graph's and values' names still become identifiers, never a TypeError."""
+    proto = model([helper.make_node("Relu", ["qqqx"], ["y"], name="qqqn")],
+                  [("qqqx", ["N", 3])], [("y", None)])  # fmt: skip
+    proto.graph.name = "qqqg"
+    raw = proto.SerializeToString()
+    for name in (b"qqqg", b"qqqx", b"qqqn"):
+        raw = raw.replace(name, b"\x80" + name[1:])
+    g = tfu.from_onnx(onnx.ModelProto.FromString(raw))
+    assert g.name == "_qqg" and g[g.inputs[0]].name == "_qqx"
+    x = np.array([[-1.0, 0.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(tfu.compile(g, target="reference")(x), np.maximum(x, 0))

@@ -5,7 +5,11 @@ Runtime at several batch sizes from one compile."""
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -450,6 +454,52 @@ def test_boolean_masks_that_cannot_be_selected_by_are_refused_by_name() -> None:
         tfu.from_onnx(filled)
 
 
+def feeds_for(name: str, batch: int) -> dict[str, np.ndarray]:
+    """Inputs for each committed export: floats, token ids in range, 0/1 masks with the last
+    sequence padded."""
+    session = ort.InferenceSession(str(MODELS / f"{name}.onnx"))
+    rng = np.random.default_rng(batch)
+    feeds = {}
+    for i in session.get_inputs():
+        shape = [batch if not isinstance(d, int) else d for d in i.shape]
+        if i.type == "tensor(float)":
+            feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+        elif i.name in ("mask", "pad"):
+            keep = np.ones(shape, bool)
+            keep[-1, 5:] = False
+            feeds[i.name] = ~keep if i.name == "pad" else keep.astype(np.int64)
+        else:
+            feeds[i.name] = rng.integers(0, 50, shape).astype(np.int64)
+    return feeds
+
+
+NATIVE_EXPORTS = {
+    "torch_encoder": {"DenseCall", "AttentionCall", "LayerNormCall", "ElementwiseCall"},
+    "torch_prenorm_block": {"DenseCall", "AttentionCall", "LayerNormCall", "ElementwiseCall"},
+    "torch_token_encoder": {"GatherCall", "AttentionCall", "LayerNormCall"},
+    "torch_masked_token_encoder": {"GatherCall", "AttentionCall", "ElementwiseCall"},
+    "torch_padded_encoder": {"AttentionCall", "ElementwiseCall"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE_EXPORTS))
+def test_every_committed_transformer_export_runs_natively(name: str) -> None:
+    """Each export's forward is kernel calls only (cpu_native: no Numba forward), including
+    the mask's casts and Where and the embedding's gather, and agrees with ONNX Runtime and
+    with the Numba forward of the same graph."""
+    g = tfu.from_onnx(MODELS / f"{name}.onnx")
+    model = tfu.compile(g, target="cpu")
+    assert model.native is not None and model.forward is None
+    assert NATIVE_EXPORTS[name] <= {type(c).__name__ for c in model.native.plan.calls}
+    numba_forward = tfu.compile(g, target="cpu", native=False)
+    session = ort.InferenceSession(str(MODELS / f"{name}.onnx"))
+    for batch in (1, 3):
+        feeds = feeds_for(name, batch)
+        got = model(*feeds.values())
+        np.testing.assert_allclose(got, numba_forward(*feeds.values()), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["torch_encoder", "torch_prenorm_block"])
 def test_transformer_exports_run_as_a_native_forward(name: str) -> None:
     """Dense calls, attention, layer norm and the residual adds are all calls of compiled
@@ -469,3 +519,21 @@ def test_transformer_exports_run_as_a_native_forward(name: str) -> None:
         np.testing.assert_allclose(native(x), want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(serial(x), want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(native(x), ort_answer(name, x), rtol=1e-4, atol=1e-4)
+
+
+NATIVE_TRANSFORMER_WARM = """
+import sys, numpy as np, tilefuse as tfu
+m = tfu.compile(tfu.from_onnx(sys.argv[1]), target="cpu")
+y = m(np.ones((2, 8, 32), np.float32))
+print(m.loaded.hit, "forward: Numba" in m.compile_phases, m.check_report.skipped is not None)
+"""
+
+
+def test_a_warm_transformer_start_loads_its_forward_and_compiles_nothing() -> None:
+    """A second process compiling the same export loads the forward's object code, types no
+    Numba forward (only the attention task function is Numba's, from its cache) and skips
+    the self-check this model passed."""
+    run = [sys.executable, "-c", NATIVE_TRANSFORMER_WARM, str(MODELS / "torch_encoder.onnx")]
+    first = subprocess.run(run, capture_output=True, text=True, env=os.environ, check=True)
+    again = subprocess.run(run, capture_output=True, text=True, env=os.environ, check=True)
+    assert again.stdout.split() == ["True", "False", "True"], (first.stdout, again.stderr[-2000:])

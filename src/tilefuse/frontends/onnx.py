@@ -89,8 +89,11 @@ class ImportLimits:
 
 
 # -- names ---------------------------------------------------------------------------------
-def identifier(name: str, fallback: str = "v") -> str:
-    """An ONNX name as a tilefuse identifier: `0.weight` -> `v0_weight`."""
+def identifier(name: str | bytes, fallback: str = "v") -> str:
+    """An ONNX name as a tilefuse identifier: `0.weight` -> `v0_weight`. (protobuf gives a
+    name that is not UTF-8 as bytes: its other bytes become `_` too.)"""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
     name = re.sub(r"[^A-Za-z0-9_]", "_", name)[:MAX_NAME_CHARS]
     if not name:
         return fallback
