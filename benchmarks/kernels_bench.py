@@ -3,8 +3,9 @@ NumPy/OpenBLAS on the same arrays: `x @ w` alone (sgemm) and unfused `x @ w + b`
 
 Each thread count runs in its own child process (OPENBLAS_NUM_THREADS, numba.set_num_threads
 for the peak loop and the kernels' thread limit agree), one after the other. Each case runs
-the tiling the tile pass chooses for its shape on this host. The three systems are timed in alternating rounds (the
-order rotates; a pause before each lets the other library's worker threads stop spinning),
+the tiling the tile pass chooses for its shape on this host. The three systems are timed in
+alternating rounds (the order rotates; a pause before each lets the other library's worker
+threads stop spinning),
 each round a few batches of calls; the table gives the median over all batches and, in
 brackets, the range of the per-round medians. "others" is the CPU that other processes used
 meanwhile, in cores: on 2 cores any of it stalls a 2-thread run by scheduler slices, so rows

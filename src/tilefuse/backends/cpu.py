@@ -319,12 +319,15 @@ class _Native:
         for j, address in enumerate(cpu_native.driver_addresses(plan)):
             template[base["entry"] + j] = address
         if plan.tasks:  # attention's task functions (Numba's, compiled once per host)
-            from . import cpu_library, cpu_runtime
+            from . import cpu_runtime
 
             with phases.phase("run-time kernels: attention tasks"):
                 for j, dtype in enumerate(plan.tasks):
                     at = base["task"] + cpu_native.TASK_SLOTS * j
                     template[at : at + cpu_native.TASK_SLOTS] = cpu_runtime.task_function(dtype)
+        if plan.parallel_for:
+            from . import cpu_library
+
             template[base["parallel_for"]] = cpu_library.parallel_for_limited_address()
         self.template = template
 

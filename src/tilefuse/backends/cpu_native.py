@@ -53,6 +53,8 @@ HEADER = 4
 # per attention task function: its address, the dense driver it calls and that driver's nr
 TASK_SLOTS = 3
 ITEMSIZE = {"f32": 4, "f64": 8, "i64": 8, "i32": 4, "bool": 1}
+LN_CONTEXT = 8  # int64s in a layer norm's task context (`_layer_norm_task`)
+LAYER_NORM_ELEMENTS = 16384  # about this many elements per layer norm task
 SCALARS = {"f32": ir.FloatType(), "f64": ir.DoubleType(), "i64": ir.IntType(64),
            "i32": ir.IntType(32), "bool": ir.IntType(8)}  # fmt: skip
 ALL_THREADS = 1 << 20  # a `parallel` above any pool's size: every thread it has
@@ -207,6 +209,11 @@ class NativePlan:
     header: str = ""  # the IR of the graph, as a comment block
     tasks: list[str] = field(default_factory=list)  # the dtypes of attention's task functions
 
+    @property
+    def parallel_for(self) -> bool:
+        """Whether a call runs tasks through the pool's parallel-for (attention, layer norm)."""
+        return bool(self.tasks) or any(isinstance(c, LayerNormCall) for c in self.calls)
+
     def frame(self) -> Frame:
         return Frame(self)
 
@@ -225,7 +232,7 @@ class Frame:
         for kind, count in (("input", p.inputs), ("output", p.outputs), ("dim", len(p.dims)),
                             ("workspace", p.workspace), ("param", p.params),
                             ("entry", len(p.entries)), ("task", TASK_SLOTS * len(p.tasks)),
-                            ("parallel_for", 1 if p.tasks else 0)):  # fmt: skip
+                            ("parallel_for", 1 if p.parallel_for else 0)):  # fmt: skip
             self.base[kind] = at
             at += count
         self.size = at
@@ -298,7 +305,7 @@ def build_module(plan: NativePlan) -> ir.Module:
             emit.attention(call, index, capped)
             continue
         if isinstance(call, LayerNormCall):
-            emit.layer_norm(call, index)
+            emit.layer_norm(call, index, capped)
             continue
         if isinstance(call, ElementwiseCall):
             emit.elementwise(call, index)
@@ -384,60 +391,34 @@ class _Emit:
         first = b.gep(context, [I64(0), I64(0)])
         b.call(parallel_for, [pool, self.load(POOL_SIZE), self.load(slot), first, tasks, threads])
 
-    def layer_norm(self, call: LayerNormCall, index: int) -> None:
-        """cpu_runtime.layer_norm's loops: per row, the mean and the variance in float64
-        (reassociated sums), 1 / sqrt(var / width + eps), then each element."""
-        from .llvm_ukernel import counted_loop
+    def layer_norm(self, call: LayerNormCall, index: int, threads: ir.Value) -> None:
+        """Blocks of rows (LAYER_NORM_ELEMENTS a task) of `_layer_norm_task`, through the
+        pool's parallel-for at most the model's threads."""
+        from .cpu_pool import PARALLEL_FOR_LIMITED_TYPE
 
         b = self.b
-        scalar = ir.FloatType() if call.dtype == "f32" else F64
         size = ITEMSIZE[call.dtype]
-
-        def array(operand: Operand, name: str) -> ir.Value:
-            return b.bitcast(self.pointer(operand, f"{name}.{index}", size), scalar.as_pointer())
-
-        x, y, scale = array(call.src, "x"), array(call.dst, "y"), array(call.scale, "scale")
-        shift = None if call.shift is None else array(call.shift, "shift")
-        sqrt = b.module.declare_intrinsic("llvm.sqrt", [F64])
+        context = b.alloca(ir.ArrayType(I64, LN_CONTEXT), name=f"context.{index}")
         rows, width = self.extent(call.rows), self.extent(call.width)
-        widthf = b.sitofp(width, F64)
-        fast = ("reassoc", "contract")
-
-        def wide(v: ir.Value) -> ir.Value:
-            return v if scalar is F64 else b.fpext(v, F64)
-
-        def row(b: ir.IRBuilder, i: ir.Value, _: list) -> list:
-            base = b.mul(i, width)
-
-            def at(array: ir.Value, j: ir.Value) -> ir.Value:
-                return b.gep(array, [b.add(base, j)])
-
-            def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
-                return [b.fadd(acc[0], wide(b.load(at(x, j))), flags=fast)]
-
-            (total,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], add)
-            mean = b.fdiv(total, widthf)
-
-            def square(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
-                d = b.fsub(wide(b.load(at(x, j))), mean)
-                return [b.fadd(acc[0], b.fmul(d, d, flags=fast), flags=fast)]
-
-            (var,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], square)
-            root = b.call(sqrt, [b.fadd(b.fdiv(var, widthf), ir.Constant(F64, call.eps))])
-            inv = b.fdiv(ir.Constant(F64, 1.0), root)
-
-            def element(b: ir.IRBuilder, j: ir.Value, _: list) -> list:
-                v = b.fmul(b.fmul(b.fsub(wide(b.load(at(x, j))), mean), inv),
-                           wide(b.load(b.gep(scale, [j]))))  # fmt: skip
-                if shift is not None:
-                    v = b.fadd(v, wide(b.load(b.gep(shift, [j]))))
-                b.store(v if scalar is F64 else b.fptrunc(v, scalar), at(y, j))
-                return []
-
-            counted_loop(b, width, [], element)
-            return []
-
-        counted_loop(b, rows, [], row)
+        per_task = b.add(b.sdiv(I64(LAYER_NORM_ELEMENTS), e_max(b, width, I64(1))), I64(1))
+        values = [
+            b.ptrtoint(self.pointer(call.src, f"x.{index}", size), I64),
+            b.ptrtoint(self.pointer(call.dst, f"y.{index}", size), I64),
+            b.ptrtoint(self.pointer(call.scale, f"scale.{index}", size), I64),
+            I64(0) if call.shift is None
+            else b.ptrtoint(self.pointer(call.shift, f"shift.{index}", size), I64),
+            rows, width, b.bitcast(ir.Constant(F64, call.eps), I64), per_task,
+        ]  # fmt: skip
+        for slot, value in enumerate(values):
+            b.store(value, b.gep(context, [I64(0), I64(slot)]))
+        task = _layer_norm_task(b.module, call.dtype, call.shift is not None)
+        tasks = b.sdiv(b.add(rows, b.sub(per_task, I64(1))), per_task, f"tasks.{index}")
+        parallel_for = b.inttoptr(self.load(self.layout.slot("parallel_for", 0)),
+                                  PARALLEL_FOR_LIMITED_TYPE.as_pointer())  # fmt: skip
+        pool = b.inttoptr(self.load(POOL), I64P)
+        first = b.gep(context, [I64(0), I64(0)])
+        b.call(parallel_for, [pool, self.load(POOL_SIZE), b.ptrtoint(task, I64), first, tasks,
+                              threads])  # fmt: skip
 
     def gather(self, call: GatherCall, index: int, frame: ir.Value) -> None:
         """Each index checked (the forward returns INDEX_OUT_OF_RANGE, its op's index in
@@ -529,6 +510,80 @@ class _Emit:
             counted_loop(b, extents[axis], [], body)
 
         nest(b, 0, I64(0), [I64(0)] * len(sources))
+
+
+def e_max(b: ir.IRBuilder, a: ir.Value, c: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed(">", a, c), a, c)
+
+
+def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Function:
+    """`void task(int64 *context, t)`: rows t * per_task .. of a layer norm whose context is
+    [x, y, scale, shift, rows, width, eps (its bits), per_task], with cpu_runtime.layer_norm's
+    arithmetic: per row the mean and the variance in float64 (reassociated sums, as Numba's
+    fastmath there), 1 / sqrt(var / width + eps), then each element. One per dtype and
+    shift in a module."""
+    from .cpu_pool import TASK_TYPE
+    from .llvm_ukernel import counted_loop
+
+    name = f"tilefuse_layer_norm_{dtype}{'_shift' if shifted else ''}"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, TASK_TYPE, name)
+    fn.linkage = "internal"
+    context, t = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    scalar = SCALARS[dtype]
+    ptr = scalar.as_pointer()
+
+    def field(slot: int) -> ir.Value:
+        return b.load(b.gep(context, [I64(slot)]))
+
+    x, y, scale, shift = (b.inttoptr(field(k), ptr) for k in range(4))
+    rows, width, per_task = field(4), field(5), field(7)
+    eps = b.bitcast(field(6), F64)
+    first = b.mul(t, per_task)
+    count = b.sub(b.select(b.icmp_signed("<", b.add(first, per_task), rows),
+                           b.add(first, per_task), rows), first)  # fmt: skip
+    sqrt = module.declare_intrinsic("llvm.sqrt", [F64])
+    widthf = b.sitofp(width, F64)
+    fast = ("reassoc", "contract")
+
+    def wide(v: ir.Value) -> ir.Value:
+        return v if scalar is F64 else b.fpext(v, F64)
+
+    def row(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
+        base = b.mul(b.add(first, r), width)
+
+        def at(array: ir.Value, j: ir.Value) -> ir.Value:
+            return b.gep(array, [b.add(base, j)])
+
+        def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+            return [b.fadd(acc[0], wide(b.load(at(x, j))), flags=fast)]
+
+        (total,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], add)
+        mean = b.fdiv(total, widthf)
+
+        def square(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+            d = b.fsub(wide(b.load(at(x, j))), mean)
+            return [b.fadd(acc[0], b.fmul(d, d, flags=fast), flags=fast)]
+
+        (var,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], square)
+        inv = b.fdiv(ir.Constant(F64, 1.0), b.call(sqrt, [b.fadd(b.fdiv(var, widthf), eps)]))
+
+        def element(b: ir.IRBuilder, j: ir.Value, _: list) -> list:
+            v = b.fmul(b.fmul(b.fsub(wide(b.load(at(x, j))), mean), inv),
+                       wide(b.load(b.gep(scale, [j]))))  # fmt: skip
+            if shifted:
+                v = b.fadd(v, wide(b.load(b.gep(shift, [j]))))
+            b.store(v if scalar is F64 else b.fptrunc(v, scalar), at(y, j))
+            return []
+
+        counted_loop(b, width, [], element)
+        return []
+
+    counted_loop(b, count, [], row)
+    b.ret_void()
+    return fn
 
 
 def _converted(b: ir.IRBuilder, value: ir.Value, source: str, target: str) -> ir.Value:
