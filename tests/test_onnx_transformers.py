@@ -320,18 +320,26 @@ def test_an_integer_output_is_refused_and_a_float64_mask_is_exact() -> None:
         assert got.dtype == np.float64 and got.tolist() == [[[3.0, -5.0, 16777217.0]]]
 
 
+def masked_export(name: str, target: str, input_types: list[str]) -> tuple:
+    """(graph, compiled model, ONNX Runtime session) of a committed export with a mask input,
+    its inputs' types checked; on the cpu the mask reaches the fused attention as its
+    operand."""
+    path = MODELS / f"{name}.onnx"
+    g = tfu.from_onnx(path)
+    assert [str(g[i].type) for i in g.inputs] == input_types
+    model = tfu.compile(g, target=target)
+    if target == "cpu":
+        assert any(n.op == "attention" and len(n.inputs) == 4 for n in model.final.ops())
+    return g, model, ort.InferenceSession(str(path))
+
+
 @pytest.mark.parametrize("target", ["reference", "cpu"])
 def test_a_bert_export_with_token_ids_and_an_attention_mask(target: str) -> None:
     """tests/models/torch_masked_token_encoder.onnx: int64 ids and an int64 attention_mask,
     the extended mask built at run time (Unsqueeze, Cast, Sub, Mul) and added to the scores;
     padded rows and all-ones masks against ONNX Runtime."""
-    path = MODELS / "torch_masked_token_encoder.onnx"
-    g = tfu.from_onnx(path)
-    assert [str(g[i].type) for i in g.inputs] == ["i64[N,8]", "i64[N,8]"]
-    model = tfu.compile(g, target=target)
-    if target == "cpu":  # the mask reaches the fused attention as its operand
-        assert any(n.op == "attention" and len(n.inputs) == 4 for n in model.final.ops())
-    session = ort.InferenceSession(str(path))
+    _, model, session = masked_export("torch_masked_token_encoder", target,
+                                      ["i64[N,8]", "i64[N,8]"])  # fmt: skip
     rng = np.random.default_rng(7)
     for batch in (1, 3):
         ids = rng.integers(0, 50, (batch, 8)).astype(np.int64)
@@ -347,14 +355,8 @@ def test_an_encoder_with_a_boolean_padding_mask(target: str) -> None:
     src_key_padding_mask, which PyTorch turns into Where(pad, -inf, 0) (a ConstantOfShape of
     the input's symbolic shape), expanded over the heads and added to the scores. Padding at
     either end against ONNX Runtime; a row with every key padded is NaN in both."""
-    path = MODELS / "torch_padded_encoder.onnx"
-    g = tfu.from_onnx(path)
-    assert [str(g[i].type) for i in g.inputs] == ["f32[N,8,32]", "bool[N,8]"]
+    g, model, session = masked_export("torch_padded_encoder", target, ["f32[N,8,32]", "bool[N,8]"])
     assert any(n.op == "where" for n in g.ops())
-    model = tfu.compile(g, target=target)
-    if target == "cpu":  # the mask reaches the fused attention as its operand
-        assert any(n.op == "attention" and len(n.inputs) == 4 for n in model.final.ops())
-    session = ort.InferenceSession(str(path))
     rng = np.random.default_rng(11)
     for batch in (1, 3):
         x = rng.standard_normal((batch, 8, 32)).astype(np.float32)
