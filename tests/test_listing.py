@@ -4,6 +4,7 @@ its IR line, no debug records or mangled names, then the kernel library it calls
 from __future__ import annotations
 
 import io
+import pathlib
 import re
 
 import numpy as np
@@ -139,3 +140,21 @@ def test_slow_stages_say_what_they_do_on_a_terminal_only():
     with saying_phases(quiet), phases.phase("ptxas -arch=sm_90"):
         pass
     assert quiet.getvalue() == ""
+
+
+def test_a_native_transformer_listing_marks_its_calls():
+    """A transformer's native forward: in LLVM IR every call sits under its IR line; in the
+    assembly each call made through a pointer (the drivers, attention's and the layer norms'
+    parallel-for) does, counted in order."""
+    pytest.importorskip("onnx")
+    path = pathlib.Path(__file__).parent / "models" / "torch_encoder.onnx"
+    model = tfu.compile(tfu.from_onnx(path), target="cpu")
+    calls = model.native.plan.calls
+    lines = [c.line for c in calls]
+    for kind in ("llvm", "asm"):
+        head = getattr(model, kind)().split("==== kernel library")[0]
+        marked = set(re.findall(r"^[;#] (%\S+ = .*)$", head, re.M))
+        indirect = {c.line for c in calls if type(c).__name__ in
+                    ("DenseCall", "AttentionCall", "LayerNormCall")}  # fmt: skip
+        assert (set(lines) if kind == "llvm" else indirect) <= marked
+    assert "tilefuse_layer_norm_f32" in model.llvm()

@@ -371,7 +371,9 @@ class _Native:
         from .cpu_listing import native_listing
 
         lines = [call.line for call in self.plan.calls]
-        drivers = [k for k, c in enumerate(self.plan.calls) if isinstance(c, cpu_native.DenseCall)]
+        # the calls that make one indirect call each: a driver's, or the pool's parallel-for
+        indirect = (cpu_native.DenseCall, cpu_native.AttentionCall, cpu_native.LayerNormCall)
+        drivers = [k for k, c in enumerate(self.plan.calls) if isinstance(c, indirect)]
         return native_listing(kind, code, library, lines, self.plan.graph, drivers)
 
 
