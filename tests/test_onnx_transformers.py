@@ -539,3 +539,29 @@ def test_a_warm_transformer_start_loads_its_forward_and_compiles_nothing() -> No
     first = subprocess.run(run, capture_output=True, text=True, env=os.environ, check=True)
     again = subprocess.run(run, capture_output=True, text=True, env=os.environ, check=True)
     assert again.stdout.split() == ["True", "False", "True"], (first.stdout, again.stderr[-2000:])
+
+
+@pytest.mark.parametrize("name", ["torch_encoder", "torch_masked_token_encoder"])
+def test_an_f32_export_computes_in_f64_when_asked(name: str) -> None:
+    """compile(dtype="f64") of an f32 export: the self-check holds at f64's tolerance (the
+    exporter's f32 sqrt(2) in the erf GELU is not sqrt(2) in f64, so canonicalize leaves the
+    ops as written rather than change the result), and a mismatch with integer inputs
+    localizes instead of failing in the reference."""
+    g = tfu.from_onnx(MODELS / f"{name}.onnx")
+    model = tfu.compile(g, target="cpu", dtype="f64")
+    assert not any(n.op == "gelu" or "gelu" in str(n.attr) for n in model.final.ops())
+    session = ort.InferenceSession(str(MODELS / f"{name}.onnx"))
+    feeds = feeds_for(name, 3)
+    got = model(*[a.astype(np.float64) if a.dtype == np.float32 else a for a in feeds.values()])
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_localizing_reads_integer_inputs_as_integers() -> None:
+    """The self-check's per-op values (what localizes a miscompile) take token ids and masks
+    as they are: a gather's indices cast to float64 made the reference raise."""
+    from tilefuse.check import node_values, random_inputs
+
+    g = tfu.from_onnx(MODELS / "torch_masked_token_encoder.onnx")
+    values = node_values(g, random_inputs(g, batch=2))
+    assert values[g.outputs[0]].shape == (2, 8, 32)

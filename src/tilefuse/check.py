@@ -36,7 +36,7 @@ from . import cache
 from .backends import CompiledModel, reference
 from .errors import AttrError, InputError, MiscompileError
 from .ir import INDEX_DTYPES, Graph, Node
-from .ops import attrs_of, cast_graph, index_bound
+from .ops import attrs_of, cast_graph, cast_graph_ids, index_bound
 from .source import comment
 
 # rows for a symbolic batch: one (the small-batch kernels) and a small odd number past the
@@ -103,11 +103,14 @@ def random_inputs(g: Graph, batch: int = CHECK_BATCHES[-1], seed: int = 0) -> li
 # -- comparing -------------------------------------------------------------------------------
 def reference_f64(g: Graph, inputs: Sequence[np.ndarray], hook: Any = None) -> list[np.ndarray]:
     """The float64 reference: `g` cast to f64, on the inputs cast to f64."""
-    exact = cast_graph(g, "f64")
-    wide = [
-        a if a.dtype.kind in "iu" else np.asarray(a, np.float64) for a in map(np.asarray, inputs)
+    return reference.run_graph(cast_graph(g, "f64"), as_f64(inputs), hook)
+
+
+def as_f64(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Float inputs as float64; integer and boolean ones (indices, masks) as they are."""
+    return [
+        a if a.dtype.kind in "iub" else np.asarray(a, np.float64) for a in map(np.asarray, inputs)
     ]
-    return reference.run_graph(exact, wide, hook)
 
 
 def error_ratio(got: np.ndarray, want: np.ndarray, dtype: str) -> float:
@@ -203,12 +206,11 @@ def localize(model: CompiledModel, inputs: list[np.ndarray]) -> Culprit | None:
 
 def node_values(g: Graph, inputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
     """Every node's float64 value, by the node's id in `g`."""
-    exact = cast_graph(g, "f64")  # renumbers the nodes, in g's order
-    own_id = dict(zip((n.id for n in exact), (n.id for n in g), strict=True))
-    values: dict[int, np.ndarray] = {}
-    hook = lambda node, value: values.__setitem__(own_id[node.id], value)  # noqa: E731
-    reference.run_graph(exact, [np.asarray(a, np.float64) for a in inputs], hook)
-    return values
+    exact, ids = cast_graph_ids(g, "f64")  # casts dropped, so matched by the mapping
+    computed: dict[int, np.ndarray] = {}
+    hook = lambda node, value: computed.__setitem__(node.id, value)  # noqa: E731
+    reference.run_graph(exact, as_f64(inputs), hook)
+    return {own: computed[new] for own, new in ids.items() if new in computed}
 
 
 def first_new_value(

@@ -859,8 +859,14 @@ def cast_graph(g: Graph, dtype: str) -> Graph:
     converted from the data they hold (an f64 constant that a `cast` narrowed to f32 is exact
     in an f64 network). A constant wider than `dtype` keeps its data and gets a `cast`, so
     the narrowing shows in the IR (canonicalize folds it, and says so)."""
+    return cast_graph_ids(g, dtype)[0]
+
+
+def cast_graph_ids(g: Graph, dtype: str) -> tuple[Graph, dict[int, int]]:
+    """`cast_graph` and, for each node of `g`, the node of the new graph holding its value
+    (a dropped cast: its operand's)."""
     if all(n.type.dtype in (dtype, *INDEX_DTYPES) for n in g.nodes.values()):
-        return g
+        return g, {n.id: n.id for n in g}
     b = GraphBuilder(g.name)
     new: dict[int, int] = {}
     for node in g:
@@ -879,4 +885,4 @@ def cast_graph(g: Graph, dtype: str) -> Graph:
             new[node.id] = b.const(g.constants[node.id], node.name or "c", dtype=dtype)
         else:
             new[node.id] = b.copy_node(node, [new[i] for i in node.inputs])
-    return b.build([new[o] for o in g.outputs])
+    return b.build([new[o] for o in g.outputs]), new

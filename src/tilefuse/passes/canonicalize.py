@@ -97,11 +97,14 @@ def keep_operand(edit: Edit, m: Match) -> int | None:
 
 # -- patterns exporters emit ----------------------------------------------------------------
 def is_scalar_const(g: Graph, node_id: int, value: float) -> bool:
-    """A constant with one element (any rank) equal to `value` up to float32 rounding."""
+    """A constant with one element (any rank) equal to `value` up to its dtype's rounding: an
+    f32 constant within float32's, an f64 one within float64's (an f32 model's sqrt(2) cast
+    to f64 is not sqrt(2) there: computing in f64, the rewrite would change the result)."""
     node = g[node_id]
     if node.op != "const" or g.constants[node_id].size != 1:
         return False
-    return bool(np.isclose(g.constants[node_id].item(), value, rtol=1e-6, atol=0))
+    rtol = 1e-6 if node.type.dtype == "f32" else 1e-14
+    return bool(np.isclose(g.constants[node_id].item(), value, rtol=rtol, atol=0))
 
 
 def product_factors(g: Graph, node: Node) -> list[int]:
