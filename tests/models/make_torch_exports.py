@@ -110,58 +110,47 @@ class PaddedEncoder(nn.Module):
         return self.enc(x, src_key_padding_mask=pad)
 
 
-def export(module: nn.Module, name: str, example: torch.Tensor) -> None:
-    with torch.no_grad():  # no parameter left at its init (LayerNorm's ones and zeros)
+def perturbed(module: nn.Module) -> nn.Module:
+    """The module in eval mode, no parameter left at its init (LayerNorm's ones and zeros)."""
+    with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    module.eval()
+    return module.eval()
+
+
+def export_as(module: nn.Module, name: str, inputs: dict[str, torch.Tensor],
+              dynamic: dict[int, str]) -> None:  # fmt: skip
+    """`torch.onnx.export` the usual way (TorchScript exporter, opset 17) to tests/models,
+    output `y`, the axes `dynamic` of every input and of the output dynamic."""
+    axes = {name: dynamic for name in [*inputs, "y"]}
     torch.onnx.export(
-        module, (example,), HERE / f"{name}.onnx", opset_version=17, input_names=["x"],
-        output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False,
+        module, tuple(inputs.values()), HERE / f"{name}.onnx", opset_version=17,
+        input_names=list(inputs), output_names=["y"], dynamic_axes=axes, dynamo=False,
     )  # fmt: skip
+
+
+def export(module: nn.Module, name: str, example: torch.Tensor) -> None:
+    export_as(perturbed(module), name, {"x": example}, {0: "batch"})
 
 
 def export_dynamic_sequence(module: nn.Module, name: str, example: torch.Tensor) -> None:
     """The batch and the sequence length both dynamic."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    module.eval()
-    dynamic = {0: "batch", 1: "seq"}
-    torch.onnx.export(
-        module, (example,), HERE / f"{name}.onnx", opset_version=17, input_names=["x"],
-        output_names=["y"], dynamic_axes={"x": dynamic, "y": dynamic}, dynamo=False,
-    )  # fmt: skip
+    export_as(perturbed(module), name, {"x": example}, {0: "batch", 1: "seq"})
 
 
 def export_with_mask(module: nn.Module, name: str) -> None:
     """Inputs `ids` and `mask` (both int64 [batch, T]), the batch dynamic."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    module.eval()
+    module = perturbed(module)
     ids, mask = torch.randint(0, 50, (2, T)), torch.ones(2, T, dtype=torch.int64)
-    batch = {0: "batch"}
-    torch.onnx.export(
-        module, (ids, mask), HERE / f"{name}.onnx", opset_version=17,
-        input_names=["ids", "mask"], output_names=["y"],
-        dynamic_axes={"ids": batch, "mask": batch, "y": batch}, dynamo=False,
-    )  # fmt: skip
+    export_as(module, name, {"ids": ids, "mask": mask}, {0: "batch"})
 
 
 def export_with_padding(module: nn.Module, name: str) -> None:
     """Inputs `x` (float32 [batch, T, D]) and `pad` (bool [batch, T]), the batch dynamic."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    module.eval()
+    module = perturbed(module)
     x, pad = torch.randn(2, T, D), torch.zeros(2, T, dtype=torch.bool)
     pad[1, 5:] = True
-    batch = {0: "batch"}
-    torch.onnx.export(
-        module, (x, pad), HERE / f"{name}.onnx", opset_version=17, input_names=["x", "pad"],
-        output_names=["y"], dynamic_axes={"x": batch, "pad": batch, "y": batch}, dynamo=False,
-    )  # fmt: skip
+    export_as(module, name, {"x": x, "pad": pad}, {0: "batch"})
 
 
 if __name__ == "__main__":
