@@ -103,8 +103,9 @@ class Renderer:
         self.var: dict[int, str] = {}
         self.entries: dict[str, tuple] = {}  # kernel entry points used: name -> (dtype, mr, nr)
         self.plan = memory_plan_of(g)
-        # for the native forward: the arrays variables name, each dense op's driver call (None
-        # where it needs more than the call), dims bound, and whether anything else was written
+        # for the native forward: the arrays variables name, each op's call (absent where its
+        # code is more than a call the plan can state), dims bound, and whether anything else
+        # was written
         self.arrays: dict[str, Operand] = {}
         self.calls: dict[int, Call] = {}
         self.views: set[int] = set()  # ops that are views of another value's buffer: no code
@@ -212,9 +213,9 @@ class Renderer:
                         self.native_plan(len(buffers)))  # fmt: skip
 
     def native_plan(self, buffers: int) -> NativePlan | None:
-        """The forward as driver calls (`cpu_native`), when it is nothing else: every op a
-        dense op whose call is all its code, or a softmax along the last axis, on inputs,
-        parameters, outputs and buffers."""
+        """The forward as kernel calls (`cpu_native`), when it is nothing else: every op a
+        recorded call (dense, last-axis softmax, attention, layer norm, elementwise, gather)
+        or a view that needs no code, on inputs, parameters, outputs and buffers."""
         calls = [self.calls.get(n.id) for n in self.g.ops() if n.id not in self.views]
         if self.profile or not self.only_calls or not calls or None in calls:
             return None
