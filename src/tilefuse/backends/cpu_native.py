@@ -350,7 +350,6 @@ class _Emit:
     def attention(self, call: AttentionCall, index: int, threads: ir.Value) -> None:
         """The context cpu_runtime.attention writes, then its tasks: on the pool (at most the
         model's threads) or, without one, here."""
-        from .cpu_pool import PARALLEL_FOR_LIMITED_TYPE
         from .cpu_runtime import CONTEXT, QUERY_BLOCK
 
         b, layout = self.b, self.layout
@@ -385,22 +384,35 @@ class _Emit:
         put(33, self.load(slot + 2))
         blocks = b.sdiv(b.add(q_extents[2], I64(QUERY_BLOCK - 1)), I64(QUERY_BLOCK))
         tasks = b.mul(b.mul(q_extents[0], q_extents[1]), blocks, f"tasks.{index}")
-        parallel_for = b.inttoptr(self.load(layout.slot("parallel_for", 0)),
+        self.run_tasks(self.load(slot), context, tasks, threads)
+
+    def run_tasks(self, task: ir.Value, context: ir.Value, tasks: ir.Value,
+                  threads: ir.Value) -> None:  # fmt: skip
+        """task(context, t) for t in 0 .. tasks-1, through the pool's limited parallel-for
+        (at most `threads`; serially without a pool)."""
+        from .cpu_pool import PARALLEL_FOR_LIMITED_TYPE
+
+        b = self.b
+        parallel_for = b.inttoptr(self.load(self.layout.slot("parallel_for", 0)),
                                   PARALLEL_FOR_LIMITED_TYPE.as_pointer())  # fmt: skip
         pool = b.inttoptr(self.load(POOL), I64P)
         first = b.gep(context, [I64(0), I64(0)])
-        b.call(parallel_for, [pool, self.load(POOL_SIZE), self.load(slot), first, tasks, threads])
+        b.call(parallel_for, [pool, self.load(POOL_SIZE), task, first, tasks, threads])
+
+    def typed(self, operand: Operand, name: str, dtype: str) -> ir.Value:
+        """The operand's data as a pointer to `dtype`'s scalars."""
+        return self.b.bitcast(self.pointer(operand, name, ITEMSIZE[dtype]),
+                              SCALARS[dtype].as_pointer())  # fmt: skip
 
     def layer_norm(self, call: LayerNormCall, index: int, threads: ir.Value) -> None:
         """Blocks of rows (LAYER_NORM_ELEMENTS a task) of `_layer_norm_task`, through the
         pool's parallel-for at most the model's threads."""
-        from .cpu_pool import PARALLEL_FOR_LIMITED_TYPE
-
         b = self.b
         size = ITEMSIZE[call.dtype]
         context = b.alloca(ir.ArrayType(I64, LN_CONTEXT), name=f"context.{index}")
         rows, width = self.extent(call.rows), self.extent(call.width)
-        per_task = b.add(b.sdiv(I64(LAYER_NORM_ELEMENTS), e_max(b, width, I64(1))), I64(1))
+        wide = b.select(b.icmp_signed(">", width, I64(1)), width, I64(1))
+        per_task = b.add(b.sdiv(I64(LAYER_NORM_ELEMENTS), wide), I64(1))
         values = [
             b.ptrtoint(self.pointer(call.src, f"x.{index}", size), I64),
             b.ptrtoint(self.pointer(call.dst, f"y.{index}", size), I64),
@@ -413,12 +425,7 @@ class _Emit:
             b.store(value, b.gep(context, [I64(0), I64(slot)]))
         task = _layer_norm_task(b.module, call.dtype, call.shift is not None)
         tasks = b.sdiv(b.add(rows, b.sub(per_task, I64(1))), per_task, f"tasks.{index}")
-        parallel_for = b.inttoptr(self.load(self.layout.slot("parallel_for", 0)),
-                                  PARALLEL_FOR_LIMITED_TYPE.as_pointer())  # fmt: skip
-        pool = b.inttoptr(self.load(POOL), I64P)
-        first = b.gep(context, [I64(0), I64(0)])
-        b.call(parallel_for, [pool, self.load(POOL_SIZE), b.ptrtoint(task, I64), first, tasks,
-                              threads])  # fmt: skip
+        self.run_tasks(b.ptrtoint(task, I64), context, tasks, threads)
 
     def gather(self, call: GatherCall, index: int, frame: ir.Value) -> None:
         """Each index checked (the forward returns INDEX_OUT_OF_RANGE, its op's index in
@@ -426,13 +433,9 @@ class _Emit:
         from .llvm_ukernel import counted_loop
 
         b = self.b
-        scalar = SCALARS[call.dtype]
-        size = ITEMSIZE[call.dtype]
-        table = b.bitcast(self.pointer(call.table, f"table.{index}", size), scalar.as_pointer())
-        out = b.bitcast(self.pointer(call.out, f"out.{index}", size), scalar.as_pointer())
-        width = ITEMSIZE[call.index_dtype]
-        indices = b.bitcast(self.pointer(call.indices, f"indices.{index}", width),
-                            SCALARS[call.index_dtype].as_pointer())  # fmt: skip
+        table = self.typed(call.table, f"table.{index}", call.dtype)
+        out = self.typed(call.out, f"out.{index}", call.dtype)
+        indices = self.typed(call.indices, f"indices.{index}", call.index_dtype)
         count, before, after = (self.extent(e) for e in (call.count, call.before, call.after))
         extent = I64(call.extent)
 
@@ -472,11 +475,8 @@ class _Emit:
         from .llvm_ukernel import counted_loop
 
         b = self.b
-        scalar = SCALARS[call.dtype]
-        dst = b.bitcast(self.pointer(call.dst, f"y.{index}", ITEMSIZE[call.dtype]),
-                        scalar.as_pointer())  # fmt: skip
-        sources = [b.bitcast(self.pointer(o, f"a{k}.{index}", ITEMSIZE[dtype]),
-                             SCALARS[dtype].as_pointer())
+        dst = self.typed(call.dst, f"y.{index}", call.dtype)
+        sources = [self.typed(o, f"a{k}.{index}", dtype)
                    for k, (o, _, dtype) in enumerate(call.operands)]  # fmt: skip
         steps = [[self.stride(s) for s in strides] for _, strides, _ in call.operands]
         extents = [self.extent((d,)) for d in call.shape]
@@ -510,10 +510,6 @@ class _Emit:
             counted_loop(b, extents[axis], [], body)
 
         nest(b, 0, I64(0), [I64(0)] * len(sources))
-
-
-def e_max(b: ir.IRBuilder, a: ir.Value, c: ir.Value) -> ir.Value:
-    return b.select(b.icmp_signed(">", a, c), a, c)
 
 
 def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Function:
@@ -606,7 +602,7 @@ def _softmax(b: ir.IRBuilder, call: SoftmaxCall, index: int, src: ir.Value, dst:
     sum of the unrounded e, then the stored e / s, or x - m - log(s) for log_softmax."""
     from .llvm_ukernel import counted_loop
 
-    scalar = ir.FloatType() if call.dtype == "f32" else F64
+    scalar = SCALARS[call.dtype]
     exp = b.module.declare_intrinsic("llvm.exp", [F64])
     log = b.module.declare_intrinsic("llvm.log", [F64])
     rows: ir.Value = I64(1)

@@ -235,33 +235,38 @@ class Renderer:
         var = self.value(node_id)
         if var in self.arrays:
             return self.arrays[var]
+        rooted = self.rooted(node_id)
+        if rooted is None or rooted[0].root == node_id:
+            return None
+        found, operand = rooted
+        shape = self.g[node_id].type.shape
+        contiguous = V.contiguous(shape)
+        if any(s != c for s, c, d in zip(found.strides, contiguous, shape, strict=True) if d != 1):
+            return None
+        return operand
+
+    def rooted(self, node_id: int) -> tuple[V.Layout, Operand] | None:
+        """The value's layout and its buffer as an operand at the layout's offset, when that
+        buffer is one the frame reaches (from its start)."""
         try:
             found = V.layout(self.g, node_id)
         except ValueError:
             return None
         root = self.arrays.get(self.var.get(found.root, ""))
-        shape = self.g[node_id].type.shape
-        if root is None or root.offset or found.root == node_id:
+        if root is None or root.offset:
             return None
-        contiguous = V.contiguous(shape)
-        if any(s != c for s, c, d in zip(found.strides, contiguous, shape, strict=True) if d != 1):
-            return None
-        return Operand(root.kind, root.index, tuple(found.offset))
+        return found, Operand(root.kind, root.index, tuple(found.offset))
 
     def view_operand(self, node_id: int, groups: list[tuple]) -> View | None:
         """The value read as attention reads it, [A, B, T, d] with any strides, when its
         buffer is one the frame reaches."""
         shape = self.g[node_id].type.shape
-        try:
-            found = V.layout(self.g, node_id)
-        except ValueError:
-            return None
-        strides = V.regrouped(shape, found)
-        root = self.arrays.get(self.var.get(found.root, ""))
-        if strides is None or root is None or root.offset:
+        rooted = self.rooted(node_id)
+        strides = None if rooted is None else V.regrouped(shape, rooted[0])
+        if rooted is None or strides is None:
             return None
         extents = (*groups, shape[-2:-1], shape[-1:])
-        return View(Operand(root.kind, root.index, tuple(found.offset)), extents, tuple(strides))  # type: ignore[arg-type]
+        return View(rooted[1], extents, tuple(strides))  # type: ignore[arg-type]
 
     def allocation(self, node: Node) -> str:
         """A view of the value's planned workspace buffer, or a fresh array when unplanned; a
@@ -671,18 +676,12 @@ class Renderer:
         scores' shape first where a group of its axes is partly 1)."""
         q, k = (self.g[i].type for i in node.inputs[:2])
         scores = (*q.shape[:-1], k.shape[-2])
-        m = self.g[mask].type.shape
-        m = (1,) * (len(scores) - len(m)) + m
-        src, parts, k0 = self.value(mask), [], 0
-        full = [self.extent(g) for g in [*groups, scores[-2:-1], scores[-1:]]]
-        for g, extent in zip([*groups, scores[-2:-1], scores[-1:]], full):
-            own, k0 = m[k0 : k0 + len(g)], k0 + len(g)
-            parts.append("1" if all(d == 1 for d in own) else extent if own == g else None)
-        if None in parts:  # partly broadcast within a group: spread it to the scores
+        src, parts = self.value(mask), self.mask_parts(node, mask, groups)
+        if parts is None:  # partly broadcast within a group: spread it to the scores
             spread = self.shape(TensorType(q.dtype, scores))
             src = f"np.ascontiguousarray(np.broadcast_to({src}, {spread}))"
-            parts = full
-        return f"E.shaped({src}, ({', '.join(parts)}))"
+            parts = [*groups, scores[-2:-1], scores[-1:]]
+        return f"E.shaped({src}, ({', '.join(self.extent(p) for p in parts)}))"
 
     def render_layer_norm(self, node: Node) -> None:
         """Rows of the normalized axes, each: mean, variance, then scale and shift (the
