@@ -71,7 +71,9 @@ def mixed_numpy(
 
 # -- on a busy machine -----------------------------------------------------------------------
 def time_one(system: str, batch: int, threads: int, seconds: float = BUSY_SECONDS) -> dict:
-    """Median seconds per call of `system` on mlp-small at `batch`, in this process."""
+    """Median seconds per call of `system` on mlp-small at `batch`, in this process, and
+    `cores`: the CPU seconds the process got per second of the timing (its share of the
+    machine: with BUSY_HOGS hogs, two threads' fair share is 2 x 2 / 6 of a core)."""
     case = mlp_case(batch)
     net = wl.build_net(case)
     run = wl.SYSTEMS[system].make(net, case.activations)
@@ -80,12 +82,15 @@ def time_one(system: str, batch: int, threads: int, seconds: float = BUSY_SECOND
     for _ in range(5):
         run(x)
     times = []
-    stop = time.perf_counter() + seconds
+    cpu0, wall0 = os.times(), time.perf_counter()
+    stop = wall0 + seconds
     while time.perf_counter() < stop or len(times) < 10:
         start = time.perf_counter()
         run(x)
         times.append(time.perf_counter() - start)
-    return {"median_s": float(np.median(times)), "calls": len(times)}
+    cpu1, wall = os.times(), time.perf_counter() - wall0
+    cores = (cpu1.user - cpu0.user + cpu1.system - cpu0.system) / wall
+    return {"median_s": float(np.median(times)), "calls": len(times), "cores": cores}
 
 
 def in_fresh_process(system: str, batch: int, threads: int) -> dict:
@@ -115,6 +120,7 @@ def busy(systems: list[str], threads: int, log: Callable[[str], None] = print) -
         row = {"system": name, "batch": BUSY_BATCH, "threads": threads, "hogs": BUSY_HOGS}
         for key, result in (("idle", idle[name]), ("busy", loaded[name])):
             row[f"{key}_s"] = result.get("median_s")
+            row[f"{key}_cores"] = result.get("cores")
             if "error" in result:
                 row["error"] = result["error"]
         if row.get("idle_s") and row.get("busy_s"):

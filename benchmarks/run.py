@@ -659,16 +659,19 @@ def conditions_tables(conditions: dict[str, Any] | None, labels: dict[str, str])
         about = (
             f"mlp-small at batch {first['batch']}, {first['threads']} threads, each system "
             f"in a fresh process, idle and then beside {first['hogs']} CPU-bound processes "
-            "(a fair share of the 2 cores is then a third: about 3x)."
+            "(a fair share of the 2 cores is then a third: about 3x, and 0.67 of a core for two "
+            "threads; `cores used` is the CPU seconds the process got per second while timed)."
         )
         lines += ["", "## On a busy machine (busy)", "", about, "",
-                  table_row(["system", "idle", "busy", "busy ÷ idle"]),
-                  table_row(["---"] * 4)]  # fmt: skip
+                  table_row(["system", "idle", "busy", "busy ÷ idle", "cores used busy"]),
+                  table_row(["---"] * 5)]  # fmt: skip
         for r in busy:
             idle = format_time(r["idle_s"]) if r.get("idle_s") else "-"
             loaded = format_time(r["busy_s"]) if r.get("busy_s") else r.get("error", "-")
             ratio = f"{r['slowdown']:.2f}x" if r.get("slowdown") else "-"
-            lines.append(table_row([labels.get(r["system"], r["system"]), idle, loaded, ratio]))
+            cores = f"{r['busy_cores']:.2f}" if r.get("busy_cores") is not None else "-"
+            cells = [labels.get(r["system"], r["system"]), idle, loaded, ratio, cores]
+            lines.append(table_row(cells))
     return lines
 
 

@@ -250,14 +250,15 @@ def test_the_conditions_rows_and_their_tables(monkeypatch):
     mixed = conditions.mixed_numpy(runners, 1, bench.round_robin, NO_WAIT)
     assert {r["system"] for r in mixed} == {"numpy", "tilefuse"}
     assert all(r["overhead"] > 0 and r["pair_s"] > 0 for r in mixed)
-    assert conditions.time_one("numpy", 4, 1, seconds=0.02)["median_s"] > 0
-    fake = iter([{"median_s": 1e-3}, {"median_s": 3e-3}])
+    alone = conditions.time_one("numpy", 4, 1, seconds=0.02)
+    assert alone["median_s"] > 0 and alone["cores"] > 0
+    fake = iter([{"median_s": 1e-3, "cores": 1.0}, {"median_s": 3e-3, "cores": 0.4}])
     monkeypatch.setattr(conditions, "in_fresh_process", lambda *args: next(fake))
     monkeypatch.setattr(conditions, "BUSY_HOGS", 1)
     (busy,) = conditions.busy(["numpy"], 1, log=lambda line: None)
     assert busy["slowdown"] == pytest.approx(3.0)
     table = "\n".join(bench.conditions_tables({"mixed_numpy": mixed, "busy": [busy]}, {}))
-    assert "## Beside NumPy in one process" in table and "| numpy | 1 ms | 3 ms | 3.00x |" in table
+    assert "## Beside NumPy in one process" in table and "| numpy | 1 ms | 3 ms | 3.00x | 0.40 |" in table
     machine = {"cpu": "AMD EPYC 7B13 64-Core Processor", "cores": 2, "isa": ["avx2", "fma"]}
     assert bench.host_stem(machine) == "amd-epyc-7b13-64-core-processor-2c-avx2"
 
