@@ -100,3 +100,29 @@ def test_exp_row_is_exp_to_the_last_bits(dtype):
     row = np.array([0.0, -np.inf, np.nan], dtype)
     R.exp_row(row, row.dtype.type(0), table, np.empty(3, np.int32))
     assert row[0] == 1.0 and row[1] == 0.0 and np.isnan(row[2])
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 13, 128])
+def test_row_max_skips_nan_at_every_position(size):
+    rng = np.random.default_rng(size)
+    row = rng.standard_normal(size).astype(np.float32)
+    minus_inf = np.float32(-np.inf)
+    assert R.row_max(row, minus_inf) == row.max()
+    for at in range(size):
+        spoiled = row.copy()
+        spoiled[at] = np.nan
+        want = np.nanmax(spoiled) if size > 1 else -np.inf
+        assert R.row_max(spoiled, minus_inf) == want
+    assert R.row_max(np.full(size, -np.inf, np.float32), minus_inf) == -np.inf
+
+
+@pytest.mark.parametrize("rows,cols", [(64, 128), (37, 13), (5, 16), (3, 1)])
+def test_the_attention_packs_are_the_weights_layout(rows, cols):
+    """kᵀ and v packed for the dense driver: pack_weights of one k block, ragged panels
+    zero-padded."""
+    w = np.random.default_rng(3).standard_normal((rows, cols)).astype(np.float32)
+    want = R.pack_weights(w, rows, 16)
+    np.testing.assert_array_equal(R.pack_block(w, 16), want)
+    np.testing.assert_array_equal(R.pack_transposed(np.ascontiguousarray(w.T), 16), want)
+    strided = np.repeat(w.T, 3, axis=1)[:, ::3]  # a view with a row stride, as q/k/v are
+    np.testing.assert_array_equal(R.pack_transposed(strided, 16), want)

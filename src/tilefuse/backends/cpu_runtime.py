@@ -63,6 +63,22 @@ def _keep(typingctx, context, scalars):
 
 
 @intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bits are the low 32 of the integer `bits` (a vector bitcast once
+    LLVM vectorizes the loop around it)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        word = args[0]
+        if word.type.width != 32:
+            word = builder.trunc(word, ir.IntType(32))
+        return builder.bitcast(word, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
 def _parallel_for(typingctx, function, ctl, nctl, task, context, count):
     """Call the pool library's `parallel_for` (cpu_pool.build_parallel_for) at `function`."""
     if not all(isinstance(a, types.Integer) for a in (function, nctl, task, ctl, context, count)):
@@ -196,34 +212,42 @@ def _call_dense(typingctx, address, x, m, k, wp, out, n, kc, mc, nc):
 
 @njit(cache=True)
 def pack_transposed(k, nr):
-    """pack_weights(k.T, K, nr) for k [T, K]: kᵀ as the weights of one k block, written a
-    key (a row of k, read in order) at a time; keys past T zero."""
+    """pack_weights(k.T, K, nr) for k [T, K]: kᵀ as the weights of one k block; keys past T
+    zero. A full panel is nr keys read down a column at a time (contiguous writes)."""
     t, d = k.shape
-    panels = -(-t // nr)
+    panels, full = -(-t // nr), t // nr
     packed = np.empty(d * panels * nr, k.dtype)
-    for jt in range(panels):
+    for jt in range(full):
+        panel = packed[jt * d * nr : (jt + 1) * d * nr].reshape((d, nr))
+        keys = k[jt * nr : (jt + 1) * nr]
+        for p in range(d):
+            for q in range(nr):
+                panel[p, q] = keys[q, p]
+    for jt in range(full, panels):  # the last, ragged panel
         base = jt * d * nr
         for q in range(nr):
             key = jt * nr + q
-            if key < t:
-                for p in range(d):
-                    packed[base + p * nr + q] = k[key, p]
-            else:
-                for p in range(d):
-                    packed[base + p * nr + q] = 0
+            for p in range(d):
+                packed[base + p * nr + q] = k[key, p] if key < t else 0
     return packed
 
 
 @njit(cache=True)
 def pack_block(w, nr):
     """pack_weights(w, K, nr) for w [K, N]: the weights of one k block, nr-wide panels of
-    w's rows; columns past N zero."""
+    w's rows; columns past N zero. A full panel's rows are nr contiguous copies."""
     k_total, n = w.shape
-    panels = -(-n // nr)
+    panels, full = -(-n // nr), n // nr
     packed = np.empty(k_total * panels * nr, w.dtype)
-    for jt in range(panels):
+    for jt in range(full):
+        panel = packed[jt * k_total * nr : (jt + 1) * k_total * nr].reshape((k_total, nr))
+        for p in range(k_total):
+            row = w[p, jt * nr : (jt + 1) * nr]
+            for q in range(nr):
+                panel[p, q] = row[q]
+    for jt in range(full, panels):  # the last, ragged panel
         base, c0 = jt * k_total * nr, jt * nr
-        width = min(nr, n - c0)
+        width = n - c0
         for p in range(k_total):
             row = base + p * nr
             for q in range(width):
@@ -428,11 +452,31 @@ def masked_exp_row(row, mask, ma, mb, mi, minus_inf, table, exponent):
     if mask.size:
         for j in range(row.size):
             row[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
-    top = minus_inf
-    for j in range(row.size):
-        if row[j] > top:  # a NaN score never wins, and makes the sum and the row NaN
-            top = row[j]
-    return exp_row(row, top, table, exponent)
+    return exp_row(row, row_max(row, minus_inf), table, exponent)
+
+
+@njit(cache=True, error_model="numpy")
+def row_max(row, minus_inf):
+    """The largest number of `row` (minus_inf when it has none); a NaN never wins (it makes
+    the sum and the row NaN later). Eight running maxima, so the loop is one vector compare
+    and blend per eight elements (a max reduction vectorizes only when NaN is assumed away)."""
+    n8 = row.size // 8 * 8
+    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = minus_inf
+    for j in range(0, n8, 8):
+        v0, v1, v2, v3 = row[j], row[j + 1], row[j + 2], row[j + 3]
+        v4, v5, v6, v7 = row[j + 4], row[j + 5], row[j + 6], row[j + 7]
+        t0 = v0 if v0 > t0 else t0
+        t1 = v1 if v1 > t1 else t1
+        t2 = v2 if v2 > t2 else t2
+        t3 = v3 if v3 > t3 else t3
+        t4 = v4 if v4 > t4 else t4
+        t5 = v5 if v5 > t5 else t5
+        t6 = v6 if v6 > t6 else t6
+        t7 = v7 if v7 > t7 else t7
+    for j in range(n8, row.size):
+        t0 = row[j] if row[j] > t0 else t0
+    t0, t2, t4, t6 = max(t0, t1), max(t2, t3), max(t4, t5), max(t6, t7)
+    return max(max(t0, t2), max(t4, t6))
 
 
 @njit(cache=True)
@@ -460,24 +504,26 @@ EXP_FIRST_POWER = EXP_TAYLOR.size + 6  # where exp_table's powers of 1/2 begin
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def exp_parts(s, top, table, exponent):
-    """s[j] = p(r) and exponent[j] = n, for s[j] - top = n ln2 + r (|r| <= ln2/2, n <= 0):
-    the vectorized half of `exp_row`, in s's dtype (every constant comes from `table`, since
-    a float literal would make the arithmetic float64). Not reassociated: n is rounded to the
-    nearest integer by adding and subtracting 1.5 * 2^mantissa bits."""
+    """For s[j] - top = n ln2 + r (|r| <= ln2/2, n <= 0): in float64 s[j] = p(r) and
+    exponent[j] = n, the vectorized half of `exp_row`; in float32 s[j] = p(r) 2^n, the whole
+    exponential (2^n made from its bits). In s's dtype (every constant comes from `table`,
+    since a float literal would make the arithmetic float64). Not reassociated: n is rounded
+    to the nearest integer by adding and subtracting 1.5 * 2^mantissa bits."""
     i = EXP_TAYLOR.size
     log2e, ln2_hi, ln2_lo, low, zero, magic = table[i : i + 6]
     c0, c1, c2, c3, c4, c5, c6 = table[0:7]
     c7, c8, c9, c10, c11, c12, c13 = table[7:14]
     if s.itemsize == 4:  # float32: degree 7 (its error r^8/8! < 6e-9, far below an ulp)
-        for j in range(s.size):
+        for j in range(s.size):  # the whole of exp: 2^n from its bits, (n + 127) << 23
             x = s[j] - top
-            xc = x if x > low else low  # NaN too: the index below stays in the table
+            xc = x if x > low else low  # NaN too: n stays in range
             xc = xc if xc < zero else zero
             n = (xc * log2e + magic) - magic
             r = (xc - n * ln2_hi) - n * ln2_lo
             p = ((((((c6 * r + c7) * r + c8) * r + c9) * r + c10) * r + c11) * r + c12) * r + c13
-            s[j] = p if x == x else x
-            exponent[j] = np.int32(n)
+            whole = np.int32(n)  # below -126: 0 (exp < 1.2e-38)
+            power = _float32_from_bits((whole + 127) << 23 if whole >= -126 else 0)
+            s[j] = (p if x == x else x) * power
         return
     for j in range(s.size):  # float64: degree 13
         x = s[j] - top
@@ -497,18 +543,12 @@ def exp_row(s, top, table, exponent):
     times 2^n, in s's dtype (`exp_table`; 2^n from its bits in float32, from the table in
     float64), where np.exp is a libm call per element: these loops vectorize. Below the
     dtype's smallest normal exponential the result is 0 (-inf included); NaN stays NaN.
-    `exponent` is scratch, an int32 per element."""
+    `exponent` is scratch, an int32 per element (float64 only)."""
     exp_parts(s, top, table, exponent)
     total = table[EXP_TAYLOR.size + 4]  # 0
-    if s.itemsize == 4:  # float32: 2^n from its bits, (n + 127) << 23, where it is normal
+    if s.itemsize == 4:  # float32: exp_parts wrote the exponentials
         for j in range(s.size):
-            n = exponent[j]
-            exponent[j] = (n + 127) << 23 if n >= -126 else 0  # below: 0 (exp < 1.2e-38)
-        powers = exponent.view(np.float32)
-        for j in range(s.size):
-            e = s[j] * powers[j]
-            s[j] = e
-            total += e
+            total += s[j]
         return total
     for j in range(s.size):  # float64: 2^n from the table (an int64 shift does not vectorize)
         e = s[j] * table[EXP_FIRST_POWER - exponent[j]]
