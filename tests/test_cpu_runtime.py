@@ -102,20 +102,6 @@ def test_exp_row_is_exp_to_the_last_bits(dtype):
     assert row[0] == 1.0 and row[1] == 0.0 and np.isnan(row[2])
 
 
-@pytest.mark.parametrize("size", [1, 7, 8, 13, 128])
-def test_row_max_skips_nan_at_every_position(size):
-    rng = np.random.default_rng(size)
-    row = rng.standard_normal(size).astype(np.float32)
-    minus_inf = np.float32(-np.inf)
-    assert R.row_max(row, minus_inf) == row.max()
-    for at in range(size):
-        spoiled = row.copy()
-        spoiled[at] = np.nan
-        want = np.nanmax(spoiled) if size > 1 else -np.inf
-        assert R.row_max(spoiled, minus_inf) == want
-    assert R.row_max(np.full(size, -np.inf, np.float32), minus_inf) == -np.inf
-
-
 @pytest.mark.parametrize("rows,cols", [(64, 128), (37, 13), (5, 16), (3, 1)])
 def test_the_attention_packs_are_the_weights_layout(rows, cols):
     """kᵀ and v packed for the dense driver: pack_weights of one k block, ragged panels

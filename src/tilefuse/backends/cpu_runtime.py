@@ -452,31 +452,11 @@ def masked_exp_row(row, mask, ma, mb, mi, minus_inf, table, exponent):
     if mask.size:
         for j in range(row.size):
             row[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
-    return exp_row(row, row_max(row, minus_inf), table, exponent)
-
-
-@njit(cache=True, error_model="numpy")
-def row_max(row, minus_inf):
-    """The largest number of `row` (minus_inf when it has none); a NaN never wins (it makes
-    the sum and the row NaN later). Eight running maxima, so the loop is one vector compare
-    and blend per eight elements (a max reduction vectorizes only when NaN is assumed away)."""
-    n8 = row.size // 8 * 8
-    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = minus_inf
-    for j in range(0, n8, 8):
-        v0, v1, v2, v3 = row[j], row[j + 1], row[j + 2], row[j + 3]
-        v4, v5, v6, v7 = row[j + 4], row[j + 5], row[j + 6], row[j + 7]
-        t0 = v0 if v0 > t0 else t0
-        t1 = v1 if v1 > t1 else t1
-        t2 = v2 if v2 > t2 else t2
-        t3 = v3 if v3 > t3 else t3
-        t4 = v4 if v4 > t4 else t4
-        t5 = v5 if v5 > t5 else t5
-        t6 = v6 if v6 > t6 else t6
-        t7 = v7 if v7 > t7 else t7
-    for j in range(n8, row.size):
-        t0 = row[j] if row[j] > t0 else t0
-    t0, t2, t4, t6 = max(t0, t1), max(t2, t3), max(t4, t5), max(t6, t7)
-    return max(max(t0, t2), max(t4, t6))
+    top = minus_inf
+    for j in range(row.size):
+        if row[j] > top:  # a NaN score never wins, and makes the sum and the row NaN
+            top = row[j]
+    return exp_row(row, top, table, exponent)
 
 
 @njit(cache=True)
