@@ -50,3 +50,26 @@ def test_only_the_cpu_target_profiles():
     model = tfu.compile(mlp(), target="reference")
     with pytest.raises(tfu.TilefuseError, match="cpu target"):
         model.profile(np.ones((2, 784), np.float32))
+
+
+def test_a_native_models_profile_runs_attention_on_the_pool():
+    """The profiled forward is Numba's: it reads attention's task function from the pool,
+    which a native forward (carrying its own) did not fill, so attention ran serially."""
+    from tilefuse.backends import cpu_pool as P
+
+    @tfu.function
+    def heads(q: tfu.Input["N", 2, 16, 8], k: tfu.Input["N", 2, 16, 8]):
+        return tfu.attention(q, k, k)
+
+    model = tfu.compile(heads)
+    assert model.native is not None
+    q = np.random.default_rng(0).standard_normal((2, 2, 16, 8)).astype(np.float32)
+    pool = model.pool  # the process's pool: an earlier Numba forward may have filled the slot
+    installed = int(pool[P.ATTENTION_F32])
+    pool[P.ATTENTION_F32] = 0
+    try:
+        profile = model.profile(q, q, repeats=2)
+        assert [k.op for k in profile.kernels] == ["attention"]
+        assert pool[P.ATTENTION_F32] != 0 and pool[P.PARALLEL_FOR] != 0
+    finally:
+        pool[P.ATTENTION_F32] = pool[P.ATTENTION_F32] or installed

@@ -68,13 +68,18 @@ class CpuModel(CompiledModel):
                                              self.final.name, self._compile_forward)  # fmt: skip
             self.module = self.loaded.module
             self.forward = self.module.forward
-            from . import cpu_runtime
-
-            for dtype in sorted({n.type.dtype for n in self.final if n.op == "attention"}):
-                with phases.phase("run-time kernels: attention tasks"):
-                    cpu_runtime.install_tasks(self.pool, dtype)  # else attention runs serially
+            self._install_attention_tasks()
         self._fast = _FastPath.of(self)
         self._profiled: tuple[Rendered, Any] | None = None  # (source, forward) with clocks
+
+    def _install_attention_tasks(self) -> None:
+        """The pool slots a Numba forward's attention reads its task function from (a native
+        forward carries its own): else attention runs serially."""
+        from . import cpu_runtime
+
+        for dtype in sorted({n.type.dtype for n in self.final if n.op == "attention"}):
+            with phases.phase("run-time kernels: attention tasks"):
+                cpu_runtime.install_tasks(self.pool, dtype)
 
     def _compile_forward(self, module: Any, rendered: Rendered | None = None) -> bool:
         """Compile (or load) `forward` for the one signature calls use: C-contiguous, aligned,
@@ -255,6 +260,7 @@ class CpuModel(CompiledModel):
             loaded = load_generated(rendered.source, kernel_fingerprint(), self.final.name,
                                     warm, trial=False)  # fmt: skip
             self._profiled = (rendered, loaded.module.forward)
+            self._install_attention_tasks()  # the profiled forward is Numba's
         return self._profiled
 
     def source(self) -> str:
