@@ -213,16 +213,18 @@ def _call_dense(typingctx, address, x, m, k, wp, out, n, kc, mc, nc):
 @njit(cache=True)
 def pack_transposed(k, nr):
     """pack_weights(k.T, K, nr) for k [T, K]: kᵀ as the weights of one k block; keys past T
-    zero. A full panel is nr keys read down a column at a time (contiguous writes)."""
+    zero. A full panel is written a key (a row of k, read in order) at a time: reading down
+    columns instead touches nr rows at once, which a power-of-two row stride (the heads of
+    a [T, N, ...] projection at batch 16) maps onto a few cache sets."""
     t, d = k.shape
     panels, full = -(-t // nr), t // nr
     packed = np.empty(d * panels * nr, k.dtype)
     for jt in range(full):
         panel = packed[jt * d * nr : (jt + 1) * d * nr].reshape((d, nr))
-        keys = k[jt * nr : (jt + 1) * nr]
-        for p in range(d):
-            for q in range(nr):
-                panel[p, q] = keys[q, p]
+        for q in range(nr):
+            key = k[jt * nr + q]
+            for p in range(d):
+                panel[p, q] = key[p]
     for jt in range(full, panels):  # the last, ragged panel
         base = jt * d * nr
         for q in range(nr):
