@@ -24,8 +24,8 @@ def numpy_attention(q, k, v, mask, scale):
 
 def run(q, k, v, mask, scale, pool):
     out = np.full((*q.shape[:3], v.shape[3]), np.nan, q.dtype)
-    slots = ((P.ATTENTION_F32, P.DENSE_F32, P.NR_F32) if q.dtype == np.float32
-             else (P.ATTENTION_F64, P.DENSE_F64, P.NR_F64))  # fmt: skip
+    slots = ((P.ATTENTION_F32, P.DENSE_F32, P.NR_F32, P.SOFTMAX_F32) if q.dtype == np.float32
+             else (P.ATTENTION_F64, P.DENSE_F64, P.NR_F64, P.SOFTMAX_F64))  # fmt: skip
     R.attention(q, k, v, mask, out, scale, pool, P.PARALLEL_FOR, *slots)
     return out
 
@@ -112,3 +112,34 @@ def test_the_attention_packs_are_the_weights_layout(rows, cols):
     np.testing.assert_array_equal(R.pack_transposed(np.ascontiguousarray(w.T), 16), want)
     strided = np.repeat(w.T, 3, axis=1)[:, ::3]  # a view with a row stride, as q/k/v are
     np.testing.assert_array_equal(R.pack_transposed(strided, 16), want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cols", [1, 5, 8, 37, 128])
+def test_the_librarys_softmax_of_rows(dtype, cols):
+    """exp(s - the row's max) in place and each row's sum, in vectors with a masked end: a
+    NaN makes its row's sum NaN, a row of -inf is NaN, far below the max is 0."""
+    import ctypes
+
+    from tilefuse.backends import cpu_library
+
+    kind = ctypes.CFUNCTYPE(None, ctypes.c_void_p, *[ctypes.c_int64] * 3, ctypes.c_void_p)
+    softmax = kind(cpu_library.function(dtype, "softmax_rows"))
+    rng = np.random.default_rng(cols)
+    s = (rng.standard_normal((5, cols + 3)) * 30).astype(dtype)  # 3 columns past the rows
+    s[1, 0], s[2, :] = np.nan, -np.inf
+    s[3, -4] = 1000.0  # the others' exponentials flush to 0
+    got, sums = s.copy(), np.zeros(5, dtype)
+    softmax(got.ctypes.data, 5, cols, cols + 3, sums.ctypes.data)
+    rows = s[:, :cols]
+    with np.errstate(invalid="ignore"):
+        top = np.where(np.isnan(rows), -np.inf, rows).max(axis=1, keepdims=True)
+        want = np.exp((rows - top).astype(np.float64))  # the difference rounded as computed
+    tiny = float(np.finfo(dtype).tiny)
+    np.testing.assert_allclose(got[:, :cols], want, rtol=4 * float(np.finfo(dtype).eps),
+                               atol=2 * tiny, equal_nan=True)  # fmt: skip
+    np.testing.assert_array_equal(got[:, cols:], s[:, cols:])  # past the rows: untouched
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(sums, want.sum(axis=1), rtol=1e-5 if dtype == "float32"
+                                   else 1e-12)  # fmt: skip
+    assert np.isnan(sums[1]) == (cols > 0) and np.isnan(sums[2]) and np.isnan(got[2, :cols]).all()

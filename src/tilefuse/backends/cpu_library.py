@@ -67,6 +67,7 @@ from .llvm_ukernel import (
     build_pack_rows,
     build_packed_tile,
     build_rows_dispatch,
+    build_softmax_rows,
     counted_loop,
     format_of,
     host_cpu,
@@ -196,6 +197,10 @@ def _internal(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Functio
 # -------------------------------------------------------------------- the tasks
 def pack_x_name(fmt: FloatFormat) -> str:
     return f"tilefuse_pack_x_{fmt.tag}"
+
+
+def softmax_rows_name(fmt: FloatFormat) -> str:
+    return f"tilefuse_softmax_rows_{fmt.tag}"
 
 
 def _build_pack_x_block(module: ir.Module, fmt: FloatFormat) -> ir.Function:
@@ -498,6 +503,7 @@ def build_module(fmt: FloatFormat) -> ir.Module:
     run_task = _build_run_task(module, fmt)
     job = _build_job(module, fmt, run_task)
     _build_dense(module, fmt, run_task, job, _build_plan(module, fmt))
+    build_softmax_rows(module, fmt, softmax_rows_name(fmt))  # attention's (cpu_runtime)
     return module
 
 
@@ -649,7 +655,8 @@ def library(dtype_name: str, micro: Micro = None) -> Library:
     or built once."""
     fmt = format_of(dtype_name, micro)
     return load_object(f"tilefuse_kernels_{fmt.tag}", lambda: build_module(fmt),
-                 [dense_name(fmt), job_name(fmt), plan_name(fmt), pack_x_name(fmt)])  # fmt: skip
+                 [dense_name(fmt), job_name(fmt), plan_name(fmt), pack_x_name(fmt),
+                  softmax_rows_name(fmt)])  # fmt: skip
 
 
 def dense_address(dtype_name: str, micro: Micro = None) -> int:
@@ -662,8 +669,9 @@ def job_address(dtype_name: str, micro: Micro = None) -> int:
 
 def function(dtype_name: str, which: str, micro: Micro = None) -> int:
     """The address of one of the library's exported functions: "dense", "job", "plan",
-    "pack_x"."""
-    names = {"dense": dense_name, "job": job_name, "plan": plan_name, "pack_x": pack_x_name}
+    "pack_x", "softmax_rows"."""
+    names = {"dense": dense_name, "job": job_name, "plan": plan_name, "pack_x": pack_x_name,
+             "softmax_rows": softmax_rows_name}  # fmt: skip
     return library(dtype_name, micro).addresses[names[which](format_of(dtype_name, micro))]
 
 

@@ -36,7 +36,7 @@ def pack_weights(w, kc, nr):
 # (masked keys are -inf, and a NaN score must make the row NaN).
 REASSOCIATE = {"reassoc", "contract"}
 QUERY_BLOCK = 128  # queries per task: a task per head at sequence 128
-CONTEXT = 34  # int64s in a task's context (`attention`'s layout below)
+CONTEXT = 35  # int64s in a task's context (`attention`'s layout below)
 
 
 @intrinsic
@@ -126,23 +126,26 @@ def _array_at(typingctx, address, shape, strides, dtype):
 
 
 @njit(cache=True)
-def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot, dense_slot, nr_slot):
+def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot, dense_slot, nr_slot,
+              softmax_slot):  # fmt: skip
     """out = softmax(q @ kᵀ * scale + mask) @ v, for 4-D q [A, B, Tq, d], k [A, B, Tk, d],
     v [A, B, Tk, dv] and out [A, B, Tq, dv] (any strides: q, k and v are views of the
     buffer of the projection that made them, out may be a permute's buffer); `mask` is 4-D
     with each extent 1 or the scores' (size 0: no mask). A task per (a, b) and block of
     QUERY_BLOCK queries; they run on the kernels' thread pool (`pool`, its parallel-for and
-    this dtype's task function in the slots
-    `for_slot` and `task_slot`, see cpu_pool) when it has them, else here, serially."""
+    this dtype's task function in the slots `for_slot` and `task_slot`, the dense driver,
+    its nr and the library's softmax of rows in the next three, see cpu_pool) when it has
+    them, else here, serially."""
     blocks = -(-q.shape[2] // QUERY_BLOCK)
     tasks = q.shape[0] * q.shape[1] * blocks
     parallel_for = pool[for_slot] if pool.size else 0
     task = pool[task_slot] if pool.size else 0
     dense = pool[dense_slot] if pool.size else 0
     nr = pool[nr_slot] if pool.size else 0
+    softmax = pool[softmax_slot] if pool.size else 0
     if parallel_for == 0 or task == 0 or tasks < 2:
         for t in range(tasks):
-            attention_task(q, k, v, mask, out, scale, t, dense, nr)
+            attention_task(q, k, v, mask, out, scale, t, dense, nr, softmax)
         return
     scalars = np.empty(1, np.float64)
     scalars[0] = scale
@@ -157,23 +160,24 @@ def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot, dense_slot, 
         c[24 + axis] = v.strides[axis] // v.itemsize
         c[28 + axis] = out.strides[axis] // out.itemsize
     c[14], c[15] = k.shape[2], v.shape[3]
-    c[32], c[33] = dense, nr
+    c[32], c[33], c[34] = dense, nr, softmax
     _parallel_for(parallel_for, pool.ctypes.data, pool.size, task, c.ctypes.data, tasks)
     _keep(c, scalars)  # the tasks read them by address: not freed before the call returns
 
 
 @njit(cache=True)
-def attention_task(q, k, v, mask, out, scale, t, dense, nr):
+def attention_task(q, k, v, mask, out, scale, t, dense, nr, softmax):
     """Task t of `attention`: head t // blocks, queries of block t % blocks; through the
-    dense driver at `dense` (register tile nr wide) when there is one, else its own loops."""
+    dense driver at `dense` (register tile nr wide) and the softmax of rows at `softmax` when
+    there are, else its own loops."""
     blocks = -(-q.shape[2] // QUERY_BLOCK)
     head, block = t // blocks, t % blocks
     a, b = head // q.shape[1], head % q.shape[1]
     i0 = block * QUERY_BLOCK
     i1 = min(i0 + QUERY_BLOCK, q.shape[2])
-    if dense:
+    if dense and softmax:
         attention_gemm(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1,
-                       dense, nr)  # fmt: skip
+                       dense, nr, softmax)  # fmt: skip
     else:
         attention_rows(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1)
 
@@ -208,6 +212,30 @@ def _call_dense(typingctx, address, x, m, k, wp, out, n, kc, mc, nc):
 
     sig = types.int64(address, x, m, k, wp, out, n, kc, mc, nc)
     return sig, codegen
+
+
+@intrinsic
+def _call_softmax_rows(typingctx, address, s, totals):
+    """The library's softmax of rows at `address` (`llvm_ukernel.build_softmax_rows`) on a
+    C-contiguous 2-D s, the sums into totals."""
+    ok = isinstance(address, types.Integer) and all(
+        isinstance(a, types.Array) and a.layout == "C" for a in (s, totals)
+    )
+    if not ok or s.ndim != 2 or totals.ndim != 1:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64, vp = ir.IntType(64), cgutils.voidptr_t
+        fnty = ir.FunctionType(ir.VoidType(), [vp, i64, i64, i64, vp])
+        rows = context.make_array(signature.args[1])(context, builder, args[1])
+        sums = context.make_array(signature.args[2])(context, builder, args[2])
+        m, n = cgutils.unpack_tuple(builder, rows.shape)
+        callee = builder.inttoptr(args[0], fnty.as_pointer())
+        data = [builder.bitcast(a.data, vp) for a in (rows, sums)]
+        builder.call(callee, [data[0], m, n, n, data[1]])
+        return context.get_dummy_value()
+
+    return types.void(address, s, totals), codegen
 
 
 @njit(cache=True)
@@ -260,11 +288,12 @@ def pack_block(w, nr):
 
 
 @njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
-def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
-    """`attention_rows` with the dense driver's micro-kernels for the two products: the
-    scores s = (q * scale) kᵀ for the block's queries (kᵀ packed as the weights), then per
-    query the mask, max and exponentials (`exp_row`), then p v (v packed) divided by each
-    row's sum. q, k, v and out may have any strides; memory is the block's rows of scores."""
+def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr, softmax):
+    """`attention_rows` with the kernel library: the dense driver's micro-kernels for the two
+    products, the scores s = (q * scale) kᵀ for the block's queries (kᵀ packed as the
+    weights), then the mask and the library's softmax of rows (max, exponentials and sums,
+    in vectors), then p v (v packed) divided by each row's sum. q, k, v and out may have any
+    strides; memory is the block's rows of scores."""
     tk, d = k.shape
     dv = v.shape[1]
     m = i1 - i0
@@ -277,20 +306,21 @@ def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr):
     s = np.empty((m, tk), q.dtype)
     mc = 1024
     _call_dense(dense, qs, m, d, wk, s, tk, max(d, 1), mc, max(-(-tk // nr) * nr, nr))
-    table = exp_table(q.dtype)
-    exponent = np.empty(tk, np.int32)
+    if mask.size:
+        ma = a if mask.shape[0] > 1 else 0
+        mb = b if mask.shape[1] > 1 else 0
+        for r in range(m):
+            mi = i0 + r if mask.shape[2] > 1 else 0
+            row = s[r]
+            for j in range(tk):
+                row[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
     total = np.empty(m, q.dtype)
-    consts = np.empty(2, q.dtype)  # -inf and 1 in q's dtype
-    consts[0], consts[1] = -np.inf, 1.0
-    ma = a if mask.shape[0] > 1 else 0
-    mb = b if mask.shape[1] > 1 else 0
-    for r in range(m):
-        mi = i0 + r if mask.shape[2] > 1 else 0
-        total[r] = masked_exp_row(s[r], mask, ma, mb, mi, consts[0], table, exponent)
+    _call_softmax_rows(softmax, s, total)
     o = np.empty((m, dv), q.dtype)
     _call_dense(dense, s, m, tk, wv, o, dv, max(tk, 1), mc, max(-(-dv // nr) * nr, nr))
+    one = np.ones(1, q.dtype)
     for r in range(m):
-        inverse = consts[1] / total[r]  # (0: inf, and 0 * inf is NaN, as 0 / 0)
+        inverse = one[0] / total[r]  # (0: inf, and 0 * inf is NaN, as 0 / 0)
         for c in range(dv):
             out[i0 + r, c] = o[r, c] * inverse
 
@@ -308,12 +338,13 @@ def _task_from_context(c, t, dtype):
     mask = carray(_pointer(c[3]), (c[10], c[11], c[12], c[13]), dtype)
     out = _array_at(c[4], (shape[0], shape[1], shape[2], dv), (c[28], c[29], c[30], c[31]), dtype)
     scale = carray(_pointer(c[5]), 1, np.float64)[0]
-    blocks = -(-shape[2] // QUERY_BLOCK)  # `attention_task`, the dense driver always given
+    blocks = -(-shape[2] // QUERY_BLOCK)  # `attention_task`, the library always given
     head, block = t // blocks, t % blocks
     a, b = head // shape[1], head % shape[1]
     i0 = block * QUERY_BLOCK
     i1 = min(i0 + QUERY_BLOCK, shape[2])
-    attention_gemm(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1, c[32], c[33])
+    attention_gemm(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1, c[32], c[33],
+                   c[34])  # fmt: skip
 
 
 def _attention_task_f32(context, t):
@@ -334,21 +365,22 @@ def install_tasks(pool: np.ndarray, dtype: str) -> None:
     them, attention runs serially, with its own loops (`attention_rows`)."""
     from . import cpu_pool as P
 
-    slot, dense, nr = {
-        "f32": (P.ATTENTION_F32, P.DENSE_F32, P.NR_F32),
-        "f64": (P.ATTENTION_F64, P.DENSE_F64, P.NR_F64),
+    slot, dense, nr, softmax = {
+        "f32": (P.ATTENTION_F32, P.DENSE_F32, P.NR_F32, P.SOFTMAX_F32),
+        "f64": (P.ATTENTION_F64, P.DENSE_F64, P.NR_F64, P.SOFTMAX_F64),
     }[dtype]
     if pool.size and not pool[slot]:
-        task, driver, width = task_function(dtype)
-        pool[nr] = width  # before the driver: a task reads the driver, then its nr
+        task, driver, width, rows = task_function(dtype)
+        pool[nr], pool[softmax] = width, rows  # before the driver and the task that read them
         pool[dense] = driver
         pool[slot] = task
 
 
-def task_function(dtype: str) -> tuple[int, int, int]:
+def task_function(dtype: str) -> tuple[int, int, int, int]:
     """(the address of `dtype`'s attention task function `void task(int64 *context, t)`,
     compiled or loaded from Numba's cache; the dense driver its tasks call; that driver's
-    nr): what the pool's slots hold, and what the native forward's frame holds."""
+    nr; the same library's softmax of rows): what the pool's slots hold, and what the
+    native forward's frame holds."""
     from . import cpu_library
     from .llvm_ukernel import format_of
 
@@ -357,8 +389,10 @@ def task_function(dtype: str) -> tuple[int, int, int]:
         _TASKS[dtype] = cfunc(TASK_SIGNATURE, cache=True)(fn)
     name = {"f32": "float32", "f64": "float64"}[dtype]
     fmt = format_of(name)
-    driver = cpu_library.dense_address(name, (fmt.mr, fmt.nr))
-    return _TASKS[dtype].address, driver, fmt.nr
+    micro = (fmt.mr, fmt.nr)
+    driver = cpu_library.dense_address(name, micro)
+    rows = cpu_library.function(name, "softmax_rows", micro)
+    return _TASKS[dtype].address, driver, fmt.nr, rows
 
 
 _TASKS: dict[str, Any] = {}  # dtype -> its attention task's compiled C function

@@ -589,6 +589,65 @@ def _activate_rows(e: VectorEmitter, act: str, c, ldc, rows, cols, alpha) -> Non
     counted_loop(b, rows, [], row)
 
 
+# -------------------------------------------------------------------- softmax rows
+def build_softmax_rows(module: ir.Module, fmt: FloatFormat, name: str) -> ir.Function:
+    """`void name(s, rows, cols, lds, totals)`, exported: for each row of S [rows, cols] (row
+    stride lds), s = exp(s - the row's max) in place and totals[r] = the row's sum, a vector
+    at a time (attention's scores, between its two products; the ragged end masked). The max
+    skips NaN (an ordered compare), which then makes its exponential, the sum and so the row
+    NaN; a row with nothing above -inf (every key masked) is NaN too (-inf - -inf), as
+    softmax of it is. exp is the epilogues' (`exp_nonpositive`: 0 below exp_floor)."""
+    ptr = fmt.scalar.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, I64, I64, I64, ptr]), name)
+    fn.attributes.add("nounwind")
+    s, rows, cols, lds, totals = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = VectorEmitter(b, fmt)
+    lanes = fmt.lanes
+    whole = b.sdiv(cols, I64(lanes))
+    tail_mask = lane_masks(e, lanes, b.srem(cols, I64(lanes)))[0]  # all off: no access
+    minus_inf, zero = e.const(-math.inf), e.const(0.0)
+
+    def row(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
+        start = b.mul(r, lds)
+
+        def at(v: ir.Value) -> ir.Value:
+            return vector_at(e, s, b.add(start, b.mul(v, I64(lanes))))
+
+        def larger(b: ir.IRBuilder, v: ir.Value, acc: list) -> list:
+            x = b.load(at(v), align=_align(fmt))
+            return [e.where(">", x, acc[0], x, acc[0])]
+
+        (top,) = counted_loop(b, whole, [minus_inf], larger)
+        edge = b.select(tail_mask, masked_load(e, at(whole), tail_mask), minus_inf)
+        top = e.where(">", edge, top, edge, top)
+        best = b.extract_element(top, I32(0))
+        for j in range(1, lanes):
+            lane = b.extract_element(top, I32(j))
+            best = b.select(b.fcmp_ordered(">", lane, best), lane, best)
+        shift = e.splat(best)
+
+        def exponentials(b: ir.IRBuilder, v: ir.Value, acc: list) -> list:
+            where = at(v)
+            y = e.exp_nonpositive(b.fsub(b.load(where, align=_align(fmt)), shift))
+            store_vector(e, y, where)
+            return [b.fadd(acc[0], y)]
+
+        (total,) = counted_loop(b, whole, [zero], exponentials)
+        y = e.exp_nonpositive(b.fsub(masked_load(e, at(whole), tail_mask), shift))
+        masked_store(e, y, at(whole), tail_mask)
+        total = b.fadd(total, b.select(tail_mask, y, zero))
+        row_sum = b.extract_element(total, I32(0))
+        for j in range(1, lanes):
+            row_sum = b.fadd(row_sum, b.extract_element(total, I32(j)))
+        b.store(row_sum, b.gep(totals, [r]))
+        return []
+
+    counted_loop(b, rows, [], row)
+    b.ret_void()
+    return fn
+
+
 # -------------------------------------------------------------------- packed register tile
 def build_packed_tile(module: ir.Module, fmt: FloatFormat) -> ir.Function:
     """C[0:rows, 0:cols] (+)= A_panel @ B_panel over kc; bias + act when mode has bit 2.
