@@ -222,13 +222,18 @@ def fused_graph(net: Any) -> Graph:
 
 
 def load_kernels(dtypes: set[str]) -> None:
-    """Load (or compile) the kernel of each dtype before the budget is shared out: the first
-    call of a kernel in a process takes from 0.1 s (cached) to several seconds."""
-    from .backends import cpu_kernels
+    """Load (or compile) the kernels of each dtype, every register tile of its family (the
+    candidates may use any), before the budget is shared out: the first call of a kernel in
+    a process takes from 0.1 s (cached) to over a second (built), which would otherwise be
+    charged to the first candidate on that tile."""
+    from .backends import cpu_kernels, cpu_library
     from .ir import DTYPES
 
     for dtype in sorted(dtypes):
         cpu_kernels.dense(np.ones((1, 1), DTYPES[dtype]), np.ones((1, 1), DTYPES[dtype]))
+        name = np.dtype(DTYPES[dtype]).name
+        for micro in cpu_kernels.micro_tiles(name):
+            cpu_library.library(name, micro)
 
 
 def tuning_tasks(g: Graph, batches: Sequence[int] | int | None) -> list[tuple[Node, int]]:
