@@ -87,6 +87,7 @@ def test_library_functions_are_named_by_role():
     assert "6x16 micro-kernel" in L.role("tilefuse_tile_float32_v8_6x16")
     assert "2 rows x 2 panels of 16" in L.role("tilefuse_rows_float32_v8_2x2x16")
     assert "driver" in L.role("tilefuse_dense_float64_v4")
+    assert "softmax" in L.role("tilefuse_softmax_rows_float32_v8")
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,8 @@ LIBRARY_ROLES = (
     (r"tilefuse_tile_\w+_(\d+)x(\d+)$", "the {0}x{1} micro-kernel (tile mr={0}, nr={1}): "
      "a {0}x{1} block of the output in registers, epilogue fused in the last k block"),
     (r"tilefuse_activate_", "the epilogue's activation over a tile"),
+    (r"tilefuse_softmax_rows_", "attention's softmax of a block of scores: each row's max, "
+     "exp(s - max) in place and its sum, in vectors"),
 )  # fmt: skip
 
 
