@@ -324,13 +324,12 @@ class _Native:
             template[base["param"] + j] = p.ctypes.data
         for j, address in enumerate(cpu_native.driver_addresses(plan)):
             template[base["entry"] + j] = address
-        if plan.tasks:  # attention's task functions (Numba's, compiled once per host)
-            from . import cpu_runtime
+        if plan.tasks:  # attention's task functions (the kernel library's)
+            from . import cpu_library
 
-            with phases.phase("run-time kernels: attention tasks"):
-                for j, dtype in enumerate(plan.tasks):
-                    at = base["task"] + cpu_native.TASK_SLOTS * j
-                    template[at : at + cpu_native.TASK_SLOTS] = cpu_runtime.task_function(dtype)
+            for j, dtype in enumerate(plan.tasks):
+                at = base["task"] + cpu_native.TASK_SLOTS * j
+                template[at : at + cpu_native.TASK_SLOTS] = cpu_library.attention_task(dtype)
         if plan.parallel_for:
             from . import cpu_library
 

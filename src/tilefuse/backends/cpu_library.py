@@ -84,6 +84,10 @@ from .llvm_ukernel import (
 
 
 PARALLEL_NONE, PARALLEL_AUTO = 0, 1
+# attention's tasks (cpu_runtime.attention, the library's attention task): queries per task,
+# and the int64s of a task's context (cpu_runtime.attention's layout)
+QUERY_BLOCK = 128  # a task per head at sequence 128
+CONTEXT = 35
 ROW_PLAN, PACKED_PLAN = 0, 1
 ALIGN_BYTES = 64  # packed buffers start on a cache line: no vector load splits two lines
 
@@ -503,8 +507,162 @@ def build_module(fmt: FloatFormat) -> ir.Module:
     run_task = _build_run_task(module, fmt)
     job = _build_job(module, fmt, run_task)
     _build_dense(module, fmt, run_task, job, _build_plan(module, fmt))
-    build_softmax_rows(module, fmt, softmax_rows_name(fmt))  # attention's (cpu_runtime)
+    dense = module.globals[dense_name(fmt)]
+    softmax = build_softmax_rows(module, fmt, softmax_rows_name(fmt))
+    _build_attention_task(module, fmt, dense, softmax)
     return module
+
+
+# -------------------------------------------------------------------- attention's task
+def attention_task_name(fmt: FloatFormat) -> str:
+    return f"tilefuse_attention_task_{fmt.tag}"
+
+
+def _build_attention_task(module: ir.Module, fmt: FloatFormat, dense: ir.Function,
+                          softmax: ir.Function) -> ir.Function:  # fmt: skip
+    """`void task(int64_t *context, int64_t t)`, exported: task t of cpu_runtime.attention
+    (a head and a block of QUERY_BLOCK queries) on the operands its context describes
+    (cpu_runtime's layout: addresses, extents, strides in elements), as
+    cpu_runtime.attention_gemm computes it: the block's queries times the scale, kᵀ packed a
+    key at a time and v packed as weights of one k block, s = q kᵀ through this library's
+    driver (serially), the mask added, the softmax of rows, p v through the driver, each row
+    divided by its sum into out. Its scratch is malloc'd per task; without it the block is
+    NaN (never a stale answer)."""
+    fn = ir.Function(module, P.TASK_TYPE, attention_task_name(fmt))
+    fn.attributes.add("nounwind")
+    context, t = fn.args
+    e = Emitter(fn)
+    b, nr, scalar = e.b, fmt.nr, fmt.scalar
+    ptr = scalar.as_pointer()
+    itemsize = fmt.vector_bits // 8 // fmt.lanes
+
+    def c(i: int) -> ir.Value:
+        return b.load(e.at(context, I64(i)))
+
+    def pointer(i: int, kind: ir.Type = ptr) -> ir.Value:
+        return b.inttoptr(c(i), kind)
+
+    q, k, v, mask, out = (pointer(i) for i in range(5))
+    scale64 = b.load(pointer(5, F64.as_pointer()))
+    scale = b.fptrunc(scale64, scalar) if fmt.name == "float32" else scale64
+    heads_b, tq, d = c(7), c(8), c(9)
+    mask_shape = [c(10 + i) for i in range(4)]
+    tk, dv = c(14), c(15)
+    qs_, ks_, vs_, os_ = ([c(base + i) for i in range(4)] for base in (16, 20, 24, 28))
+    blocks = e.ceil_div(tq, QUERY_BLOCK)
+    head, block = b.sdiv(t, blocks), b.srem(t, blocks)
+    a, bb = b.sdiv(head, heads_b), b.srem(head, heads_b)
+    i0 = b.mul(block, I64(QUERY_BLOCK))
+    m = b.sub(e.min(b.add(i0, I64(QUERY_BLOCK)), tq), i0)
+
+    def base(p: ir.Value, strides: list) -> ir.Value:  # the (a, bb) head of a 4-D view
+        return e.at(p, b.add(b.mul(a, strides[0]), b.mul(bb, strides[1])))
+
+    qh, kh, vh, oh = base(q, qs_), base(k, ks_), base(v, vs_), base(out, os_)
+    panels_k, panels_v = e.ceil_div(tk, nr), e.ceil_div(dv, nr)
+    sizes = {
+        "qs": b.mul(m, d), "wk": b.mul(b.mul(panels_k, I64(nr)), d),
+        "wv": b.mul(b.mul(panels_v, I64(nr)), tk), "s": b.mul(m, tk), "o": b.mul(m, dv),
+        "total": m,
+    }  # fmt: skip
+    raw = {name: _malloc(e, b.mul(e.max(size, I64(1)), I64(itemsize)))
+           for name, size in sizes.items()}  # fmt: skip
+    failed = I1(0)
+    for r in raw.values():
+        failed = b.or_(failed, b.icmp_unsigned("==", r, ir.Constant(VOID_PTR, None)))
+    qs, wk, wv, s, o, total = (b.bitcast(raw[n], ptr) for n in sizes)
+    zero = ir.Constant(scalar, 0.0)
+
+    def element(p: ir.Value, row: ir.Value, col: ir.Value, strides: list) -> ir.Value:
+        return e.at(p, b.add(b.mul(row, strides[2]), b.mul(col, strides[3])))
+
+    with b.if_else(failed) as (no_memory, compute):
+        with no_memory:
+            nan = ir.Constant(scalar, float("nan"))
+            e.loop(0, m, lambda r: e.loop(0, dv, lambda col: b.store(
+                nan, element(oh, b.add(i0, r), col, os_))))  # fmt: skip
+        with compute:
+
+            def scaled(r: ir.Value) -> None:
+                row = b.add(i0, r)
+                e.loop(0, d, lambda p: b.store(
+                    b.fmul(b.load(element(qh, row, p, qs_)), scale),
+                    e.at(qs, b.add(b.mul(r, d), p))))  # fmt: skip
+
+            e.loop(0, m, scaled)
+
+            def key_at(j: ir.Value, p: ir.Value) -> ir.Value:  # kᵀ's panel of key j, row p
+                panel, lane = b.sdiv(j, I64(nr)), b.srem(j, I64(nr))
+                return e.at(wk, b.add(b.mul(panel, b.mul(d, I64(nr))),
+                                      b.add(b.mul(p, I64(nr)), lane)))  # fmt: skip
+
+            def key(j: ir.Value) -> None:  # a key (a row of k, read in order) at a time
+                e.loop(0, d, lambda p: b.store(b.load(element(kh, j, p, ks_)), key_at(j, p)))
+
+            def no_key(j: ir.Value) -> None:  # the last panel's keys past tk
+                e.loop(0, d, lambda p: b.store(zero, key_at(j, p)))
+
+            e.loop(0, tk, key)
+            e.loop(tk, b.mul(panels_k, I64(nr)), no_key)
+
+            def value_at(p: ir.Value, col: ir.Value) -> ir.Value:  # v's row p, column col
+                panel, lane = b.sdiv(col, I64(nr)), b.srem(col, I64(nr))
+                return e.at(wv, b.add(b.mul(panel, b.mul(tk, I64(nr))),
+                                      b.add(b.mul(p, I64(nr)), lane)))  # fmt: skip
+
+            def value_row(p: ir.Value) -> None:  # v's row p into each panel, then the padding
+                e.loop(0, dv, lambda col: b.store(b.load(element(vh, p, col, vs_)),
+                                                  value_at(p, col)))  # fmt: skip
+                e.loop(dv, b.mul(panels_v, I64(nr)), lambda col: b.store(zero, value_at(p, col)))
+
+            e.loop(0, tk, value_row)
+            null = ir.Constant(VOID_PTR, None)
+
+            def product(x: ir.Value, depth: ir.Value, wp: ir.Value, panels: ir.Value,
+                        into: ir.Value, width: ir.Value) -> None:  # fmt: skip
+                padded = b.mul(panels, I64(nr))
+                b.call(dense, [b.bitcast(x, VOID_PTR), m, depth, b.bitcast(wp, VOID_PTR),
+                               b.mul(padded, depth), null, I64(0), b.bitcast(into, VOID_PTR),
+                               width, I64(0), ir.Constant(F64, 0.0), e.max(depth, I64(1)),
+                               I64(1024), e.max(padded, I64(nr)), I64(PARALLEL_NONE), null,
+                               I64(0)])  # fmt: skip
+
+            product(qs, d, wk, panels_k, s, tk)
+            m0, m1, m2, m3 = mask_shape
+            mask_size = b.mul(b.mul(m0, m1), b.mul(m2, m3))
+            with b.if_then(b.icmp_signed(">", mask_size, I64(0))):  # (an empty mask: none)
+                ma = b.select(b.icmp_signed(">", m0, I64(1)), a, I64(0))
+                mb = b.select(b.icmp_signed(">", m1, I64(1)), bb, I64(0))
+                wide = b.icmp_signed(">", m3, I64(1))
+
+                def masked(r: ir.Value) -> None:
+                    mi = b.select(b.icmp_signed(">", m2, I64(1)), b.add(i0, r), I64(0))
+                    row = b.mul(b.add(b.mul(b.add(b.mul(ma, m1), mb), m2), mi), m3)
+
+                    def one(j: ir.Value) -> None:
+                        where = e.at(s, b.add(b.mul(r, tk), j))
+                        add = b.load(e.at(mask, b.add(row, b.select(wide, j, I64(0)))))
+                        b.store(b.fadd(b.load(where), add), where)
+
+                    e.loop(0, tk, one)
+
+                e.loop(0, m, masked)
+            b.call(softmax, [s, m, tk, tk, total])
+            product(s, tk, wv, panels_v, o, dv)
+            one_value = ir.Constant(scalar, 1.0)
+
+            def divided(r: ir.Value) -> None:
+                inverse = b.fdiv(one_value, b.load(e.at(total, r)))  # 0: inf (0 * inf: NaN)
+                row = b.add(i0, r)
+                e.loop(0, dv, lambda col: b.store(
+                    b.fmul(b.load(e.at(o, b.add(b.mul(r, dv), col))), inverse),
+                    element(oh, row, col, os_)))  # fmt: skip
+
+            e.loop(0, m, divided)
+    for r in raw.values():
+        _free(e, r)  # free(NULL) does nothing
+    b.ret_void()
+    return fn
 
 
 def build_pool_module() -> ir.Module:
@@ -656,7 +814,7 @@ def library(dtype_name: str, micro: Micro = None) -> Library:
     fmt = format_of(dtype_name, micro)
     return load_object(f"tilefuse_kernels_{fmt.tag}", lambda: build_module(fmt),
                  [dense_name(fmt), job_name(fmt), plan_name(fmt), pack_x_name(fmt),
-                  softmax_rows_name(fmt)])  # fmt: skip
+                  softmax_rows_name(fmt), attention_task_name(fmt)])  # fmt: skip
 
 
 def dense_address(dtype_name: str, micro: Micro = None) -> int:
@@ -669,10 +827,21 @@ def job_address(dtype_name: str, micro: Micro = None) -> int:
 
 def function(dtype_name: str, which: str, micro: Micro = None) -> int:
     """The address of one of the library's exported functions: "dense", "job", "plan",
-    "pack_x", "softmax_rows"."""
+    "pack_x", "softmax_rows", "attention_task"."""
     names = {"dense": dense_name, "job": job_name, "plan": plan_name, "pack_x": pack_x_name,
-             "softmax_rows": softmax_rows_name}  # fmt: skip
+             "softmax_rows": softmax_rows_name, "attention_task": attention_task_name}  # fmt: skip
     return library(dtype_name, micro).addresses[names[which](format_of(dtype_name, micro))]
+
+
+def attention_task(dtype: str) -> tuple[int, int, int, int]:
+    """(the address of `dtype`'s ("f32", "f64") attention task `void task(int64 *context, t)`,
+    the dense driver, its nr, the softmax of rows): one library's, the default register
+    tile's; what the pool's slots and a native forward's frame hold."""
+    name = {"f32": "float32", "f64": "float64"}[dtype]
+    fmt = format_of(name)
+    micro = (fmt.mr, fmt.nr)
+    return (function(name, "attention_task", micro), function(name, "dense", micro), fmt.nr,
+            function(name, "softmax_rows", micro))  # fmt: skip
 
 
 def _pool_library() -> Library:

@@ -351,7 +351,7 @@ class _Emit:
     def attention(self, call: AttentionCall, index: int, threads: ir.Value) -> None:
         """The context cpu_runtime.attention writes, then its tasks: on the pool (at most the
         model's threads) or, without one, here."""
-        from .cpu_runtime import CONTEXT, QUERY_BLOCK
+        from .cpu_library import CONTEXT, QUERY_BLOCK
 
         b, layout = self.b, self.layout
         dtype = self.layout.plan.tasks[call.task]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, njit, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .cpu_library import CONTEXT, QUERY_BLOCK
 
 
 @njit(cache=True)
@@ -35,20 +36,6 @@ def pack_weights(w, kc, nr):
 # Reassociation lets LLVM vectorize the sums; no flag that assumes away NaN or infinities
 # (masked keys are -inf, and a NaN score must make the row NaN).
 REASSOCIATE = {"reassoc", "contract"}
-QUERY_BLOCK = 128  # queries per task: a task per head at sequence 128
-CONTEXT = 35  # int64s in a task's context (`attention`'s layout below)
-
-
-@intrinsic
-def _pointer(typingctx, address):
-    """An int64 address as a void* (for `carray`)."""
-    if not isinstance(address, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-    return types.voidptr(address), codegen
 
 
 @intrinsic
@@ -95,34 +82,6 @@ def _parallel_for(typingctx, function, ctl, nctl, task, context, count):
         return ctx.get_dummy_value()
 
     return types.none(function, ctl, nctl, task, context, count), codegen
-
-
-@intrinsic
-def _array_at(typingctx, address, shape, strides, dtype):
-    """The array of `dtype` at an int64 address with these extents and strides (elements):
-    how a task function rebuilds its operands from a context."""
-    ok = isinstance(address, types.Integer) and isinstance(shape, types.UniTuple)
-    if not (ok and isinstance(strides, types.UniTuple) and len(shape) == len(strides)):
-        return None
-    element = getattr(dtype, "dtype", None) or getattr(dtype, "instance_type", None)
-    if not isinstance(element, types.Float):
-        return None
-    result = types.Array(element, len(shape), "A")
-
-    def codegen(context, builder, signature, args):
-        from numba.np.arrayobj import populate_array
-
-        itemsize = context.get_abi_sizeof(context.get_data_type(element))
-        dims = cgutils.unpack_tuple(builder, args[1])
-        steps = [builder.mul(s, cgutils.intp_t(itemsize))
-                 for s in cgutils.unpack_tuple(builder, args[2])]  # fmt: skip
-        out = context.make_array(result)(context, builder)
-        data = builder.inttoptr(args[0], context.get_data_type(element).as_pointer())
-        populate_array(out, data=data, shape=dims, strides=steps,
-                       itemsize=cgutils.intp_t(itemsize), meminfo=None)  # fmt: skip
-        return out._getvalue()
-
-    return result(address, shape, strides, dtype), codegen
 
 
 @njit(cache=True)
@@ -325,44 +284,12 @@ def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr, softmax):
             out[i0 + r, c] = o[r, c] * inverse
 
 
-@njit(cache=True)
-def _task_from_context(c, t, dtype):
-    """`attention_task` on the operands a context of `attention` describes, through the
-    dense driver at c[32] (whoever writes a context gives one: the rows path is not compiled
-    into the task function)."""
-    shape = (c[6], c[7], c[8], c[9])
-    tk, dv = c[14], c[15]
-    q = _array_at(c[0], shape, (c[16], c[17], c[18], c[19]), dtype)
-    k = _array_at(c[1], (shape[0], shape[1], tk, shape[3]), (c[20], c[21], c[22], c[23]), dtype)
-    v = _array_at(c[2], (shape[0], shape[1], tk, dv), (c[24], c[25], c[26], c[27]), dtype)
-    mask = carray(_pointer(c[3]), (c[10], c[11], c[12], c[13]), dtype)
-    out = _array_at(c[4], (shape[0], shape[1], shape[2], dv), (c[28], c[29], c[30], c[31]), dtype)
-    scale = carray(_pointer(c[5]), 1, np.float64)[0]
-    blocks = -(-shape[2] // QUERY_BLOCK)  # `attention_task`, the library always given
-    head, block = t // blocks, t % blocks
-    a, b = head // shape[1], head % shape[1]
-    i0 = block * QUERY_BLOCK
-    i1 = min(i0 + QUERY_BLOCK, shape[2])
-    attention_gemm(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1, c[32], c[33],
-                   c[34])  # fmt: skip
-
-
-def _attention_task_f32(context, t):
-    _task_from_context(carray(context, CONTEXT), t, np.float32)
-
-
-def _attention_task_f64(context, t):
-    _task_from_context(carray(context, CONTEXT), t, np.float64)
-
-
-TASK_SIGNATURE = types.void(types.CPointer(types.int64), types.int64)
-
-
 def install_tasks(pool: np.ndarray, dtype: str) -> None:
-    """Write the address of `dtype`'s ("f32", "f64") attention task function into the pool's
-    control block (compiled, or loaded from Numba's cache, on first use), so that `attention`
-    runs on the pool, and of the dense driver its tasks compute q kᵀ and p v with; without
-    them, attention runs serially, with its own loops (`attention_rows`)."""
+    """Write the addresses of `dtype`'s ("f32", "f64") attention task (the kernel library's,
+    `cpu_library.attention_task`), its dense driver, that driver's nr and the softmax of
+    rows into the pool's control block, so that `attention` runs on the pool; without them,
+    attention runs serially, with its own loops (`attention_rows`)."""
+    from . import cpu_library
     from . import cpu_pool as P
 
     slot, dense, nr, softmax = {
@@ -370,32 +297,10 @@ def install_tasks(pool: np.ndarray, dtype: str) -> None:
         "f64": (P.ATTENTION_F64, P.DENSE_F64, P.NR_F64, P.SOFTMAX_F64),
     }[dtype]
     if pool.size and not pool[slot]:
-        task, driver, width, rows = task_function(dtype)
+        task, driver, width, rows = cpu_library.attention_task(dtype)
         pool[nr], pool[softmax] = width, rows  # before the driver and the task that read them
         pool[dense] = driver
         pool[slot] = task
-
-
-def task_function(dtype: str) -> tuple[int, int, int, int]:
-    """(the address of `dtype`'s attention task function `void task(int64 *context, t)`,
-    compiled or loaded from Numba's cache; the dense driver its tasks call; that driver's
-    nr; the same library's softmax of rows): what the pool's slots hold, and what the
-    native forward's frame holds."""
-    from . import cpu_library
-    from .llvm_ukernel import format_of
-
-    if dtype not in _TASKS:  # kept: the function lives as long as its object
-        fn = {"f32": _attention_task_f32, "f64": _attention_task_f64}[dtype]
-        _TASKS[dtype] = cfunc(TASK_SIGNATURE, cache=True)(fn)
-    name = {"f32": "float32", "f64": "float64"}[dtype]
-    fmt = format_of(name)
-    micro = (fmt.mr, fmt.nr)
-    driver = cpu_library.dense_address(name, micro)
-    rows = cpu_library.function(name, "softmax_rows", micro)
-    return _TASKS[dtype].address, driver, fmt.nr, rows
-
-
-_TASKS: dict[str, Any] = {}  # dtype -> its attention task's compiled C function
 
 
 ROWS = 4  # queries computed together: each load of kᵀ or v feeds four of them
