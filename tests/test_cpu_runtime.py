@@ -124,7 +124,7 @@ def test_the_librarys_softmax_of_rows(dtype, cols):
     from tilefuse.backends import cpu_library
 
     kind = ctypes.CFUNCTYPE(None, ctypes.c_void_p, *[ctypes.c_int64] * 3, ctypes.c_void_p)
-    softmax = kind(cpu_library.function(dtype, "softmax_rows"))
+    softmax = kind(cpu_library.attention_task({"float32": "f32", "float64": "f64"}[dtype])[3])
     rng = np.random.default_rng(cols)
     s = (rng.standard_normal((5, cols + 3)) * 30).astype(dtype)  # 3 columns past the rows
     s[1, 0], s[2, :] = np.nan, -np.inf
