@@ -102,18 +102,6 @@ def test_exp_row_is_exp_to_the_last_bits(dtype):
     assert row[0] == 1.0 and row[1] == 0.0 and np.isnan(row[2])
 
 
-@pytest.mark.parametrize("rows,cols", [(64, 128), (37, 13), (5, 16), (3, 1)])
-def test_the_attention_packs_are_the_weights_layout(rows, cols):
-    """kᵀ and v packed for the dense driver: pack_weights of one k block, ragged panels
-    zero-padded."""
-    w = np.random.default_rng(3).standard_normal((rows, cols)).astype(np.float32)
-    want = R.pack_weights(w, rows, 16)
-    np.testing.assert_array_equal(R.pack_block(w, 16), want)
-    np.testing.assert_array_equal(R.pack_transposed(np.ascontiguousarray(w.T), 16), want)
-    strided = np.repeat(w.T, 3, axis=1)[:, ::3]  # a view with a row stride, as q/k/v are
-    np.testing.assert_array_equal(R.pack_transposed(strided, 16), want)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cols", [1, 5, 8, 37, 128])
 def test_the_librarys_softmax_of_rows(dtype, cols):

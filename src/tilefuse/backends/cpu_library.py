@@ -528,8 +528,8 @@ def attention_task_name(fmt: FloatFormat) -> str:
 def _build_attention_task(module: ir.Module, fmt: FloatFormat, softmax: ir.Function) -> ir.Function:
     """`void task(int64_t *context, int64_t t)`, exported: task t of cpu_runtime.attention
     (a head and a block of QUERY_BLOCK queries) on the operands its context describes
-    (cpu_runtime's layout: addresses, extents, strides in elements), as
-    cpu_runtime.attention_gemm computes it: the block's queries times the scale, kᵀ packed a
+    (cpu_runtime's layout: addresses, extents, strides in elements): the block's queries
+    times the scale, kᵀ packed a
     key at a time and v packed as weights of one k block, s = q kᵀ through the dense driver
     whose address the context holds (serially; one of `fmt`'s register tile nr), the mask
     added, the softmax of rows, p v through the driver, each row divided by its sum into

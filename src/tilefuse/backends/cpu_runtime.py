@@ -7,7 +7,6 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .cpu_library import CONTEXT, QUERY_BLOCK
@@ -93,18 +92,16 @@ def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot, dense_slot, 
     with each extent 1 or the scores' (size 0: no mask). A task per (a, b) and block of
     QUERY_BLOCK queries; they run on the kernels' thread pool (`pool`, its parallel-for and
     this dtype's task function in the slots `for_slot` and `task_slot`, the dense driver,
-    its nr and the library's softmax of rows in the next three, see cpu_pool) when it has
-    them, else here, serially."""
+    its nr and the library's softmax of rows in the next three, see cpu_pool): the task is
+    attention's library's (cpu_library.attention_task), here serially when the pool has no
+    parallel-for; without it (slots never filled), `attention_rows`."""
     blocks = -(-q.shape[2] // QUERY_BLOCK)
     tasks = q.shape[0] * q.shape[1] * blocks
     parallel_for = pool[for_slot] if pool.size else 0
     task = pool[task_slot] if pool.size else 0
-    dense = pool[dense_slot] if pool.size else 0
-    nr = pool[nr_slot] if pool.size else 0
-    softmax = pool[softmax_slot] if pool.size else 0
-    if parallel_for == 0 or task == 0 or tasks < 2:
+    if task == 0:  # no library task: this dtype's slots were never filled
         for t in range(tasks):
-            attention_task(q, k, v, mask, out, scale, t, dense, nr, softmax)
+            attention_task(q, k, v, mask, out, scale, t)
         return
     scalars = np.empty(1, np.float64)
     scalars[0] = scale
@@ -119,173 +116,45 @@ def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot, dense_slot, 
         c[24 + axis] = v.strides[axis] // v.itemsize
         c[28 + axis] = out.strides[axis] // out.itemsize
     c[14], c[15] = k.shape[2], v.shape[3]
-    c[32], c[33], c[34] = dense, nr, softmax
-    _parallel_for(parallel_for, pool.ctypes.data, pool.size, task, c.ctypes.data, tasks)
+    c[32], c[33], c[34] = pool[dense_slot], pool[nr_slot], pool[softmax_slot]
+    if parallel_for != 0 and tasks > 1:
+        _parallel_for(parallel_for, pool.ctypes.data, pool.size, task, c.ctypes.data, tasks)
+    else:
+        for t in range(tasks):
+            _call_task(task, c.ctypes.data, t)
     _keep(c, scalars)  # the tasks read them by address: not freed before the call returns
 
 
 @njit(cache=True)
-def attention_task(q, k, v, mask, out, scale, t, dense, nr, softmax):
-    """Task t of `attention`: head t // blocks, queries of block t % blocks; through the
-    dense driver at `dense` (register tile nr wide) and the softmax of rows at `softmax` when
-    there are, else its own loops."""
+def attention_task(q, k, v, mask, out, scale, t):
+    """Task t of `attention` with its own loops (`attention_rows`): head t // blocks,
+    queries of block t % blocks."""
     blocks = -(-q.shape[2] // QUERY_BLOCK)
     head, block = t // blocks, t % blocks
     a, b = head // q.shape[1], head % q.shape[1]
     i0 = block * QUERY_BLOCK
     i1 = min(i0 + QUERY_BLOCK, q.shape[2])
-    if dense and softmax:
-        attention_gemm(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1,
-                       dense, nr, softmax)  # fmt: skip
-    else:
-        attention_rows(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1)
+    attention_rows(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1)
 
 
 @intrinsic
-def _call_dense(typingctx, address, x, m, k, wp, out, n, kc, mc, nc):
-    """The dense driver at `address` (cpu_entry.SIGNATURE), serially, no bias, identity:
-    out[m, n] = x[m, k] @ the packed weights wp (one k block of kc >= k); its status."""
-    ok = isinstance(address, types.Integer) and all(
-        isinstance(a, types.Array) and a.layout == "C" for a in (x, wp, out)
-    )
-    if not ok:
+def _call_task(typingctx, task, context, t):
+    """task(context, t) for an attention task's address (cpu_pool.TASK_TYPE)."""
+    if not all(isinstance(a, types.Integer) for a in (task, context, t)):
         return None
 
-    def codegen(context, builder, signature, args):
-        i64, f64 = ir.IntType(64), ir.DoubleType()
-        vp = cgutils.voidptr_t
-        fnty = ir.FunctionType(i64, [vp, i64, i64, vp, i64, vp, i64, vp, i64, i64, f64,
-                                     i64, i64, i64, i64, vp, i64])  # fmt: skip
-        address, x, m, k, wp, out, n, kc, mc, nc = args
-        typed = zip(signature.args[1:], args[1:], strict=True)
-        arrays = [context.make_array(t)(context, builder, a)
-                  for t, a in typed if isinstance(t, types.Array)]  # fmt: skip
-        wpa = arrays[1]
-        data = [builder.bitcast(a.data, vp) for a in arrays]
-        wp_size = builder.extract_value(wpa.shape, 0)
-        null = ir.Constant(vp, None)
-        zero = i64(0)
-        callee = builder.inttoptr(address, fnty.as_pointer())
-        return builder.call(callee, [data[0], m, k, data[1], wp_size, null, zero, data[2], n,
-                                     zero, f64(0.0), kc, mc, nc, zero, null, zero])  # fmt: skip
-
-    sig = types.int64(address, x, m, k, wp, out, n, kc, mc, nc)
-    return sig, codegen
-
-
-@intrinsic
-def _call_softmax_rows(typingctx, address, s, totals):
-    """The library's softmax of rows at `address` (`llvm_ukernel.build_softmax_rows`) on a
-    C-contiguous 2-D s, the sums into totals."""
-    ok = isinstance(address, types.Integer) and all(
-        isinstance(a, types.Array) and a.layout == "C" for a in (s, totals)
-    )
-    if not ok or s.ndim != 2 or totals.ndim != 1:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i64, vp = ir.IntType(64), cgutils.voidptr_t
-        fnty = ir.FunctionType(ir.VoidType(), [vp, i64, i64, i64, vp])
-        rows = context.make_array(signature.args[1])(context, builder, args[1])
-        sums = context.make_array(signature.args[2])(context, builder, args[2])
-        m, n = cgutils.unpack_tuple(builder, rows.shape)
+    def codegen(ctx, builder, signature, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [i64.as_pointer(), i64])
         callee = builder.inttoptr(args[0], fnty.as_pointer())
-        data = [builder.bitcast(a.data, vp) for a in (rows, sums)]
-        builder.call(callee, [data[0], m, n, n, data[1]])
-        return context.get_dummy_value()
+        builder.call(callee, [builder.inttoptr(args[1], i64.as_pointer()), args[2]])
+        return ctx.get_dummy_value()
 
-    return types.void(address, s, totals), codegen
-
-
-@njit(cache=True)
-def pack_transposed(k, nr):
-    """pack_weights(k.T, K, nr) for k [T, K]: kᵀ as the weights of one k block; keys past T
-    zero. A full panel is written a key (a row of k, read in order) at a time: reading down
-    columns instead touches nr rows at once, which a power-of-two row stride (the heads of
-    a [T, N, ...] projection at batch 16) maps onto a few cache sets."""
-    t, d = k.shape
-    panels, full = -(-t // nr), t // nr
-    packed = np.empty(d * panels * nr, k.dtype)
-    for jt in range(full):
-        panel = packed[jt * d * nr : (jt + 1) * d * nr].reshape((d, nr))
-        for q in range(nr):
-            key = k[jt * nr + q]
-            for p in range(d):
-                panel[p, q] = key[p]
-    for jt in range(full, panels):  # the last, ragged panel
-        base = jt * d * nr
-        for q in range(nr):
-            key = jt * nr + q
-            for p in range(d):
-                packed[base + p * nr + q] = k[key, p] if key < t else 0
-    return packed
-
-
-@njit(cache=True)
-def pack_block(w, nr):
-    """pack_weights(w, K, nr) for w [K, N]: the weights of one k block, nr-wide panels of
-    w's rows; columns past N zero. A full panel's rows are nr contiguous copies."""
-    k_total, n = w.shape
-    panels, full = -(-n // nr), n // nr
-    packed = np.empty(k_total * panels * nr, w.dtype)
-    for jt in range(full):
-        panel = packed[jt * k_total * nr : (jt + 1) * k_total * nr].reshape((k_total, nr))
-        for p in range(k_total):
-            row = w[p, jt * nr : (jt + 1) * nr]
-            for q in range(nr):
-                panel[p, q] = row[q]
-    for jt in range(full, panels):  # the last, ragged panel
-        base, c0 = jt * k_total * nr, jt * nr
-        width = n - c0
-        for p in range(k_total):
-            row = base + p * nr
-            for q in range(width):
-                packed[row + q] = w[p, c0 + q]
-            for q in range(width, nr):
-                packed[row + q] = 0
-    return packed
-
-
-@njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
-def attention_gemm(q, k, v, mask, a, b, out, scale, i0, i1, dense, nr, softmax):
-    """`attention_rows` with the kernel library: the dense driver's micro-kernels for the two
-    products, the scores s = (q * scale) kᵀ for the block's queries (kᵀ packed as the
-    weights), then the mask and the library's softmax of rows (max, exponentials and sums,
-    in vectors), then p v (v packed) divided by each row's sum. q, k, v and out may have any
-    strides; memory is the block's rows of scores."""
-    tk, d = k.shape
-    dv = v.shape[1]
-    m = i1 - i0
-    qs = np.empty((m, d), q.dtype)
-    for r in range(m):
-        for t in range(d):
-            qs[r, t] = q[i0 + r, t] * scale
-    wk = pack_transposed(k, nr)  # kᵀ and v as weights of one k block each
-    wv = pack_block(v, nr)
-    s = np.empty((m, tk), q.dtype)
-    mc = 1024
-    _call_dense(dense, qs, m, d, wk, s, tk, max(d, 1), mc, max(-(-tk // nr) * nr, nr))
-    if mask.size:
-        ma = a if mask.shape[0] > 1 else 0
-        mb = b if mask.shape[1] > 1 else 0
-        for r in range(m):
-            mi = i0 + r if mask.shape[2] > 1 else 0
-            row = s[r]
-            for j in range(tk):
-                row[j] += mask[ma, mb, mi, j if mask.shape[3] > 1 else 0]
-    total = np.empty(m, q.dtype)
-    _call_softmax_rows(softmax, s, total)
-    o = np.empty((m, dv), q.dtype)
-    _call_dense(dense, s, m, tk, wv, o, dv, max(tk, 1), mc, max(-(-dv // nr) * nr, nr))
-    one = np.ones(1, q.dtype)
-    for r in range(m):
-        inverse = one[0] / total[r]  # (0: inf, and 0 * inf is NaN, as 0 / 0)
-        for c in range(dv):
-            out[i0 + r, c] = o[r, c] * inverse
+    return types.none(task, context, t), codegen
 
 
 def install_tasks(pool: np.ndarray, dtype: str) -> None:
-    """Write the addresses of `dtype`'s ("f32", "f64") attention task (the kernel library's,
+    """Write the addresses of `dtype`'s ("f32", "f64") attention task (attention's library's,
     `cpu_library.attention_task`), its dense driver, that driver's nr and the softmax of
     rows into the pool's control block, so that `attention` runs on the pool; without them,
     attention runs serially, with its own loops (`attention_rows`)."""
