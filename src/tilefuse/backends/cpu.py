@@ -324,7 +324,7 @@ class _Native:
             template[base["param"] + j] = p.ctypes.data
         for j, address in enumerate(cpu_native.driver_addresses(plan)):
             template[base["entry"] + j] = address
-        if plan.tasks:  # attention's task functions (the kernel library's)
+        if plan.tasks:  # attention's task functions (attention's library's)
             from . import cpu_library
 
             for j, dtype in enumerate(plan.tasks):

@@ -529,12 +529,11 @@ def _build_attention_task(module: ir.Module, fmt: FloatFormat, softmax: ir.Funct
     """`void task(int64_t *context, int64_t t)`, exported: task t of cpu_runtime.attention
     (a head and a block of QUERY_BLOCK queries) on the operands its context describes
     (cpu_runtime's layout: addresses, extents, strides in elements): the block's queries
-    times the scale, kᵀ packed a
-    key at a time and v packed as weights of one k block, s = q kᵀ through the dense driver
-    whose address the context holds (serially; one of `fmt`'s register tile nr), the mask
-    added, the softmax of rows, p v through the driver, each row divided by its sum into
-    out. Its scratch is malloc'd per task; without it the block is
-    NaN (never a stale answer)."""
+    times the scale, kᵀ packed a key at a time and v packed as weights of one k block,
+    s = q kᵀ through the dense driver whose address the context holds (serially; the one of
+    `fmt`'s register tile nr), the mask added, the softmax of rows, p v through the driver,
+    each row divided by its sum into out. Its scratch is malloc'd per task; without it, or
+    should a driver call fail, the block is NaN (never a stale answer)."""
     fn = ir.Function(module, P.TASK_TYPE, attention_task_name(fmt))
     fn.attributes.add("nounwind")
     context, t = fn.args
@@ -627,15 +626,16 @@ def _build_attention_task(module: ir.Module, fmt: FloatFormat, softmax: ir.Funct
             null = ir.Constant(VOID_PTR, None)
 
             def product(x: ir.Value, depth: ir.Value, wp: ir.Value, panels: ir.Value,
-                        into: ir.Value, width: ir.Value) -> None:  # fmt: skip
+                        into: ir.Value, width: ir.Value) -> ir.Value:  # fmt: skip
+                """The driver's status (0: done)."""
                 padded = b.mul(panels, I64(nr))
-                b.call(dense, [b.bitcast(x, VOID_PTR), m, depth, b.bitcast(wp, VOID_PTR),
+                return b.call(dense, [b.bitcast(x, VOID_PTR), m, depth, b.bitcast(wp, VOID_PTR),
                                b.mul(padded, depth), null, I64(0), b.bitcast(into, VOID_PTR),
                                width, I64(0), ir.Constant(F64, 0.0), e.max(depth, I64(1)),
                                I64(1024), e.max(padded, I64(nr)), I64(PARALLEL_NONE), null,
                                I64(0)])  # fmt: skip
 
-            product(qs, d, wk, panels_k, s, tk)
+            scores = product(qs, d, wk, panels_k, s, tk)
             m0, m1, m2, m3 = mask_shape
             mask_size = b.mul(b.mul(m0, m1), b.mul(m2, m3))
             with b.if_then(b.icmp_signed(">", mask_size, I64(0))):  # (an empty mask: none)
@@ -656,8 +656,11 @@ def _build_attention_task(module: ir.Module, fmt: FloatFormat, softmax: ir.Funct
 
                 e.loop(0, m, masked)
             b.call(softmax, [s, m, tk, tk, total])
-            product(s, tk, wv, panels_v, o, dv)
-            one_value = ir.Constant(scalar, 1.0)
+            weighted = product(s, tk, wv, panels_v, o, dv)
+            broken = b.icmp_signed("!=", b.or_(scores, weighted), I64(0))
+            one_value = b.select(
+                broken, ir.Constant(scalar, float("nan")), ir.Constant(scalar, 1.0)
+            )
 
             def divided(r: ir.Value) -> None:
                 inverse = b.fdiv(one_value, b.load(e.at(total, r)))  # 0: inf (0 * inf: NaN)

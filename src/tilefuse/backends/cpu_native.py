@@ -51,7 +51,7 @@ I64P = I64.as_pointer()
 FAILED_OP, THREADS, POOL, POOL_SIZE = range(4)
 HEADER = 4
 # per attention task function: its address, the dense driver it calls, that driver's nr and
-# the same library's softmax of rows
+# the softmax of rows of attention's library
 TASK_SLOTS = 4
 ITEMSIZE = {"f32": 4, "f64": 8, "i64": 8, "i32": 4, "bool": 1}
 LN_CONTEXT = 8  # int64s in a layer norm's task context (`_layer_norm_task`)

@@ -76,7 +76,7 @@ TASK_FUNCTIONS = JOB + 24  # eight slots: attention's task functions, and what t
 ATTENTION_F32, ATTENTION_F64 = TASK_FUNCTIONS, TASK_FUNCTIONS + 1
 # the dense driver of each dtype's default register tile, and that tile's nr (for packing)
 DENSE_F32, DENSE_F64, NR_F32, NR_F64 = range(TASK_FUNCTIONS + 2, TASK_FUNCTIONS + 6)
-# the same library's softmax of rows (the scores' exponentials and sums)
+# attention's library's softmax of rows (the scores' exponentials and sums)
 SOFTMAX_F32, SOFTMAX_F64 = TASK_FUNCTIONS + 6, TASK_FUNCTIONS + 7
 # the workers' thread ids (steering)
 TIDS = JOB + 32
