@@ -159,3 +159,5 @@ def test_a_native_transformer_listing_marks_its_calls():
                     ("DenseCall", "AttentionCall", "LayerNormCall")}  # fmt: skip
         assert (set(lines) if kind == "llvm" else indirect) <= marked
     assert "tilefuse_layer_norm_f32" in model.llvm()
+    attention = model.llvm().split("==== attention's library, f32")[1]  # after the kernels'
+    assert "---- tilefuse_attention_task_float32" in attention and "softmax of a block" in attention

@@ -373,13 +373,27 @@ class _Native:
         for d, mr, nr in self.plan.entries:
             with phases.phase(f"{kind}: kernel library {d} {mr}x{nr}"):
                 library[f"{d} {mr}x{nr}"] = L.listing(L.DTYPE_NAMES[d], kind, (mr, nr))
-        from .cpu_listing import native_listing
+        from .cpu_listing import library_listing, native_listing
 
         lines = [call.line for call in self.plan.calls]
         # the calls that make one indirect call each: a driver's, or the pool's parallel-for
         indirect = (cpu_native.DenseCall, cpu_native.AttentionCall, cpu_native.LayerNormCall)
         drivers = [k for k, c in enumerate(self.plan.calls) if isinstance(c, indirect)]
-        return native_listing(kind, code, library, lines, self.plan.graph, drivers)
+        text = native_listing(kind, code, library, lines, self.plan.graph, drivers)
+        for dtype in sorted(set(self.plan.tasks)):  # attention's library, after the kernels'
+            with phases.phase(f"{kind}: attention library {dtype}"):
+                found = L.listing(L.DTYPE_NAMES[dtype], kind, attention=True)
+            ops = [c.line for c in self.plan.calls if isinstance(c, cpu_native.AttentionCall)
+                   and self.plan.tasks[c.task] == dtype]  # fmt: skip
+            text += "\n" + library_listing(
+                found,
+                kind,
+                dtype,
+                ops,
+                "attention's library",
+                "the attention ops of this network run its task",
+            )
+        return text
 
 
 @dataclass

@@ -876,11 +876,13 @@ def parallel_for_limited_address() -> int:
     return _pool_library().addresses[PARALLEL_FOR_LIMITED]
 
 
-def listing(dtype_name: str, kind: str, micro: Micro = None) -> str:
-    """The library of a dtype and register tile as optimised LLVM IR (kind "llvm") or assembly
-    ("asm"), built afresh (the cache keeps object code only)."""
+def listing(dtype_name: str, kind: str, micro: Micro = None, attention: bool = False) -> str:
+    """The library of a dtype and register tile (or, with `attention`, attention's library of
+    the dtype) as optimised LLVM IR (kind "llvm") or assembly ("asm"), built afresh (the
+    cache keeps object code only)."""
     tm = target_machine()
-    module = optimized(build_module(format_of(dtype_name, micro)), tm)
+    build = build_attention_module if attention else build_module
+    module = optimized(build(format_of(dtype_name, micro)), tm)
     return tm.emit_assembly(module) if kind == "asm" else str(module)
 
 

@@ -50,6 +50,8 @@ LIBRARY_ROLES = (
     (r"tilefuse_activate_", "the epilogue's activation over a tile"),
     (r"tilefuse_softmax_rows_", "attention's softmax of a block of scores: each row's max, "
      "exp(s - max) in place and its sum, in vectors"),
+    (r"tilefuse_attention_task_", "attention's task: a head and a block of 128 queries (q "
+     "scaled, kᵀ and v packed, q kᵀ and p v through the dense driver, the softmax of rows)"),
 )  # fmt: skip
 
 
@@ -186,13 +188,16 @@ def role(name: str) -> str:
     return "a helper of the kernel library"
 
 
-def library_listing(text: str, kind: str, library: str, ops: list[str]) -> str:
+def library_listing(text: str, kind: str, library: str, ops: list[str],
+                    what: str = "kernel library", uses: str = "the dense ops of this network "
+                    "call its driver") -> str:  # fmt: skip
     """The kernel library `library` ("f32 6x16": dtype and register tile), each function
-    under what it is; the header names the ops of this network that call it."""
+    under what it is; the header names the ops of this network that call it (`what` and
+    `uses` name another library: attention's)."""
     split = asm_functions(text) if kind == "asm" else functions(text)
     comment = "#" if kind == "asm" else ";"
-    parts = [f"{comment} ==== kernel library, {library} (cpu_library): the dense ops of this "
-             f"network call its driver", *(f"{comment}   {op}" for op in ops)]  # fmt: skip
+    parts = [f"{comment} ==== {what}, {library} (cpu_library): {uses}",
+             *(f"{comment}   {op}" for op in ops)]  # fmt: skip
     for name, body in split.items():
         if kind == "asm":
             body = "\n".join(line for line in body.splitlines() if not DROPPED_ASM.match(line))
