@@ -24,8 +24,8 @@ def numpy_attention(q, k, v, mask, scale):
 
 def run(q, k, v, mask, scale, pool):
     out = np.full((*q.shape[:3], v.shape[3]), np.nan, q.dtype)
-    slots = ((P.ATTENTION_F32, P.DENSE_F32, P.NR_F32, P.SOFTMAX_F32) if q.dtype == np.float32
-             else (P.ATTENTION_F64, P.DENSE_F64, P.NR_F64, P.SOFTMAX_F64))  # fmt: skip
+    slots = ((P.ATTENTION_F32, P.DENSE_F32) if q.dtype == np.float32
+             else (P.ATTENTION_F64, P.DENSE_F64))  # fmt: skip
     R.attention(q, k, v, mask, out, scale, pool, P.PARALLEL_FOR, *slots)
     return out
 
@@ -112,7 +112,8 @@ def test_the_librarys_softmax_of_rows(dtype, cols):
     from tilefuse.backends import cpu_library
 
     kind = ctypes.CFUNCTYPE(None, ctypes.c_void_p, *[ctypes.c_int64] * 3, ctypes.c_void_p)
-    softmax = kind(cpu_library.attention_task({"float32": "f32", "float64": "f64"}[dtype])[3])
+    name = cpu_library.softmax_rows_name(cpu_library.format_of(dtype))
+    softmax = kind(cpu_library.attention_library(dtype).addresses[name])
     rng = np.random.default_rng(cols)
     s = (rng.standard_normal((5, cols + 3)) * 30).astype(dtype)  # 3 columns past the rows
     s[1, 0], s[2, :] = np.nan, -np.inf

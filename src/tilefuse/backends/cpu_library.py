@@ -87,7 +87,7 @@ PARALLEL_NONE, PARALLEL_AUTO = 0, 1
 # attention's tasks (cpu_runtime.attention, the library's attention task): queries per task,
 # and the int64s of a task's context (cpu_runtime.attention's layout)
 QUERY_BLOCK = 128  # a task per head at sequence 128
-CONTEXT = 35
+CONTEXT = 33
 ROW_PLAN, PACKED_PLAN = 0, 1
 ALIGN_BYTES = 64  # packed buffers start on a cache line: no vector load splits two lines
 
@@ -842,18 +842,22 @@ def function(dtype_name: str, which: str, micro: Micro = None) -> int:
     return library(dtype_name, micro).addresses[names[which](format_of(dtype_name, micro))]
 
 
-def attention_task(dtype: str) -> tuple[int, int, int, int]:
+def attention_library(dtype_name: str) -> Library:
+    """Attention's library of `dtype_name` ("float32" or "float64"), loaded or built once."""
+    fmt = format_of(dtype_name)
+    return load_object(f"tilefuse_attention_{fmt.tag}", lambda: build_attention_module(fmt),
+                       [attention_task_name(fmt), softmax_rows_name(fmt)],
+                       label="attention library")  # fmt: skip
+
+
+def attention_task(dtype: str) -> tuple[int, int]:
     """(the address of `dtype`'s ("f32", "f64") attention task `void task(int64 *context, t)`,
-    the dense driver of the default register tile, its nr, the softmax of rows): what the
-    pool's slots and a native forward's frame hold (attention's library is built or loaded
-    on first use)."""
+    the dense driver of the default register tile it calls): what the pool's slots and a
+    native forward's frame hold."""
     name = {"f32": "float32", "f64": "float64"}[dtype]
     fmt = format_of(name)
-    task, rows = attention_task_name(fmt), softmax_rows_name(fmt)
-    found = load_object(f"tilefuse_attention_{fmt.tag}", lambda: build_attention_module(fmt),
-                        [task, rows], label="attention library")  # fmt: skip
-    driver = dense_address(name, (fmt.mr, fmt.nr))
-    return found.addresses[task], driver, fmt.nr, found.addresses[rows]
+    task = attention_library(name).addresses[attention_task_name(fmt)]
+    return task, dense_address(name, (fmt.mr, fmt.nr))
 
 
 def _pool_library() -> Library:

@@ -50,9 +50,8 @@ I64P = I64.as_pointer()
 # the frame's fixed slots; the plan's operands follow (`Frame`)
 FAILED_OP, THREADS, POOL, POOL_SIZE = range(4)
 HEADER = 4
-# per attention task function: its address, the dense driver it calls, that driver's nr and
-# the softmax of rows of attention's library
-TASK_SLOTS = 4
+# per attention task function: its address and the dense driver it calls
+TASK_SLOTS = 2
 ITEMSIZE = {"f32": 4, "f64": 8, "i64": 8, "i32": 4, "bool": 1}
 LN_CONTEXT = 8  # int64s in a layer norm's task context (`_layer_norm_task`)
 LAYER_NORM_ELEMENTS = 16384  # about this many elements per layer norm task
@@ -381,8 +380,7 @@ class _Emit:
         put(14, self.extent(call.k.shape[2]))
         put(15, self.extent(call.v.shape[3]))
         slot = layout.slot("task", TASK_SLOTS * call.task)
-        for k in range(1, TASK_SLOTS):  # the dense driver, its nr, the softmax of rows
-            put(31 + k, self.load(slot + k))
+        put(32, self.load(slot + 1))  # the dense driver
         blocks = b.sdiv(b.add(q_extents[2], I64(QUERY_BLOCK - 1)), I64(QUERY_BLOCK))
         tasks = b.mul(b.mul(q_extents[0], q_extents[1]), blocks, f"tasks.{index}")
         self.run_tasks(self.load(slot), context, tasks, threads)

@@ -72,12 +72,10 @@ ALLOWED = JOB + 22
 # Written once by Python (0 until then): the address of the library's parallel-for, and of the
 # run-time kernels' task functions it runs (cpu_runtime.install_tasks), for generated code
 PARALLEL_FOR = JOB + 23
-TASK_FUNCTIONS = JOB + 24  # eight slots: attention's task functions, and what they call
+TASK_FUNCTIONS = JOB + 24  # eight slots (four used): attention's task functions, their drivers
 ATTENTION_F32, ATTENTION_F64 = TASK_FUNCTIONS, TASK_FUNCTIONS + 1
-# the dense driver of each dtype's default register tile, and that tile's nr (for packing)
-DENSE_F32, DENSE_F64, NR_F32, NR_F64 = range(TASK_FUNCTIONS + 2, TASK_FUNCTIONS + 6)
-# attention's library's softmax of rows (the scores' exponentials and sums)
-SOFTMAX_F32, SOFTMAX_F64 = TASK_FUNCTIONS + 6, TASK_FUNCTIONS + 7
+# the dense driver of each dtype's default register tile, which the task calls
+DENSE_F32, DENSE_F64 = TASK_FUNCTIONS + 2, TASK_FUNCTIONS + 3
 # the workers' thread ids (steering)
 TIDS = JOB + 32
 CTL_SIZE = 128

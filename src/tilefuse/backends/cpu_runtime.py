@@ -84,22 +84,21 @@ def _parallel_for(typingctx, function, ctl, nctl, task, context, count):
 
 
 @njit(cache=True)
-def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot, dense_slot, nr_slot,
-              softmax_slot):  # fmt: skip
+def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot, dense_slot):
     """out = softmax(q @ kᵀ * scale + mask) @ v, for 4-D q [A, B, Tq, d], k [A, B, Tk, d],
     v [A, B, Tk, dv] and out [A, B, Tq, dv] (any strides: q, k and v are views of the
     buffer of the projection that made them, out may be a permute's buffer); `mask` is 4-D
     with each extent 1 or the scores' (size 0: no mask). A task per (a, b) and block of
     QUERY_BLOCK queries; they run on the kernels' thread pool (`pool`, its parallel-for and
-    this dtype's task function in the slots `for_slot` and `task_slot`, the dense driver,
-    its nr and the library's softmax of rows in the next three, see cpu_pool): the task is
-    attention's library's (cpu_library.attention_task), here serially when the pool has no
-    parallel-for; without it (slots never filled), `attention_rows`."""
+    this dtype's task function and the dense driver it calls in the slots `for_slot`,
+    `task_slot` and `dense_slot`, see cpu_pool): the task is attention's library's
+    (cpu_library.attention_task; the parallel-for runs a single task on the caller); without
+    it (slots never filled), `attention_rows`."""
     blocks = -(-q.shape[2] // QUERY_BLOCK)
     tasks = q.shape[0] * q.shape[1] * blocks
     parallel_for = pool[for_slot] if pool.size else 0
     task = pool[task_slot] if pool.size else 0
-    if task == 0:  # no library task: this dtype's slots were never filled
+    if task == 0 or parallel_for == 0:  # no pool: this dtype's slots were never filled
         for t in range(tasks):
             attention_task(q, k, v, mask, out, scale, t)
         return
@@ -116,12 +115,8 @@ def attention(q, k, v, mask, out, scale, pool, for_slot, task_slot, dense_slot, 
         c[24 + axis] = v.strides[axis] // v.itemsize
         c[28 + axis] = out.strides[axis] // out.itemsize
     c[14], c[15] = k.shape[2], v.shape[3]
-    c[32], c[33], c[34] = pool[dense_slot], pool[nr_slot], pool[softmax_slot]
-    if parallel_for != 0 and tasks > 1:
-        _parallel_for(parallel_for, pool.ctypes.data, pool.size, task, c.ctypes.data, tasks)
-    else:
-        for t in range(tasks):
-            _call_task(task, c.ctypes.data, t)
+    c[32] = pool[dense_slot]
+    _parallel_for(parallel_for, pool.ctypes.data, pool.size, task, c.ctypes.data, tasks)
     _keep(c, scalars)  # the tasks read them by address: not freed before the call returns
 
 
@@ -137,22 +132,6 @@ def attention_task(q, k, v, mask, out, scale, t):
     attention_rows(q[a, b], k[a, b], v[a, b], mask, a, b, out[a, b], scale, i0, i1)
 
 
-@intrinsic
-def _call_task(typingctx, task, context, t):
-    """task(context, t) for an attention task's address (cpu_pool.TASK_TYPE)."""
-    if not all(isinstance(a, types.Integer) for a in (task, context, t)):
-        return None
-
-    def codegen(ctx, builder, signature, args):
-        i64 = ir.IntType(64)
-        fnty = ir.FunctionType(ir.VoidType(), [i64.as_pointer(), i64])
-        callee = builder.inttoptr(args[0], fnty.as_pointer())
-        builder.call(callee, [builder.inttoptr(args[1], i64.as_pointer()), args[2]])
-        return ctx.get_dummy_value()
-
-    return types.none(task, context, t), codegen
-
-
 def install_tasks(pool: np.ndarray, dtype: str) -> None:
     """Write the addresses of `dtype`'s ("f32", "f64") attention task (attention's library's,
     `cpu_library.attention_task`), its dense driver, that driver's nr and the softmax of
@@ -161,14 +140,13 @@ def install_tasks(pool: np.ndarray, dtype: str) -> None:
     from . import cpu_library
     from . import cpu_pool as P
 
-    slot, dense, nr, softmax = {
-        "f32": (P.ATTENTION_F32, P.DENSE_F32, P.NR_F32, P.SOFTMAX_F32),
-        "f64": (P.ATTENTION_F64, P.DENSE_F64, P.NR_F64, P.SOFTMAX_F64),
+    slot, dense = {
+        "f32": (P.ATTENTION_F32, P.DENSE_F32),
+        "f64": (P.ATTENTION_F64, P.DENSE_F64),
     }[dtype]
     if pool.size and not pool[slot]:
-        task, driver, width, rows = cpu_library.attention_task(dtype)
-        pool[nr], pool[softmax] = width, rows  # before the driver and the task that read them
-        pool[dense] = driver
+        task, driver = cpu_library.attention_task(dtype)
+        pool[dense] = driver  # before the task: `attention` reads the task, then the driver
         pool[slot] = task
 
 

@@ -623,10 +623,10 @@ class Renderer:
             args.append(f"np.empty((0, 0, 0, 0), np.{t.np_dtype.name})")
         args.append(operand(node.id))  # any strides: the buffer of a permute it writes for
         scale = float(attrs_of(node)["scale"])
-        # the pool's slots (cpu_pool): its parallel-for, this dtype's attention task, dense
-        # driver, that driver's nr and the library's softmax of rows
-        slots = (P.ATTENTION_F32, P.DENSE_F32, P.NR_F32, P.SOFTMAX_F32) if t.dtype == "f32" else (
-            P.ATTENTION_F64, P.DENSE_F64, P.NR_F64, P.SOFTMAX_F64)  # fmt: skip
+        # the pool's slots (cpu_pool): its parallel-for, this dtype's attention task and the
+        # dense driver the task calls
+        slots = (P.ATTENTION_F32, P.DENSE_F32) if t.dtype == "f32" else (
+            P.ATTENTION_F64, P.DENSE_F64)  # fmt: skip
         args += [float_literal(scale), "pool", str(P.PARALLEL_FOR), *map(str, slots)]
         self.emit(f"R.attention({', '.join(args)})  # {name}")
         self.record_attention(node, groups, scale)
