@@ -24,6 +24,12 @@ def private_cache(tmp_path, monkeypatch):
     return tmp_path
 
 
+def default_tile(np_dtype) -> str:
+    """This host's default register tile of `np_dtype` as a record names it ("6x16" on AVX2)."""
+    mr, nr = ck.micro_tiles(np_dtype)[0]
+    return f"{mr}x{nr}"
+
+
 def write_record(folder, chosen: dict[str, str], slower: float = 0.8) -> None:
     """A record choosing `chosen[dtype]`, the family's other tiles `slower` times as fast."""
     dtypes = {}
@@ -74,11 +80,13 @@ def test_a_record_naming_a_tile_outside_the_family_is_ignored(private_cache):
 def test_cache_info_and_the_command_line_show_the_calibration(private_cache, capsys):
     assert cli.main(["cache", "info", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["calibration"] == {}
-    write_record(private_cache, {"f32": "6x16"})
+    tile = default_tile(np.float32)
+    write_record(private_cache, {"f32": tile})
     assert cli.main(["cache", "info", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["calibration"]["f32"].startswith("6x16 (6x16 1.0")
+    shown = json.loads(capsys.readouterr().out)["calibration"]["f32"]
+    assert shown.startswith(f"{tile} ({tile} 1.0")
     assert cli.main(["cache", "info"]) == 0
-    assert "calibration f32 6x16" in capsys.readouterr().out
+    assert f"calibration f32 {tile}" in capsys.readouterr().out
     assert cli.main(["calibrate", "--rounds", "0"]) == 2
 
 
@@ -98,9 +106,10 @@ def test_explain_says_whether_the_host_is_calibrated(private_cache):
     net = tfu.Sequential([tfu.Dense(16)], input_dim=8, name="explained")
     text = str(tfu.compile(net, target="reference", pipeline="canonicalize,fuse,tile").explain())
     assert "this host is not calibrated (tilefuse calibrate)" in text
-    write_record(private_cache, {"f32": "6x16", "f64": "6x8"})
+    f32, f64 = default_tile(np.float32), default_tile(np.float64)
+    write_record(private_cache, {"f32": f32, "f64": f64})
     text = str(tfu.compile(net, target="reference", pipeline="canonicalize,fuse,tile").explain())
-    assert "register tiles calibrated on this host 2026-12-07: f32 6x16, f64 6x8" in text
+    assert f"register tiles calibrated on this host 2026-12-07: f32 {f32}, f64 {f64}" in text
 
 
 @pytest.mark.parametrize(

@@ -119,13 +119,13 @@ def test_runtime_weights():
     nc=st.integers(1, 64),
     kc=st.integers(1, 100),
     parallel=st.sampled_from(["m", "n", "none"]),
-    tile=st.integers(0, 3),
+    tile=st.integers(0, 5),
 )
 def test_random_shapes_and_tilings(m, k, n, mc, nc, kc, parallel, tile):
     from tilefuse.backends import cpu_kernels as ck
 
-    family = ck.micro_tiles(np.float32)
-    mr, nr = family[tile % len(family)]  # every register tile of this host's kernels
+    family = ck.runnable_micro_tiles(np.float32)
+    mr, nr = family[tile % len(family)]  # every register tile this host runs
     w = np.random.default_rng(k * n).standard_normal((k, n)).astype(np.float32)
     b = np.random.default_rng(n).standard_normal(n).astype(np.float32)
 
@@ -279,6 +279,24 @@ def test_a_tiling_the_kernels_cannot_run_is_an_error_not_replaced(fields, messag
     """The backend used to put its own mr/nr in place of the IR's and ignore pack."""
     with pytest.raises(tfu.TilefuseError, match=message):
         tfu.compile(dense_graph(**fields), pipeline="")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_network_planned_for_the_avx2_preset_runs_as_printed_on_any_host(monkeypatch, dtype):
+    """On an AVX-512 host the backend refused the AVX2 preset's 6x16 tiles (its family was the
+    512-bit one only): a plan made for another machine, and every golden, could not run."""
+    from tilefuse.backends import cpu_kernels as ck
+
+    monkeypatch.setenv("TILEFUSE_MACHINE", "generic")
+    net = tfu.Sequential([tfu.Dense(40, "gelu"), tfu.Dense(7)], input_dim=33, dtype=dtype,
+                         name="avx2_plan")  # fmt: skip
+    model = tfu.compile(net, target="cpu")
+    avx2 = set(ck.kernel_micro_tiles(np.dtype(dtype).name, 256))
+    tiles = {(n.attr["tile"].mr, n.attr["tile"].nr) for n in model.final if n.op == "dense"}
+    assert tiles and tiles <= avx2 and tiles <= set(ck.runnable_micro_tiles(dtype))
+    x = np.random.default_rng(5).standard_normal((13, 33)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(model(x), tfu.reference.run(net.graph(), x), rtol=tol, atol=tol)
 
 
 def test_a_tiled_dense_holds_only_what_its_kernel_runs():

@@ -189,6 +189,23 @@ def kernel_micro_tiles(dtype: str, vector_bits: int) -> tuple[tuple[int, int], .
         raise ValueError(f"the CPU kernels support f32 and f64, not {dtype}") from None
 
 
+def runnable_micro_tiles(dtype: str, vector_bits: int) -> tuple[tuple[int, int], ...]:
+    """Every (mr, nr) the CPU kernels can run on vectors of `vector_bits`: that width's family
+    first, then the 256-bit one's. An AVX-512 host runs the AVX2 kernels too, so a tiling
+    planned for an AVX2 machine (a preset, another host's plan) runs as printed there."""
+    widths = (512, 256) if vector_bits >= 512 else (256,)
+    return tuple(shape for bits in widths for shape in kernel_micro_tiles(dtype, bits))
+
+
+def micro_tile_bits(dtype: str, micro: tuple[int, int], vector_bits: int) -> int | None:
+    """The vector width of the kernels whose family holds `micro` (the families of the two
+    widths share no shape), among those a host of `vector_bits` runs; None if none."""
+    for bits in (512, 256) if vector_bits >= 512 else (256,):
+        if tuple(micro) in kernel_micro_tiles(dtype, bits):
+            return bits
+    return None
+
+
 def kernel_micro_tile(dtype: str, vector_bits: int) -> tuple[int, int]:
     """The default (mr, nr) of the CPU kernels for `dtype` on vectors of `vector_bits`."""
     return kernel_micro_tiles(dtype, vector_bits)[0]

@@ -51,6 +51,7 @@ from tilefuse.backends.cpu_library import (  # noqa: F401 - part of this module'
 )
 from tilefuse.backends.llvm_ukernel import ACTIVATIONS, FORMATS, VECTOR_BITS
 from tilefuse.tiling import Tiling, kernel_micro_tiles
+from tilefuse.tiling import runnable_micro_tiles as tiling_runnable_micro_tiles
 
 ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
 
@@ -71,13 +72,20 @@ def micro_tiles(dtype) -> tuple[tuple[int, int], ...]:
     return kernel_micro_tiles(np.dtype(dtype).name, VECTOR_BITS)
 
 
+def runnable_micro_tiles(dtype) -> tuple[tuple[int, int], ...]:
+    """Every register tile the kernels can run for this dtype on this host: its own family
+    (`micro_tiles`), then, on an AVX-512 host, the AVX2 family (`tiling.runnable_micro_tiles`)."""
+    micro_tile(dtype)  # the dtype check
+    return tiling_runnable_micro_tiles(np.dtype(dtype).name, VECTOR_BITS)
+
+
 def default_tiling(dtype) -> Tiling:
     mr, nr = micro_tile(dtype)
     return Tiling(mr=mr, nr=nr)
 
 
 def check_tiling(tiling: Tiling, dtype) -> None:
-    family = micro_tiles(dtype)
+    family = runnable_micro_tiles(dtype)
     if (tiling.mr, tiling.nr) not in family:
         shapes = ", ".join(f"{mr}x{nr}" for mr, nr in family)
         raise ValueError(

@@ -17,10 +17,11 @@ Vector width. The kernels follow the features Numba compiles for (`target_vector
 AVX-512F gives `<16 x float>` / `<8 x double>` register tiles for 32 zmm registers, else
 AVX2's `<8 x float>` / `<4 x double>` for 16 ymm. The register tiles of each (dtype, width)
 are `tiling.kernel_micro_tiles` (a family: 6x16 and 4x24 for AVX2 f32, ...), which the tile
-pass reads too; a library is built per dtype and shape (`format_of`), on first use. The
-library's cache is keyed on the same CPU name and features, so a cache never hands one
-width's code to the other; to run the AVX2 kernels on an AVX-512 host:
-NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="".
+pass reads too; a library is built per dtype and shape (`format_of`), on first use. An
+AVX-512 host runs the AVX2 family's shapes too, on 256-bit vectors (`runnable_micro_tiles`):
+a tiling planned for an AVX2 machine runs as printed. The library's cache is keyed on the
+same CPU name and features, so a cache never hands one width's code to the other; to build
+every kernel for AVX2 on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="".
 
 Epilogue. On the last k block a tile stores acc (+ C) + bias, then, for any activation but
 identity, one out-of-line function (`activate`, a switch over ACTIVATIONS) rewrites the tile
@@ -69,7 +70,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from tilefuse.tiling import kernel_micro_tiles
+from tilefuse.tiling import kernel_micro_tiles, micro_tile_bits, runnable_micro_tiles
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
 
@@ -233,9 +234,17 @@ FORMATS = {name: float_format(name, VECTOR_BITS) for name in _NUMERICS}  # the d
 
 
 def format_of(name: str, micro: tuple[int, int] | None = None) -> FloatFormat:
-    """The format of dtype `name` on this host's vectors for register tile `micro` (a shape
-    of `tiling.kernel_micro_tiles`; None: the default); ValueError naming the legal ones."""
-    return float_format(name, VECTOR_BITS, None if micro is None else tuple(micro))
+    """The format of dtype `name` for register tile `micro` (None: this host's default): on
+    this host's vectors, or on 256-bit ones for a shape of the AVX2 family on an AVX-512 host
+    (`tiling.runnable_micro_tiles`); ValueError naming the legal ones."""
+    if micro is None:
+        return float_format(name, VECTOR_BITS)
+    bits = micro_tile_bits(name, tuple(micro), VECTOR_BITS)
+    if bits is None:
+        shapes = ", ".join(f"{a}x{b}" for a, b in runnable_micro_tiles(name, VECTOR_BITS))
+        raise ValueError(f"the {name} kernels on this host have register tiles {shapes}, "
+                         f"not {micro[0]}x{micro[1]}")  # fmt: skip
+    return float_format(name, bits, tuple(micro))
 
 
 class VectorEmitter:

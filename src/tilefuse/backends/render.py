@@ -34,9 +34,9 @@ from . import cpu_pool as P
 from .cpu_kernels import (
     ACTIVATION_CODE,
     default_tiling,
-    micro_tiles,
     pack_weights,
     parallel_code,
+    runnable_micro_tiles,
 )
 from .cpu_native import (
     AttentionCall,
@@ -834,7 +834,7 @@ class Renderer:
         kernel = default_tiling(node.type.np_dtype)
         if given is None:
             return kernel
-        family = micro_tiles(node.type.np_dtype)
+        family = runnable_micro_tiles(node.type.np_dtype)
         if not isinstance(given, Tiling) or (given.mr, given.nr) not in family:
             shown = format_node(self.g, node.id, self.names)
             shapes = ", ".join(f"{mr}x{nr}" for mr, nr in family)

@@ -32,6 +32,7 @@ from ..tiling import (
     GpuTiling,
     Tiling,
     kernel_micro_tiles,
+    runnable_micro_tiles,
 )
 from ..tuning_log import apply_tuning_log
 from .base import Decision, Pass, with_decisions
@@ -324,7 +325,7 @@ def slow_tiling_note(given: Tiling, model: Tiling, p: Problem, mach: Machine) ->
 def check_cpu_tiling(t: Tiling, p: Problem, mach: Machine, line: str) -> None:
     """Refuse a tiling the CPU kernels cannot run as printed: their register tiles are a
     fixed family per dtype and vector width, and they always pack."""
-    family = kernel_micro_tiles(p.dtype, mach.vector_bits)
+    family = runnable_micro_tiles(p.dtype, mach.vector_bits)
     if (t.mr, t.nr) not in family:
         shapes = ", ".join(f"{mr}x{nr}" for mr, nr in family)
         raise AttrError(
