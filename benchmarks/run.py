@@ -48,6 +48,9 @@ import peak as peak_mod  # noqa: E402
 import workloads as wl  # noqa: E402
 
 DEFAULT_OUT = HERE / "results"
+# --avx2: the AVX2 kernels on an AVX-512 host (Numba's and the kernel library's target, read
+# when tilefuse is imported; machine.compiled_vector_bits makes the tile pass plan for them)
+AVX2_ENV = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}
 VERSIONED = ("tilefuse", "numpy", "numba", "llvmlite", "onnx", "onnxruntime", "torch")
 
 
@@ -402,6 +405,8 @@ def describe_machine() -> dict[str, Any]:
         "cpus_online": os.cpu_count(),
         "caches": {"l1d": host.l1d, "l2": host.l2, "l3": host.l3},
         "isa": [f for f in ("avx2", "fma", "avx512f") if cpu_flags.get(f)],
+        "kernel_vector_bits": host.vector_bits,
+        "avx2_forced": avx2_forced(),
         "platform": platform.platform(),
         "versions": versions(),
         "blas": blas_description(),
@@ -409,6 +414,10 @@ def describe_machine() -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "env": {k: v for k, v in os.environ.items() if k.endswith("NUM_THREADS")},
     }
+
+
+def avx2_forced() -> bool:
+    return all(os.environ.get(k) == v for k, v in AVX2_ENV.items())
 
 
 def numba_threading_layer() -> str | None:
@@ -445,6 +454,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--name", help="file stem of the results (default: the host, e.g. amd-epyc-2c-avx2)"
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument(
+        "--avx2",
+        action="store_true",
+        help="tilefuse's AVX2 kernels even on an AVX-512 host (NUMBA_CPU_NAME=haswell "
+        "NUMBA_CPU_FEATURES=''); results named <host>-forced-avx2",
+    )
     parser.add_argument("--no-calibrate", action="store_true",
                         help="keep the register tiles as they are (default: tilefuse calibrate "
                         "first, a few seconds)")  # fmt: skip
@@ -482,6 +497,11 @@ def choose_threads(spec: str, log: Callable[[str], None]) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.avx2 and not avx2_forced():  # the kernels' width is fixed when tilefuse loads
+        argv = sys.argv[1:] if argv is None else argv
+        done = subprocess.run([sys.executable, str(HERE / "run.py"), *argv],
+                              env={**os.environ, **AVX2_ENV}, check=False)  # fmt: skip
+        raise SystemExit(done.returncode)
     budget = QUICK if args.quick else FULL
     if args.budget:
         budget = Budget(**{**budget.__dict__, "seconds": args.budget})
@@ -508,6 +528,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def host_stem(machine: dict[str, Any]) -> str:
     """Results are kept per host: `amd-epyc-2c-avx2`, `intel-xeon-processor-2c-avx512f`."""
     isa = "avx512f" if "avx512f" in machine["isa"] else "avx2"
+    if machine.get("avx2_forced") and isa != "avx2":
+        isa += "-forced-avx2"
     words = re.sub(r"\(r\)|\(tm\)|cpu|@.*", "", machine["cpu"].lower())
     slug = re.sub(r"[^a-z0-9]+", "-", words).strip("-")
     return f"{slug}-{machine['cores']}c-{isa}"
@@ -686,7 +708,8 @@ def markdown_header(report: dict[str, Any]) -> list[str]:
         f"# tilefuse benchmark, {m['date']}",
         "",
         f"- machine: {m['cpu']} ({m['cpu_name_llvm']}), {m['cores']} cores, "
-        f"{', '.join(m['isa'])}; {m['platform']}",
+        f"{', '.join(m['isa'])}; {m['platform']}"
+        + ("; tilefuse forced onto its AVX2 kernels (--avx2)" if m.get("avx2_forced") else ""),
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- BLAS: {blas or 'unknown (threadpoolctl not installed)'}; "
         f"Numba threading layer: {m.get('numba_threading_layer')}",

@@ -299,6 +299,30 @@ def test_a_network_planned_for_the_avx2_preset_runs_as_printed_on_any_host(monke
     np.testing.assert_allclose(model(x), tfu.reference.run(net.graph(), x), rtol=tol, atol=tol)
 
 
+FORCED_AVX2 = """
+import numpy as np, tilefuse as tfu
+from tilefuse.backends import cpu_kernels as ck
+net = tfu.Sequential([tfu.Dense(70, 'tanh'), tfu.Dense(9)], input_dim=21, name='forced')
+model = tfu.compile(net, target='cpu')
+x = np.random.default_rng(1).standard_normal((37, 21)).astype(np.float32)
+err = np.abs(model(x) - tfu.reference.run(net.graph(), x)).max()
+tiles = sorted({(n.attr['tile'].mr, n.attr['tile'].nr) for n in model.final if n.op == 'dense'})
+print(ck.VECTOR_BITS, tiles, err < 1e-5)
+"""
+
+
+def test_the_avx2_kernels_forced_through_numbas_cpu_variables_are_the_ones_planned():
+    """NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="" (benchmarks/run.py --avx2): the kernels are
+    built for AVX2, and the tile pass, which read the CPU's flags, planned AVX-512 tiles."""
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}
+    env.pop("TILEFUSE_MACHINE", None)
+    done = subprocess.run([sys.executable, "-c", FORCED_AVX2], capture_output=True, text=True,
+                          env=env, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[0] == "256" and done.stdout.split()[-1] == "True", done.stdout
+    assert "(6, 16)" in done.stdout or "(4, 24)" in done.stdout
+
+
 def test_a_tiled_dense_holds_only_what_its_kernel_runs():
     """Post steps ran as a hidden second loop while explain called them fused: the tile pass
     moves them out, and a tiled dense that still has them is refused."""

@@ -549,3 +549,20 @@ def test_the_command_lines_warning_format_is_restored_after_it(capsys):
     assert cli.main(["show", str(EXAMPLES / "mlp.py"), "--emit", "tiled", "--pipeline", spec]) == 0
     assert "tilefuse: warning: tile: %0" in capsys.readouterr().err
     assert warnings.showwarning is before
+
+
+def test_the_vector_width_follows_the_features_the_kernels_compile_for(monkeypatch):
+    """NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="" builds the AVX2 kernels on an AVX-512 host;
+    the host machine read the flags only, so the tile pass planned 512-bit tiles for them."""
+    flags = {"avx", "avx2", "fma", "avx512f"}
+    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"):
+        monkeypatch.delenv(name, raising=False)
+    assert machines.compiled_vector_bits(flags) == 512
+    monkeypatch.setenv("NUMBA_CPU_NAME", "generic")
+    assert machines.compiled_vector_bits(flags) == 256
+    monkeypatch.setenv("NUMBA_CPU_NAME", "haswell")
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", "")
+    assert machines.compiled_vector_bits(flags) == 256
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,+fma,+avx512f")
+    assert machines.compiled_vector_bits(flags) == 512
+    assert machines.compiled_vector_bits({"avx2"}) == 256  # never wider than the CPU

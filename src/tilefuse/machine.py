@@ -122,6 +122,22 @@ def vector_bits(flags: set[str]) -> int:
     return 128
 
 
+def compiled_vector_bits(flags: set[str]) -> int:
+    """The widest vectors of the code tilefuse compiles here: the flags' (`vector_bits`),
+    unless NUMBA_CPU_FEATURES (or NUMBA_CPU_NAME=generic) names the features to compile for,
+    as the kernels read them (`llvm_ukernel.host_cpu`): NUMBA_CPU_NAME=haswell
+    NUMBA_CPU_FEATURES="" runs the AVX2 kernels on an AVX-512 host, and the tile pass must
+    plan for those."""
+    widest = vector_bits(flags)
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features is None and os.environ.get("NUMBA_CPU_NAME", "").lower() == "generic":
+        features = ""
+    if features is None:
+        return widest
+    enabled = {f[1:] for f in features.split(",") if len(f) > 1 and f[0] == "+"}
+    return min(widest, 512 if "avx512f" in enabled else 256)
+
+
 def core_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -157,7 +173,7 @@ def host_machine() -> Machine:
         l1d=caches.get("l1d", base.l1d),
         l2=caches.get("l2", base.l2),
         l3=l3,
-        vector_bits=vector_bits(flags) if flags else base.vector_bits,
+        vector_bits=compiled_vector_bits(flags) if flags else base.vector_bits,
         fma="fma" in flags if flags else base.fma,
         source=source,
     )
