@@ -20,6 +20,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def never_back_off():
+    """The process's pool with back-off off: a test of how jobs are shared must not see its
+    calls run serially because a worker lost its core on a busy machine (CI)."""
+    pool = ck.pool_control()
+    saved = int(pool[P.STALL_UNTIL])
+    pool[P.STALL_UNTIL] = P.NEVER_BACK_OFF
+    yield pool
+    pool[P.STALL_UNTIL] = saved
+
+
 def big_call(pool: np.ndarray, m: int = 96):
     """A dense call large enough to run on two threads; returns (status, out, want)."""
     rng = np.random.default_rng(0)
@@ -46,10 +57,10 @@ def test_a_worker_that_never_comes_does_not_hold_the_call_up():
     assert lonely[P.DONE] == lonely[P.TASKS] > 1 and lonely[P.LOCK] == 0
 
 
-def test_idle_workers_sleep_soon_after_a_call():
+def test_idle_workers_sleep_soon_after_a_call(never_back_off):
     """Workers spin briefly after a job, then sleep on the futex: another library's threads
     get the cores (they used to spin for milliseconds)."""
-    pool = ck.pool_control()
+    pool = never_back_off
     numba.set_num_threads(2)
     for _ in range(3):
         assert big_call(pool)[0] == 0
@@ -60,8 +71,8 @@ def test_idle_workers_sleep_soon_after_a_call():
     assert big_call(pool)[0] == 0  # and wake for the next job
 
 
-def test_workers_share_the_tasks():
-    pool = ck.pool_control()
+def test_workers_share_the_tasks(never_back_off):
+    pool = never_back_off
     numba.set_num_threads(2)
     seen = set()
     for _ in range(20):
@@ -168,3 +179,41 @@ def test_a_woken_worker_is_steered_off_the_callers_cpu_then_set_free():
             break
         time.sleep(0.005)
     assert all(os.sched_getaffinity(tid) == allowed for tid in tids)
+
+
+def test_a_call_that_waited_for_a_worker_without_a_core_backs_off_to_serial(never_back_off):
+    """On a machine with more runnable threads than cores, a worker loses its core holding a
+    task and the call waits for it (2-thread calls of mlp-small at batch 256 under four
+    CPU-bound processes: 1.4x the 1-thread time on average). Such a stall makes the calls of
+    the next back-off run serially; afterwards the pool is tried again."""
+    import ctypes
+
+    pool = never_back_off
+    pool[P.STALL_UNTIL], pool[P.BACKOFF_NS] = 0, 0
+    caller = threading.get_ident()
+    ran_by, started = [], threading.Event()
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+    def task(context, t):
+        ran_by.append(threading.get_ident())
+        if threading.get_ident() != caller:  # the worker: a task that loses its core
+            started.set()
+            time.sleep(0.03)
+        else:  # the caller's task is quick, once the worker has claimed the other
+            started.wait(5.0)
+
+    signature = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    parallel_for = ctypes.CFUNCTYPE(None, *signature)(L.parallel_for_address())
+    stalls, seq = int(pool[P.STALLS]), int(pool[P.SEQ])
+    parallel_for(pool.ctypes.data, pool.size, ctypes.cast(task, ctypes.c_void_p), None, 2)
+    assert len(set(ran_by)) == 2 and pool[P.SEQ] == seq + 2
+    assert pool[P.STALLS] == stalls + 1 and pool[P.BACKOFF_NS] == 2 * P.BACKOFF_MIN_NS
+    until = int(pool[P.STALL_UNTIL])
+    assert 0 < until - time.monotonic_ns() <= P.BACKOFF_MIN_NS
+
+    ran_by.clear()
+    parallel_for(pool.ctypes.data, pool.size, ctypes.cast(task, ctypes.c_void_p), None, 2)
+    assert ran_by == [caller, caller] and pool[P.SEQ] == seq + 2  # serially, pool untouched
+
+    pool[P.STALL_UNTIL] = time.monotonic_ns() - 1  # the back-off is over: the pool again
+    assert big_call(pool)[0] == 0 and pool[P.SEQ] == seq + 4

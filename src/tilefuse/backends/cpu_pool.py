@@ -15,6 +15,10 @@ the next library needs. This pool is built for that:
   futex until the next job.
 - **One job at a time.** A second thread calling a model while the pool is busy runs its
   tasks itself, serially, instead of waiting.
+- **Back off when a worker has no core.** A call that waited for a worker's task much
+  longer than it worked itself (the worker lost its core to another process) runs its next
+  jobs serially for a while (`PoolIR.finish`): on a machine with more runnable threads than
+  cores, that is faster than waiting a scheduler slice for the worker again and again.
 
 The pool is per process, started on first use with one worker fewer than Numba's thread
 count (the caller is the other). Its state is one int64 array, `ctl`, passed to the kernel
@@ -61,11 +65,15 @@ RUNNER, ACT, KIND, COL_TASKS, ROWS_PER_TASK, PANELS_PER_TASK, TASKS, KC = range(
 X, M, K, WP, WP_SIZE, BIAS, NPAD, OUT, N, ALPHA = range(JOB + 8, JOB + 18)
 # (RUNNER: the address of the C function that runs a worker's part of the job, published by
 # the driver with the job; a parallel-for job (`build_parallel_for`) uses X for its task
-# function and WP for the task's context; JOB + 19 .. JOB + 21 are free)
+# function and WP for the task's context)
 # The most threads a call may use, caller included (0: all): a Numba-forward model's
 # `threads`, written before each call (`set_thread_limit`); a native forward passes its own
 # limit with each driver call instead (`parallel` >= 2), since its calls run without the GIL
 THREAD_LIMIT = JOB + 18
+# Backing off (see `PoolIR.finish`): CLOCK_MONOTONIC ns until which calls run serially (0:
+# none yet; NEVER_BACK_OFF: never), the length of the next back-off, the stalls seen so far
+STALL_UNTIL, BACKOFF_NS, STALLS = JOB + 19, JOB + 20, JOB + 21
+NEVER_BACK_OFF = -1
 # Steering a sleeping worker off the caller's CPU (see `PoolIR.steer`): the CPUs the process
 # may use as a bit mask (0: no steering)
 ALLOWED = JOB + 22
@@ -82,6 +90,14 @@ CTL_SIZE = 128
 MAX_STEERED = CTL_SIZE - TIDS  # workers beyond this many are not steered
 
 SPIN = 2000  # pause instructions before an idle worker sleeps (~40-90 us)
+# A job stalled when the caller, its own tasks done, waited for the others' longer than
+# twice its own work and STALL_MIN_NS: a worker holding a task lost its core. The calls of the
+# next back-off (BACKOFF_MIN_NS, doubling per stall up to BACKOFF_MAX_NS, halving per clean
+# job) run serially; the first job after it tries the pool again.
+STALL_MIN_NS = 100_000
+BACKOFF_MIN_NS = 20_000_000
+BACKOFF_MAX_NS = 1_000_000_000
+CLOCK_MONOTONIC = 1
 YIELD_AFTER = 200  # a caller waiting for the last tasks spins this many pauses, then yields
 SYS_FUTEX, SYS_SCHED_YIELD, SYS_SCHED_SETAFFINITY, SYS_GETCPU = 202, 24, 203, 309  # x86-64
 FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
@@ -204,9 +220,32 @@ class PoolIR:
     def sched_yield(self) -> None:
         self.syscall(I64(SYS_SCHED_YIELD))
 
+    def now(self) -> ir.Value:
+        """CLOCK_MONOTONIC in ns (the C library's clock_gettime: the vDSO, ~20 ns)."""
+        return self.b.call(_now_function(self.b.module), [])
+
+    def _flag(self, value: ir.Value) -> ir.Value:
+        """An i1 slot in the entry block holding `value` (the builder appends at a block's
+        end, where it returns)."""
+        b, block = self.b, self.b.block
+        b.position_at_start(b.function.entry_basic_block)
+        slot = b.alloca(I1)
+        b.position_at_end(block)
+        b.store(value, slot)
+        return slot
+
     # -- the job's two sides ---------------------------------------------------------------
     def acquire(self) -> ir.Value:
-        return self.compare_and_swap(LOCK, 0, 1)
+        """Own the pool for a job (i1): not during a back-off, nor while another call owns it."""
+        b = self.b
+        until = self.load(STALL_UNTIL)
+        backing_off = self._flag(I1(0))
+        with b.if_then(b.icmp_signed(">", until, I64(0))):
+            b.store(b.icmp_signed("<", self.now(), until), backing_off)
+        owned = self._flag(I1(0))
+        with b.if_then(b.not_(b.load(backing_off))):
+            b.store(self.compare_and_swap(LOCK, 0, 1), owned)
+        return b.load(owned)
 
     def wait_while(self, condition) -> None:
         """Spin (YIELD_AFTER pauses, then sched_yield each round) while condition(self)."""
@@ -238,6 +277,7 @@ class PoolIR:
 
     def start(self) -> None:
         """The job is written (SEQ even again): wake the workers that sleep, off this CPU."""
+        self.started = self.now()
         self.atomic_add(SEQ, 1)
         with self.b.if_then(self.b.icmp_signed(">", self.atomic_load(SLEEPERS), I64(0))):
             self.steer()
@@ -275,8 +315,35 @@ class PoolIR:
                 counted_loop(b, steered, [], one)
 
     def finish(self, tasks: ir.Value) -> ir.Value:
-        """Wait for the tasks other threads claimed; release the pool; 0, or 1 if one failed."""
+        """Wait for the tasks other threads claimed; back off if that stalled; release the
+        pool; 0, or 1 if a task failed.
+
+        On a machine with more runnable threads than cores, a worker loses its core in the
+        middle of a task now and then, and the call waits milliseconds for it (a scheduler
+        slice or two) with its own work long done: 2-thread calls of mlp-small at batch 256
+        under four CPU-bound processes took 4.9-5.4 ms on average, 1-thread ones 3.5 ms. A
+        stall (the wait longer than twice the caller's own work and STALL_MIN_NS) makes the
+        calls of the next back-off run serially; a job that finishes cleanly halves it."""
+        b = self.b
+        mine = self.now()
         self.wait_while(lambda p: p.b.icmp_signed("<", p.atomic_load(DONE), tasks))
+        end = self.now()
+        work, waited = b.sub(mine, self.started), b.sub(end, mine)
+        limit = b.add(b.add(work, work), I64(STALL_MIN_NS))
+        backoff = self.load(BACKOFF_NS)
+        backoff = b.select(b.icmp_signed("<", backoff, I64(BACKOFF_MIN_NS)),
+                           I64(BACKOFF_MIN_NS), backoff)  # fmt: skip
+        enabled = b.icmp_signed("!=", self.load(STALL_UNTIL), I64(NEVER_BACK_OFF))
+        with b.if_then(enabled):
+            with b.if_else(b.icmp_signed(">", waited, limit)) as (stalled, clean):
+                with stalled:
+                    self.store(STALL_UNTIL, b.add(end, backoff))
+                    longer = b.add(backoff, backoff)
+                    self.store(BACKOFF_NS, b.select(b.icmp_signed(">", longer, I64(BACKOFF_MAX_NS)),
+                                                    I64(BACKOFF_MAX_NS), longer))  # fmt: skip
+                    self.atomic_add(STALLS, 1)
+                with clean:
+                    self.store(BACKOFF_NS, b.lshr(backoff, I64(1)))
         failed = self.atomic_load(ERROR)
         self.atomic_store(LOCK, 0)
         return failed
@@ -289,6 +356,22 @@ class PoolIR:
         with self.b.if_then(failed):
             self.atomic_store(ERROR, 1)
         self.atomic_add(DONE, 1)
+
+
+def _now_function(module: ir.Module) -> ir.Function:
+    """`int64 now()`: CLOCK_MONOTONIC in ns, one per module."""
+    name = "tilefuse_pool_now_ns"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(I64, []), name)
+    fn.linkage = "internal"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    timespec = b.alloca(I64, size=2)
+    clock = declare(module, "clock_gettime", ir.FunctionType(I32, [I32, CTL_PTR]))
+    b.call(clock, [I32(CLOCK_MONOTONIC), timespec])
+    seconds, nanoseconds = b.load(timespec), b.load(b.gep(timespec, [I64(1)]))
+    b.ret(b.add(b.mul(seconds, I64(1_000_000_000)), nanoseconds))
+    return fn
 
 
 def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
