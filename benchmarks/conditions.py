@@ -90,7 +90,8 @@ def time_one(system: str, batch: int, threads: int, seconds: float = BUSY_SECOND
         times.append(time.perf_counter() - start)
     cpu1, wall = os.times(), time.perf_counter() - wall0
     cores = (cpu1.user - cpu0.user + cpu1.system - cpu0.system) / wall
-    return {"median_s": float(np.median(times)), "calls": len(times), "cores": cores}
+    return {"median_s": float(np.median(times)), "mean_s": float(np.mean(times)),
+            "calls": len(times), "cores": cores}  # fmt: skip
 
 
 def in_fresh_process(system: str, batch: int, threads: int) -> dict:
@@ -120,11 +121,14 @@ def busy(systems: list[str], threads: int, log: Callable[[str], None] = print) -
         row = {"system": name, "batch": BUSY_BATCH, "threads": threads, "hogs": BUSY_HOGS}
         for key, result in (("idle", idle[name]), ("busy", loaded[name])):
             row[f"{key}_s"] = result.get("median_s")
+            row[f"{key}_mean_s"] = result.get("mean_s")
             row[f"{key}_cores"] = result.get("cores")
             if "error" in result:
                 row["error"] = result["error"]
         if row.get("idle_s") and row.get("busy_s"):
             row["slowdown"] = row["busy_s"] / row["idle_s"]
+        if row.get("idle_mean_s") and row.get("busy_mean_s"):
+            row["mean_slowdown"] = row["busy_mean_s"] / row["idle_mean_s"]
         rows.append(row)
         log(f"busy {name}: {row}")
     return rows

@@ -682,18 +682,23 @@ def conditions_tables(conditions: dict[str, Any] | None, labels: dict[str, str])
             f"mlp-small at batch {first['batch']}, {first['threads']} threads, each system "
             f"in a fresh process, idle and then beside {first['hogs']} CPU-bound processes "
             "(a fair share of the 2 cores is then a third: about 3x, and 0.67 of a core for two "
-            "threads; `cores used` is the CPU seconds the process got per second while timed)."
+            "threads; `cores used` is the CPU seconds the process got per second while timed). "
+            "Busy, a call's time is bimodal (most at one thread's speed, some a scheduler slice "
+            "longer), so the mean over the calls is shown beside the median."
         )
-        lines += ["", "## On a busy machine (busy)", "", about, "",
-                  table_row(["system", "idle", "busy", "busy ÷ idle", "cores used busy"]),
-                  table_row(["---"] * 5)]  # fmt: skip
+        head = ["system", "idle", "busy", "busy ÷ idle", "mean idle", "mean busy",
+                "mean busy ÷ idle", "cores used busy"]  # fmt: skip
+        lines += ["", "## On a busy machine (busy)", "", about, "", table_row(head),
+                  table_row(["---"] * len(head))]  # fmt: skip
         for r in busy:
-            idle = format_time(r["idle_s"]) if r.get("idle_s") else "-"
-            loaded = format_time(r["busy_s"]) if r.get("busy_s") else r.get("error", "-")
-            ratio = f"{r['slowdown']:.2f}x" if r.get("slowdown") else "-"
+            times = [format_time(r[k]) if r.get(k) else "-" for k in ("idle_s", "busy_s")]
+            if not r.get("busy_s"):
+                times[1] = r.get("error", "-")
+            means = [format_time(r[k]) if r.get(k) else "-" for k in ("idle_mean_s", "busy_mean_s")]
+            ratios = [f"{r[k]:.2f}x" if r.get(k) else "-" for k in ("slowdown", "mean_slowdown")]
             cores = f"{r['busy_cores']:.2f}" if r.get("busy_cores") is not None else "-"
-            cells = [labels.get(r["system"], r["system"]), idle, loaded, ratio, cores]
-            lines.append(table_row(cells))
+            cells = [labels.get(r["system"], r["system"]), *times, ratios[0], *means, ratios[1]]
+            lines.append(table_row([*cells, cores]))
     return lines
 
 

@@ -252,14 +252,15 @@ def test_the_conditions_rows_and_their_tables(monkeypatch):
     assert all(r["overhead"] > 0 and r["pair_s"] > 0 for r in mixed)
     alone = conditions.time_one("numpy", 4, 1, seconds=0.02)
     assert alone["median_s"] > 0 and alone["cores"] > 0
-    fake = iter([{"median_s": 1e-3, "cores": 1.0}, {"median_s": 3e-3, "cores": 0.4}])
+    fake = iter([{"median_s": 1e-3, "mean_s": 1e-3, "cores": 1.0},
+                 {"median_s": 3e-3, "mean_s": 4e-3, "cores": 0.4}])  # fmt: skip
     monkeypatch.setattr(conditions, "in_fresh_process", lambda *args: next(fake))
     monkeypatch.setattr(conditions, "BUSY_HOGS", 1)
     (busy,) = conditions.busy(["numpy"], 1, log=lambda line: None)
-    assert busy["slowdown"] == pytest.approx(3.0)
+    assert busy["slowdown"] == pytest.approx(3.0) and busy["mean_slowdown"] == pytest.approx(4.0)
     table = "\n".join(bench.conditions_tables({"mixed_numpy": mixed, "busy": [busy]}, {}))
     assert "## Beside NumPy in one process" in table
-    assert "| numpy | 1 ms | 3 ms | 3.00x | 0.40 |" in table
+    assert "| numpy | 1 ms | 3 ms | 3.00x | 1 ms | 4 ms | 4.00x | 0.40 |" in table
     machine = {"cpu": "AMD EPYC 7B13 64-Core Processor", "cores": 2, "isa": ["avx2", "fma"]}
     assert bench.host_stem(machine) == "amd-epyc-7b13-64-core-processor-2c-avx2"
 
