@@ -94,7 +94,7 @@ SPIN = 2000  # pause instructions before an idle worker sleeps (~40-90 us)
 # twice its own work and STALL_MIN_NS: a worker holding a task lost its core. The calls of the
 # next back-off (BACKOFF_MIN_NS, doubling per stall up to BACKOFF_MAX_NS, halving per clean
 # job) run serially; the first job after it tries the pool again.
-STALL_MIN_NS = 100_000
+STALL_MIN_NS = 1_000_000
 BACKOFF_MIN_NS = 20_000_000
 BACKOFF_MAX_NS = 1_000_000_000
 CLOCK_MONOTONIC = 1
