@@ -238,7 +238,7 @@ class PoolIR:
     def acquire(self) -> ir.Value:
         """Own the pool for a job (i1): not during a back-off, nor while another call owns it."""
         b = self.b
-        until = self.load(STALL_UNTIL)
+        until = self.atomic_load(STALL_UNTIL)  # written by the pool's owner, read by any call
         backing_off = self._flag(I1(0))
         with b.if_then(b.icmp_signed(">", until, I64(0))):
             b.store(b.icmp_signed("<", self.now(), until), backing_off)
@@ -333,11 +333,11 @@ class PoolIR:
         backoff = self.load(BACKOFF_NS)
         backoff = b.select(b.icmp_signed("<", backoff, I64(BACKOFF_MIN_NS)),
                            I64(BACKOFF_MIN_NS), backoff)  # fmt: skip
-        enabled = b.icmp_signed("!=", self.load(STALL_UNTIL), I64(NEVER_BACK_OFF))
+        enabled = b.icmp_signed("!=", self.atomic_load(STALL_UNTIL), I64(NEVER_BACK_OFF))
         with b.if_then(enabled):
             with b.if_else(b.icmp_signed(">", waited, limit)) as (stalled, clean):
                 with stalled:
-                    self.store(STALL_UNTIL, b.add(end, backoff))
+                    self.atomic_store(STALL_UNTIL, b.add(end, backoff))
                     longer = b.add(backoff, backoff)
                     self.store(BACKOFF_NS, b.select(b.icmp_signed(">", longer, I64(BACKOFF_MAX_NS)),
                                                     I64(BACKOFF_MAX_NS), longer))  # fmt: skip
