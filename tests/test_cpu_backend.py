@@ -235,7 +235,7 @@ def test_a_warm_native_start_loads_object_code_without_numba():
 
 
 # -- the IR is what runs ---------------------------------------------------------------------
-DENSE = """graph t(%x: f32[N,40], %r: f32[N,24]) -> f32[N,24] {{
+DENSE = """graph t(%x: f32[N,40], %r: f32[{r}]) -> f32[N,24] {{
   %w = const[sha="{sha}"] : f32[40,24]
   %0 = dense[act=tanh, bias=false{post}{tile}]({operands}) : f32[N,24]
   return %0
@@ -243,15 +243,16 @@ DENSE = """graph t(%x: f32[N,40], %r: f32[N,24]) -> f32[N,24] {{
 W = np.random.default_rng(1).standard_normal((40, 24)).astype(np.float32)
 
 
-def dense_graph(post: bool = False, tiled: bool = True, **fields):
-    """x @ W, tanh (then + r when `post`), with a tiling of `fields` over the kernels' own."""
+def dense_graph(post: str = "", tiled: bool = True, r: str = "N,24", **fields):
+    """x @ W, tanh (then the `post` steps with r, of shape `r`), with a tiling of `fields`
+    over the kernels' own."""
     from tilefuse.backends.cpu_kernels import micro_tile
     from tilefuse.ir import array_digest
 
     mr, nr = micro_tile(np.float32)
     values = {"mc": 12, "nc": 16, "kc": 8, "mr": mr, "nr": nr, "pack": "true", **fields}
     tile = ', tile=(mc={mc}, nc={nc}, kc={kc}, mr={mr}, nr={nr}, parallel="none", pack={pack})'
-    text = DENSE.format(sha=array_digest(W), post=", post=(add)" if post else "",
+    text = DENSE.format(sha=array_digest(W), post=f", post=({post})" if post else "", r=r,
                         tile=tile.format(**values) if tiled else "",
                         operands="%x, %w, %r" if post else "%x, %w")  # fmt: skip
     return tfu.parse_graph(text, constants={"w": W})
@@ -325,13 +326,34 @@ def test_the_avx2_kernels_forced_through_numbas_cpu_variables_are_the_ones_plann
 
 def test_a_tiled_dense_holds_only_what_its_kernel_runs():
     """Post steps ran as a hidden second loop while explain called them fused: the tile pass
-    moves them out, and a tiled dense that still has them is refused."""
+    moves out what the kernel cannot run (here: an add of a row that broadcasts), and a
+    tiled dense that still has it is refused."""
     with pytest.raises(tfu.TilefuseError, match="a tiled dense must hold only what the kernel"):
-        tfu.compile(dense_graph(post=True), pipeline="")
-    model = tfu.compile(dense_graph(post=True, tiled=False), pipeline="tile")
+        tfu.compile(dense_graph(post="add", r="1,24"), pipeline="")
+    model = tfu.compile(dense_graph(post="add", r="1,24", tiled=False), pipeline="tile")
     assert [n.op for n in model.final.ops()] == ["dense", "add"]
     (split,) = [d for d in model.final.meta["decisions"] if d.code == "epilogue_split"]
     assert "add run as ops of their own after the kernel" in split.detail
+
+
+@pytest.mark.parametrize("target_rows", [1, 3, 37, 300])
+def test_a_residual_add_runs_in_the_dense_kernel(target_rows):
+    """dense[post=(add)] with an operand of the output's own type (a residual, as in every
+    transformer block) stays one op on the CPU: each task adds its block of the residual once
+    its last k block is done. Further post steps still move out."""
+    model = tfu.compile(dense_graph(post="add", tiled=False), pipeline="tile,plan_memory")
+    (dense,) = model.final.ops()
+    assert dense.op == "dense" and dense.attr["post"] == ("add",)
+    assert "residual" in model.source()  # passed to the driver (native or Numba forward)
+    rng = np.random.default_rng(target_rows)
+    x = rng.standard_normal((target_rows, 40)).astype(np.float32)
+    r = rng.standard_normal((target_rows, 24)).astype(np.float32)
+    np.testing.assert_allclose(model(x, r), np.tanh(x @ W) + r, rtol=1e-5, atol=1e-5)
+    two = tfu.compile(dense_graph(post="add, relu", tiled=False), pipeline="tile")
+    assert [n.op for n in two.final.ops()] == ["dense", "relu"]
+    assert two.final.ops()[0].attr["post"] == ("add",)
+    np.testing.assert_allclose(two(x, r), np.maximum(np.tanh(x @ W) + r, 0), rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
 
 
 def test_the_printed_ir_alone_gives_the_same_program():

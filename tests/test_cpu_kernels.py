@@ -338,3 +338,42 @@ def test_a_register_tile_outside_the_family_is_refused():
     mr, nr = ck.micro_tiles(np.float32)[1]
     with pytest.raises(ValueError, match=r"have the register tiles .*, tiling asks for"):
         ck.pack_weights(np.ones((4, 4), np.float32), Tiling(mr=mr + 1, nr=nr))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_residual_is_added_after_the_activation_by_every_register_tile(dtype):
+    """dense_kernel(..., residual=r): act(x @ w + b) + r, each task adding its block once its
+    last k block is done; both plans (rows kernel at M <= 4, packed), serial and on the pool,
+    a residual whose rows are apart by more than N."""
+    pool = ck.pool_control()
+    for mr, nr in ck.runnable_micro_tiles(dtype):
+        for m, k, n in ((1, 30, 70), (3, 17, 33), (37, 50, 61), (130, 70, 200)):
+            for parallel in (0, 1):
+                rng = np.random.default_rng(m * n + parallel)
+                x = rng.standard_normal((m, k)).astype(dtype)
+                w = rng.standard_normal((k, n)).astype(dtype)
+                bias = rng.standard_normal(n).astype(dtype)
+                residual = rng.standard_normal((m, n + 5)).astype(dtype)[:, 2 : n + 2]
+                tiling = Tiling(mc=2 * mr, nc=2 * nr, kc=24, mr=mr, nr=nr,
+                                parallel="m" if parallel else "none")  # fmt: skip
+                out = np.empty((m, n), dtype)
+                status = ck.dense_kernel(x, ck.pack_weights(w, tiling), bias, out,
+                                         ck.ACTIVATION_CODE["tanh"], 0.0, tiling.kc, tiling.mc,
+                                         tiling.nc, parallel, pool, micro=(mr, nr),
+                                         residual=residual)  # fmt: skip
+                want = np.tanh(x.astype(np.float64) @ w + bias) + residual
+                assert status == 0
+                np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4, err_msg=f"{mr}x{nr}")
+    x, w = np.ones((4, 3), dtype), ck.pack_weights(np.ones((3, 5), dtype), ck.default_tiling(dtype))
+    out = np.zeros((4, 5), dtype)
+    for bad in (
+        np.ones((4, 6), dtype),
+        np.ones((4, 5), np.float16),
+        np.ones((4, 10), dtype)[:, ::2],
+    ):
+        with pytest.raises(TypeError, match="residual"):
+            ck.dense_kernel(x, w, np.zeros(0, dtype), out, 0, 0.0, 8, 8, 8, 0, pool,
+                            micro=ck.micro_tile(dtype), residual=bad)  # fmt: skip
+    with pytest.raises(ValueError, match="overlaps out"):
+        ck.dense_kernel(x, w, np.zeros(0, dtype), out, 0, 0.0, 8, 8, 8, 0, pool,
+                        micro=ck.micro_tile(dtype), residual=out)  # fmt: skip

@@ -97,7 +97,7 @@ def residual():
 
     @tfu.function
     def block(x: tfu.Input["N", 24, "f32"], w=w, b=b):
-        return tfu.softmax(tfu.relu(x @ w + b) + x)
+        return tfu.softmax(tfu.relu(x @ w + b) + tfu.tanh(x))  # tanh, dense(+ residual), softmax
 
     model = tfu.compile(block, target="cpu", native=False)  # the Numba forward's listing
     model(np.ones((3, 24), np.float32))

@@ -476,8 +476,8 @@ def feeds_for(name: str, batch: int) -> dict[str, np.ndarray]:
 
 
 NATIVE_EXPORTS = {
-    "torch_encoder": {"DenseCall", "AttentionCall", "LayerNormCall", "ElementwiseCall"},
-    "torch_prenorm_block": {"DenseCall", "AttentionCall", "LayerNormCall", "ElementwiseCall"},
+    "torch_encoder": {"DenseCall", "AttentionCall", "LayerNormCall"},  # residuals: in DenseCall
+    "torch_prenorm_block": {"DenseCall", "AttentionCall", "LayerNormCall"},
     "torch_token_encoder": {"GatherCall", "AttentionCall", "LayerNormCall"},
     "torch_masked_token_encoder": {"GatherCall", "AttentionCall", "ElementwiseCall"},
     "torch_padded_encoder": {"AttentionCall", "ElementwiseCall"},

@@ -12,7 +12,7 @@ and is cached on disk, because it refers to the kernel by name, not by address.
     ...
     status = dense_f32_6x16(E.data(x), m, k, E.data(wp), wp.size, E.data(b), b.size,
                             E.data(out), n, act, alpha, kc, mc, nc, parallel, E.data(pool),
-                            pool.size)
+                            pool.size, E.data(residual), ldr)
     if status != 0:
         raise E.KernelFailure("<the IR line>", status)
 
@@ -43,6 +43,7 @@ SIGNATURE = types.int64(  # the status: 0, or an index into cpu_library.OPERAND_
     types.int64, types.float64,  # act, alpha
     types.int64, types.int64, types.int64, types.int64,  # kc mc nc parallel
     types.voidptr, types.int64,  # the thread pool's control block, its size (0: serial)
+    types.voidptr, types.int64,  # the residual (post=(add)), its row stride (0: none)
 )  # fmt: skip
 
 DTYPES = {"f32": "float32", "f64": "float64"}

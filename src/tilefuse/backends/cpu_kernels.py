@@ -133,7 +133,7 @@ def aligned_empty(size: int, dtype) -> np.ndarray:
 # ------------------------------------------------------------------ the compiled functions
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _DENSE = ctypes.CFUNCTYPE(_I, _P, _I, _I, _P, _I, _P, _I, _P, _I, _I, ctypes.c_double, _I, _I, _I,
-                          _I, _P, _I)  # fmt: skip
+                          _I, _P, _I, _P, _I)  # fmt: skip
 _PLAN = ctypes.CFUNCTYPE(None, _I, _I, _I, _I, _I, _P)
 _PACK_X = ctypes.CFUNCTYPE(None, _P, _I, _I, _I, _I, _I, _P)
 _functions: dict[tuple[str, str, tuple | None], object] = {}
@@ -155,12 +155,15 @@ def _kernel_array(name: str, a, dtype, ndim: int) -> np.ndarray:
     return a
 
 
-def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, *, micro) -> int:
-    """out = ACTIVATIONS[act](x @ w + bias) with wp = pack_weights(w, tiling); see the module
-    doc. `micro` is the tiling's register tile (mr, nr), the one wp was packed for: required,
-    since the driver cannot tell two tiles' packings of the same padded width apart. Returns
-    0, or the index of a problem in OPERAND_PROBLEMS (out untouched). The GIL is released
-    while it runs."""
+def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, *, micro,
+                 residual=None) -> int:  # fmt: skip
+    """out = ACTIVATIONS[act](x @ w + bias) (+ residual) with wp = pack_weights(w, tiling);
+    see the module doc. `micro` is the tiling's register tile (mr, nr), the one wp was packed
+    for: required, since the driver cannot tell two tiles' packings of the same padded width
+    apart. `residual`: None, or an array of out's shape whose rows are contiguous, added
+    after the activation (a dense op's `post=(add)`); it must not overlap out. Returns 0, or
+    the index of a problem in OPERAND_PROBLEMS (out untouched). The GIL is released while it
+    runs."""
     dtype = getattr(x, "dtype", None)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dense_kernel: x must be float32 or float64, got {dtype}")
@@ -172,10 +175,19 @@ def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, *, mic
         return 2
     if not out.flags.writeable:
         raise TypeError("dense_kernel: out is read-only")
+    address, ldr = 0, 0
+    if residual is not None:
+        if not isinstance(residual, np.ndarray) or residual.dtype != dtype:
+            raise TypeError(f"dense_kernel: residual must be a {np.dtype(dtype)} array")
+        if residual.shape != out.shape or residual.strides[1] != residual.itemsize:
+            raise TypeError(f"dense_kernel: residual must be {out.shape} with contiguous rows")
+        if np.shares_memory(residual, out):
+            raise ValueError("dense_kernel: residual overlaps out")
+        address, ldr = residual.ctypes.data, residual.strides[0] // residual.itemsize
     run = _function(dtype, "dense", _DENSE, micro)
     return run(x.ctypes.data, x.shape[0], x.shape[1], wp.ctypes.data, wp.size, bias.ctypes.data,
                bias.size, out.ctypes.data, out.shape[1], int(act), float(alpha), int(kc), int(mc),
-               int(nc), int(parallel), ctl.ctypes.data, ctl.size)  # fmt: skip
+               int(nc), int(parallel), ctl.ctypes.data, ctl.size, address, ldr)  # fmt: skip
 
 
 def plan(dtype, m: int, n: int, mc: int, nc: int, threads: int, micro=None) -> tuple[int, ...]:

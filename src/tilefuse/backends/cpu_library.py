@@ -15,7 +15,8 @@ One library per dtype and register tile exports two C functions (`tag` is e.g.
 float32_v8_6x16):
 
     int64_t tilefuse_dense_<tag>(x, m, k, wp, wp_size, bias, nbias, out, n, act, alpha,
-                                 kc, mc, nc, parallel, ctl, nctl)       # cpu_entry.SIGNATURE
+                                 kc, mc, nc, parallel, ctl, nctl, residual, ldr)
+                                                                # cpu_entry.SIGNATURE
     void    tilefuse_job_<tag>(int64_t *ctl, int64_t nctl)               # a worker's part
 
 and the pool's library one: `void tilefuse_worker(int64_t *ctl, int64_t wid)`.
@@ -35,6 +36,9 @@ tasks:
     when M is small); a task packs its x rows for each kc block (a transpose in registers,
     `pack_rows`) into a cache-line-aligned buffer and runs the MR x NR `packed_tile` over its
     panels, the epilogue fused into the last k block.
+
+  With a residual (ldr not 0: a dense op's `post=(add)`), each task then adds its block of
+  the residual to its block of out (`add_rows`), once all of K is done.
 
 With more than one thread and more than one task, the call publishes the job in the pool's
 control block and claims tasks with the workers (`cpu_pool`); otherwise it runs the tasks
@@ -64,6 +68,7 @@ from .llvm_ukernel import (
     ACTIVATIONS,
     ROWS_TASK_PANELS,
     FloatFormat,
+    build_add_rows,
     build_pack_rows,
     build_packed_tile,
     build_rows_dispatch,
@@ -99,6 +104,7 @@ OPERAND_PROBLEMS = (
     "bias must have N elements (or none)",
     "packed weights do not match K x N (pack_weights(w, tiling))",
     "kc, mc and nc must be positive",
+    "the residual's rows are shorter than N",
     "a task could not allocate its packing buffer",
 )
 KERNEL_FAILED = len(OPERAND_PROBLEMS) - 1
@@ -122,7 +128,7 @@ VOID_PTR = I8.as_pointer()
 DENSE_TYPE = ir.FunctionType(
     I64,
     [VOID_PTR, I64, I64, VOID_PTR, I64, VOID_PTR, I64, VOID_PTR, I64, I64, F64, I64, I64, I64,
-     I64, VOID_PTR, I64],
+     I64, VOID_PTR, I64, VOID_PTR, I64],
 )  # fmt: skip
 WORKER = "tilefuse_worker"
 PARALLEL_FOR = "tilefuse_parallel_for"
@@ -249,28 +255,39 @@ def _build_pack_x_block(module: ir.Module, fmt: FloatFormat) -> ir.Function:
 
 def _build_run_task(module: ir.Module, fmt: FloatFormat) -> ir.Function:
     """`i1 run_task(act, kind, col_tasks, rows_per_task, panels_per_task, t, x, m, k, wp,
-    biasp, npad, out, n, alpha, kc)`: task t of a plan; true when it failed (no memory)."""
+    biasp, npad, out, n, alpha, kc, residual, ldr)`: task t of a plan; true when it failed
+    (no memory). With a residual (ldr, its row stride, not 0), its block is added to the
+    task's block of out once that is done (all of K)."""
     ptr = fmt.scalar.as_pointer()
     fn = _internal(module, f"tilefuse_run_task_{fmt.tag}", ir.FunctionType(
         I1, [I64, I64, I64, I64, I64, I64, ptr, I64, I64, ptr, ptr, I64, ptr, I64, fmt.scalar,
-             I64]))  # fmt: skip
+             I64, ptr, I64]))  # fmt: skip
     act, kind, col_tasks, rows_per_task, panels_per_task, t = fn.args[:6]
-    x, m, k_total, wp, biasp, npad, out, n, alpha, kc = fn.args[6:]
+    x, m, k_total, wp, biasp, npad, out, n, alpha, kc, residual, ldr = fn.args[6:]
     e = Emitter(fn)
     b, mr, nr = e.b, fmt.mr, fmt.nr
     i0 = b.mul(b.sdiv(t, col_tasks), rows_per_task)
     rows = e.min(rows_per_task, b.sub(m, i0))
     jt_begin = b.mul(b.srem(t, col_tasks), panels_per_task)
     jt_end = e.min(b.sdiv(npad, I64(nr)), b.add(jt_begin, panels_per_task))
+    first_col = b.mul(jt_begin, I64(nr))
+    cols = e.min(b.mul(b.sub(jt_end, jt_begin), I64(nr)), b.sub(n, first_col))
+    add_rows = build_add_rows(module, fmt)
+
+    def add_residual() -> None:
+        with b.if_then(b.icmp_signed("!=", ldr, I64(0))):
+            b.call(add_rows, [e.at(out, b.add(b.mul(i0, n), first_col)), n,
+                              e.at(residual, b.add(b.mul(i0, ldr), first_col)), ldr, rows,
+                              cols])  # fmt: skip
+
     row_plan, packed_plan = fn.append_basic_block("rows"), fn.append_basic_block("packed")
     b.cbranch(b.icmp_signed("==", kind, I64(ROW_PLAN)), row_plan, packed_plan)
 
     b.position_at_end(row_plan)
-    first_col = b.mul(jt_begin, I64(nr))
-    cols = e.min(b.mul(b.sub(jt_end, jt_begin), I64(nr)), b.sub(n, first_col))
     b.call(build_rows_dispatch(module, fmt), [
         act, k_total, kc, e.at(x, b.mul(i0, k_total)), k_total, rows, wp, npad, jt_begin, cols,
         e.at(out, b.add(b.mul(i0, n), first_col)), n, biasp, alpha])  # fmt: skip
+    add_residual()
     b.ret(I1(0))
 
     b.position_at_end(packed_plan)
@@ -312,6 +329,7 @@ def _build_run_task(module: ir.Module, fmt: FloatFormat) -> ir.Function:
 
     e.loop(0, k_blocks, k_block)
     _free(e, raw)
+    add_residual()
     b.ret(I1(0))
     return fn
 
@@ -334,7 +352,8 @@ def _build_job(module: ir.Module, fmt: FloatFormat, run_task: ir.Function) -> ir
     if fmt.name == "float32":
         alpha = b.fptrunc(alpha, fmt.scalar)
     operands = [pointer(P.X), p.load(P.M), p.load(P.K), pointer(P.WP), pointer(P.BIAS),
-                p.load(P.NPAD), pointer(P.OUT), p.load(P.N), alpha, kc]  # fmt: skip
+                p.load(P.NPAD), pointer(P.OUT), p.load(P.N), alpha, kc, pointer(P.RESIDUAL),
+                p.load(P.LD_RESIDUAL)]  # fmt: skip
     loop, run, done = (fn.append_basic_block(n) for n in ("claim", "run", "done"))
     b.branch(loop)
     b.position_at_end(loop)
@@ -426,11 +445,12 @@ def _build_plan(module: ir.Module, fmt: FloatFormat) -> ir.Function:
 def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) -> ir.Function:
     fn = ir.Function(module, DENSE_TYPE, dense_name(fmt))
     (x_raw, m, k_total, wp_raw, wp_size, bias_raw, nbias, out_raw, n, act, alpha64, kc, mc, nc,
-     parallel, ctl_raw, nctl) = fn.args  # fmt: skip
+     parallel, ctl_raw, nctl, residual_raw, ldr) = fn.args  # fmt: skip
     e = Emitter(fn)
     b, nr = e.b, fmt.nr
     ptr = fmt.scalar.as_pointer()
-    x, wp, bias, out = (b.bitcast(a, ptr) for a in (x_raw, wp_raw, bias_raw, out_raw))
+    x, wp, bias, out, residual = (b.bitcast(a, ptr) for a in (x_raw, wp_raw, bias_raw, out_raw,
+                                                              residual_raw))  # fmt: skip
     ctl = b.bitcast(ctl_raw, P.CTL_PTR)
     alpha = b.fptrunc(alpha64, fmt.scalar) if fmt.name == "float32" else alpha64
 
@@ -444,6 +464,7 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
     npad = b.mul(e.ceil_div(n, nr), I64(nr))
     fail_if(ne(wp_size, b.mul(k_total, npad)), 4)
     fail_if(b.or_(b.or_(lt(kc, I64(1)), lt(mc, I64(1))), lt(nc, I64(1))), 5)
+    fail_if(b.and_(ne(ldr, I64(0)), lt(ldr, n)), 6)  # ldr 0: no residual
     with b.if_then(b.or_(b.icmp_signed("<=", m, I64(0)), b.icmp_signed("<=", n, I64(0)))):
         b.ret(I64(0))
 
@@ -466,7 +487,7 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
         b.load(e.at(result, I64(i))) for i in range(5)
     )
     plan = [kind, col_tasks, rows_per_task, panels_per_task]
-    operands = [x, m, k_total, wp, biasp, npad, out, n, alpha, kc]
+    operands = [x, m, k_total, wp, biasp, npad, out, n, alpha, kc, residual, ldr]
     status, use_pool = e.var(0), e.var(0)
     p = P.PoolIR(b, ctl)
     shared = b.and_(b.icmp_signed(">", threads, I64(1)), b.icmp_signed(">", tasks, I64(1)))
@@ -482,6 +503,7 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
                 P.K: k_total, P.WP: b.ptrtoint(wp, I64), P.WP_SIZE: wp_size,
                 P.BIAS: b.ptrtoint(biasp, I64), P.NPAD: npad, P.OUT: b.ptrtoint(out, I64),
                 P.N: n, P.ALPHA: b.bitcast(alpha64, I64),
+                P.RESIDUAL: b.ptrtoint(residual_raw, I64), P.LD_RESIDUAL: ldr,
             }  # fmt: skip
             for field, value in job_fields.items():
                 p.store(field, value)
@@ -633,7 +655,7 @@ def _build_attention_task(module: ir.Module, fmt: FloatFormat, softmax: ir.Funct
                                b.mul(padded, depth), null, I64(0), b.bitcast(into, VOID_PTR),
                                width, I64(0), ir.Constant(F64, 0.0), e.max(depth, I64(1)),
                                I64(1024), e.max(padded, I64(nr)), I64(PARALLEL_NONE), null,
-                               I64(0)])  # fmt: skip
+                               I64(0), null, I64(0)])  # fmt: skip
 
             scores = product(qs, d, wk, panels_k, s, tk)
             m0, m1, m2, m3 = mask_shape

@@ -48,6 +48,7 @@ LIBRARY_ROLES = (
     (r"tilefuse_tile_\w+_(\d+)x(\d+)$", "the {0}x{1} micro-kernel (tile mr={0}, nr={1}): "
      "a {0}x{1} block of the output in registers, epilogue fused in the last k block"),
     (r"tilefuse_activate_", "the epilogue's activation over a tile"),
+    (r"tilefuse_add_rows_", "the residual (post=(add)) added to a task's block of the output"),
     (r"tilefuse_softmax_rows_", "attention's softmax of a block of scores: each row's max, "
      "exp(s - max) in place and its sum, in vectors"),
     (r"tilefuse_attention_task_", "attention's task: a head and a block of 128 queries (q "

@@ -110,6 +110,7 @@ class DenseCall:
     mc: int
     nc: int
     parallel: int
+    residual: Operand | None = None  # post=(add): C-contiguous, out's shape, added last
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,7 @@ def build_module(plan: NativePlan) -> ir.Module:
             I64(call.act), ir.Constant(F64, call.alpha),
             I64(call.kc), I64(call.mc), I64(call.nc), parallel_arg if call.parallel else I64(0),
             b.inttoptr(pool, I8P), pool_size,
+            pointer(call.residual, f"residual.{index}", size), I64(call.n if call.residual else 0),
         ]  # fmt: skip
         status = b.call(driver, args, f"status.{index}")
         with b.if_then(b.icmp_signed("!=", status, I64(0)), likely=False):

@@ -80,10 +80,12 @@ ALLOWED = JOB + 22
 # Written once by Python (0 until then): the address of the library's parallel-for, and of the
 # run-time kernels' task functions it runs (cpu_runtime.install_tasks), for generated code
 PARALLEL_FOR = JOB + 23
-TASK_FUNCTIONS = JOB + 24  # eight slots (four used): attention's task functions, their drivers
+TASK_FUNCTIONS = JOB + 24  # four slots: attention's task functions, their drivers
 ATTENTION_F32, ATTENTION_F64 = TASK_FUNCTIONS, TASK_FUNCTIONS + 1
 # the dense driver of each dtype's default register tile, which the task calls
 DENSE_F32, DENSE_F64 = TASK_FUNCTIONS + 2, TASK_FUNCTIONS + 3
+# the job's residual (a dense op's `post=(add)` operand; 0: none) and its row stride
+RESIDUAL, LD_RESIDUAL = JOB + 28, JOB + 29
 # the workers' thread ids (steering)
 TIDS = JOB + 32
 CTL_SIZE = 128

@@ -574,6 +574,48 @@ def build_activate(module: ir.Module, fmt: FloatFormat) -> ir.Function:
     return fn
 
 
+def build_add_rows(module: ir.Module, fmt: FloatFormat) -> ir.Function:
+    """`void add_rows(c, ldc, r, ldr, rows, cols)`: C[0:rows, 0:cols] += R, a vector at a
+    time with a masked end: a dense op's residual add (`post=(add)`), on a task's block of the
+    output once its last k block is done, while the block is still in the caches."""
+    name = f"tilefuse_add_rows_{fmt.tag}"
+    if name in module.globals:
+        return module.globals[name]
+    ptr = fmt.scalar.as_pointer()
+    fn = define_kernel(module, name, [ptr, I64, ptr, I64, I64, I64])
+    c, ldc, r, ldr, rows, cols = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = VectorEmitter(b, fmt)
+    lanes = fmt.lanes
+    whole_vectors = b.sdiv(cols, I64(lanes))
+    tail = b.srem(cols, I64(lanes))
+    tail_mask = lane_masks(e, lanes, tail)[0]
+
+    def row(b, i, _):
+        out_row, res_row = b.mul(i, ldc), b.mul(i, ldr)
+
+        def vector(b, v, _):
+            offset = b.mul(v, I64(lanes))
+            where = vector_at(e, c, b.add(out_row, offset))
+            total = b.fadd(
+                b.load(where, align=_align(fmt)), load_vector(e, r, b.add(res_row, offset))
+            )
+            store_vector(e, total, where)
+            return []
+
+        counted_loop(b, whole_vectors, [], vector)
+        with b.if_then(b.icmp_signed(">", tail, I64(0))):
+            offset = b.mul(whole_vectors, I64(lanes))
+            where = vector_at(e, c, b.add(out_row, offset))
+            addend = masked_load(e, vector_at(e, r, b.add(res_row, offset)), tail_mask)
+            masked_store(e, b.fadd(masked_load(e, where, tail_mask), addend), where, tail_mask)
+        return []
+
+    counted_loop(b, rows, [], row)
+    b.ret_void()
+    return fn
+
+
 def _activate_rows(e: VectorEmitter, act: str, c, ldc, rows, cols, alpha) -> None:
     b, lanes = e.b, e.fmt.lanes
     whole_vectors = b.sdiv(cols, I64(lanes))

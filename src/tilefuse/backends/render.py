@@ -750,7 +750,8 @@ class Renderer:
             pre.append(f"v = v + {self.read(bias, node.type)}")
         if not in_kernel and not rowwise:
             pre += activation_code(act, attrs)
-        post = self.post_code(node, attrs) if node.op == "dense" else []
+        residual = self.kernel_residual(node, attrs) if node.op == "dense" else None
+        post = self.post_code(node, attrs, residual is not None) if node.op == "dense" else []
         if (pre or post or rowwise) and attrs.get("tile") is not None:
             raise TilefuseError(
                 f"cpu backend: {format_node(self.g, node.id, self.names)}: a tiled dense must "
@@ -765,6 +766,11 @@ class Renderer:
                 self.emit(f"{name}_{self.names[node.id]} = {expr}")
         wp = wp if wp.isidentifier() else f"wp_{self.names[node.id]}"
         bias_arg = bias_arg if bias_arg.isidentifier() else f"bias_{self.names[node.id]}"
+        residual_arg, ldr = "pool", "0"
+        if residual is not None:
+            residual_arg = f"residual_{self.names[node.id]}"
+            self.emit(f"{residual_arg} = np.ascontiguousarray({self.value(residual)})")
+            ldr = str(n)
         entry = f"dense_{node.type.dtype}_{tiling.mr}x{tiling.nr}"
         self.entries[entry] = (node.type.dtype, tiling.mr, tiling.nr)
         act_code = ACTIVATION_CODE[act_key]
@@ -787,17 +793,23 @@ class Renderer:
             (f"{tiling.kc}, {tiling.mc}, {tiling.nc}, {parallel_code(tiling)},",
              f"kc, mc, nc, {parallel}"),
             ("E.data(pool), pool.size,", "the thread pool (size 0: none)"),
+            (f"E.data({residual_arg}), {ldr},",
+             "residual added last, its row stride" if residual is not None else "no residual"),
         ]  # fmt: skip
         width = max(len(code) for code, _ in call)
         self.emit(f"status = {entry}(")
         for code, note in call:
             self.emit(f"{code:<{width}}  # {note}", 2)
         self.emit(")")
-        self.emit(f"E.keep({x_var}), E.keep({wp}), E.keep({bias_arg}), E.keep({out})")
+        self.emit(
+            f"E.keep({x_var}), E.keep({wp}), E.keep({bias_arg}), E.keep({out})"
+            + (f", E.keep({residual_arg})" if residual is not None else "")
+        )
         self.emit("if status != 0:")
         self.emit(f"raise E.KernelFailure({format_node(self.g, node.id, self.names)!r}, status)", 2)
         if not (pre or post or rowwise):
-            self.record_call(node, x, x_var, wp, (bias, bias_arg), out, (act_code, alpha), tiling)
+            self.record_call(node, x, x_var, wp, (bias, bias_arg), out, (act_code, alpha), tiling,
+                             residual)  # fmt: skip
         if rowwise:
             self.elementwise_in_place(node, pre)
             self.softmax_loops(node.type, out, out, act, axis=-1)
@@ -811,11 +823,24 @@ class Renderer:
             dst = self.var[node.id] + "[" + ", ".join(f"i{a}" for a in range(node.type.rank)) + "]"
             self.loop_nest(node.type, [f"v = {dst}", *steps, f"{dst} = v"])
 
-    def post_code(self, node: Node, attrs: dict[str, Any]) -> list[str]:
-        """The dense op's `post` steps, one statement each, reading their operands in order."""
+    def kernel_residual(self, node: Node, attrs: dict[str, Any]) -> int | None:
+        """The operand of a dense op's first post step when the kernel adds it (a residual of
+        the output's own type: `tile.kernel_keeps_cpu`), else None."""
+        post = attrs.get("post", ())
+        if not post or post[0] != "add":
+            return None
+        operand = node.inputs[2 + int(attrs["bias"])]
+        return operand if self.g[operand].type == node.type else None
+
+    def post_code(self, node: Node, attrs: dict[str, Any], skip_first: bool = False) -> list[str]:
+        """The dense op's `post` steps, one statement each, reading their operands in order
+        (the first left out when the kernel runs it: `skip_first`)."""
         operands = list(node.inputs[2 + int(attrs["bias"]) :])
         code: list[str] = []
-        for step in attrs["post"]:
+        steps = list(attrs["post"])
+        if skip_first:
+            steps, operands = steps[1:], operands[1:]
+        for step in steps:
             if step in BINARY_OPS:
                 operand = self.read(operands.pop(0), node.type)
                 code.append(f"v = v {BINARY_OPS[step].symbol} {operand}")
@@ -852,12 +877,15 @@ class Renderer:
         return given
 
     def record_call(self, node: Node, x: int, x_var: str, wp: str, bias: tuple[int | None, str],
-                    out: str, act: tuple[int, float], tiling: Tiling) -> None:  # fmt: skip
+                    out: str, act: tuple[int, float], tiling: Tiling,
+                    residual: int | None = None) -> None:  # fmt: skip
         """The driver call just written, for the native forward, when every array it names is
         one the frame holds (an input, parameter, output or a buffer's start) and its sizes
         are fixed but for the symbolic dims of its rows."""
         x_type, n = self.g[x].type, node.type.shape[-1]
         operands = [self.operand_of(x), self.arrays.get(wp), self.operand_of(node.id)]
+        if residual is not None:
+            operands.append(self.operand_of(residual))
         bias_operand = None if bias[0] is None else self.arrays.get(bias[1])
         if None in operands or not isinstance(x_type.shape[-1], int) or not isinstance(n, int):
             return
@@ -870,7 +898,8 @@ class Renderer:
         self.calls[node.id] = DenseCall(
             format_node(self.g, node.id, self.names), entry, operands[0], x_type.shape[:-1],
             x_type.shape[-1], operands[1], wp_size, bias_operand, bias_size, operands[2], n,
-            act[0], act[1], tiling.kc, tiling.mc, tiling.nc, parallel_code(tiling))  # type: ignore[arg-type]  # fmt: skip
+            act[0], act[1], tiling.kc, tiling.mc, tiling.nc, parallel_code(tiling),
+            operands[3] if residual is not None else None)  # type: ignore[arg-type]  # fmt: skip
 
     def packed_weights(self, w: int, tiling: Tiling) -> str:
         if self.g[w].op == "const":

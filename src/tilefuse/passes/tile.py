@@ -337,12 +337,18 @@ def check_cpu_tiling(t: Tiling, p: Problem, mach: Machine, line: str) -> None:
 
 
 def kernel_keeps_cpu(g: Graph, dense: Node) -> tuple[bool, bool, int]:
-    """(bias, act, post steps) of `dense` that the CPU kernel runs in registers: a row bias
-    ([n] or [1,n]), an activation of CPU_KERNEL_ACTIVATIONS, no post steps."""
+    """(bias, act, post steps) of `dense` that the CPU kernel runs: a row bias ([n] or
+    [1,n]) and an activation of CPU_KERNEL_ACTIVATIONS in registers, then a first post step
+    `add` of an operand of the output's own type (a residual: each task adds its block once
+    its last k block is done, while the block is in the caches); the other post steps, none."""
     attrs = attrs_of(dense)
     n = dense.type.shape[-1]
     bias = not attrs["bias"] or g[dense.inputs[2]].type.shape in ((n,), (1, n))
-    return bias, bias and attrs["act"] in CPU_KERNEL_ACTIVATIONS, 0
+    act = bias and attrs["act"] in CPU_KERNEL_ACTIVATIONS
+    if not (act and attrs["post"][:1] == ("add",)):
+        return bias, act, 0
+    residual = dense.inputs[2 + int(attrs["bias"])]
+    return bias, act, int(g[residual].type == dense.type)
 
 
 def kernel_keeps_cuda(g: Graph, dense: Node) -> tuple[bool, bool, int]:
@@ -385,7 +391,7 @@ def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decisio
         moved[node.id] = value
         names = ", ".join(op for op, _, _ in steps)
         detail = (f"{names} run as ops of their own after the kernel: its epilogue runs "
-                  f"{_kernel_epilogue(pass_name)} in registers")  # fmt: skip
+                  f"{_kernel_epilogue(pass_name)}")  # fmt: skip
         decisions.append(Decision.of(pass_name, line(g, node), "split", "epilogue_split",
                                      [detail], kept))  # fmt: skip
     if not moved:
@@ -403,8 +409,9 @@ def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decisio
 
 def _kernel_epilogue(pass_name: str) -> str:
     if pass_name == "tile":
-        return f"a row bias and one of {', '.join(CPU_KERNEL_ACTIVATIONS)}"
-    return "a bias, an elementwise activation and the post steps"
+        return (f"a row bias and one of {', '.join(CPU_KERNEL_ACTIVATIONS)} in registers, "
+                "then an add of an operand of the output's type")  # fmt: skip
+    return "a bias, an elementwise activation and the post steps in registers"
 
 
 def _with_inputs(node: Node, inputs: list[int]) -> Node:
