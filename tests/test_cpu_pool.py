@@ -185,11 +185,13 @@ def test_a_call_that_waited_for_a_worker_without_a_core_backs_off_to_serial(neve
     """On a machine with more runnable threads than cores, a worker loses its core holding a
     task and the call waits for it (2-thread calls of mlp-small at batch 256 under four
     CPU-bound processes: 1.4x the 1-thread time on average). Such a stall makes the calls of
-    the next back-off run serially; afterwards the pool is tried again."""
+    the next back-off run serially, when stalls have been frequent enough that waiting for
+    them costs more than running serially; afterwards the pool is tried again."""
     import ctypes
 
     pool = never_back_off
     pool[P.STALL_UNTIL], pool[P.BACKOFF_NS] = 0, 0
+    pool[P.STALL_RATE] = 1 << P.STALL_RATE_BITS  # every recent job stalled (a busy machine)
     caller = threading.get_ident()
     ran_by, started = [], threading.Event()
 

@@ -17,8 +17,9 @@ the next library needs. This pool is built for that:
   tasks itself, serially, instead of waiting.
 - **Back off when a worker has no core.** A call that waited for a worker's task much
   longer than it worked itself (the worker lost its core to another process) runs its next
-  jobs serially for a while (`PoolIR.finish`): on a machine with more runnable threads than
-  cores, that is faster than waiting a scheduler slice for the worker again and again.
+  jobs serially for a while, when such stalls have been frequent (`PoolIR.finish`): on a
+  machine with more runnable threads than cores, that is faster than waiting a scheduler
+  slice for the worker again and again.
 
 The pool is per process, started on first use with one worker fewer than Numba's thread
 count (the caller is the other). Its state is one int64 array, `ctl`, passed to the kernel
@@ -71,8 +72,9 @@ X, M, K, WP, WP_SIZE, BIAS, NPAD, OUT, N, ALPHA = range(JOB + 8, JOB + 18)
 # limit with each driver call instead (`parallel` >= 2), since its calls run without the GIL
 THREAD_LIMIT = JOB + 18
 # Backing off (see `PoolIR.finish`): CLOCK_MONOTONIC ns until which calls run serially (0:
-# none yet; NEVER_BACK_OFF: never), the length of the next back-off, the stalls seen so far
-STALL_UNTIL, BACKOFF_NS, STALLS = JOB + 19, JOB + 20, JOB + 21
+# none yet; NEVER_BACK_OFF: never), the length of the next back-off, the stalls seen so far,
+# and the recent share of pooled jobs that stalled (in units of 2^-STALL_RATE_BITS)
+STALL_UNTIL, BACKOFF_NS, STALLS, STALL_RATE = JOB + 19, JOB + 20, JOB + 21, JOB + 30
 NEVER_BACK_OFF = -1
 # Steering a sleeping worker off the caller's CPU (see `PoolIR.steer`): the CPUs the process
 # may use as a bit mask (0: no steering)
@@ -93,10 +95,14 @@ MAX_STEERED = CTL_SIZE - TIDS  # workers beyond this many are not steered
 
 SPIN = 2000  # pause instructions before an idle worker sleeps (~40-90 us)
 # A job stalled when the caller, its own tasks done, waited for the others' longer than
-# twice its own work and STALL_MIN_NS: a worker holding a task lost its core. The calls of the
-# next back-off (BACKOFF_MIN_NS, doubling per stall up to BACKOFF_MAX_NS, halving per clean
-# job) run serially; the first job after it tries the pool again.
+# twice its own work and STALL_MIN_NS: a worker holding a task lost its core. When stalls
+# come often enough that the wait they cost a job on average (the recent stall rate, a
+# running mean over about 2^STALL_RATE_DECAY jobs, times this wait) is more than the
+# caller's own work (what running the job serially would add), the calls of the next
+# back-off (BACKOFF_MIN_NS, doubling per stall up to BACKOFF_MAX_NS, halving per clean job)
+# run serially; the first job after it tries the pool again.
 STALL_MIN_NS = 1_000_000
+STALL_RATE_BITS, STALL_RATE_DECAY = 20, 6
 BACKOFF_MIN_NS = 20_000_000
 BACKOFF_MAX_NS = 1_000_000_000
 CLOCK_MONOTONIC = 1
@@ -325,7 +331,9 @@ class PoolIR:
         slice or two) with its own work long done: 2-thread calls of mlp-small at batch 256
         under four CPU-bound processes took 4.9-5.4 ms on average, 1-thread ones 3.5 ms. A
         stall (the wait longer than twice the caller's own work and STALL_MIN_NS) makes the
-        calls of the next back-off run serially; a job that finishes cleanly halves it."""
+        calls of the next back-off run serially when stalls are frequent enough to cost a job
+        more on average than its serial run would (beside NumPy's spinning OpenBLAS workers,
+        a stall now and then is cheaper to wait out); a job that finishes cleanly halves it."""
         b = self.b
         mine = self.now()
         self.wait_while(lambda p: p.b.icmp_signed("<", p.atomic_load(DONE), tasks))
@@ -337,14 +345,22 @@ class PoolIR:
                            I64(BACKOFF_MIN_NS), backoff)  # fmt: skip
         enabled = b.icmp_signed("!=", self.atomic_load(STALL_UNTIL), I64(NEVER_BACK_OFF))
         with b.if_then(enabled):
+            rate = self.load(STALL_RATE)
+            rate = b.sub(rate, b.ashr(rate, I64(STALL_RATE_DECAY)))
             with b.if_else(b.icmp_signed(">", waited, limit)) as (stalled, clean):
                 with stalled:
-                    self.atomic_store(STALL_UNTIL, b.add(end, backoff))
-                    longer = b.add(backoff, backoff)
-                    self.store(BACKOFF_NS, b.select(b.icmp_signed(">", longer, I64(BACKOFF_MAX_NS)),
-                                                    I64(BACKOFF_MAX_NS), longer))  # fmt: skip
                     self.atomic_add(STALLS, 1)
+                    rate_now = b.add(rate, I64((1 << STALL_RATE_BITS) >> STALL_RATE_DECAY))
+                    self.store(STALL_RATE, rate_now)
+                    expected = b.ashr(b.mul(rate_now, waited), I64(STALL_RATE_BITS))
+                    with b.if_then(b.icmp_signed(">", expected, work)):
+                        self.atomic_store(STALL_UNTIL, b.add(end, backoff))
+                        longer = b.add(backoff, backoff)
+                        self.store(BACKOFF_NS, b.select(
+                            b.icmp_signed(">", longer, I64(BACKOFF_MAX_NS)), I64(BACKOFF_MAX_NS),
+                            longer))  # fmt: skip
                 with clean:
+                    self.store(STALL_RATE, rate)
                     self.store(BACKOFF_NS, b.lshr(backoff, I64(1)))
         failed = self.atomic_load(ERROR)
         self.atomic_store(LOCK, 0)
