@@ -336,6 +336,28 @@ def test_a_tiled_dense_holds_only_what_its_kernel_runs():
     assert "add run as ops of their own after the kernel" in split.detail
 
 
+def test_an_untiled_dense_adds_its_residual_after_what_runs_as_loops():
+    """Without the tile pass, a dense op whose bias the kernel cannot take (a full matrix) or
+    whose activation is row-wise runs those as loops after the kernel; the residual add
+    comes after them, so the kernel must not add it first."""
+    text = """graph t(%x: f32[N,40], %b: f32[N,24], %r: f32[N,24]) -> f32[N,24] {{
+  %w = const[sha="{sha}"] : f32[40,24]
+  %0 = dense[act={act}, post=(add)](%x, %w, %b, %r) : f32[N,24]
+  return %0
+}}"""
+    from tilefuse.ir import array_digest
+
+    rng = np.random.default_rng(4)
+    x, b, r = (rng.standard_normal((5, d)).astype(np.float32) for d in (40, 24, 24))
+    z = (x @ W + b).astype(np.float64)
+    softmax = np.exp(z - z.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    for act, want in (("tanh", np.tanh(z) + r), ("softmax", softmax + r)):
+        g = tfu.parse_graph(text.format(sha=array_digest(W), act=act), constants={"w": W})
+        got = tfu.compile(g, pipeline="")(x, b, r)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=act)
+
+
 @pytest.mark.parametrize("target_rows", [1, 3, 37, 300])
 def test_a_residual_add_runs_in_the_dense_kernel(target_rows):
     """dense[post=(add)] with an operand of the output's own type (a residual, as in every

@@ -750,7 +750,8 @@ class Renderer:
             pre.append(f"v = v + {self.read(bias, node.type)}")
         if not in_kernel and not rowwise:
             pre += activation_code(act, attrs)
-        residual = self.kernel_residual(node, attrs) if node.op == "dense" else None
+        kernel_first = node.op == "dense" and in_kernel and not rowwise  # all before the add
+        residual = self.kernel_residual(node, attrs) if kernel_first else None
         post = self.post_code(node, attrs, residual is not None) if node.op == "dense" else []
         if (pre or post or rowwise) and attrs.get("tile") is not None:
             raise TilefuseError(
