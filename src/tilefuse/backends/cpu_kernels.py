@@ -181,7 +181,7 @@ def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, *, mic
             raise TypeError(f"dense_kernel: residual must be a {np.dtype(dtype)} array")
         if residual.shape != out.shape or residual.strides[1] != residual.itemsize:
             raise TypeError(f"dense_kernel: residual must be {out.shape} with contiguous rows")
-        if np.shares_memory(residual, out):
+        if np.may_share_memory(residual, out):
             raise ValueError("dense_kernel: residual overlaps out")
         address, ldr = residual.ctypes.data, residual.strides[0] // residual.itemsize
     run = _function(dtype, "dense", _DENSE, micro)
