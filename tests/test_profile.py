@@ -73,3 +73,28 @@ def test_a_native_models_profile_runs_attention_on_the_pool():
         assert pool[P.ATTENTION_F32] != 0 and pool[P.PARALLEL_FOR] != 0
     finally:
         pool[P.ATTENTION_F32] = pool[P.ATTENTION_F32] or installed
+
+
+def test_a_profile_says_when_the_thread_pool_stalled(monkeypatch):
+    """On a busy machine a worker loses its core holding a task and the pool backs off to
+    serial calls; a profile taken then says so (the pool's stall count over its calls)."""
+    from tilefuse.backends import cpu_pool as P
+    from tilefuse.profile import Profile
+
+    model = tfu.compile(mlp())
+    x = np.ones((64, 784), np.float32)
+    if model.pool.size == 0:
+        pytest.skip("no thread pool here")
+    quiet = model.profile(x, repeats=2)
+    assert quiet.to_dict()["pool_stalls"] >= 0
+    plain = model.run
+
+    def stalling_run(inputs):  # each plain call as if one of its jobs had stalled
+        model.pool[P.STALLS] += 1
+        return plain(inputs)
+
+    monkeypatch.setattr(model, "run", stalling_run)
+    busy = model.profile(x, repeats=3)
+    assert busy.pool_stalls >= 4  # 3 calls and the warm-up, whatever else stalled
+    assert f"the thread pool stalled {busy.pool_stalls} time(s)" in str(busy)
+    assert "stalled" not in str(Profile("g", 1, 1, 1.0, "roof"))

@@ -51,6 +51,8 @@ class Profile:
     peak: str
     kernels: list[KernelTime] = field(default_factory=list)
     plain_call_seconds: float = 0.0  # median of plain calls, interleaved with the profiled
+    # jobs of the thread pool that stalled meanwhile (a worker lost its core: cpu_pool)
+    pool_stalls: int = 0
 
     @property
     def kernel_seconds(self) -> float:
@@ -59,7 +61,7 @@ class Profile:
     @staticmethod
     def of(
         g: Graph, op_ids: list[int], seconds: list[float], call_seconds: float, batch: int,
-        repeats: int, peak: Peak, plain_call_seconds: float = 0.0,
+        repeats: int, peak: Peak, plain_call_seconds: float = 0.0, pool_stalls: int = 0,
     ) -> Profile:  # fmt: skip
         names = node_names(g)
         total = sum(seconds) or 1.0
@@ -79,7 +81,7 @@ class Profile:
                 pct_of_roof=100 * roof_seconds / s,
             ))  # fmt: skip
         return Profile(g.name, batch, repeats, call_seconds, str(peak), kernels,
-                       plain_call_seconds)  # fmt: skip
+                       plain_call_seconds, pool_stalls)  # fmt: skip
 
     def __str__(self) -> str:
         head = ["kernel", "time", "share", "GFLOP/s", "GB/s", "% of roof", "bound"]
@@ -106,6 +108,12 @@ class Profile:
             f"binding the arguments (a plain call, checks included: "
             f"{format_time(self.plain_call_seconds)})",
         ]
+        if self.pool_stalls:
+            lines.append(
+                f"the thread pool stalled {self.pool_stalls} time(s) meanwhile: a worker lost its "
+                "core to another process holding a task (a busy machine); when that is frequent, "
+                "calls run on one thread for a while (docs/cpu-backend.md, back-off)"
+            )
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:

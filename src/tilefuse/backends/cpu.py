@@ -236,6 +236,7 @@ class CpuModel(CompiledModel):
         clock = np.zeros(len(rendered.profiled_ops) + 1, np.int64)
         hz = cycles_per_second()
         P.set_thread_limit(self.pool, self.threads)
+        stalls = int(self.pool[P.STALLS]) if self.pool.size else 0
         samples, calls, plain = [], [], []
         for r in range(repeats + 1):  # the first of each is a warm-up
             start = time.perf_counter()
@@ -250,8 +251,9 @@ class CpuModel(CompiledModel):
         # op would not, on a busy machine: each call is interrupted in a different op)
         median = int(np.argsort(calls)[len(calls) // 2])
         per_op = [float(s) for s in samples[median]]
+        stalls = int(self.pool[P.STALLS]) - stalls if self.pool.size else 0
         return Profile.of(self.final, rendered.profiled_ops, per_op, calls[median], batch,
-                          repeats, machine_peak(), float(np.median(plain)))  # fmt: skip
+                          repeats, machine_peak(), float(np.median(plain)), stalls)  # fmt: skip
 
     def _profiled_forward(self) -> tuple[Rendered, Any]:
         if self._profiled is None:
