@@ -302,6 +302,17 @@ def post_binary(attrs: dict[str, Any]) -> list[str]:
     return [s for s in attrs.get("post", ()) if s in BINARY_REFS]
 
 
+def post_residual(g: Graph, dense: Node) -> int | None:
+    """The operand of a dense op's first post step when that step is an add of a value of the
+    dense op's own type (a residual, as in `x + dense(...)`; the CPU kernel adds it), else
+    None."""
+    attrs = attrs_of(dense)
+    if attrs.get("post", ())[:1] != ("add",):
+        return None
+    operand = dense.inputs[2 + int(attrs["bias"])]
+    return operand if g[operand].type == dense.type else None
+
+
 # -- references ----------------------------------------------------------------------------
 def _ref_dense(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     x, w, *rest = args

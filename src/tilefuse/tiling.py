@@ -189,18 +189,24 @@ def kernel_micro_tiles(dtype: str, vector_bits: int) -> tuple[tuple[int, int], .
         raise ValueError(f"the CPU kernels support f32 and f64, not {dtype}") from None
 
 
+def _runnable_widths(vector_bits: int) -> tuple[int, ...]:
+    """The kernels' vector widths a host of `vector_bits` runs, its own first: an AVX-512
+    host runs the AVX2 kernels too."""
+    return (512, 256) if vector_bits >= 512 else (256,)
+
+
 def runnable_micro_tiles(dtype: str, vector_bits: int) -> tuple[tuple[int, int], ...]:
     """Every (mr, nr) the CPU kernels can run on vectors of `vector_bits`: that width's family
-    first, then the 256-bit one's. An AVX-512 host runs the AVX2 kernels too, so a tiling
-    planned for an AVX2 machine (a preset, another host's plan) runs as printed there."""
-    widths = (512, 256) if vector_bits >= 512 else (256,)
+    first, then the 256-bit one's, so a tiling planned for an AVX2 machine (a preset, another
+    host's plan) runs as printed on an AVX-512 host."""
+    widths = _runnable_widths(vector_bits)
     return tuple(shape for bits in widths for shape in kernel_micro_tiles(dtype, bits))
 
 
 def micro_tile_bits(dtype: str, micro: tuple[int, int], vector_bits: int) -> int | None:
     """The vector width of the kernels whose family holds `micro` (the families of the two
     widths share no shape), among those a host of `vector_bits` runs; None if none."""
-    for bits in (512, 256) if vector_bits >= 512 else (256,):
+    for bits in _runnable_widths(vector_bits):
         if tuple(micro) in kernel_micro_tiles(dtype, bits):
             return bits
     return None

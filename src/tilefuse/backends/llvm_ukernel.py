@@ -586,58 +586,59 @@ def build_add_rows(module: ir.Module, fmt: FloatFormat) -> ir.Function:
     c, ldc, r, ldr, rows, cols = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     e = VectorEmitter(b, fmt)
-    lanes = fmt.lanes
-    whole_vectors = b.sdiv(cols, I64(lanes))
-    tail = b.srem(cols, I64(lanes))
-    tail_mask = lane_masks(e, lanes, tail)[0]
 
-    def row(b, i, _):
-        out_row, res_row = b.mul(i, ldc), b.mul(i, ldr)
+    def add(i: ir.Value, offset: ir.Value, mask: ir.Value | None) -> None:
+        where = vector_at(e, c, b.add(b.mul(i, ldc), offset))
+        addend = _load(e, vector_at(e, r, b.add(b.mul(i, ldr), offset)), mask)
+        _store(e, b.fadd(_load(e, where, mask), addend), where, mask)
 
-        def vector(b, v, _):
-            offset = b.mul(v, I64(lanes))
-            where = vector_at(e, c, b.add(out_row, offset))
-            total = b.fadd(
-                b.load(where, align=_align(fmt)), load_vector(e, r, b.add(res_row, offset))
-            )
-            store_vector(e, total, where)
-            return []
-
-        counted_loop(b, whole_vectors, [], vector)
-        with b.if_then(b.icmp_signed(">", tail, I64(0))):
-            offset = b.mul(whole_vectors, I64(lanes))
-            where = vector_at(e, c, b.add(out_row, offset))
-            addend = masked_load(e, vector_at(e, r, b.add(res_row, offset)), tail_mask)
-            masked_store(e, b.fadd(masked_load(e, where, tail_mask), addend), where, tail_mask)
-        return []
-
-    counted_loop(b, rows, [], row)
+    _rows_in_vectors(e, rows, cols, add)
     b.ret_void()
     return fn
 
 
 def _activate_rows(e: VectorEmitter, act: str, c, ldc, rows, cols, alpha) -> None:
+    b = e.b
+
+    def activate(r: ir.Value, offset: ir.Value, mask: ir.Value | None) -> None:
+        where = vector_at(e, c, b.add(b.mul(r, ldc), offset))
+        _store(e, e.activation(act, _load(e, where, mask), alpha), where, mask)
+
+    _rows_in_vectors(e, rows, cols, activate)
+
+
+def _rows_in_vectors(e: VectorEmitter, rows: ir.Value, cols: ir.Value, step) -> None:
+    """step(r, offset, mask) for each row r < rows and each vector of its first cols elements
+    (offset: elements from the row's start; mask: None for a whole vector, else the lanes of
+    the ragged end)."""
     b, lanes = e.b, e.fmt.lanes
     whole_vectors = b.sdiv(cols, I64(lanes))
     tail = b.srem(cols, I64(lanes))
     tail_mask = lane_masks(e, lanes, tail)[0]
 
-    def row(b, r, _):
-        start = b.mul(r, ldc)
-
-        def vector(b, v, _):
-            where = vector_at(e, c, b.add(start, b.mul(v, I64(lanes))))
-            store_vector(e, e.activation(act, b.load(where, align=_align(e.fmt)), alpha), where)
+    def row(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
+        def vector(b: ir.IRBuilder, v: ir.Value, _: list) -> list:
+            step(r, b.mul(v, I64(lanes)), None)
             return []
 
         counted_loop(b, whole_vectors, [], vector)
         with b.if_then(b.icmp_signed(">", tail, I64(0))):
-            where = vector_at(e, c, b.add(start, b.mul(whole_vectors, I64(lanes))))
-            value = e.activation(act, masked_load(e, where, tail_mask), alpha)
-            masked_store(e, value, where, tail_mask)
+            step(r, b.mul(whole_vectors, I64(lanes)), tail_mask)
         return []
 
     counted_loop(b, rows, [], row)
+
+
+def _load(e: VectorEmitter, where: ir.Value, mask: ir.Value | None) -> ir.Value:
+    """The vector at `where`, only the lanes of `mask` when given (the others 0)."""
+    return e.b.load(where, align=_align(e.fmt)) if mask is None else masked_load(e, where, mask)
+
+
+def _store(e: VectorEmitter, value: ir.Value, where: ir.Value, mask: ir.Value | None) -> None:
+    if mask is None:
+        store_vector(e, value, where)
+    else:
+        masked_store(e, value, where, mask)
 
 
 # -------------------------------------------------------------------- softmax rows

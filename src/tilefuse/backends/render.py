@@ -25,6 +25,7 @@ from ..ops import (
     activation_statements,
     attrs_of,
     elementwise_activation,
+    post_residual,
 )
 from ..passes.memory import memory_plan_of
 from ..source import comment, float_literal, identifier
@@ -751,7 +752,7 @@ class Renderer:
         if not in_kernel and not rowwise:
             pre += activation_code(act, attrs)
         kernel_first = node.op == "dense" and in_kernel and not rowwise  # all before the add
-        residual = self.kernel_residual(node, attrs) if kernel_first else None
+        residual = post_residual(self.g, node) if kernel_first else None
         post = self.post_code(node, attrs, residual is not None) if node.op == "dense" else []
         if (pre or post or rowwise) and attrs.get("tile") is not None:
             raise TilefuseError(
@@ -823,15 +824,6 @@ class Renderer:
         if steps:
             dst = self.var[node.id] + "[" + ", ".join(f"i{a}" for a in range(node.type.rank)) + "]"
             self.loop_nest(node.type, [f"v = {dst}", *steps, f"{dst} = v"])
-
-    def kernel_residual(self, node: Node, attrs: dict[str, Any]) -> int | None:
-        """The operand of a dense op's first post step when the kernel adds it (a residual of
-        the output's own type: `tile.kernel_keeps_cpu`), else None."""
-        post = attrs.get("post", ())
-        if not post or post[0] != "add":
-            return None
-        operand = node.inputs[2 + int(attrs["bias"])]
-        return operand if self.g[operand].type == node.type else None
 
     def post_code(self, node: Node, attrs: dict[str, Any], skip_first: bool = False) -> list[str]:
         """The dense op's `post` steps, one statement each, reading their operands in order

@@ -22,7 +22,7 @@ from .. import machine as machines
 from ..errors import AttrError
 from ..ir import Graph, Node
 from ..machine import KIB, Machine, format_bytes
-from ..ops import ACTIVATIONS, BINARY_REFS, attrs_of
+from ..ops import ACTIVATIONS, BINARY_REFS, attrs_of, post_residual
 from ..tiling import (
     CPU_KERNEL_ACTIVATIONS,
     PARALLEL_CHOICES,
@@ -345,10 +345,7 @@ def kernel_keeps_cpu(g: Graph, dense: Node) -> tuple[bool, bool, int]:
     n = dense.type.shape[-1]
     bias = not attrs["bias"] or g[dense.inputs[2]].type.shape in ((n,), (1, n))
     act = bias and attrs["act"] in CPU_KERNEL_ACTIVATIONS
-    if not (act and attrs["post"][:1] == ("add",)):
-        return bias, act, 0
-    residual = dense.inputs[2 + int(attrs["bias"])]
-    return bias, act, int(g[residual].type == dense.type)
+    return bias, act, int(act and post_residual(g, dense) is not None)
 
 
 def kernel_keeps_cuda(g: Graph, dense: Node) -> tuple[bool, bool, int]:
