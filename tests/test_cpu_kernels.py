@@ -163,6 +163,34 @@ def test_activation_accuracy_at_the_documented_bounds(dtype):
             assert rel.max() < 1e-13, act
 
 
+def test_float32_gelu_relative_error_and_its_two_paths():
+    # |x| <= 3 in every lane of a vector: the polynomial (its x/2 and x^2 q cancel for x < 0);
+    # else erfc. Each row here is one value (x[P, 1] @ ones[1, 16]), so both paths are hit;
+    # bounds: the module docstring's, with a little room
+    rng = np.random.default_rng(0)
+    z = np.concatenate([np.linspace(-12, 12, 48_001), rng.uniform(-3.2, 3.2, 100_000)])
+    x = z.astype(np.float32)[:, None]
+    z = x.astype(np.float64)[:, 0]
+    want = 0.5 * z * _erfc(-z / math.sqrt(2))
+    got = ck.dense(x, np.ones((1, 16), np.float32), None, "gelu")[:, 5].astype(np.float64)
+    rel = np.abs(got - want) / np.maximum(np.abs(want), 1e-300)
+    for lo, hi, bound in ((0, 13, 1.5e-7), (-1, 0, 4e-7), (-2, -1, 2e-6), (-3, -2, 6e-5),
+                          (-12, -3, 3e-5)):  # fmt: skip
+        inside = (z >= lo) & (z < hi) & (z != 0)
+        assert rel[inside].max() < bound, (lo, hi, rel[inside].max())
+    # one lane past the polynomial's range sends its whole vector to erfc: still right
+    row = np.linspace(-2.5, 2.5, 16).astype(np.float32)
+    for far in (-9.0, 7.0, np.inf, -np.inf):
+        mixed = row.copy()
+        mixed[11] = far
+        wide = ck.dense(mixed[:, None], np.ones((1, 1), np.float32), None, "gelu")[:, 0]
+        mixed_rows = ck.dense(np.ones((1, 1), np.float32), mixed[None, :], None, "gelu")[0]
+        with np.errstate(invalid="ignore"):  # gelu(-inf): -inf * 0, NaN as in the reference
+            want = 0.5 * mixed.astype(np.float64) * _erfc(-mixed.astype(np.float64) / math.sqrt(2))
+        for got in (wide, mixed_rows):
+            np.testing.assert_allclose(got, want, rtol=6e-5, atol=1e-30)
+
+
 def _stable_activations(z: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "sigmoid": 1 / (1 + np.exp(-z)),

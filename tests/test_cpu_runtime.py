@@ -65,6 +65,38 @@ def test_attention_matches_numpy_on_the_pool_and_serially(dtype, shape, mask_sha
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+def _laid_out(x: np.ndarray, layout: str) -> np.ndarray:
+    """x's values in a view: rows of a wider buffer (q, k and v of one projection), or with
+    its last axis strided (the vector packings fall back to element copies)."""
+    if layout == "rows of a wider buffer":
+        wide = np.full((*x.shape[:3], 3 * x.shape[3] + 5), np.nan, x.dtype)
+        wide[..., 2 : 2 + x.shape[3]] = x
+        return wide[..., 2 : 2 + x.shape[3]]
+    t = np.full((*x.shape[:2], x.shape[3], x.shape[2]), np.nan, x.dtype)
+    t[...] = np.swapaxes(x, 2, 3)
+    return np.swapaxes(t, 2, 3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout", ["rows of a wider buffer", "columns strided"])
+@pytest.mark.parametrize("shape", [(1, 2, 40, 40, 37, 35), (2, 1, 20, 64, 128, 64),
+                                   (1, 1, 3, 5, 70, 17)])  # fmt: skip
+def test_attention_of_views_packs_kt_and_v_in_blocks_and_edges(dtype, layout, shape):
+    """kᵀ is packed in lanes x lanes blocks transposed in registers and v a vector at a time
+    where their rows are contiguous, element by element past the blocks and where not."""
+    a, b, tq, d, tk, dv = shape
+    rng = np.random.default_rng(3)
+    q, k = (rng.standard_normal((a, b, n, d)).astype(dtype) for n in (tq, tk))
+    v = rng.standard_normal((a, b, tk, dv)).astype(dtype)
+    views = [_laid_out(x, layout) for x in (q, k, v)]
+    assert all(not w.flags.c_contiguous and np.array_equal(w, x) for w, x in zip(views, (q, k, v)))
+    empty = np.empty((0, 0, 0, 0), dtype)
+    want = numpy_attention(q, k, v, empty, 0.125)
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    got = run(*views, empty, 0.125, pooled())
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
 def test_attention_rows_masked_out_and_nan():
     """A row whose keys are all masked is NaN (as softmax of -inf is); a NaN score makes
     its row NaN and no other."""

@@ -68,6 +68,7 @@ from .llvm_ukernel import (
     ACTIVATIONS,
     ROWS_TASK_PANELS,
     FloatFormat,
+    VectorEmitter,
     build_add_rows,
     build_pack_rows,
     build_packed_tile,
@@ -76,6 +77,9 @@ from .llvm_ukernel import (
     counted_loop,
     format_of,
     host_cpu,
+    load_vector,
+    store_vector,
+    vector_at,
 )
 
 # Batches up to this size run the rows kernel: x and the packed weights read in place, all
@@ -122,7 +126,7 @@ def failure_message(graph: str, err: KernelFailure) -> str:
     return f"{graph}: the dense kernel of {line} failed: {problem}"
 
 
-I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F64 = ir.DoubleType()
 VOID_PTR = I8.as_pointer()
 DENSE_TYPE = ir.FunctionType(
@@ -543,6 +547,24 @@ def build_attention_module(fmt: FloatFormat) -> ir.Module:
 
 
 # -------------------------------------------------------------------- attention's task
+def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The columns of the L x L matrix whose rows are `rows` (L vectors of L lanes): log2 L
+    rounds, each swapping the off-diagonal h x h blocks of every 2h x 2h block with two-source
+    shuffles (row i, lane j of a round: its own lane j, or row i+h's lane j-h)."""
+    count = len(rows)
+    h = count // 2
+    while h:
+        out = list(rows)
+        for i in (i for i in range(count) if not i & h):
+            low = [j if not j & h else count + j - h for j in range(count)]
+            high = [j + h if not j & h else count + j for j in range(count)]
+            for target, mask in ((i, low), (i + h, high)):
+                lanes = ir.Constant(ir.VectorType(I32, count), mask)
+                out[target] = b.shuffle_vector(rows[i], rows[i + h], lanes)
+        rows, h = out, h // 2
+    return rows
+
+
 def attention_task_name(fmt: FloatFormat) -> str:
     return f"tilefuse_attention_task_{fmt.tag}"
 
@@ -625,13 +647,38 @@ def _build_attention_task(module: ir.Module, fmt: FloatFormat, softmax: ir.Funct
                 return e.at(wk, b.add(b.mul(panel, b.mul(d, I64(nr))),
                                       b.add(b.mul(p, I64(nr)), lane)))  # fmt: skip
 
-            def key(j: ir.Value) -> None:  # a key (a row of k, read in order) at a time
-                e.loop(0, d, lambda p: b.store(b.load(element(kh, j, p, ks_)), key_at(j, p)))
+            def key(j: ir.Value, p0: ir.Value | int = 0) -> None:  # k's row j from column p0
+                e.loop(p0, d, lambda p: b.store(b.load(element(kh, j, p, ks_)), key_at(j, p)))
 
             def no_key(j: ir.Value) -> None:  # the last panel's keys past tk
                 e.loop(0, d, lambda p: b.store(zero, key_at(j, p)))
 
-            e.loop(0, tk, key)
+            # k's rows contiguous (as from a projection): blocks of lanes x lanes, each
+            # loaded a key a row, transposed in registers, stored a column of kᵀ a vector
+            rows_in_order = b.icmp_signed("==", ks_[3], I64(1))
+            lanes = I64(fmt.lanes)
+            block_keys = b.select(rows_in_order, b.mul(b.sdiv(tk, lanes), lanes), I64(0))
+            block_dims = b.select(rows_in_order, b.mul(b.sdiv(d, lanes), lanes), I64(0))
+
+            def key_block(jb: ir.Value) -> None:
+                j0 = b.mul(jb, lanes)
+                rows = [e.at(kh, b.mul(b.add(j0, I64(i)), ks_[2])) for i in range(fmt.lanes)]
+                panel = e.at(wk, b.mul(b.sdiv(j0, I64(nr)), b.mul(d, I64(nr))))
+                panel = e.at(panel, b.srem(j0, I64(nr)))
+
+                def dim_block(pb: ir.Value) -> None:
+                    p0 = b.mul(pb, lanes)
+                    loaded = [load_vector(ve, row, p0) for row in rows]
+                    for t, column in enumerate(_transpose(b, loaded)):
+                        where = b.mul(b.add(p0, I64(t)), I64(nr))
+                        store_vector(ve, column, vector_at(ve, panel, where))
+
+                e.loop(0, b.sdiv(block_dims, lanes), dim_block)
+
+            ve = VectorEmitter(b, fmt)
+            e.loop(0, b.sdiv(block_keys, lanes), key_block)
+            e.loop(0, block_keys, lambda j: key(j, block_dims))  # the columns past the blocks
+            e.loop(block_keys, tk, key)
             e.loop(tk, b.mul(panels_k, I64(nr)), no_key)
 
             def value_at(p: ir.Value, col: ir.Value) -> ir.Value:  # v's row p, column col
@@ -639,9 +686,22 @@ def _build_attention_task(module: ir.Module, fmt: FloatFormat, softmax: ir.Funct
                 return e.at(wv, b.add(b.mul(panel, b.mul(tk, I64(nr))),
                                       b.add(b.mul(p, I64(nr)), lane)))  # fmt: skip
 
+            # v's rows contiguous: a vector at a time (nr is a multiple of the lanes)
+            vector_cols = b.select(b.icmp_signed("==", vs_[3], I64(1)),
+                                   b.mul(b.sdiv(dv, lanes), lanes), I64(0))  # fmt: skip
+
             def value_row(p: ir.Value) -> None:  # v's row p into each panel, then the padding
-                e.loop(0, dv, lambda col: b.store(b.load(element(vh, p, col, vs_)),
-                                                  value_at(p, col)))  # fmt: skip
+                row = element(vh, p, I64(0), vs_)
+
+                def vector(c: ir.Value) -> None:
+                    col = b.mul(c, lanes)
+                    store_vector(
+                        ve, load_vector(ve, row, col), vector_at(ve, value_at(p, col), I64(0))
+                    )
+
+                e.loop(0, b.sdiv(vector_cols, lanes), vector)
+                e.loop(vector_cols, dv, lambda col: b.store(b.load(element(vh, p, col, vs_)),
+                                                            value_at(p, col)))  # fmt: skip
                 e.loop(dv, b.mul(panels_v, I64(nr)), lambda col: b.store(zero, value_at(p, col)))
 
             e.loop(0, tk, value_row)

@@ -146,7 +146,8 @@ class AttentionCall:
 @dataclass(frozen=True)
 class LayerNormCall:
     """cpu_runtime.layer_norm on rows of `width` elements (C-contiguous): the mean and the
-    variance in float64 (sums reassociated, as Numba's fastmath there), then scale and shift."""
+    variance in float64 (sums reassociated, as Numba's fastmath there), then scale and shift
+    in the dtype."""
 
     line: str
     src: Operand
@@ -517,8 +518,8 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
     """`void task(int64 *context, t)`: rows t * per_task .. of a layer norm whose context is
     [x, y, scale, shift, rows, width, eps (its bits), per_task], with cpu_runtime.layer_norm's
     arithmetic: per row the mean and the variance in float64 (reassociated sums, as Numba's
-    fastmath there), 1 / sqrt(var / width + eps), then each element. One per dtype and
-    shift in a module."""
+    fastmath there; float32 rows in one pass, `_one_pass_moments`), 1 / sqrt(var + eps),
+    then each element in the dtype. One per dtype and shift in a module."""
     from .cpu_pool import TASK_TYPE
     from .llvm_ukernel import counted_loop
 
@@ -541,12 +542,8 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
     first = b.mul(t, per_task)
     count = b.sub(b.select(b.icmp_signed("<", b.add(first, per_task), rows),
                            b.add(first, per_task), rows), first)  # fmt: skip
-    sqrt = module.declare_intrinsic("llvm.sqrt", [F64])
     widthf = b.sitofp(width, F64)
     fast = ("reassoc", "contract")
-
-    def wide(v: ir.Value) -> ir.Value:
-        return v if scalar is F64 else b.fpext(v, F64)
 
     def row(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
         base = b.mul(b.add(first, r), width)
@@ -554,25 +551,19 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
         def at(array: ir.Value, j: ir.Value) -> ir.Value:
             return b.gep(array, [b.add(base, j)])
 
-        def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
-            return [b.fadd(acc[0], wide(b.load(at(x, j))), flags=fast)]
-
-        (total,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], add)
-        mean = b.fdiv(total, widthf)
-
-        def square(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
-            d = b.fsub(wide(b.load(at(x, j))), mean)
-            return [b.fadd(acc[0], b.fmul(d, d, flags=fast), flags=fast)]
-
-        (var,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], square)
-        inv = b.fdiv(ir.Constant(F64, 1.0), b.call(sqrt, [b.fadd(b.fdiv(var, widthf), eps)]))
+        if scalar is F64:
+            mean, inv = _two_pass_moments(b, lambda j: b.load(at(x, j)), width, widthf, eps)
+        else:
+            mean, inv = _one_pass_moments(b, lambda j: b.fpext(b.load(at(x, j)), F64), width,
+                                          widthf, eps)  # fmt: skip
+            mean, inv = b.fptrunc(mean, scalar), b.fptrunc(inv, scalar)
 
         def element(b: ir.IRBuilder, j: ir.Value, _: list) -> list:
-            v = b.fmul(b.fmul(b.fsub(wide(b.load(at(x, j))), mean), inv),
-                       wide(b.load(b.gep(scale, [j]))))  # fmt: skip
+            factor = b.fmul(inv, b.load(b.gep(scale, [j])), flags=fast)
+            v = b.fmul(b.fsub(b.load(at(x, j)), mean), factor, flags=fast)
             if shifted:
-                v = b.fadd(v, wide(b.load(b.gep(shift, [j]))))
-            b.store(v if scalar is F64 else b.fptrunc(v, scalar), at(y, j))
+                v = b.fadd(v, b.load(b.gep(shift, [j])), flags=fast)
+            b.store(v, at(y, j))
             return []
 
         counted_loop(b, width, [], element)
@@ -581,6 +572,52 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
     counted_loop(b, count, [], row)
     b.ret_void()
     return fn
+
+
+def _inverse_deviation(b: ir.IRBuilder, var: ir.Value, eps: ir.Value) -> ir.Value:
+    sqrt = b.module.declare_intrinsic("llvm.sqrt", [F64])
+    return b.fdiv(ir.Constant(F64, 1.0), b.call(sqrt, [b.fadd(var, eps)]))
+
+
+def _two_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Value, ir.Value]:
+    """(mean, 1 / sqrt(var + eps)) of `load(j)` (float64) for j < width: the sum, then the
+    squares of the deviations (reassociated sums)."""
+    from .llvm_ukernel import counted_loop
+
+    fast = ("reassoc", "contract")
+
+    def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+        return [b.fadd(acc[0], load(j), flags=fast)]
+
+    (total,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], add)
+    mean = b.fdiv(total, widthf)
+
+    def square(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+        d = b.fsub(load(j), mean)
+        return [b.fadd(acc[0], b.fmul(d, d, flags=fast), flags=fast)]
+
+    (var,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], square)
+    return mean, _inverse_deviation(b, b.fdiv(var, widthf), eps)
+
+
+def _one_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Value, ir.Value]:
+    """(mean, 1 / sqrt(var + eps)) of float32 values widened by `load(j)`: their sum and
+    the sum of their squares in one pass, in float64, where a float32's square is exact, so
+    var = E[x^2] - mean^2 loses nothing a float32 result could show (clamped at 0)."""
+    from .llvm_ukernel import counted_loop
+
+    fast = ("reassoc", "contract")
+
+    def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+        v = load(j)
+        return [b.fadd(acc[0], v, flags=fast), b.fadd(acc[1], b.fmul(v, v), flags=fast)]
+
+    zero = ir.Constant(F64, 0.0)
+    total, squares = counted_loop(b, width, [zero, zero], add)
+    mean = b.fdiv(total, widthf)
+    var = b.fsub(b.fdiv(squares, widthf), b.fmul(mean, mean))
+    var = b.select(b.fcmp_ordered("<", var, zero), zero, var)  # (NaN passes)
+    return mean, _inverse_deviation(b, var, eps)
 
 
 def _converted(b: ir.IRBuilder, value: ir.Value, source: str, target: str) -> ir.Value:

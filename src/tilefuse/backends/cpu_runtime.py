@@ -392,25 +392,41 @@ def take(src, dst, start, step):
 @njit(cache=True, error_model="numpy", fastmath=REASSOCIATE)
 def layer_norm(xs, ys, scale, shift, eps):
     """Each row of the 2-D view: (x - mean) / sqrt(var + eps) * scale (+ shift, when given).
-    Reassociated sums (the attention kernel's flags): the two reductions vectorize, where in
-    order they were a chain of dependent adds (4x the time)."""
+    The mean and the variance in float64, reassociated sums (the attention kernel's flags):
+    the reductions vectorize, where in order they were a chain of dependent adds (4x the
+    time). float32 rows in one pass, the sum and the sum of squares (a float32's square is
+    exact in float64, so E[x^2] - mean^2 loses nothing a float32 result could show), then
+    each element in float32; float64 rows in two (the squares of the deviations)."""
     width = xs.shape[1]
+    narrow = xs.itemsize == 4
+    moments = np.empty(2, xs.dtype)  # the mean and 1 / deviation, rounded to the dtype
     for i in range(xs.shape[0]):
-        mean = 0.0
-        for j in range(width):
-            mean += xs[i, j]
-        mean = mean / width
-        var = 0.0
-        for j in range(width):
-            d = xs[i, j] - mean
-            var += d * d
-        inv = 1.0 / np.sqrt(var / width + eps)
-        if shift.size:
+        total = 0.0
+        squares = 0.0
+        if narrow:
             for j in range(width):
-                ys[i, j] = (xs[i, j] - mean) * inv * scale[j] + shift[j]
+                v = np.float64(xs[i, j])
+                total += v
+                squares += v * v
+            mean = total / width
+            var = max(squares / width - mean * mean, 0.0)
         else:
             for j in range(width):
-                ys[i, j] = (xs[i, j] - mean) * inv * scale[j]
+                total += xs[i, j]
+            mean = total / width
+            for j in range(width):
+                d = xs[i, j] - mean
+                squares += d * d
+            var = squares / width
+        inv = 1.0 / np.sqrt(var + eps)
+        moments[0], moments[1] = mean, inv
+        m, f = moments[0], moments[1]
+        if shift.size:
+            for j in range(width):
+                ys[i, j] = (xs[i, j] - m) * (f * scale[j]) + shift[j]
+        else:
+            for j in range(width):
+                ys[i, j] = (xs[i, j] - m) * (f * scale[j])
 
 
 @njit(cache=True, error_model="numpy")

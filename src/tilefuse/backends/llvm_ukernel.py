@@ -40,8 +40,11 @@ NaN could poison) and a Taylor polynomial for expm1(r), |r| <= ln2/2 (degree 7 f
     sigmoid(x)   = s or e*s  with e = exp(-|x|), s = 1 / (1 + e)   (no overflow at any |x|)
     tanh(x)      = copysign(-m / (2 + m), x)  with m = expm1(-2|x|) (exact near 0)
     gelu_tanh(x) = x * sigmoid(2u),  u = sqrt(2/pi) (x + 0.044715 x^3)   (= 0.5x(1 + tanh u))
-    gelu(x)      = 0.5 x erfc(-x / sqrt 2); f32: erfc from Numerical Recipes' Chebyshev fit
-                   (erfcc, relative error < 1.2e-7); f64: libm `erfc`, called per lane.
+    gelu(x)      = 0.5 x erfc(-x / sqrt 2); f32: where every lane of a vector has |x| <= 3
+                   (almost all of a transformer's FFN) x/2 + x^2 q(x^2), q a degree-9
+                   polynomial (GELU_POLYNOMIAL), else erfc from Numerical Recipes' Chebyshev
+                   fit (erfcc, relative error < 1.2e-7), in a block the branch marks rare;
+                   f64: libm `erfc`, called per lane.
 
 NaN propagates through every activation as in NumPy (relu uses an ordered compare and a
 select, not maxnum, which would drop the NaN). The arithmetic is lane-wise, so the results
@@ -55,6 +58,11 @@ form, since 1 + tanh(u) in float64 is itself 0 for u < -19), at both widths:
     float32, max abs error   sigmoid 8.9e-8   tanh 1.5e-7   gelu 3.8e-7   gelu_tanh 5.2e-7
                              (|x| <= 12: half an ulp of the output alone is up to 4.8e-7;
                              exp flushes below e^-87, so sigmoid(-90) is 0, not 8e-40)
+             gelu's relative error: 1.1e-7 for x >= 0; the polynomial, whose x/2 and
+                             x^2 q cancel for x < 0: 2.8e-7 on [-1, 0), 1.3e-6 on [-2, -1),
+                             4.2e-5 on [-3, -2) (as 1 + erf(x/sqrt2) in float32, PyTorch's
+                             and ONNX Runtime's form); erfc, x < -3: 1.7e-5 down to -12 (the
+                             rounding of x/sqrt2 and its square, amplified by exp)
     float64, max rel error   sigmoid 4.7e-16  tanh 4.4e-16  gelu 3.1e-14   gelu_tanh 5.7e-14
                              (gelu, gelu_tanh: the rounding of x/sqrt2 and of the cubic,
                              amplified where the result is tiny, x < -20)
@@ -73,6 +81,17 @@ from llvmlite import ir
 from tilefuse.tiling import kernel_micro_tiles, micro_tile_bits, runnable_micro_tiles
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
+
+# float32 gelu where every lane of a vector has |x| <= GELU_POLYNOMIAL_LIMIT (almost every
+# vector of a transformer's FFN): x/2 + x^2 q(x^2), q(s) = erf(sqrt(s/2)) / (2 sqrt(s)) as a
+# degree-9 polynomial in u = 2s/9 - 1 (coefficients of u^0..u^9), fitted on Chebyshev nodes
+# to minimize max |s (q - erf(.)/(2 sqrt s))|, i.e. the error of gelu itself
+GELU_POLYNOMIAL_LIMIT = 3.0
+GELU_POLYNOMIAL = [
+    0.22771316731721375, -0.09283245741636496, 0.0459721902063247, -0.020571516114295245,
+    0.00802219319128039, -0.0027273350478802198, 0.0008149844113416071,
+    -0.0002209468968461072, 5.686852220830135e-05, -1.044859964223804e-05,
+]  # fmt: skip
 
 # rows_tile's row counts: a call computes the smallest of these >= its rows (the extra rows
 # repeat the last one and are not stored), over as many NR panels as the registers allow.
@@ -350,9 +369,20 @@ class VectorEmitter:
     def gelu(self, x: ir.Value, alpha: ir.Value) -> ir.Value:
         if self.fmt.name == "float64":
             erfc = self.libm_per_lane("erfc", self.b.fmul(x, self.const(-math.sqrt(0.5))))
-        else:
-            erfc = self.erfc_of_minus_x_over_sqrt2(x)
-        return self.b.fmul(self.b.fmul(x, self.const(0.5)), erfc)
+            return self.b.fmul(self.b.fmul(x, self.const(0.5)), erfc)
+        # most inputs are small: a polynomial when every lane has |x| <= 3, else erfc
+        inside = self.b.fcmp_ordered("<=", self.call("fabs", x), self.const(GELU_POLYNOMIAL_LIMIT))
+        return self.unless_all(inside, self.gelu_polynomial(x), lambda: self.gelu_erfc(x))
+
+    def gelu_polynomial(self, x: ir.Value) -> ir.Value:
+        """gelu(x) = x/2 + x^2 q(x^2) for |x| <= 3, q a degree-9 fit in u = 2x^2/9 - 1."""
+        s = self.b.fmul(x, x)
+        u = self.fma(s, self.const(2.0 / GELU_POLYNOMIAL_LIMIT**2), self.const(-1.0))
+        q = self.horner(u, GELU_POLYNOMIAL)
+        return self.fma(s, q, self.b.fmul(x, self.const(0.5)))
+
+    def gelu_erfc(self, x: ir.Value) -> ir.Value:
+        return self.b.fmul(self.b.fmul(x, self.const(0.5)), self.erfc_of_minus_x_over_sqrt2(x))
 
     def erfc_of_minus_x_over_sqrt2(self, x: ir.Value) -> ir.Value:
         """erfc(-x/sqrt2) from Numerical Recipes' erfcc (relative error < 1.2e-7 on z >= 0)."""
@@ -364,6 +394,31 @@ class VectorEmitter:
         exponent = b.fsub(self.horner(t, nr_erfcc), b.fmul(z, z))
         erfc_z = b.fmul(t, self.exp_nonpositive(exponent))
         return self.where("<", x, self.const(0.0), erfc_z, b.fsub(self.const(2.0), erfc_z))
+
+    def unless_all(self, lanes: ir.Value, value: ir.Value, otherwise) -> ir.Value:
+        """`value` when every lane of the <lanes x i1> `lanes` is set, else what `otherwise()`
+        emits, in a block of its own that the branch marks as rare."""
+        b = self.b
+        name = f"llvm.vector.reduce.and.v{self.fmt.lanes}i1"
+        reduce_and = b.module.globals.get(name)
+        if reduce_and is None:
+            fnty = ir.FunctionType(ir.IntType(1), [lanes.type])
+            reduce_and = ir.Function(b.module, fnty, name)
+        start = b.block
+        rare = b.function.append_basic_block("rare")
+        merge = b.function.append_basic_block("merged")
+        branch = b.cbranch(b.call(reduce_and, [lanes]), merge, rare)
+        weights = [ir.MetaDataString(b.module, "branch_weights"), I32(1000), I32(1)]
+        branch.set_metadata("prof", b.module.add_metadata(weights))
+        b.position_at_end(rare)
+        other = otherwise()
+        rare_end = b.block
+        b.branch(merge)
+        b.position_at_end(merge)
+        result = b.phi(value.type)
+        result.add_incoming(value, start)
+        result.add_incoming(other, rare_end)
+        return result
 
     def libm_per_lane(self, name: str, x: ir.Value) -> ir.Value:
         scalar = self.fmt.scalar
