@@ -521,7 +521,15 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
     fastmath there; float32 rows in one pass, `_one_pass_moments`), 1 / sqrt(var + eps),
     then each element in the dtype. One per dtype and shift in a module."""
     from .cpu_pool import TASK_TYPE
-    from .llvm_ukernel import counted_loop
+    from .llvm_ukernel import (
+        VectorEmitter,
+        counted_loop,
+        format_of,
+        load_lanes,
+        rows_in_vectors,
+        store_lanes,
+        vector_at,
+    )
 
     name = f"tilefuse_layer_norm_{dtype}{'_shift' if shifted else ''}"
     if name in module.globals:
@@ -543,7 +551,6 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
     count = b.sub(b.select(b.icmp_signed("<", b.add(first, per_task), rows),
                            b.add(first, per_task), rows), first)  # fmt: skip
     widthf = b.sitofp(width, F64)
-    fast = ("reassoc", "contract")
 
     def row(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
         base = b.mul(b.add(first, r), width)
@@ -556,22 +563,44 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
         else:
             mean, inv = _one_pass_moments(b, lambda j: b.fpext(b.load(at(x, j)), F64), width,
                                           widthf, eps)  # fmt: skip
-            mean, inv = b.fptrunc(mean, scalar), b.fptrunc(inv, scalar)
+            inv = b.fptrunc(inv, scalar)
 
-        def element(b: ir.IRBuilder, j: ir.Value, _: list) -> list:
-            factor = b.fmul(inv, b.load(b.gep(scale, [j])), flags=fast)
-            v = b.fmul(b.fsub(b.load(at(x, j)), mean), factor, flags=fast)
+        # in vectors (a masked end), written out: LLVM's own vectorization of this loop
+        # checks that y and x do not overlap, and a norm in place (y is x) ran scalar
+        e = VectorEmitter(b, format_of({"f32": "float32", "f64": "float64"}[dtype]))
+        lanes = e.fmt.lanes
+        wide = ir.VectorType(F64, lanes)
+        first_lane = b.insert_element(ir.Constant(wide, ir.Undefined), mean, I32(0))
+        m = b.shuffle_vector(first_lane, first_lane, ir.Constant(ir.VectorType(I32, lanes),
+                                                                 [0] * lanes))  # fmt: skip
+        f = e.splat(inv)
+
+        def element(_: ir.Value, offset: ir.Value, mask: ir.Value | None) -> None:
+            def load(array: ir.Value) -> ir.Value:
+                return load_lanes(e, vector_at(e, array, offset), mask)
+
+            # x - mean in float64 (exact for float32 x and as near as it gets for float64),
+            # then to the dtype: x - mean in float32 lost up to half an ulp of the mean
+            centered = load(x_row)
+            if scalar is not F64:
+                centered = b.fptrunc(b.fsub(b.fpext(centered, wide), m), e.vty)
+            else:
+                centered = b.fsub(centered, m)
+            v = b.fmul(centered, b.fmul(f, load(scale)), flags=["contract"])
             if shifted:
-                v = b.fadd(v, b.load(b.gep(shift, [j])), flags=fast)
-            b.store(v, at(y, j))
-            return []
+                v = b.fadd(v, load(shift), flags=["contract"])
+            store_lanes(e, v, vector_at(e, y_row, offset), mask)
 
-        counted_loop(b, width, [], element)
+        x_row, y_row = at(x, I64(0)), at(y, I64(0))
+        rows_in_vectors(e, I64(1), width, element)
         return []
 
     counted_loop(b, count, [], row)
     b.ret_void()
     return fn
+
+
+REASSOCIATED = ("reassoc", "contract")  # the flags of Numba's fastmath in cpu_runtime
 
 
 def _inverse_deviation(b: ir.IRBuilder, var: ir.Value, eps: ir.Value) -> ir.Value:
@@ -584,17 +613,15 @@ def _two_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Val
     squares of the deviations (reassociated sums)."""
     from .llvm_ukernel import counted_loop
 
-    fast = ("reassoc", "contract")
-
     def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
-        return [b.fadd(acc[0], load(j), flags=fast)]
+        return [b.fadd(acc[0], load(j), flags=REASSOCIATED)]
 
     (total,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], add)
     mean = b.fdiv(total, widthf)
 
     def square(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
         d = b.fsub(load(j), mean)
-        return [b.fadd(acc[0], b.fmul(d, d, flags=fast), flags=fast)]
+        return [b.fadd(acc[0], b.fmul(d, d, flags=REASSOCIATED), flags=REASSOCIATED)]
 
     (var,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], square)
     return mean, _inverse_deviation(b, b.fdiv(var, widthf), eps)
@@ -606,11 +633,12 @@ def _one_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Val
     var = E[x^2] - mean^2 loses nothing a float32 result could show (clamped at 0)."""
     from .llvm_ukernel import counted_loop
 
-    fast = ("reassoc", "contract")
-
     def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
         v = load(j)
-        return [b.fadd(acc[0], v, flags=fast), b.fadd(acc[1], b.fmul(v, v), flags=fast)]
+        return [
+            b.fadd(acc[0], v, flags=REASSOCIATED),
+            b.fadd(acc[1], b.fmul(v, v), flags=REASSOCIATED),
+        ]
 
     zero = ir.Constant(F64, 0.0)
     total, squares = counted_loop(b, width, [zero, zero], add)

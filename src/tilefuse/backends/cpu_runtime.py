@@ -395,11 +395,13 @@ def layer_norm(xs, ys, scale, shift, eps):
     The mean and the variance in float64, reassociated sums (the attention kernel's flags):
     the reductions vectorize, where in order they were a chain of dependent adds (4x the
     time). float32 rows in one pass, the sum and the sum of squares (a float32's square is
-    exact in float64, so E[x^2] - mean^2 loses nothing a float32 result could show), then
-    each element in float32; float64 rows in two (the squares of the deviations)."""
+    exact in float64, so E[x^2] - mean^2 loses nothing a float32 result could show); float64
+    rows in two (the squares of the deviations). Then x - mean in float64 (x - mean in
+    float32 loses up to half an ulp of the mean: far from 0, most of the result), times
+    1 / deviation and the scale (+ the shift) in the dtype."""
     width = xs.shape[1]
     narrow = xs.itemsize == 4
-    moments = np.empty(2, xs.dtype)  # the mean and 1 / deviation, rounded to the dtype
+    factor = np.empty(1, xs.dtype)  # 1 / deviation in the dtype
     for i in range(xs.shape[0]):
         total = 0.0
         squares = 0.0
@@ -418,15 +420,16 @@ def layer_norm(xs, ys, scale, shift, eps):
                 d = xs[i, j] - mean
                 squares += d * d
             var = squares / width
-        inv = 1.0 / np.sqrt(var + eps)
-        moments[0], moments[1] = mean, inv
-        m, f = moments[0], moments[1]
+        factor[0] = 1.0 / np.sqrt(var + eps)
+        f = factor[0]
         if shift.size:
             for j in range(width):
-                ys[i, j] = (xs[i, j] - m) * (f * scale[j]) + shift[j]
+                c = ys.dtype.type(xs[i, j] - mean) if narrow else xs[i, j] - mean
+                ys[i, j] = c * (f * scale[j]) + shift[j]
         else:
             for j in range(width):
-                ys[i, j] = (xs[i, j] - m) * (f * scale[j])
+                c = ys.dtype.type(xs[i, j] - mean) if narrow else xs[i, j] - mean
+                ys[i, j] = c * (f * scale[j])
 
 
 @njit(cache=True, error_model="numpy")

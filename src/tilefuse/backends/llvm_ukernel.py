@@ -644,10 +644,10 @@ def build_add_rows(module: ir.Module, fmt: FloatFormat) -> ir.Function:
 
     def add(i: ir.Value, offset: ir.Value, mask: ir.Value | None) -> None:
         where = vector_at(e, c, b.add(b.mul(i, ldc), offset))
-        addend = _load(e, vector_at(e, r, b.add(b.mul(i, ldr), offset)), mask)
-        _store(e, b.fadd(_load(e, where, mask), addend), where, mask)
+        addend = load_lanes(e, vector_at(e, r, b.add(b.mul(i, ldr), offset)), mask)
+        store_lanes(e, b.fadd(load_lanes(e, where, mask), addend), where, mask)
 
-    _rows_in_vectors(e, rows, cols, add)
+    rows_in_vectors(e, rows, cols, add)
     b.ret_void()
     return fn
 
@@ -657,12 +657,12 @@ def _activate_rows(e: VectorEmitter, act: str, c, ldc, rows, cols, alpha) -> Non
 
     def activate(r: ir.Value, offset: ir.Value, mask: ir.Value | None) -> None:
         where = vector_at(e, c, b.add(b.mul(r, ldc), offset))
-        _store(e, e.activation(act, _load(e, where, mask), alpha), where, mask)
+        store_lanes(e, e.activation(act, load_lanes(e, where, mask), alpha), where, mask)
 
-    _rows_in_vectors(e, rows, cols, activate)
+    rows_in_vectors(e, rows, cols, activate)
 
 
-def _rows_in_vectors(e: VectorEmitter, rows: ir.Value, cols: ir.Value, step) -> None:
+def rows_in_vectors(e: VectorEmitter, rows: ir.Value, cols: ir.Value, step) -> None:
     """step(r, offset, mask) for each row r < rows and each vector of its first cols elements
     (offset: elements from the row's start; mask: None for a whole vector, else the lanes of
     the ragged end)."""
@@ -684,12 +684,12 @@ def _rows_in_vectors(e: VectorEmitter, rows: ir.Value, cols: ir.Value, step) -> 
     counted_loop(b, rows, [], row)
 
 
-def _load(e: VectorEmitter, where: ir.Value, mask: ir.Value | None) -> ir.Value:
+def load_lanes(e: VectorEmitter, where: ir.Value, mask: ir.Value | None) -> ir.Value:
     """The vector at `where`, only the lanes of `mask` when given (the others 0)."""
     return e.b.load(where, align=_align(e.fmt)) if mask is None else masked_load(e, where, mask)
 
 
-def _store(e: VectorEmitter, value: ir.Value, where: ir.Value, mask: ir.Value | None) -> None:
+def store_lanes(e: VectorEmitter, value: ir.Value, where: ir.Value, mask: ir.Value | None) -> None:
     if mask is None:
         store_vector(e, value, where)
     else:
