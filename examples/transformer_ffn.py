@@ -1,7 +1,8 @@
 """A transformer feed-forward block as ONNX holds it: LayerNorm(x + Linear(GELU(Linear(x)))),
 d_model 256, d_ff 1024, with GELU written out with erf the way exporters write it below
 opset 20. Imported, compiled (the erf formula becomes `gelu`, then each Linear one dense
-kernel, the residual add the second one's epilogue), checked against ONNX Runtime, timed.
+kernel, the residual add and the layer norm the second one's epilogue), checked against
+ONNX Runtime, timed.
 
     python examples/transformer_ffn.py
     tilefuse show examples/transformer_ffn.py --emit fused
@@ -83,7 +84,7 @@ def main() -> None:
     model = tfu.compile(g, target="cpu")
     fused = model.ir("fused")
     print(f"compiled:\n{fused}\n")
-    assert "dense[act=gelu]" in fused and "post=(add)" in fused
+    assert "dense[act=gelu]" in fused and "post=(add, layer_norm)" in fused
     x = np.random.default_rng(1).standard_normal((128, D_MODEL)).astype(np.float32)
     systems = {"tilefuse": model}
     if importlib.util.find_spec("onnxruntime") is not None:

@@ -3,6 +3,7 @@ random shapes and tilings, dynamic batch, out=, threads, inspection and the on-d
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -536,6 +537,44 @@ def test_a_native_models_thread_count_holds_beside_other_models_calls():
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_a_post_norm_block_runs_its_layer_norm_in_the_dense_kernel(dtype: str):
+    """LayerNorm(x + gelu(x @ w1 + b1) @ w2 + b2): fuse makes the residual add and the norm
+    the second dense's last post steps, the CPU kernel runs them (each task whole rows), on
+    the native forward, the Numba one and serially, against NumPy written here; a pipeline
+    without tile runs the norm after the kernel, and the cuda target (simulator) splits it."""
+    rng = np.random.default_rng(5)
+    np_dtype = np.float32 if dtype == "f32" else np.float64
+    w1, w2 = rng.standard_normal((24, 72)) / 5, rng.standard_normal((72, 24)) / 8
+    b1, b2, g, t = rng.standard_normal(72), rng.standard_normal(24), *rng.standard_normal((2, 24))
+    w1, w2, b1, b2, g, t = (a.astype(np_dtype) for a in (w1, w2, b1, b2, g, t))
+
+    @tfu.function
+    def block(x: tfu.Input["N", 24, dtype]):
+        return tfu.layer_norm(x + (tfu.gelu(x @ w1 + b1) @ w2 + b2), g, t, epsilon=1e-3)
+
+    def numpy_block(x):
+        x = x.astype(np.float64)
+        h = x @ w1 + b1
+        z = x + 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2))) @ w2 + b2
+        mean = z.mean(-1, keepdims=True)
+        return (z - mean) / np.sqrt(z.var(-1, keepdims=True) + 1e-3) * g + t
+
+    native = tfu.compile(block, target="cpu", dtype=dtype)
+    assert "post=(add, layer_norm)" in native.ir("tiled")
+    assert any(getattr(c, "norm", None) for c in native.native.plan.calls)
+    models = [native, tfu.compile(block, target="cpu", dtype=dtype, native=False, check=False),
+              tfu.compile(block, target="cpu", dtype=dtype, threads=1),
+              tfu.compile(block, target="cpu", dtype=dtype, pipeline="canonicalize,fuse"),
+              tfu.compile(block, target="cuda", dtype=dtype)]  # fmt: skip
+    assert "= layer_norm[" in models[-1].ir("tiled")  # the cuda GEMM's epilogue: not the norm
+    tol = 2e-5 if dtype == "f32" else 1e-10
+    for batch in (1, 4, 5, 130):
+        x = rng.standard_normal((batch, 24)).astype(np_dtype)
+        for model in models if batch < 100 else models[:-1]:  # (the simulator is slow)
+            np.testing.assert_allclose(model(x), numpy_block(x), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
 def test_layer_norm_of_rows_far_from_zero_native_and_numba(dtype: str):
     """float32 rows: the moments in float64 in one pass, the elements in float32 as
     (x - m) - rest (m the mean in float32, rest its rounding): rows around 1000 with a
@@ -548,7 +587,7 @@ def test_layer_norm_of_rows_far_from_zero_native_and_numba(dtype: str):
     def norm(x: tfu.Input["N", 96, dtype]):
         return tfu.layer_norm(x, scale.astype(np_dtype), shift.astype(np_dtype))
 
-    x = (1000.0 + rng.standard_normal((40, 96)) * np.linspace(0.5, 2, 40)[:, None])
+    x = 1000.0 + rng.standard_normal((40, 96)) * np.linspace(0.5, 2, 40)[:, None]
     x = x.astype(np_dtype)
     wide = x.astype(np.float64)
     mean = wide.mean(-1, keepdims=True)

@@ -405,3 +405,48 @@ def test_a_residual_is_added_after_the_activation_by_every_register_tile(dtype):
     with pytest.raises(ValueError, match="overlaps out"):
         ck.dense_kernel(x, w, np.zeros(0, dtype), out, 0, 0.0, 8, 8, 8, 0, pool,
                         micro=ck.micro_tile(dtype), residual=out)  # fmt: skip
+
+
+def _layer_norm(z: np.ndarray, scale, shift, eps: float) -> np.ndarray:
+    mean = z.mean(-1, keepdims=True)
+    return (z - mean) / np.sqrt(((z - mean) ** 2).mean(-1, keepdims=True) + eps) * scale + shift
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_layer_norm_of_the_rows_comes_last_in_every_register_tile(dtype):
+    """dense_kernel(..., residual=r, norm=(s, t, eps)): layer_norm(act(x @ w + b) + r), each
+    task holding whole rows (the plan splits only M, nc notwithstanding) and normalizing them
+    after the residual; both plans, serial and on the pool, ragged N, rows far from 0."""
+    pool = ck.pool_control()
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    for mr, nr in ck.runnable_micro_tiles(dtype):
+        for m, k, n in ((1, 30, 70), (3, 17, 33), (37, 50, 61), (130, 70, 200)):
+            for parallel in (0, 1):
+                rng = np.random.default_rng(m * n + parallel)
+                x = rng.standard_normal((m, k)).astype(dtype)
+                w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype)
+                bias = (50 + rng.standard_normal(n)).astype(dtype)  # rows around 50
+                residual = rng.standard_normal((m, n)).astype(dtype) if m != 3 else None
+                scale, shift = rng.standard_normal(n).astype(dtype), rng.standard_normal(n)
+                shift = shift.astype(dtype)
+                tiling = Tiling(mc=2 * mr, nc=nr, kc=24, mr=mr, nr=nr,
+                                parallel="m" if parallel else "none")  # fmt: skip
+                out = np.empty((m, n), dtype)
+                status = ck.dense_kernel(x, ck.pack_weights(w, tiling), bias, out,
+                                         ck.ACTIVATION_CODE["tanh"], 0.0, tiling.kc, tiling.mc,
+                                         tiling.nc, parallel, pool, micro=(mr, nr),
+                                         residual=residual, norm=(scale, shift, 1e-3))  # fmt: skip
+                z = np.tanh(x.astype(np.float64) @ w + bias)
+                z = z + residual if residual is not None else z
+                assert status == 0
+                np.testing.assert_allclose(out, _layer_norm(z, scale, shift, 1e-3), rtol=tol,
+                                           atol=tol, err_msg=f"{mr}x{nr} {m}x{k}x{n}")  # fmt: skip
+                kind, col_tasks, *_ = ck.plan(dtype, m, n, tiling.mc, nr, 2, (mr, nr),
+                                              whole_rows=True)  # fmt: skip
+                assert col_tasks == 1, (kind, m, n)
+    x, w = np.ones((4, 3), dtype), ck.pack_weights(np.ones((3, 5), dtype), ck.default_tiling(dtype))
+    out = np.zeros((4, 5), dtype)
+    short = (np.ones(4, dtype), np.ones(5, dtype), 0.1)
+    with pytest.raises(TypeError, match="norm's scale must have 5"):
+        ck.dense_kernel(x, w, np.zeros(0, dtype), out, 0, 0.0, 8, 8, 8, 0, pool,
+                        micro=ck.micro_tile(dtype), norm=short)  # fmt: skip

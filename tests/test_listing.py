@@ -146,7 +146,7 @@ def test_slow_stages_say_what_they_do_on_a_terminal_only():
 def test_a_native_transformer_listing_marks_its_calls():
     """A transformer's native forward: in LLVM IR every call sits under its IR line; in the
     assembly each call made through a pointer (the drivers, attention's and the layer norms'
-    parallel-for) does, counted in order."""
+    parallel-for) does, counted in order; its layer norms run in the dense kernels."""
     pytest.importorskip("onnx")
     path = pathlib.Path(__file__).parent / "models" / "torch_encoder.onnx"
     model = tfu.compile(tfu.from_onnx(path), target="cpu")
@@ -158,6 +158,6 @@ def test_a_native_transformer_listing_marks_its_calls():
         indirect = {c.line for c in calls if type(c).__name__ in
                     ("DenseCall", "AttentionCall", "LayerNormCall")}  # fmt: skip
         assert (set(lines) if kind == "llvm" else indirect) <= marked
-    assert "tilefuse_layer_norm_f32" in model.llvm()
+    assert "tilefuse_normalize_rows_float32" in model.llvm()  # post-norm: in the dense kernels
     attention = model.llvm().split("==== attention's library, f32")[1]  # after the kernels'
     assert "---- tilefuse_attention_task_float32" in attention and "softmax of a block" in attention

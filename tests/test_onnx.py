@@ -334,6 +334,25 @@ def test_to_onnx_expands_fused_dense_ops():
     np.testing.assert_allclose(got, tfu.reference.run(g, x), rtol=1e-5, atol=1e-6)
 
 
+def test_to_onnx_expands_a_dense_that_ends_with_a_layer_norm():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((6, 6)).astype(np.float32)
+    s, t = rng.standard_normal((2, 6)).astype(np.float32)
+
+    @tfu.function
+    def block(x: tfu.Input["N", 6]):
+        return tfu.layer_norm(x + x @ w, s, t, epsilon=1e-3)
+
+    g = tfu.compile(block, target="reference", pipeline="canonicalize,fuse").final
+    assert "post=(add, layer_norm)" in str(g)
+    proto = tfu.to_onnx(g)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [n.op_type for n in proto.graph.node][-2:] == ["LayerNormalization", "Identity"]
+    x = weights(3, 6)
+    (got,) = ReferenceEvaluator(proto).run(None, {"x": x})
+    np.testing.assert_allclose(got, tfu.reference.run(g, x), rtol=1e-5, atol=1e-5)
+
+
 def test_f64_networks_export_as_double():
     g = tfu.ops.cast_graph(dsl_network(), "f64")
     proto = tfu.to_onnx(g)

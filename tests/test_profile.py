@@ -42,7 +42,7 @@ def test_profile_from_the_command_line(capsys):
                      "--json"]) == 0  # fmt: skip
     found = json.loads(capsys.readouterr().out)
     assert found["batch"] == 8 and found["repeats"] == 3
-    assert {k["op"] for k in found["kernels"]} >= {"dense", "layer_norm"}
+    assert {k["op"] for k in found["kernels"]} == {"dense"}  # the layer norm: in the second
     assert cli.main(["profile", "examples/mlp.py", "--repeat", "0"]) == 2
 
 

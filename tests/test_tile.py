@@ -274,6 +274,21 @@ def test_a_dense_with_a_tile_is_kept_and_said_to_be_the_users():
         Tile(machine="generic")(odd)
 
 
+def test_a_users_tile_too_narrow_for_a_layer_norm_of_the_rows_is_refused():
+    def graph(tiling: Tiling) -> Graph:
+        b = GraphBuilder("norm")
+        x = b.input("x", TensorType("f32", ("N", 16)))
+        w = b.input("w", TensorType("f32", (16, 40)))
+        s, t = (b.input(n, TensorType("f32", (40,))) for n in ("s", "t"))
+        return b.build([b.op("dense", [x, w, s, t], bias=False, post=("layer_norm",),
+                             tile=tiling)])  # fmt: skip
+
+    narrow = Tiling(mc=36, nc=16, kc=16, mr=6, nr=16)
+    with pytest.raises(AttrError, match=r"layer norm needs whole rows in each task, nc >= 48"):
+        Tile(machine="generic")(graph(narrow))
+    assert tilings(Tile(machine="generic")(graph(narrow.replace(nc=48))))[0].nc == 48
+
+
 def test_tile_leaves_other_ops_and_its_input_alone():
     text = """graph g(%x: f32[N,8], %w: f32[8,4]) -> f32[N,4] {
       %0 = matmul(%x, %w) : f32[N,4]

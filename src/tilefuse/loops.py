@@ -238,7 +238,9 @@ class _NestPrinter:
 
         symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
         for step in self.attrs["post"]:
-            if step in BINARY_REFS:
+            if step == "layer_norm":  # of the whole row, once every column of it is done
+                z = f"layer_norm({z}, {operands.pop(0)}, {operands.pop(0)}) over the row"
+            elif step in BINARY_REFS:
                 operand = z if _is_call_or_name(z) else f"({z})"
                 z = f"{operand} {symbols[step]} {operands.pop(0)}"
             else:

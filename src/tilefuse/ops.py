@@ -284,7 +284,9 @@ def _infer_axis_op(op: str) -> Callable[[list[TensorType], dict[str, Any]], Tens
 def _infer_dense(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     x, w, *rest = types
     out = _infer_matmul([x, w], attrs)
-    operands = (["bias"] if attrs["bias"] else []) + [f"{s} operand" for s in post_binary(attrs)]
+    operands = (["bias"] if attrs["bias"] else []) + post_operand_names(attrs)
+    if "layer_norm" in attrs.get("post", ())[:-1]:
+        raise ShapeError("dense: a layer_norm post step must be the last one")
     if len(rest) != len(operands):
         raise ShapeError(
             f"dense: expects {2 + len(operands)} operands (x, w"
@@ -294,12 +296,32 @@ def _infer_dense(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     for what, t in zip(operands, rest, strict=True):
         if broadcast_shapes(out.shape, t.shape) != out.shape:
             raise ShapeError(f"dense: {what} {t} does not broadcast to the output {out}")
+        if what.startswith("layer_norm") and broadcast_shapes(out.shape[-1:], t.shape) != (
+            out.shape[-1],
+        ):
+            raise ShapeError(f"dense: {what} {t} does not broadcast to a row [{out.shape[-1]}]")
     return out
 
 
-def post_binary(attrs: dict[str, Any]) -> list[str]:
-    """The epilogue steps of a dense op that read an extra operand, in order."""
-    return [s for s in attrs.get("post", ()) if s in BINARY_REFS]
+# the operands each kind of post step reads, in order (an activation step reads none)
+NORM_OPERANDS = ("scale", "shift")
+
+
+def post_step_operands(step: str) -> int:
+    """How many extra operands a dense op's post step reads: a binary step one, a layer norm
+    of the rows two (scale and shift), an activation none."""
+    return 1 if step in BINARY_REFS else len(NORM_OPERANDS) if step == "layer_norm" else 0
+
+
+def post_operand_names(attrs: dict[str, Any]) -> list[str]:
+    """What each extra operand of a dense op's post steps is, in order."""
+    names = []
+    for step in attrs.get("post", ()):
+        if step == "layer_norm":
+            names += [f"layer_norm {what}" for what in NORM_OPERANDS]
+        elif step in BINARY_REFS:
+            names.append(f"{step} operand")
+    return names
 
 
 def post_residual(g: Graph, dense: Node) -> int | None:
@@ -320,13 +342,19 @@ def _ref_dense(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     if attrs["bias"]:
         z = z + rest.pop(0)
     z = apply_activation(attrs["act"], z, attrs)
-    return apply_epilogue(z, attrs.get("post", ()), rest)
+    return apply_epilogue(z, attrs.get("post", ()), rest, attrs)
 
 
-def apply_epilogue(z: np.ndarray, steps: Sequence[str], operands: list[np.ndarray]) -> np.ndarray:
+def apply_epilogue(z: np.ndarray, steps: Sequence[str], operands: list[np.ndarray],
+                   attrs: dict[str, Any]) -> np.ndarray:  # fmt: skip
+    """A dense op's post steps on z (whole rows where a step is `layer_norm`, which
+    normalizes each row with the op's `epsilon`)."""
     operands = list(operands)
     for step in steps:
-        if step in BINARY_REFS:
+        if step == "layer_norm":
+            scale, shift = operands.pop(0), operands.pop(0)
+            z = _ref_layer_norm([z, scale, shift], {"axis": -1, "epsilon": attrs["epsilon"]})
+        elif step in BINARY_REFS:
             z = BINARY_REFS[step](z, operands.pop(0))
         else:
             z = apply_activation(step, z, {})
@@ -551,13 +579,15 @@ def _dense_op() -> OpDef:
         attrs={
             "act": Attr("str", "identity", tuple(ACTIVATIONS)),
             "bias": Attr("bool", True),
-            "post": Attr("steps", (), tuple(BINARY_OPS) + elementwise),
+            "post": Attr("steps", (), (*BINARY_OPS, *elementwise, "layer_norm")),
+            # a `layer_norm` post step's epsilon (it normalizes each row, the last axis)
+            "epsilon": Attr("float", 1e-5),
             "tile": Attr("tiling", None),
             # target cuda: a second tiling for large batches, from `rows` rows on (tile_cuda)
             "tile_large": Attr("tiling", None),
             **activation_attrs,
         },
-        doc="act(x @ w + b) followed by the elementwise `post` steps",
+        doc="act(x @ w + b) followed by the `post` steps: elementwise, or a layer norm of each row",
     )
 
 

@@ -82,7 +82,10 @@ def dense_steps(g: Graph, node: Node, names: dict[int, str]) -> list[str]:
         steps.append(attrs["act"] + (f"[{', '.join(params)}]" if params else ""))
     for step in attrs["post"]:
         binary = BINARY_OPS.get(step)
-        steps.append(f"{binary.symbol} {rest.pop(0)}" if binary else step)
+        if step == "layer_norm":
+            steps.append(f"layer_norm {rest.pop(0)}, {rest.pop(0)}")
+        else:
+            steps.append(f"{binary.symbol} {rest.pop(0)}" if binary else step)
     return steps
 
 

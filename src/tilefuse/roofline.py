@@ -114,7 +114,8 @@ def epilogue_flops(dense: Node) -> int:
     if dense.op != "dense":
         return 0
     attrs = attrs_of(dense)
-    steps = [attrs["act"], *attrs["post"]]
+    steps = [attrs["act"], *(s for s in attrs["post"] if s != "layer_norm")]
+    # a layer norm step counts no flops, as the layer_norm op does not (it moves data)
     return int(attrs["bias"]) + sum(1 if s in BINARY_REFS else ACTIVATIONS[s].flops for s in steps)
 
 

@@ -44,6 +44,7 @@ SIGNATURE = types.int64(  # the status: 0, or an index into cpu_library.OPERAND_
     types.int64, types.int64, types.int64, types.int64,  # kc mc nc parallel
     types.voidptr, types.int64,  # the thread pool's control block, its size (0: serial)
     types.voidptr, types.int64,  # the residual (post=(add)), its row stride (0: none)
+    types.voidptr, types.voidptr, types.float64,  # a layer norm's scale (NULL: none), shift, eps
 )  # fmt: skip
 
 DTYPES = {"f32": "float32", "f64": "float64"}
@@ -60,6 +61,16 @@ def data(typingctx, array):
         return builder.bitcast(ary.data, cgutils.voidptr_t)
 
     return types.voidptr(array), codegen
+
+
+@intrinsic
+def null(typingctx):
+    """A NULL void*: an operand the driver is not given (no layer norm)."""
+
+    def codegen(context, builder, signature, args):
+        return cgutils.voidptr_t(None)
+
+    return types.voidptr(), codegen
 
 
 @intrinsic

@@ -133,8 +133,8 @@ def aligned_empty(size: int, dtype) -> np.ndarray:
 # ------------------------------------------------------------------ the compiled functions
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _DENSE = ctypes.CFUNCTYPE(_I, _P, _I, _I, _P, _I, _P, _I, _P, _I, _I, ctypes.c_double, _I, _I, _I,
-                          _I, _P, _I, _P, _I)  # fmt: skip
-_PLAN = ctypes.CFUNCTYPE(None, _I, _I, _I, _I, _I, _P)
+                          _I, _P, _I, _P, _I, _P, _P, ctypes.c_double)  # fmt: skip
+_PLAN = ctypes.CFUNCTYPE(None, _I, _I, _I, _I, _I, _I, _P)
 _PACK_X = ctypes.CFUNCTYPE(None, _P, _I, _I, _I, _I, _I, _P)
 _functions: dict[tuple[str, str, tuple | None], object] = {}
 
@@ -156,14 +156,15 @@ def _kernel_array(name: str, a, dtype, ndim: int) -> np.ndarray:
 
 
 def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, *, micro,
-                 residual=None) -> int:  # fmt: skip
+                 residual=None, norm=None) -> int:  # fmt: skip
     """out = ACTIVATIONS[act](x @ w + bias) (+ residual) with wp = pack_weights(w, tiling);
     see the module doc. `micro` is the tiling's register tile (mr, nr), the one wp was packed
     for: required, since the driver cannot tell two tiles' packings of the same padded width
     apart. `residual`: None, or an array of out's shape whose rows are contiguous, added
-    after the activation (a dense op's `post=(add)`); it must not overlap out. Returns 0, or
-    the index of a problem in OPERAND_PROBLEMS (out untouched). The GIL is released while it
-    runs."""
+    after the activation (a dense op's `post=(add)`); it must not overlap out. `norm`: None,
+    or (scale, shift, epsilon), scale and shift contiguous arrays of N: then each row is
+    layer-normalized last (a dense op's `post=(.., layer_norm)`). Returns 0, or the index of
+    a problem in OPERAND_PROBLEMS (out untouched). The GIL is released while it runs."""
     dtype = getattr(x, "dtype", None)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dense_kernel: x must be float32 or float64, got {dtype}")
@@ -184,18 +185,33 @@ def dense_kernel(x, wp, bias, out, act, alpha, kc, mc, nc, parallel, ctl, *, mic
         if np.may_share_memory(residual, out):
             raise ValueError("dense_kernel: residual overlaps out")
         address, ldr = residual.ctypes.data, residual.strides[0] // residual.itemsize
+    scale = shift = 0
+    epsilon = 0.0
+    if norm is not None:
+        scale_array, shift_array, epsilon = norm
+        for name, a in (("scale", scale_array), ("shift", shift_array)):
+            a = _kernel_array(f"norm {name}", a, dtype, 1)
+            if a.size != out.shape[1]:
+                raise TypeError(
+                    f"dense_kernel: the norm's {name} must have {out.shape[1]} elements"
+                )
+        scale, shift = scale_array.ctypes.data, shift_array.ctypes.data
     run = _function(dtype, "dense", _DENSE, micro)
     return run(x.ctypes.data, x.shape[0], x.shape[1], wp.ctypes.data, wp.size, bias.ctypes.data,
                bias.size, out.ctypes.data, out.shape[1], int(act), float(alpha), int(kc), int(mc),
-               int(nc), int(parallel), ctl.ctypes.data, ctl.size, address, ldr)  # fmt: skip
+               int(nc), int(parallel), ctl.ctypes.data, ctl.size, address, ldr, scale, shift,
+               float(epsilon))  # fmt: skip
 
 
-def plan(dtype, m: int, n: int, mc: int, nc: int, threads: int, micro=None) -> tuple[int, ...]:
+def plan(dtype, m: int, n: int, mc: int, nc: int, threads: int, micro=None,
+         whole_rows: bool = False) -> tuple[int, ...]:  # fmt: skip
     """(kind, column tasks, rows per task, panels per task, task count): how the driver splits
-    a call of M rows and N columns over `threads` (ROW_PLAN or PACKED_PLAN)."""
+    a call of M rows and N columns over `threads` (ROW_PLAN or PACKED_PLAN); `whole_rows`:
+    as for a dense op that ends with a layer norm (one column task)."""
     _, nr = micro or micro_tile(dtype)
     result = np.zeros(5, np.int64)
-    _function(dtype, "plan", _PLAN, micro)(m, -(-n // nr), mc, nc, threads, result.ctypes.data)
+    _function(dtype, "plan", _PLAN, micro)(m, -(-n // nr), mc, nc, threads, int(whole_rows),
+                                           result.ctypes.data)  # fmt: skip
     return tuple(int(v) for v in result)
 
 

@@ -15,7 +15,8 @@ One library per dtype and register tile exports two C functions (`tag` is e.g.
 float32_v8_6x16):
 
     int64_t tilefuse_dense_<tag>(x, m, k, wp, wp_size, bias, nbias, out, n, act, alpha,
-                                 kc, mc, nc, parallel, ctl, nctl, residual, ldr)
+                                 kc, mc, nc, parallel, ctl, nctl, residual, ldr,
+                                 norm_scale, norm_shift, epsilon)
                                                                 # cpu_entry.SIGNATURE
     void    tilefuse_job_<tag>(int64_t *ctl, int64_t nctl)               # a worker's part
 
@@ -38,7 +39,9 @@ tasks:
     panels, the epilogue fused into the last k block.
 
   With a residual (ldr not 0: a dense op's `post=(add)`), each task then adds its block of
-  the residual to its block of out (`add_rows`), once all of K is done.
+  the residual to its block of out (`add_rows`), once all of K is done. With a layer norm
+  (norm_scale not NULL: a dense op's last post step `layer_norm`), every task holds whole
+  rows (the plan splits only M) and normalizes them last (`normalize_rows`, in place).
 
 With more than one thread and more than one task, the call publishes the job in the pool's
 control block and claims tasks with the workers (`cpu_pool`); otherwise it runs the tasks
@@ -70,6 +73,7 @@ from .llvm_ukernel import (
     FloatFormat,
     VectorEmitter,
     build_add_rows,
+    build_normalize_rows,
     build_pack_rows,
     build_packed_tile,
     build_rows_dispatch,
@@ -109,6 +113,7 @@ OPERAND_PROBLEMS = (
     "packed weights do not match K x N (pack_weights(w, tiling))",
     "kc, mc and nc must be positive",
     "the residual's rows are shorter than N",
+    "a layer norm's scale needs its shift",
     "a task could not allocate its packing buffer",
 )
 KERNEL_FAILED = len(OPERAND_PROBLEMS) - 1
@@ -132,7 +137,7 @@ VOID_PTR = I8.as_pointer()
 DENSE_TYPE = ir.FunctionType(
     I64,
     [VOID_PTR, I64, I64, VOID_PTR, I64, VOID_PTR, I64, VOID_PTR, I64, I64, F64, I64, I64, I64,
-     I64, VOID_PTR, I64, VOID_PTR, I64],
+     I64, VOID_PTR, I64, VOID_PTR, I64, VOID_PTR, VOID_PTR, F64],
 )  # fmt: skip
 WORKER = "tilefuse_worker"
 PARALLEL_FOR = "tilefuse_parallel_for"
@@ -265,9 +270,10 @@ def _build_run_task(module: ir.Module, fmt: FloatFormat) -> ir.Function:
     ptr = fmt.scalar.as_pointer()
     fn = _internal(module, f"tilefuse_run_task_{fmt.tag}", ir.FunctionType(
         I1, [I64, I64, I64, I64, I64, I64, ptr, I64, I64, ptr, ptr, I64, ptr, I64, fmt.scalar,
-             I64, ptr, I64]))  # fmt: skip
+             I64, ptr, I64, ptr, ptr, F64]))  # fmt: skip
     act, kind, col_tasks, rows_per_task, panels_per_task, t = fn.args[:6]
-    x, m, k_total, wp, biasp, npad, out, n, alpha, kc, residual, ldr = fn.args[6:]
+    x, m, k_total, wp, biasp, npad, out, n, alpha, kc, residual, ldr = fn.args[6:18]
+    norm_scale, norm_shift, epsilon = fn.args[18:]
     e = Emitter(fn)
     b, mr, nr = e.b, fmt.mr, fmt.nr
     i0 = b.mul(b.sdiv(t, col_tasks), rows_per_task)
@@ -278,11 +284,16 @@ def _build_run_task(module: ir.Module, fmt: FloatFormat) -> ir.Function:
     cols = e.min(b.mul(b.sub(jt_end, jt_begin), I64(nr)), b.sub(n, first_col))
     add_rows = build_add_rows(module, fmt)
 
-    def add_residual() -> None:
+    normalize_rows = build_normalize_rows(module, fmt)
+
+    def add_residual() -> None:  # then the layer norm: the task's rows are whole (the plan)
         with b.if_then(b.icmp_signed("!=", ldr, I64(0))):
             b.call(add_rows, [e.at(out, b.add(b.mul(i0, n), first_col)), n,
                               e.at(residual, b.add(b.mul(i0, ldr), first_col)), ldr, rows,
                               cols])  # fmt: skip
+        with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(norm_scale, I64), I64(0))):
+            b.call(normalize_rows, [e.at(out, b.mul(i0, n)), n, rows, n, norm_scale,
+                                    norm_shift, epsilon])  # fmt: skip
 
     row_plan, packed_plan = fn.append_basic_block("rows"), fn.append_basic_block("packed")
     b.cbranch(b.icmp_signed("==", kind, I64(ROW_PLAN)), row_plan, packed_plan)
@@ -355,9 +366,19 @@ def _build_job(module: ir.Module, fmt: FloatFormat, run_task: ir.Function) -> ir
     alpha = b.bitcast(p.load(P.ALPHA), F64)
     if fmt.name == "float32":
         alpha = b.fptrunc(alpha, fmt.scalar)
+    # [scale, shift, epsilon's bits], or none (0: a job published without it reads zeros)
+    no_norm = ir.GlobalVariable(module, ir.ArrayType(I64, 3), f"tilefuse_no_norm_{fmt.tag}")
+    no_norm.initializer = ir.Constant(ir.ArrayType(I64, 3), [0, 0, 0])
+    no_norm.global_constant = True
+    no_norm.linkage = "internal"
+    given = p.load(P.NORM)
+    norm = b.inttoptr(b.select(b.icmp_signed("==", given, I64(0)),
+                               b.ptrtoint(no_norm, I64), given), I64.as_pointer())  # fmt: skip
     operands = [pointer(P.X), p.load(P.M), p.load(P.K), pointer(P.WP), pointer(P.BIAS),
                 p.load(P.NPAD), pointer(P.OUT), p.load(P.N), alpha, kc, pointer(P.RESIDUAL),
-                p.load(P.LD_RESIDUAL)]  # fmt: skip
+                p.load(P.LD_RESIDUAL), b.inttoptr(b.load(e.at(norm, I64(0))), ptr),
+                b.inttoptr(b.load(e.at(norm, I64(1))), ptr),
+                b.bitcast(b.load(e.at(norm, I64(2))), F64)]  # fmt: skip
     loop, run, done = (fn.append_basic_block(n) for n in ("claim", "run", "done"))
     b.branch(loop)
     b.position_at_end(loop)
@@ -373,10 +394,11 @@ def _build_job(module: ir.Module, fmt: FloatFormat, run_task: ir.Function) -> ir
 
 
 # -------------------------------------------------------------------- the plan
-def _task_grid(e: Emitter, m_units, n_units, min_m_blocks, min_n_blocks, threads):
+def _task_grid(e: Emitter, m_units, n_units, min_m_blocks, min_n_blocks, threads, whole):
     """(m_blocks, n_blocks) at least the minimum (block sizes <= mc, nc) that split the work
     most evenly over `threads`; on ties, fewer tasks (less repacking of x, fewer B re-reads).
-    Cost: rounds of tasks x the largest task, in register tiles."""
+    Cost: rounds of tasks x the largest task, in register tiles. `whole` (i1): one column
+    block, whole rows."""
     b = e.b
 
     def cost(mb: ir.Value, nb: ir.Value) -> ir.Value:
@@ -387,6 +409,7 @@ def _task_grid(e: Emitter, m_units, n_units, min_m_blocks, min_n_blocks, threads
     best = e.var(cost(min_m_blocks, min_n_blocks))
     m_hi = b.add(e.min(m_units, b.add(min_m_blocks, b.mul(threads, I64(2)))), I64(1))
     n_hi = b.add(e.min(n_units, b.mul(min_n_blocks, b.mul(threads, I64(4)))), I64(1))
+    n_hi = b.select(whole, I64(2), n_hi)
 
     def try_m(mb: ir.Value) -> None:
         def try_n(nb: ir.Value) -> None:
@@ -408,15 +431,16 @@ def plan_name(fmt: FloatFormat) -> str:
     return f"tilefuse_plan_{fmt.tag}"
 
 
-PLAN_TYPE = ir.FunctionType(ir.VoidType(), [I64, I64, I64, I64, I64, I64.as_pointer()])
+PLAN_TYPE = ir.FunctionType(ir.VoidType(), [I64, I64, I64, I64, I64, I64, I64.as_pointer()])
 
 
 def _build_plan(module: ir.Module, fmt: FloatFormat) -> ir.Function:
-    """`void plan(m, panels, mc, nc, threads, int64_t result[5])`: (kind, column tasks, rows
-    per task, panels per task, task count) of one call. Exported, so that `tune` and the
-    tests read the plan the driver runs."""
+    """`void plan(m, panels, mc, nc, threads, whole_rows, int64_t result[5])`: (kind, column
+    tasks, rows per task, panels per task, task count) of one call; whole_rows not 0: one
+    column task (a layer norm of the rows follows in each task). Exported, so that `tune` and
+    the tests read the plan the driver runs."""
     fn = ir.Function(module, PLAN_TYPE, plan_name(fmt))
-    m, panels, mc, nc, threads, result = fn.args
+    m, panels, mc, nc, threads, whole_rows, result = fn.args
     e = Emitter(fn)
     b, mr, nr = e.b, fmt.mr, fmt.nr
     most_rows = max(fmt.row_counts)
@@ -425,17 +449,20 @@ def _build_plan(module: ir.Module, fmt: FloatFormat) -> ir.Function:
         for i, value in enumerate(values):
             b.store(value, e.at(result, I64(i)))
 
+    whole = b.icmp_signed("!=", whole_rows, I64(0))
     row_plan = b.icmp_signed("<=", m, I64(min(ROW_KERNEL_MAX_M, most_rows)))
     with b.if_else(row_plan) as (rows_kernel, packed):
         with rows_kernel:
-            groups = e.ceil_div(panels, ROWS_TASK_PANELS)
-            put([I64(ROW_PLAN), groups, I64(most_rows), I64(ROWS_TASK_PANELS), groups])
+            per_group = b.select(whole, e.max(panels, I64(1)), I64(ROWS_TASK_PANELS))
+            groups = e.ceil_div(panels, per_group)
+            put([I64(ROW_PLAN), groups, I64(most_rows), per_group, groups])
         with packed:
             m_units = e.ceil_div(m, mr)
             min_m_blocks = e.ceil_div(m_units, e.max(I64(1), b.sdiv(mc, I64(mr))))
             min_n_blocks = e.ceil_div(panels, e.max(I64(1), b.sdiv(nc, I64(nr))))
+            min_n_blocks = b.select(whole, I64(1), min_n_blocks)
             m_blocks, n_blocks = _task_grid(e, m_units, panels, min_m_blocks, min_n_blocks,
-                                            threads)  # fmt: skip
+                                            threads, whole)  # fmt: skip
             rows_per_task = b.mul(e.ceil_div(m_units, m_blocks), I64(mr))
             panels_per_task = e.ceil_div(panels, n_blocks)
             col_tasks = e.ceil_div(panels, panels_per_task)
@@ -449,12 +476,14 @@ def _build_plan(module: ir.Module, fmt: FloatFormat) -> ir.Function:
 def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) -> ir.Function:
     fn = ir.Function(module, DENSE_TYPE, dense_name(fmt))
     (x_raw, m, k_total, wp_raw, wp_size, bias_raw, nbias, out_raw, n, act, alpha64, kc, mc, nc,
-     parallel, ctl_raw, nctl, residual_raw, ldr) = fn.args  # fmt: skip
+     parallel, ctl_raw, nctl, residual_raw, ldr, scale_raw, shift_raw,
+     epsilon) = fn.args  # fmt: skip
     e = Emitter(fn)
     b, nr = e.b, fmt.nr
     ptr = fmt.scalar.as_pointer()
-    x, wp, bias, out, residual = (b.bitcast(a, ptr) for a in (x_raw, wp_raw, bias_raw, out_raw,
-                                                              residual_raw))  # fmt: skip
+    x, wp, bias, out, residual, scale, shift = (
+        b.bitcast(a, ptr) for a in (x_raw, wp_raw, bias_raw, out_raw, residual_raw, scale_raw,
+                                    shift_raw))  # fmt: skip
     ctl = b.bitcast(ctl_raw, P.CTL_PTR)
     alpha = b.fptrunc(alpha64, fmt.scalar) if fmt.name == "float32" else alpha64
 
@@ -469,6 +498,9 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
     fail_if(ne(wp_size, b.mul(k_total, npad)), 4)
     fail_if(b.or_(b.or_(lt(kc, I64(1)), lt(mc, I64(1))), lt(nc, I64(1))), 5)
     fail_if(b.and_(ne(ldr, I64(0)), lt(ldr, n)), 6)  # ldr 0: no residual
+    null = ir.Constant(VOID_PTR, None)
+    normalized = b.icmp_unsigned("!=", scale_raw, null)  # a layer norm of the rows, last
+    fail_if(b.and_(normalized, b.icmp_unsigned("==", shift_raw, null)), 7)
     with b.if_then(b.or_(b.icmp_signed("<=", m, I64(0)), b.icmp_signed("<=", n, I64(0)))):
         b.ret(I64(0))
 
@@ -486,12 +518,17 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
         b.store(P.PoolIR(b, ctl).threads(parallel), threads)
     threads = b.load(threads)
     result = b.alloca(I64, size=5)
-    b.call(plan_fn, [m, b.sdiv(npad, I64(nr)), mc, nc, threads, result])
+    b.call(plan_fn, [m, b.sdiv(npad, I64(nr)), mc, nc, threads, b.zext(normalized, I64), result])
     kind, col_tasks, rows_per_task, panels_per_task, tasks = (
         b.load(e.at(result, I64(i))) for i in range(5)
     )
     plan = [kind, col_tasks, rows_per_task, panels_per_task]
-    operands = [x, m, k_total, wp, biasp, npad, out, n, alpha, kc, residual, ldr]
+    operands = [x, m, k_total, wp, biasp, npad, out, n, alpha, kc, residual, ldr, scale, shift,
+                epsilon]  # fmt: skip
+    norm = b.alloca(I64, size=3)  # what the job's NORM field points to, for the workers
+    for i, value in enumerate((b.ptrtoint(scale_raw, I64), b.ptrtoint(shift_raw, I64),
+                               b.bitcast(epsilon, I64))):  # fmt: skip
+        b.store(value, e.at(norm, I64(i)))
     status, use_pool = e.var(0), e.var(0)
     p = P.PoolIR(b, ctl)
     shared = b.and_(b.icmp_signed(">", threads, I64(1)), b.icmp_signed(">", tasks, I64(1)))
@@ -508,6 +545,7 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
                 P.BIAS: b.ptrtoint(biasp, I64), P.NPAD: npad, P.OUT: b.ptrtoint(out, I64),
                 P.N: n, P.ALPHA: b.bitcast(alpha64, I64),
                 P.RESIDUAL: b.ptrtoint(residual_raw, I64), P.LD_RESIDUAL: ldr,
+                P.NORM: b.select(normalized, b.ptrtoint(norm, I64), I64(0)),
             }  # fmt: skip
             for field, value in job_fields.items():
                 p.store(field, value)
@@ -715,7 +753,8 @@ def _build_attention_task(module: ir.Module, fmt: FloatFormat, softmax: ir.Funct
                                b.mul(padded, depth), null, I64(0), b.bitcast(into, VOID_PTR),
                                width, I64(0), ir.Constant(F64, 0.0), e.max(depth, I64(1)),
                                I64(1024), e.max(padded, I64(nr)), I64(PARALLEL_NONE), null,
-                               I64(0), null, I64(0)])  # fmt: skip
+                               I64(0), null, I64(0), null, null,
+                               ir.Constant(F64, 0.0)])  # fmt: skip
 
             scores = product(qs, d, wk, panels_k, s, tk)
             m0, m1, m2, m3 = mask_shape

@@ -49,6 +49,8 @@ LIBRARY_ROLES = (
      "a {0}x{1} block of the output in registers, epilogue fused in the last k block"),
     (r"tilefuse_activate_", "the epilogue's activation over a tile"),
     (r"tilefuse_add_rows_", "the residual (post=(add)) added to a task's block of the output"),
+    (r"tilefuse_normalize_rows_", "a layer norm (post=(.., layer_norm)) of a task's whole rows, "
+     "in place, last"),
     (r"tilefuse_softmax_rows_", "attention's softmax of a block of scores: each row's max, "
      "exp(s - max) in place and its sum, in vectors"),
     (r"tilefuse_attention_task_", "attention's task: a head and a block of 128 queries (q "

@@ -111,6 +111,8 @@ class DenseCall:
     nc: int
     parallel: int
     residual: Operand | None = None  # post=(add): C-contiguous, out's shape, added last
+    norm: tuple[Operand, Operand] | None = None  # post=(.., layer_norm): scale, shift of [n]
+    epsilon: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,8 @@ def build_module(plan: NativePlan) -> ir.Module:
             I64(call.kc), I64(call.mc), I64(call.nc), parallel_arg if call.parallel else I64(0),
             b.inttoptr(pool, I8P), pool_size,
             pointer(call.residual, f"residual.{index}", size), I64(call.n if call.residual else 0),
+            *(pointer(o, f"norm.{index}", size) for o in call.norm or (None, None)),
+            ir.Constant(F64, call.epsilon),
         ]  # fmt: skip
         status = b.call(driver, args, f"status.{index}")
         with b.if_then(b.icmp_signed("!=", status, I64(0)), likely=False):
@@ -521,15 +525,7 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
     fastmath there; float32 rows in one pass, `_one_pass_moments`), 1 / sqrt(var + eps),
     then each element in the dtype. One per dtype and shift in a module."""
     from .cpu_pool import TASK_TYPE
-    from .llvm_ukernel import (
-        VectorEmitter,
-        counted_loop,
-        format_of,
-        load_lanes,
-        rows_in_vectors,
-        store_lanes,
-        vector_at,
-    )
+    from .llvm_ukernel import VectorEmitter, counted_loop, format_of, normalize_row
 
     name = f"tilefuse_layer_norm_{dtype}{'_shift' if shifted else ''}"
     if name in module.globals:
@@ -550,7 +546,6 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
     first = b.mul(t, per_task)
     count = b.sub(b.select(b.icmp_signed("<", b.add(first, per_task), rows),
                            b.add(first, per_task), rows), first)  # fmt: skip
-    widthf = b.sitofp(width, F64)
 
     def row(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
         base = b.mul(b.add(first, r), width)
@@ -558,94 +553,14 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
         def at(array: ir.Value, j: ir.Value) -> ir.Value:
             return b.gep(array, [b.add(base, j)])
 
-        if scalar is F64:
-            mean, inv = _two_pass_moments(b, lambda j: b.load(at(x, j)), width, widthf, eps)
-        else:
-            mean, inv = _one_pass_moments(b, lambda j: b.fpext(b.load(at(x, j)), F64), width,
-                                          widthf, eps)  # fmt: skip
-            inv = b.fptrunc(inv, scalar)
-
-        # in vectors (a masked end), written out: LLVM's own vectorization of this loop
-        # checks that y and x do not overlap, and a norm in place (y is x) ran scalar
         e = VectorEmitter(b, format_of({"f32": "float32", "f64": "float64"}[dtype]))
-        lanes = e.fmt.lanes
-        wide = ir.VectorType(F64, lanes)
-        first_lane = b.insert_element(ir.Constant(wide, ir.Undefined), mean, I32(0))
-        m = b.shuffle_vector(first_lane, first_lane, ir.Constant(ir.VectorType(I32, lanes),
-                                                                 [0] * lanes))  # fmt: skip
-        f = e.splat(inv)
-
-        def element(_: ir.Value, offset: ir.Value, mask: ir.Value | None) -> None:
-            def load(array: ir.Value) -> ir.Value:
-                return load_lanes(e, vector_at(e, array, offset), mask)
-
-            # x - mean in float64 (exact for float32 x and as near as it gets for float64),
-            # then to the dtype: x - mean in float32 lost up to half an ulp of the mean
-            centered = load(x_row)
-            if scalar is not F64:
-                centered = b.fptrunc(b.fsub(b.fpext(centered, wide), m), e.vty)
-            else:
-                centered = b.fsub(centered, m)
-            v = b.fmul(centered, b.fmul(f, load(scale)), flags=["contract"])
-            if shifted:
-                v = b.fadd(v, load(shift), flags=["contract"])
-            store_lanes(e, v, vector_at(e, y_row, offset), mask)
-
-        x_row, y_row = at(x, I64(0)), at(y, I64(0))
-        rows_in_vectors(e, I64(1), width, element)
+        normalize_row(e, at(x, I64(0)), at(y, I64(0)), width, scale, shift if shifted else None,
+                      eps)  # fmt: skip
         return []
 
     counted_loop(b, count, [], row)
     b.ret_void()
     return fn
-
-
-REASSOCIATED = ("reassoc", "contract")  # the flags of Numba's fastmath in cpu_runtime
-
-
-def _inverse_deviation(b: ir.IRBuilder, var: ir.Value, eps: ir.Value) -> ir.Value:
-    sqrt = b.module.declare_intrinsic("llvm.sqrt", [F64])
-    return b.fdiv(ir.Constant(F64, 1.0), b.call(sqrt, [b.fadd(var, eps)]))
-
-
-def _two_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Value, ir.Value]:
-    """(mean, 1 / sqrt(var + eps)) of `load(j)` (float64) for j < width: the sum, then the
-    squares of the deviations (reassociated sums)."""
-    from .llvm_ukernel import counted_loop
-
-    def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
-        return [b.fadd(acc[0], load(j), flags=REASSOCIATED)]
-
-    (total,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], add)
-    mean = b.fdiv(total, widthf)
-
-    def square(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
-        d = b.fsub(load(j), mean)
-        return [b.fadd(acc[0], b.fmul(d, d, flags=REASSOCIATED), flags=REASSOCIATED)]
-
-    (var,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], square)
-    return mean, _inverse_deviation(b, b.fdiv(var, widthf), eps)
-
-
-def _one_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Value, ir.Value]:
-    """(mean, 1 / sqrt(var + eps)) of float32 values widened by `load(j)`: their sum and
-    the sum of their squares in one pass, in float64, where a float32's square is exact, so
-    var = E[x^2] - mean^2 loses nothing a float32 result could show (clamped at 0)."""
-    from .llvm_ukernel import counted_loop
-
-    def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
-        v = load(j)
-        return [
-            b.fadd(acc[0], v, flags=REASSOCIATED),
-            b.fadd(acc[1], b.fmul(v, v), flags=REASSOCIATED),
-        ]
-
-    zero = ir.Constant(F64, 0.0)
-    total, squares = counted_loop(b, width, [zero, zero], add)
-    mean = b.fdiv(total, widthf)
-    var = b.fsub(b.fdiv(squares, widthf), b.fmul(mean, mean))
-    var = b.select(b.fcmp_ordered("<", var, zero), zero, var)  # (NaN passes)
-    return mean, _inverse_deviation(b, var, eps)
 
 
 def _converted(b: ir.IRBuilder, value: ir.Value, source: str, target: str) -> ir.Value:

@@ -88,6 +88,9 @@ ATTENTION_F32, ATTENTION_F64 = TASK_FUNCTIONS, TASK_FUNCTIONS + 1
 DENSE_F32, DENSE_F64 = TASK_FUNCTIONS + 2, TASK_FUNCTIONS + 3
 # the job's residual (a dense op's `post=(add)` operand; 0: none) and its row stride
 RESIDUAL, LD_RESIDUAL = JOB + 28, JOB + 29
+# a layer norm of the rows after it (a dense op's `post=(.., layer_norm)`): the address of
+# the driver's [scale, shift, epsilon's bits] (scale 0: none)
+NORM = JOB + 31
 # the workers' thread ids (steering)
 TIDS = JOB + 32
 CTL_SIZE = 128

@@ -329,7 +329,7 @@ class CudaRenderer(Renderer):
         self.grid_kernel(node, self.kernel_name(node), [q, k, v, *mask, out], rows, body,
                          "one thread per query (online over the keys)")  # fmt: skip
 
-    def render_layer_norm(self, node: Node) -> None:
+    def render_layer_norm(self, node: Node, record: bool = True) -> None:
         """One thread per row of the normalized axes: mean, variance, scale and shift."""
         t, name = node.type, self.names[node.id]
         axis = attrs_of(node)["axis"] % t.rank
@@ -401,9 +401,11 @@ class CudaRenderer(Renderer):
                 body = [f"v = {dst}", *post, f"{dst} = v"]
                 params = [self.var[node.id], *self.operands(node)[2:]]
                 self.elementwise_kernel(node, self.kernel_name(node, "post"), params, body)
+            self.norm_rows(node)
             return
         epilogue += activation_code(attrs["act"], attrs, node.type)
         self.gemm(node, x, w, epilogue + self.post_code(node, attrs))
+        self.norm_rows(node)
 
     def activation_statements(self, name: str, attrs: dict[str, Any], t: TensorType) -> list[str]:
         return activation_code(name, attrs, t)  # literals typed as t's dtype on the device

@@ -101,6 +101,7 @@ ROWS_TASK_PANELS = 4  # NR panels per rows_tile call (a task of the small-batch 
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
+F64 = ir.DoubleType()
 
 
 @functools.cache
@@ -1043,3 +1044,116 @@ def _transpose(e: VectorEmitter, rows: list[ir.Value]) -> list[ir.Value]:
 
 def _mask(indices: list[int]) -> ir.Constant:
     return ir.Constant(ir.VectorType(I32, len(indices)), indices)
+
+
+# -------------------------------------------------------------------- layer norm of rows
+def normalize_row(e: VectorEmitter, x: ir.Value, y: ir.Value, width: ir.Value, scale: ir.Value,
+                  shift: ir.Value | None, eps: ir.Value) -> None:  # fmt: skip
+    """y[0:width] = (x - mean) / sqrt(var + eps) * scale (+ shift) of one row (y may be x;
+    eps a double): the mean and the variance in float64 with reassociated sums (float32
+    rows in one pass, `_one_pass_moments`; float64 in two), then x - mean in float64 (x - mean
+    in float32 loses up to half an ulp of the mean: far from 0, most of the result) and the
+    rest in the dtype, in vectors with a masked end (LLVM's own vectorization of that loop
+    checks that y and x do not overlap, and a norm in place ran scalar)."""
+    b, fmt = e.b, e.fmt
+    widthf = b.sitofp(width, F64)
+
+    def at(j: ir.Value) -> ir.Value:
+        return b.gep(x, [j])
+
+    if fmt.name == "float64":
+        mean, inv = _two_pass_moments(b, lambda j: b.load(at(j)), width, widthf, eps)
+    else:
+        mean, inv = _one_pass_moments(b, lambda j: b.fpext(b.load(at(j)), F64), width, widthf,
+                                      eps)  # fmt: skip
+        inv = b.fptrunc(inv, fmt.scalar)
+    wide = ir.VectorType(F64, fmt.lanes)
+    first_lane = b.insert_element(ir.Constant(wide, ir.Undefined), mean, I32(0))
+    m = b.shuffle_vector(first_lane, first_lane,
+                         ir.Constant(ir.VectorType(I32, fmt.lanes), [0] * fmt.lanes))  # fmt: skip
+    f = e.splat(inv)
+
+    def element(_: ir.Value, offset: ir.Value, mask: ir.Value | None) -> None:
+        def load(array: ir.Value) -> ir.Value:
+            return load_lanes(e, vector_at(e, array, offset), mask)
+
+        centered = load(x)
+        if fmt.name == "float64":
+            centered = b.fsub(centered, m)
+        else:
+            centered = b.fptrunc(b.fsub(b.fpext(centered, wide), m), e.vty)
+        v = b.fmul(centered, b.fmul(f, load(scale)), flags=["contract"])
+        if shift is not None:
+            v = b.fadd(v, load(shift), flags=["contract"])
+        store_lanes(e, v, vector_at(e, y, offset), mask)
+
+    rows_in_vectors(e, I64(1), width, element)
+
+
+def build_normalize_rows(module: ir.Module, fmt: FloatFormat) -> ir.Function:
+    """`void normalize_rows(c, ldc, rows, cols, scale, shift, eps)`: each of C's rows
+    (cols wide) in place by `normalize_row`: a dense op's `layer_norm` post step, on a task's
+    whole rows once they are done (after the residual)."""
+    name = f"tilefuse_normalize_rows_{fmt.tag}"
+    if name in module.globals:
+        return module.globals[name]
+    ptr = fmt.scalar.as_pointer()
+    fn = define_kernel(module, name, [ptr, I64, I64, I64, ptr, ptr, F64])
+    c, ldc, rows, cols, scale, shift, eps = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = VectorEmitter(b, fmt)
+
+    def row(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
+        start = b.gep(c, [b.mul(r, ldc)])
+        normalize_row(e, start, start, cols, scale, shift, eps)
+        return []
+
+    counted_loop(b, rows, [], row)
+    b.ret_void()
+    return fn
+
+
+REASSOCIATED = ("reassoc", "contract")  # the flags of Numba's fastmath in cpu_runtime
+
+
+def _inverse_deviation(b: ir.IRBuilder, var: ir.Value, eps: ir.Value) -> ir.Value:
+    sqrt = b.module.declare_intrinsic("llvm.sqrt", [F64])
+    return b.fdiv(ir.Constant(F64, 1.0), b.call(sqrt, [b.fadd(var, eps)]))
+
+
+def _two_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Value, ir.Value]:
+    """(mean, 1 / sqrt(var + eps)) of `load(j)` (float64) for j < width: the sum, then the
+    squares of the deviations (reassociated sums)."""
+
+    def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+        return [b.fadd(acc[0], load(j), flags=REASSOCIATED)]
+
+    (total,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], add)
+    mean = b.fdiv(total, widthf)
+
+    def square(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+        d = b.fsub(load(j), mean)
+        return [b.fadd(acc[0], b.fmul(d, d, flags=REASSOCIATED), flags=REASSOCIATED)]
+
+    (var,) = counted_loop(b, width, [ir.Constant(F64, 0.0)], square)
+    return mean, _inverse_deviation(b, b.fdiv(var, widthf), eps)
+
+
+def _one_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Value, ir.Value]:
+    """(mean, 1 / sqrt(var + eps)) of float32 values widened by `load(j)`: their sum and
+    the sum of their squares in one pass, in float64, where a float32's square is exact, so
+    var = E[x^2] - mean^2 loses nothing a float32 result could show (clamped at 0)."""
+
+    def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
+        v = load(j)
+        return [
+            b.fadd(acc[0], v, flags=REASSOCIATED),
+            b.fadd(acc[1], b.fmul(v, v), flags=REASSOCIATED),
+        ]
+
+    zero = ir.Constant(F64, 0.0)
+    total, squares = counted_loop(b, width, [zero, zero], add)
+    mean = b.fdiv(total, widthf)
+    var = b.fsub(b.fdiv(squares, widthf), b.fmul(mean, mean))
+    var = b.select(b.fcmp_ordered("<", var, zero), zero, var)  # (NaN passes)
+    return mean, _inverse_deviation(b, var, eps)

@@ -110,8 +110,9 @@ class Epilogue:
         self.attrs = attrs
         operands = [np.broadcast_to(o, shape) for o in operands]
         self.bias = operands.pop(0) if attrs["bias"] else None
-        self.post = operands  # the extra operands of the binary post steps, in order
-        self.per_tile = elementwise_activation(attrs["act"])
+        self.post = operands  # the extra operands of the post steps, in order
+        # a row-wise step (softmax, a layer norm) needs whole rows: it runs on all of C
+        self.per_tile = elementwise_activation(attrs["act"]) and "layer_norm" not in attrs["post"]
 
     def tile(self, z: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
         if self.bias is not None:
@@ -119,10 +120,11 @@ class Epilogue:
         if not self.per_tile:
             return z
         z = apply_activation(self.attrs["act"], z, self.attrs)
-        return apply_epilogue(z, self.attrs["post"], [o[rows, cols] for o in self.post])
+        return apply_epilogue(z, self.attrs["post"], [o[rows, cols] for o in self.post],
+                              self.attrs)  # fmt: skip
 
     def whole(self, c: np.ndarray) -> np.ndarray:
         if self.per_tile:
             return c
         c = apply_activation(self.attrs["act"], c, self.attrs)
-        return apply_epilogue(c, self.attrs["post"], self.post)
+        return apply_epilogue(c, self.attrs["post"], self.post, self.attrs)

@@ -684,9 +684,9 @@ class Renderer:
             parts = [*groups, scores[-2:-1], scores[-1:]]
         return f"E.shaped({src}, ({', '.join(self.extent(p) for p in parts)}))"
 
-    def render_layer_norm(self, node: Node) -> None:
+    def render_layer_norm(self, node: Node, record: bool = True) -> None:
         """Rows of the normalized axes, each: mean, variance, then scale and shift (the
-        runtime's kernel on 2-D views)."""
+        runtime's kernel on 2-D views); `record`: as a call of the native forward's plan."""
         t = node.type
         axis = attrs_of(node)["axis"] % t.rank
         eps = float(attrs_of(node)["epsilon"])
@@ -702,7 +702,7 @@ class Renderer:
         )
         operands = [self.operand_of(node.inputs[0]), self.operand_of(node.id)]
         scale, *shift = [self.arrays.get(name) for name in params]
-        if None not in operands and scale is not None and None not in shift:
+        if record and None not in operands and scale is not None and None not in shift:
             line = format_node(self.g, node.id, self.names)
             self.calls[node.id] = LayerNormCall(
                 line, operands[0], operands[1], t.shape[:axis], t.shape[axis:],  # type: ignore[arg-type]
@@ -754,7 +754,11 @@ class Renderer:
         kernel_first = node.op == "dense" and in_kernel and not rowwise  # all before the add
         residual = post_residual(self.g, node) if kernel_first else None
         post = self.post_code(node, attrs, residual is not None) if node.op == "dense" else []
-        if (pre or post or rowwise) and attrs.get("tile") is not None:
+        steps = attrs["post"] if node.op == "dense" else ()
+        norm = steps[-1:] == ("layer_norm",)
+        # the kernel normalizes the rows last when it runs every step before the norm
+        kernel_norm = norm and kernel_first and len(steps) == 1 + int(residual is not None)
+        if (pre or post or rowwise or norm and not kernel_norm) and attrs.get("tile") is not None:
             raise TilefuseError(
                 f"cpu backend: {format_node(self.g, node.id, self.names)}: a tiled dense must "
                 "hold only what the kernel runs (a row bias and one of "
@@ -773,6 +777,12 @@ class Renderer:
             residual_arg = f"residual_{self.names[node.id]}"
             self.emit(f"{residual_arg} = np.ascontiguousarray({self.value(residual)})")
             ldr = str(n)
+        norm_names: list[str] = []  # the layer norm's scale and shift, as flat rows of [n]
+        if kernel_norm:
+            norm_names = [self.flat_parameter(i, (n,), role) for i, role in
+                          zip(node.inputs[-2:], ("norm_scale", "norm_shift"))]  # fmt: skip
+        norm_args = [f"E.data({a})" for a in norm_names] or ["E.null()", "E.null()"]
+        epsilon = float(attrs.get("epsilon", 0.0)) if kernel_norm else 0.0
         entry = f"dense_{node.type.dtype}_{tiling.mr}x{tiling.nr}"
         self.entries[entry] = (node.type.dtype, tiling.mr, tiling.nr)
         act_code = ACTIVATION_CODE[act_key]
@@ -797,6 +807,9 @@ class Renderer:
             ("E.data(pool), pool.size,", "the thread pool (size 0: none)"),
             (f"E.data({residual_arg}), {ldr},",
              "residual added last, its row stride" if residual is not None else "no residual"),
+            (f"{norm_args[0]}, {norm_args[1]}, {float_literal(epsilon)},",
+             "a layer norm of the rows last: scale, shift, epsilon" if kernel_norm
+             else "no layer norm"),
         ]  # fmt: skip
         width = max(len(code) for code, _ in call)
         self.emit(f"status = {entry}(")
@@ -809,15 +822,17 @@ class Renderer:
         )
         self.emit("if status != 0:")
         self.emit(f"raise E.KernelFailure({format_node(self.g, node.id, self.names)!r}, status)", 2)
-        if not (pre or post or rowwise):
+        if not (pre or post or rowwise or norm and not kernel_norm):
             self.record_call(node, x, x_var, wp, (bias, bias_arg), out, (act_code, alpha), tiling,
-                             residual)  # fmt: skip
+                             residual, norm_names, epsilon)  # fmt: skip
         if rowwise:
             self.elementwise_in_place(node, pre)
             self.softmax_loops(node.type, out, out, act, axis=-1)
             self.elementwise_in_place(node, post)
         else:
             self.elementwise_in_place(node, pre + post)
+        if norm and not kernel_norm:
+            self.norm_rows(node)
 
     def elementwise_in_place(self, node: Node, steps: list[str]) -> None:
         """One loop nest applying `steps` (statements on `v`) to every element of the result."""
@@ -834,12 +849,26 @@ class Renderer:
         if skip_first:
             steps, operands = steps[1:], operands[1:]
         for step in steps:
+            if step == "layer_norm":  # the last step, whole rows: `norm_rows` runs it
+                break
             if step in BINARY_OPS:
                 operand = self.read(operands.pop(0), node.type)
                 code.append(f"v = v {BINARY_OPS[step].symbol} {operand}")
             else:
                 code += self.activation_statements(step, {}, node.type)
         return code
+
+    def norm_rows(self, node: Node) -> None:
+        """A dense op's last post step when it is a layer norm of each row: the layer norm's
+        own code, in place on the dense's result (an untiled dense; the tile passes move it
+        out as an op of its own when the kernel cannot run it)."""
+        if attrs_of(node)["post"][-1:] != ("layer_norm",):
+            return
+        norm = (("axis", -1), ("epsilon", attrs_of(node)["epsilon"]))
+        self.render_layer_norm(
+            replace(node, op="layer_norm", inputs=(node.id, *node.inputs[-2:]), attrs=norm),
+            record=False,
+        )
 
     def activation_statements(self, name: str, attrs: dict[str, Any], t: TensorType) -> list[str]:
         """The scalar statements of an activation on `v` (a backend may type them by `t`)."""
@@ -871,7 +900,8 @@ class Renderer:
 
     def record_call(self, node: Node, x: int, x_var: str, wp: str, bias: tuple[int | None, str],
                     out: str, act: tuple[int, float], tiling: Tiling,
-                    residual: int | None = None) -> None:  # fmt: skip
+                    residual: int | None = None, norm: list[str] | None = None,
+                    epsilon: float = 0.0) -> None:  # fmt: skip
         """The driver call just written, for the native forward, when every array it names is
         one the frame holds (an input, parameter, output or a buffer's start) and its sizes
         are fixed but for the symbolic dims of its rows."""
@@ -879,6 +909,9 @@ class Renderer:
         operands = [self.operand_of(x), self.arrays.get(wp), self.operand_of(node.id)]
         if residual is not None:
             operands.append(self.operand_of(residual))
+        norm_operands = [self.arrays.get(name) for name in norm or []]
+        if None in norm_operands:
+            return
         bias_operand = None if bias[0] is None else self.arrays.get(bias[1])
         if None in operands or not isinstance(x_type.shape[-1], int) or not isinstance(n, int):
             return
@@ -892,7 +925,8 @@ class Renderer:
             format_node(self.g, node.id, self.names), entry, operands[0], x_type.shape[:-1],
             x_type.shape[-1], operands[1], wp_size, bias_operand, bias_size, operands[2], n,
             act[0], act[1], tiling.kc, tiling.mc, tiling.nc, parallel_code(tiling),
-            operands[3] if residual is not None else None)  # type: ignore[arg-type]  # fmt: skip
+            operands[3] if residual is not None else None,  # type: ignore[arg-type]
+            tuple(norm_operands) or None, epsilon)  # type: ignore[arg-type]  # fmt: skip
 
     def packed_weights(self, w: int, tiling: Tiling) -> str:
         if self.g[w].op == "const":

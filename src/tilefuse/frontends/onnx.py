@@ -1530,7 +1530,11 @@ class _Exporter:
             value = self.add("Add", [value, rest.pop(0)])
         value = self.activation(attrs["act"], attrs, value, None)
         for step in attrs["post"]:
-            if step in BINARY_OPS.values():
+            if step == "layer_norm":
+                scale, shift = rest.pop(0), rest.pop(0)
+                value = self.add("LayerNormalization", [value, scale, shift], axis=-1,
+                                 epsilon=attrs["epsilon"])  # fmt: skip
+            elif step in BINARY_OPS.values():
                 op_type = {v: k for k, v in BINARY_OPS.items()}[step]
                 value = self.add(op_type, [value, rest.pop(0)])
             else:

@@ -74,7 +74,41 @@ def act_slot_free(dense: Node) -> bool:
 
 
 def epilogue_candidate(node: Node) -> bool:
-    return node.op in ACTIVATIONS or node.op in BINARY_OPS
+    return node.op in ACTIVATIONS or node.op in BINARY_OPS or node.op == "layer_norm"
+
+
+def normalized(dense: Node) -> bool:
+    """The dense already ends with a layer norm: nothing joins after it."""
+    return "layer_norm" in attrs_of(dense)["post"]
+
+
+def norm_problem(g: Graph, dense: Node, norm: Node) -> Problem | None:
+    """Why a layer norm of the dense's result cannot be its last post step, or None."""
+    t = dense.type
+    axis = attrs_of(norm)["axis"] % max(t.rank, 1)
+    if t.rank == 0 or axis != t.rank - 1:
+        return (
+            "norm_axes",
+            f"layer_norm[axis={attrs_of(norm)['axis']}] normalizes over more than the last "
+            f"axis of {t}; a dense epilogue normalizes each row (the last axis) only",
+        )
+    if len(norm.inputs) != 3:
+        return (
+            "norm_without_shift",
+            "the layer norm has no shift; a dense epilogue's layer norm takes a scale and a "
+            "shift (give it a shift of zeros to fuse it)",
+        )
+    n = t.shape[-1]
+    for operand in norm.inputs[1:]:
+        if broadcast_shapes((n,), g[operand].type.shape) != (n,) or g.has_path(dense.id, operand):
+            return (
+                "shape_mismatch",
+                f"the layer norm's operand {g[operand].type} is not one row of [{n}] for "
+                "every row (or is computed from the dense's own result)",
+            )
+    if len(dense.inputs) + 2 > MAX_DENSE_OPERANDS:
+        return ("too_many_operands", f"a dense op takes at most {MAX_DENSE_OPERANDS} operands")
+    return None
 
 
 def multi_use_problem(g: Graph, dense: Node) -> Problem:
@@ -134,6 +168,14 @@ def absorb_problem(g: Graph, dense: Node, user: Node) -> Problem | None:
     """Why `user` cannot join `dense`'s epilogue, or None when it can."""
     if g.use_count(dense.id) > 1:
         return multi_use_problem(g, dense)
+    if normalized(dense):
+        return (
+            "after_norm",
+            "the dense ends with a layer norm, and a layer norm is a dense epilogue's last "
+            "step: what follows it runs as its own kernel",
+        )
+    if user.op == "layer_norm":
+        return norm_problem(g, dense, user)
     if user.op in ACTIVATIONS:
         return activation_problem(dense, user)
     return binary_problem(g, dense, user)
@@ -171,6 +213,16 @@ def absorb_binary(edit: Edit, m: Match) -> int | None:
     )
 
 
+def absorb_norm(edit: Edit, m: Match) -> int | None:
+    dense, norm = m["d"], m["root"]
+    if absorb_problem(edit.g, dense, norm) is not None:
+        return None
+    attrs = {**dense.attr, "post": (*attrs_of(dense)["post"], "layer_norm")}
+    if "epsilon" in norm.attr:  # (left out at the default, as in every op)
+        attrs["epsilon"] = norm.attr["epsilon"]
+    return edit.op("dense", [*dense.inputs, *norm.inputs[1:]], loc=dense.loc, **attrs)
+
+
 DENSE = pat("dense", name="d", where=[single_use])
 
 FUSION_RULES = [
@@ -180,6 +232,7 @@ FUSION_RULES = [
         Rule(f"dense_{op}", pat(op, DENSE, any_node("r"), commutative=True), absorb_binary)
         for op in BINARY_OPS
     ),
+    Rule("dense_layer_norm", pat("layer_norm", DENSE, any_node("s"), any_node("t")), absorb_norm),
 ]
 
 

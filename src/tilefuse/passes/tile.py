@@ -22,7 +22,7 @@ from .. import machine as machines
 from ..errors import AttrError
 from ..ir import Graph, Node
 from ..machine import KIB, Machine, format_bytes
-from ..ops import ACTIVATIONS, BINARY_REFS, attrs_of, post_residual
+from ..ops import ACTIVATIONS, OPS, attrs_of, post_residual, post_step_operands
 from ..tiling import (
     CPU_KERNEL_ACTIVATIONS,
     PARALLEL_CHOICES,
@@ -340,19 +340,34 @@ def kernel_keeps_cpu(g: Graph, dense: Node) -> tuple[bool, bool, int]:
     """(bias, act, post steps) of `dense` that the CPU kernel runs: a row bias ([n] or
     [1,n]) and an activation of CPU_KERNEL_ACTIVATIONS in registers, then a first post step
     `add` of an operand of the output's own type (a residual: each task adds its block once
-    its last k block is done, while the block is in the caches); the other post steps, none."""
+    its last k block is done, while the block is in the caches), then a last `layer_norm`
+    of the rows right after those (the driver gives each task whole rows); the other post
+    steps, none."""
     attrs = attrs_of(dense)
     n = dense.type.shape[-1]
     bias = not attrs["bias"] or g[dense.inputs[2]].type.shape in ((n,), (1, n))
     act = bias and attrs["act"] in CPU_KERNEL_ACTIVATIONS
-    return bias, act, int(act and post_residual(g, dense) is not None)
+    kept = int(act and post_residual(g, dense) is not None)
+    if act and attrs["post"][kept:] == ("layer_norm",):  # each task's whole rows, last
+        kept += 1
+    return bias, act, kept
+
+
+def _whole_rows(dense: Node, nr: int) -> int:
+    """nc that covers a row of `dense` whole (N rounded up to nr) when it ends with a layer
+    norm, else 0."""
+    if attrs_of(dense)["post"][-1:] != ("layer_norm",):
+        return 0
+    n = dense.type.shape[-1]
+    return -(-n // nr) * nr if isinstance(n, int) else 0
 
 
 def kernel_keeps_cuda(g: Graph, dense: Node) -> tuple[bool, bool, int]:
     """The cuda GEMM's epilogue runs any bias, elementwise activation and post steps."""
     attrs = attrs_of(dense)
     elementwise = ACTIVATIONS[attrs["act"]].elementwise
-    return True, elementwise, len(attrs["post"]) if elementwise else 0
+    steps = [s for s in attrs["post"] if s != "layer_norm"]  # a norm needs whole rows
+    return True, elementwise, len(steps) if elementwise else 0
 
 
 def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decision]]:
@@ -367,12 +382,12 @@ def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decisio
     next_id = max(g.nodes, default=-1) + 1
     moved: dict[int, int] = {}
     nodes, decisions = [], []
-    for node in g:
-        node = _with_inputs(node, [moved.get(i, i) for i in node.inputs])
+    for original in g:
+        node = _with_inputs(original, [moved.get(i, i) for i in original.inputs])
         if node.op != "dense":
             nodes.append(node)
             continue
-        keep_bias, keep_act, keep_post = keeps(g, node)
+        keep_bias, keep_act, keep_post = keeps(g, original)  # (its operands are g's)
         steps = _epilogue_steps(node, keep_bias, keep_act, keep_post)
         if not steps:
             nodes.append(node)
@@ -407,7 +422,8 @@ def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decisio
 def _kernel_epilogue(pass_name: str) -> str:
     if pass_name == "tile":
         return (f"a row bias and one of {', '.join(CPU_KERNEL_ACTIVATIONS)} in registers, "
-                "then an add of an operand of the output's type")  # fmt: skip
+                "then an add of an operand of the output's type, then a layer norm of the "
+                "rows")  # fmt: skip
     return "a bias, an elementwise activation and the post steps in registers"
 
 
@@ -430,10 +446,15 @@ def _epilogue_steps(node: Node, keep_bias: bool, keep_act: bool, keep_post: int)
         act_attrs = {k: v for k, v in node.attr.items() if k in ACTIVATIONS[act].attrs}
         steps.append((act, [], act_attrs))
     for k, step in enumerate(attrs["post"]):
+        reads = [operands.pop(0) for _ in range(post_step_operands(step))]
         if k >= keep_post or steps:
-            steps.append((step, [operands.pop(0)] if step in BINARY_REFS else [], {}))
-        elif step in BINARY_REFS:
-            operands.pop(0)
+            norm = {}  # a layer norm of the rows: the last axis, layer_norm's default
+            if (
+                step == "layer_norm"
+                and attrs["epsilon"] != OPS["layer_norm"].attrs["epsilon"].default
+            ):
+                norm["epsilon"] = attrs["epsilon"]
+            steps.append((step, reads, norm))
     return steps
 
 
@@ -445,11 +466,12 @@ def _kept_dense(node: Node, keep_bias: bool, keep_act: bool, keep_post: int) -> 
     bias = attrs["bias"] and keep_bias
     act = attrs["act"] if (keep_act and bias == attrs["bias"]) else "identity"
     post = attrs["post"][:keep_post] if act == attrs["act"] and bias == attrs["bias"] else ()
-    n_post_operands = sum(1 for s in post if s in BINARY_REFS)
+    n_post_operands = sum(post_step_operands(s) for s in post)
     operands = list(node.inputs[2:])
     inputs = [*node.inputs[:2], *(operands[:1] if bias else []),
               *operands[int(attrs["bias"]):][:n_post_operands]]  # fmt: skip
-    kept = {k: v for k, v in node.attr.items() if k not in ("act", "bias", "post", *_ACT_ATTRS)}
+    dropped = ("act", "bias", "post", *_ACT_ATTRS, *(() if "layer_norm" in post else ("epsilon",)))
+    kept = {k: v for k, v in node.attr.items() if k not in dropped}
     if act != "identity":
         kept.update({k: v for k, v in node.attr.items() if k in ACTIVATIONS[act].attrs})
         kept["act"] = act
@@ -538,6 +560,12 @@ class Tile(Pass):
             raise AttrError(f"tile: {line}: a GPU tiling; the cpu target needs a Tiling")
         if given is not None:
             check_cpu_tiling(given, problem, mach, line)
+            whole = _whole_rows(node, given.nr)
+            if whole and given.nc < whole:
+                raise AttrError(
+                    f"tile: {line}: its layer norm needs whole rows in each task, nc >= "
+                    f"{whole} (N rounded up to nr), got nc={given.nc}"
+                )
             reasons = [f"given by the user: {_format_tiling(given)}; kept as it is"]
             reasons += self.warn_if_slow(given, problem, mach, line)
             return node, Decision.of("tile", line, "kept", "user_node", reasons, node)
@@ -548,6 +576,11 @@ class Tile(Pass):
             tiling, code, reasons = apply_tuning_log(node, problem, mach, tiling, reasons)
         else:
             reasons += self.warn_if_slow(tiling, problem, mach, line)
+        whole = _whole_rows(node, tiling.nr)
+        if whole and tiling.nc < whole:
+            tiling = replace(tiling, nc=whole)
+            reasons = [*reasons, f"nc={whole}: the layer norm of the rows needs each task's "
+                       "rows whole (the driver splits only M)"]  # fmt: skip
         decision = Decision.of("tile", line, "chosen", code, reasons, node)
         return node.with_attrs(tile=tiling), decision
 
