@@ -416,11 +416,15 @@ def _layer_norm(z: np.ndarray, scale, shift, eps: float) -> np.ndarray:
 def test_a_layer_norm_of_the_rows_comes_last_in_every_register_tile(dtype):
     """dense_kernel(..., residual=r, norm=(s, t, eps)): layer_norm(act(x @ w + b) + r), each
     task holding whole rows (the plan splits only M, nc notwithstanding) and normalizing them
-    after the residual; both plans, serial and on the pool, ragged N, rows far from 0."""
+    after the residual; both plans, serial and on the pool, ragged N, rows far from 0. With
+    weights over WHOLE_ROWS_MAX_WEIGHT_BYTES (600 x 600) whose plan splits the columns, the
+    caller normalizes the rows after the tasks instead."""
     pool = ck.pool_control()
     tol = 2e-5 if dtype == np.float32 else 1e-11
     for mr, nr in ck.runnable_micro_tiles(dtype):
-        for m, k, n in ((1, 30, 70), (3, 17, 33), (37, 50, 61), (130, 70, 200)):
+        shapes = [(1, 30, 70), (3, 17, 33), (37, 50, 61), (130, 70, 200), (3, 600, 600),
+                  (40, 600, 600)]  # fmt: skip
+        for m, k, n in shapes:
             for parallel in (0, 1):
                 rng = np.random.default_rng(m * n + parallel)
                 x = rng.standard_normal((m, k)).astype(dtype)
@@ -444,6 +448,9 @@ def test_a_layer_norm_of_the_rows_comes_last_in_every_register_tile(dtype):
                 kind, col_tasks, *_ = ck.plan(dtype, m, n, tiling.mc, nr, 2, (mr, nr),
                                               whole_rows=True)  # fmt: skip
                 assert col_tasks == 1, (kind, m, n)
+                if k * n * np.dtype(dtype).itemsize > cpu_library.WHOLE_ROWS_MAX_WEIGHT_BYTES:
+                    # the rows are normalized after the tasks: the plan splits the columns
+                    assert ck.plan(dtype, m, n, tiling.mc, nr, 2, (mr, nr))[1] > 1
     x, w = np.ones((4, 3), dtype), ck.pack_weights(np.ones((3, 5), dtype), ck.default_tiling(dtype))
     out = np.zeros((4, 5), dtype)
     short = (np.ones(4, dtype), np.ones(5, dtype), 0.1)

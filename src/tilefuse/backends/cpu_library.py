@@ -102,6 +102,9 @@ PARALLEL_NONE, PARALLEL_AUTO = 0, 1
 QUERY_BLOCK = 128  # a task per head at sequence 128
 CONTEXT = 33
 ROW_PLAN, PACKED_PLAN = 0, 1
+# a dense call with a layer norm gives each task whole rows when its packed weights are at
+# most this big (every task then reads all of them), else when its plan has whole rows anyway
+WHOLE_ROWS_MAX_WEIGHT_BYTES = 1 << 20
 ALIGN_BYTES = 64  # packed buffers start on a cache line: no vector load splits two lines
 
 # What the driver returns: 0, or the index of the problem with its operands.
@@ -518,15 +521,27 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
         b.store(P.PoolIR(b, ctl).threads(parallel), threads)
     threads = b.load(threads)
     result = b.alloca(I64, size=5)
-    b.call(plan_fn, [m, b.sdiv(npad, I64(nr)), mc, nc, threads, b.zext(normalized, I64), result])
+    panels = b.sdiv(npad, I64(nr))
+    b.call(plan_fn, [m, panels, mc, nc, threads, I64(0), result])
+    # A layer norm: in each task, on its whole rows, when the plan gives whole rows anyway or
+    # the weights are small enough that every task reading all of them costs little; else
+    # (large weights split by columns, as a bert-base layer's at batch 1: whole rows there
+    # made each thread stream all 9 MB of them, 3-7 % slower) after the tasks, by the caller.
+    small = b.icmp_signed("<=", b.mul(b.mul(k_total, npad), I64(itemsize)),
+                          I64(WHOLE_ROWS_MAX_WEIGHT_BYTES))  # fmt: skip
+    split = b.icmp_signed(">", b.load(e.at(result, I64(1))), I64(1))
+    in_tasks = b.and_(normalized, b.or_(b.not_(split), small))
+    with b.if_then(b.and_(in_tasks, split)):
+        b.call(plan_fn, [m, panels, mc, nc, threads, I64(1), result])
     kind, col_tasks, rows_per_task, panels_per_task, tasks = (
         b.load(e.at(result, I64(i))) for i in range(5)
     )
     plan = [kind, col_tasks, rows_per_task, panels_per_task]
-    operands = [x, m, k_total, wp, biasp, npad, out, n, alpha, kc, residual, ldr, scale, shift,
-                epsilon]  # fmt: skip
+    task_scale = b.select(in_tasks, scale, ir.Constant(ptr, None))
+    operands = [x, m, k_total, wp, biasp, npad, out, n, alpha, kc, residual, ldr, task_scale,
+                shift, epsilon]  # fmt: skip
     norm = b.alloca(I64, size=3)  # what the job's NORM field points to, for the workers
-    for i, value in enumerate((b.ptrtoint(scale_raw, I64), b.ptrtoint(shift_raw, I64),
+    for i, value in enumerate((b.ptrtoint(task_scale, I64), b.ptrtoint(shift_raw, I64),
                                b.bitcast(epsilon, I64))):  # fmt: skip
         b.store(value, e.at(norm, I64(i)))
     status, use_pool = e.var(0), e.var(0)
@@ -545,7 +560,7 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
                 P.BIAS: b.ptrtoint(biasp, I64), P.NPAD: npad, P.OUT: b.ptrtoint(out, I64),
                 P.N: n, P.ALPHA: b.bitcast(alpha64, I64),
                 P.RESIDUAL: b.ptrtoint(residual_raw, I64), P.LD_RESIDUAL: ldr,
-                P.NORM: b.select(normalized, b.ptrtoint(norm, I64), I64(0)),
+                P.NORM: b.select(in_tasks, b.ptrtoint(norm, I64), I64(0)),
             }  # fmt: skip
             for field, value in job_fields.items():
                 p.store(field, value)
@@ -560,6 +575,8 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
                     b.store(I64(KERNEL_FAILED), status)
 
             e.loop(0, tasks, one_task)
+    with b.if_then(b.and_(normalized, b.not_(in_tasks))):
+        b.call(build_normalize_rows(module, fmt), [out, n, m, n, scale, shift, epsilon])
     _free(e, raw)
     b.ret(b.load(status))
     return fn
