@@ -819,6 +819,7 @@ class Renderer:
         self.emit(
             f"E.keep({x_var}), E.keep({wp}), E.keep({bias_arg}), E.keep({out})"
             + (f", E.keep({residual_arg})" if residual is not None else "")
+            + "".join(f", E.keep({name})" for name in norm_names)
         )
         self.emit("if status != 0:")
         self.emit(f"raise E.KernelFailure({format_node(self.g, node.id, self.names)!r}, status)", 2)
