@@ -7,6 +7,7 @@ runs this whole file again in a child process whose Numba target is Haswell, so 
 kernels are tested here too. One compiled library per dtype and width serves all cases (the
 activation is a run-time code), its object code cached per host."""
 
+import itertools
 import math
 import os
 import subprocess
@@ -415,42 +416,39 @@ def _layer_norm(z: np.ndarray, scale, shift, eps: float) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_layer_norm_of_the_rows_comes_last_in_every_register_tile(dtype):
     """dense_kernel(..., residual=r, norm=(s, t, eps)): layer_norm(act(x @ w + b) + r), each
-    task holding whole rows (the plan splits only M, nc notwithstanding) and normalizing them
+    task holding whole rows (nc = N rounded up: the plan splits only M) and normalizing them
     after the residual; both plans, serial and on the pool, ragged N, rows far from 0. With
-    weights over WHOLE_ROWS_MAX_WEIGHT_BYTES (600 x 600) whose plan splits the columns, the
-    caller normalizes the rows after the tasks instead."""
+    nc = nr, or weights over WHOLE_ROWS_MAX_WEIGHT_BYTES (600 x 600) whose plan splits the
+    columns, the caller normalizes the rows after the tasks instead."""
     pool = ck.pool_control()
     tol = 2e-5 if dtype == np.float32 else 1e-11
     for mr, nr in ck.runnable_micro_tiles(dtype):
         shapes = [(1, 30, 70), (3, 17, 33), (37, 50, 61), (130, 70, 200), (3, 600, 600),
                   (40, 600, 600)]  # fmt: skip
-        for m, k, n in shapes:
-            for parallel in (0, 1):
-                rng = np.random.default_rng(m * n + parallel)
-                x = rng.standard_normal((m, k)).astype(dtype)
-                w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype)
-                bias = (50 + rng.standard_normal(n)).astype(dtype)  # rows around 50
-                residual = rng.standard_normal((m, n)).astype(dtype) if m != 3 else None
-                scale, shift = rng.standard_normal(n).astype(dtype), rng.standard_normal(n)
-                shift = shift.astype(dtype)
-                tiling = Tiling(mc=2 * mr, nc=nr, kc=24, mr=mr, nr=nr,
-                                parallel="m" if parallel else "none")  # fmt: skip
-                out = np.empty((m, n), dtype)
-                status = ck.dense_kernel(x, ck.pack_weights(w, tiling), bias, out,
-                                         ck.ACTIVATION_CODE["tanh"], 0.0, tiling.kc, tiling.mc,
-                                         tiling.nc, parallel, pool, micro=(mr, nr),
-                                         residual=residual, norm=(scale, shift, 1e-3))  # fmt: skip
-                z = np.tanh(x.astype(np.float64) @ w + bias)
-                z = z + residual if residual is not None else z
-                assert status == 0
-                np.testing.assert_allclose(out, _layer_norm(z, scale, shift, 1e-3), rtol=tol,
-                                           atol=tol, err_msg=f"{mr}x{nr} {m}x{k}x{n}")  # fmt: skip
-                kind, col_tasks, *_ = ck.plan(dtype, m, n, tiling.mc, nr, 2, (mr, nr),
-                                              whole_rows=True)  # fmt: skip
-                assert col_tasks == 1, (kind, m, n)
-                if k * n * np.dtype(dtype).itemsize > cpu_library.WHOLE_ROWS_MAX_WEIGHT_BYTES:
-                    # the rows are normalized after the tasks: the plan splits the columns
-                    assert ck.plan(dtype, m, n, tiling.mc, nr, 2, (mr, nr))[1] > 1
+        for (m, k, n), parallel, whole in itertools.product(shapes, (0, 1), (True, False)):
+            rng = np.random.default_rng(m * n + parallel)
+            x = rng.standard_normal((m, k)).astype(dtype)
+            w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype)
+            bias = (50 + rng.standard_normal(n)).astype(dtype)  # rows around 50
+            residual = rng.standard_normal((m, n)).astype(dtype) if m != 3 else None
+            scale, shift = rng.standard_normal(n).astype(dtype), rng.standard_normal(n)
+            shift = shift.astype(dtype)
+            nc = -(-n // nr) * nr if whole else nr
+            tiling = Tiling(mc=2 * mr, nc=nc, kc=24, mr=mr, nr=nr,
+                            parallel="m" if parallel else "none")  # fmt: skip
+            out = np.empty((m, n), dtype)
+            status = ck.dense_kernel(x, ck.pack_weights(w, tiling), bias, out,
+                                     ck.ACTIVATION_CODE["tanh"], 0.0, tiling.kc, tiling.mc,
+                                     tiling.nc, parallel, pool, micro=(mr, nr),
+                                     residual=residual, norm=(scale, shift, 1e-3))  # fmt: skip
+            z = np.tanh(x.astype(np.float64) @ w + bias)
+            z = z + residual if residual is not None else z
+            assert status == 0
+            np.testing.assert_allclose(out, _layer_norm(z, scale, shift, 1e-3), rtol=tol,
+                                       atol=tol, err_msg=f"{mr}x{nr} {m}x{k}x{n}")  # fmt: skip
+            kind, col_tasks, *_ = ck.plan(dtype, m, n, tiling.mc, tiling.nc, 2, (mr, nr),
+                                          whole_rows=True)  # fmt: skip
+            assert col_tasks == 1, (kind, m, n)
     x, w = np.ones((4, 3), dtype), ck.pack_weights(np.ones((3, 5), dtype), ck.default_tiling(dtype))
     out = np.zeros((4, 5), dtype)
     short = (np.ones(4, dtype), np.ones(5, dtype), 0.1)

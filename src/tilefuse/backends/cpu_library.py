@@ -369,25 +369,28 @@ def _build_job(module: ir.Module, fmt: FloatFormat, run_task: ir.Function) -> ir
     alpha = b.bitcast(p.load(P.ALPHA), F64)
     if fmt.name == "float32":
         alpha = b.fptrunc(alpha, fmt.scalar)
-    # [scale, shift, epsilon's bits], or none (0: a job published without it reads zeros)
+    operands = [pointer(P.X), p.load(P.M), p.load(P.K), pointer(P.WP), pointer(P.BIAS),
+                p.load(P.NPAD), pointer(P.OUT), p.load(P.N), alpha, kc, pointer(P.RESIDUAL),
+                p.load(P.LD_RESIDUAL)]  # fmt: skip
+    # [scale, shift, epsilon's bits] on the driver's stack, or none (0; a job published
+    # without it reads zeros): read only once a task is claimed, while the driver waits for
+    # it (a worker that wakes after the call ended claims nothing and reads nothing there)
     no_norm = ir.GlobalVariable(module, ir.ArrayType(I64, 3), f"tilefuse_no_norm_{fmt.tag}")
     no_norm.initializer = ir.Constant(ir.ArrayType(I64, 3), [0, 0, 0])
     no_norm.global_constant = True
     no_norm.linkage = "internal"
-    given = p.load(P.NORM)
-    norm = b.inttoptr(b.select(b.icmp_signed("==", given, I64(0)),
-                               b.ptrtoint(no_norm, I64), given), I64.as_pointer())  # fmt: skip
-    operands = [pointer(P.X), p.load(P.M), p.load(P.K), pointer(P.WP), pointer(P.BIAS),
-                p.load(P.NPAD), pointer(P.OUT), p.load(P.N), alpha, kc, pointer(P.RESIDUAL),
-                p.load(P.LD_RESIDUAL), b.inttoptr(b.load(e.at(norm, I64(0))), ptr),
-                b.inttoptr(b.load(e.at(norm, I64(1))), ptr),
-                b.bitcast(b.load(e.at(norm, I64(2))), F64)]  # fmt: skip
     loop, run, done = (fn.append_basic_block(n) for n in ("claim", "run", "done"))
     b.branch(loop)
     b.position_at_end(loop)
     t = p.claim()
     b.cbranch(b.icmp_signed("<", t, tasks), run, done)
     b.position_at_end(run)
+    given = p.load(P.NORM)
+    norm = b.inttoptr(b.select(b.icmp_signed("==", given, I64(0)),
+                               b.ptrtoint(no_norm, I64), given), I64.as_pointer())  # fmt: skip
+    operands += [b.inttoptr(b.load(e.at(norm, I64(0))), ptr),
+                 b.inttoptr(b.load(e.at(norm, I64(1))), ptr),
+                 b.bitcast(b.load(e.at(norm, I64(2))), F64)]  # fmt: skip
     failed = b.call(run_task, [act, *plan, t, *operands])
     p.task_done(failed)
     b.branch(loop)
@@ -523,14 +526,16 @@ def _build_dense(module: ir.Module, fmt: FloatFormat, run_task, job, plan_fn) ->
     result = b.alloca(I64, size=5)
     panels = b.sdiv(npad, I64(nr))
     b.call(plan_fn, [m, panels, mc, nc, threads, I64(0), result])
-    # A layer norm: in each task, on its whole rows, when the plan gives whole rows anyway or
-    # the weights are small enough that every task reading all of them costs little; else
-    # (large weights split by columns, as a bert-base layer's at batch 1: whole rows there
-    # made each thread stream all 9 MB of them, 3-7 % slower) after the tasks, by the caller.
+    # A layer norm: in each task, on its whole rows, when nc allows whole rows and the plan
+    # gives them anyway or the weights are small enough that every task reading all of them
+    # costs little; else (large weights split by columns, as a bert-base layer's at batch 1:
+    # whole rows there made each thread stream all 9 MB of them, 3-7 % slower) after the
+    # tasks, by the caller.
     small = b.icmp_signed("<=", b.mul(b.mul(k_total, npad), I64(itemsize)),
                           I64(WHOLE_ROWS_MAX_WEIGHT_BYTES))  # fmt: skip
     split = b.icmp_signed(">", b.load(e.at(result, I64(1))), I64(1))
-    in_tasks = b.and_(normalized, b.or_(b.not_(split), small))
+    rows_fit = b.icmp_signed(">=", nc, npad)  # nc (the tiling's) allows a task whole rows
+    in_tasks = b.and_(b.and_(normalized, rows_fit), b.or_(b.not_(split), small))
     with b.if_then(b.and_(in_tasks, split)):
         b.call(plan_fn, [m, panels, mc, nc, threads, I64(1), result])
     kind, col_tasks, rows_per_task, panels_per_task, tasks = (

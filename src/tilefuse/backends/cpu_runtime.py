@@ -394,11 +394,12 @@ def layer_norm(xs, ys, scale, shift, eps):
     """Each row of the 2-D view: (x - mean) / sqrt(var + eps) * scale (+ shift, when given).
     The mean and the variance in float64, reassociated sums (the attention kernel's flags):
     the reductions vectorize, where in order they were a chain of dependent adds (4x the
-    time). float32 rows in one pass, the sum and the sum of squares (a float32's square is
-    exact in float64, so E[x^2] - mean^2 loses nothing a float32 result could show); float64
-    rows in two (the squares of the deviations). Then x - mean in float64 (x - mean in
-    float32 loses up to half an ulp of the mean: far from 0, most of the result), times
-    1 / deviation and the scale (+ the shift) in the dtype."""
+    time). float32 rows in one pass, the sums of d = x - x0 and d^2 (x0 the row's first
+    element: E[d^2] - E[d]^2 cancels only as far as the mean is from x0, not from 0; see
+    llvm_ukernel._one_pass_moments); float64 rows in two (the squares of the deviations).
+    Then x - mean in float64 (x - mean in float32 loses up to half an ulp of the mean: far
+    from 0, most of the result), times 1 / deviation and the scale (+ the shift) in the
+    dtype."""
     width = xs.shape[1]
     narrow = xs.itemsize == 4
     factor = np.empty(1, xs.dtype)  # 1 / deviation in the dtype
@@ -406,12 +407,14 @@ def layer_norm(xs, ys, scale, shift, eps):
         total = 0.0
         squares = 0.0
         if narrow:
+            x0 = np.float64(xs[i, 0]) if width else 0.0
             for j in range(width):
-                v = np.float64(xs[i, j])
-                total += v
-                squares += v * v
-            mean = total / width
-            var = max(squares / width - mean * mean, 0.0)
+                d = np.float64(xs[i, j]) - x0
+                total += d
+                squares += d * d
+            offset = total / width
+            mean = x0 + offset
+            var = max(squares / width - offset * offset, 0.0)
         else:
             for j in range(width):
                 total += xs[i, j]

@@ -1140,20 +1140,33 @@ def _two_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Val
 
 
 def _one_pass_moments(b: ir.IRBuilder, load, width, widthf, eps) -> tuple[ir.Value, ir.Value]:
-    """(mean, 1 / sqrt(var + eps)) of float32 values widened by `load(j)`: their sum and
-    the sum of their squares in one pass, in float64, where a float32's square is exact, so
-    var = E[x^2] - mean^2 loses nothing a float32 result could show (clamped at 0)."""
+    """(mean, 1 / sqrt(var + eps)) of float32 values widened by `load(j)`, in one pass in
+    float64: the sums of d = x - x0 and of d^2, x0 the row's first element, then var =
+    E[d^2] - E[d]^2 (clamped at 0). A float32's d and d^2 are exact in float64 to a few
+    ulp, and the difference cancels only as far as the mean is from x0, not from 0: the sum
+    of x^2 (E[x^2] - mean^2) lost 2e-5 on rows around 3000 with a deviation of 0.01."""
+    before = b.block
+    first, shifted = (b.function.append_basic_block(n) for n in ("first", "shifted"))
+    b.cbranch(b.icmp_signed(">", width, I64(0)), first, shifted)  # (no load of an empty row)
+    b.position_at_end(first)
+    value = load(I64(0))
+    first_end = b.block
+    b.branch(shifted)
+    b.position_at_end(shifted)
+    x0 = b.phi(F64)
+    x0.add_incoming(ir.Constant(F64, 0.0), before)
+    x0.add_incoming(value, first_end)
 
     def add(b: ir.IRBuilder, j: ir.Value, acc: list) -> list:
-        v = load(j)
+        d = b.fsub(load(j), x0)
         return [
-            b.fadd(acc[0], v, flags=REASSOCIATED),
-            b.fadd(acc[1], b.fmul(v, v), flags=REASSOCIATED),
+            b.fadd(acc[0], d, flags=REASSOCIATED),
+            b.fadd(acc[1], b.fmul(d, d), flags=REASSOCIATED),
         ]
 
     zero = ir.Constant(F64, 0.0)
     total, squares = counted_loop(b, width, [zero, zero], add)
-    mean = b.fdiv(total, widthf)
-    var = b.fsub(b.fdiv(squares, widthf), b.fmul(mean, mean))
+    offset = b.fdiv(total, widthf)
+    var = b.fsub(b.fdiv(squares, widthf), b.fmul(offset, offset))
     var = b.select(b.fcmp_ordered("<", var, zero), zero, var)  # (NaN passes)
-    return mean, _inverse_deviation(b, var, eps)
+    return b.fadd(x0, offset), _inverse_deviation(b, var, eps)

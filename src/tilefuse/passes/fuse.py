@@ -1,5 +1,6 @@
 """fuse: the second pass. Every matmul becomes a `dense` op that also computes the bias add,
-the activation and the elementwise ops after them, so a layer is one kernel. Dense ops of
+the activation and the elementwise ops after them (and a layer norm of its rows last), so a
+layer is one kernel. Dense ops of
 one x that attention reads as q, k and v (through views) become one dense over their
 concatenated weights (`merge_projections`).
 
@@ -12,6 +13,9 @@ The dense op, as fuse writes it (backends rely on this):
                                             mul, div) computes z <op> r_i with the next extra
                                             operand, which broadcasts to the output without
                                             growing it; an activation step takes default attrs
+    dense[post=(.., layer_norm), epsilon=e]  last, a layer norm of each row (the last axis)
+          (x, w, b, r1.., scale, shift)     with the next two operands, each broadcast to a
+                                            row [n], and the dense's epsilon
 
 w may be a constant or a runtime value. Column-major layers (`W @ X + b`) are first turned
 row-major with canonicalize's orientation rules. An op joins a dense only when it is the

@@ -341,8 +341,8 @@ def kernel_keeps_cpu(g: Graph, dense: Node) -> tuple[bool, bool, int]:
     [1,n]) and an activation of CPU_KERNEL_ACTIVATIONS in registers, then a first post step
     `add` of an operand of the output's own type (a residual: each task adds its block once
     its last k block is done, while the block is in the caches), then a last `layer_norm`
-    of the rows right after those (the driver gives each task whole rows); the other post
-    steps, none."""
+    of the rows right after those (in each task on whole rows, or after the tasks: see
+    cpu_library); the other post steps, none."""
     attrs = attrs_of(dense)
     n = dense.type.shape[-1]
     bias = not attrs["bias"] or g[dense.inputs[2]].type.shape in ((n,), (1, n))
@@ -560,12 +560,6 @@ class Tile(Pass):
             raise AttrError(f"tile: {line}: a GPU tiling; the cpu target needs a Tiling")
         if given is not None:
             check_cpu_tiling(given, problem, mach, line)
-            whole = _whole_rows(node, given.nr)
-            if whole and given.nc < whole:
-                raise AttrError(
-                    f"tile: {line}: its layer norm needs whole rows in each task, nc >= "
-                    f"{whole} (N rounded up to nr), got nc={given.nc}"
-                )
             reasons = [f"given by the user: {_format_tiling(given)}; kept as it is"]
             reasons += self.warn_if_slow(given, problem, mach, line)
             return node, Decision.of("tile", line, "kept", "user_node", reasons, node)
@@ -579,8 +573,9 @@ class Tile(Pass):
         whole = _whole_rows(node, tiling.nr)
         if whole and tiling.nc < whole:
             tiling = replace(tiling, nc=whole)
-            reasons = [*reasons, f"nc={whole}: the layer norm of the rows needs each task's "
-                       "rows whole (the driver splits only M)"]  # fmt: skip
+            reasons = [*reasons, f"nc={whole}: a task may hold whole rows, so it can "
+                       "normalize them itself (the layer norm; with a smaller nc the driver "
+                       "normalizes the rows after the tasks)"]  # fmt: skip
         decision = Decision.of("tile", line, "chosen", code, reasons, node)
         return node.with_attrs(tile=tiling), decision
 
