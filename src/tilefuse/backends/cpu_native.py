@@ -547,15 +547,12 @@ def _layer_norm_task(module: ir.Module, dtype: str, shifted: bool) -> ir.Functio
     count = b.sub(b.select(b.icmp_signed("<", b.add(first, per_task), rows),
                            b.add(first, per_task), rows), first)  # fmt: skip
 
+    e = VectorEmitter(b, format_of({"f32": "float32", "f64": "float64"}[dtype]))
+
     def row(b: ir.IRBuilder, r: ir.Value, _: list) -> list:
-        base = b.mul(b.add(first, r), width)
-
-        def at(array: ir.Value, j: ir.Value) -> ir.Value:
-            return b.gep(array, [b.add(base, j)])
-
-        e = VectorEmitter(b, format_of({"f32": "float32", "f64": "float64"}[dtype]))
-        normalize_row(e, at(x, I64(0)), at(y, I64(0)), width, scale, shift if shifted else None,
-                      eps)  # fmt: skip
+        start = b.mul(b.add(first, r), width)
+        normalize_row(e, b.gep(x, [start]), b.gep(y, [start]), width, scale,
+                      shift if shifted else None, eps)  # fmt: skip
         return []
 
     counted_loop(b, count, [], row)
