@@ -313,6 +313,11 @@ def post_step_operands(step: str) -> int:
     return 1 if step in BINARY_REFS else len(NORM_OPERANDS) if step == "layer_norm" else 0
 
 
+def normalizes_rows(attrs: dict[str, Any]) -> bool:
+    """The dense op's post steps end with a layer norm of its rows (always the last step)."""
+    return attrs.get("post", ())[-1:] == ("layer_norm",)
+
+
 def post_operand_names(attrs: dict[str, Any]) -> list[str]:
     """What each extra operand of a dense op's post steps is, in order."""
     names = []

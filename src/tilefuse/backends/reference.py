@@ -20,7 +20,14 @@ import numpy as np
 from .. import interpret
 from ..interpret import Hook, bind_inputs, check_input, run  # noqa: F401 - tfu.reference.run
 from ..ir import Graph, Node
-from ..ops import apply_activation, apply_epilogue, attrs_of, elementwise_activation, evaluate
+from ..ops import (
+    apply_activation,
+    apply_epilogue,
+    attrs_of,
+    elementwise_activation,
+    evaluate,
+    normalizes_rows,
+)
 from ..tiling import GpuTiling, Tiling
 
 
@@ -112,7 +119,7 @@ class Epilogue:
         self.bias = operands.pop(0) if attrs["bias"] else None
         self.post = operands  # the extra operands of the post steps, in order
         # a row-wise step (softmax, a layer norm) needs whole rows: it runs on all of C
-        self.per_tile = elementwise_activation(attrs["act"]) and "layer_norm" not in attrs["post"]
+        self.per_tile = elementwise_activation(attrs["act"]) and not normalizes_rows(attrs)
 
     def tile(self, z: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
         if self.bias is not None:

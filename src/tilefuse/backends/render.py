@@ -25,6 +25,7 @@ from ..ops import (
     activation_statements,
     attrs_of,
     elementwise_activation,
+    normalizes_rows,
     post_residual,
 )
 from ..passes.memory import memory_plan_of
@@ -755,7 +756,7 @@ class Renderer:
         residual = post_residual(self.g, node) if kernel_first else None
         post = self.post_code(node, attrs, residual is not None) if node.op == "dense" else []
         steps = attrs["post"] if node.op == "dense" else ()
-        norm = steps[-1:] == ("layer_norm",)
+        norm = node.op == "dense" and normalizes_rows(attrs)
         # the kernel normalizes the rows last when it runs every step before the norm
         kernel_norm = norm and kernel_first and len(steps) == 1 + int(residual is not None)
         if (pre or post or rowwise or norm and not kernel_norm) and attrs.get("tile") is not None:
@@ -863,7 +864,7 @@ class Renderer:
         """A dense op's last post step when it is a layer norm of each row: the layer norm's
         own code, in place on the dense's result (an untiled dense; the tile passes move it
         out as an op of its own when the kernel cannot run it)."""
-        if attrs_of(node)["post"][-1:] != ("layer_norm",):
+        if not normalizes_rows(attrs_of(node)):
             return
         norm = (("axis", -1), ("epsilon", attrs_of(node)["epsilon"]))
         self.render_layer_norm(

@@ -37,6 +37,7 @@ from ..ops import (
     attrs_of,
     broadcast_shapes,
     elementwise_activation,
+    normalizes_rows,
 )
 from ..views import feeds_strided_readers
 from .base import Decision, Pass, with_decisions
@@ -83,7 +84,7 @@ def epilogue_candidate(node: Node) -> bool:
 
 def normalized(dense: Node) -> bool:
     """The dense already ends with a layer norm: nothing joins after it."""
-    return "layer_norm" in attrs_of(dense)["post"]
+    return normalizes_rows(attrs_of(dense))
 
 
 def norm_problem(g: Graph, dense: Node, norm: Node) -> Problem | None:

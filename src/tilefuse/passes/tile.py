@@ -22,7 +22,7 @@ from .. import machine as machines
 from ..errors import AttrError
 from ..ir import Graph, Node
 from ..machine import KIB, Machine, format_bytes
-from ..ops import ACTIVATIONS, OPS, attrs_of, post_residual, post_step_operands
+from ..ops import ACTIVATIONS, OPS, attrs_of, normalizes_rows, post_residual, post_step_operands
 from ..tiling import (
     CPU_KERNEL_ACTIVATIONS,
     PARALLEL_CHOICES,
@@ -356,7 +356,7 @@ def kernel_keeps_cpu(g: Graph, dense: Node) -> tuple[bool, bool, int]:
 def _whole_rows(dense: Node, nr: int) -> int:
     """nc that covers a row of `dense` whole (N rounded up to nr) when it ends with a layer
     norm, else 0."""
-    if attrs_of(dense)["post"][-1:] != ("layer_norm",):
+    if not normalizes_rows(attrs_of(dense)):
         return 0
     n = dense.type.shape[-1]
     return -(-n // nr) * nr if isinstance(n, int) else 0
@@ -366,8 +366,8 @@ def kernel_keeps_cuda(g: Graph, dense: Node) -> tuple[bool, bool, int]:
     """The cuda GEMM's epilogue runs any bias, elementwise activation and post steps."""
     attrs = attrs_of(dense)
     elementwise = ACTIVATIONS[attrs["act"]].elementwise
-    steps = [s for s in attrs["post"] if s != "layer_norm"]  # a norm needs whole rows
-    return True, elementwise, len(steps) if elementwise else 0
+    steps = len(attrs["post"]) - normalizes_rows(attrs)  # a norm needs whole rows
+    return True, elementwise, steps if elementwise else 0
 
 
 def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decision]]:
