@@ -3,13 +3,15 @@
 - **mixed-numpy**: a NumPy projection `y = x @ P` before each model call, the usual
   preprocessing, in one process: the time of the pair against the sum of the two alone.
   Thread pools that keep spinning after a call (OpenMP teams, OpenBLAS, ONNX Runtime's and
-  PyTorch's pools) make the pair cost more than the sum. Nothing is settled between samples.
+  PyTorch's pools) make the pair cost more than the sum. Each system runs in a fresh process
+  of its own; the pair's calls follow each other with nothing settled.
 - **busy**: four CPU-bound processes on the machine (more runnable threads than cores);
   each system is timed in a fresh process of its own, idle and then busy, and the report
   gives busy / idle. With two cores and six runnable threads a fair share is a third of the
   machine: about 3x.
 
     python benchmarks/conditions.py --time-one tilefuse --batch 256   # one system, one process
+    python benchmarks/conditions.py --mixed tilefuse                  # its mixed-numpy rows
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import numpy as np
 import workloads as wl
 
 MIXED_BATCHES = (64, 256, 1024)
+MIXED_ROUNDS = 7  # of the three blocks (projection, system alone, pair)
+MIXED_BLOCK_S = 0.03  # the calls of a block take about this long
+MIXED_SETTLE_S = 0.15  # the pause before each block: OpenBLAS's workers spin ~0.1 s
 MIXED_CASE = "mlp-small"  # 784-512-512-10: the projection P is 784 x 784
 BUSY_BATCH = 256
 BUSY_HOGS = 4
@@ -40,32 +45,65 @@ def mlp_case(batch: int) -> wl.Case:
 
 
 # -- beside NumPy ----------------------------------------------------------------------------
-def mixed_numpy(
-    runners: dict[str, wl.Runner], threads: int, round_robin: Callable, budget: Any
-) -> list[dict[str, Any]]:
-    """Per system and batch: NumPy's projection alone, the system alone, and the pair, timed in
-    interleaved rounds (no settling); `overhead` = pair / (projection + system)."""
+def mixed_one(system: str, threads: int, rounds: int = MIXED_ROUNDS) -> list[dict[str, Any]]:
+    """Per batch, in this process (only `system` loaded): NumPy's projection alone, the system
+    alone and the pair, each timed in blocks of calls in interleaved rounds; `overhead` =
+    pair / (projection + system). Every block starts MIXED_SETTLE_S after the last, so that
+    nothing another block left spinning (OpenBLAS's workers spin ~0.1 s after a matmul) is
+    charged to an "alone" block; inside the pair's block nothing is settled."""
     rows = []
     rng = np.random.default_rng(2)
     projection = rng.standard_normal((784, 784), dtype=np.float32) / 28
     for batch in MIXED_BATCHES:
-        x = wl.make_input(mlp_case(batch))
+        case = mlp_case(batch)
+        run = wl.SYSTEMS[system].make(wl.build_net(case), case.activations)
+        run.set_threads(threads)
+        x = wl.make_input(case)
         y = x @ projection
-        fns: dict[str, Callable[[], Any]] = {"numpy projection": lambda x=x: x @ projection}
-        for name, run in runners.items():
-            run.set_threads(threads)
-            fns[f"{name} alone"] = lambda run=run, y=y: run(y)
-            fns[f"{name} after numpy"] = lambda run=run, x=x: run(x @ projection)
-        timings = round_robin(fns, budget)
-        alone = {name: t.stats()["median_s"] for name, t in timings.items() if t.samples}
-        for name in runners:
-            pair, model = alone.get(f"{name} after numpy"), alone.get(f"{name} alone")
-            proj = alone.get("numpy projection")
-            if pair is None or model is None or proj is None:
-                continue
-            row = {"system": name, "batch": batch, "threads": threads, "projection_s": proj}
-            row.update(alone_s=model, pair_s=pair, overhead=pair / (proj + model))
-            rows.append(row)
+        fns: dict[str, Callable[[], Any]] = {
+            "projection": lambda x=x: x @ projection,
+            "alone": lambda run=run, y=y: run(y),
+            "pair": lambda run=run, x=x: run(x @ projection),
+        }
+        inner = {}
+        for name, fn in fns.items():
+            for _ in range(3):
+                fn()
+            start = time.perf_counter()
+            fn()
+            inner[name] = max(1, int(MIXED_BLOCK_S / max(time.perf_counter() - start, 1e-7)))
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        names = list(fns)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                time.sleep(MIXED_SETTLE_S)
+                fns[name]()  # the block's first call wakes what the pause put to sleep
+                start = time.perf_counter()
+                for _ in range(inner[name]):
+                    fns[name]()
+                samples[name].append((time.perf_counter() - start) / inner[name])
+        median = {name: float(np.median(v)) for name, v in samples.items()}
+        row = {"system": system, "batch": batch, "threads": threads}
+        row.update(projection_s=median["projection"], alone_s=median["alone"],
+                   pair_s=median["pair"],
+                   overhead=median["pair"] / (median["projection"] + median["alone"]))  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def mixed_numpy(systems: list[str], threads: int, log: Callable[[str], None] = print
+                ) -> list[dict[str, Any]]:  # fmt: skip
+    """mixed_one for each system, each in a fresh process of its own (another system's pool,
+    still spinning, would slow this one's blocks)."""
+    rows = []
+    for name in systems:
+        result = _fresh(["--mixed", name, "--threads", str(threads)])
+        if isinstance(result, dict):
+            log(f"mixed-numpy: {name} cannot run: {result['error']}")
+            continue
+        for row in result:
+            log(f"mixed-numpy b{row['batch']} {name}: {row['overhead']:.2f}x the sum")
+        rows += result
     return rows
 
 
@@ -95,9 +133,13 @@ def time_one(system: str, batch: int, threads: int, seconds: float = BUSY_SECOND
 
 
 def in_fresh_process(system: str, batch: int, threads: int) -> dict:
-    script = os.path.abspath(__file__)
-    args = [sys.executable, script, "--time-one", system, "--batch", str(batch),
-            "--threads", str(threads)]  # fmt: skip
+    return _fresh(["--time-one", system, "--batch", str(batch), "--threads", str(threads)])
+
+
+def _fresh(flags: list[str]) -> Any:
+    """What this script prints (JSON) when run with `flags` in a fresh process, or
+    {"error": its last line on stderr} when it fails."""
+    args = [sys.executable, os.path.abspath(__file__), *flags]
     done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
@@ -136,11 +178,16 @@ def busy(systems: list[str], threads: int, log: Callable[[str], None] = print) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--time-one", required=True, help="a system of workloads.SYSTEMS")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--time-one", metavar="SYSTEM", help="time SYSTEM (of workloads.SYSTEMS)")
+    which.add_argument("--mixed", metavar="SYSTEM", help="SYSTEM's mixed-numpy rows")
     parser.add_argument("--batch", type=int, default=BUSY_BATCH)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    print(json.dumps(time_one(args.time_one, args.batch, args.threads)))
+    if args.mixed:
+        print(json.dumps(mixed_one(args.mixed, args.threads)))
+    else:
+        print(json.dumps(time_one(args.time_one, args.batch, args.threads)))
 
 
 if __name__ == "__main__":

@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = choose_threads(args.threads, print)
     report = benchmark(cases, systems, threads, budget, args.quick, not args.no_calibrate)
     if not args.no_conditions:
-        report["conditions"] = measure_conditions(systems, max(threads), budget)
+        report["conditions"] = measure_conditions(systems, max(threads))
     if not args.no_compile_times:
         import compile_time
 
@@ -535,24 +535,13 @@ def host_stem(machine: dict[str, Any]) -> str:
     return f"{slug}-{machine['cores']}c-{isa}"
 
 
-def measure_conditions(systems: list[wl.System], threads: int, budget: Budget) -> dict[str, Any]:
+def measure_conditions(systems: list[wl.System], threads: int) -> dict[str, Any]:
     """The mixed-numpy and busy rows (benchmarks/conditions.py) for the systems that are not
     references."""
     import conditions
 
     names = [s.name for s in systems if not s.reference]
-    case = conditions.mlp_case(conditions.MIXED_BATCHES[0])
-    net = wl.build_net(case)
-    runners = {}
-    for name in names:
-        try:
-            runners[name] = wl.SYSTEMS[name].make(net, case.activations)
-        except Exception as err:  # reported by the main table already
-            print(f"mixed-numpy: {name} cannot run: {err}")
-    mixed_budget = replace(budget, settle=0.0)
-    mixed = conditions.mixed_numpy(runners, threads, round_robin, mixed_budget)
-    for row in mixed:
-        print(f"mixed-numpy b{row['batch']} {row['system']}: {row['overhead']:.2f}x the sum")
+    mixed = conditions.mixed_numpy(names, threads)
     busy_systems = [n for n in names if n not in ("torch-compile", "torch-frozen")]
     return {"mixed_numpy": mixed, "busy": conditions.busy(busy_systems, threads)}
 
@@ -662,8 +651,11 @@ def conditions_tables(conditions: dict[str, Any] | None, labels: dict[str, str])
     if not conditions:
         return []
     about = (
-        "`y = x @ P` (NumPy, 784 x 784) before each call of mlp-small, no settling "
-        "between samples: the pair's time ÷ (the projection alone + the system alone)."
+        "`y = x @ P` (NumPy, 784 x 784) before each call of mlp-small, each system in a "
+        "fresh process of its own: the pair's time ÷ (the projection alone + the system "
+        "alone), medians of blocks of calls in interleaved rounds; the pair's calls follow "
+        "each other with nothing settled, and each block starts 0.15 s after the last "
+        "(NumPy's OpenBLAS workers spin about 0.1 s after a matmul)."
     )
     lines = ["", "## Beside NumPy in one process (mixed-numpy)", "", about, ""]
     rows = conditions["mixed_numpy"]

@@ -239,17 +239,32 @@ def test_a_tiny_run_end_to_end_writes_json_markdown_and_plot(tmp_path):
     assert (tmp_path / "smoke.png").exists() == has("matplotlib")
 
 
-def test_the_conditions_rows_and_their_tables(monkeypatch):
-    """mixed-numpy (pair vs sum, no settling) and busy (fresh processes, hogs) plumbing, small."""
+def test_the_conditions_rows_and_their_tables(monkeypatch, capsys):
+    """mixed-numpy (pair vs sum, a fresh process per system) and busy (fresh processes, hogs)
+    plumbing, small."""
     import conditions
 
     monkeypatch.setattr(conditions, "MIXED_BATCHES", (4,))
-    case = conditions.mlp_case(4)
-    net = wl.build_net(case)
-    runners = {n: wl.SYSTEMS[n].make(net, case.activations) for n in ("numpy", "tilefuse")}
-    mixed = conditions.mixed_numpy(runners, 1, bench.round_robin, NO_WAIT)
-    assert {r["system"] for r in mixed} == {"numpy", "tilefuse"}
-    assert all(r["overhead"] > 0 and r["pair_s"] > 0 for r in mixed)
+    monkeypatch.setattr(conditions, "MIXED_SETTLE_S", 0.0)
+    monkeypatch.setattr(conditions, "MIXED_BLOCK_S", 0.001)
+    monkeypatch.setattr(sys, "argv", ["conditions.py", "--mixed", "numpy", "--threads", "1"])
+    conditions.main()  # what a fresh process prints
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    mixed = printed + conditions.mixed_one("tilefuse", 1, rounds=2)
+    assert [(r["system"], r["batch"]) for r in mixed] == [("numpy", 4), ("tilefuse", 4)]
+    for r in mixed:
+        assert r["overhead"] == pytest.approx(r["pair_s"] / (r["projection_s"] + r["alone_s"]))
+    asked = []
+
+    def fresh(flags: list[str]) -> object:
+        asked.append(flags)
+        return {"error": "no such module"} if flags[1] == "onnxruntime" else printed
+
+    monkeypatch.setattr(conditions, "_fresh", fresh)
+    logged: list[str] = []
+    rows = conditions.mixed_numpy(["numpy", "onnxruntime"], 1, log=logged.append)
+    assert rows == printed and asked[0] == ["--mixed", "numpy", "--threads", "1"]
+    assert "mixed-numpy: onnxruntime cannot run: no such module" in logged
     alone = conditions.time_one("numpy", 4, 1, seconds=0.02)
     assert alone["median_s"] > 0 and alone["cores"] > 0
     fake = iter([{"median_s": 1e-3, "mean_s": 1e-3, "cores": 1.0},
