@@ -221,3 +221,73 @@ def test_a_call_that_waited_for_a_worker_without_a_core_backs_off_to_serial(neve
 
     pool[P.STALL_UNTIL] = time.monotonic_ns() - 1  # the back-off is over: the pool again
     assert big_call(pool)[0] == 0 and pool[P.SEQ] == seq + 4
+
+
+def test_a_worker_learns_how_long_to_spin_from_the_gaps_between_jobs(never_back_off):
+    """Calls that come apart (other work between them, NumPy's matmul say) teach the worker to
+    sleep soon after a job, so its spin no longer takes the core the other work needs; calls
+    back to back teach it to stay awake for the next."""
+    pool = never_back_off
+    numba.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 300)).astype(np.float32)
+    tiling = ck.default_tiling(np.float32).replace(mc=ck.micro_tile(np.float32)[0] * 2)
+    wp = ck.pack_weights(rng.standard_normal((300, 200)).astype(np.float32), tiling)
+    bias, out = np.zeros(200, np.float32), np.empty((96, 200), np.float32)
+
+    def call() -> None:
+        status = ck.dense_kernel(x, wp, bias, out, 0, 0.0, tiling.kc, tiling.mc, tiling.nc, 1,
+                                 pool, micro=(tiling.mr, tiling.nr))  # fmt: skip
+        assert status == 0
+
+    for _ in range(12):  # each gap is far past SPIN_MAX_NS: the spin halves down to its floor
+        call()
+        time.sleep(0.01)
+    assert pool[P.SPIN_NS] == P.SPIN_MIN_NS
+    learnt = []
+    for _ in range(200):  # gaps of a Python loop: some microseconds
+        call()
+        learnt.append(int(pool[P.SPIN_NS]))
+    assert max(learnt) > P.SPIN_MIN_NS
+
+
+def test_a_late_worker_is_pulled_onto_the_callers_cpu_then_set_free(never_back_off):
+    """A worker that lost its core holding a task (beside NumPy's spinning OpenBLAS workers,
+    a scheduler slice of 4 ms) is moved onto the caller's CPU once the caller has waited
+    longer than its own work, and set free again when the job is done."""
+    import ctypes
+    import os
+
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2 or max(allowed) >= 64:
+        pytest.skip("needs two CPUs numbered below 64")
+    pool = never_back_off
+    numba.set_num_threads(2)
+    caller = threading.get_ident()
+    seen, started = [], threading.Event()
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+    def task(context, t):
+        if threading.get_ident() == caller:  # quick, once the worker has claimed the other
+            started.wait(5.0)
+            return
+        started.set()  # the worker: a task that is slow to finish
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            time.sleep(0.002)
+            seen.append(os.sched_getaffinity(0))
+            if len(seen[-1]) == 1:
+                break
+
+    signature = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    parallel_for = ctypes.CFUNCTYPE(None, *signature)(L.parallel_for_address())
+    deadline = time.monotonic() + 10.0  # the worker must take part: it may still be waking
+    while not started.is_set() and time.monotonic() < deadline:
+        seen.clear()
+        parallel_for(pool.ctypes.data, pool.size, ctypes.cast(task, ctypes.c_void_p), None, 2)
+    assert started.is_set() and seen
+    pulled = seen[-1]
+    assert len(pulled) == 1 and pulled < allowed
+    tids = [int(t) for t in pool[P.TIDS : P.TIDS + pool[P.POOL_WORKERS]] if t]
+    assert all(os.sched_getaffinity(tid) == allowed for tid in tids)
+    assert big_call(pool)[0] == 0

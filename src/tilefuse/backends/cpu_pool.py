@@ -10,9 +10,13 @@ the next library needs. This pool is built for that:
   wakes in time claim tasks from one atomic counter until none is left. A worker that is
   not scheduled claims nothing and holds nothing up: the call ends when its tasks are done,
   not when every worker has checked in.
-- **Bounded spin, then sleep.** An idle worker spins about SPIN pause instructions (some
-  tens of microseconds: back-to-back layers and calls find it awake), then sleeps on a
-  futex until the next job.
+- **Bounded spin, then sleep.** An idle worker spins (how long is learnt from the gaps
+  between jobs, at most SPIN_MAX_NS: back-to-back layers and calls find it awake, a call
+  after other work finds it asleep), then sleeps on a futex until the next job.
+- **A late worker comes to the caller.** A worker that lost its core in the middle of a
+  task (to NumPy's spinning OpenBLAS workers, say) is moved onto the caller's CPU once the
+  caller has waited longer than its own work, and the caller yields to it
+  (`PoolIR.wait_for_tasks`), instead of waiting out the other thread's scheduler slice.
 - **One job at a time.** A second thread calling a model while the pool is busy runs its
   tasks itself, serially, instead of waiting.
 - **Back off when a worker has no core.** A call that waited for a worker's task much
@@ -60,6 +64,7 @@ ERROR = 41  # a task failed
 SHUTDOWN = 42
 WORKERS = 43  # how many workers may join this job (the call's threads - 1)
 POOL_WORKERS = 44  # how many workers the pool has (set once)
+SPIN_NS = 45  # worker 0's spin before it sleeps, as last learnt (see `build_worker_loop`)
 # the job: what a task needs (written while SEQ is odd, read by workers while it is even)
 JOB = 48
 RUNNER, ACT, KIND, COL_TASKS, ROWS_PER_TASK, PANELS_PER_TASK, TASKS, KC = range(JOB, JOB + 8)
@@ -96,7 +101,10 @@ TIDS = JOB + 32
 CTL_SIZE = 128
 MAX_STEERED = CTL_SIZE - TIDS  # workers beyond this many are not steered
 
-SPIN = 2000  # pause instructions before an idle worker sleeps (~40-90 us)
+# How long an idle worker spins before it sleeps (see `build_worker_loop`): at most
+# SPIN_MAX_NS, at least SPIN_MIN_NS, learnt from the gaps between the jobs it joins
+SPIN_MIN_NS, SPIN_MAX_NS = 4_000, 100_000
+SPIN_PAUSES = 8  # pause instructions between two looks at the clock
 # A job stalled when the caller, its own tasks done, waited for the others' longer than
 # twice its own work and STALL_MIN_NS: a worker holding a task lost its core. When stalls
 # come often enough that the wait they cost a job on average (the recent stall rate, a
@@ -110,6 +118,7 @@ BACKOFF_MIN_NS = 20_000_000
 BACKOFF_MAX_NS = 1_000_000_000
 CLOCK_MONOTONIC = 1
 YIELD_AFTER = 200  # a caller waiting for the last tasks spins this many pauses, then yields
+PULL_MIN_NS = 50_000  # ... and pulls the workers onto its CPU past this wait (`wait_for_tasks`)
 SYS_FUTEX, SYS_SCHED_YIELD, SYS_SCHED_SETAFFINITY, SYS_GETCPU = 202, 24, 203, 309  # x86-64
 FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -258,8 +267,9 @@ class PoolIR:
             b.store(self.compare_and_swap(LOCK, 0, 1), owned)
         return b.load(owned)
 
-    def wait_while(self, condition) -> None:
-        """Spin (YIELD_AFTER pauses, then sched_yield each round) while condition(self)."""
+    def wait_while(self, condition, while_yielding=None) -> None:
+        """Spin (YIELD_AFTER pauses, then sched_yield each round) while condition(self);
+        while_yielding(self) runs before each sched_yield."""
         b = self.b
         head, body, done = (b.function.append_basic_block(n) for n in ("wait", "spin", "waited"))
         before = b.block
@@ -273,6 +283,8 @@ class PoolIR:
             with then:
                 self.pause()
             with otherwise:
+                if while_yielding is not None:
+                    while_yielding(self)
                 self.sched_yield()  # the thread we wait for may need this core
         spins.add_incoming(b.add(spins, I64(1)), b.block)
         b.branch(head)
@@ -304,26 +316,35 @@ class PoolIR:
         b = self.b
         allowed = self.load(ALLOWED)
         with b.if_then(b.icmp_signed("!=", allowed, I64(0))):
-            cpu_slot = b.alloca(I32)
-            b.store(I32(0), cpu_slot)
-            self.syscall(I64(SYS_GETCPU), b.ptrtoint(cpu_slot, I64), I64(0), I64(0))
-            cpu = b.zext(b.load(cpu_slot), I64)
-            mine = b.select(b.icmp_unsigned("<", cpu, I64(64)), b.shl(I64(1), cpu), I64(0))
-            others = b.and_(allowed, b.not_(mine))
-            mask = b.alloca(I64)
-            b.store(others, mask)
-            workers = self.load(POOL_WORKERS)
-            steered = b.select(b.icmp_signed("<", workers, I64(MAX_STEERED)), workers,
-                               I64(MAX_STEERED))  # fmt: skip
-
-            def one(b: ir.IRBuilder, w: ir.Value, _: list) -> list:
-                tid = self.load(b.add(I64(TIDS), w))
-                with b.if_then(b.icmp_signed("!=", tid, I64(0))):
-                    self.syscall(I64(SYS_SCHED_SETAFFINITY), tid, I64(8), b.ptrtoint(mask, I64))
-                return []
-
+            others = b.and_(allowed, b.not_(self.my_cpu_bit()))
             with b.if_then(b.icmp_signed("!=", others, I64(0))):
-                counted_loop(b, steered, [], one)
+                self.set_worker_affinity(others)
+
+    def my_cpu_bit(self) -> ir.Value:
+        """1 << the CPU this thread runs on (0 past CPU 63): getcpu."""
+        b = self.b
+        cpu_slot = b.alloca(I32)
+        b.store(I32(0), cpu_slot)
+        self.syscall(I64(SYS_GETCPU), b.ptrtoint(cpu_slot, I64), I64(0), I64(0))
+        cpu = b.zext(b.load(cpu_slot), I64)
+        return b.select(b.icmp_unsigned("<", cpu, I64(64)), b.shl(I64(1), cpu), I64(0))
+
+    def set_worker_affinity(self, mask_bits: ir.Value) -> None:
+        """sched_setaffinity(worker, mask_bits) for each worker whose thread id is known."""
+        b = self.b
+        mask = b.alloca(I64)
+        b.store(mask_bits, mask)
+        workers = self.load(POOL_WORKERS)
+        steered = b.select(b.icmp_signed("<", workers, I64(MAX_STEERED)), workers,
+                           I64(MAX_STEERED))  # fmt: skip
+
+        def one(b: ir.IRBuilder, w: ir.Value, _: list) -> list:
+            tid = self.load(b.add(I64(TIDS), w))
+            with b.if_then(b.icmp_signed("!=", tid, I64(0))):
+                self.syscall(I64(SYS_SCHED_SETAFFINITY), tid, I64(8), b.ptrtoint(mask, I64))
+            return []
+
+        counted_loop(b, steered, [], one)
 
     def finish(self, tasks: ir.Value) -> ir.Value:
         """Wait for the tasks other threads claimed; back off if that stalled; release the
@@ -339,9 +360,10 @@ class PoolIR:
         a stall now and then is cheaper to wait out); a job that finishes cleanly halves it."""
         b = self.b
         mine = self.now()
-        self.wait_while(lambda p: p.b.icmp_signed("<", p.atomic_load(DONE), tasks))
+        work = b.sub(mine, self.started)
+        self.wait_for_tasks(tasks, mine, work)
         end = self.now()
-        work, waited = b.sub(mine, self.started), b.sub(end, mine)
+        waited = b.sub(end, mine)
         limit = b.add(b.add(work, work), I64(STALL_MIN_NS))
         backoff = self.load(BACKOFF_NS)
         backoff = b.select(b.icmp_signed("<", backoff, I64(BACKOFF_MIN_NS)),
@@ -368,6 +390,36 @@ class PoolIR:
         failed = self.atomic_load(ERROR)
         self.atomic_store(LOCK, 0)
         return failed
+
+    def wait_for_tasks(self, tasks: ir.Value, since: ir.Value, work: ir.Value) -> None:
+        """Spin, then yield, until DONE reaches `tasks`; once the wait is longer than the
+        caller's own `work` and PULL_MIN_NS, pull the workers onto the caller's CPU (one
+        sched_setaffinity each), and let them go again at the end.
+
+        A worker that lost its core in the middle of a task waits in the run queue of a CPU
+        another thread holds, and the caller, its own tasks done, waited for that thread's
+        whole scheduler slice: beside NumPy (OpenBLAS's workers spin about 0.1 s after each
+        matmul) 2-5 % of the calls of mlp-small at batch 64 and 256 took 4 ms more (23x and
+        7x the call). Pulled onto the caller's CPU, the worker runs each time the caller
+        yields."""
+        b = self.b
+        allowed = self.load(ALLOWED)
+        pulled = self._flag(I1(0))
+        limit = b.select(b.icmp_signed(">", work, I64(PULL_MIN_NS)), work, I64(PULL_MIN_NS))
+
+        def waiting(p: PoolIR) -> ir.Value:
+            return p.b.icmp_signed("<", p.atomic_load(DONE), tasks)
+
+        def pull(p: PoolIR) -> None:
+            late = b.icmp_signed(">", b.sub(p.now(), since), limit)
+            can = b.and_(b.not_(b.load(pulled)), b.icmp_signed("!=", allowed, I64(0)))
+            with b.if_then(b.and_(can, late)):
+                b.store(I1(1), pulled)
+                p.set_worker_affinity(b.and_(allowed, p.my_cpu_bit()))
+
+        self.wait_while(waiting, while_yielding=pull)
+        with b.if_then(b.load(pulled)):
+            self.set_worker_affinity(allowed)
 
     def claim(self) -> ir.Value:
         """The next task number (the caller compares it with the task count)."""
@@ -396,9 +448,18 @@ def _now_function(module: ir.Module) -> ir.Function:
 
 
 def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
-    """`void worker(int64_t *ctl, int64_t wid)`, until shutdown: wait for a job (spin SPIN
-    pauses, then sleep on the futex), join it if the call allows this many workers and a
-    runner is registered for its dtype, run its tasks; ACTIVE says it is inside a job."""
+    """`void worker(int64_t *ctl, int64_t wid)`, until shutdown: wait for a job (spin, then
+    sleep on the futex), join it if the call allows this many workers and a runner is
+    registered for its dtype, run its tasks; ACTIVE says it is inside a job.
+
+    How long a worker spins is learnt from the gaps between jobs (from the end of one to the
+    start of the next, in ns): a gap up to SPIN_MAX_NS raises the spin to twice that gap, so
+    the next such gap finds the worker awake (the layers of one call, back-to-back calls);
+    a longer one (the caller went on to other work) halves it, down to SPIN_MIN_NS. A
+    worker that spins on after a call takes the core other libraries need next: beside
+    NumPy (`x @ P` between the calls of mlp-small at batch 64) a fixed 40-90 us spin made
+    the projection 15 % slower; with the learnt spin the worker sleeps after a few us there,
+    and back-to-back calls keep it awake."""
     fn = ir.Function(module, WORKER_TYPE, name)
     ctl, wid = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -409,13 +470,15 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     )  # fmt: skip
     mask_slot = b.alloca(I64)
     first_seen = p.atomic_load(SEQ)
+    first_idle = p.now()
     entry = b.block
     b.branch(loop)
 
     b.position_at_end(loop)  # wait for a SEQ that is even and not `seen`, or shutdown
-    seen, spins = b.phi(I64), b.phi(I64)
+    seen, idle_since, limit = b.phi(I64), b.phi(I64), b.phi(I64)
     seen.add_incoming(first_seen, entry)
-    spins.add_incoming(I64(0), entry)
+    idle_since.add_incoming(first_idle, entry)
+    limit.add_incoming(I64(SPIN_MAX_NS), entry)
     seq = p.atomic_load(SEQ)
     fresh = b.and_(b.icmp_signed("!=", seq, seen), b.icmp_signed("==", b.srem(seq, I64(2)), I64(0)))
     stop = b.icmp_signed("!=", p.atomic_load(SHUTDOWN), I64(0))
@@ -423,11 +486,12 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
 
     b.position_at_end(spin)
     pause_block = fn.append_basic_block("pause")
-    b.cbranch(b.icmp_signed("<", spins, I64(SPIN)), pause_block, sleep)
+    b.cbranch(b.icmp_signed("<", b.sub(p.now(), idle_since), limit), pause_block, sleep)
     b.position_at_end(pause_block)
-    p.pause()
-    seen.add_incoming(seen, pause_block)
-    spins.add_incoming(b.add(spins, I64(1)), pause_block)
+    for _ in range(SPIN_PAUSES):
+        p.pause()
+    for phi, value in ((seen, seen), (idle_since, idle_since), (limit, limit)):
+        phi.add_incoming(value, pause_block)
     b.branch(loop)
 
     b.position_at_end(sleep)
@@ -435,14 +499,22 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     p.futex_wait(seq)  # returns at once if SEQ moved meanwhile: no lost wake-up
     p.atomic_add(SLEEPERS, -1)
     p.unsteer(mask_slot)
-    seen.add_incoming(seen, b.block)
-    spins.add_incoming(I64(SPIN // 2), b.block)
+    for phi, value in ((seen, seen), (idle_since, idle_since), (limit, limit)):
+        phi.add_incoming(value, b.block)
     b.branch(loop)
 
     b.position_at_end(got)
     b.cbranch(stop, out, join)
 
     b.position_at_end(join)
+    gap = b.sub(p.now(), idle_since)
+    short = b.icmp_signed("<=", gap, I64(SPIN_MAX_NS))
+    longer = b.add(gap, gap)
+    raised = b.select(b.icmp_signed(">", longer, limit), longer, limit)
+    raised = b.select(b.icmp_signed(">", raised, I64(SPIN_MAX_NS)), I64(SPIN_MAX_NS), raised)
+    halved = b.ashr(limit, I64(1))
+    halved = b.select(b.icmp_signed("<", halved, I64(SPIN_MIN_NS)), I64(SPIN_MIN_NS), halved)
+    learnt = b.select(short, raised, halved)
     p.atomic_add(ACTIVE, 1)
     runner = p.load(RUNNER)
     allowed = b.and_(
@@ -455,8 +527,11 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     b.branch(leave)
 
     b.position_at_end(leave)
-    seen.add_incoming(seq, leave)
-    spins.add_incoming(I64(0), leave)
+    with b.if_then(b.icmp_signed("==", wid, I64(0))):
+        p.store(SPIN_NS, learnt)
+    seen.add_incoming(seq, b.block)
+    idle_since.add_incoming(p.now(), b.block)
+    limit.add_incoming(learnt, b.block)
     b.branch(loop)
 
     b.position_at_end(out)
