@@ -349,3 +349,62 @@ def test_a_reshape_is_a_view_of_its_operands_buffer():
     assert clash != str(planned)
     with pytest.raises(VerifyError, match="still holds"):
         verify(parse_graph(clash))
+
+
+@pytest.mark.parametrize(
+    "source, later",
+    [
+        # the output's identity goes: %1 becomes the output, and kept `in ws0` it would not
+        # live in an array of its own (found by the stages fuzzer)
+        (
+            """graph g(%x: f32[N,1]) -> f32[N,1] {
+              %0 = cast[to=f64](%x) : f64[N,1]
+              %1 = cast[to=f32](%0) : f32[N,1]
+              %2 = identity(%1) : f32[N,1]
+              return %2
+            }""",
+            "canonicalize",
+        ),
+        # fusion replaces planned values with dense ops the plan never saw; the softmax
+        # between them keeps a buffer planned for lifetimes that are gone
+        (
+            """graph g(%x: f32[N,3], %w: f32[3,4], %b: f32[4], %v: f32[4,2]) -> f32[N,2] {
+              %0 = matmul(%x, %w) : f32[N,4]
+              %1 = add(%0, %b) : f32[N,4]
+              %2 = relu(%1) : f32[N,4]
+              %3 = softmax[axis=1](%2) : f32[N,4]
+              %4 = matmul(%3, %v) : f32[N,2]
+              %5 = tanh(%4) : f32[N,2]
+              return %5
+            }""",
+            "fuse",
+        ),
+    ],
+)
+def test_a_pass_that_changes_a_planned_graph_drops_the_plan(source, later):
+    rng = np.random.default_rng(0)
+    g = parse_graph(source)
+    planned = run_pipeline(g, "plan_memory")
+    assert any(n.buffer is not None for n in planned)
+    changed = run_pipeline(planned, later)  # verifies
+    assert all(n.buffer is None for n in changed)
+    assert [d.code for d in changed.meta["decisions"] if d.pass_name == later][-1] == (
+        "memory_plan_stale"
+    )
+    replanned = run_pipeline(changed, "plan_memory")
+    inputs = [rng.standard_normal([5 if d == "N" else d for d in n.type.shape])
+              .astype(n.type.np_dtype) for n in g.nodes.values() if n.op == "input"]  # fmt: skip
+    for got, want in zip(reference.run_graph(replanned, inputs), reference.run_graph(g, inputs),
+                         strict=True):  # fmt: skip
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_a_pass_that_changes_nothing_keeps_the_plan():
+    g = run_pipeline(parse_graph("""graph g(%x: f32[N,3]) -> f32[N,3] {
+          %0 = relu(%x) : f32[N,3]
+          %1 = tanh(%0) : f32[N,3]
+          return %1
+        }"""), "plan_memory")  # fmt: skip
+    again = run_pipeline(g, "canonicalize,fuse")
+    assert [n.buffer for n in again] == [n.buffer for n in g]
+    assert "memory_plan_stale" not in {d.code for d in again.meta.get("decisions", [])}

@@ -5,7 +5,7 @@ are its options, xDSL style) and the `Decision` records passes leave in `graph.m
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from ..ir import Graph
@@ -67,6 +67,26 @@ def with_decisions(g: Graph, decisions: list[Decision]) -> Graph:
     """`g` with `decisions` appended to those its input carried."""
     g.meta["decisions"] = [*g.meta.get("decisions", []), *decisions]
     return g
+
+
+def drop_stale_plan(before: Graph, after: Graph, pass_name: str, why: str
+                    ) -> tuple[Graph, list[Decision]]:  # fmt: skip
+    """`after` with no memory plan, and the decision that says so, when `before` carried one
+    (plan_memory ran earlier in the pipeline) and the pass changed the graph: a plan holds
+    only for the values and lifetimes it was made for (a value that becomes an output must
+    live in an array of its own; a value read later than before may no longer share its
+    buffer). A later plan_memory makes it again. `why`: what the pass changed, for people."""
+    planned = any(n.buffer is not None for n in after)
+    same = list(before.nodes.values()) == list(after.nodes.values()) and (
+        before.outputs == after.outputs
+    )
+    if not planned or same:
+        return after, []
+    nodes = [replace(n, buffer=None) for n in after.nodes.values()]
+    dropped = Graph(after.name, nodes, after.inputs, after.outputs, after.constants, after.meta)
+    detail = (f"{why}, so the memory plan made before it was dropped (every value "
+              "unplanned); run plan_memory after this pass")  # fmt: skip
+    return dropped, [Decision.of(pass_name, after.name, "dropped", "memory_plan_stale", [detail])]
 
 
 def carry_meta(source: Graph, target: Graph) -> Graph:

@@ -30,7 +30,7 @@ import numpy as np
 from ..ir import DTYPES, Graph, Node, array_digest
 from ..ops import BINARY_OPS, attrs_of, elementwise_activation, evaluate
 from ..views import feeds_strided_readers
-from .base import Decision, Pass, with_decisions
+from .base import Decision, Pass, drop_stale_plan, with_decisions
 from .rewrite import (
     Applied,
     Edit,
@@ -567,4 +567,5 @@ class Canonicalize(Pass):
 
     def run(self, g: Graph) -> Graph:
         out, decisions = canonical_form(g)
-        return with_decisions(fresh_copy(out), decisions)
+        out, dropped = drop_stale_plan(g, out, self.name, "the rewrites changed the graph")
+        return with_decisions(fresh_copy(out), decisions + dropped)

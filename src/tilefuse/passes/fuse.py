@@ -40,7 +40,7 @@ from ..ops import (
     normalizes_rows,
 )
 from ..views import feeds_strided_readers
-from .base import Decision, Pass, with_decisions
+from .base import Decision, Pass, drop_stale_plan, with_decisions
 from .canonicalize import ORIENTATION_RULES, applied_decisions
 from .rewrite import (
     Edit,
@@ -389,4 +389,5 @@ class Fuse(Pass):
         fused, _ = rewrite(oriented, FUSION_RULES)
         fused, merged = merge_projections(fused)
         decisions = applied_decisions(turned, "fuse") + merged + fusion_decisions(fused)
-        return with_decisions(fresh_copy(fused), decisions)
+        fused, dropped = drop_stale_plan(g, fused, self.name, "fusion made new ops")
+        return with_decisions(fresh_copy(fused), decisions + dropped)

@@ -35,7 +35,7 @@ from ..tiling import (
     runnable_micro_tiles,
 )
 from ..tuning_log import apply_tuning_log
-from .base import Decision, Pass, with_decisions
+from .base import Decision, Pass, drop_stale_plan, with_decisions
 
 # A parallel region (Numba's threading layer, like OpenMP's fork/join) costs a few microseconds
 # to start and join; below about this much single-core work it loses more than it gains.
@@ -409,14 +409,9 @@ def split_epilogue(g: Graph, keeps, pass_name: str) -> tuple[Graph, list[Decisio
     if not moved:
         return g, []
     outputs = [moved.get(o, o) for o in g.outputs]
-    if any(n.buffer is not None for n in nodes):  # planned before: the plan no longer holds
-        nodes = [replace(n, buffer=None) for n in nodes]
-        detail = (
-            "the epilogue split made new values, so the memory plan made before it was "
-            "dropped (every value unplanned); run plan_memory after this pass"
-        )
-        decisions.append(Decision.of(pass_name, g.name, "dropped", "memory_plan_stale", [detail]))
-    return Graph(g.name, nodes, g.inputs, outputs, g.constants, g.meta), decisions
+    split = Graph(g.name, nodes, g.inputs, outputs, g.constants, g.meta)
+    split, dropped = drop_stale_plan(g, split, pass_name, "the epilogue split made new values")
+    return split, decisions + dropped
 
 
 def _kernel_epilogue(pass_name: str) -> str:
