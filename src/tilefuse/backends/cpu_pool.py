@@ -65,6 +65,7 @@ SHUTDOWN = 42
 WORKERS = 43  # how many workers may join this job (the call's threads - 1)
 POOL_WORKERS = 44  # how many workers the pool has (set once)
 SPIN_NS = 45  # worker 0's spin before it sleeps, as last learnt (see `build_worker_loop`)
+JOB_ENDED = 46  # when the last pooled job ended (its last task done), CLOCK_MONOTONIC ns
 # the job: what a task needs (written while SEQ is odd, read by workers while it is even)
 JOB = 48
 RUNNER, ACT, KIND, COL_TASKS, ROWS_PER_TASK, PANELS_PER_TASK, TASKS, KC = range(JOB, JOB + 8)
@@ -363,6 +364,7 @@ class PoolIR:
         work = b.sub(mine, self.started)
         self.wait_for_tasks(tasks, mine, work)
         end = self.now()
+        self.atomic_store(JOB_ENDED, end)
         waited = b.sub(end, mine)
         limit = b.add(b.add(work, work), I64(STALL_MIN_NS))
         backoff = self.load(BACKOFF_NS)
@@ -452,8 +454,9 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     sleep on the futex), join it if the call allows this many workers and a runner is
     registered for its dtype, run its tasks; ACTIVE says it is inside a job.
 
-    How long a worker spins is learnt from the gaps between jobs (from the end of one to the
-    start of the next, in ns): a gap up to SPIN_MAX_NS raises the spin to twice that gap, so
+    How long a worker spins is learnt from the gaps between jobs (from the end of one, when
+    its last task was done or this worker left it, whichever is later, to the start of the
+    next, in ns): a gap up to SPIN_MAX_NS raises the spin to twice that gap, so
     the next such gap finds the worker awake (the layers of one call, back-to-back calls);
     a longer one (the caller went on to other work) halves it, down to SPIN_MIN_NS. A
     worker that spins on after a call takes the core other libraries need next: beside
@@ -507,7 +510,8 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     b.cbranch(stop, out, join)
 
     b.position_at_end(join)
-    gap = b.sub(p.now(), idle_since)
+    ended = p.atomic_load(JOB_ENDED)
+    gap = b.sub(p.now(), b.select(b.icmp_signed(">", ended, idle_since), ended, idle_since))
     short = b.icmp_signed("<=", gap, I64(SPIN_MAX_NS))
     longer = b.add(gap, gap)
     raised = b.select(b.icmp_signed(">", longer, limit), longer, limit)
