@@ -254,7 +254,8 @@ def test_a_worker_learns_how_long_to_spin_from_the_gaps_between_jobs(never_back_
 def test_a_late_worker_is_pulled_onto_the_callers_cpu_then_set_free(never_back_off):
     """A worker that lost its core holding a task (beside NumPy's spinning OpenBLAS workers,
     a scheduler slice of 4 ms) is moved onto the caller's CPU once the caller has waited
-    longer than its own work, and set free again when the job is done."""
+    longer than its own work, and set free again when the job is done. Only workers inside
+    the job are pulled (on a big machine, the idle ones stay where they are)."""
     import ctypes
     import os
 
@@ -264,7 +265,7 @@ def test_a_late_worker_is_pulled_onto_the_callers_cpu_then_set_free(never_back_o
     pool = never_back_off
     numba.set_num_threads(2)
     caller = threading.get_ident()
-    seen, started = [], threading.Event()
+    seen, inside, started = [], [], threading.Event()
 
     @ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
     def task(context, t):
@@ -272,6 +273,7 @@ def test_a_late_worker_is_pulled_onto_the_callers_cpu_then_set_free(never_back_o
             started.wait(5.0)
             return
         started.set()  # the worker: a task that is slow to finish
+        inside.append(int(pool[P.INSIDE]))  # worker 0 says it is inside the job
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             time.sleep(0.002)
@@ -290,4 +292,9 @@ def test_a_late_worker_is_pulled_onto_the_callers_cpu_then_set_free(never_back_o
     assert len(pulled) == 1 and pulled < allowed
     tids = [int(t) for t in pool[P.TIDS : P.TIDS + pool[P.POOL_WORKERS]] if t]
     assert all(os.sched_getaffinity(tid) == allowed for tid in tids)
+    assert inside[-1] == 1  # worker 0 was inside the job: only such workers are pulled
+    deadline = time.monotonic() + 5.0  # and says so no longer once it has left the job
+    while pool[P.INSIDE] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert pool[P.INSIDE] == 0
     assert big_call(pool)[0] == 0

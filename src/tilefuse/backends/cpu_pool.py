@@ -99,8 +99,10 @@ RESIDUAL, LD_RESIDUAL = JOB + 28, JOB + 29
 NORM = JOB + 31
 # the workers' thread ids (steering)
 TIDS = JOB + 32
-CTL_SIZE = 128
-MAX_STEERED = CTL_SIZE - TIDS  # workers beyond this many are not steered
+MAX_STEERED = 48  # workers beyond this many are not steered (nor pulled)
+# 1 while the worker of that index is inside a job (`wait_for_tasks` pulls only those)
+INSIDE = TIDS + MAX_STEERED
+CTL_SIZE = INSIDE + MAX_STEERED
 
 # How long an idle worker spins before it sleeps (see `build_worker_loop`): at most
 # SPIN_MAX_NS, at least SPIN_MIN_NS, learnt from the gaps between the jobs it joins
@@ -194,10 +196,10 @@ class PoolIR:
         value = I64(value) if isinstance(value, int) else value
         return self.b.atomic_rmw("add", self.slot(field), value, "seq_cst")
 
-    def atomic_load(self, field: int) -> ir.Value:
+    def atomic_load(self, field: int | ir.Value) -> ir.Value:
         return self.b.load_atomic(self.slot(field), "seq_cst", 8)
 
-    def atomic_store(self, field: int, value: int | ir.Value) -> None:
+    def atomic_store(self, field: int | ir.Value, value: int | ir.Value) -> None:
         value = I64(value) if isinstance(value, int) else value
         self.b.store_atomic(value, self.slot(field), "seq_cst", 8)
 
@@ -330,8 +332,9 @@ class PoolIR:
         cpu = b.zext(b.load(cpu_slot), I64)
         return b.select(b.icmp_unsigned("<", cpu, I64(64)), b.shl(I64(1), cpu), I64(0))
 
-    def set_worker_affinity(self, mask_bits: ir.Value) -> None:
-        """sched_setaffinity(worker, mask_bits) for each worker whose thread id is known."""
+    def set_worker_affinity(self, mask_bits: ir.Value, only_inside: bool = False) -> None:
+        """sched_setaffinity(worker, mask_bits) for each worker whose thread id is known (and,
+        `only_inside`, that is inside a job now)."""
         b = self.b
         mask = b.alloca(I64)
         b.store(mask_bits, mask)
@@ -341,7 +344,11 @@ class PoolIR:
 
         def one(b: ir.IRBuilder, w: ir.Value, _: list) -> list:
             tid = self.load(b.add(I64(TIDS), w))
-            with b.if_then(b.icmp_signed("!=", tid, I64(0))):
+            wanted = b.icmp_signed("!=", tid, I64(0))
+            if only_inside:
+                inside = self.atomic_load(b.add(I64(INSIDE), w))
+                wanted = b.and_(wanted, b.icmp_signed("!=", inside, I64(0)))
+            with b.if_then(wanted):
                 self.syscall(I64(SYS_SCHED_SETAFFINITY), tid, I64(8), b.ptrtoint(mask, I64))
             return []
 
@@ -395,8 +402,9 @@ class PoolIR:
 
     def wait_for_tasks(self, tasks: ir.Value, since: ir.Value, work: ir.Value) -> None:
         """Spin, then yield, until DONE reaches `tasks`; once the wait is longer than the
-        caller's own `work` and PULL_MIN_NS, pull the workers onto the caller's CPU (one
-        sched_setaffinity each), and let them go again at the end.
+        caller's own `work` and PULL_MIN_NS, pull the workers still inside the job (those
+        holding its unfinished tasks) onto the caller's CPU, one sched_setaffinity each, and
+        let every worker go again at the end.
 
         A worker that lost its core in the middle of a task waits in the run queue of a CPU
         another thread holds, and the caller, its own tasks done, waited for that thread's
@@ -417,7 +425,7 @@ class PoolIR:
             can = b.and_(b.not_(b.load(pulled)), b.icmp_signed("!=", allowed, I64(0)))
             with b.if_then(b.and_(can, late)):
                 b.store(I1(1), pulled)
-                p.set_worker_affinity(b.and_(allowed, p.my_cpu_bit()))
+                p.set_worker_affinity(b.and_(allowed, p.my_cpu_bit()), only_inside=True)
 
         self.wait_while(waiting, while_yielding=pull)
         with b.if_then(b.load(pulled)):
@@ -520,6 +528,9 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     halved = b.select(b.icmp_signed("<", halved, I64(SPIN_MIN_NS)), I64(SPIN_MIN_NS), halved)
     learnt = b.select(short, raised, halved)
     p.atomic_add(ACTIVE, 1)
+    marked = b.icmp_signed("<", wid, I64(MAX_STEERED))
+    with b.if_then(marked):
+        p.atomic_store(b.add(I64(INSIDE), wid), 1)
     runner = p.load(RUNNER)
     allowed = b.and_(
         b.icmp_signed("==", p.atomic_load(SEQ), seq),
@@ -527,6 +538,8 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     )
     with b.if_then(b.and_(allowed, b.icmp_signed("!=", runner, I64(0)))):
         b.call(b.inttoptr(runner, RUNNER_TYPE.as_pointer()), [ctl, I64(CTL_SIZE)])
+    with b.if_then(marked):
+        p.atomic_store(b.add(I64(INSIDE), wid), 0)
     p.atomic_add(ACTIVE, -1)
     b.branch(leave)
 
