@@ -295,14 +295,24 @@ def record_timing(row: dict[str, Any], timing: Timing, ref: np.ndarray) -> None:
             row["error"] = f"wrong output after timing: {row['check_after']['why']}"
             row["untrusted"] = stats
             return
-    row.update(stats)
+    row.update(stats, round_s=list(timing.samples))  # one per round: add_ratios drops it
 
 
 # -- derived numbers -----------------------------------------------------------------------
 def add_ratios(rows: list[dict[str, Any]], case: wl.Case) -> None:
-    """GFLOP/s, weight GB/s (batch 1) and speedups, in place."""
+    """GFLOP/s, weight GB/s (batch 1) and speedups, in place; for tilefuse also
+    `vs_best_peer_rounds`: the p10 and p90 of its speedup over the best peer round by round
+    (each round times every system once, one after the other), which says how much one
+    run's ratio can be trusted on a noisy machine."""
     times = {r["system"]: r["median_s"] for r in rows if "median_s" in r}
     peers = [times[p] for p in wl.PEERS if p in times]
+    per_round = {r["system"]: r.pop("round_s") for r in rows if "round_s" in r}
+    best = min((p for p in wl.PEERS if p in times), key=times.get, default=None)
+    ours, theirs = per_round.get("tilefuse"), per_round.get(best)
+    for row in rows:
+        if row["system"] == "tilefuse" and ours and theirs:
+            ratios = [t / o for o, t in zip(ours, theirs, strict=False)]
+            row["vs_best_peer_rounds"] = [float(v) for v in np.percentile(ratios, [10, 90])]
     for row in rows:
         if "median_s" not in row:
             continue
@@ -735,7 +745,9 @@ def markdown_header(report: dict[str, Any]) -> list[str]:
         "GFLOP/s count 2·M·K·N per matmul (bias and activation not counted). "
         "Speedups: another system's median time ÷ this one's (above 1 = faster). "
         "Best peer = the fastest of every other system: NumPy unfused, ONNX Runtime, "
-        "PyTorch eager, torch.compile and torch.compile with frozen weights (those that ran). "
+        "PyTorch eager, torch.compile and torch.compile with frozen weights (those that ran); "
+        "in brackets beside tilefuse's ratio to it, the p10–p90 of that ratio round by round "
+        "(each round times every system once): how far one run's ratio can be trusted. "
         "(ref) BLAS sgemm only does the matmuls alone, without bias and activation. "
         "Weights GB/s (batch 1 only) = bytes of weights and biases ÷ latency; % BW = that ÷ the "
         "measured read bandwidth (above 100 %: the weights were partly in the caches).",
@@ -765,9 +777,16 @@ def summary_table(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[st
         tf = by_system.get("tilefuse", {})
         cells = [case, f"{first['gflop']:.4g}"]
         cells += [latency_cell(by_system[s]) for s in systems]
-        cells += [ratio_cell(tf.get(key)) for key in ("vs_numpy", "vs_best_peer", "vs_blas")]
+        cells += [ratio_cell(tf.get("vs_numpy")), best_peer_cell(tf), ratio_cell(tf.get("vs_blas"))]
         lines.append(table_row(cells))
     return lines
+
+
+def best_peer_cell(row: dict[str, Any]) -> str:
+    """The speedup over the best peer, and its p10–p90 over the rounds when known."""
+    cell = ratio_cell(row.get("vs_best_peer"))
+    spread = row.get("vs_best_peer_rounds")
+    return f"{cell} ({spread[0]:.2f}–{spread[1]:.2f})" if spread and cell != "–" else cell
 
 
 def detail_table(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:

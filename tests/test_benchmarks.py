@@ -233,10 +233,30 @@ def test_a_tiny_run_end_to_end_writes_json_markdown_and_plot(tmp_path):
     assert all(r["median_s"] > 0 for r in rows.values())
     assert rows["tilefuse"]["check_after"]["ok"] and rows["blas"]["check"] is None
     assert rows["tilefuse"]["gflop"] == TINY.flops() / 1e9
+    low, high = rows["tilefuse"]["vs_best_peer_rounds"]
+    assert 0 < low <= high and all("round_s" not in r for r in rows.values())
     assert saved["machine"]["versions"]["numpy"] == np.__version__
     markdown = (tmp_path / "smoke.md").read_text()
     assert "## 1 thread" in markdown and "| tiny/b3 | tilefuse |" in markdown
     assert (tmp_path / "smoke.png").exists() == has("matplotlib")
+
+
+def test_the_ratio_to_the_best_peer_comes_with_its_spread_over_the_rounds():
+    """Round by round, tilefuse's speedup over the best peer (the fastest median): 2, 2, 1;
+    its p10-p90 goes beside the ratio of medians in the summary."""
+    rows = [
+        {"system": "tilefuse", "reference": False, "median_s": 1.0, "round_s": [1.0, 1.0, 2.0]},
+        {"system": "numpy", "reference": False, "median_s": 2.0, "round_s": [2.0, 2.0, 2.0]},
+        {"system": "onnxruntime", "reference": False, "median_s": 3.0, "round_s": [1.0] * 3},
+    ]
+    bench.add_ratios(rows, TINY)
+    tf = rows[0]
+    assert tf["vs_best_peer"] == 2.0 and tf["vs_best_peer_rounds"] == pytest.approx([1.2, 2.0])
+    assert all("round_s" not in r for r in rows) and "vs_best_peer_rounds" not in rows[1]
+    for row in rows:
+        row.update(case=TINY.name, gflop=1.0)
+    (line,) = bench.summary_table(rows, {r["system"]: r["system"] for r in rows})[2:]
+    assert "| 2× (1.20–2.00) |" in line
 
 
 def test_the_conditions_rows_and_their_tables(monkeypatch, capsys):
