@@ -248,13 +248,19 @@ class PoolIR:
         return self.b.call(_now_function(self.b.module), [])
 
     def _flag(self, value: ir.Value) -> ir.Value:
-        """An i1 slot in the entry block holding `value` (the builder appends at a block's
-        end, where it returns)."""
+        """An i1 slot in the entry block holding `value`."""
+        slot = self._slot(I1)
+        self.b.store(value, slot)
+        return slot
+
+    def _slot(self, ty: ir.Type) -> ir.Value:
+        """A stack slot of `ty` allocated in the entry block, so that code emitted inside a
+        loop does not grow the stack each time round (the builder goes back to the end of
+        the block it was in, where it appends)."""
         b, block = self.b, self.b.block
         b.position_at_start(b.function.entry_basic_block)
-        slot = b.alloca(I1)
+        slot = b.alloca(ty)
         b.position_at_end(block)
-        b.store(value, slot)
         return slot
 
     # -- the job's two sides ---------------------------------------------------------------
@@ -326,7 +332,7 @@ class PoolIR:
     def my_cpu_bit(self) -> ir.Value:
         """1 << the CPU this thread runs on (0 past CPU 63): getcpu."""
         b = self.b
-        cpu_slot = b.alloca(I32)
+        cpu_slot = self._slot(I32)
         b.store(I32(0), cpu_slot)
         self.syscall(I64(SYS_GETCPU), b.ptrtoint(cpu_slot, I64), I64(0), I64(0))
         cpu = b.zext(b.load(cpu_slot), I64)
@@ -336,7 +342,7 @@ class PoolIR:
         """sched_setaffinity(worker, mask_bits) for each worker whose thread id is known (and,
         `only_inside`, that is inside a job now)."""
         b = self.b
-        mask = b.alloca(I64)
+        mask = self._slot(I64)
         b.store(mask_bits, mask)
         workers = self.load(POOL_WORKERS)
         steered = b.select(b.icmp_signed("<", workers, I64(MAX_STEERED)), workers,
