@@ -31,18 +31,28 @@ def never_back_off():
     pool[P.STALL_UNTIL] = saved
 
 
-def big_call(pool: np.ndarray, m: int = 96):
-    """A dense call large enough to run on two threads; returns (status, out, want)."""
+def dense_call(pool: np.ndarray, m: int = 96):
+    """A dense call large enough to run on two threads, ready to be made again and again:
+    (call, out, want), call() -> the driver's status."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((m, 300)).astype(np.float32)
     w = rng.standard_normal((300, 200)).astype(np.float32)
     tiling = ck.default_tiling(np.float32).replace(mc=ck.micro_tile(np.float32)[0] * 2)
+    wp, bias = ck.pack_weights(w, tiling), np.zeros(200, np.float32)
     out = np.empty((m, 200), np.float32)
     code = ck.ACTIVATION_CODE["relu"]
-    status = ck.dense_kernel(x, ck.pack_weights(w, tiling), np.zeros(200, np.float32), out,
-                             code, 0.0, tiling.kc, tiling.mc, tiling.nc, 1, pool,
-                             micro=(tiling.mr, tiling.nr))  # fmt: skip
-    return status, out, np.maximum(x @ w, 0)
+
+    def call() -> int:
+        return ck.dense_kernel(x, wp, bias, out, code, 0.0, tiling.kc, tiling.mc, tiling.nc, 1,
+                               pool, micro=(tiling.mr, tiling.nr))  # fmt: skip
+
+    return call, out, np.maximum(x @ w, 0)
+
+
+def big_call(pool: np.ndarray, m: int = 96):
+    """One dense call large enough to run on two threads; returns (status, out, want)."""
+    call, out, want = dense_call(pool, m)
+    return call(), out, want
 
 
 def test_a_worker_that_never_comes_does_not_hold_the_call_up():
@@ -229,24 +239,14 @@ def test_a_worker_learns_how_long_to_spin_from_the_gaps_between_jobs(never_back_
     back to back teach it to stay awake for the next."""
     pool = never_back_off
     numba.set_num_threads(2)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((96, 300)).astype(np.float32)
-    tiling = ck.default_tiling(np.float32).replace(mc=ck.micro_tile(np.float32)[0] * 2)
-    wp = ck.pack_weights(rng.standard_normal((300, 200)).astype(np.float32), tiling)
-    bias, out = np.zeros(200, np.float32), np.empty((96, 200), np.float32)
-
-    def call() -> None:
-        status = ck.dense_kernel(x, wp, bias, out, 0, 0.0, tiling.kc, tiling.mc, tiling.nc, 1,
-                                 pool, micro=(tiling.mr, tiling.nr))  # fmt: skip
-        assert status == 0
-
+    call, _, _ = dense_call(pool)
     for _ in range(12):  # each gap is far past SPIN_MAX_NS: the spin halves down to its floor
-        call()
+        assert call() == 0
         time.sleep(0.01)
     assert pool[P.SPIN_NS] == P.SPIN_MIN_NS
     learnt = []
     for _ in range(200):  # gaps of a Python loop: some microseconds
-        call()
+        assert call() == 0
         learnt.append(int(pool[P.SPIN_NS]))
     assert max(learnt) > P.SPIN_MIN_NS
 
