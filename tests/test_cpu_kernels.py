@@ -363,6 +363,27 @@ def test_every_register_tile_of_the_family_computes_the_layer(dtype, m):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{mr}x{nr}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_row_count_of_a_last_tile_in_every_register_tile(dtype):
+    # a tile of fewer rows than mr runs its own k loop (no FMA on padding rows): every count,
+    # with one k block (the activation in registers) and with three (added to C, then the
+    # activation over the stored tile), serial and on the pool
+    rng = np.random.default_rng(7)
+    n = 45
+    for mr, nr in ck.runnable_micro_tiles(dtype):
+        for k in (20, 70):
+            w = rng.standard_normal((k, n)).astype(dtype)
+            bias = rng.standard_normal(n).astype(dtype)
+            for m in range(mr + 1, 2 * mr + 1):  # the second tile has 1..mr rows
+                x = rng.standard_normal((m, k)).astype(dtype)
+                want = np.tanh(x.astype(np.float64) @ w + bias)
+                for parallel in ("m", "none"):
+                    tiling = Tiling(mc=2 * mr, nc=2 * nr, kc=24, mr=mr, nr=nr, parallel=parallel)
+                    got = ck.dense(x, w, bias, "tanh", tiling)
+                    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4,
+                                               err_msg=f"{mr}x{nr}, m={m}, k={k}")  # fmt: skip
+
+
 def test_a_register_tile_outside_the_family_is_refused():
     mr, nr = ck.micro_tiles(np.float32)[1]
     with pytest.raises(ValueError, match=r"have the register tiles .*, tiling asks for"):
