@@ -28,6 +28,7 @@ from tilefuse.passes.tile import (
     Tile,
     TilingWarning,
     choose_tiling,
+    computed_rows,
     problem_of,
     tiling_costs,
     total_cycles,
@@ -512,6 +513,18 @@ def test_a_slow_tiling_written_on_the_node_warns_too():
     tiling = Tiling(mc=6, nc=16, kc=8, mr=6, nr=16, parallel="m", pack=True)
     with pytest.warns(TilingWarning, match="slower than the model's"):
         run_pipeline(dense_graph("N", 784, 512, tile=tiling), "tile{machine=generic}")
+
+
+@pytest.mark.parametrize("m,mr,vectors,rows", [
+    (18, 6, 2, 18),   # whole tiles only
+    (16, 6, 2, 16),   # a last tile of 4 rows computes 4 (its own k loop), not 6
+    (13, 6, 2, 16),   # one row of 2 vectors: too few FMAs in flight, priced as 4 rows
+    (16, 14, 2, 18),  # 14 + 2 rows priced as 4
+    (9, 6, 4, 9),     # 4 vectors a row: 3 rows keep 12 FMAs in flight
+    (7, 8, 2, 7),     # under one tile
+])  # fmt: skip
+def test_the_cost_model_prices_a_last_short_tile_at_its_own_rows(m, mr, vectors, rows):
+    assert computed_rows(m, mr, vectors) == rows
 
 
 def test_the_cost_model_ranks_the_kernel_overheads():

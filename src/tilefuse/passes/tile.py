@@ -278,7 +278,7 @@ def tiling_costs(t: Tiling, p: Problem, mach: Machine) -> dict[str, float]:
     """Estimated cycles of each part of one call with tiling `t`, per core."""
     lanes, s = mach.lanes(p.dtype), p.itemsize
     row_tiles, col_tiles = -(-p.m // t.mr), -(-p.n // t.nr)
-    rows = p.m if p.m <= ROW_KERNEL_MAX_M else row_tiles * t.mr  # the rows kernel pads none
+    rows = p.m if p.m <= ROW_KERNEL_MAX_M else computed_rows(p.m, t.mr, -(-t.nr // lanes))
     k_blocks, m_blocks, n_blocks = -(-p.k // t.kc), -(-p.m // t.mc), -(-p.n // t.nc)
     calls = row_tiles * col_tiles * k_blocks
     vectors = t.mr * -(-t.nr // lanes)
@@ -296,6 +296,17 @@ def tiling_costs(t: Tiling, p: Problem, mach: Machine) -> dict[str, float]:
     }
     threads = mach.cores if t.parallel != "none" and p.flops >= PARALLEL_MIN_FLOP else 1
     return {part: cycles / threads for part, cycles in costs.items()}
+
+
+FMA_CHAINS = 8  # independent FMAs that keep a core's FMA units busy (2 a cycle, 4 cycles each)
+
+
+def computed_rows(m: int, mr: int, vectors: int) -> int:
+    """Rows the packed kernels pay FMAs for: whole tiles of mr, and the last, shorter tile at
+    its own rows (its own k loop), though at least the rows whose accumulators keep the FMA
+    units busy (a 1-row tile of 2 vectors runs at a quarter of the speed)."""
+    whole, rest = divmod(m, mr)
+    return whole * mr + (min(mr, max(rest, -(-FMA_CHAINS // vectors))) if rest else 0)
 
 
 def total_cycles(costs: dict[str, float]) -> float:
