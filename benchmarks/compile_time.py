@@ -18,9 +18,10 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 from typing import Any
+
+import avx2_host
 
 REPEATS = {"import": 5, "cold": 3, "warm": 5}
 
@@ -66,7 +67,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _run(script: str, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+    done = subprocess.run(avx2_host.python_command("-c", script), capture_output=True, text=True,
                           env=env, timeout=900)  # fmt: skip
     if done.returncode:
         lines = done.stderr.strip().splitlines()

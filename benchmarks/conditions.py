@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import avx2_host
 import numpy as np
 import workloads as wl
 
@@ -139,7 +140,7 @@ def in_fresh_process(system: str, batch: int, threads: int) -> dict:
 def _fresh(flags: list[str]) -> Any:
     """What this script prints (JSON) when run with `flags` in a fresh process, or
     {"error": its last line on stderr} when it fails."""
-    args = [sys.executable, os.path.abspath(__file__), *flags]
+    args = [*avx2_host.python_command(os.path.abspath(__file__)), *flags]
     done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}

@@ -44,6 +44,7 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import avx2_host  # noqa: E402
 import peak as peak_mod  # noqa: E402
 import workloads as wl  # noqa: E402
 
@@ -404,10 +405,10 @@ def git_revision() -> dict[str, Any]:
 
 
 def describe_machine() -> dict[str, Any]:
-    from tilefuse.machine import host_machine
+    from tilefuse.machine import host_machine, read_cpuinfo
 
     host = host_machine()
-    cpu_flags = peak_mod.llvm.get_host_cpu_features()
+    cpu_flags = dict.fromkeys(read_cpuinfo()[1], True)  # the CPU's, even where CPUID hides some
     return {
         "cpu": host.cpu,
         "cpu_name_llvm": peak_mod.llvm.get_host_cpu_name(),
@@ -509,8 +510,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.avx2 and not avx2_forced():  # the kernels' width is fixed when tilefuse loads
         argv = sys.argv[1:] if argv is None else argv
-        done = subprocess.run([sys.executable, str(HERE / "run.py"), *argv],
-                              env={**os.environ, **AVX2_ENV}, check=False)  # fmt: skip
+        env = {**os.environ, **AVX2_ENV}
+        why = avx2_host.unavailable()  # the peers, too, see no AVX-512 where Linux can hide it
+        if why:
+            print(f"the peers keep AVX-512: {why}", file=sys.stderr)
+        else:
+            env[avx2_host.ENV] = "1"
+        done = subprocess.run([*avx2_host.python_command(HERE / "run.py", env=env), *argv], env=env,
+                              check=False)  # fmt: skip
         raise SystemExit(done.returncode)
     budget = QUICK if args.quick else FULL
     if args.budget:
@@ -530,6 +537,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("compile and start-up times, in fresh processes")
         report["compile"] = compile_time.measure([s.name for s in systems])
     report["settings"]["argv"] = sys.argv[1:] if argv is None else argv
+    if avx2_host.hidden():  # what the libraries saw, once every one of them has loaded
+        report["machine"]["avx512_hidden"] = avx2_host.report()
     stem = args.name or ("quick" if args.quick else host_stem(report["machine"]))
     write_report(report, args.out, stem, args.no_plot)
     return report
@@ -704,6 +713,22 @@ def conditions_tables(conditions: dict[str, Any] | None, labels: dict[str, str])
     return lines
 
 
+def hidden_avx512_note(machine: dict[str, Any]) -> str:
+    """How the peers of a --avx2 run chose their kernels."""
+    if not machine.get("avx2_forced"):
+        return ""
+    seen = machine.get("avx512_hidden")
+    if not seen:
+        return "; the peers kept AVX-512 (this host cannot hide it: benchmarks/avx2_host.py)"
+    libraries = ", ".join(f"{name} {'AVX-512' if value is True else value or 'no AVX-512'}"
+                          for name, value in seen.items()
+                          if name not in ("hidden", "cpuid_answered"))  # fmt: skip
+    return (
+        f"; the peers too saw a CPU without AVX-512 (CPUID faulting, benchmarks/avx2_host.py: "
+        f"{libraries}; {seen['cpuid_answered']} CPUIDs answered)"
+    )
+
+
 def markdown_header(report: dict[str, Any]) -> list[str]:
     m, settings = report["machine"], report["settings"]
     v = {k: val for k, val in m["versions"].items() if val}
@@ -716,7 +741,8 @@ def markdown_header(report: dict[str, Any]) -> list[str]:
         "",
         f"- machine: {m['cpu']} ({m['cpu_name_llvm']}), {m['cores']} cores, "
         f"{', '.join(m['isa'])}; {m['platform']}"
-        + ("; tilefuse forced onto its AVX2 kernels (--avx2)" if m.get("avx2_forced") else ""),
+        + ("; tilefuse forced onto its AVX2 kernels (--avx2)" if m.get("avx2_forced") else "")
+        + hidden_avx512_note(m),
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- BLAS: {blas or 'unknown (threadpoolctl not installed)'}; "
         f"Numba threading layer: {m.get('numba_threading_layer')}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import avx2_host  # noqa: E402
 import peak  # noqa: E402
 import run as bench  # noqa: E402
 import workloads as wl  # noqa: E402
@@ -313,6 +315,54 @@ def test_the_compile_table_from_fresh_processes():
     table = "\n".join(bench.compile_table(found, {"tilefuse": "tilefuse"}))
     assert "## Compile and start-up" in table and "| tilefuse | " in table
     assert "tilefuse's cold compile by phase: " in table
+
+
+# -- the forced-AVX2 run: the peers see no AVX-512 either ---------------------------------------
+def test_the_harness_starts_its_pythons_through_the_cpuid_mask_only_when_asked():
+    plain = avx2_host.python_command("x.py", "--flag", env={})
+    assert plain == [sys.executable, "x.py", "--flag"]
+    masked = avx2_host.python_command("-c", "pass", env={avx2_host.ENV: "1"})
+    assert masked[0] == sys.executable and masked[1].endswith("avx2_host.py")
+    assert masked[2:] == ["-c", "pass"]
+
+
+def test_hiding_avx512_after_numpy_loaded_is_refused():
+    # NumPy, ONNX Runtime, PyTorch and LLVM pick their kernels from CPUID when they load
+    with pytest.raises(RuntimeError, match="(before importing numpy|cannot hide)"):
+        avx2_host.hide()
+    assert not avx2_host.hidden()
+
+
+SEES = """
+import llvmlite.binding as llvm
+from numpy._core._multiarray_umath import __cpu_features__
+import avx2_host
+print(llvm.get_host_cpu_features().get("avx512f", False), __cpu_features__["AVX512F"],
+      avx2_host.hidden(), avx2_host.answered() > 0)
+"""
+
+
+@pytest.mark.skipif(avx2_host.unavailable() is not None,
+                    reason=f"cannot hide AVX-512 here: {avx2_host.unavailable()}")  # fmt: skip
+def test_a_process_started_through_the_mask_sees_a_cpu_without_avx512():
+    masked = avx2_host.python_command("-c", SEES, env={avx2_host.ENV: "1"})
+    done = subprocess.run(masked, capture_output=True, text=True, timeout=300, cwd=BENCH)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False", "True", "True"]
+    # any other fault still ends the process as it would (the handler passes it on)
+    crash = "import ctypes; ctypes.string_at(8, 1)"  # (address 0 reads as b"")
+    done = subprocess.run(avx2_host.python_command("-c", crash, env={avx2_host.ENV: "1"}),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == -11
+
+
+def test_the_header_says_how_the_peers_of_a_forced_avx2_run_chose_their_kernels():
+    assert bench.hidden_avx512_note({"avx2_forced": False}) == ""
+    kept = bench.hidden_avx512_note({"avx2_forced": True, "avx512_hidden": None})
+    assert "kept AVX-512" in kept
+    seen = {"hidden": True, "cpuid_answered": 40, "numpy": False, "torch": "AVX2"}
+    note = bench.hidden_avx512_note({"avx2_forced": True, "avx512_hidden": seen})
+    assert "numpy no AVX-512, torch AVX2; 40 CPUIDs answered" in note
 
 
 def test_command_line_rejects_unknown_cases_and_systems():
