@@ -30,6 +30,11 @@ from typing import Any
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCE = HERE / "avx2_host.c"
 ENV = "TILEFUSE_BENCH_HIDE_AVX512"  # "1": every Python process of the harness hides it
+# what the harness's processes get: the flag above, and for the C++ that torch.compile has gcc
+# build (gcc runs in a process of its own and sees the real CPU: with its default
+# -march=native it built AVX-512 code that the rest of Inductor, which reads CPUID, did not
+# plan for, and mlp-small came out wrong) the x86-64 level of AVX2 CPUs
+CHILD_ENV = {ENV: "1", "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
 _library: ctypes.CDLL | None = None
 
 
@@ -129,7 +134,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python benchmarks/avx2_host.py SCRIPT [ARGS...] | -c CODE ...")
     hide()
     sys.modules.setdefault("avx2_host", sys.modules[__name__])  # the script's imports see it
-    os.environ[ENV] = "1"
+    os.environ.update(CHILD_ENV)
     if argv[0] == "-c":
         sys.argv = ["-c", *argv[2:]]
         exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102

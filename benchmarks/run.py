@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if why:
             print(f"the peers keep AVX-512: {why}", file=sys.stderr)
         else:
-            env[avx2_host.ENV] = "1"
+            env.update(avx2_host.CHILD_ENV)
         done = subprocess.run([*avx2_host.python_command(HERE / "run.py", env=env), *argv], env=env,
                               check=False)  # fmt: skip
         raise SystemExit(done.returncode)
