@@ -50,7 +50,8 @@ def test_calibrate_measures_every_register_tile_and_keeps_the_record(private_cac
         entry = record.dtypes[dtype]
         assert list(entry.gflops) == tiles and all(rate > 0 for rate in entry.gflops.values())
         assert entry.chosen in tiles and entry.default == tiles[0]
-        assert list(entry.kc_gflops) == ["0.5", "1", "2"] and entry.kc_share in C.KC_SHARES
+        assert list(entry.kc_gflops) == [f"{share:g}" for share in C.KC_SHARES]
+        assert entry.kc_share in C.KC_SHARES
     assert any("building the f32" in s for s in steps) and any("timing" in s for s in steps)
     again = C.recorded()
     assert again is not None and again.dtypes["f32"].chosen == record.dtypes["f32"].chosen
@@ -119,7 +120,7 @@ def test_explain_says_whether_the_host_is_calibrated(private_cache):
         {"gflops": ["6x16"]},
         {"chosen": 616},
         {"extra": 1},
-        {"kc_share": 3.0},
+        {"kc_share": 0.5},
         {"kc_gflops": {"1": None}},
     ],
 )
@@ -144,14 +145,15 @@ def test_the_tile_pass_takes_the_calibrated_kc_share_on_this_host_only(private_c
 
     problem = Problem(m=256, n=512, k=4096, dtype="f32", itemsize=4, symbolic={})
     host = machine("host")
-    half, _ = choose_kc(problem, host, 6, 16)
+    quarter, _ = choose_kc(problem, host, 6, 16)
     write_record(private_cache, {"f32": "6x16"})
     path = private_cache / C.CALIBRATION_FILE
     data = json.loads(path.read_text())
-    data[C.host_key()]["dtypes"]["f32"].update(
-        kc_share=2.0, kc_gflops={"0.5": 100.0, "1": 110.0, "2": 120.0}
-    )
+    smallest = C.KC_SHARES[-1]
+    rates = {f"{share:g}": 100.0 + 10 * i for i, share in enumerate(C.KC_SHARES)}
+    data[C.host_key()]["dtypes"]["f32"].update(kc_share=smallest, kc_gflops=rates)
     path.write_text(json.dumps(data))
     kc, why = choose_kc(problem, host, 6, 16)
-    assert kc >= 3 * half and "up to 2 of the" in why and "calibrated on this host" in why
-    assert choose_kc(problem, machine("generic"), 6, 16)[0] == 256  # a preset: the model's
+    assert kc * 4 <= quarter and f"{smallest:g} of the" in why
+    assert "calibrated on this host" in why
+    assert choose_kc(problem, machine("generic"), 6, 16)[0] == 2048  # a preset: the model's

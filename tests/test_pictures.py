@@ -54,7 +54,7 @@ def mlp_stages() -> dict[str, tfu.Graph]:
 def test_dense_nodes_list_the_ops_they_fused_and_their_tiling() -> None:
     dot = pictures.graph_dot(mlp_stages()["tiled"])
     first = next(line for line in dot.splitlines() if "%0 = dense" in line)
-    for row in ("matmul %x @ %w0", "+ bias %b0", "relu", "tile mc=36 nc=512 kc=200", "f32[N,512]"):
+    for row in ("matmul %x @ %w0", "+ bias %b0", "relu", "tile mc=36 nc=512 kc=784", "f32[N,512]"):
         assert row in first
     assert dot.count("= dense</b>") == 3 and "matmul(" not in dot
 

@@ -30,7 +30,10 @@ CALIBRATION_FILE = "calibration.json"
 ROUNDS = 21  # of ~1 ms calls: 0.3 s of timing; on a busy 2-core VM single rounds vary 10 %
 
 
-KC_SHARES = (0.5, 1.0, 2.0)  # of the L1d a kc x nr B micro-panel may fill; the first: the model's
+# of the L2 a kc x nr B micro-panel may fill (it streams from there; a larger panel means
+# fewer k blocks, each of which reads and writes the output tile again); the first: the
+# model's; the last keeps the panel in half a 48 KiB L1d behind a 1 MiB L2
+KC_SHARES = (0.25, 0.0625, 0.0234375)
 
 
 @dataclass
@@ -38,7 +41,7 @@ class DtypeCalibration:
     chosen: str  # "4x24"
     gflops: dict[str, float]  # per register tile, "6x16" -> GFLOP/s on one thread
     default: str  # the family's first
-    kc_share: float = KC_SHARES[0]  # of the L1d the chosen tile's B micro-panel may fill
+    kc_share: float = KC_SHARES[0]  # of the L2 the chosen tile's B micro-panel may fill
     kc_gflops: dict[str, float] = field(default_factory=dict)  # per share, "1.0" -> GFLOP/s
 
     @property
@@ -51,7 +54,7 @@ class DtypeCalibration:
         text = f"{self.chosen} ({rates} GFLOP/s on one thread)"
         if self.kc_gflops:
             shares = ", ".join(f"{s} {rate:.1f}" for s, rate in self.kc_gflops.items())
-            text += f", kc x nr up to {self.kc_share:g} L1d ({shares})"
+            text += f", kc x nr up to {self.kc_share:g} of the L2 ({shares})"
         return text
 
 
@@ -156,13 +159,13 @@ def preferred(
 
 
 def kc_share(dtype: str) -> tuple[float, str] | None:
-    """The share of the L1d a kc x nr B micro-panel may fill, as calibrated for `dtype` on this
-    host, and a line saying so; None without a record (the model's half)."""
+    """The share of the L2 a kc x nr B micro-panel may fill, as calibrated for `dtype` on this
+    host, and a line saying so; None without a record (the model's quarter)."""
     record = recorded()
     entry = record.dtypes.get(dtype) if record else None
     if entry is None or not entry.kc_gflops:
         return None
-    rates = ", ".join(f"{s} of L1d {r:.1f}" for s, r in entry.kc_gflops.items())
+    rates = ", ".join(f"{s} of the L2 {r:.1f}" for s, r in entry.kc_gflops.items())
     return entry.kc_share, f"calibrated on this host {record.measured_on}: {rates} GFLOP/s"
 
 

@@ -24,7 +24,9 @@ from .calibration import KC_SHARES, ROUNDS, Calibration, DtypeCalibration, host_
 from .tiling import Tiling
 
 PROBLEM = (168, 512, 384)  # m, k, n: multiples of every family's mr (4, 6, 8, 12, 14) and nr
-K_PROBLEM = (336, 2048, 768)  # deep enough that every kc of KC_SHARES splits k; 2 row blocks
+# deep enough that the smaller kc of KC_SHARES split k; each thread's output block (256 x
+# 1024) as large as a 1 MiB L2, so that every k block reads it again from beyond
+K_PROBLEM = (512, 2048, 1024)
 CALIBRATION_MARGIN = 0.04
 DTYPES = ("f32", "f64")
 
@@ -66,10 +68,10 @@ def calibrate(rounds: int = ROUNDS, on_step: Callable[[str], None] | None = None
 
 
 def _kc_share(ck: Any, dtype: str, np_dtype: Any, tile: str, rounds: int, step: Callable):
-    """How much of the L1d the kc x nr B micro-panel of `tile` may fill: each of KC_SHARES
-    timed on a layer deep enough that every kc splits it (K_PROBLEM), on the thread pool as
-    compiled layers run (the cores share the L2-L3 traffic a kc saves), interleaved; a larger
-    share than the model's half only when CALIBRATION_MARGIN faster."""
+    """How much of the L2 the kc x nr B micro-panel of `tile` may fill: each of KC_SHARES
+    timed on a layer deep enough that the smaller ones split it (K_PROBLEM), on the thread
+    pool as compiled layers run (the cores share the L2-L3 traffic a kc saves), interleaved;
+    a smaller share than the model's quarter only when CALIBRATION_MARGIN faster."""
     from .machine import host_machine
 
     mr, nr = (int(v) for v in tile.split("x"))
@@ -77,10 +79,10 @@ def _kc_share(ck: Any, dtype: str, np_dtype: Any, tile: str, rounds: int, step: 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((m, k)).astype(np_dtype)
     w = rng.standard_normal((k, n)).astype(np_dtype)
-    l1d, itemsize = host_machine().l1d, np.dtype(np_dtype).itemsize
+    l2, itemsize = host_machine().l2, np.dtype(np_dtype).itemsize
     calls = {}
     for share in KC_SHARES:
-        kc = max(8, int(l1d * share) // (nr * itemsize) // 8 * 8)
+        kc = max(8, int(l2 * share) // (nr * itemsize) // 8 * 8)
         calls[f"{share:g}"] = _layer_call(ck, x, w, mr, nr, kc=min(kc, k), threads=True)
         calls[f"{share:g}"]()
     say = functools.partial(_say_timing, step, f"{dtype} {tile} kc")

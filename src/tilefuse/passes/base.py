@@ -18,7 +18,7 @@ class Decision:
     fusion's: what joined, why it stopped), for readers such as `explain`; `detail` is them
     as one sentence, for people.
 
-        Decision.of("tile", line, "chosen", "model", ["mr x nr = 6x16: ...", "kc=200: ..."])
+        Decision.of("tile", line, "chosen", "model", ["mr x nr = 6x16: ...", "kc=784: ..."])
     """
 
     pass_name: str

@@ -3,12 +3,14 @@ only apply what it chose.
 
     %0 = dense[act=relu](%x, %w0, %b0) : f32[N,512]
 becomes, on the generic machine (32 KiB L1d, 512 KiB L2, 8 MiB L3, AVX2, 8 cores):
-    %0 = dense[act=relu, tile=(mc=36, nc=512, kc=200, mr=6, nr=16, parallel=m, pack=true)](...)
+    %0 = dense[act=relu, tile=(mc=36, nc=512, kc=784, mr=6, nr=16, parallel=m, pack=true)](...)
 
 The choice follows the BLIS analytic model (Low et al., "Analytical modeling is enough for
-high-performance BLIS", 2016): the micro-tile mr x nr fills the vector registers, kc keeps a
-kc x nr B micro-panel in L1, mc keeps the mc x kc A block in L2, nc keeps the kc x nc B panel in
-L3. Each choice is recorded as a `Decision` whose text names the sizes that justify it.
+high-performance BLIS", 2016): the micro-tile mr x nr fills the vector registers, mc keeps the
+mc x kc A block in L2, nc keeps the kc x nc B panel in L3. One departure, measured: kc lets the
+kc x nr B micro-panel fill a quarter of the L2 rather than half the L1d (it streams from the L2
+as fast, and fewer k blocks re-read the output fewer times; `choose_kc`). Each choice is
+recorded as a `Decision` whose text names the sizes that justify it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ ASSUMED_GHZ = 3.0
 # the 8 µs its flops would at AVX-512 width; half that bandwidth is assumed.
 ASSUMED_BYTES_PER_SECOND = 50e9
 KC_MULTIPLE = 8  # kc is a multiple of this (whole cache lines of f64, half lines of f32)
+KC_L2_SHARE = 0.25  # of the L2 a kc x nr B micro-panel may fill (calibration.KC_SHARES[0])
 
 AUTO = "auto"
 PACK_CHOICES = ("auto", "true", "false")
@@ -162,31 +165,32 @@ def choose_micro_tile(p: Problem, mach: Machine) -> tuple[int, int, str]:
 
 
 def choose_kc(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[int, str]:
-    """kc: the kc x nr B micro-panel fills at most half the L1d (the A sliver streams through
-    the rest), or on this host the share calibration measured fastest (`tilefuse calibrate`:
-    a panel streamed from L2 by the prefetcher can beat fewer, shorter k blocks)."""
+    """kc: the kc x nr B micro-panel fills at most a quarter of the L2, or on this host the
+    share calibration measured fastest (`tilefuse calibrate`). The panel streams from the L2
+    through the prefetcher (in half the L1d or in the L2, the micro-kernel ran level), and
+    each k block reads and writes the task's output block again: with the panel in half the
+    L1d (k blocks of 192 at nr=32), a 2048³ layer re-read its 4 MiB output blocks 11 times
+    from beyond the L2, 18 % slower (43.7 ms against 37.0 at kc=2048, Zen 5, 2 threads); 5 %
+    at 1024³ and at 256x784x512, 3-6 % at batch 64 and 16 (each k block also sums into C)."""
     s = p.itemsize
-    share, calibrated = 0.5, None
+    share, calibrated = KC_L2_SHARE, None
     if for_this_host(mach):
         from ..calibration import kc_share
 
         calibrated = kc_share(p.dtype)
         share = calibrated[0] if calibrated else share
-    most = round_down(int(mach.l1d * share) // (nr * s), KC_MULTIPLE)
+    most = max(KC_MULTIPLE, round_down(int(mach.l2 * share) // (nr * s), KC_MULTIPLE))
     blocks = -(-p.k // most)
     kc = p.k if blocks <= 1 else min(most, round_up(-(-p.k // blocks), KC_MULTIPLE))
     kc = max(kc, 1)
-    why = (
-        f"kc={kc}: a {kc}x{nr} B micro-panel ({format_bytes(kc * nr * s)}) and a {mr}x{kc} "
-        f"A sliver ({format_bytes(mr * kc * s)}) fit the {format_bytes(mach.l1d)} L1d"
-    )
-    if share != 0.5:
-        why = (
-            f"kc={kc}: a {kc}x{nr} B micro-panel ({format_bytes(kc * nr * s)}) up to "
-            f"{share:g} of the {format_bytes(mach.l1d)} L1d ({calibrated[1]})"
-        )
+    where = f"{share:g} of the {format_bytes(mach.l2)} L2"
+    if share == KC_L2_SHARE:
+        where = f"a quarter of the {format_bytes(mach.l2)} L2"
+    why = f"kc={kc}: a {kc}x{nr} B micro-panel ({format_bytes(kc * nr * s)}) fits {where}"
+    if calibrated:
+        why += f" ({calibrated[1]})"
     if blocks <= 1:
-        return kc, f"{why} (all of k={p.k}: one k block)"
+        return kc, f"{why} (all of k={p.k}: one k block, the output written once)"
     return kc, f"{why} (k={p.k} in {-(-p.k // kc)} balanced k blocks of at most {most})"
 
 
@@ -284,14 +288,17 @@ def tiling_costs(t: Tiling, p: Problem, mach: Machine) -> dict[str, float]:
     vectors = t.mr * -(-t.nr // lanes)
     a_level = L2_BYTES_PER_CYCLE if t.mc * t.kc * s <= mach.l2 // 2 else L3_BYTES_PER_CYCLE
     c_level = L2_BYTES_PER_CYCLE if t.mc * t.nc * s <= mach.l2 else L3_BYTES_PER_CYCLE
-    b_reads = m_blocks if t.kc * t.nr * s <= mach.l1d // 2 else row_tiles  # micro-panel in L1?
+    # each B micro-panel comes from L3 once per m block; one beyond half the L1d streams from
+    # the L2 again for every row tile (hidden behind the FMAs, as x's blocks are)
+    from_l2 = row_tiles // max(1, m_blocks) if t.kc * t.nr * s > mach.l1d // 2 else 0
     costs = {
         "FMAs": rows * col_tiles * -(-t.nr // lanes) * p.k / FMAS_PER_CYCLE,
         "micro-kernel calls": calls * (MICRO_CALL_CYCLES + 2 * vectors),
         "packing x": p.m * p.k * n_blocks * PACK_CYCLES_PER_ELEMENT
         + m_blocks * n_blocks * (k_blocks * PACK_CALL_CYCLES + TASK_CYCLES),
         "reading x blocks": p.m * p.k * s * col_tiles / a_level,
-        "reading weights": p.k * p.n * s * b_reads / L3_BYTES_PER_CYCLE,
+        "reading weights": p.k * p.n * s * m_blocks / L3_BYTES_PER_CYCLE,
+        "streaming weights from L2": p.k * p.n * s * m_blocks * from_l2 / L2_BYTES_PER_CYCLE,
         "re-reading the output per k block": p.m * p.n * s * 2 * (k_blocks - 1) / c_level,
     }
     threads = mach.cores if t.parallel != "none" and p.flops >= PARALLEL_MIN_FLOP else 1
@@ -311,10 +318,11 @@ def computed_rows(m: int, mr: int, vectors: int) -> int:
 
 def total_cycles(costs: dict[str, float]) -> float:
     """One call's estimated cycles a core from `tiling_costs`' parts: reading the x blocks
-    from L2 overlaps the FMAs (what the BLIS loop order is for); the rest adds up."""
-    hidden = ("FMAs", "reading x blocks")
+    and streaming the weights' micro-panels from the L2 overlap the FMAs (what the BLIS loop
+    order is for); the rest adds up."""
+    hidden = ("FMAs", "reading x blocks", "streaming weights from L2")
     rest = sum(cycles for part, cycles in costs.items() if part not in hidden)
-    return max(costs["FMAs"], costs["reading x blocks"]) + rest
+    return max(costs.get(part, 0.0) for part in hidden) + rest
 
 
 def slow_tiling_note(given: Tiling, model: Tiling, p: Problem, mach: Machine) -> str | None:
@@ -501,7 +509,7 @@ class Tile(Pass):
     TYPICAL_BATCH), machine (a preset such as generic; empty: TILEFUSE_MACHINE or this host).
 
         %0 = dense[act=relu](%x, %w0, %b0) : f32[N,512]
-        -> %0 = dense[act=relu, tile=(mc=36, nc=512, kc=200, mr=6, nr=16, parallel=m,
+        -> %0 = dense[act=relu, tile=(mc=36, nc=512, kc=784, mr=6, nr=16, parallel=m,
                 pack=true)](%x, %w0, %b0) : f32[N,512]
     """
 

@@ -36,7 +36,7 @@ total  6 kernels          22,528  37.1 KiB       0.593        11.85  memory
   fusion    matmul + bias add + relu run as one dense kernel [fused]
   tiling    (mc=258, nc=16, kc=4, mr=6, nr=16, parallel="none", pack=true) [model]
             - mr x nr = 6x16: 12 accumulators of 8 f32 lanes (256-bit vectors) stay in registers
-            - kc=4: a 4x16 B micro-panel (256 B) and a 6x4 A sliver (96 B) fit the 32 KiB L1d (all of k=4: one k block)
+            - kc=4: a 4x16 B micro-panel (256 B) fits a quarter of the 512 KiB L2 (all of k=4: one k block, the output written once)
             - mc=258: the 258x4 A block (4.0 KiB) fits half the 512 KiB L2 (all of m=N (planned as 256), rounded up to a multiple of mr=6)
             - nc=16: the 4x16 B panel (256 B) fits half the 8 MiB L3 (all of n=3, rounded up to a multiple of nr=16)
             - parallel=none: 6,144 flops ≈ 0.128 µs on one core, below the 10 µs a parallel region needs to repay its start-up
@@ -49,7 +49,7 @@ total  6 kernels          22,528  37.1 KiB       0.593        11.85  memory
   fusion    matmul + bias add run as one dense kernel [multi_use]
   tiling    (mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true) [model]
             - mr x nr = 6x16: 12 accumulators of 8 f32 lanes (256-bit vectors) stay in registers
-            - kc=3: a 3x16 B micro-panel (192 B) and a 6x3 A sliver (72 B) fit the 32 KiB L1d (all of k=3: one k block)
+            - kc=3: a 3x16 B micro-panel (192 B) fits a quarter of the 512 KiB L2 (all of k=3: one k block, the output written once)
             - mc=258: the 258x3 A block (3.0 KiB) fits half the 512 KiB L2 (all of m=N (planned as 256), rounded up to a multiple of mr=6)
             - nc=16: the 3x16 B panel (192 B) fits half the 8 MiB L3 (all of n=3, rounded up to a multiple of nr=16)
             - parallel=none: 4,608 flops ≈ 0.096 µs on one core, below the 10 µs a parallel region needs to repay its start-up
@@ -74,7 +74,7 @@ total  6 kernels          22,528  37.1 KiB       0.593        11.85  memory
   fusion    the matmul runs alone as dense[bias=false] [unsupported_activation]
   tiling    (mc=258, nc=16, kc=3, mr=6, nr=16, parallel="none", pack=true) [model]
             - mr x nr = 6x16: 12 accumulators of 8 f32 lanes (256-bit vectors) stay in registers
-            - kc=3: a 3x16 B micro-panel (192 B) and a 6x3 A sliver (72 B) fit the 32 KiB L1d (all of k=3: one k block)
+            - kc=3: a 3x16 B micro-panel (192 B) fits a quarter of the 512 KiB L2 (all of k=3: one k block, the output written once)
             - mc=258: the 258x3 A block (3.0 KiB) fits half the 512 KiB L2 (all of m=N (planned as 256), rounded up to a multiple of mr=6)
             - nc=16: the 3x16 B panel (192 B) fits half the 8 MiB L3 (all of n=2, rounded up to a multiple of nr=16)
             - parallel=none: 3,072 flops ≈ 0.064 µs on one core, below the 10 µs a parallel region needs to repay its start-up
