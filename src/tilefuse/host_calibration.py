@@ -82,8 +82,9 @@ def _kc_share(ck: Any, dtype: str, np_dtype: Any, tile: str, rounds: int, step: 
     l2, itemsize = host_machine().l2, np.dtype(np_dtype).itemsize
     calls = {}
     for share in KC_SHARES:
-        kc = max(8, int(l2 * share) // (nr * itemsize) // 8 * 8)
-        calls[f"{share:g}"] = _layer_call(ck, x, w, mr, nr, kc=min(kc, k), threads=True)
+        kc = min(k, max(8, int(l2 * share) // (nr * itemsize) // 8 * 8))
+        mc = max(mr, l2 // 2 // (kc * itemsize) // mr * mr)  # the A block in half the L2, as
+        calls[f"{share:g}"] = _layer_call(ck, x, w, mr, nr, kc=kc, threads=True, mc=mc)  # tile
         calls[f"{share:g}"]()
     say = functools.partial(_say_timing, step, f"{dtype} {tile} kc")
     seconds = _interleaved(calls, rounds, say)
@@ -104,12 +105,14 @@ def _say_timing(step: Callable[[str], None], dtype: str, tile: str) -> None:
 
 
 def _layer_call(ck: Any, x: np.ndarray, w: np.ndarray, mr: int, nr: int, kc: int = 256,
-                threads: bool = False) -> Callable[[], None]:  # fmt: skip
-    """One call of the packed layer with register tile mr x nr, ready to time: serial, or
-    with `threads` on the thread pool, as compiled layers run."""
+                threads: bool = False, mc: int | None = None) -> Callable[[], None]:  # fmt: skip
+    """One call of the packed layer with register tile mr x nr (and blocks of mc rows, by
+    default all of m), ready to time: serial, or with `threads` on the thread pool, as
+    compiled layers run."""
     m, k = x.shape
     n = w.shape[1]
-    tiling = Tiling(mc=m, nc=n, kc=min(k, kc), mr=mr, nr=nr, parallel="m" if threads else "none")
+    tiling = Tiling(mc=mc or m, nc=n, kc=min(k, kc), mr=mr, nr=nr,
+                    parallel="m" if threads else "none")  # fmt: skip
     wp = ck.pack_weights(w, tiling)
     bias, out = np.zeros(n, x.dtype), np.empty((m, n), x.dtype)
     pool = ck.pool_control() if threads else np.zeros(0, np.int64)

@@ -170,8 +170,8 @@ def choose_kc(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[int, str]:
     through the prefetcher (in half the L1d or in the L2, the micro-kernel ran level), and
     each k block reads and writes the task's output block again: with the panel in half the
     L1d (k blocks of 192 at nr=32), a 2048³ layer re-read its 4 MiB output blocks 11 times
-    from beyond the L2, 18 % slower (43.7 ms against 37.0 at kc=2048, Zen 5, 2 threads); 5 %
-    at 1024³ and at 256x784x512, 3-6 % at batch 64 and 16 (each k block also sums into C)."""
+    from beyond the L2: 2-18 % slower than at kc=2048 (Zen 5, 2 threads, a quiet and a busy
+    spell of the host; docs/cpu-backend.md has the rest)."""
     s = p.itemsize
     share, calibrated = KC_L2_SHARE, None
     if for_this_host(mach):
