@@ -46,7 +46,7 @@ LIBRARY_ROLES = (
     (r"tilefuse_pack_x_", "packs a block of x rows for one k block (mr-row slivers)"),
     (r"tilefuse_pack_rows_\w+_(\d+)x\d+$", "packs {0} rows of x: a transpose in registers"),
     (r"tilefuse_tile_\w+_(\d+)x(\d+)$", "the {0}x{1} micro-kernel (tile mr={0}, nr={1}): "
-     "a {0}x{1} block of the output in registers (a body for each row count up to {0}), "
+     "a {0}x{1} block of the output in registers (a k loop for each row count up to {0}), "
      "epilogue fused in the last k block"),
     (r"tilefuse_activate_", "the epilogue's activation over a tile"),
     (r"tilefuse_add_rows_", "the residual (post=(add)) added to a task's block of the output"),
