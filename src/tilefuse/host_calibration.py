@@ -73,18 +73,20 @@ def _kc_share(ck: Any, dtype: str, np_dtype: Any, tile: str, rounds: int, step: 
     pool as compiled layers run (the cores share the L2-L3 traffic a kc saves), interleaved;
     a smaller share than the model's quarter only when CALIBRATION_MARGIN faster."""
     from .machine import host_machine
+    from .passes.tile import Problem, choose_mc, kc_most
 
     mr, nr = (int(v) for v in tile.split("x"))
     m, k, n = K_PROBLEM
     rng = np.random.default_rng(1)
     x = rng.standard_normal((m, k)).astype(np_dtype)
     w = rng.standard_normal((k, n)).astype(np_dtype)
-    l2, itemsize = host_machine().l2, np.dtype(np_dtype).itemsize
+    mach, itemsize = host_machine(), np.dtype(np_dtype).itemsize
+    problem = Problem(m=m, n=n, k=k, dtype=dtype, itemsize=itemsize, symbolic={})
     calls = {}
     for share in KC_SHARES:
-        kc = min(k, max(8, int(l2 * share) // (nr * itemsize) // 8 * 8))
-        mc = max(mr, l2 // 2 // (kc * itemsize) // mr * mr)  # the A block in half the L2, as
-        calls[f"{share:g}"] = _layer_call(ck, x, w, mr, nr, kc=kc, threads=True, mc=mc)  # tile
+        kc = min(k, kc_most(mach.l2, share, nr, itemsize))
+        mc, _ = choose_mc(problem, mach, kc, mr, "none")  # the A block the tile pass plans
+        calls[f"{share:g}"] = _layer_call(ck, x, w, mr, nr, kc=kc, threads=True, mc=mc)
         calls[f"{share:g}"]()
     say = functools.partial(_say_timing, step, f"{dtype} {tile} kc")
     seconds = _interleaved(calls, rounds, say)

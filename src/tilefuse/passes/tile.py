@@ -179,7 +179,7 @@ def choose_kc(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[int, str]:
 
         calibrated = kc_share(p.dtype)
         share = calibrated[0] if calibrated else share
-    most = max(KC_MULTIPLE, round_down(int(mach.l2 * share) // (nr * s), KC_MULTIPLE))
+    most = kc_most(mach.l2, share, nr, s)
     blocks = -(-p.k // most)
     kc = p.k if blocks <= 1 else min(most, round_up(-(-p.k // blocks), KC_MULTIPLE))
     kc = max(kc, 1)
@@ -192,6 +192,11 @@ def choose_kc(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[int, str]:
     if blocks <= 1:
         return kc, f"{why} (all of k={p.k}: one k block, the output written once)"
     return kc, f"{why} (k={p.k} in {-(-p.k // kc)} balanced k blocks of at most {most})"
+
+
+def kc_most(l2: int, share: float, nr: int, itemsize: int) -> int:
+    """The largest kc whose kc x nr B micro-panel fills at most `share` of an `l2`-byte L2."""
+    return max(KC_MULTIPLE, round_down(int(l2 * share) // (nr * itemsize), KC_MULTIPLE))
 
 
 def choose_parallel(p: Problem, mach: Machine, mr: int, nr: int) -> tuple[str, str]:
