@@ -152,43 +152,56 @@ def test_a_workers_runner_runs_the_published_job(dtype):
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
 
 
-def test_a_woken_worker_is_steered_off_the_callers_cpu_then_set_free():
-    """Waking sleeping workers, the caller lets them run anywhere but on its own CPU (a futex
-    wake-up would put them beside it; the 2-thread call then ran slower than 1 thread); a
-    woken worker then lets itself run anywhere again."""
+def _sleeping_pool() -> np.ndarray:
+    """The process's pool with every worker asleep on the futex."""
+    pool = ck.pool_control()
+    numba.set_num_threads(2)
+    assert big_call(pool)[0] == 0
+    deadline = time.monotonic() + 10.0
+    while pool[P.SLEEPERS] < pool[P.POOL_WORKERS] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert pool[P.SLEEPERS] == pool[P.POOL_WORKERS]
+    return pool
+
+
+def test_a_worker_woken_on_the_callers_cpu_moves_off_it_then_runs_free():
+    """A futex wake-up may put the worker on the CPU of the caller that woke it (after an
+    idle spell, the 2-thread call then ran slower than 1 thread). The caller says where it
+    runs (CALLER_CPU); a woken worker on that CPU moves itself to the others, then lets
+    itself run on every allowed CPU again. A worker woken elsewhere is left where it is."""
     import os
 
     allowed = os.sched_getaffinity(0)
     if len(allowed) < 2 or max(allowed) >= 64:
         pytest.skip("needs two CPUs numbered below 64")
-    stand_in = threading.Event()  # a "worker" asleep in Python: nobody undoes its steering
-    thread = threading.Thread(target=stand_in.wait, daemon=True)
-    thread.start()
-    try:
-        ctl = np.zeros(P.CTL_SIZE, np.int64)
-        ctl[P.POOL_WORKERS], ctl[P.SLEEPERS] = 1, 1
-        ctl[P.ALLOWED] = sum(1 << cpu for cpu in allowed)
-        ctl[P.TIDS] = thread.native_id
-        numba.set_num_threads(2)
-        assert big_call(ctl)[0] == 0  # the caller runs every task; it steers on the way
-        steered = os.sched_getaffinity(thread.native_id)
-        assert steered and steered < allowed
-    finally:
-        stand_in.set()
-
-    pool = ck.pool_control()
-    assert big_call(pool)[0] == 0
-    deadline = time.monotonic() + 10.0
-    while pool[P.SLEEPERS] < pool[P.POOL_WORKERS] and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert big_call(pool)[0] == 0  # wakes them
-    deadline = time.monotonic() + 10.0
+    pool = _sleeping_pool()
     tids = [int(t) for t in pool[P.TIDS : P.TIDS + pool[P.POOL_WORKERS]] if t]
-    while time.monotonic() < deadline:
-        if all(os.sched_getaffinity(tid) == allowed for tid in tids):
-            break
-        time.sleep(0.005)
-    assert all(os.sched_getaffinity(tid) == allowed for tid in tids)
+    here, there = sorted(allowed)[:2]
+    try:
+        os.sched_setaffinity(0, {here})  # the caller
+        for tid in tids:  # the sleepers can wake only beside it
+            os.sched_setaffinity(tid, {here})
+        assert big_call(pool)[0] == 0  # wakes them
+        assert pool[P.CALLER_CPU] == 1 << here
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            if all(os.sched_getaffinity(tid) == allowed for tid in tids):
+                break
+            time.sleep(0.005)
+        assert all(os.sched_getaffinity(tid) == allowed for tid in tids)
+
+        pool = _sleeping_pool()
+        for tid in tids:  # woken away from the caller: nothing to do
+            os.sched_setaffinity(tid, {there})
+        assert big_call(pool)[0] == 0
+        deadline = time.monotonic() + 10.0
+        while pool[P.SLEEPERS] < pool[P.POOL_WORKERS] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert all(os.sched_getaffinity(tid) == {there} for tid in tids)
+    finally:
+        os.sched_setaffinity(0, allowed)
+        for tid in tids:
+            os.sched_setaffinity(tid, allowed)
 
 
 def test_a_call_that_waited_for_a_worker_without_a_core_backs_off_to_serial(never_back_off):
@@ -251,11 +264,13 @@ def test_a_worker_learns_how_long_to_spin_from_the_gaps_between_jobs(never_back_
     assert max(learnt) > P.SPIN_MIN_NS
 
 
-def test_a_late_worker_is_pulled_onto_the_callers_cpu_then_set_free(never_back_off):
+def test_a_late_worker_is_pulled_onto_the_callers_cpu_then_moved_back(never_back_off):
     """A worker that lost its core holding a task (beside NumPy's spinning OpenBLAS workers,
     a scheduler slice of 4 ms) is moved onto the caller's CPU once the caller has waited
-    longer than its own work, and set free again when the job is done. Only workers inside
-    the job are pulled (on a big machine, the idle ones stay where they are)."""
+    longer than its own work; when the job is done it is moved back off that CPU (left
+    there, it shared the caller's core into the next layers), and it sets itself free when
+    it joins the next job. Only workers inside the job are pulled (on a big machine, the
+    idle ones stay where they are)."""
     import ctypes
     import os
 
@@ -291,10 +306,17 @@ def test_a_late_worker_is_pulled_onto_the_callers_cpu_then_set_free(never_back_o
     pulled = seen[-1]
     assert len(pulled) == 1 and pulled < allowed
     tids = [int(t) for t in pool[P.TIDS : P.TIDS + pool[P.POOL_WORKERS]] if t]
-    assert all(os.sched_getaffinity(tid) == allowed for tid in tids)
+    # then moved back off the caller's CPU, and held there until it next joins a job or wakes
+    pushed = os.sched_getaffinity(tids[0])
+    assert pool[P.PUSHED] == 1 and len(pushed) == len(allowed) - 1 and pushed < allowed
+    assert all(os.sched_getaffinity(tid) == allowed for tid in tids[1:])
     assert inside[-1] == 1  # worker 0 was inside the job: only such workers are pulled
     deadline = time.monotonic() + 5.0  # and says so no longer once it has left the job
     while pool[P.INSIDE] and time.monotonic() < deadline:
         time.sleep(0.001)
     assert pool[P.INSIDE] == 0
     assert big_call(pool)[0] == 0
+    deadline = time.monotonic() + 10.0  # the next job frees it
+    while os.sched_getaffinity(tids[0]) != allowed and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert os.sched_getaffinity(tids[0]) == allowed and pool[P.PUSHED] == 0

@@ -13,10 +13,14 @@ the next library needs. This pool is built for that:
 - **Bounded spin, then sleep.** An idle worker spins (how long is learnt from the gaps
   between jobs, at most SPIN_MAX_NS: back-to-back layers and calls find it awake, a call
   after other work finds it asleep), then sleeps on a futex until the next job.
+- **A woken worker leaves the caller's CPU.** A futex wake-up may put the worker on the
+  caller's CPU; it then moves itself to another allowed CPU, once, and runs free
+  (`build_worker_loop`). Nothing pins a thread that waits to run.
 - **A late worker comes to the caller.** A worker that lost its core in the middle of a
   task (to NumPy's spinning OpenBLAS workers, say) is moved onto the caller's CPU once the
   caller has waited longer than its own work, and the caller yields to it
-  (`PoolIR.wait_for_tasks`), instead of waiting out the other thread's scheduler slice.
+  (`PoolIR.wait_for_tasks`), instead of waiting out the other thread's scheduler slice;
+  then it is moved back off it, and frees itself when it next joins a job.
 - **One job at a time.** A second thread calling a model while the pool is busy runs its
   tasks itself, serially, instead of waiting.
 - **Back off when a worker has no core.** A call that waited for a worker's task much
@@ -66,6 +70,7 @@ WORKERS = 43  # how many workers may join this job (the call's threads - 1)
 POOL_WORKERS = 44  # how many workers the pool has (set once)
 SPIN_NS = 45  # worker 0's spin before it sleeps, as last learnt (see `build_worker_loop`)
 JOB_ENDED = 46  # when the last pooled job ended (its last task done), CLOCK_MONOTONIC ns
+CALLER_CPU = 47  # 1 << the CPU of the caller that last woke sleeping workers (see `start`)
 # the job: what a task needs (written while SEQ is odd, read by workers while it is even)
 JOB = 48
 RUNNER, ACT, KIND, COL_TASKS, ROWS_PER_TASK, PANELS_PER_TASK, TASKS, KC = range(JOB, JOB + 8)
@@ -82,8 +87,9 @@ THREAD_LIMIT = JOB + 18
 # and the recent share of pooled jobs that stalled (in units of 2^-STALL_RATE_BITS)
 STALL_UNTIL, BACKOFF_NS, STALLS, STALL_RATE = JOB + 19, JOB + 20, JOB + 21, JOB + 30
 NEVER_BACK_OFF = -1
-# Steering a sleeping worker off the caller's CPU (see `PoolIR.steer`): the CPUs the process
-# may use as a bit mask (0: no steering)
+# Moving workers between CPUs (a woken worker off the caller's CPU, `build_worker_loop`; a
+# late one onto it, `PoolIR.wait_for_tasks`): the CPUs the process may use as a bit mask (0:
+# workers are never moved)
 ALLOWED = JOB + 22
 # Written once by Python (0 until then): the address of the library's parallel-for, and of the
 # run-time kernels' task functions it runs (cpu_runtime.install_tasks), for generated code
@@ -97,12 +103,19 @@ RESIDUAL, LD_RESIDUAL = JOB + 28, JOB + 29
 # a layer norm of the rows after it (a dense op's `post=(.., layer_norm)`): the address of
 # the driver's [scale, shift, epsilon's bits] (scale 0: none)
 NORM = JOB + 31
-# the workers' thread ids (steering)
+# the workers' thread ids (for moving them)
 TIDS = JOB + 32
-MAX_STEERED = 48  # workers beyond this many are not steered (nor pulled)
+MAX_STEERED = 48  # workers beyond this many are never moved
 # 1 while the worker of that index is inside a job (`wait_for_tasks` pulls only those)
 INSIDE = TIDS + MAX_STEERED
-CTL_SIZE = INSIDE + MAX_STEERED
+# 1 while the worker of that index is held off the caller's CPU after a pull, until it frees
+# itself (when it next joins a job or wakes up)
+PUSHED = INSIDE + MAX_STEERED
+# when the caller started the job, and when the job before it ended (CLOCK_MONOTONIC ns): the
+# gap a worker learns its spin from (`build_worker_loop`), published with the job
+JOB_STARTED = PUSHED + MAX_STEERED
+PREVIOUS_ENDED = JOB_STARTED + 1
+CTL_SIZE = PREVIOUS_ENDED + 1
 
 # How long an idle worker spins before it sleeps (see `build_worker_loop`): at most
 # SPIN_MAX_NS, at least SPIN_MIN_NS, learnt from the gaps between the jobs it joins
@@ -230,15 +243,35 @@ class PoolIR:
         word = self.b.ptrtoint(self.slot(SEQ), I64)
         self.syscall(I64(SYS_FUTEX), word, I64(FUTEX_WAKE_PRIVATE), I64(2**31 - 1))
 
-    def unsteer(self, mask_slot: ir.Value) -> None:
-        """A woken worker lets itself run on every allowed CPU again: `steer` is for where it
-        wakes up; kept, it would stop the scheduler from moving the worker off a CPU that
-        other processes crowd."""
+    def set_my_affinity(self, mask_bits: ir.Value, mask_slot: ir.Value) -> None:
+        """sched_setaffinity(this thread, mask_bits): a running thread moves at once when its
+        CPU is not in the mask."""
+        self.b.store(mask_bits, mask_slot)
+        self.syscall(I64(SYS_SCHED_SETAFFINITY), I64(0), I64(8), self.b.ptrtoint(mask_slot, I64))
+
+    def free_if_pushed(self, wid: ir.Value, mask_slot: ir.Value) -> None:
+        """A worker the caller moved off its CPU after a pull (`wait_for_tasks`) lets itself
+        run on every allowed CPU again: kept, the affinity would stop the scheduler from
+        moving it off a CPU that other processes crowd."""
+        b = self.b
+        with b.if_then(b.icmp_signed("<", wid, I64(MAX_STEERED))):
+            pushed = b.add(I64(PUSHED), wid)
+            with b.if_then(b.icmp_signed("!=", self.atomic_load(pushed), I64(0))):
+                self.atomic_store(pushed, 0)
+                self.set_my_affinity(self.load(ALLOWED), mask_slot)
+
+    def leave_callers_cpu(self, mask_slot: ir.Value) -> None:
+        """A woken worker that finds itself on the CPU of the caller that woke it moves to
+        the other allowed CPUs, then lets itself run on every allowed CPU again (two
+        sched_setaffinity, only then): it is never pinned while it waits to run."""
         b = self.b
         allowed = self.load(ALLOWED)
-        with b.if_then(b.icmp_signed("!=", allowed, I64(0))):
-            b.store(allowed, mask_slot)
-            self.syscall(I64(SYS_SCHED_SETAFFINITY), I64(0), I64(8), b.ptrtoint(mask_slot, I64))
+        mine = self.my_cpu_bit()
+        others = b.and_(allowed, b.not_(mine))
+        there = b.icmp_signed("==", mine, self.atomic_load(CALLER_CPU))
+        with b.if_then(b.and_(there, b.icmp_signed("!=", others, I64(0)))):
+            self.set_my_affinity(others, mask_slot)
+            self.set_my_affinity(allowed, mask_slot)
 
     def sched_yield(self) -> None:
         self.syscall(I64(SYS_SCHED_YIELD))
@@ -308,26 +341,18 @@ class PoolIR:
             self.atomic_store(field, 0)
 
     def start(self) -> None:
-        """The job is written (SEQ even again): wake the workers that sleep, off this CPU."""
-        self.started = self.now()
-        self.atomic_add(SEQ, 1)
-        with self.b.if_then(self.b.icmp_signed(">", self.atomic_load(SLEEPERS), I64(0))):
-            self.steer()
-            self.futex_wake_all()
-
-    def steer(self) -> None:
-        """Let the workers run anywhere but on the caller's CPU. A futex wake-up tends to put
-        the woken thread on the waker's CPU; after an idle spell (both threads asleep) the
-        worker then shared the caller's core while the other idled, and the spin-and-sleep
-        rhythm of later calls kept it there: 2-thread calls ran slower than 1-thread ones
-        (mlp-small at batch 16, Zen 3: 530 us a call over the next 40 ms, against 225 us).
-        One getcpu and one sched_setaffinity per worker, only when workers sleep."""
+        """The job is written (SEQ even again): wake the workers that sleep, telling them the
+        caller's CPU (one getcpu, only when workers sleep), which a woken worker leaves
+        (`leave_callers_cpu`)."""
         b = self.b
-        allowed = self.load(ALLOWED)
-        with b.if_then(b.icmp_signed("!=", allowed, I64(0))):
-            others = b.and_(allowed, b.not_(self.my_cpu_bit()))
-            with b.if_then(b.icmp_signed("!=", others, I64(0))):
-                self.set_worker_affinity(others)
+        self.started = self.now()
+        self.store(JOB_STARTED, self.started)
+        self.store(PREVIOUS_ENDED, self.atomic_load(JOB_ENDED))
+        self.atomic_add(SEQ, 1)
+        with b.if_then(b.icmp_signed(">", self.atomic_load(SLEEPERS), I64(0))):
+            with b.if_then(b.icmp_signed("!=", self.load(ALLOWED), I64(0))):
+                self.atomic_store(CALLER_CPU, self.my_cpu_bit())
+            self.futex_wake_all()
 
     def my_cpu_bit(self) -> ir.Value:
         """1 << the CPU this thread runs on (0 past CPU 63): getcpu."""
@@ -338,9 +363,13 @@ class PoolIR:
         cpu = b.zext(b.load(cpu_slot), I64)
         return b.select(b.icmp_unsigned("<", cpu, I64(64)), b.shl(I64(1), cpu), I64(0))
 
-    def set_worker_affinity(self, mask_bits: ir.Value, only_inside: bool = False) -> None:
+    def set_worker_affinity(
+        self, mask_bits: ir.Value, only_inside: bool = False, only_pushed: bool = False
+    ) -> None:
         """sched_setaffinity(worker, mask_bits) for each worker whose thread id is known (and,
-        `only_inside`, that is inside a job now)."""
+        `only_inside`, that is inside a job now; `only_pushed`, whose PUSHED flag is set).
+        With either, the worker's PUSHED flag is set after the call, so that it frees itself
+        later even if it had cleared the flag meanwhile (`free_if_pushed`)."""
         b = self.b
         mask = self._slot(I64)
         b.store(mask_bits, mask)
@@ -354,8 +383,13 @@ class PoolIR:
             if only_inside:
                 inside = self.atomic_load(b.add(I64(INSIDE), w))
                 wanted = b.and_(wanted, b.icmp_signed("!=", inside, I64(0)))
+            if only_pushed:
+                pushed = self.atomic_load(b.add(I64(PUSHED), w))
+                wanted = b.and_(wanted, b.icmp_signed("!=", pushed, I64(0)))
             with b.if_then(wanted):
                 self.syscall(I64(SYS_SCHED_SETAFFINITY), tid, I64(8), b.ptrtoint(mask, I64))
+                if only_inside or only_pushed:
+                    self.atomic_store(b.add(I64(PUSHED), w), 1)
             return []
 
         counted_loop(b, steered, [], one)
@@ -410,7 +444,11 @@ class PoolIR:
         """Spin, then yield, until DONE reaches `tasks`; once the wait is longer than the
         caller's own `work` and PULL_MIN_NS, pull the workers still inside the job (those
         holding its unfinished tasks) onto the caller's CPU, one sched_setaffinity each, and
-        let every worker go again at the end.
+        at the end move them to the other allowed CPUs (PUSHED: each lets itself run on every
+        allowed CPU again when it next joins a job or wakes, `free_if_pushed`). Set free where
+        they were, they stayed beside the caller into the next layers, the workers spinning
+        between them: beside NumPy at batch 1024 the pair took 10.5 ms, against 9.0 ms when
+        they were moved back (and 9.8 ms with the caller steering the workers it wakes).
 
         A worker that lost its core in the middle of a task waits in the run queue of a CPU
         another thread holds, and the caller, its own tasks done, waited for that thread's
@@ -435,7 +473,9 @@ class PoolIR:
 
         self.wait_while(waiting, while_yielding=pull)
         with b.if_then(b.load(pulled)):
-            self.set_worker_affinity(allowed)
+            others = b.and_(allowed, b.not_(self.my_cpu_bit()))
+            none_other = b.icmp_signed("==", others, I64(0))
+            self.set_worker_affinity(b.select(none_other, allowed, others), only_pushed=True)
 
     def claim(self) -> ir.Value:
         """The next task number (the caller compares it with the task count)."""
@@ -470,7 +510,9 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
 
     How long a worker spins is learnt from the gaps between jobs (from the end of one, when
     its last task was done or this worker left it, whichever is later, to the start of the
-    next, in ns): a gap up to SPIN_MAX_NS raises the spin to twice that gap, so
+    next, in ns; both times come with the job, so that a worker that joins late, after the
+    job itself ended, still measures the gap before it): a gap up to SPIN_MAX_NS raises the
+    spin to twice that gap, so
     the next such gap finds the worker awake (the layers of one call, back-to-back calls);
     a longer one (the caller went on to other work) halves it, down to SPIN_MIN_NS. A
     worker that spins on after a call takes the core other libraries need next: beside
@@ -515,7 +557,9 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     p.atomic_add(SLEEPERS, 1)
     p.futex_wait(seq)  # returns at once if SEQ moved meanwhile: no lost wake-up
     p.atomic_add(SLEEPERS, -1)
-    p.unsteer(mask_slot)
+    p.free_if_pushed(wid, mask_slot)
+    with b.if_then(b.icmp_signed("!=", p.load(ALLOWED), I64(0))):
+        p.leave_callers_cpu(mask_slot)
     for phi, value in ((seen, seen), (idle_since, idle_since), (limit, limit)):
         phi.add_incoming(value, b.block)
     b.branch(loop)
@@ -524,8 +568,9 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     b.cbranch(stop, out, join)
 
     b.position_at_end(join)
-    ended = p.atomic_load(JOB_ENDED)
-    gap = b.sub(p.now(), b.select(b.icmp_signed(">", ended, idle_since), ended, idle_since))
+    ended = p.load(PREVIOUS_ENDED)  # a late worker may join after the job itself ended
+    gap = b.sub(p.load(JOB_STARTED), b.select(b.icmp_signed(">", ended, idle_since), ended,
+                                              idle_since))  # fmt: skip
     short = b.icmp_signed("<=", gap, I64(SPIN_MAX_NS))
     longer = b.add(gap, gap)
     raised = b.select(b.icmp_signed(">", longer, limit), longer, limit)
@@ -537,6 +582,7 @@ def build_worker_loop(module: ir.Module, name: str) -> ir.Function:
     marked = b.icmp_signed("<", wid, I64(MAX_STEERED))
     with b.if_then(marked):
         p.atomic_store(b.add(I64(INSIDE), wid), 1)
+    p.free_if_pushed(wid, mask_slot)
     runner = p.load(RUNNER)
     allowed = b.and_(
         b.icmp_signed("==", p.atomic_load(SEQ), seq),
