@@ -164,11 +164,17 @@ def _sleeping_pool() -> np.ndarray:
     return pool
 
 
+def _voluntary_switches() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
 def test_a_worker_woken_on_the_callers_cpu_moves_off_it_then_runs_free():
-    """A futex wake-up may put the worker on the CPU of the caller that woke it (after an
-    idle spell, the 2-thread call then ran slower than 1 thread). The caller says where it
-    runs (CALLER_CPU); a woken worker on that CPU moves itself to the others, then lets
-    itself run on every allowed CPU again. A worker woken elsewhere is left where it is."""
+    """A futex wake-up may put the worker on the CPU of the caller that woke it; the caller
+    says where it runs (CALLER_CPU), and a woken worker on that CPU moves itself to the
+    others, then lets itself run on every allowed CPU again. A worker woken elsewhere is
+    left where it is. (The caller here has not slept lately, so it steers nothing itself.)"""
     import os
 
     allowed = os.sched_getaffinity(0)
@@ -181,6 +187,7 @@ def test_a_worker_woken_on_the_callers_cpu_moves_off_it_then_runs_free():
         os.sched_setaffinity(0, {here})  # the caller
         for tid in tids:  # the sleepers can wake only beside it
             os.sched_setaffinity(tid, {here})
+        pool[P.CALLER_SWITCHES], pool[P.SLEPT_AT] = _voluntary_switches(), 0  # no sleep
         assert big_call(pool)[0] == 0  # wakes them
         assert pool[P.CALLER_CPU] == 1 << here
         deadline = time.monotonic() + 10.0
@@ -193,6 +200,7 @@ def test_a_worker_woken_on_the_callers_cpu_moves_off_it_then_runs_free():
         pool = _sleeping_pool()
         for tid in tids:  # woken away from the caller: nothing to do
             os.sched_setaffinity(tid, {there})
+        pool[P.CALLER_SWITCHES], pool[P.SLEPT_AT] = _voluntary_switches(), 0  # no sleep
         assert big_call(pool)[0] == 0
         deadline = time.monotonic() + 10.0
         while pool[P.SLEEPERS] < pool[P.POOL_WORKERS] and time.monotonic() < deadline:
@@ -202,6 +210,49 @@ def test_a_worker_woken_on_the_callers_cpu_moves_off_it_then_runs_free():
         os.sched_setaffinity(0, allowed)
         for tid in tids:
             os.sched_setaffinity(tid, allowed)
+
+
+def test_a_caller_that_slept_steers_the_sleepers_off_its_cpu():
+    """After an idle spell the scheduler lets a worker woken beside the caller wait rather
+    than preempt it (the first call after 20 ms asleep ran almost serially): a caller whose
+    voluntary context switches moved since its last job (it slept) sets the sleeping
+    workers' affinity to the other CPUs before waking them, and marks them to free
+    themselves when they wake, and keeps doing so for FRESH_NS. A caller that only computed
+    since (NumPy beside it) does not: steered then, a worker waited pinned behind other
+    threads."""
+    import os
+
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2 or max(allowed) >= 64:
+        pytest.skip("needs two CPUs numbered below 64")
+    stand_in = threading.Event()  # a "worker" asleep in Python: nobody frees it
+    thread = threading.Thread(target=stand_in.wait, daemon=True)
+    thread.start()
+    numba.set_num_threads(2)
+    try:
+        for slept in (False, True):
+            ctl = np.zeros(P.CTL_SIZE, np.int64)
+            ctl[P.POOL_WORKERS], ctl[P.SLEEPERS] = 1, 1
+            ctl[P.ALLOWED] = sum(1 << cpu for cpu in allowed)
+            ctl[P.TIDS] = thread.native_id
+            ctl[P.CALLER_SWITCHES] = -1 if slept else _voluntary_switches()
+            assert big_call(ctl)[0] == 0  # the caller runs every task
+            seen = os.sched_getaffinity(thread.native_id)
+            if slept:
+                assert seen and seen < allowed and ctl[P.PUSHED] == 1
+                assert ctl[P.SLEPT_AT] > 0  # the next jobs, for FRESH_NS, steer too
+                ctl[P.SLEEPERS], ctl[P.PUSHED] = 1, 0
+                os.sched_setaffinity(thread.native_id, allowed)
+                call, _, _ = dense_call(ctl)
+                ctl[P.SLEPT_AT] = time.monotonic_ns()  # however slow the machine is
+                assert call() == 0
+                assert os.sched_getaffinity(thread.native_id) < allowed
+            else:
+                assert seen == allowed and ctl[P.PUSHED] == 0
+            assert ctl[P.CALLER_SWITCHES] == _voluntary_switches()  # counted after the job
+            os.sched_setaffinity(thread.native_id, allowed)
+    finally:
+        stand_in.set()
 
 
 def test_a_call_that_waited_for_a_worker_without_a_core_backs_off_to_serial(never_back_off):
