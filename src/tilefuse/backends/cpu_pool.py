@@ -109,8 +109,9 @@ TIDS = JOB + 32
 MAX_STEERED = 48  # workers beyond this many are never moved
 # 1 while the worker of that index is inside a job (`wait_for_tasks` pulls only those)
 INSIDE = TIDS + MAX_STEERED
-# 1 while the worker of that index is held off the caller's CPU after a pull, until it frees
-# itself (when it next joins a job or wakes up)
+# 1 while the worker of that index runs under an affinity the caller gave it (steered before a
+# wake-up, `steer`; moved back after a pull, `wait_for_tasks`), until it frees itself (when it
+# next wakes up or joins a job, `free_if_pushed`)
 PUSHED = INSIDE + MAX_STEERED
 # when the caller started the job, and when the job before it ended (CLOCK_MONOTONIC ns): the
 # gap a worker learns its spin from (`build_worker_loop`), published with the job
@@ -259,9 +260,10 @@ class PoolIR:
         self.syscall(I64(SYS_SCHED_SETAFFINITY), I64(0), I64(8), self.b.ptrtoint(mask_slot, I64))
 
     def free_if_pushed(self, wid: ir.Value, mask_slot: ir.Value) -> None:
-        """A worker the caller moved off its CPU after a pull (`wait_for_tasks`) lets itself
-        run on every allowed CPU again: kept, the affinity would stop the scheduler from
-        moving it off a CPU that other processes crowd."""
+        """A worker the caller moved off its CPU (steered before a wake-up, `steer`; moved
+        back after a pull, `wait_for_tasks`) lets itself run on every allowed CPU again: kept,
+        the affinity would stop the scheduler from moving it off a CPU that other processes
+        crowd."""
         b = self.b
         with b.if_then(b.icmp_signed("<", wid, I64(MAX_STEERED))):
             pushed = b.add(I64(PUSHED), wid)
