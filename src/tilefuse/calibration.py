@@ -24,7 +24,7 @@ from typing import Any
 from ._version import kernel_fingerprint
 from .cache import atomic_write, cache_dir, locked, use_private_cache
 from .machine import host_machine
-from .tiling import kernel_micro_tiles
+from .tiling import KC_L2_SHARE, kernel_micro_tiles
 
 CALIBRATION_FILE = "calibration.json"
 ROUNDS = 21  # of ~1 ms calls: 0.3 s of timing; on a busy 2-core VM single rounds vary 10 %
@@ -33,7 +33,7 @@ ROUNDS = 21  # of ~1 ms calls: 0.3 s of timing; on a busy 2-core VM single round
 # of the L2 a kc x nr B micro-panel may fill (it streams from there; a larger panel means
 # fewer k blocks, each of which reads and writes the output tile again); the first: the
 # model's; the last keeps the panel in half a 48 KiB L1d behind a 1 MiB L2
-KC_SHARES = (0.25, 0.0625, 0.0234375)
+KC_SHARES = (KC_L2_SHARE, 0.0625, 0.0234375)
 
 
 @dataclass

@@ -161,6 +161,10 @@ KERNEL_MICRO_TILES = {
 }
 
 
+# The model's share of the L2 a kc x nr B micro-panel may fill (the tile pass's `choose_kc`;
+# the first of the shares `tilefuse calibrate` times, calibration.KC_SHARES)
+KC_L2_SHARE = 0.25
+
 # Batches up to this many rows run the CPU kernels' rows kernel: x and the packed weights read
 # in place, all of K in registers, no rows padded to mr (backends/cpu_library.py says why).
 ROW_KERNEL_MAX_M = 4

@@ -387,11 +387,11 @@ class PoolIR:
         idled (mlp-small at batch 256, the first call after 20 ms asleep: 1.7 ms, against
         1.0 ms steered; at batch 16 on the Zen 3 host 530 us a call for the next 40 ms,
         against 225 us). Only after a sleep: a worker steered while the caller computed (NumPy
-        beside it) or was crowded by other processes waited pinned to the other CPU."""
-        self.set_worker_affinity(others, mark=True)
-        # For FRESH_NS after the sleep (a scheduler slice or two), not only at the first job:
-        # the worker's spin, learnt from the long gap, is short, so it sleeps between the
-        # first layers too, and the caller is still the fresher thread.
+        beside it) or was crowded by other processes waited pinned to the other CPU. And for
+        FRESH_NS after it (a scheduler slice or two), not only at the first job: the worker's
+        spin, learnt from the long gap, is short, so it sleeps between the first layers too,
+        and the caller is still the fresher thread."""
+        self.set_worker_affinity(others)
 
     def voluntary_switches(self) -> ir.Value:
         """The calling thread's voluntary context switches (getrusage(RUSAGE_THREAD))."""
@@ -410,16 +410,12 @@ class PoolIR:
         return b.select(b.icmp_unsigned("<", cpu, I64(64)), b.shl(I64(1), cpu), I64(0))
 
     def set_worker_affinity(
-        self,
-        mask_bits: ir.Value,
-        only_inside: bool = False,
-        only_pushed: bool = False,
-        mark: bool = False,
+        self, mask_bits: ir.Value, only_inside: bool = False, only_pushed: bool = False
     ) -> None:
         """sched_setaffinity(worker, mask_bits) for each worker whose thread id is known (and,
         `only_inside`, that is inside a job now; `only_pushed`, whose PUSHED flag is set).
-        With any of the three, the worker's PUSHED flag is set after the call, so that it
-        frees itself later even if it had cleared the flag meanwhile (`free_if_pushed`)."""
+        Each such worker's PUSHED flag is set after the call, so that it frees itself later
+        even if it had cleared the flag meanwhile (`free_if_pushed`)."""
         b = self.b
         mask = self._slot(I64)
         b.store(mask_bits, mask)
@@ -438,8 +434,7 @@ class PoolIR:
                 wanted = b.and_(wanted, b.icmp_signed("!=", pushed, I64(0)))
             with b.if_then(wanted):
                 self.syscall(I64(SYS_SCHED_SETAFFINITY), tid, I64(8), b.ptrtoint(mask, I64))
-                if only_inside or only_pushed or mark:
-                    self.atomic_store(b.add(I64(PUSHED), w), 1)
+                self.atomic_store(b.add(I64(PUSHED), w), 1)
             return []
 
         counted_loop(b, steered, [], one)

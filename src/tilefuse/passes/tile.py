@@ -27,6 +27,7 @@ from ..machine import KIB, Machine, format_bytes
 from ..ops import ACTIVATIONS, OPS, attrs_of, normalizes_rows, post_residual, post_step_operands
 from ..tiling import (
     CPU_KERNEL_ACTIVATIONS,
+    KC_L2_SHARE,
     PARALLEL_CHOICES,
     PARALLEL_MIN_FLOP,
     ROW_KERNEL_MAX_M,
@@ -51,7 +52,6 @@ ASSUMED_GHZ = 3.0
 # the 8 µs its flops would at AVX-512 width; half that bandwidth is assumed.
 ASSUMED_BYTES_PER_SECOND = 50e9
 KC_MULTIPLE = 8  # kc is a multiple of this (whole cache lines of f64, half lines of f32)
-KC_L2_SHARE = 0.25  # of the L2 a kc x nr B micro-panel may fill (calibration.KC_SHARES[0])
 
 AUTO = "auto"
 PACK_CHOICES = ("auto", "true", "false")
